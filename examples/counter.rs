@@ -1,0 +1,98 @@
+//! A program that counts, checkpoints itself at one count, and goes on.
+//! Run it with its output in a file so that a restored copy writes there too:
+//!
+//! ```text
+//! cargo run --example counter -- --images /tmp/counter --at 5 --until 30 >> /tmp/counter.log
+//! ```
+//!
+//! Options: `--images DIR` (required), `--at N` (checkpoint at this count,
+//! default 5), `--until N` (stop after this count, default 30),
+//! `--interval-ms MS` (default 200), `--children K` (start K sleeping
+//! children first), `--exit-after` (let CRIU end the process after the dump),
+//! `--socket PATH`.
+
+use selfdump::{Options, Outcome, checkpoint};
+use std::io::Write;
+use std::time::Duration;
+
+fn main() {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    if args.first().map(String::as_str) == Some("--child") {
+        return child();
+    }
+    let value = |name: &str| {
+        args.iter()
+            .position(|a| a == name)
+            .and_then(|i| args.get(i + 1))
+            .cloned()
+    };
+    let number = |name: &str, default: u64| value(name).map_or(default, |v| v.parse().expect(name));
+    let Some(images) = value("--images") else {
+        eprintln!(
+            "usage: counter --images DIR [--at N] [--until N] [--interval-ms MS] [--children K] [--exit-after] [--socket PATH]"
+        );
+        std::process::exit(2);
+    };
+    let (at, until, interval) = (
+        number("--at", 5),
+        number("--until", 30),
+        number("--interval-ms", 200),
+    );
+    let mut options = Options::new(&images);
+    if args.iter().any(|a| a == "--exit-after") {
+        options = options.exit_after_dump();
+    }
+    if let Some(socket) = value("--socket") {
+        options = options.socket(socket);
+    }
+    let children: Vec<u32> = (0..number("--children", 0))
+        .map(|_| {
+            std::process::Command::new(std::env::current_exe().expect("own path"))
+                .arg("--child")
+                .spawn()
+                .expect("start a child")
+                .id()
+        })
+        .collect();
+    say(&format!(
+        "started pid {} children {children:?}",
+        std::process::id()
+    ));
+
+    for count in 1..=until {
+        say(&format!("count {count}"));
+        if count == at {
+            match async_io::block_on(checkpoint(options.clone())) {
+                Ok(Outcome::Continued(r)) => say(&format!(
+                    "checkpoint continued: frozen {} us, total {} us, {} bytes, {} processes",
+                    r.frozen.as_micros(),
+                    r.total.as_micros(),
+                    r.bytes_written,
+                    r.processes
+                )),
+                Ok(Outcome::Restored(info)) => say(&format!(
+                    "checkpoint restored: job {} from {}",
+                    info.job,
+                    info.images_dir.display()
+                )),
+                Err(e) => say(&format!("checkpoint error: {e}")),
+            }
+        }
+        std::thread::sleep(Duration::from_millis(interval));
+    }
+    say("done");
+}
+
+/// A child that sleeps until its parent dies (the kernel then kills it).
+fn child() {
+    let _ = rustix::process::set_parent_process_death_signal(Some(rustix::process::Signal::KILL));
+    loop {
+        std::thread::sleep(Duration::from_secs(1));
+    }
+}
+
+fn say(line: &str) {
+    let mut out = std::io::stdout().lock();
+    let _ = writeln!(out, "{line}");
+    let _ = out.flush();
+}

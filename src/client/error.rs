@@ -1,0 +1,114 @@
+use crate::proto::{FrameError, JobId, RefusalKind};
+use std::fmt;
+use std::io;
+use std::path::PathBuf;
+
+/// Why a checkpoint did not happen (or its outcome is unknown).
+#[derive(Debug)]
+#[non_exhaustive]
+pub enum Error {
+    /// The images directory could not be opened.
+    ImagesDir {
+        /// The directory.
+        path: PathBuf,
+        /// Why.
+        source: io::Error,
+    },
+    /// No service answers at the socket path.
+    NoService {
+        /// The socket path.
+        socket: PathBuf,
+        /// Why.
+        source: io::Error,
+    },
+    /// The service refused the request before anything ran.
+    Refused {
+        /// The class of refusal.
+        kind: RefusalKind,
+        /// The service's explanation.
+        message: String,
+    },
+    /// Client and service speak different protocol versions.
+    VersionMismatch {
+        /// This client's version.
+        client: u16,
+        /// The service's version.
+        service: u16,
+    },
+    /// CRIU failed; this process kept running.
+    Dump {
+        /// What CRIU or the service said.
+        message: String,
+        /// CRIU's log, when it was kept.
+        log: Option<PathBuf>,
+    },
+    /// The tree was frozen but the result is lost (the service restarted,
+    /// or the result expired): the images may or may not be good.
+    OutcomeUnknown {
+        /// The job.
+        job: JobId,
+        /// Why.
+        reason: String,
+    },
+    /// The service broke the protocol or the connection failed.
+    Protocol(FrameError),
+}
+
+impl fmt::Display for Error {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::ImagesDir { path, source } => write!(
+                f,
+                "cannot open images directory {}: {source} (create it first; it must be a directory)",
+                path.display()
+            ),
+            Self::NoService { socket, source } => write!(
+                f,
+                "no selfdump service at {}: {source} (start `selfdump serve`, or set SELFDUMP_SOCKET)",
+                socket.display()
+            ),
+            Self::Refused { kind, message } => {
+                write!(f, "checkpoint refused ({kind:?}): {message}")
+            }
+            Self::VersionMismatch { client, service } => write!(
+                f,
+                "protocol version mismatch: client speaks {client}, service speaks {service}; \
+                 upgrade the older of the two"
+            ),
+            Self::Dump {
+                message,
+                log: Some(log),
+            } => {
+                write!(f, "checkpoint failed: {message} (log: {})", log.display())
+            }
+            Self::Dump { message, log: None } => write!(f, "checkpoint failed: {message}"),
+            Self::OutcomeUnknown { job, reason } => write!(
+                f,
+                "outcome of checkpoint {job} unknown: {reason}; do not trust its images"
+            ),
+            Self::Protocol(e) => write!(f, "talking to the selfdump service failed: {e}"),
+        }
+    }
+}
+
+impl std::error::Error for Error {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        match self {
+            Self::ImagesDir { source, .. } | Self::NoService { source, .. } => Some(source),
+            Self::Protocol(e) => Some(e),
+            _ => None,
+        }
+    }
+}
+
+impl From<FrameError> for Error {
+    fn from(e: FrameError) -> Self {
+        match e {
+            FrameError::VersionMismatch { ours, theirs, .. } => Self::VersionMismatch {
+                client: ours,
+                service: theirs,
+            },
+            e => Self::Protocol(e),
+        }
+    }
+}

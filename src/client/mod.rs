@@ -1,0 +1,269 @@
+//! The application side: [`checkpoint`] asks the service to dump this
+//! process and tells, when it returns, whether this is the original process
+//! ([`Outcome::Continued`]) or a copy restored from the images
+//! ([`Outcome::Restored`]).
+
+mod error;
+mod identity;
+
+pub use error::Error;
+
+use crate::proto::{
+    DumpOptions, DumpReport, FrameError, JobId, Request, Response, encode_frame, read_frame,
+    write_frame,
+};
+use async_io::Async;
+use identity::Identity;
+use rustix::fs::{Mode, OFlags};
+use std::os::fd::AsFd;
+use std::os::unix::net::UnixStream;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+/// Environment variable naming the service socket.
+pub const SOCKET_ENV: &str = "SELFDUMP_SOCKET";
+/// Socket used when neither the options nor [`SOCKET_ENV`] name one.
+pub const DEFAULT_SOCKET: &str = "/run/selfdump.sock";
+
+/// One process's checkpoints run one at a time: a second live connection in
+/// the tree would make CRIU refuse the dump.
+static ONE_AT_A_TIME: async_lock::Mutex<()> = async_lock::Mutex::new(());
+
+/// What to checkpoint, and how.
+///
+/// ```
+/// use selfdump::Options;
+/// let opts = Options::new("/tmp/images").exit_after_dump().tcp_established(true);
+/// assert_eq!(opts.images_dir(), std::path::Path::new("/tmp/images"));
+/// ```
+#[derive(Debug, Clone)]
+pub struct Options {
+    images_dir: PathBuf,
+    socket: Option<PathBuf>,
+    dump: DumpOptions,
+}
+
+impl Options {
+    /// Images go into `images_dir`, which must exist and be writable by this process.
+    pub fn new(images_dir: impl Into<PathBuf>) -> Self {
+        Self {
+            images_dir: images_dir.into(),
+            socket: None,
+            dump: DumpOptions::default(),
+        }
+    }
+
+    /// Have CRIU end this process tree after a successful dump (by default
+    /// it keeps running). A failed dump still returns its error here.
+    pub fn exit_after_dump(mut self) -> Self {
+        self.dump.leave_running = false;
+        self
+    }
+
+    /// The service socket (default: `$SELFDUMP_SOCKET`, else `/run/selfdump.sock`).
+    pub fn socket(mut self, path: impl Into<PathBuf>) -> Self {
+        self.socket = Some(path.into());
+        self
+    }
+
+    /// Dump established TCP connections (CRIU `--tcp-established`).
+    pub fn tcp_established(mut self, on: bool) -> Self {
+        self.dump.tcp_established = on;
+        self
+    }
+
+    /// Dump file locks (CRIU `--file-locks`).
+    pub fn file_locks(mut self, on: bool) -> Self {
+        self.dump.file_locks = on;
+        self
+    }
+
+    /// Allow connections to unix sockets outside the tree (CRIU `--ext-unix-sk`).
+    pub fn ext_unix_sk(mut self, on: bool) -> Self {
+        self.dump.ext_unix_sk = on;
+        self
+    }
+
+    /// The images directory.
+    pub fn images_dir(&self) -> &Path {
+        &self.images_dir
+    }
+
+    /// The socket this call will use.
+    pub fn socket_path(&self) -> PathBuf {
+        self.socket
+            .clone()
+            .or_else(|| std::env::var_os(SOCKET_ENV).map(PathBuf::from))
+            .unwrap_or_else(|| PathBuf::from(DEFAULT_SOCKET))
+    }
+}
+
+/// Which process returned from [`checkpoint`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Outcome {
+    /// The original process, after a successful dump.
+    Continued(Report),
+    /// A copy restored from the images.
+    Restored(RestoredInfo),
+}
+
+/// What a successful dump took.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Report {
+    /// The job that ran the dump.
+    pub job: JobId,
+    /// Where the images are.
+    pub images_dir: PathBuf,
+    /// How long the tree was frozen (CRIU's own measure).
+    pub frozen: Duration,
+    /// How long CRIU took to freeze the tree.
+    pub freezing: Duration,
+    /// From the service receiving the request to the images being on disk.
+    pub total: Duration,
+    /// Bytes of image files.
+    pub bytes_written: u64,
+    /// Memory pages written.
+    pub pages_written: u64,
+    /// Processes in the dumped tree.
+    pub processes: u32,
+}
+
+/// What a restored copy knows about the checkpoint it came from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RestoredInfo {
+    /// The job that wrote the images.
+    pub job: JobId,
+    /// The directory the images were written to.
+    pub images_dir: PathBuf,
+}
+
+/// Checkpoints this process and its children.
+///
+/// Returns [`Outcome::Continued`] in the original process once the images
+/// are on disk, and [`Outcome::Restored`] in a copy restored from them.
+/// Concurrent calls from one process run one after another. Runs under any
+/// executor (it uses `async-io`'s reactor).
+///
+/// ```no_run
+/// # async fn run() -> Result<(), selfdump::Error> {
+/// use selfdump::{checkpoint, Options, Outcome};
+/// match checkpoint(Options::new("/tmp/images")).await? {
+///     Outcome::Continued(report) => println!("frozen for {:?}", report.frozen),
+///     Outcome::Restored(_) => println!("restored"),
+/// }
+/// # Ok(()) }
+/// ```
+pub async fn checkpoint(options: Options) -> Result<Outcome, Error> {
+    let _one_at_a_time = ONE_AT_A_TIME.lock().await;
+    let socket = options.socket_path();
+    let images_dir = options.images_dir.clone();
+    let dir = rustix::fs::open(
+        &images_dir,
+        OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC,
+        Mode::empty(),
+    )
+    .map_err(|e| Error::ImagesDir {
+        path: images_dir.clone(),
+        source: e.into(),
+    })?;
+
+    let before = Identity::current();
+    let stream = connect(&socket).await?;
+    let request = encode_frame(&Request::Checkpoint(options.dump));
+    write_frame(&stream, &request, &[dir.as_fd()])
+        .await
+        .map_err(FrameError::Io)?;
+    drop(dir);
+
+    let job = match read_response(&stream).await? {
+        Response::Frozen(job) => job,
+        other => return Err(unexpected(other, &images_dir)),
+    };
+    // The service closed its end while we were frozen: the frame above was
+    // the last one, and both the original and a restored copy see EOF next.
+    if let Some(frame) = read_frame(&stream).await? {
+        return Err(Error::Protocol(FrameError::Malformed(format!(
+            "unexpected frame after Frozen ({} bytes)",
+            frame.body.len()
+        ))));
+    }
+    drop(stream);
+
+    if Identity::current() != before {
+        log::debug!("checkpoint {job}: this is a restored copy");
+        return Ok(Outcome::Restored(RestoredInfo { job, images_dir }));
+    }
+    let stream = connect(&socket).await.map_err(|e| Error::OutcomeUnknown {
+        job,
+        reason: format!("cannot ask the service for the result: {e}"),
+    })?;
+    write_frame(&stream, &encode_frame(&Request::Result(job)), &[])
+        .await
+        .map_err(FrameError::Io)?;
+    match read_response(&stream).await {
+        Ok(Response::Dumped(report)) => Ok(Outcome::Continued(to_report(report, images_dir))),
+        Ok(Response::UnknownJob(job)) => Err(Error::OutcomeUnknown {
+            job,
+            reason: "the service does not know this job (it restarted, or the result expired)"
+                .into(),
+        }),
+        Ok(other) => Err(unexpected(other, &images_dir)),
+        Err(Error::Protocol(e)) => Err(Error::OutcomeUnknown {
+            job,
+            reason: format!("the service did not answer the result query: {e}"),
+        }),
+        Err(e) => Err(e),
+    }
+}
+
+async fn connect(socket: &Path) -> Result<Async<UnixStream>, Error> {
+    Async::<UnixStream>::connect(socket)
+        .await
+        .map_err(|source| Error::NoService {
+            socket: socket.to_path_buf(),
+            source,
+        })
+}
+
+async fn read_response(stream: &Async<UnixStream>) -> Result<Response, Error> {
+    let frame = read_frame(stream).await?.ok_or_else(|| {
+        Error::Protocol(FrameError::Io(std::io::Error::new(
+            std::io::ErrorKind::UnexpectedEof,
+            "the service closed the connection without answering",
+        )))
+    })?;
+    if !frame.fds.is_empty() {
+        return Err(Error::Protocol(FrameError::UnexpectedFds(frame.fds.len())));
+    }
+    Ok(crate::proto::decode_body(frame.header, &frame.body)?)
+}
+
+/// Turns an answer that is not the expected one into the error it means.
+fn unexpected(response: Response, images_dir: &Path) -> Error {
+    match response {
+        Response::Refused(r) => Error::Refused {
+            kind: r.kind,
+            message: r.message,
+        },
+        Response::DumpFailed(f) => Error::Dump {
+            message: f.message,
+            log: f.log_file.map(|name| images_dir.join(name)),
+        },
+        other => Error::Protocol(FrameError::Malformed(format!(
+            "unexpected answer {other:?}"
+        ))),
+    }
+}
+
+fn to_report(r: DumpReport, images_dir: PathBuf) -> Report {
+    Report {
+        job: r.job,
+        images_dir,
+        frozen: Duration::from_micros(r.frozen_us),
+        freezing: Duration::from_micros(r.freezing_us),
+        total: Duration::from_micros(r.total_us),
+        bytes_written: r.bytes_written,
+        pages_written: r.pages_written,
+        processes: r.processes,
+    }
+}

@@ -1,0 +1,241 @@
+//! `selfdump`: serve checkpoints, restore images, check CRIU.
+
+use lexopt::prelude::*;
+use selfdump::server::{Criu, Policy, Server, check, restore};
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+const USAGE: &str = "\
+selfdump: let processes checkpoint themselves with CRIU
+
+USAGE:
+    selfdump serve [OPTIONS]      run the checkpoint service (as root)
+    selfdump restore [OPTIONS] DIR  restore images, detached; prints the root pid
+    selfdump check [OPTIONS]      is CRIU usable here? (real dump and restore)
+    selfdump help [COMMAND]       this text, or a command's options
+
+Logging: RUST_LOG=info (default), debug, ...";
+
+const SERVE_USAGE: &str = "\
+selfdump serve: run the checkpoint service
+
+OPTIONS:
+    --socket PATH        socket to listen on [default: $SELFDUMP_SOCKET or /run/selfdump.sock]
+    --socket-mode OCTAL  mode of the socket [default: 600]
+    --socket-owner U:G   owner of the socket (numeric uid:gid)
+    --allow-uid UID      also allow this uid (root is always allowed); repeatable
+    --allow-gid GID      also allow members of this group; repeatable
+    --allow-any          allow every caller that can open the socket
+    --max-dumps N        dumps at once [default: 8]
+    --dump-timeout SECS  kill CRIU after this long [default: 300]
+    --criu PATH          criu binary [default: found on PATH or /usr/local/sbin]
+
+Stops on SIGTERM or SIGINT after the dumps in flight finish.";
+
+const RESTORE_USAGE: &str = "\
+selfdump restore: restore a checkpoint, detached from this command
+
+USAGE: selfdump restore [--criu PATH] DIR
+
+Checks first that every pid, session and process group in the images is free
+and names the process holding one that is not. Prints the restored root pid.";
+
+const CHECK_USAGE: &str = "\
+selfdump check: is CRIU usable on this machine?
+
+USAGE: selfdump check [--criu PATH] [--scratch DIR]
+
+Checks that criu is installed, is version 4 or newer, passes `criu check`,
+and can really dump and restore a tiny process (in DIR, default /tmp).";
+
+fn main() -> ExitCode {
+    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info")).init();
+    match run() {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("selfdump: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+type Res<T> = Result<T, Box<dyn std::error::Error>>;
+
+fn run() -> Res<ExitCode> {
+    let mut parser = lexopt::Parser::from_env();
+    let command = match parser.next()? {
+        Some(lexopt::Arg::Value(v)) => v.string()?,
+        Some(lexopt::Arg::Long("help") | lexopt::Arg::Short('h')) | None => {
+            println!("{USAGE}");
+            return Ok(ExitCode::SUCCESS);
+        }
+        Some(other) => return Err(other.unexpected().into()),
+    };
+    match command.as_str() {
+        "serve" => serve(parser),
+        "restore" => restore_cmd(parser),
+        "check" => check_cmd(parser),
+        "help" => {
+            let topic = parser.next()?.map(|a| match a {
+                lexopt::Arg::Value(v) => v.string().unwrap_or_default(),
+                _ => String::new(),
+            });
+            println!(
+                "{}",
+                match topic.as_deref() {
+                    Some("serve") => SERVE_USAGE,
+                    Some("restore") => RESTORE_USAGE,
+                    Some("check") => CHECK_USAGE,
+                    _ => USAGE,
+                }
+            );
+            Ok(ExitCode::SUCCESS)
+        }
+        other => Err(format!("unknown command {other:?}; see `selfdump help`").into()),
+    }
+}
+
+fn help_requested(arg: &lexopt::Arg<'_>, usage: &str) -> bool {
+    if matches!(arg, lexopt::Arg::Long("help") | lexopt::Arg::Short('h')) {
+        println!("{usage}");
+        return true;
+    }
+    false
+}
+
+fn serve(mut parser: lexopt::Parser) -> Res<ExitCode> {
+    use lexopt::Arg::*;
+    let mut socket = std::env::var_os("SELFDUMP_SOCKET")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(selfdump::server::DEFAULT_SOCKET));
+    let mut builder = Server::builder();
+    let mut policy = Policy::root_only();
+    let mut criu = Criu {
+        path: check::find_criu(),
+        ..Criu::default()
+    };
+    while let Some(arg) = parser.next()? {
+        if help_requested(&arg, SERVE_USAGE) {
+            return Ok(ExitCode::SUCCESS);
+        }
+        match arg {
+            Long("socket") => socket = parser.value()?.into(),
+            Long("socket-mode") => {
+                builder = builder.socket_mode(u32::from_str_radix(&parser.value()?.string()?, 8)?)
+            }
+            Long("socket-owner") => {
+                let v = parser.value()?.string()?;
+                let (u, g) = v.split_once(':').ok_or("--socket-owner wants UID:GID")?;
+                builder = builder.socket_owner(u.parse()?, g.parse()?);
+            }
+            Long("allow-uid") => {
+                policy.allow_uids.insert(parser.value()?.parse()?);
+            }
+            Long("allow-gid") => {
+                policy.allow_gids.insert(parser.value()?.parse()?);
+            }
+            Long("allow-any") => policy.allow_any = true,
+            Long("max-dumps") => builder = builder.max_dumps(parser.value()?.parse()?),
+            Long("dump-timeout") => {
+                builder = builder.dump_timeout(Duration::from_secs(parser.value()?.parse()?))
+            }
+            Long("criu") => criu.path = parser.value()?.into(),
+            other => return Err(other.unexpected().into()),
+        }
+    }
+    async_io::block_on(async {
+        let (major, minor, sub) = criu
+            .version()
+            .await
+            .map_err(|e| format!("{e}; is CRIU >= 4 installed? try `selfdump check`"))?;
+        if major < 4 {
+            return Err(format!(
+                "criu {major}.{minor}.{sub} is too old; selfdump needs CRIU 4 or newer"
+            )
+            .into());
+        }
+        log::info!("using {} (CRIU {major}.{minor}.{sub})", criu.path.display());
+        let server = builder.criu(criu).policy(policy).bind(&socket)?;
+        log::info!("serving on {}", socket.display());
+        let signals =
+            async_signal::Signals::new([async_signal::Signal::Term, async_signal::Signal::Int])?;
+        let shutdown = async move {
+            use futures_lite::StreamExt;
+            let mut signals = signals;
+            if let Some(Ok(signal)) = signals.next().await {
+                log::info!("received {signal:?}: finishing dumps in flight, then exiting");
+            }
+        };
+        server.run_until(shutdown).await?;
+        Ok::<_, Box<dyn std::error::Error>>(())
+    })?;
+    Ok(ExitCode::SUCCESS)
+}
+
+fn restore_cmd(mut parser: lexopt::Parser) -> Res<ExitCode> {
+    use lexopt::Arg::*;
+    let mut criu = Criu {
+        path: check::find_criu(),
+        ..Criu::default()
+    };
+    let mut dir = None;
+    while let Some(arg) = parser.next()? {
+        if help_requested(&arg, RESTORE_USAGE) {
+            return Ok(ExitCode::SUCCESS);
+        }
+        match arg {
+            Long("criu") => criu.path = parser.value()?.into(),
+            Value(v) if dir.is_none() => dir = Some(PathBuf::from(v)),
+            other => return Err(other.unexpected().into()),
+        }
+    }
+    let dir = dir.ok_or("restore needs the images directory: selfdump restore DIR")?;
+    let dir = std::fs::canonicalize(&dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+    let pid = restore::restore(&criu, &dir)?;
+    println!("{pid}");
+    log::info!("restored {} as pid {pid}", dir.display());
+    Ok(ExitCode::SUCCESS)
+}
+
+fn check_cmd(mut parser: lexopt::Parser) -> Res<ExitCode> {
+    use lexopt::Arg::*;
+    let mut criu = Criu {
+        path: check::find_criu(),
+        ..Criu::default()
+    };
+    let mut scratch = std::env::temp_dir();
+    while let Some(arg) = parser.next()? {
+        if help_requested(&arg, CHECK_USAGE) {
+            return Ok(ExitCode::SUCCESS);
+        }
+        match arg {
+            Long("criu") => criu.path = parser.value()?.into(),
+            Long("scratch") => scratch = parser.value()?.into(),
+            other => return Err(other.unexpected().into()),
+        }
+    }
+    let findings = check::check(&criu, &scratch);
+    for f in &findings {
+        println!(
+            "{} {:<40} {}",
+            if f.ok { "ok  " } else { "FAIL" },
+            f.what,
+            f.detail
+        );
+    }
+    let ok = findings.iter().all(|f| f.ok) && findings.len() == 4;
+    println!(
+        "{}",
+        if ok {
+            "verdict: selfdump can checkpoint and restore on this machine"
+        } else {
+            "verdict: NOT usable; fix the first FAIL above"
+        }
+    );
+    Ok(if ok {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    })
+}

@@ -1,0 +1,132 @@
+//! The messages client and service exchange.
+
+use serde::{Deserialize, Serialize};
+use std::fmt;
+
+/// What a client asks of the service.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Request {
+    /// Dump the calling process and its children into the directory whose fd
+    /// travels with this message.
+    Checkpoint(DumpOptions),
+    /// The result of a job this very process asked for earlier.
+    Result(JobId),
+}
+
+/// The CRIU options a self-dumping process may choose. Whether the caller is
+/// a shell job is not here: the service decides that from the kernel.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DumpOptions {
+    /// Keep the process running after the dump (otherwise CRIU kills it).
+    pub leave_running: bool,
+    /// Dump established TCP connections (CRIU `--tcp-established`).
+    pub tcp_established: bool,
+    /// Dump file locks (CRIU `--file-locks`).
+    pub file_locks: bool,
+    /// Allow connections to unix sockets outside the tree, as CRIU allows (`--ext-unix-sk`).
+    pub ext_unix_sk: bool,
+}
+
+impl Default for DumpOptions {
+    fn default() -> Self {
+        Self {
+            leave_running: true,
+            tcp_established: false,
+            file_locks: false,
+            ext_unix_sk: false,
+        }
+    }
+}
+
+/// Names one dump: the service instance that ran it and its sequence number.
+/// A restarted service has a new `service` value, so it can tell that it
+/// never ran an old job.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct JobId {
+    /// Random per service start.
+    pub service: u64,
+    /// Counts jobs within one service start.
+    pub seq: u64,
+}
+
+impl fmt::Display for JobId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{:016x}-{}", self.service, self.seq)
+    }
+}
+
+/// What the service answers.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Response {
+    /// The caller's tree is frozen and the dump goes on; this is the last
+    /// frame on the connection, which the service then closes.
+    Frozen(JobId),
+    /// The request was refused before anything ran.
+    Refused(Refusal),
+    /// The job finished and its images are on disk.
+    Dumped(DumpReport),
+    /// The dump failed; the caller's process was left running.
+    DumpFailed(DumpFailure),
+    /// The service knows nothing of this job (it may have restarted, or the
+    /// result expired): the outcome is unknown.
+    UnknownJob(JobId),
+}
+
+/// Why a request was refused.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Refusal {
+    /// The class of refusal.
+    pub kind: RefusalKind,
+    /// What went wrong and what to do, for a person.
+    pub message: String,
+}
+
+/// Classes of refusal, so programs can react without parsing text.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[non_exhaustive]
+pub enum RefusalKind {
+    /// The request was malformed or missing its directory fd.
+    BadRequest,
+    /// The policy does not allow this caller, or the caller may not be dumped.
+    NotPermitted,
+    /// The images directory is unusable (not a directory, not writable by the caller).
+    BadDirectory,
+    /// Too many dumps at once; try again later.
+    Busy,
+    /// The service is shutting down.
+    ShuttingDown,
+    /// The request is not valid in this state (e.g. a result asked for by another process).
+    Invalid,
+}
+
+/// What a finished dump took.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DumpReport {
+    /// The job.
+    pub job: JobId,
+    /// Microseconds the tree was frozen, from CRIU's own statistics.
+    pub frozen_us: u64,
+    /// Microseconds CRIU took to freeze the tree.
+    pub freezing_us: u64,
+    /// Microseconds CRIU spent dumping memory.
+    pub memdump_us: u64,
+    /// Microseconds from the service receiving the request to the images being on disk.
+    pub total_us: u64,
+    /// Memory pages CRIU wrote.
+    pub pages_written: u64,
+    /// Bytes of image files written.
+    pub bytes_written: u64,
+    /// Number of processes in the dumped tree.
+    pub processes: u32,
+}
+
+/// Why a dump failed.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DumpFailure {
+    /// The job, when it got that far.
+    pub job: Option<JobId>,
+    /// CRIU's (or the service's) message.
+    pub message: String,
+    /// Name of the dump log inside the images directory, when one was kept.
+    pub log_file: Option<String>,
+}

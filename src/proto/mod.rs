@@ -1,0 +1,21 @@
+//! The wire protocol shared by client and service.
+//!
+//! Every message is one frame: a fixed 10-byte [`Header`] (magic, protocol
+//! version, body length) followed by a MessagePack body. The header layout
+//! never changes between versions, so a peer that speaks another version can
+//! still read it and answer with a plain UTF-8 explanation (see
+//! [`FrameError::VersionMismatch`]). File descriptors travel as `SCM_RIGHTS`
+//! with the frame's first bytes.
+
+mod frame;
+mod io;
+mod messages;
+
+pub use frame::{
+    FrameError, HEADER_LEN, Header, MAGIC, MAX_BODY, MAX_FDS, PROTOCOL_VERSION, decode_body,
+    encode_frame, encode_mismatch_frame,
+};
+pub use io::{Frame, read_frame, write_frame};
+pub use messages::{
+    DumpFailure, DumpOptions, DumpReport, JobId, Refusal, RefusalKind, Request, Response,
+};

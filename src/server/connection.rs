@@ -1,0 +1,141 @@
+//! One connection: identify the peer, read one request, answer it.
+
+use super::Shared;
+use super::peer::Peer;
+use crate::proto::{
+    self, FrameError, PROTOCOL_VERSION, Refusal, RefusalKind, Request, Response, read_frame,
+    write_frame,
+};
+use async_io::{Async, Timer};
+use futures_lite::FutureExt;
+use std::os::unix::net::UnixStream;
+use std::sync::Arc;
+use std::time::Duration;
+
+/// Answers and closes a connection the service has no room for.
+pub(super) async fn refuse_busy(stream: Async<UnixStream>) {
+    let refusal = refusal(
+        RefusalKind::Busy,
+        "too many connections to the selfdump service; retry later",
+    );
+    send(&stream, &refusal).await;
+}
+
+pub(super) fn refusal(kind: RefusalKind, message: impl Into<String>) -> Response {
+    Response::Refused(Refusal {
+        kind,
+        message: message.into(),
+    })
+}
+
+/// Sends one response, best effort: a client that went away loses only its own answer.
+pub(super) async fn send(stream: &Async<UnixStream>, response: &Response) {
+    let frame = proto::encode_frame(response);
+    let write = async {
+        write_frame(stream, &frame, &[])
+            .await
+            .map_err(|e| e.to_string())
+    };
+    let limit = async {
+        Timer::after(Duration::from_secs(1)).await;
+        Err("timed out".to_string())
+    };
+    if let Err(e) = write.or(limit).await {
+        log::debug!("could not answer a client: {e}");
+    }
+}
+
+pub(super) async fn handle(shared: Arc<Shared>, stream: Async<UnixStream>) {
+    let peer = match Peer::of(stream.get_ref()) {
+        Ok(peer) => peer,
+        Err(e) => {
+            log::warn!("cannot identify a client: {e}");
+            send(
+                &stream,
+                &refusal(
+                    RefusalKind::NotPermitted,
+                    format!("cannot identify you: {e}"),
+                ),
+            )
+            .await;
+            return;
+        }
+    };
+    let timeout = shared.config.request_timeout;
+    let read = async { read_frame(&stream).await };
+    let limit = async {
+        Timer::after(timeout).await;
+        Err(FrameError::Io(std::io::Error::new(
+            std::io::ErrorKind::TimedOut,
+            format!("no complete request within {timeout:?}"),
+        )))
+    };
+    let frame = match read.or(limit).await {
+        Ok(Some(frame)) => frame,
+        Ok(None) => return,
+        Err(e) => {
+            log::info!("pid {} uid {}: bad request: {e}", peer.pid, peer.uid);
+            send(&stream, &refusal(RefusalKind::BadRequest, e.to_string())).await;
+            return;
+        }
+    };
+    if frame.header.version != PROTOCOL_VERSION {
+        log::info!(
+            "pid {} speaks protocol {}, we speak {PROTOCOL_VERSION}",
+            peer.pid,
+            frame.header.version
+        );
+        let answer = proto::encode_mismatch_frame(frame.header.version);
+        let _ = write_frame(&stream, &answer, &[])
+            .or(async {
+                Timer::after(Duration::from_secs(1)).await;
+                Ok(())
+            })
+            .await;
+        return;
+    }
+    let request: Request = match proto::decode_body(frame.header, &frame.body) {
+        Ok(request) => request,
+        Err(e) => {
+            log::info!("pid {}: malformed request: {e}", peer.pid);
+            send(&stream, &refusal(RefusalKind::BadRequest, e.to_string())).await;
+            return;
+        }
+    };
+    let mut fds = frame.fds;
+    match request {
+        Request::Checkpoint(options) => {
+            if fds.len() != 1 {
+                let e = if fds.is_empty() {
+                    FrameError::MissingFd
+                } else {
+                    FrameError::UnexpectedFds(fds.len())
+                };
+                send(
+                    &stream,
+                    &refusal(RefusalKind::BadRequest, format!("checkpoint request: {e}")),
+                )
+                .await;
+                return;
+            }
+            let dir = fds.pop().expect("one fd");
+            super::dump::checkpoint(&shared, peer, stream, options, dir).await;
+        }
+        Request::Result(job) => {
+            if !fds.is_empty() {
+                let e = FrameError::UnexpectedFds(fds.len());
+                send(
+                    &stream,
+                    &refusal(RefusalKind::BadRequest, format!("result request: {e}")),
+                )
+                .await;
+                return;
+            }
+            let answer = match shared.jobs.claim(job, &peer) {
+                Ok(job) => job.result().await,
+                Err(answer) => answer,
+            };
+            send(&stream, &answer).await;
+        }
+    }
+}

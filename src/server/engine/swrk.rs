@@ -1,0 +1,341 @@
+use super::DUMP_LOG;
+use super::rpc::{self, CriuOpts, CriuReq, CriuResp, req_type};
+use crate::proto::DumpOptions;
+use async_io::{Async, Timer};
+use futures_lite::FutureExt;
+use prost::Message;
+use rustix::net::{AddressFamily, SendFlags, SocketFlags, SocketType};
+use std::fmt;
+use std::io;
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd, RawFd};
+use std::path::PathBuf;
+use std::sync::RwLock;
+use std::time::Duration;
+
+/// Held for reading while a child is forked and exec'd, and for writing while
+/// a caller's connection is closed: a fork in progress holds copies of every
+/// fd, and a copy of the caller's connection alive at the freeze would make
+/// CRIU see a live external socket.
+static FORK_GUARD: RwLock<()> = RwLock::new(());
+
+/// Runs `f` so that no child is between fork and exec meanwhile.
+pub(crate) fn without_forks<T>(f: impl FnOnce() -> T) -> T {
+    let _guard = FORK_GUARD.write().unwrap_or_else(|e| e.into_inner());
+    f()
+}
+
+/// How to run CRIU.
+#[derive(Debug, Clone)]
+pub struct Criu {
+    /// Path of the `criu` binary.
+    pub path: PathBuf,
+    /// CRIU log verbosity (0–4).
+    pub log_level: i32,
+}
+
+impl Default for Criu {
+    fn default() -> Self {
+        Self {
+            path: PathBuf::from("criu"),
+            log_level: 4,
+        }
+    }
+}
+
+/// One dump to run.
+#[derive(Debug)]
+pub struct DumpSpec<'a> {
+    /// Root of the tree to dump.
+    pub pid: i32,
+    /// Directory CRIU writes into (resolved by CRIU through `/proc/<service>/fd/N`).
+    pub images_dir: BorrowedFd<'a>,
+    /// The caller's options.
+    pub options: DumpOptions,
+    /// The caller does not lead its session.
+    pub shell_job: bool,
+}
+
+/// What the freeze hook decided.
+#[derive(Debug)]
+pub enum FrozenVerdict {
+    /// Let CRIU go on dumping.
+    Proceed,
+    /// Abort the dump (CRIU resumes the tree), for this reason.
+    Veto(String),
+}
+
+/// Why a dump did not succeed.
+#[derive(Debug)]
+pub enum EngineError {
+    /// `criu swrk` could not be started or spoken to.
+    Io(io::Error),
+    /// CRIU broke its protocol.
+    Protocol(String),
+    /// CRIU reported failure (its first error message, if any).
+    Failed(Option<String>),
+    /// The freeze hook refused the frozen tree.
+    Vetoed(String),
+    /// The dump took longer than allowed and CRIU was killed.
+    TimedOut(Duration),
+}
+
+impl fmt::Display for EngineError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Io(e) => write!(f, "could not run criu: {e}"),
+            Self::Protocol(e) => write!(f, "criu broke its RPC protocol: {e}"),
+            Self::Failed(Some(m)) => write!(f, "criu dump failed: {m}"),
+            Self::Failed(None) => write!(f, "criu dump failed"),
+            Self::Vetoed(why) => write!(f, "dump refused after the freeze: {why}"),
+            Self::TimedOut(d) => {
+                write!(f, "dump exceeded its time limit of {d:?}; criu was killed")
+            }
+        }
+    }
+}
+
+impl From<io::Error> for EngineError {
+    fn from(e: io::Error) -> Self {
+        Self::Io(e)
+    }
+}
+
+/// CRIU's RPC channel: one `criu swrk` child on a seqpacket socket.
+struct Swrk {
+    sock: Async<OwnedFd>,
+    child: async_process::Child,
+}
+
+impl Swrk {
+    fn spawn(criu: &Criu) -> io::Result<Self> {
+        let (ours, theirs) = rustix::net::socketpair(
+            AddressFamily::UNIX,
+            SocketType::SEQPACKET,
+            SocketFlags::CLOEXEC,
+            None,
+        )?;
+        let child_fd: RawFd = theirs.as_raw_fd();
+        let mut cmd = std::process::Command::new(&criu.path);
+        cmd.arg("swrk")
+            .arg(child_fd.to_string())
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null());
+        // SAFETY: the closure only makes one raw fcntl call, which is
+        // async-signal-safe, on an fd that exists in the child.
+        unsafe {
+            use std::os::unix::process::CommandExt;
+            cmd.pre_exec(move || {
+                let fd = BorrowedFd::borrow_raw(child_fd);
+                rustix::io::fcntl_setfd(fd, rustix::io::FdFlags::empty())?;
+                Ok(())
+            });
+        }
+        let mut cmd = async_process::Command::from(cmd);
+        cmd.kill_on_drop(true);
+        let child = {
+            let _forking = FORK_GUARD.read().unwrap_or_else(|e| e.into_inner());
+            cmd.spawn().map_err(|e| {
+                io::Error::new(
+                    e.kind(),
+                    format!("cannot start {}: {e}", criu.path.display()),
+                )
+            })?
+        };
+        drop(theirs);
+        Ok(Self {
+            sock: Async::new(ours)?,
+            child,
+        })
+    }
+
+    async fn send(&self, req: &CriuReq) -> io::Result<()> {
+        let buf = req.encode_to_vec();
+        self.sock
+            .write_with(|s| Ok(rustix::net::send(s, &buf, SendFlags::NOSIGNAL)?))
+            .await?;
+        Ok(())
+    }
+
+    async fn recv(&self) -> Result<CriuResp, EngineError> {
+        let mut buf = vec![0u8; 64 * 1024];
+        let n = self
+            .sock
+            .read_with(|s| Ok(rustix::net::recv(s, &mut buf, rustix::net::RecvFlags::empty())?.0))
+            .await?;
+        if n == 0 {
+            return Err(EngineError::Protocol(
+                "criu closed the RPC socket without a result".into(),
+            ));
+        }
+        CriuResp::decode(&buf[..n]).map_err(|e| EngineError::Protocol(e.to_string()))
+    }
+
+    async fn ack(&self, ok: bool) -> io::Result<()> {
+        self.send(&CriuReq {
+            r#type: req_type::NOTIFY,
+            notify_success: Some(ok),
+            ..Default::default()
+        })
+        .await
+    }
+
+    /// Closes the channel and reaps the child; `kill` first when CRIU may
+    /// still be running (time limit, protocol error).
+    async fn finish(mut self, kill: bool) {
+        if kill {
+            let _ = self.child.kill();
+        }
+        drop(self.sock);
+        let _ = self.child.status().await;
+    }
+}
+
+impl Criu {
+    /// Dumps `spec.pid`'s tree. `at_freeze` runs once the tree is frozen and
+    /// before CRIU collects sockets (CRIU's `query-ext-files` notification);
+    /// it must close the caller's connection and may veto the dump.
+    pub async fn dump<F>(
+        &self,
+        spec: &DumpSpec<'_>,
+        timeout: Duration,
+        at_freeze: F,
+    ) -> Result<(), EngineError>
+    where
+        F: AsyncFnOnce() -> FrozenVerdict,
+    {
+        let swrk = Swrk::spawn(self)?;
+        let run = self.run_dump(&swrk, spec, at_freeze);
+        let limit = async {
+            Timer::after(timeout).await;
+            Err(EngineError::TimedOut(timeout))
+        };
+        let result = run.or(limit).await;
+        let criu_may_run = matches!(
+            result,
+            Err(EngineError::TimedOut(_) | EngineError::Io(_) | EngineError::Protocol(_))
+        );
+        swrk.finish(criu_may_run).await;
+        result
+    }
+
+    async fn run_dump<F>(
+        &self,
+        swrk: &Swrk,
+        spec: &DumpSpec<'_>,
+        at_freeze: F,
+    ) -> Result<(), EngineError>
+    where
+        F: AsyncFnOnce() -> FrozenVerdict,
+    {
+        let opts = CriuOpts {
+            images_dir_fd: spec.images_dir.as_fd().as_raw_fd(),
+            pid: Some(spec.pid),
+            leave_running: Some(spec.options.leave_running),
+            ext_unix_sk: Some(spec.options.ext_unix_sk),
+            tcp_established: Some(spec.options.tcp_established),
+            shell_job: Some(spec.shell_job),
+            file_locks: Some(spec.options.file_locks),
+            log_level: Some(self.log_level),
+            log_file: Some(DUMP_LOG.into()),
+            notify_scripts: Some(true),
+        };
+        swrk.send(&CriuReq {
+            r#type: req_type::DUMP,
+            opts: Some(opts),
+            ..Default::default()
+        })
+        .await?;
+        let mut at_freeze = Some(at_freeze);
+        let mut veto = None;
+        loop {
+            let resp = swrk.recv().await?;
+            match resp.r#type {
+                req_type::NOTIFY => {
+                    let script = resp.notify.and_then(|n| n.script).unwrap_or_default();
+                    log::debug!("criu notification {script:?} for pid {}", spec.pid);
+                    let ok = if script == "query-ext-files" {
+                        match at_freeze.take() {
+                            Some(hook) => match hook().await {
+                                FrozenVerdict::Proceed => true,
+                                FrozenVerdict::Veto(why) => {
+                                    veto = Some(why);
+                                    false
+                                }
+                            },
+                            None => true,
+                        }
+                    } else {
+                        true
+                    };
+                    swrk.ack(ok).await?;
+                }
+                req_type::DUMP => {
+                    if let Some(why) = veto {
+                        return Err(EngineError::Vetoed(why));
+                    }
+                    if at_freeze.is_some() && resp.success {
+                        return Err(EngineError::Protocol(
+                            "criu finished without the query-ext-files notification (criu < 3.19?)"
+                                .into(),
+                        ));
+                    }
+                    return if resp.success {
+                        Ok(())
+                    } else {
+                        Err(EngineError::Failed(resp.cr_errmsg))
+                    };
+                }
+                other => {
+                    return Err(EngineError::Protocol(format!(
+                        "unexpected response type {other}"
+                    )));
+                }
+            }
+        }
+    }
+
+    /// Asks CRIU for its version over RPC: (major, minor, sublevel).
+    pub async fn version(&self) -> Result<(i32, i32, i32), EngineError> {
+        let swrk = Swrk::spawn(self)?;
+        let answer = async {
+            swrk.send(&CriuReq {
+                r#type: req_type::VERSION,
+                ..Default::default()
+            })
+            .await?;
+            let resp = swrk.recv().await?;
+            match resp.version {
+                Some(v) if resp.success => {
+                    Ok((v.major_number, v.minor_number, v.sublevel.unwrap_or(0)))
+                }
+                _ => Err(EngineError::Failed(resp.cr_errmsg)),
+            }
+        }
+        .await;
+        swrk.finish(answer.is_err()).await;
+        answer
+    }
+
+    /// Whether CRIU and the kernel support memory change tracking
+    /// (needed for iterative pre-dumps).
+    pub async fn supports_mem_track(&self) -> Result<bool, EngineError> {
+        let swrk = Swrk::spawn(self)?;
+        let answer = async {
+            let features = rpc::CriuFeatures {
+                mem_track: Some(true),
+            };
+            swrk.send(&CriuReq {
+                r#type: req_type::FEATURE_CHECK,
+                features: Some(features),
+                ..Default::default()
+            })
+            .await?;
+            let resp = swrk.recv().await?;
+            Ok(resp.success && resp.features.and_then(|f| f.mem_track).unwrap_or(false))
+        }
+        .await;
+        swrk.finish(answer.is_err()).await;
+        answer
+    }
+}

@@ -1,0 +1,55 @@
+use std::fmt;
+use std::io;
+use std::path::PathBuf;
+
+/// What can stop the service from serving.
+#[derive(Debug)]
+#[non_exhaustive]
+pub enum Error {
+    /// The socket could not be created at this path.
+    Bind {
+        /// The socket path.
+        path: PathBuf,
+        /// Why.
+        source: io::Error,
+    },
+    /// Setting the socket's owner or mode failed.
+    SocketPermissions {
+        /// The socket path.
+        path: PathBuf,
+        /// Why.
+        source: io::Error,
+    },
+    /// Accepting connections failed.
+    Accept(io::Error),
+    /// CRIU is missing, too old, or broken.
+    Criu(String),
+}
+
+impl fmt::Display for Error {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Bind { path, source } => write!(
+                f,
+                "cannot listen on {}: {source} (is another selfdump service running, or is the \
+                 directory missing?)",
+                path.display()
+            ),
+            Self::SocketPermissions { path, source } => {
+                write!(f, "cannot set owner/mode of {}: {source}", path.display())
+            }
+            Self::Accept(e) => write!(f, "accepting connections failed: {e}"),
+            Self::Criu(e) => write!(f, "{e} (run `selfdump check`, or scripts/install-criu.sh)"),
+        }
+    }
+}
+
+impl std::error::Error for Error {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        match self {
+            Self::Bind { source, .. } | Self::SocketPermissions { source, .. } => Some(source),
+            Self::Accept(e) => Some(e),
+            Self::Criu(_) => None,
+        }
+    }
+}

@@ -1,0 +1,100 @@
+//! Who is on the other end of a connection, as the kernel says.
+
+use rustix::event::{PollFd, PollFlags, poll};
+use rustix::process::Pid;
+use std::io;
+use std::os::fd::{AsFd, OwnedFd};
+use std::os::unix::net::UnixStream;
+
+/// A connected caller: its credentials and a pidfd that pins its identity.
+///
+/// The pid is never taken from a request. The pidfd comes from
+/// `SO_PEERPIDFD`: while [`Peer::is_alive`] holds, the pid cannot have been
+/// recycled, so anything read through `/proc/<pid>` before that check was
+/// read about the caller.
+#[derive(Debug)]
+pub struct Peer {
+    /// Process id at connect time.
+    pub pid: i32,
+    /// Effective uid at connect time.
+    pub uid: u32,
+    /// Effective gid at connect time.
+    pub gid: u32,
+    /// A pidfd for the caller.
+    pub pidfd: OwnedFd,
+}
+
+impl Peer {
+    /// Reads the peer of a connected stream from the kernel.
+    pub fn of(stream: &UnixStream) -> io::Result<Self> {
+        let cred = rustix::net::sockopt::socket_peercred(stream)?;
+        let pidfd = nix::sys::socket::getsockopt(stream, nix::sys::socket::sockopt::PeerPidfd)
+            .map_err(|e| {
+                io::Error::new(
+                    io::Error::from(e).kind(),
+                    format!("SO_PEERPIDFD failed ({e}); selfdump needs Linux 6.5 or newer"),
+                )
+            })?;
+        Ok(Self {
+            pid: cred.pid.as_raw_nonzero().get(),
+            uid: cred.uid.as_raw(),
+            gid: cred.gid.as_raw(),
+            pidfd,
+        })
+    }
+
+    /// True while the caller has not exited, so its pid still names it.
+    pub fn is_alive(&self) -> bool {
+        is_alive(&self.pidfd)
+    }
+
+    /// The pid as rustix wants it.
+    pub fn rustix_pid(&self) -> Pid {
+        Pid::from_raw(self.pid).expect("peer pid is positive")
+    }
+
+    /// Whether the caller leads its own session (else CRIU needs `shell_job`).
+    pub fn is_session_leader(&self) -> io::Result<bool> {
+        let sid = rustix::process::getsid(Some(self.rustix_pid()))?;
+        self.checked(sid == self.rustix_pid())
+    }
+
+    /// Reads `/proc/<pid>/<file>` of the caller; fails if the caller exited
+    /// meanwhile (the pid might name another process by now).
+    pub fn read_proc(&self, file: &str) -> io::Result<String> {
+        let text = std::fs::read_to_string(format!("/proc/{}/{file}", self.pid))?;
+        self.checked(text)
+    }
+
+    fn checked<T>(&self, value: T) -> io::Result<T> {
+        if self.is_alive() {
+            Ok(value)
+        } else {
+            Err(io::Error::new(io::ErrorKind::NotFound, "the caller exited"))
+        }
+    }
+
+    /// Whether `other` is this same process (same pid, and this pidfd's
+    /// process still alive, so the pid was not recycled).
+    pub fn is_same_process(&self, other: &Peer) -> bool {
+        self.pid == other.pid && self.is_alive()
+    }
+}
+
+/// True while the process behind `pidfd` has not exited.
+pub fn is_alive(pidfd: &impl AsFd) -> bool {
+    let mut fds = [PollFd::new(pidfd, PollFlags::IN)];
+    match poll(
+        &mut fds,
+        Some(&rustix::time::Timespec {
+            tv_sec: 0,
+            tv_nsec: 0,
+        }),
+    ) {
+        Ok(0) => true,
+        Ok(_) => !fds[0]
+            .revents()
+            .intersects(PollFlags::IN | PollFlags::HUP | PollFlags::ERR),
+        Err(_) => false,
+    }
+}
