@@ -9,7 +9,8 @@
 //! default 5), `--until N` (stop after this count, default 30),
 //! `--interval-ms MS` (default 200), `--children K` (start K sleeping
 //! children first), `--exit-after` (let CRIU end the process after the dump),
-//! `--socket PATH`.
+//! `--socket PATH`, `--connect PATH` (hold a connection to an outside unix
+//! socket, which makes the dump fail).
 
 use selfdump::{Options, Outcome, checkpoint};
 use std::io::Write;
@@ -45,6 +46,9 @@ fn main() {
     if let Some(socket) = value("--socket") {
         options = options.socket(socket);
     }
+    // Optionally hold a connection to a socket outside the tree (CRIU refuses that).
+    let _outside =
+        value("--connect").map(|p| std::os::unix::net::UnixStream::connect(p).expect("--connect"));
     let children: Vec<u32> = (0..number("--children", 0))
         .map(|_| {
             std::process::Command::new(std::env::current_exe().expect("own path"))

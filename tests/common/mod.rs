@@ -1,0 +1,313 @@
+//! Shared by the integration tests: a real service on a private socket, the
+//! `counter` example as the program that checkpoints itself, and helpers to
+//! kill, reap and restore it. Everything runs against the real CRIU.
+#![allow(dead_code)]
+
+use selfdump::server::{Builder, Criu, Server, check::find_criu};
+use std::fs::{File, OpenOptions};
+use std::io::Read;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::Once;
+use std::time::{Duration, Instant};
+
+/// The CRIU the tests use; fails loudly when it is missing, because the
+/// README's test command installs it first.
+pub fn criu() -> Criu {
+    let path = find_criu();
+    let out = Command::new(&path)
+        .arg("--version")
+        .output()
+        .unwrap_or_else(|e| {
+            panic!(
+                "criu not found ({e}): run scripts/install-criu.sh (the README's test command does)"
+            )
+        });
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        text.contains("Version: 4") || text.contains("Version: 5"),
+        "need CRIU >= 4, found {text}"
+    );
+    Criu { path, log_level: 4 }
+}
+
+/// Makes this test process the reaper of orphaned descendants, so that
+/// killed trees can be reaped and their pids freed for restore.
+pub fn become_subreaper() {
+    static ONCE: Once = Once::new();
+    ONCE.call_once(|| {
+        rustix::process::set_child_subreaper(Some(rustix::process::getpid())).expect("subreaper");
+    });
+}
+
+/// A service running in this process on a private socket.
+pub struct Service {
+    pub socket: PathBuf,
+    _dir: tempfile::TempDir,
+    stop: Option<async_channel::Sender<()>>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Service {
+    pub fn start() -> Self {
+        Self::start_with(|b| b)
+    }
+
+    pub fn start_with(configure: impl FnOnce(Builder) -> Builder) -> Self {
+        become_subreaper();
+        let dir = tempfile::Builder::new()
+            .prefix("selfdump-sock")
+            .tempdir()
+            .unwrap();
+        let socket = dir.path().join("selfdump.sock");
+        let server = configure(Server::builder().criu(criu()).socket_mode(0o666))
+            .bind(&socket)
+            .expect("bind the test socket");
+        let (tx, rx) = async_channel::bounded::<()>(1);
+        let thread = std::thread::spawn(move || {
+            async_io::block_on(server.run_until(async move {
+                let _ = rx.recv().await;
+            }))
+            .expect("service ran");
+        });
+        // allow others (the non-root tests) to reach the socket
+        let _ = std::fs::set_permissions(
+            dir.path(),
+            std::os::unix::fs::PermissionsExt::from_mode(0o755),
+        );
+        Self {
+            socket,
+            _dir: dir,
+            stop: Some(tx),
+            thread: Some(thread),
+        }
+    }
+}
+
+impl Drop for Service {
+    fn drop(&mut self) {
+        drop(self.stop.take());
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+/// Path of an example, built first: `cargo test --test X` does not build
+/// examples, and a stale one would test old code.
+pub fn example(name: &str) -> PathBuf {
+    static BUILD: Once = Once::new();
+    BUILD.call_once(|| {
+        let status = Command::new(env!("CARGO"))
+            .args(["build", "--quiet", "--examples"])
+            .current_dir(env!("CARGO_MANIFEST_DIR"))
+            .status()
+            .expect("run cargo");
+        assert!(status.success(), "cargo build --examples failed");
+    });
+    let mut dir = std::env::current_exe().unwrap();
+    dir.pop(); // the test binary
+    if dir.ends_with("deps") {
+        dir.pop();
+    }
+    let path = dir.join("examples").join(name);
+    assert!(
+        path.exists(),
+        "{} missing: cargo test builds examples",
+        path.display()
+    );
+    path
+}
+
+pub fn selfdump_bin() -> PathBuf {
+    PathBuf::from(env!("CARGO_BIN_EXE_selfdump"))
+}
+
+/// A directory for images, readable by everyone.
+pub fn images_dir() -> tempfile::TempDir {
+    let dir = tempfile::Builder::new()
+        .prefix("selfdump-images")
+        .tempdir()
+        .unwrap();
+    std::fs::set_permissions(
+        dir.path(),
+        std::os::unix::fs::PermissionsExt::from_mode(0o755),
+    )
+    .unwrap();
+    dir
+}
+
+/// The `counter` example running with its output appended to a file (CRIU
+/// restores append-only files whatever their size; see the README).
+pub struct Program {
+    pub child: Option<Child>,
+    pub pid: i32,
+    pub log: PathBuf,
+}
+
+impl Program {
+    pub fn start(service: &Service, images: &Path, args: &[&str]) -> Self {
+        Self::start_as(service, images, args, None)
+    }
+
+    pub fn start_as(service: &Service, images: &Path, args: &[&str], uid: Option<u32>) -> Self {
+        let log = images.parent().unwrap().join(format!(
+            "{}.log",
+            images.file_name().unwrap().to_string_lossy()
+        ));
+        let out = OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&log)
+            .unwrap();
+        if let Some(uid) = uid {
+            std::os::unix::fs::chown(&log, Some(uid), Some(uid)).unwrap();
+        }
+        let mut cmd = Command::new(example("counter"));
+        cmd.arg("--images")
+            .arg(images)
+            .arg("--socket")
+            .arg(&service.socket)
+            .args(args)
+            .stdin(Stdio::null())
+            .stdout(out.try_clone().unwrap())
+            .stderr(out);
+        if let Some(uid) = uid {
+            use std::os::unix::process::CommandExt;
+            cmd.uid(uid).gid(uid);
+        }
+        let child = cmd.spawn().expect("start counter");
+        let pid = child.id() as i32;
+        Self {
+            child: Some(child),
+            pid,
+            log,
+        }
+    }
+
+    pub fn output(&self) -> String {
+        read(&self.log)
+    }
+
+    /// Waits until the output has a line for which `pred` holds.
+    pub fn wait_for(&self, what: &str, pred: impl Fn(&str) -> bool) -> String {
+        wait_for_line(&self.log, what, pred)
+    }
+
+    /// Kills the original process and reaps it.
+    pub fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// Waits for the original process to end by itself.
+    pub fn wait(&mut self) -> std::process::ExitStatus {
+        let mut child = self.child.take().expect("still ours");
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            if let Some(status) = child.try_wait().unwrap() {
+                return status;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "program did not exit:\n{}",
+                self.output()
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+impl Drop for Program {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+pub fn read(path: &Path) -> String {
+    let mut s = String::new();
+    if let Ok(mut f) = File::open(path) {
+        let _ = f.read_to_string(&mut s);
+    }
+    s
+}
+
+pub fn wait_for_line(path: &Path, what: &str, pred: impl Fn(&str) -> bool) -> String {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let text = read(path);
+        if let Some(line) = text.lines().find(|l| pred(l)) {
+            return line.to_owned();
+        }
+        assert!(
+            Instant::now() < deadline,
+            "timed out waiting for {what}; output so far:\n{text}"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// Kills `pid` (not our direct child: restored or orphaned) and reaps it
+/// once it has been reparented to this subreaper.
+pub fn kill_and_reap(pid: i32) {
+    use rustix::process::{Pid, Signal, WaitOptions, kill_process, waitpid};
+    let p = Pid::from_raw(pid).unwrap();
+    let _ = kill_process(p, Signal::KILL);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while Path::new(&format!("/proc/{pid}")).exists() {
+        let _ = waitpid(Some(p), WaitOptions::NOHANG);
+        assert!(Instant::now() < deadline, "pid {pid} would not go away");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+/// `selfdump restore DIR`: the restored root pid, or the command's error text.
+pub fn restore(images: &Path) -> Result<i32, String> {
+    let out = Command::new(selfdump_bin())
+        .arg("restore")
+        .arg("--criu")
+        .arg(criu().path)
+        .arg(images)
+        .env("RUST_LOG", "warn")
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    if out.status.success() {
+        Ok(stdout.trim().parse().expect("restore prints the pid"))
+    } else {
+        Err(String::from_utf8_lossy(&out.stderr).into_owned())
+    }
+}
+
+/// Whether this process has CAP_SYS_RESOURCE (CRIU needs it to dump a
+/// process of another uid).
+pub fn has_cap_sys_resource() -> bool {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap();
+    let eff = status
+        .lines()
+        .find_map(|l| l.strip_prefix("CapEff:"))
+        .unwrap()
+        .trim();
+    u64::from_str_radix(eff, 16).unwrap() & (1 << 24) != 0
+}
+
+/// The images' files, with owner and mode.
+pub fn image_files(dir: &Path) -> Vec<(String, u32, u32)> {
+    use std::os::unix::fs::MetadataExt;
+    let mut files: Vec<_> = std::fs::read_dir(dir)
+        .unwrap()
+        .flatten()
+        .map(|e| {
+            let m = e.metadata().unwrap();
+            (
+                e.file_name().to_string_lossy().into_owned(),
+                m.uid(),
+                m.mode() & 0o7777,
+            )
+        })
+        .collect();
+    files.sort();
+    files
+}
