@@ -1,6 +1,7 @@
 //! `selfdump`: serve checkpoints, restore images, check CRIU.
 
 use lexopt::prelude::*;
+use selfdump::server::engine::kdat;
 use selfdump::server::{Criu, Policy, Server, check, restore};
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -156,6 +157,11 @@ fn serve(mut parser: lexopt::Parser) -> Res<ExitCode> {
             .into());
         }
         log::info!("using {} (CRIU {major}.{minor}.{sub})", criu.path.display());
+        let kdat = {
+            let criu = criu.clone();
+            blocking::unblock(move || kdat::ensure_cache(&criu)).await
+        };
+        log::info!("CRIU kernel-feature cache: {kdat:?}");
         let server = builder.criu(criu).policy(policy).bind(&socket)?;
         log::info!("serving on {}", socket.display());
         let signals =
@@ -167,7 +173,9 @@ fn serve(mut parser: lexopt::Parser) -> Res<ExitCode> {
                 log::info!("received {signal:?}: finishing dumps in flight, then exiting");
             }
         };
-        server.run_until(shutdown).await?;
+        let served = server.run_until(shutdown).await;
+        kdat::remove_cache(&kdat);
+        served?;
         Ok::<_, Box<dyn std::error::Error>>(())
     })?;
     Ok(ExitCode::SUCCESS)

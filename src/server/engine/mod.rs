@@ -1,6 +1,7 @@
 //! Driving CRIU: one `criu swrk` child per dump, spoken to over CRIU's RPC
 //! protocol on a `SOCK_SEQPACKET` socketpair.
 
+pub mod kdat;
 pub mod rpc;
 mod swrk;
 

@@ -204,8 +204,14 @@ impl Criu {
     where
         F: AsyncFnOnce() -> FrozenVerdict,
     {
+        let started = std::time::Instant::now();
         let swrk = Swrk::spawn(self)?;
-        let run = self.run_dump(&swrk, spec, at_freeze);
+        log::debug!(
+            "criu swrk for pid {} started in {:?}",
+            spec.pid,
+            started.elapsed()
+        );
+        let run = self.run_dump(&swrk, spec, at_freeze, started);
         let limit = async {
             Timer::after(timeout).await;
             Err(EngineError::TimedOut(timeout))
@@ -224,6 +230,7 @@ impl Criu {
         swrk: &Swrk,
         spec: &DumpSpec<'_>,
         at_freeze: F,
+        started: std::time::Instant,
     ) -> Result<(), EngineError>
     where
         F: AsyncFnOnce() -> FrozenVerdict,
@@ -253,7 +260,11 @@ impl Criu {
             match resp.r#type {
                 req_type::NOTIFY => {
                     let script = resp.notify.and_then(|n| n.script).unwrap_or_default();
-                    log::debug!("criu notification {script:?} for pid {}", spec.pid);
+                    log::debug!(
+                        "criu notification {script:?} for pid {} at {:?}",
+                        spec.pid,
+                        started.elapsed()
+                    );
                     let ok = if script == "query-ext-files" {
                         match at_freeze.take() {
                             Some(hook) => match hook().await {
@@ -271,6 +282,11 @@ impl Criu {
                     swrk.ack(ok).await?;
                 }
                 req_type::DUMP => {
+                    log::debug!(
+                        "criu result for pid {} at {:?}",
+                        spec.pid,
+                        started.elapsed()
+                    );
                     if let Some(why) = veto {
                         return Err(EngineError::Vetoed(why));
                     }
