@@ -120,6 +120,8 @@ pub struct Report {
     pub freezing: Duration,
     /// From the service receiving the request to the images being on disk.
     pub total: Duration,
+    /// What `syncfs` took of that (CRIU itself never syncs).
+    pub sync: Duration,
     /// Bytes of image files.
     pub bytes_written: u64,
     /// Memory pages written.
@@ -262,6 +264,7 @@ fn to_report(r: DumpReport, images_dir: PathBuf) -> Report {
         frozen: Duration::from_micros(r.frozen_us),
         freezing: Duration::from_micros(r.freezing_us),
         total: Duration::from_micros(r.total_us),
+        sync: Duration::from_micros(r.sync_us),
         bytes_written: r.bytes_written,
         pages_written: r.pages_written,
         processes: r.processes,

@@ -112,6 +112,8 @@ pub struct DumpReport {
     pub memdump_us: u64,
     /// Microseconds from the service receiving the request to the images being on disk.
     pub total_us: u64,
+    /// Microseconds `syncfs` took to put the images on disk (included in `total_us`).
+    pub sync_us: u64,
     /// Memory pages CRIU wrote.
     pub pages_written: u64,
     /// Bytes of image files written.

@@ -117,6 +117,7 @@ pub(super) async fn checkpoint(
                         freezing_us: stats.freezing_time.into(),
                         memdump_us: stats.memdump_time.into(),
                         total_us: received.elapsed().as_micros() as u64,
+                        sync_us: published.sync_us,
                         pages_written: stats.pages_written,
                         bytes_written: published.bytes,
                         processes: published.processes,

@@ -43,6 +43,8 @@ pub struct ImageMeta {
 pub struct Published {
     /// Bytes of all image files.
     pub bytes: u64,
+    /// Microseconds `syncfs` took.
+    pub sync_us: u64,
     /// CRIU's own statistics, if it wrote them.
     pub stats: Option<rpc::DumpStatsEntry>,
     /// Tasks in the dumped tree.
@@ -108,7 +110,9 @@ impl Staging {
             published.bytes += self.hand_over(&name)?;
             rustix::fs::renameat(&self.dir, &name, &self.parent, &name)?;
         }
+        let syncing = std::time::Instant::now();
         rustix::fs::syncfs(&self.parent)?;
+        published.sync_us = syncing.elapsed().as_micros() as u64;
         self.remove()?;
         Ok(published)
     }
