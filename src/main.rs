@@ -29,6 +29,9 @@ OPTIONS:
     --allow-gid GID      also allow members of this group; repeatable
     --allow-any          allow every caller that can open the socket
     --max-dumps N        dumps at once [default: 8]
+    --max-dumps-per-uid N  dumps of one uid at once [default: 4]
+    --max-connections N  connections at once; more are refused as busy [default: 256]
+    --request-timeout SECS  time a client has to send its request [default: 5]
     --dump-timeout SECS  kill CRIU after this long [default: 300]
     --criu PATH          criu binary [default: found on PATH or /usr/local/sbin]
 
@@ -138,6 +141,15 @@ fn serve(mut parser: lexopt::Parser) -> Res<ExitCode> {
             }
             Long("allow-any") => policy.allow_any = true,
             Long("max-dumps") => builder = builder.max_dumps(parser.value()?.parse()?),
+            Long("max-dumps-per-uid") => {
+                builder = builder.max_dumps_per_uid(parser.value()?.parse()?)
+            }
+            Long("max-connections") => {
+                builder = builder.max_connections(parser.value()?.parse()?)
+            }
+            Long("request-timeout") => {
+                builder = builder.request_timeout(Duration::from_secs(parser.value()?.parse()?))
+            }
             Long("dump-timeout") => {
                 builder = builder.dump_timeout(Duration::from_secs(parser.value()?.parse()?))
             }

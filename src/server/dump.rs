@@ -5,7 +5,7 @@ use super::connection::{refusal, send};
 use super::engine::{DumpSpec, EngineError, FrozenVerdict, without_forks};
 use super::images::{ImageMeta, Staging};
 use super::peer::Peer;
-use super::policy::{Caller, check_dumpable, may_write_dir};
+use super::policy::{Caller, check_dumpable, check_tree_task, may_write_dir};
 use crate::proto::{
     DumpFailure, DumpOptions, DumpReport, JobId, PROTOCOL_VERSION, RefusalKind, Response,
     encode_frame, write_frame,
@@ -22,9 +22,14 @@ fn admit(shared: &Shared, peer: &Peer, dir: &OwnedFd) -> Result<Caller, Response
     let caller =
         Caller::read(peer).map_err(|e| not_permitted(format!("cannot inspect you: {e}")))?;
     shared.config.policy.admit(&caller).map_err(not_permitted)?;
-    let proc_dir = rustix::fs::stat(format!("/proc/{}", peer.pid))
+    // Not the `/proc/<pid>` directory: the kernel gives directories the
+    // task's euid whatever its dumpability; files turn root's when it is off.
+    let proc_file = rustix::fs::stat(format!("/proc/{}/stat", peer.pid))
         .map_err(|e| not_permitted(format!("cannot inspect you: {e}")))?;
-    check_dumpable(&caller, &proc_dir, "the caller").map_err(not_permitted)?;
+    if !peer.is_alive() {
+        return Err(not_permitted("you exited".into()));
+    }
+    check_dumpable(&caller, &proc_file, "the caller").map_err(not_permitted)?;
     let dir_stat = rustix::fs::fstat(dir)
         .map_err(|e| refusal(RefusalKind::BadDirectory, format!("images fd: {e}")))?;
     may_write_dir(&caller, &dir_stat).map_err(|m| refusal(RefusalKind::BadDirectory, m))?;
@@ -50,6 +55,14 @@ pub(super) async fn checkpoint(
         let m = format!(
             "{} dumps are already running; retry later",
             shared.config.max_dumps
+        );
+        return send(&stream, &refusal(RefusalKind::Busy, m)).await;
+    };
+    let Some(_uid_slot) = UidSlot::take(shared, caller.uid()) else {
+        let m = format!(
+            "uid {} already has {} dumps running (the per-uid limit); retry later",
+            caller.uid(),
+            shared.config.max_dumps_per_uid
         );
         return send(&stream, &refusal(RefusalKind::Busy, m)).await;
     };
@@ -92,7 +105,19 @@ pub(super) async fn checkpoint(
         .criu
         .dump(&spec, shared.config.dump_timeout, async || {
             let stream = connection.take().expect("the freeze hook runs once");
-            at_freeze(&peer, stream, job.id).await
+            match at_freeze(&peer, &caller, &stream, job.id).await {
+                Ok(()) => {
+                    without_forks(|| drop(stream));
+                    FrozenVerdict::Proceed
+                }
+                Err(why) => {
+                    // CRIU resumes the tree; the caller gets the error on
+                    // this connection once CRIU is done.
+                    log::warn!("job {}: vetoed at the freeze: {why}", job.id);
+                    connection = Some(stream);
+                    FrozenVerdict::Veto(why)
+                }
+            }
         })
         .await;
 
@@ -151,15 +176,20 @@ pub(super) async fn checkpoint(
 }
 
 /// Runs with the tree frozen, before CRIU collects sockets: checks the
-/// caller is still the process that asked, queues the last frame, and
-/// closes the connection so CRIU records it half-closed.
-async fn at_freeze(peer: &Peer, stream: Async<UnixStream>, job: JobId) -> FrozenVerdict {
-    if !peer.is_alive() {
-        return FrozenVerdict::Veto("the caller exited before its tree was frozen".into());
-    }
+/// caller is still the process that asked and every task of its tree may be
+/// dumped for it, then queues the last frame. `Ok` means the caller's
+/// connection may now be closed so CRIU records it half-closed; `Err` is
+/// why the dump must not go on.
+async fn at_freeze(
+    peer: &Peer,
+    caller: &Caller,
+    stream: &Async<UnixStream>,
+    job: JobId,
+) -> Result<(), String> {
+    check_frozen_tree(peer, caller)?;
     let frame = encode_frame(&Response::Frozen(job));
     let write = async {
-        write_frame(&stream, &frame, &[])
+        write_frame(stream, &frame, &[])
             .await
             .map_err(|e| e.to_string())
     };
@@ -167,11 +197,134 @@ async fn at_freeze(peer: &Peer, stream: Async<UnixStream>, job: JobId) -> Frozen
         Timer::after(Duration::from_secs(2)).await;
         Err("timed out".into())
     };
-    if let Err(e) = write.or(limit).await {
-        return FrozenVerdict::Veto(format!("cannot tell the caller it is frozen: {e}"));
+    write
+        .or(limit)
+        .await
+        .map_err(|e| format!("cannot tell the caller it is frozen: {e}"))
+}
+
+/// Most tasks a frozen tree may have (a bound on the walk, far above any
+/// real tree).
+const MAX_TREE_TASKS: usize = 1 << 16;
+
+/// Applies the caller checks to every task (every thread) of the frozen
+/// tree rooted at the caller, from the caller's point of view. The tree is
+/// frozen, so nothing in it can fork, exec or change ids meanwhile; the
+/// caller's pidfd is checked before and after, so the pid named it all along.
+fn check_frozen_tree(peer: &Peer, caller: &Caller) -> Result<(), String> {
+    if !peer.is_alive() {
+        return Err("the caller exited before its tree was frozen".into());
     }
-    without_forks(|| drop(stream));
-    FrozenVerdict::Proceed
+    let mut stack = vec![peer.pid];
+    let mut seen = std::collections::HashSet::from([peer.pid]);
+    let mut checked = 0;
+    while let Some(pid) = stack.pop() {
+        let tasks = std::fs::read_dir(format!("/proc/{pid}/task"))
+            .map_err(|e| format!("cannot list the threads of pid {pid}: {e}"))?;
+        for entry in tasks {
+            let entry = entry.map_err(|e| format!("cannot list the threads of pid {pid}: {e}"))?;
+            let Some(tid) = entry
+                .file_name()
+                .to_str()
+                .and_then(|t| t.parse::<i32>().ok())
+            else {
+                continue;
+            };
+            checked += 1;
+            if checked > MAX_TREE_TASKS {
+                return Err(format!("the tree has more than {MAX_TREE_TASKS} tasks"));
+            }
+            let dir = format!("/proc/{pid}/task/{tid}");
+            match check_task(caller, &dir, pid, tid, pid == peer.pid) {
+                Ok(()) => {}
+                // gone (reaped) since the listing: it will not be dumped
+                Err(TaskError::Gone) => continue,
+                Err(TaskError::Refused(why)) => return Err(why),
+            }
+            let children = match std::fs::read_to_string(format!("{dir}/children")) {
+                Ok(text) => text,
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
+                Err(e) => return Err(format!("cannot list the children of task {tid}: {e}")),
+            };
+            for child in children.split_whitespace().filter_map(|c| c.parse().ok()) {
+                if seen.insert(child) {
+                    stack.push(child);
+                }
+            }
+        }
+    }
+    if !peer.is_alive() {
+        return Err("the caller exited while its tree was checked".into());
+    }
+    Ok(())
+}
+
+enum TaskError {
+    Gone,
+    Refused(String),
+}
+
+fn check_task(caller: &Caller, dir: &str, pid: i32, tid: i32, root: bool) -> Result<(), TaskError> {
+    let gone_or = |e: std::io::Error, what: &str| {
+        if e.kind() == std::io::ErrorKind::NotFound {
+            TaskError::Gone
+        } else {
+            TaskError::Refused(format!("cannot inspect {what} of task {tid}: {e}"))
+        }
+    };
+    let comm = std::fs::read_to_string(format!("{dir}/comm")).map_err(|e| gone_or(e, "comm"))?;
+    let comm = comm.trim_end();
+    let what = match (root, pid == tid) {
+        (true, true) => format!("the caller (pid {pid}, {comm})"),
+        (true, false) => format!("thread {tid} ({comm}) of the caller (pid {pid})"),
+        (false, true) => format!("task pid {pid} ({comm}) in the caller's tree"),
+        (false, false) => format!("thread {tid} ({comm}) of pid {pid} in the caller's tree"),
+    };
+    let status =
+        std::fs::read_to_string(format!("{dir}/status")).map_err(|e| gone_or(e, "status"))?;
+    let task = Caller::parse(&status)
+        .ok_or_else(|| TaskError::Refused(format!("unreadable /proc status of {what}")))?;
+    // a file, not the directory: see `admit`
+    let proc_file =
+        rustix::fs::stat(format!("{dir}/stat")).map_err(|e| gone_or(e.into(), "owner"))?;
+    check_tree_task(caller, &task, &proc_file, &what).map_err(TaskError::Refused)
+}
+
+/// One of a uid's dump slots, given back on drop.
+struct UidSlot<'a> {
+    shared: &'a Shared,
+    uid: u32,
+}
+
+impl<'a> UidSlot<'a> {
+    fn take(shared: &'a Shared, uid: u32) -> Option<Self> {
+        let mut running = shared
+            .dumps_per_uid
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        let n = running.entry(uid).or_insert(0);
+        if *n >= shared.config.max_dumps_per_uid {
+            return None;
+        }
+        *n += 1;
+        Some(Self { shared, uid })
+    }
+}
+
+impl Drop for UidSlot<'_> {
+    fn drop(&mut self) {
+        let mut running = self
+            .shared
+            .dumps_per_uid
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        if let Some(n) = running.get_mut(&self.uid) {
+            *n -= 1;
+            if *n == 0 {
+                running.remove(&self.uid);
+            }
+        }
+    }
 }
 
 fn failure(job: Option<JobId>, message: String, log_file: Option<String>) -> Response {

@@ -85,8 +85,28 @@ impl Staging {
     }
 
     /// Hands every file to the caller, moves it into the caller's directory,
-    /// and syncs the filesystem.
+    /// and syncs the filesystem. On failure (a full disk, say) nothing of
+    /// the dump is left but CRIU's log, handed to the caller: no partial
+    /// set of images that could pass for a good one, no file of root's.
     pub fn publish(self, meta: &ImageMeta) -> io::Result<Published> {
+        let mut moved = Vec::new();
+        match self.try_publish(meta, &mut moved) {
+            Ok(published) => Ok(published),
+            Err(e) => {
+                for name in moved.iter().filter(|n| *n != DUMP_LOG) {
+                    if let Err(e) =
+                        rustix::fs::unlinkat(&self.parent, name.as_str(), AtFlags::empty())
+                    {
+                        log::warn!("cannot remove {name} of a failed dump: {e}");
+                    }
+                }
+                self.discard();
+                Err(e)
+            }
+        }
+    }
+
+    fn try_publish(&self, meta: &ImageMeta, moved: &mut Vec<String>) -> io::Result<Published> {
         let body = rmp_serde::to_vec(meta).map_err(io::Error::other)?;
         let file = rustix::fs::openat(
             &self.dir,
@@ -94,7 +114,12 @@ impl Staging {
             OFlags::WRONLY | OFlags::CREATE | OFlags::EXCL | OFlags::NOFOLLOW | OFlags::CLOEXEC,
             Mode::RUSR | Mode::WUSR,
         )?;
-        rustix::io::write(&file, &body)?;
+        if rustix::io::write(&file, &body)? != body.len() {
+            return Err(io::Error::new(
+                io::ErrorKind::StorageFull,
+                "short write of the meta file",
+            ));
+        }
         drop(file);
 
         let mut published = Published {
@@ -109,6 +134,7 @@ impl Staging {
         for name in self.names()? {
             published.bytes += self.hand_over(&name)?;
             rustix::fs::renameat(&self.dir, &name, &self.parent, &name)?;
+            moved.push(name);
         }
         let syncing = std::time::Instant::now();
         rustix::fs::syncfs(&self.parent)?;

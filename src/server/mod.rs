@@ -43,6 +43,7 @@ pub struct Builder {
     criu: Criu,
     policy: Policy,
     max_dumps: usize,
+    max_dumps_per_uid: usize,
     max_connections: usize,
     request_timeout: Duration,
     dump_timeout: Duration,
@@ -57,6 +58,7 @@ impl Default for Builder {
             criu: Criu::default(),
             policy: Policy::root_only(),
             max_dumps: 8,
+            max_dumps_per_uid: 4,
             max_connections: 256,
             request_timeout: Duration::from_secs(5),
             dump_timeout: Duration::from_secs(300),
@@ -81,6 +83,12 @@ impl Builder {
     /// Dumps running at once; more are refused as busy (default 8).
     pub fn max_dumps(mut self, n: usize) -> Self {
         self.max_dumps = n.max(1);
+        self
+    }
+    /// Dumps one uid may have running at once, so that one user cannot take
+    /// every dump slot; more are refused as busy (default 4).
+    pub fn max_dumps_per_uid(mut self, n: usize) -> Self {
+        self.max_dumps_per_uid = n.max(1);
         self
     }
     /// Connections open at once; more are refused as busy (default 256).
@@ -145,6 +153,7 @@ impl Builder {
             shared: Arc::new(Shared {
                 jobs: jobs::Jobs::new(self.result_ttl),
                 dumps: Arc::new(Semaphore::new(self.max_dumps)),
+                dumps_per_uid: std::sync::Mutex::new(std::collections::HashMap::new()),
                 connections: Arc::new(Semaphore::new(self.max_connections)),
                 config: self,
             }),
@@ -168,6 +177,8 @@ struct Shared {
     config: Builder,
     jobs: jobs::Jobs,
     dumps: Arc<Semaphore>,
+    /// Dumps running per caller uid.
+    dumps_per_uid: std::sync::Mutex<std::collections::HashMap<u32, usize>>,
     connections: Arc<Semaphore>,
 }
 

@@ -27,6 +27,8 @@ pub struct Caller {
     pub groups: Vec<u32>,
     /// Effective capability set.
     pub cap_eff: u64,
+    /// Permitted capability set.
+    pub cap_prm: u64,
 }
 
 impl Caller {
@@ -59,6 +61,7 @@ impl Caller {
                 .map(|x| x.parse().ok())
                 .collect::<Option<_>>()?,
             cap_eff: u64::from_str_radix(&field("CapEff:")?, 16).ok()?,
+            cap_prm: u64::from_str_radix(&field("CapPrm:")?, 16).ok()?,
         })
     }
 
@@ -100,8 +103,10 @@ impl Policy {
 /// Refuses callers that could hand the service more than they could reach
 /// themselves: changed ids (setuid/setgid), or, for non-root callers, any
 /// effective capability, or a `/proc` entry not owned by the caller (not
-/// dumpable).
-pub fn check_dumpable(caller: &Caller, proc_dir: &Stat, what: &str) -> Result<(), String> {
+/// dumpable). `proc_file` must be a file such as `/proc/<pid>/stat`: the
+/// kernel hands a non-dumpable task's files to root, but never its
+/// `/proc/<pid>` directory.
+pub fn check_dumpable(caller: &Caller, proc_file: &Stat, what: &str) -> Result<(), String> {
     let [ruid, ..] = caller.uids;
     if caller.uids.iter().any(|&u| u != ruid) || caller.gids.iter().any(|&g| g != caller.gids[0]) {
         return Err(format!(
@@ -116,7 +121,7 @@ pub fn check_dumpable(caller: &Caller, proc_dir: &Stat, what: &str) -> Result<()
                 caller.cap_eff
             ));
         }
-        if proc_dir.st_uid != ruid {
+        if proc_file.st_uid != ruid {
             return Err(format!("{what} is not dumpable (PR_SET_DUMPABLE is off)"));
         }
     }
@@ -147,5 +152,142 @@ pub fn may_write_dir(caller: &Caller, dir: &Stat) -> Result<(), String> {
         Err(format!(
             "uid {uid} may not create files in the images directory"
         ))
+    }
+}
+
+/// `CAP_SYS_PTRACE`: lets its holder inspect processes of any uid.
+const CAP_SYS_PTRACE: u64 = 1 << 19;
+
+/// Whether `caller` may get images of `task`, one task (thread) of its tree,
+/// checked once the tree is frozen. `what` names the task in the error.
+///
+/// The rule is "a caller must not get images of a process it could not
+/// ptrace itself", made stricter in one way:
+///
+/// - every task must pass the checks a caller passes ([`check_dumpable`]):
+///   no changed ids (setuid/setgid), no capabilities unless it runs as root,
+///   and dumpable. This holds even for a root caller, which could ptrace
+///   the task: a task that is setuid-changed or made itself non-dumpable
+///   (`PR_SET_DUMPABLE` 0, or a privilege drop, which the kernel marks
+///   non-dumpable) has asked not to be inspected, and its images would
+///   hold what it protects. It can opt back in with `PR_SET_DUMPABLE` 1.
+/// - as in the kernel's ptrace check, a caller without `CAP_SYS_PTRACE`
+///   may only get tasks whose real, effective and saved uids all equal its
+///   own uid, likewise for gids, and whose permitted capabilities are a
+///   subset of its own.
+///
+/// The dumpability of a root-owned task cannot be told from `/proc` (its
+/// entries are root's either way); such a task passes when the caller holds
+/// `CAP_SYS_PTRACE` and fails the uid rule otherwise.
+pub fn check_tree_task(
+    caller: &Caller,
+    task: &Caller,
+    task_proc: &Stat,
+    what: &str,
+) -> Result<(), String> {
+    check_dumpable(task, task_proc, what)?;
+    if caller.cap_eff & CAP_SYS_PTRACE != 0 {
+        return Ok(());
+    }
+    let uid = caller.uid();
+    if task.uids[..3].iter().any(|&u| u != uid) {
+        return Err(format!(
+            "{what} runs as uid {} and the caller as uid {uid}: the caller could not inspect it",
+            task.uids[1]
+        ));
+    }
+    let gid = caller.gids[1];
+    if task.gids[..3].iter().any(|&g| g != gid) {
+        return Err(format!(
+            "{what} runs as gid {} and the caller as gid {gid}: the caller could not inspect it",
+            task.gids[1]
+        ));
+    }
+    if task.cap_prm & !caller.cap_prm != 0 {
+        return Err(format!(
+            "{what} holds capabilities {:#x} that the caller lacks",
+            task.cap_prm & !caller.cap_prm
+        ));
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn status(uids: [u32; 4], gids: [u32; 4], eff: u64, prm: u64) -> Caller {
+        Caller {
+            uids,
+            gids,
+            groups: vec![],
+            cap_eff: eff,
+            cap_prm: prm,
+        }
+    }
+
+    fn proc_owned_by(uid: u32) -> Stat {
+        // SAFETY: `Stat` is a plain C struct; all-zero is a valid value.
+        let mut st: Stat = unsafe { std::mem::zeroed() };
+        st.st_uid = uid;
+        st
+    }
+
+    #[test]
+    fn parse_reads_ids_groups_and_capabilities() {
+        let text = "Name:\tx\nUid:\t1\t2\t3\t4\nGid:\t5\t6\t7\t8\nGroups:\t9 10 \n\
+                    CapPrm:\t00000000000000ff\nCapEff:\t000000000000000f\n";
+        let c = Caller::parse(text).unwrap();
+        assert_eq!(c.uids, [1, 2, 3, 4]);
+        assert_eq!(c.gids, [5, 6, 7, 8]);
+        assert_eq!(c.groups, vec![9, 10]);
+        assert_eq!((c.cap_eff, c.cap_prm), (0xf, 0xff));
+    }
+
+    #[test]
+    fn tree_rules_for_root_and_unprivileged_callers() {
+        let all = 0x1ff_ffff_ffff;
+        let root = status([0; 4], [0; 4], all, all);
+        let nobody = status([65534; 4], [65534; 4], 0, 0);
+        let nobody_task = status([65534; 4], [65534; 4], 0, 0);
+        let root_task = status([0; 4], [0; 4], all, all);
+        let setuid_task = status([65534, 0, 0, 0], [65534; 4], all, all);
+        let other_user = status([1000; 4], [1000; 4], 0, 0);
+        let ok = |c: &Caller, t: &Caller, owner| check_tree_task(c, t, &proc_owned_by(owner), "t");
+        // root may have its dumpable children of any uid, but not setuid or non-dumpable ones
+        assert!(ok(&root, &root_task, 0).is_ok());
+        assert!(ok(&root, &nobody_task, 65534).is_ok());
+        assert!(
+            ok(&root, &nobody_task, 0)
+                .unwrap_err()
+                .contains("not dumpable")
+        );
+        assert!(ok(&root, &setuid_task, 0).unwrap_err().contains("setuid"));
+        // an unprivileged caller gets only its own tasks
+        assert!(ok(&nobody, &nobody_task, 65534).is_ok());
+        assert!(
+            ok(&nobody, &other_user, 1000)
+                .unwrap_err()
+                .contains("could not inspect")
+        );
+        assert!(
+            ok(&nobody, &root_task, 0)
+                .unwrap_err()
+                .contains("could not inspect")
+        );
+        assert!(ok(&nobody, &setuid_task, 0).unwrap_err().contains("setuid"));
+        assert!(
+            ok(&nobody, &nobody_task, 0)
+                .unwrap_err()
+                .contains("not dumpable")
+        );
+        // root without CAP_SYS_PTRACE is held to the ptrace rule
+        let weak_root = status([0; 4], [0; 4], all & !CAP_SYS_PTRACE, all & !CAP_SYS_PTRACE);
+        assert!(ok(&weak_root, &nobody_task, 65534).is_err());
+        assert!(
+            ok(&weak_root, &root_task, 0)
+                .unwrap_err()
+                .contains("capabilities")
+        );
     }
 }
