@@ -11,6 +11,14 @@
 //! children first), `--exit-after` (let CRIU end the process after the dump),
 //! `--socket PATH`, `--connect PATH` (hold a connection to an outside unix
 //! socket, which makes the dump fail).
+//!
+//! For the adversarial tests: `--nondumpable` (the process makes itself
+//! non-dumpable first), `--alloc-mb N` (touch N MiB first, so that a dump
+//! takes a while), and for the children `--child-nondumpable`,
+//! `--child-setuid UID` (they switch all their ids to UID; needs root; the
+//! kernel then marks them non-dumpable), `--child-dumpable` (they make
+//! themselves dumpable again afterwards), `--child-exec "PATH ARGS"` (run
+//! this command as each child instead).
 
 use selfdump::{Options, Outcome, checkpoint};
 use std::io::Write;
@@ -19,7 +27,7 @@ use std::time::Duration;
 fn main() {
     let args: Vec<String> = std::env::args().skip(1).collect();
     if args.first().map(String::as_str) == Some("--child") {
-        return child();
+        return child(&args[1..]);
     }
     let value = |name: &str| {
         args.iter()
@@ -49,13 +57,38 @@ fn main() {
     // Optionally hold a connection to a socket outside the tree (CRIU refuses that).
     let _outside =
         value("--connect").map(|p| std::os::unix::net::UnixStream::connect(p).expect("--connect"));
+    if args.iter().any(|a| a == "--nondumpable") {
+        rustix::process::set_dumpable_behavior(rustix::process::DumpableBehavior::NotDumpable)
+            .expect("PR_SET_DUMPABLE");
+    }
+    let _ballast: Vec<u8> = vec![1u8; (number("--alloc-mb", 0) as usize) << 20];
+    let mut child_args = Vec::new();
+    for flag in ["--child-nondumpable", "--child-dumpable"] {
+        if args.iter().any(|a| a == flag) {
+            child_args.push(flag.to_string());
+        }
+    }
+    if let Some(uid) = value("--child-setuid") {
+        child_args.extend(["--child-setuid".to_string(), uid]);
+    }
+    let child_exec = value("--child-exec");
     let children: Vec<u32> = (0..number("--children", 0))
         .map(|_| {
-            std::process::Command::new(std::env::current_exe().expect("own path"))
-                .arg("--child")
-                .spawn()
-                .expect("start a child")
-                .id()
+            let mut cmd = match &child_exec {
+                Some(line) => {
+                    let mut words = line.split_whitespace();
+                    let mut cmd = std::process::Command::new(words.next().expect("a command"));
+                    cmd.args(words);
+                    cmd
+                }
+                None => {
+                    let mut cmd =
+                        std::process::Command::new(std::env::current_exe().expect("own path"));
+                    cmd.arg("--child").args(&child_args);
+                    cmd
+                }
+            };
+            cmd.spawn().expect("start a child").id()
         })
         .collect();
     say(&format!(
@@ -88,7 +121,30 @@ fn main() {
 }
 
 /// A child that sleeps until its parent dies (the kernel then kills it).
-fn child() {
+fn child(args: &[String]) {
+    use rustix::process::{DumpableBehavior, set_dumpable_behavior};
+    if let Some(uid) = args
+        .iter()
+        .position(|a| a == "--child-setuid")
+        .and_then(|i| args.get(i + 1))
+    {
+        let uid: u32 = uid.parse().expect("--child-setuid UID");
+        // one thread: the per-thread id calls change the whole process
+        let (u, g) = (
+            rustix::process::Uid::from_raw(uid),
+            rustix::process::Gid::from_raw(uid),
+        );
+        rustix::thread::set_thread_groups(&[]).expect("setgroups");
+        rustix::thread::set_thread_res_gid(g, g, g).expect("setresgid");
+        rustix::thread::set_thread_res_uid(u, u, u).expect("setresuid");
+    }
+    if args.iter().any(|a| a == "--child-nondumpable") {
+        set_dumpable_behavior(DumpableBehavior::NotDumpable).expect("PR_SET_DUMPABLE");
+    }
+    if args.iter().any(|a| a == "--child-dumpable") {
+        set_dumpable_behavior(DumpableBehavior::Dumpable).expect("PR_SET_DUMPABLE");
+    }
+    // after the id change, which clears it
     let _ = rustix::process::set_parent_process_death_signal(Some(rustix::process::Signal::KILL));
     loop {
         std::thread::sleep(Duration::from_secs(1));

@@ -311,3 +311,151 @@ pub fn image_files(dir: &Path) -> Vec<(String, u32, u32)> {
     files.sort();
     files
 }
+
+// ---- appended for the adversarial suite ----
+
+impl Program {
+    /// Like [`Program::start_as`], on any socket path (a service that is
+    /// killed and restarted keeps its path, not its `Service` value).
+    pub fn start_on(socket: &Path, images: &Path, args: &[&str], uid: Option<u32>) -> Self {
+        let log = images.parent().unwrap().join(format!(
+            "{}.log",
+            images.file_name().unwrap().to_string_lossy()
+        ));
+        let out = OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&log)
+            .unwrap();
+        if let Some(uid) = uid {
+            std::os::unix::fs::chown(&log, Some(uid), Some(uid)).unwrap();
+        }
+        let mut cmd = Command::new(example("counter"));
+        cmd.arg("--images")
+            .arg(images)
+            .arg("--socket")
+            .arg(socket)
+            .args(args)
+            .stdin(Stdio::null())
+            .stdout(out.try_clone().unwrap())
+            .stderr(out);
+        if let Some(uid) = uid {
+            use std::os::unix::process::CommandExt;
+            cmd.uid(uid).gid(uid);
+        }
+        let child = cmd.spawn().expect("start counter");
+        let pid = child.id() as i32;
+        Self {
+            child: Some(child),
+            pid,
+            log,
+        }
+    }
+
+    /// The pids of the children the program printed at start.
+    pub fn children(&self) -> Vec<i32> {
+        let started = self.wait_for("the child pids", |l| l.starts_with("started pid"));
+        started
+            .split(['[', ']'])
+            .nth(1)
+            .unwrap()
+            .split(", ")
+            .filter(|p| !p.is_empty())
+            .map(|p| p.parse().unwrap())
+            .collect()
+    }
+}
+
+/// A service that can be killed abruptly: its future is dropped with every
+/// connection and dump in flight (CRIU children are killed), as when the
+/// service process dies; the socket file stays behind, stale.
+pub struct KillableService {
+    pub socket: PathBuf,
+    kill: Option<async_channel::Sender<()>>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl KillableService {
+    pub fn start_at(socket: &Path, configure: impl FnOnce(Builder) -> Builder) -> Self {
+        become_subreaper();
+        let server = configure(Server::builder().criu(criu()).socket_mode(0o666))
+            .bind(socket)
+            .expect("bind the test socket");
+        let (tx, rx) = async_channel::bounded::<()>(1);
+        let thread = std::thread::spawn(move || {
+            use futures_lite::FutureExt;
+            let run = async move {
+                let _ = server.run().await;
+            };
+            let kill = async move {
+                let _ = rx.recv().await;
+            };
+            async_io::block_on(run.or(kill));
+        });
+        Self {
+            socket: socket.to_path_buf(),
+            kill: Some(tx),
+            thread: Some(thread),
+        }
+    }
+
+    /// Drops the service at once, whatever it is doing.
+    pub fn kill(mut self) {
+        self.stop();
+    }
+
+    fn stop(&mut self) {
+        drop(self.kill.take());
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+impl Drop for KillableService {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+/// Open fds of this process.
+pub fn open_fds() -> Vec<(i32, PathBuf)> {
+    std::fs::read_dir("/proc/self/fd")
+        .unwrap()
+        .flatten()
+        .filter_map(|e| {
+            let fd = e.file_name().to_str()?.parse().ok()?;
+            Some((fd, std::fs::read_link(e.path()).unwrap_or_default()))
+        })
+        .collect()
+}
+
+/// Children of this process: (pid, state, comm).
+pub fn own_children() -> Vec<(i32, char, String)> {
+    let me = std::process::id() as i32;
+    std::fs::read_dir("/proc")
+        .unwrap()
+        .flatten()
+        .filter_map(|e| {
+            let pid: i32 = e.file_name().to_str()?.parse().ok()?;
+            let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+            let (head, rest) = stat.rsplit_once(')')?;
+            let comm = head.split_once('(')?.1.to_owned();
+            let mut fields = rest.split_whitespace();
+            let state = fields.next()?.chars().next()?;
+            let ppid: i32 = fields.next()?.parse().ok()?;
+            (ppid == me).then_some((pid, state, comm))
+        })
+        .collect()
+}
+
+/// The scheduler state of a process (`R`, `S`, `t` for traced, `Z`), if it exists.
+pub fn process_state(pid: i32) -> Option<char> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("State:"))?
+        .trim()
+        .chars()
+        .next()
+}
