@@ -1,7 +1,8 @@
 //! The process the benchmarks checkpoint: it holds `--mib` MiB of touched
 //! memory and either checkpoints itself `--checkpoints` times through the
 //! service, printing what each took, or (`--idle`) just waits to be dumped
-//! by a plain `criu dump`.
+//! by a plain `criu dump`. With `--wait-stdin` it starts checkpointing
+//! when a line arrives on stdin (to start several at once).
 //!
 //! While it checkpoints, a ticker thread notes the longest time it could
 //! not run: that is how long the app was blocked by the freeze.
@@ -14,9 +15,16 @@ use std::time::{Duration, Instant};
 
 fn main() {
     let args: Vec<String> = std::env::args().skip(1).collect();
-    let value = |name: &str| args.iter().position(|a| a == name).and_then(|i| args.get(i + 1)).cloned();
+    let value = |name: &str| {
+        args.iter()
+            .position(|a| a == name)
+            .and_then(|i| args.get(i + 1))
+            .cloned()
+    };
     let mib: usize = value("--mib").map_or(4, |v| v.parse().expect("--mib"));
     let memory = touched(mib);
+    // The same threads in both modes, so plain CRIU dumps the same kind of process.
+    let ticker = Ticker::start();
     say(&format!("ready pid={} mib={mib}", std::process::id()));
     if args.iter().any(|a| a == "--idle") {
         loop {
@@ -30,7 +38,10 @@ fn main() {
         options = options.socket(socket);
     }
     let count: usize = value("--checkpoints").map_or(1, |v| v.parse().expect("--checkpoints"));
-    let ticker = Ticker::start();
+    if args.iter().any(|a| a == "--wait-stdin") {
+        let mut go = String::new();
+        let _ = std::io::stdin().read_line(&mut go);
+    }
     for i in 0..count {
         ticker.reset();
         let started = Instant::now();

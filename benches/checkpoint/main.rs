@@ -1,0 +1,466 @@
+//! What a checkpoint costs through selfdump against plain CRIU, measured in
+//! the same run on the same machine:
+//!
+//! 1. end to end, a small process: `checkpoint().await` (call time seen by
+//!    the app) against `criu dump --leave-running` run by hand (wall time of
+//!    the command), with and without CRIU's kernel-feature cache;
+//! 2. freeze time for 64 MiB, 256 MiB and 1 GiB of touched memory: how long
+//!    the app is blocked and CRIU's own frozen time, against plain CRIU's
+//!    frozen time, plus dump throughput and what `syncfs` costs;
+//! 3. concurrency: 1, 2, 4 and 8 processes checkpointing at once.
+//!
+//! Needs root and CRIU >= 4 (scripts/install-criu.sh). Writes a summary to
+//! `target/selfdump-bench/` (JSON lines and an SVG plot of freeze time
+//! against memory size). Run: `cargo bench --bench checkpoint`.
+//! `SELFDUMP_BENCH_QUICK=1` runs fewer repetitions and skips 1 GiB.
+
+use selfdump::server::engine::kdat;
+use selfdump::server::{Criu, Server, check::find_criu};
+use std::io::{BufRead, BufReader, Write};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+mod plot;
+
+fn main() {
+    if std::env::args().any(|a| a == "--list") {
+        println!("checkpoint: bench");
+        return;
+    }
+    if !rustix::process::geteuid().is_root() {
+        println!("checkpoint bench: SKIPPED, needs root (CRIU dumps need it)");
+        return;
+    }
+    let quick = std::env::var_os("SELFDUMP_BENCH_QUICK").is_some();
+    let reps = if quick { 3 } else { 10 };
+    let criu = Criu {
+        path: find_criu(),
+        log_level: 4,
+    };
+    let app = build_bench_app();
+    let work = tempfile::Builder::new()
+        .prefix("selfdump-bench")
+        .tempdir_in("/var/tmp")
+        .unwrap();
+    let socket = work.path().join("selfdump.sock");
+    let server = Server::builder()
+        .criu(criu.clone())
+        .max_dumps(16)
+        .max_dumps_per_uid(16)
+        .bind(&socket)
+        .unwrap();
+    std::thread::spawn(move || async_io::block_on(server.run()));
+    let had_cache = Path::new(kdat::KDAT_FILE).exists();
+    let out_dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("target/selfdump-bench");
+    std::fs::create_dir_all(&out_dir).unwrap();
+    let mut results = Results::new(&out_dir.join("results.jsonl"));
+    println!("machine: {}", machine());
+
+    let only = std::env::var("SELFDUMP_BENCH_ONLY").unwrap_or_default();
+    let run = |part: &str| only.is_empty() || only.split(',').any(|p| p == part);
+
+    // 0. What a warm (pre-started) `criu swrk` worker could save at most:
+    // starting one and getting an answer to a trivial request.
+    if run("workers") {
+        let startups: Vec<f64> = (0..reps.max(5))
+            .map(|_| {
+                let started = Instant::now();
+                async_io::block_on(criu.version()).expect("criu swrk answers VERSION");
+                ms(started.elapsed())
+            })
+            .collect();
+        let startup = median(startups);
+        println!(
+            "\n0. starting criu swrk and getting one answer (all a warm worker could save): {startup:.2} ms"
+        );
+        results.add("swrk_startup", &[("startup_ms", startup)]);
+    }
+
+    // 1. End to end, small process.
+    if run("e2e") {
+        println!("\n1. end to end, 4 MiB process, {reps} checkpoints each (median)");
+        let _ = std::fs::remove_file(kdat::KDAT_FILE);
+        let plain_cold = plain_dumps(&criu, &app, work.path(), 4, reps);
+        let selfdump_cold = selfdump_dumps(&app, &socket, work.path(), 4, reps);
+        let cache = kdat::ensure_cache(&criu);
+        let plain_warm = plain_dumps(&criu, &app, work.path(), 4, reps);
+        let selfdump_warm = selfdump_dumps(&app, &socket, work.path(), 4, reps);
+        if !had_cache {
+            kdat::remove_cache(&cache);
+        }
+        let wall = |s: &Sample| s.wall_ms;
+        println!("   kernel-feature cache: {cache:?}");
+        println!(
+            "   plain criu dump, no cache (the usual way here)  {:>8.1} ms",
+            m(&plain_cold, wall)
+        );
+        println!(
+            "   plain criu dump, with cache                     {:>8.1} ms",
+            m(&plain_warm, wall)
+        );
+        println!(
+            "   selfdump checkpoint(), no cache                 {:>8.1} ms",
+            m(&selfdump_cold, wall)
+        );
+        println!(
+            "   selfdump checkpoint(), with cache               {:>8.1} ms",
+            m(&selfdump_warm, wall)
+        );
+        println!(
+            "     of which syncfs                               {:>8.1} ms",
+            m(&selfdump_warm, |s| s.sync_ms)
+        );
+        let same_cache = m(&selfdump_warm, wall) / m(&plain_warm, wall);
+        let vs_usual = m(&selfdump_warm, wall) / m(&plain_cold, wall);
+        println!(
+            "   ratio selfdump / plain, both with cache         {same_cache:>8.2}   target <= 1.0: {}",
+            met(same_cache <= 1.0)
+        );
+        println!(
+            "   ratio selfdump / plain run the usual way        {vs_usual:>8.2}   target <= 0.5: {}",
+            met(vs_usual <= 0.5)
+        );
+        results.add(
+            "end_to_end",
+            &[
+                ("plain_no_cache_ms", m(&plain_cold, wall)),
+                ("plain_cache_ms", m(&plain_warm, wall)),
+                ("selfdump_no_cache_ms", m(&selfdump_cold, wall)),
+                ("selfdump_cache_ms", m(&selfdump_warm, wall)),
+                ("selfdump_sync_ms", m(&selfdump_warm, |s| s.sync_ms)),
+                ("ratio_same_cache", same_cache),
+                ("ratio_vs_usual", vs_usual),
+            ],
+        );
+    }
+
+    // 2. Freeze time against memory size (both with the cache).
+    if run("freeze") {
+        let cache = kdat::ensure_cache(&criu);
+        let sizes: &[usize] = if quick { &[64, 256] } else { &[64, 256, 1024] };
+        let freeze_reps = if quick { 2 } else { 3 };
+        println!(
+            "\n2. freeze time, {freeze_reps} dumps per size (median); app memory touched twice first"
+        );
+        println!(
+            "   {:>6} {:>14} {:>14} {:>14} {:>10} {:>9} {:>9}",
+            "MiB", "plain frozen", "sd frozen", "sd blocked", "added", "GB/s", "syncfs"
+        );
+        let mut points = Vec::new();
+        for &mib in sizes {
+            let plain = plain_dumps(&criu, &app, work.path(), mib, freeze_reps);
+            let sd = selfdump_dumps(&app, &socket, work.path(), mib, freeze_reps);
+            let (pf, sf, sb) = (
+                m(&plain, |s| s.frozen_ms),
+                m(&sd, |s| s.frozen_ms),
+                m(&sd, |s| s.blocked_ms),
+            );
+            let gbps = m(&sd, |s| s.bytes / (s.frozen_ms / 1000.0) / 1e9);
+            let sync = m(&sd, |s| s.sync_ms);
+            println!(
+                "   {mib:>6} {pf:>11.1} ms {sf:>11.1} ms {sb:>11.1} ms {:>7.1} ms {gbps:>9.2} {sync:>6.1} ms",
+                sf - pf
+            );
+            results.add(
+                &format!("freeze_{mib}mib"),
+                &[
+                    ("plain_frozen_ms", pf),
+                    ("selfdump_frozen_ms", sf),
+                    ("selfdump_blocked_ms", sb),
+                    ("added_ms", sf - pf),
+                    ("gb_per_s", gbps),
+                    ("syncfs_ms", sync),
+                ],
+            );
+            points.push((mib, pf, sf, sb));
+        }
+        kdat::remove_cache(&cache);
+        let svg = out_dir.join("freeze-time.svg");
+        std::fs::write(&svg, plot::freeze_svg(&points)).unwrap();
+        println!(
+            "   target: selfdump adds <= 5 ms to the freeze at every size: {}",
+            met(points.iter().all(|&(_, pf, sf, _)| sf - pf <= 5.0))
+        );
+        println!("   plot: {}", svg.display());
+    }
+
+    // 3. Concurrency.
+    if run("concurrency") {
+        let cache = kdat::ensure_cache(&criu);
+        println!("\n3. concurrency: N processes (4 MiB) checkpoint at once");
+        println!(
+            "   {:>3} {:>12} {:>22} {:>22}",
+            "N", "total", "frozen min/med/max", "blocked min/med/max"
+        );
+        for n in [1usize, 2, 4, 8] {
+            let (total, samples) = concurrent(&app, &socket, work.path(), n);
+            let frozen: Vec<f64> = samples.iter().map(|s| s.frozen_ms).collect();
+            let blocked: Vec<f64> = samples.iter().map(|s| s.blocked_ms).collect();
+            println!(
+                "   {n:>3} {:>9.1} ms {:>22} {:>22}",
+                total,
+                spread(&frozen),
+                spread(&blocked)
+            );
+            results.add(
+                &format!("concurrency_{n}"),
+                &[
+                    ("total_ms", total),
+                    ("frozen_max_ms", max(&frozen)),
+                    ("blocked_max_ms", max(&blocked)),
+                ],
+            );
+        }
+        kdat::remove_cache(&cache);
+    }
+    if had_cache {
+        let _ = kdat::ensure_cache(&criu);
+    }
+    println!("\nresults: {}", out_dir.join("results.jsonl").display());
+}
+
+#[derive(Debug, Clone, Default)]
+struct Sample {
+    wall_ms: f64,
+    frozen_ms: f64,
+    blocked_ms: f64,
+    sync_ms: f64,
+    bytes: f64,
+}
+
+fn build_bench_app() -> PathBuf {
+    let status = Command::new(env!("CARGO"))
+        .args(["build", "--quiet", "--release", "--example", "bench_app"])
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .status()
+        .unwrap();
+    assert!(status.success());
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("target/release/examples/bench_app")
+}
+
+/// Starts the app and waits for its "ready" line.
+fn start_app(app: &Path, args: &[&str]) -> (Child, BufReader<std::process::ChildStdout>) {
+    let mut child = Command::new(app)
+        .args(args)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .unwrap();
+    let mut out = BufReader::new(child.stdout.take().unwrap());
+    let mut line = String::new();
+    out.read_line(&mut line).unwrap();
+    assert!(line.starts_with("ready"), "{line}");
+    (child, out)
+}
+
+fn images(work: &Path, name: &str) -> PathBuf {
+    let dir = work.join(name);
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+/// `criu dump --leave-running` run by hand, `reps` times on one idle app.
+fn plain_dumps(criu: &Criu, app: &Path, work: &Path, mib: usize, reps: usize) -> Vec<Sample> {
+    let (mut child, _out) = start_app(app, &["--idle", "--mib", &mib.to_string()]);
+    let pid = child.id().to_string();
+    let dir = images(work, "plain");
+    let samples = (0..reps)
+        .map(|_| {
+            // no earlier dump's dirty pages competing with this one
+            rustix::fs::sync();
+            let started = Instant::now();
+            let status = Command::new(&criu.path)
+                .args([
+                    "dump",
+                    "--leave-running",
+                    "--shell-job",
+                    "-t",
+                    &pid,
+                    "-o",
+                    "dump.log",
+                    "-v4",
+                    "-D",
+                ])
+                .arg(&dir)
+                .status()
+                .unwrap();
+            let wall_ms = ms(started.elapsed());
+            assert!(
+                status.success(),
+                "plain criu dump failed, see {}",
+                dir.join("dump.log").display()
+            );
+            Sample {
+                wall_ms,
+                frozen_ms: criu_frozen_ms(&dir),
+                ..Sample::default()
+            }
+        })
+        .collect();
+    let _ = child.kill();
+    let _ = child.wait();
+    samples
+}
+
+/// CRIU's frozen time from its `stats-dump` image.
+fn criu_frozen_ms(dir: &Path) -> f64 {
+    let file = std::fs::File::open(dir).unwrap();
+    let image = selfdump::server::images::read_image(&file, "stats-dump").expect("stats-dump");
+    let entry = selfdump::server::images::entries(&image).next().unwrap();
+    use prost::Message;
+    let stats = selfdump::server::engine::rpc::StatsEntry::decode(entry).unwrap();
+    stats.dump.unwrap().frozen_time as f64 / 1000.0
+}
+
+/// The app checkpoints itself `reps` times through the service.
+fn selfdump_dumps(app: &Path, socket: &Path, work: &Path, mib: usize, reps: usize) -> Vec<Sample> {
+    let dir = images(work, "selfdump");
+    rustix::fs::sync();
+    let (mut child, out) = start_app(
+        app,
+        &[
+            "--mib",
+            &mib.to_string(),
+            "--checkpoints",
+            &reps.to_string(),
+            "--images",
+            dir.to_str().unwrap(),
+            "--socket",
+            socket.to_str().unwrap(),
+        ],
+    );
+    let samples = out.lines().map(|l| parse(&l.unwrap())).collect::<Vec<_>>();
+    assert!(child.wait().unwrap().success());
+    assert_eq!(samples.len(), reps);
+    samples
+}
+
+fn parse(line: &str) -> Sample {
+    assert!(
+        line.starts_with("checkpoint ") && !line.contains("error"),
+        "{line}"
+    );
+    let field = |name: &str| -> f64 {
+        line.split_whitespace()
+            .find_map(|w| w.strip_prefix(name)?.strip_prefix('='))
+            .unwrap_or_else(|| panic!("{name} in {line}"))
+            .parse()
+            .unwrap()
+    };
+    Sample {
+        wall_ms: field("call_us") / 1000.0,
+        frozen_ms: field("frozen_us") / 1000.0,
+        blocked_ms: field("blocked_us") / 1000.0,
+        sync_ms: field("sync_us") / 1000.0,
+        bytes: field("bytes"),
+    }
+}
+
+/// `n` apps checkpoint at once; returns the wall time until all are done.
+fn concurrent(app: &Path, socket: &Path, work: &Path, n: usize) -> (f64, Vec<Sample>) {
+    let mut apps: Vec<_> = (0..n)
+        .map(|i| {
+            let dir = images(work, &format!("concurrent-{i}"));
+            start_app(
+                app,
+                &[
+                    "--wait-stdin",
+                    "--mib",
+                    "4",
+                    "--images",
+                    dir.to_str().unwrap(),
+                    "--socket",
+                    socket.to_str().unwrap(),
+                ],
+            )
+        })
+        .collect();
+    let started = Instant::now();
+    for (child, _) in &mut apps {
+        child.stdin.as_mut().unwrap().write_all(b"go\n").unwrap();
+    }
+    let samples: Vec<Sample> = apps
+        .into_iter()
+        .map(|(mut child, out)| {
+            let sample = out.lines().map(|l| parse(&l.unwrap())).next().unwrap();
+            child.wait().unwrap();
+            sample
+        })
+        .collect();
+    (ms(started.elapsed()), samples)
+}
+
+struct Results(std::fs::File);
+
+impl Results {
+    fn new(path: &Path) -> Self {
+        Self(std::fs::File::create(path).unwrap())
+    }
+    fn add(&mut self, name: &str, values: &[(&str, f64)]) {
+        let fields: Vec<String> = values
+            .iter()
+            .map(|(k, v)| format!("\"{k}\": {v:.3}"))
+            .collect();
+        writeln!(self.0, "{{\"bench\": \"{name}\", {}}}", fields.join(", ")).unwrap();
+    }
+}
+
+fn machine() -> String {
+    let cpu = std::fs::read_to_string("/proc/cpuinfo")
+        .unwrap_or_default()
+        .lines()
+        .find_map(|l| {
+            l.strip_prefix("model name")
+                .map(|m| m.trim_start_matches([' ', '\t', ':']).to_owned())
+        })
+        .unwrap_or_default();
+    let kernel = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
+    let criu = Command::new(find_criu())
+        .arg("--version")
+        .output()
+        .map(|o| {
+            String::from_utf8_lossy(&o.stdout)
+                .lines()
+                .next()
+                .unwrap_or("")
+                .to_owned()
+        })
+        .unwrap_or_default();
+    format!(
+        "{} cpus ({cpu}), kernel {}, criu {}",
+        std::thread::available_parallelism().map_or(0, |n| n.get()),
+        kernel.trim(),
+        criu.trim()
+    )
+}
+
+fn ms(d: Duration) -> f64 {
+    d.as_secs_f64() * 1000.0
+}
+
+/// Median of one measure over samples.
+fn m(v: &[Sample], f: fn(&Sample) -> f64) -> f64 {
+    median(v.iter().map(f).collect())
+}
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(|a, b| a.partial_cmp(b).unwrap());
+    v[v.len() / 2]
+}
+
+fn max(v: &[f64]) -> f64 {
+    v.iter().copied().fold(0.0, f64::max)
+}
+
+fn spread(v: &[f64]) -> String {
+    let mut s = v.to_vec();
+    s.sort_by(|a, b| a.partial_cmp(b).unwrap());
+    format!("{:.1}/{:.1}/{:.1} ms", s[0], s[s.len() / 2], s[s.len() - 1])
+}
+
+fn met(ok: bool) -> &'static str {
+    if ok { "met" } else { "NOT met" }
+}
