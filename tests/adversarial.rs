@@ -219,6 +219,86 @@ fn spoofed_pid_in_request(ctx: &mut Ctx) -> String {
     format!("refused as malformed/trailing ({})", said.join(" | "))
 }
 
+/// The caller connects, then exits, and its pid is given to another
+/// process (a victim) before the service acts on the request (which the
+/// caller's connection, kept alive elsewhere, then sends). The service
+/// knows the caller by its pidfd, sees that it exited, and refuses: the
+/// victim, now holding the pid, is never dumped.
+fn recycled_pid(ctx: &mut Ctx) -> String {
+    use rustix::process::{Pid, PidfdFlags, PidfdGetfdFlags, pidfd_getfd, pidfd_open};
+    let socket = ctx.service(|b| b);
+    let addr = rustix::net::SocketAddrUnix::new(socket.as_path()).unwrap();
+    // the caller: connects in the child, before exec, and keeps the
+    // connection as its stdin
+    let mut cmd = std::process::Command::new("sleep");
+    cmd.arg("600").stdin(std::process::Stdio::null());
+    // SAFETY: only raw syscalls (socket, connect, dup2) run between fork and exec.
+    unsafe {
+        use std::os::fd::FromRawFd;
+        use std::os::unix::process::CommandExt;
+        cmd.pre_exec(move || {
+            let s = rustix::net::socket(
+                rustix::net::AddressFamily::UNIX,
+                rustix::net::SocketType::STREAM,
+                None,
+            )?;
+            rustix::net::connect(&s, &addr)?;
+            let mut stdin = std::os::fd::OwnedFd::from_raw_fd(0);
+            let dup = rustix::io::dup2(&s, &mut stdin);
+            std::mem::forget(stdin);
+            dup?;
+            Ok(())
+        });
+    }
+    let mut caller = cmd.spawn().unwrap();
+    let pid = caller.id() as i32;
+    let pidfd = pidfd_open(Pid::from_raw(pid).unwrap(), PidfdFlags::empty()).unwrap();
+    let conn = UnixStream::from(pidfd_getfd(&pidfd, 0, PidfdGetfdFlags::empty()).unwrap());
+    std::thread::sleep(Duration::from_millis(200)); // the service has accepted it
+    let _ = caller.kill();
+    let _ = caller.wait();
+    drop(pidfd);
+    // give the pid to a victim
+    let mut victim = None;
+    for _ in 0..50 {
+        std::fs::write("/proc/sys/kernel/ns_last_pid", (pid - 1).to_string()).unwrap();
+        let mut v = std::process::Command::new("sleep")
+            .arg("600")
+            .spawn()
+            .unwrap();
+        if v.id() as i32 == pid {
+            victim = Some(v);
+            break;
+        }
+        let _ = v.kill();
+        let _ = v.wait();
+    }
+    let mut victim = victim.expect("could not recycle the pid");
+    let images = images_dir();
+    let dir = std::fs::File::open(images.path()).unwrap();
+    let answer = async_io::block_on(async {
+        let stream = Async::new(conn).unwrap();
+        proto::write_frame(&stream, &checkpoint_frame(), &[dir.as_fd()])
+            .await
+            .unwrap();
+        proto::read_frame(&stream)
+            .await
+            .unwrap()
+            .expect("an answer")
+    });
+    let (kind, message) = refusal(answer);
+    assert_ne!(process_state(pid), Some('t'), "the victim was frozen");
+    let _ = victim.kill();
+    let _ = victim.wait();
+    assert_eq!(kind, RefusalKind::NotPermitted, "{message}");
+    assert!(message.contains("exited"), "{message}");
+    assert!(
+        image_files(images.path()).is_empty(),
+        "something was dumped"
+    );
+    format!("pid {pid} recycled to a victim; refused: {message}")
+}
+
 /// A caller cannot name another process: the dump is of the connecting
 /// pid, whatever else runs. A victim next to the caller is not touched.
 fn dump_is_always_of_the_connecting_pid(ctx: &mut Ctx) -> String {
@@ -869,35 +949,49 @@ fn wait_no_criu() {
 /// running and get an error.
 fn criu_killed_mid_dump(ctx: &mut Ctx) -> String {
     let socket = ctx.service(|b| b);
-    let images = images_dir();
-    let mut program = Program::start_on(
-        &socket,
-        images.path(),
-        &[
-            "--alloc-mb",
-            "256",
-            "--at",
-            "1",
-            "--until",
-            "100",
-            "--interval-ms",
-            "20",
-        ],
-        None,
-    );
-    program.wait_for("count 1", |l| l == "count 1");
-    wait_frozen(program.pid);
-    let criu = criu_children();
-    assert_eq!(criu.len(), 1, "one criu child: {criu:?}");
-    kill(criu[0]);
-    let line = outcome(&program);
-    assert!(line.starts_with("checkpoint error"), "{line}");
-    assert_runs_on(&program);
-    program.kill();
-    wait_no_criu();
-    assert_no_staging(images.path());
-    assert!(!images.path().join("pstree.img").exists());
-    format!("caller thawed and told: {}", short(&line))
+    let mut said = Vec::new();
+    // killed as soon as the tree is seized, and while it writes memory
+    // (the parasite is in the caller then)
+    for during_memdump in [false, true] {
+        let images = images_dir();
+        let mut program = Program::start_on(
+            &socket,
+            images.path(),
+            &[
+                "--alloc-mb",
+                "256",
+                "--at",
+                "1",
+                "--until",
+                "100",
+                "--interval-ms",
+                "20",
+            ],
+            None,
+        );
+        program.wait_for("count 1", |l| l == "count 1");
+        wait_frozen(program.pid);
+        if during_memdump {
+            wait_for_memdump(images.path());
+        }
+        let criu = criu_children();
+        assert_eq!(criu.len(), 1, "one criu child: {criu:?}");
+        kill(criu[0]);
+        let line = outcome(&program);
+        assert!(line.starts_with("checkpoint error"), "{line}");
+        assert_runs_on(&program);
+        program.kill();
+        wait_no_criu();
+        assert_no_staging(images.path());
+        assert!(!images.path().join("pstree.img").exists());
+        let when = if during_memdump {
+            "during memdump"
+        } else {
+            "at the seize"
+        };
+        said.push(format!("{when}: {}", short(&line)));
+    }
+    format!("caller thawed and told: {}", said.join(" | "))
 }
 
 /// The service dies between the freeze and the result query: the original
@@ -1066,26 +1160,8 @@ fn dump_timeout_exceeded(ctx: &mut Ctx) -> String {
 /// uid is refused as busy while the first runs (CRIU is slowed down by a
 /// wrapper); another uid is not held back by it.
 fn dumps_per_uid_limit(ctx: &mut Ctx) -> String {
-    let wrap = tempfile::tempdir().unwrap();
-    let wrapper = wrap.path().join("slow-criu");
-    std::fs::write(
-        &wrapper,
-        format!(
-            "#!/bin/sh\nsleep 2\nexec {} \"$@\"\n",
-            criu().path.display()
-        ),
-    )
-    .unwrap();
-    std::fs::set_permissions(&wrapper, PermissionsExt::from_mode(0o755)).unwrap();
-    let wrapper_for_builder = wrapper.clone();
-    let socket = ctx.service(move |b| {
-        allow(&[NOBODY])(b)
-            .max_dumps_per_uid(1)
-            .criu(selfdump::server::Criu {
-                path: wrapper_for_builder,
-                log_level: 4,
-            })
-    });
+    let (wrap, slow) = slow_criu();
+    let socket = ctx.service(move |b| allow(&[NOBODY])(b).max_dumps_per_uid(1).criu(slow));
     let (first_dir, second_dir, nobody_dir) = (images_dir(), images_dir(), dir_of(NOBODY));
     let args = ["--at", "1", "--until", "60", "--interval-ms", "50"];
     let mut first = Program::start_on(&socket, first_dir.path(), &args, None);
@@ -1111,6 +1187,58 @@ fn dumps_per_uid_limit(ctx: &mut Ctx) -> String {
     wait_no_criu();
     ctx.keep.push(Box::new(wrap));
     format!("second root dump refused: {}", short(&second_line))
+}
+
+/// A CRIU that waits 2 s before it starts (the directory must outlive it).
+fn slow_criu() -> (tempfile::TempDir, selfdump::server::Criu) {
+    let wrap = tempfile::tempdir().unwrap();
+    let wrapper = wrap.path().join("slow-criu");
+    std::fs::write(
+        &wrapper,
+        format!(
+            "#!/bin/sh\nsleep 2\nexec {} \"$@\"\n",
+            criu().path.display()
+        ),
+    )
+    .unwrap();
+    std::fs::set_permissions(&wrapper, PermissionsExt::from_mode(0o755)).unwrap();
+    let criu = selfdump::server::Criu {
+        path: wrapper,
+        log_level: 4,
+    };
+    (wrap, criu)
+}
+
+/// The global limit: with one dump at a time, any other caller is refused
+/// as busy while a dump runs.
+fn global_dump_limit(ctx: &mut Ctx) -> String {
+    let (wrap, slow) = slow_criu();
+    let socket = ctx.service(move |b| allow(&[NOBODY])(b).max_dumps(1).criu(slow));
+    let (first_dir, nobody_dir) = (images_dir(), dir_of(NOBODY));
+    let args = ["--at", "1", "--until", "60", "--interval-ms", "50"];
+    let mut first = Program::start_on(&socket, first_dir.path(), &args, None);
+    first.wait_for("count 1", |l| l == "count 1");
+    std::thread::sleep(Duration::from_millis(300)); // its dump is under way (2 s)
+    let mut other = Program::start_on(&socket, nobody_dir.path(), &args, Some(NOBODY));
+    let other_line = outcome(&other);
+    assert!(
+        other_line.contains("refused (Busy)") && other_line.contains("dumps are already running"),
+        "{other_line}"
+    );
+    let first_line = outcome(&first);
+    assert!(
+        first_line.starts_with("checkpoint continued"),
+        "{first_line}"
+    );
+    for p in [&mut first, &mut other] {
+        p.kill();
+    }
+    wait_no_criu();
+    ctx.keep.push(Box::new(wrap));
+    format!(
+        "other uid refused while one dump ran: {}",
+        short(&other_line)
+    )
 }
 
 // ---------------------------------------------------------------------------
@@ -1172,6 +1300,7 @@ fn adversarial_suite() {
             "dump is of the connecting pid",
             dump_is_always_of_the_connecting_pid,
         ),
+        ("recycled caller pid", recycled_pid),
         ("another user's process", another_users_process),
         ("setuid child in the tree", setuid_child_in_tree),
         (
@@ -1206,6 +1335,7 @@ fn adversarial_suite() {
         ("disk full", disk_full),
         ("dump timeout exceeded", dump_timeout_exceeded),
         ("per-uid dump limit", dumps_per_uid_limit),
+        ("global dump limit", global_dump_limit),
     ];
     let only = std::env::var("ADVERSARIAL_ONLY").ok();
     // warm up: the reactor, the process reaper and the examples exist

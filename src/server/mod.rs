@@ -102,6 +102,14 @@ impl Builder {
         self
     }
     /// Time a whole dump may take before CRIU is killed (default 300 s).
+    ///
+    /// Past it the service kills CRIU (`SIGKILL`) and reaps it. The tree is
+    /// held by CRIU's ptrace (no freezer cgroup), and the kernel lets go of
+    /// the tracees when their tracer dies, so the tree runs on whether the
+    /// limit struck before or during the freeze; the caller gets a
+    /// `DumpFailed` error and no images are kept (only the caller's
+    /// `dump.log`). `tests/adversarial.rs` (`dump_timeout_exceeded`)
+    /// checks both cases against real CRIU.
     pub fn dump_timeout(mut self, d: Duration) -> Self {
         self.dump_timeout = d;
         self
