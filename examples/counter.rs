@@ -19,6 +19,11 @@
 //! kernel then marks them non-dumpable), `--child-dumpable` (they make
 //! themselves dumpable again afterwards), `--child-exec "PATH ARGS"` (run
 //! this command as each child instead).
+//!
+//! For harnesses: `--at2 N --images2 DIR` (checkpoint a second time at
+//! count N, into DIR: run from a restored copy, this is a second
+//! generation; prints `checkpoint2 ...`), `--skip-preflight` (let CRIU
+//! itself find what it refuses, instead of the preflight).
 
 use selfdump::{Options, Outcome, checkpoint};
 use std::io::Write;
@@ -54,6 +59,10 @@ fn main() {
     if let Some(socket) = value("--socket") {
         options = options.socket(socket);
     }
+    if args.iter().any(|a| a == "--skip-preflight") {
+        options = options.skip_preflight();
+    }
+    let second = value("--images2").map(|dir| (number("--at2", 0), dir));
     // Optionally hold a connection to a socket outside the tree (CRIU refuses that).
     let _outside =
         value("--connect").map(|p| std::os::unix::net::UnixStream::connect(p).expect("--connect"));
@@ -113,6 +122,26 @@ fn main() {
                     info.images_dir.display()
                 )),
                 Err(e) => say(&format!("checkpoint error: {e}")),
+            }
+        }
+        if let Some((at2, images2)) = &second
+            && count == *at2
+        {
+            let mut options2 = Options::new(images2);
+            if let Some(socket) = value("--socket") {
+                options2 = options2.socket(socket);
+            }
+            match async_io::block_on(checkpoint(options2)) {
+                Ok(Outcome::Continued(r)) => say(&format!(
+                    "checkpoint2 continued: job {}, {} processes",
+                    r.job, r.processes
+                )),
+                Ok(Outcome::Restored(info)) => say(&format!(
+                    "checkpoint2 restored: job {} from {}",
+                    info.job,
+                    info.images_dir.display()
+                )),
+                Err(e) => say(&format!("checkpoint2 error: {e}")),
             }
         }
         std::thread::sleep(Duration::from_millis(interval));

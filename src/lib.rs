@@ -25,9 +25,13 @@
 //!
 //! ## Features
 //!
-//! - `client` (default): [`checkpoint`], [`Options`], [`Outcome`].
+//! - `client` (default): [`checkpoint`], [`Options`], [`Outcome`];
+//!   [`blocking::checkpoint`] for programs without an executor;
+//!   [`Hooks`] and [`Resource`] around a checkpoint; [`preflight()`] and
+//!   [`preflight::Preflight`].
 //! - `server` (default): [`server::Server`], the CRIU engine and restore helpers.
-//! - `cli` (default): the `selfdump` binary (`serve`, `restore`, `check`).
+//! - `cli` (default, needs both): the `selfdump` binary (`serve`, `restore`,
+//!   `check`).
 //!
 //! ## Why each dependency is here
 //!
@@ -58,7 +62,10 @@ pub mod proto;
 #[cfg(feature = "client")]
 pub mod client;
 #[cfg(feature = "client")]
-pub use client::{Error, Options, Outcome, Report, RestoredInfo, checkpoint};
+pub use client::{
+    Error, Finding, HookError, Hooks, Options, Outcome, Report, Resource, RestoredInfo, blocking,
+    checkpoint, hooks, preflight,
+};
 
 #[cfg(feature = "server")]
 pub mod server;

@@ -14,6 +14,7 @@ USAGE:
     selfdump serve [OPTIONS]      run the checkpoint service (as root)
     selfdump restore [OPTIONS] DIR  restore images, detached; prints the root pid
     selfdump check [OPTIONS]      is CRIU usable here? (real dump and restore)
+    selfdump check --pid PID      what in process PID would CRIU refuse? (preflight)
     selfdump help [COMMAND]       this text, or a command's options
 
 Logging: RUST_LOG=info (default), debug, ...";
@@ -49,9 +50,18 @@ const CHECK_USAGE: &str = "\
 selfdump check: is CRIU usable on this machine?
 
 USAGE: selfdump check [--criu PATH] [--scratch DIR]
+       selfdump check --pid PID [--tcp-established] [--ext-unix-sk]
 
-Checks that criu is installed, is version 4 or newer, passes `criu check`,
-and can really dump and restore a tiny process (in DIR, default /tmp).";
+Without --pid: checks that criu is installed, is version 4 or newer, passes
+`criu check`, and can really dump and restore a tiny process (in DIR,
+default /tmp).
+
+With --pid: lists what in process PID and its children would make CRIU
+refuse the dump or fail the restore (connections to unix sockets outside
+the tree, TCP connections, deleted files, files written without O_APPEND,
+io_uring, a tracer), each with its fd and what to do: the same preflight
+that selfdump::checkpoint() runs. --tcp-established and --ext-unix-sk say
+the dump will use those options. Exits 1 if CRIU would refuse the dump.";
 
 fn main() -> ExitCode {
     env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info")).init();
@@ -218,6 +228,32 @@ fn restore_cmd(mut parser: lexopt::Parser) -> Res<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
+/// `selfdump check --pid PID`: the preflight of another process.
+fn check_pid(preflight: selfdump::preflight::Preflight) -> Res<ExitCode> {
+    use selfdump::preflight::Severity;
+    let findings = preflight.run()?;
+    for finding in &findings {
+        println!("{finding}");
+    }
+    let refused = findings
+        .iter()
+        .filter(|f| f.severity == Severity::Refused)
+        .count();
+    println!(
+        "verdict: {}",
+        match (refused, findings.len()) {
+            (0, 0) => "nothing found; CRIU should dump this process".to_owned(),
+            (0, n) => format!("{n} risk(s), nothing CRIU would refuse"),
+            (r, _) => format!("CRIU would refuse this process ({r} finding(s)); fix them first"),
+        }
+    );
+    Ok(if refused == 0 {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    })
+}
+
 fn check_cmd(mut parser: lexopt::Parser) -> Res<ExitCode> {
     use lexopt::Arg::*;
     let mut criu = Criu {
@@ -225,6 +261,8 @@ fn check_cmd(mut parser: lexopt::Parser) -> Res<ExitCode> {
         ..Criu::default()
     };
     let mut scratch = std::env::temp_dir();
+    let mut preflight: Option<selfdump::preflight::Preflight> = None;
+    let (mut tcp, mut ext_unix) = (false, false);
     while let Some(arg) = parser.next()? {
         if help_requested(&arg, CHECK_USAGE) {
             return Ok(ExitCode::SUCCESS);
@@ -232,8 +270,17 @@ fn check_cmd(mut parser: lexopt::Parser) -> Res<ExitCode> {
         match arg {
             Long("criu") => criu.path = parser.value()?.into(),
             Long("scratch") => scratch = parser.value()?.into(),
+            Long("pid") => {
+                preflight =
+                    Some(selfdump::preflight::Preflight::new().pid(parser.value()?.parse()?))
+            }
+            Long("tcp-established") => tcp = true,
+            Long("ext-unix-sk") => ext_unix = true,
             other => return Err(other.unexpected().into()),
         }
+    }
+    if let Some(preflight) = preflight {
+        return check_pid(preflight.tcp_established(tcp).ext_unix_sk(ext_unix));
     }
     let findings = check::check(&criu, &scratch);
     for f in &findings {

@@ -1,3 +1,5 @@
+use super::hooks::HookFailure;
+use super::preflight::Finding;
 use crate::proto::{FrameError, JobId, RefusalKind};
 use std::fmt;
 use std::io;
@@ -52,6 +54,13 @@ pub enum Error {
     },
     /// The service broke the protocol or the connection failed.
     Protocol(FrameError),
+    /// The preflight found what CRIU would refuse (or, with
+    /// [`Options::strict_preflight`](crate::Options::strict_preflight),
+    /// mishandle); nothing was frozen. Each finding says what to do.
+    Preflight(Vec<Finding>),
+    /// A [`Resource`](crate::Resource) hook failed (see
+    /// [`Hooks`](crate::Hooks)).
+    Hook(HookFailure),
 }
 
 impl fmt::Display for Error {
@@ -87,6 +96,19 @@ impl fmt::Display for Error {
                 "outcome of checkpoint {job} unknown: {reason}; do not trust its images"
             ),
             Self::Protocol(e) => write!(f, "talking to the selfdump service failed: {e}"),
+            Self::Preflight(findings) => {
+                write!(
+                    f,
+                    "checkpoint not attempted: the preflight found {} problem{} (nothing was frozen):",
+                    findings.len(),
+                    if findings.len() == 1 { "" } else { "s" }
+                )?;
+                for finding in findings {
+                    write!(f, "\n  {finding}")?;
+                }
+                Ok(())
+            }
+            Self::Hook(failure) => write!(f, "{failure}"),
         }
     }
 }
@@ -96,6 +118,7 @@ impl std::error::Error for Error {
         match self {
             Self::ImagesDir { source, .. } | Self::NoService { source, .. } => Some(source),
             Self::Protocol(e) => Some(e),
+            Self::Hook(failure) => failure.failures.first().map(|(_, e)| &**e as _),
             _ => None,
         }
     }

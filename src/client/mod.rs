@@ -3,10 +3,15 @@
 //! ([`Outcome::Continued`]) or a copy restored from the images
 //! ([`Outcome::Restored`]).
 
+pub mod blocking;
 mod error;
+pub mod hooks;
 mod identity;
+pub mod preflight;
 
 pub use error::Error;
+pub use hooks::{HookError, HookFailure, Hooks, Phase, Resource};
+pub use preflight::{Finding, Preflight, Severity, preflight};
 
 use crate::proto::{
     DumpOptions, DumpReport, FrameError, JobId, Request, Response, encode_frame, read_frame,
@@ -41,6 +46,15 @@ pub struct Options {
     images_dir: PathBuf,
     socket: Option<PathBuf>,
     dump: DumpOptions,
+    preflight: PreflightLevel,
+}
+
+/// Which preflight findings stop a checkpoint.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum PreflightLevel {
+    Off,
+    Refusals,
+    All,
 }
 
 impl Options {
@@ -50,7 +64,31 @@ impl Options {
             images_dir: images_dir.into(),
             socket: None,
             dump: DumpOptions::default(),
+            preflight: PreflightLevel::Refusals,
         }
+    }
+
+    /// Do not run the [preflight](preflight::Preflight) before the dump: let
+    /// CRIU find out, while the process is frozen, what it refuses.
+    pub fn skip_preflight(mut self) -> Self {
+        self.preflight = PreflightLevel::Off;
+        self
+    }
+
+    /// Fail the checkpoint on every preflight finding, the
+    /// [risky](Severity::Risky) ones included (by default they are logged,
+    /// and only what CRIU would refuse stops the checkpoint).
+    pub fn strict_preflight(mut self) -> Self {
+        self.preflight = PreflightLevel::All;
+        self
+    }
+
+    /// The preflight that [`checkpoint`] runs with these options (same TCP
+    /// and unix socket choices), to run it yourself.
+    pub fn preflight(&self) -> Preflight {
+        Preflight::new()
+            .tcp_established(self.dump.tcp_established)
+            .ext_unix_sk(self.dump.ext_unix_sk)
     }
 
     /// Have CRIU end this process tree after a successful dump (by default
@@ -144,7 +182,13 @@ pub struct RestoredInfo {
 /// Returns [`Outcome::Continued`] in the original process once the images
 /// are on disk, and [`Outcome::Restored`] in a copy restored from them.
 /// Concurrent calls from one process run one after another. Runs under any
-/// executor (it uses `async-io`'s reactor).
+/// executor (it uses `async-io`'s reactor); [`blocking::checkpoint`] runs
+/// without one, and [`Hooks::checkpoint`] runs resource hooks around it.
+///
+/// First it runs the [preflight](preflight::Preflight) on this process
+/// tree and fails with [`Error::Preflight`] if CRIU would refuse it, before
+/// anything is frozen (see [`Options::skip_preflight`],
+/// [`Options::strict_preflight`]).
 ///
 /// ```no_run
 /// # async fn run() -> Result<(), selfdump::Error> {
@@ -157,6 +201,7 @@ pub struct RestoredInfo {
 /// ```
 pub async fn checkpoint(options: Options) -> Result<Outcome, Error> {
     let _one_at_a_time = ONE_AT_A_TIME.lock().await;
+    run_preflight(&options)?;
     let socket = options.socket_path();
     let images_dir = options.images_dir.clone();
     let dir = rustix::fs::open(
@@ -215,6 +260,31 @@ pub async fn checkpoint(options: Options) -> Result<Outcome, Error> {
             reason: format!("the service did not answer the result query: {e}"),
         }),
         Err(e) => Err(e),
+    }
+}
+
+/// Fails with the findings that stop a checkpoint at `options`' level; logs the rest.
+fn run_preflight(options: &Options) -> Result<(), Error> {
+    if options.preflight == PreflightLevel::Off {
+        return Ok(());
+    }
+    let findings = match options.preflight().run() {
+        Ok(f) => f,
+        Err(e) => {
+            log::warn!("preflight could not look at this process: {e}; checkpointing anyway");
+            return Ok(());
+        }
+    };
+    let (stop, go): (Vec<Finding>, Vec<Finding>) = findings
+        .into_iter()
+        .partition(|f| f.severity == Severity::Refused || options.preflight == PreflightLevel::All);
+    for finding in &go {
+        log::warn!("preflight: {finding}");
+    }
+    if stop.is_empty() {
+        Ok(())
+    } else {
+        Err(Error::Preflight(stop))
     }
 }
 
