@@ -1373,7 +1373,10 @@ fn adversarial_suite() {
             }
         }
     }
-    println!(
+    // straight to stderr, past the test harness's capture: the summary
+    // shows in every `cargo test` run
+    let _ = writeln!(
+        std::io::stderr(),
         "adversarial: {ran} attacks, {ok} refused or survived, {} served",
         served.len()
     );
