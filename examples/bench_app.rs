@@ -32,20 +32,24 @@ fn main() {
             std::hint::black_box(&memory);
         }
     }
-    let images = value("--images").expect("--images DIR");
-    let mut options = Options::new(images);
-    if let Some(socket) = value("--socket") {
-        options = options.socket(socket);
-    }
+    let images = std::path::PathBuf::from(value("--images").expect("--images DIR"));
+    let socket = value("--socket");
     let count: usize = value("--checkpoints").map_or(1, |v| v.parse().expect("--checkpoints"));
     if args.iter().any(|a| a == "--wait-stdin") {
         let mut go = String::new();
         let _ = std::io::stdin().read_line(&mut go);
     }
     for i in 0..count {
+        // A fresh directory per checkpoint, as a harness keeps generations.
+        let dir = images.join(i.to_string());
+        std::fs::create_dir_all(&dir).expect("images dir");
+        let mut options = Options::new(dir);
+        if let Some(socket) = &socket {
+            options = options.socket(socket);
+        }
         ticker.reset();
         let started = Instant::now();
-        let outcome = async_io::block_on(checkpoint(options.clone()));
+        let outcome = async_io::block_on(checkpoint(options));
         let call = started.elapsed();
         match outcome {
             Ok(Outcome::Continued(r)) => say(&format!(

@@ -266,9 +266,9 @@ fn images(work: &Path, name: &str) -> PathBuf {
 fn plain_dumps(criu: &Criu, app: &Path, work: &Path, mib: usize, reps: usize) -> Vec<Sample> {
     let (mut child, _out) = start_app(app, &["--idle", "--mib", &mib.to_string()]);
     let pid = child.id().to_string();
-    let dir = images(work, "plain");
     let samples = (0..reps)
-        .map(|_| {
+        .map(|i| {
+            let dir = images(work, &format!("plain/{i}"));
             // no earlier dump's dirty pages competing with this one
             rustix::fs::sync();
             let started = Instant::now();

@@ -99,6 +99,7 @@ pub(super) async fn checkpoint(
         caller.uid()
     );
 
+    log::debug!("job {}: checks done at {:?}", job.id, received.elapsed());
     let mut connection = Some(stream);
     let dumped = shared
         .config
@@ -121,6 +122,7 @@ pub(super) async fn checkpoint(
         })
         .await;
 
+    log::debug!("job {}: criu done at {:?}", job.id, received.elapsed());
     let answer = match dumped {
         Ok(()) => {
             let meta = ImageMeta {
@@ -133,7 +135,13 @@ pub(super) async fn checkpoint(
                 file_locks: options.file_locks,
                 ext_unix_sk: options.ext_unix_sk,
             };
-            match blocking::unblock(move || staging.publish(&meta)).await {
+            let published = blocking::unblock(move || staging.publish(&meta)).await;
+            log::debug!(
+                "job {}: images published at {:?}",
+                job.id,
+                received.elapsed()
+            );
+            match published {
                 Ok(published) => {
                     let stats = published.stats.unwrap_or_default();
                     Response::Dumped(DumpReport {
