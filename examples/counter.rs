@@ -18,7 +18,8 @@
 //! `--child-setuid UID` (they switch all their ids to UID; needs root; the
 //! kernel then marks them non-dumpable), `--child-dumpable` (they make
 //! themselves dumpable again afterwards), `--child-exec "PATH ARGS"` (run
-//! this command as each child instead).
+//! this command as each child instead), `--thread-setuid UID` (start a
+//! thread that switches its own ids, and only its own, to UID).
 //!
 //! For harnesses: `--at2 N --images2 DIR` (checkpoint a second time at
 //! count N, into DIR: run from a restored copy, this is a second
@@ -71,6 +72,25 @@ fn main() {
             .expect("PR_SET_DUMPABLE");
     }
     let _ballast: Vec<u8> = vec![1u8; (number("--alloc-mb", 0) as usize) << 20];
+    if let Some(uid) = value("--thread-setuid") {
+        let uid: u32 = uid.parse().expect("--thread-setuid UID");
+        let (ready, changed) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            // raw per-thread calls: the other threads keep their ids
+            let (u, g) = (
+                rustix::process::Uid::from_raw(uid),
+                rustix::process::Gid::from_raw(uid),
+            );
+            rustix::thread::set_thread_res_gid(g, g, g).expect("setresgid");
+            rustix::thread::set_thread_res_uid(u, u, u).expect("setresuid");
+            let _ = ready.send(rustix::thread::gettid().as_raw_nonzero().get());
+            loop {
+                std::thread::sleep(Duration::from_secs(1));
+            }
+        });
+        let tid = changed.recv().expect("the thread changed ids");
+        say(&format!("thread {tid} runs as uid {uid}"));
+    }
     let mut child_args = Vec::new();
     for flag in ["--child-nondumpable", "--child-dumpable"] {
         if args.iter().any(|a| a == flag) {

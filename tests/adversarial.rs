@@ -454,6 +454,42 @@ fn privilege_dropped_child_of_root(ctx: &mut Ctx) -> String {
     format!("vetoed at the freeze: {}", short(&line))
 }
 
+/// A root caller with one thread that switched its own ids to nobody: the
+/// walk covers every thread, and this one fails the checks.
+fn thread_of_another_uid(ctx: &mut Ctx) -> String {
+    let socket = ctx.service(|b| b);
+    let images = images_dir();
+    let mut program = Program::start_on(
+        &socket,
+        images.path(),
+        &[
+            "--thread-setuid",
+            "65534",
+            "--at",
+            "2",
+            "--until",
+            "5",
+            "--interval-ms",
+            "50",
+        ],
+        None,
+    );
+    let said = program.wait_for("the thread", |l| l.starts_with("thread "));
+    let tid: i32 = said.split_whitespace().nth(1).unwrap().parse().unwrap();
+    let line = outcome(&program);
+    assert!(
+        line.contains(&format!(
+            "thread {tid} (counter) of the caller (pid {})",
+            program.pid
+        )) && line.contains("not dumpable"),
+        "{line}"
+    );
+    assert_runs_on(&program);
+    assert!(program.wait().success());
+    assert_no_images(images.path(), 0);
+    format!("vetoed at the freeze: {}", short(&line))
+}
+
 /// An unprivileged caller with a child that made itself non-dumpable.
 fn nondumpable_child_in_tree(ctx: &mut Ctx) -> String {
     let socket = ctx.service(allow(&[NOBODY]));
@@ -1308,6 +1344,7 @@ fn adversarial_suite() {
             privilege_dropped_child_of_root,
         ),
         ("non-dumpable child in the tree", nondumpable_child_in_tree),
+        ("thread of another uid in the caller", thread_of_another_uid),
         ("non-dumpable caller", nondumpable_caller),
         ("unwritable images dir", unwritable_images_dir),
         ("foreign-owned images dir", foreign_owned_images_dir),
