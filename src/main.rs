@@ -32,6 +32,7 @@ OPTIONS:
     --max-dumps N        dumps at once [default: 8]
     --max-dumps-per-uid N  dumps of one uid at once [default: 4]
     --max-connections N  connections at once; more are refused as busy [default: 256]
+    --max-connections-per-uid N  connections of one uid at once [default: 64]
     --request-timeout SECS  time a client has to send its request [default: 5]
     --dump-timeout SECS  kill CRIU after this long [default: 300]
     --criu PATH          criu binary [default: found on PATH or /usr/local/sbin]
@@ -154,8 +155,9 @@ fn serve(mut parser: lexopt::Parser) -> Res<ExitCode> {
             Long("max-dumps-per-uid") => {
                 builder = builder.max_dumps_per_uid(parser.value()?.parse()?)
             }
-            Long("max-connections") => {
-                builder = builder.max_connections(parser.value()?.parse()?)
+            Long("max-connections") => builder = builder.max_connections(parser.value()?.parse()?),
+            Long("max-connections-per-uid") => {
+                builder = builder.max_connections_per_uid(parser.value()?.parse()?)
             }
             Long("request-timeout") => {
                 builder = builder.request_timeout(Duration::from_secs(parser.value()?.parse()?))

@@ -8,8 +8,9 @@ use crate::proto::{
 };
 use async_io::{Async, Timer};
 use futures_lite::FutureExt;
+use std::collections::HashMap;
 use std::os::unix::net::UnixStream;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 /// Answers and closes a connection the service has no room for.
@@ -60,6 +61,15 @@ pub(super) async fn handle(shared: Arc<Shared>, stream: Async<UnixStream>) {
             .await;
             return;
         }
+    };
+    let per_uid = shared.config.max_connections_per_uid;
+    let Some(_slot) = UidSlot::take(&shared.connections_per_uid, peer.uid, per_uid) else {
+        let m = format!(
+            "uid {} already has {per_uid} connections open to the selfdump service; retry later",
+            peer.uid
+        );
+        send(&stream, &refusal(RefusalKind::Busy, m)).await;
+        return;
     };
     let timeout = shared.config.request_timeout;
     let read = async { read_frame(&stream).await };
@@ -136,6 +146,41 @@ pub(super) async fn handle(shared: Arc<Shared>, stream: Async<UnixStream>) {
                 Err(answer) => answer,
             };
             send(&stream, &answer).await;
+        }
+    }
+}
+
+/// One of a uid's slots (connections or dumps), given back on drop.
+pub(super) struct UidSlot<'a> {
+    counts: &'a Mutex<HashMap<u32, usize>>,
+    uid: u32,
+}
+
+impl<'a> UidSlot<'a> {
+    /// A slot for `uid` if it holds fewer than `max`.
+    pub(super) fn take(
+        counts: &'a Mutex<HashMap<u32, usize>>,
+        uid: u32,
+        max: usize,
+    ) -> Option<Self> {
+        let mut counts_now = counts.lock().unwrap_or_else(|e| e.into_inner());
+        let n = counts_now.entry(uid).or_insert(0);
+        if *n >= max {
+            return None;
+        }
+        *n += 1;
+        Some(Self { counts, uid })
+    }
+}
+
+impl Drop for UidSlot<'_> {
+    fn drop(&mut self) {
+        let mut counts = self.counts.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(n) = counts.get_mut(&self.uid) {
+            *n -= 1;
+            if *n == 0 {
+                counts.remove(&self.uid);
+            }
         }
     }
 }

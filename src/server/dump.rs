@@ -1,7 +1,7 @@
 //! One checkpoint request, from the checks to the published images.
 
 use super::Shared;
-use super::connection::{refusal, send};
+use super::connection::{UidSlot, refusal, send};
 use super::engine::{DumpSpec, EngineError, FrozenVerdict, without_forks};
 use super::images::{ImageMeta, Staging};
 use super::peer::Peer;
@@ -58,7 +58,8 @@ pub(super) async fn checkpoint(
         );
         return send(&stream, &refusal(RefusalKind::Busy, m)).await;
     };
-    let Some(_uid_slot) = UidSlot::take(shared, caller.uid()) else {
+    let per_uid = shared.config.max_dumps_per_uid;
+    let Some(_uid_slot) = UidSlot::take(&shared.dumps_per_uid, caller.uid(), per_uid) else {
         let m = format!(
             "uid {} already has {} dumps running (the per-uid limit); retry later",
             caller.uid(),
@@ -296,43 +297,6 @@ fn check_task(caller: &Caller, dir: &str, pid: i32, tid: i32, root: bool) -> Res
     let proc_file =
         rustix::fs::stat(format!("{dir}/stat")).map_err(|e| gone_or(e.into(), "owner"))?;
     check_tree_task(caller, &task, &proc_file, &what).map_err(TaskError::Refused)
-}
-
-/// One of a uid's dump slots, given back on drop.
-struct UidSlot<'a> {
-    shared: &'a Shared,
-    uid: u32,
-}
-
-impl<'a> UidSlot<'a> {
-    fn take(shared: &'a Shared, uid: u32) -> Option<Self> {
-        let mut running = shared
-            .dumps_per_uid
-            .lock()
-            .unwrap_or_else(|e| e.into_inner());
-        let n = running.entry(uid).or_insert(0);
-        if *n >= shared.config.max_dumps_per_uid {
-            return None;
-        }
-        *n += 1;
-        Some(Self { shared, uid })
-    }
-}
-
-impl Drop for UidSlot<'_> {
-    fn drop(&mut self) {
-        let mut running = self
-            .shared
-            .dumps_per_uid
-            .lock()
-            .unwrap_or_else(|e| e.into_inner());
-        if let Some(n) = running.get_mut(&self.uid) {
-            *n -= 1;
-            if *n == 0 {
-                running.remove(&self.uid);
-            }
-        }
-    }
 }
 
 fn failure(job: Option<JobId>, message: String, log_file: Option<String>) -> Response {

@@ -45,6 +45,7 @@ pub struct Builder {
     max_dumps: usize,
     max_dumps_per_uid: usize,
     max_connections: usize,
+    max_connections_per_uid: usize,
     request_timeout: Duration,
     dump_timeout: Duration,
     result_ttl: Duration,
@@ -60,6 +61,7 @@ impl Default for Builder {
             max_dumps: 8,
             max_dumps_per_uid: 4,
             max_connections: 256,
+            max_connections_per_uid: 64,
             request_timeout: Duration::from_secs(5),
             dump_timeout: Duration::from_secs(300),
             result_ttl: Duration::from_secs(600),
@@ -94,6 +96,13 @@ impl Builder {
     /// Connections open at once; more are refused as busy (default 256).
     pub fn max_connections(mut self, n: usize) -> Self {
         self.max_connections = n.max(1);
+        self
+    }
+    /// Connections one uid may have open at once (default 64): a flood of
+    /// idle connections from one user leaves room for the others. More are
+    /// refused as busy.
+    pub fn max_connections_per_uid(mut self, n: usize) -> Self {
+        self.max_connections_per_uid = n.max(1);
         self
     }
     /// Time a client has to send its request (default 5 s).
@@ -162,6 +171,7 @@ impl Builder {
                 jobs: jobs::Jobs::new(self.result_ttl),
                 dumps: Arc::new(Semaphore::new(self.max_dumps)),
                 dumps_per_uid: std::sync::Mutex::new(std::collections::HashMap::new()),
+                connections_per_uid: std::sync::Mutex::new(std::collections::HashMap::new()),
                 connections: Arc::new(Semaphore::new(self.max_connections)),
                 config: self,
             }),
@@ -188,6 +198,8 @@ struct Shared {
     /// Dumps running per caller uid.
     dumps_per_uid: std::sync::Mutex<std::collections::HashMap<u32, usize>>,
     connections: Arc<Semaphore>,
+    /// Connections open per peer uid.
+    connections_per_uid: std::sync::Mutex<std::collections::HashMap<u32, usize>>,
 }
 
 /// The checkpoint service. It has no runtime of its own: [`Server::run`] is
