@@ -11,7 +11,17 @@ use std::os::unix::net::UnixStream;
 /// The pid is never taken from a request. The pidfd comes from
 /// `SO_PEERPIDFD`: while [`Peer::is_alive`] holds, the pid cannot have been
 /// recycled, so anything read through `/proc/<pid>` before that check was
-/// read about the caller.
+/// read about the caller. A caller that exits and whose pid goes to another
+/// process before the service acts is refused ("the caller exited"), and
+/// the process now holding the pid is never touched (`tests/adversarial.rs`,
+/// `recycled_pid`).
+///
+/// Kernels without `SO_PEERPIDFD` (before Linux 6.5): there is no silent
+/// fallback. Every caller is refused with a message naming the kernel
+/// requirement. The obvious fallback, `pidfd_open(SO_PEERCRED pid)` after
+/// the accept, would reopen the race the pidfd exists to close: between
+/// `connect()` and `pidfd_open()` the caller may exit and its pid go to
+/// another process, which would then be dumped in its place.
 #[derive(Debug)]
 pub struct Peer {
     /// Process id at connect time.
