@@ -42,10 +42,15 @@ Stops on SIGTERM or SIGINT after the dumps in flight finish.";
 const RESTORE_USAGE: &str = "\
 selfdump restore: restore a checkpoint, detached from this command
 
-USAGE: selfdump restore [--criu PATH] DIR
+USAGE: selfdump restore [--criu PATH] [--wait SECS] DIR
 
 Checks first that every pid, session and process group in the images is free
-and names the process holding one that is not. Prints the restored root pid.";
+and names the process holding one that is not. Prints the restored root pid.
+
+OPTIONS:
+    --criu PATH   criu binary [default: found on PATH or /usr/local/sbin]
+    --wait SECS   wait up to SECS for those ids to be free first (the previous
+                  restored copy still dying or not reaped yet) [default: 0]";
 
 const CHECK_USAGE: &str = "\
 selfdump check: is CRIU usable on this machine?
@@ -212,19 +217,26 @@ fn restore_cmd(mut parser: lexopt::Parser) -> Res<ExitCode> {
         ..Criu::default()
     };
     let mut dir = None;
+    let mut wait = Duration::ZERO;
     while let Some(arg) = parser.next()? {
         if help_requested(&arg, RESTORE_USAGE) {
             return Ok(ExitCode::SUCCESS);
         }
         match arg {
             Long("criu") => criu.path = parser.value()?.into(),
+            Long("wait") => wait = Duration::from_secs_f64(parser.value()?.parse()?),
             Value(v) if dir.is_none() => dir = Some(PathBuf::from(v)),
             other => return Err(other.unexpected().into()),
         }
     }
     let dir = dir.ok_or("restore needs the images directory: selfdump restore DIR")?;
     let dir = std::fs::canonicalize(&dir).map_err(|e| format!("{}: {e}", dir.display()))?;
-    let pid = restore::restore(&criu, &dir)?;
+    let pid = restore::restore_waiting(&criu, &dir, wait).map_err(|e| match e {
+        e @ restore::RestoreError::IdInUse { .. } if !wait.is_zero() => {
+            format!("after waiting {wait:?}: {e}")
+        }
+        e => e.to_string(),
+    })?;
     println!("{pid}");
     log::info!("restored {} as pid {pid}", dir.display());
     Ok(ExitCode::SUCCESS)

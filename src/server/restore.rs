@@ -9,6 +9,7 @@ use std::collections::BTreeSet;
 use std::fmt;
 use std::path::{Path, PathBuf};
 use std::process::Command;
+use std::time::{Duration, Instant};
 
 /// Name of CRIU's restore log inside the images directory.
 pub const RESTORE_LOG: &str = "restore.log";
@@ -155,11 +156,40 @@ fn describe(pid: u32) -> String {
     format!("process {pid} ({}{zombie})", name.trim())
 }
 
+/// Like [`check_ids_free`], but waits up to `timeout` for the ids to be
+/// freed (a previous restored tree still dying, or not reaped yet), polling.
+/// After the timeout, names the process still holding one.
+pub fn wait_ids_free(
+    tree: &[PstreeEntry],
+    shell_job: bool,
+    timeout: Duration,
+) -> Result<(), RestoreError> {
+    let deadline = Instant::now() + timeout;
+    let mut delay = Duration::from_millis(5);
+    loop {
+        match check_ids_free(tree, shell_job) {
+            Ok(()) => return Ok(()),
+            Err(e) if Instant::now() >= deadline => return Err(e),
+            Err(e) => log::debug!("waiting: {e}"),
+        }
+        std::thread::sleep(delay.min(deadline.saturating_duration_since(Instant::now())));
+        delay = (delay * 2).min(Duration::from_millis(100));
+    }
+}
+
 /// Restores the images in `dir`, detached, and returns the restored root pid.
 pub fn restore(criu: &Criu, dir: &Path) -> Result<i32, RestoreError> {
+    restore_waiting(criu, dir, Duration::ZERO)
+}
+
+/// Restores the images in `dir`, detached, after waiting up to `wait` for
+/// every pid, session and group they need to be free (for harnesses that
+/// restore the same images again and again: the previous copy may still be
+/// dying). Returns the restored root pid.
+pub fn restore_waiting(criu: &Criu, dir: &Path, wait: Duration) -> Result<i32, RestoreError> {
     let meta = read_meta(dir)?;
     let tree = read_tree(dir)?;
-    check_ids_free(&tree, meta.shell_job)?;
+    wait_ids_free(&tree, meta.shell_job, wait)?;
     let pidfile = format!("restore-{}.pid", std::process::id());
     let log = dir.join(RESTORE_LOG);
     let mut cmd = Command::new(&criu.path);
