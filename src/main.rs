@@ -37,7 +37,13 @@ OPTIONS:
     --dump-timeout SECS  kill CRIU after this long [default: 300]
     --criu PATH          criu binary [default: found on PATH or /usr/local/sbin]
 
-Stops on SIGTERM or SIGINT after the dumps in flight finish.";
+Stops on SIGTERM or SIGINT after the dumps in flight finish.
+
+Under systemd (or any manager that speaks its protocols): with LISTEN_PID set
+to this process and LISTEN_FDS >= 1, serves on the listening socket passed as
+fd 3 instead of binding --socket (socket activation; see
+systemd/selfdump.socket), and sends READY=1 to $NOTIFY_SOCKET once it serves
+(Type=notify; see systemd/selfdump.service).";
 
 const RESTORE_USAGE: &str = "\
 selfdump restore: restore a checkpoint, detached from this command
@@ -126,6 +132,8 @@ fn help_requested(arg: &lexopt::Arg<'_>, usage: &str) -> bool {
 
 fn serve(mut parser: lexopt::Parser) -> Res<ExitCode> {
     use lexopt::Arg::*;
+    // First, before any thread exists: it edits the environment.
+    let activated = selfdump::server::systemd::listener()?;
     let mut socket = std::env::var_os("SELFDUMP_SOCKET")
         .map(PathBuf::from)
         .unwrap_or_else(|| PathBuf::from(selfdump::server::DEFAULT_SOCKET));
@@ -191,16 +199,34 @@ fn serve(mut parser: lexopt::Parser) -> Res<ExitCode> {
             blocking::unblock(move || kdat::ensure_cache(&criu)).await
         };
         log::info!("CRIU kernel-feature cache: {kdat:?}");
-        let server = builder.criu(criu).policy(policy).bind(&socket)?;
-        log::info!("serving on {}", socket.display());
+        let builder = builder.criu(criu).policy(policy);
+        let server = match activated {
+            Some(listener) => {
+                log::info!("serving on the socket passed by the service manager (fd 3)");
+                builder.listener(listener)?
+            }
+            None => {
+                let server = builder.bind(&socket)?;
+                log::info!("serving on {}", socket.display());
+                server
+            }
+        };
         let signals =
             async_signal::Signals::new([async_signal::Signal::Term, async_signal::Signal::Int])?;
+        // Ready once the signals are ours: a stop request from now on is
+        // handled (finish the dumps in flight), not fatal.
+        match selfdump::server::systemd::notify("READY=1") {
+            Ok(true) => log::debug!("told the service manager READY=1"),
+            Ok(false) => {}
+            Err(e) => log::warn!("cannot notify the service manager: {e}"),
+        }
         let shutdown = async move {
             use futures_lite::StreamExt;
             let mut signals = signals;
             if let Some(Ok(signal)) = signals.next().await {
                 log::info!("received {signal:?}: finishing dumps in flight, then exiting");
             }
+            let _ = selfdump::server::systemd::notify("STOPPING=1");
         };
         let served = server.run_until(shutdown).await;
         kdat::remove_cache(&kdat);

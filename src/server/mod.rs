@@ -19,6 +19,7 @@ mod jobs;
 pub mod peer;
 pub mod policy;
 pub mod restore;
+pub mod systemd;
 
 pub use engine::Criu;
 pub use error::Error;
