@@ -1,27 +1,4 @@
-//! # selfdump
-//!
-//! Let a Linux process checkpoint itself with [CRIU](https://criu.org):
-//!
-//! ```no_run
-//! # async fn run() -> Result<(), selfdump::Error> {
-//! use selfdump::{checkpoint, Options, Outcome};
-//!
-//! match checkpoint(Options::new("/var/lib/myapp/images")).await? {
-//!     Outcome::Continued(report) => println!("dumped, frozen for {} us", report.frozen.as_micros()),
-//!     Outcome::Restored(info) => println!("I am a copy restored from {}", info.images_dir.display()),
-//! }
-//! # Ok(()) }
-//! ```
-//!
-//! The call connects to a service running as root (`selfdump serve`, or a
-//! [`server::Server`] embedded in an init system). The service learns who is
-//! calling from the kernel (`SO_PEERPIDFD`, `SO_PEERCRED`), checks the
-//! caller, and has CRIU dump the caller and its children into the directory
-//! the caller opened and passed as a file descriptor. It closes the
-//! connection while the tree is frozen, so the images hold a half-closed
-//! connection: both the original process and a copy restored from the
-//! images wake up reading it. The client then tells which of the two it is
-//! by its kernel identity (start time, pidfd inode, boot id).
+#![doc = include_str!("../README.md")]
 //!
 //! ## Features
 //!
@@ -29,7 +6,8 @@
 //!   [`blocking::checkpoint`] for programs without an executor;
 //!   [`Hooks`] and [`Resource`] around a checkpoint; [`preflight()`] and
 //!   [`preflight::Preflight`].
-//! - `server` (default): [`server::Server`], the CRIU engine and restore helpers.
+//! - `server` (default): [`server::Server`], the CRIU engine, restore helpers
+//!   ([`server::restore`]) and systemd integration ([`server::systemd`]).
 //! - `cli` (default, needs both): the `selfdump` binary (`serve`, `restore`,
 //!   `check`).
 //!
@@ -53,8 +31,14 @@
 //! - `async-signal`, `env_logger`, `lexopt` (cli): SIGTERM/SIGINT, `RUST_LOG`
 //!   and argument parsing for the binary.
 //!
-//! async-std is not used (discontinued, RUSTSEC-2025-0052); async-io is the
-//! reactor it ran on.
+//! - Dev-dependencies `async-std`, `smol`, `tokio`: only the `runtimes`
+//!   example and its test, which show the client working under each.
+//!   async-std is discontinued (RUSTSEC-2025-0052) and appears only there;
+//!   async-io is the reactor it ran on.
+//!
+//! The preflight's unix socket peers come from the kernel's `sock_diag`
+//! netlink interface, spoken with `rustix` (a dozen lines of framing), and
+//! `sd_notify` is one datagram: neither needs a crate of its own.
 #![deny(missing_docs)]
 
 pub mod proto;
