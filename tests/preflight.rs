@@ -291,3 +291,104 @@ fn selfdump_check_pid_prints_the_findings() {
         .unwrap();
     assert!(String::from_utf8_lossy(&out.stdout).contains("verdict: "));
 }
+
+/// Waits until `pred` holds for process `pid`, up to 10 s.
+fn wait_until(what: &str, pred: impl Fn() -> bool) -> bool {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while !pred() {
+        if std::time::Instant::now() > deadline {
+            eprintln!("gave up waiting for {what}");
+            return false;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    true
+}
+
+#[test]
+fn a_traced_process_is_refused() {
+    let mut sleeper = Command::new("sleep").arg("600").spawn().unwrap();
+    let pid = sleeper.id();
+    let Ok(mut strace) = Command::new("strace")
+        .args(["-o", "/dev/null", "-p", &pid.to_string()])
+        .stderr(Stdio::null())
+        .spawn()
+    else {
+        eprintln!("SKIPPED: strace is not installed");
+        let _ = sleeper.kill();
+        let _ = sleeper.wait();
+        return;
+    };
+    let traced = wait_until("strace to attach", || {
+        std::fs::read_to_string(format!("/proc/{pid}/status"))
+            .is_ok_and(|s| !s.contains("TracerPid:\t0\n"))
+    });
+    let findings = Preflight::new().pid(pid as i32).run().unwrap();
+    let _ = strace.kill();
+    let _ = strace.wait();
+    let _ = sleeper.kill();
+    let _ = sleeper.wait();
+    assert!(traced, "strace did not attach");
+    let f = findings
+        .iter()
+        .find(|f| f.kind == Kind::Traced)
+        .unwrap_or_else(|| panic!("{findings:#?}"));
+    assert_eq!((f.fd, f.severity), (None, Severity::Refused));
+    assert!(f.what.contains("(strace)"), "names the tracer: {f}");
+}
+
+#[test]
+fn an_io_uring_is_refused() {
+    // python3's ctypes makes the io_uring_setup(2) call (425 on x86_64 and
+    // aarch64) that std cannot.
+    let script = "import ctypes,time\n\
+                  libc=ctypes.CDLL(None)\n\
+                  params=ctypes.create_string_buffer(120)\n\
+                  print(libc.syscall(425,4,params),flush=True)\n\
+                  time.sleep(600)\n";
+    let Ok(mut python) = Command::new("python3")
+        .args(["-c", script])
+        .stdout(Stdio::piped())
+        .spawn()
+    else {
+        eprintln!("SKIPPED: python3 is not installed");
+        return;
+    };
+    let mut line = String::new();
+    std::io::BufRead::read_line(
+        &mut std::io::BufReader::new(python.stdout.take().unwrap()),
+        &mut line,
+    )
+    .unwrap();
+    let fd: i32 = line.trim().parse().unwrap_or(-1);
+    let findings = Preflight::new().pid(python.id() as i32).run().unwrap();
+    let _ = python.kill();
+    let _ = python.wait();
+    if fd < 0 {
+        eprintln!("SKIPPED: io_uring_setup failed here (disabled?)");
+        return;
+    }
+    let f = findings
+        .iter()
+        .find(|f| f.fd == Some(fd))
+        .unwrap_or_else(|| panic!("fd {fd}: {findings:#?}"));
+    assert_eq!((f.kind, f.severity), (Kind::IoUring, Severity::Refused));
+}
+
+#[test]
+fn strict_preflight_stops_on_risky_findings_too() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = std::fs::File::create(dir.path().join("written")).unwrap();
+    let options = selfdump::Options::new(dir.path())
+        .socket("/nonexistent/selfdump.sock")
+        .strict_preflight();
+    match selfdump::blocking::checkpoint(options) {
+        Err(selfdump::Error::Preflight(findings)) => assert!(
+            findings
+                .iter()
+                .any(|f| f.fd == Some(file.as_raw_fd()) && f.kind == Kind::WrittenWithoutAppend),
+            "{findings:#?}"
+        ),
+        other => panic!("expected the preflight to stop it: {other:?}"),
+    }
+}
