@@ -1,7 +1,12 @@
 //! A small SVG line chart of freeze time against memory size.
 
-/// Points: (MiB, plain CRIU frozen ms, selfdump frozen ms, selfdump blocked ms).
-pub fn freeze_svg(points: &[(usize, f64, f64, f64)]) -> String {
+/// (MiB, plain CRIU frozen ms, selfdump frozen ms, selfdump blocked ms).
+type Point = (usize, f64, f64, f64);
+
+/// One line of the chart: its name, colour and value at a point.
+type Series = (&'static str, &'static str, fn(&Point) -> f64);
+
+pub fn freeze_svg(points: &[Point]) -> String {
     let (w, h, left, bottom, top, right) = (640.0, 400.0, 70.0, 50.0, 40.0, 20.0);
     let max_x = points.iter().map(|p| p.0 as f64).fold(1.0, f64::max);
     let max_y = points
@@ -48,7 +53,7 @@ pub fn freeze_svg(points: &[(usize, f64, f64, f64)]) -> String {
             p.0
         );
     }
-    let series: [(&str, &str, fn(&(usize, f64, f64, f64)) -> f64); 3] = [
+    let series: [Series; 3] = [
         ("plain CRIU: frozen (CRIU stats)", "#1f77b4", |p| p.1),
         ("selfdump: frozen (CRIU stats)", "#d62728", |p| p.2),
         (

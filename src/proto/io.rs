@@ -101,6 +101,12 @@ pub async fn write_frame(
     frame: &[u8],
     fds: &[BorrowedFd<'_>],
 ) -> io::Result<()> {
+    if fds.len() > MAX_FDS {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            format!("{} fds for one frame; the protocol allows {MAX_FDS}", fds.len()),
+        ));
+    }
     let mut sent = 0;
     while sent < frame.len() {
         let rest = &frame[sent..];

@@ -35,7 +35,7 @@ pub enum KdatCache {
 }
 
 fn is_tmpfs(path: &Path) -> bool {
-    rustix::fs::statfs(path).is_ok_and(|s: StatFs| s.f_type as i64 == TMPFS_MAGIC)
+    rustix::fs::statfs(path).is_ok_and(|s: StatFs| s.f_type == TMPFS_MAGIC)
 }
 
 /// Makes sure dumps find a valid kernel-feature cache.
