@@ -62,15 +62,6 @@ pub(super) async fn handle(shared: Arc<Shared>, stream: Async<UnixStream>) {
             return;
         }
     };
-    let per_uid = shared.config.max_connections_per_uid;
-    let Some(_slot) = UidSlot::take(&shared.connections_per_uid, peer.uid, per_uid) else {
-        let m = format!(
-            "uid {} already has {per_uid} connections open to the selfdump service; retry later",
-            peer.uid
-        );
-        send(&stream, &refusal(RefusalKind::Busy, m)).await;
-        return;
-    };
     let timeout = shared.config.request_timeout;
     let read = async { read_frame(&stream).await };
     let limit = async {
@@ -150,30 +141,57 @@ pub(super) async fn handle(shared: Arc<Shared>, stream: Async<UnixStream>) {
     }
 }
 
+/// Open connections or running dumps, per uid.
+pub(super) type UidCounts = Arc<Mutex<HashMap<u32, usize>>>;
+
+/// Takes a connection slot for the peer's uid, right at the accept (before
+/// the connection takes one of the global slots, so that one uid's flood
+/// cannot fill them). `Ok(None)` when the peer's uid is unknown: `handle`
+/// then refuses it. `Err` is the refusal to send.
+pub(super) fn uid_slot(
+    shared: &Shared,
+    stream: &Async<UnixStream>,
+) -> Result<Option<UidSlot>, Response> {
+    let Ok(cred) = rustix::net::sockopt::socket_peercred(stream.get_ref()) else {
+        return Ok(None);
+    };
+    let uid = cred.uid.as_raw();
+    let per_uid = shared.config.max_connections_per_uid;
+    match UidSlot::take(&shared.connections_per_uid, uid, per_uid) {
+        Some(slot) => Ok(Some(slot)),
+        None => Err(refusal(
+            RefusalKind::Busy,
+            format!(
+                "uid {uid} already has {per_uid} connections open to the selfdump service; \
+                 retry later"
+            ),
+        )),
+    }
+}
+
 /// One of a uid's slots (connections or dumps), given back on drop.
-pub(super) struct UidSlot<'a> {
-    counts: &'a Mutex<HashMap<u32, usize>>,
+pub(super) struct UidSlot {
+    counts: UidCounts,
     uid: u32,
 }
 
-impl<'a> UidSlot<'a> {
+impl UidSlot {
     /// A slot for `uid` if it holds fewer than `max`.
-    pub(super) fn take(
-        counts: &'a Mutex<HashMap<u32, usize>>,
-        uid: u32,
-        max: usize,
-    ) -> Option<Self> {
+    pub(super) fn take(counts: &UidCounts, uid: u32, max: usize) -> Option<Self> {
         let mut counts_now = counts.lock().unwrap_or_else(|e| e.into_inner());
         let n = counts_now.entry(uid).or_insert(0);
         if *n >= max {
             return None;
         }
         *n += 1;
-        Some(Self { counts, uid })
+        Some(Self {
+            counts: counts.clone(),
+            uid,
+        })
     }
 }
 
-impl Drop for UidSlot<'_> {
+impl Drop for UidSlot {
     fn drop(&mut self) {
         let mut counts = self.counts.lock().unwrap_or_else(|e| e.into_inner());
         if let Some(n) = counts.get_mut(&self.uid) {

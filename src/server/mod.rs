@@ -171,8 +171,8 @@ impl Builder {
             shared: Arc::new(Shared {
                 jobs: jobs::Jobs::new(self.result_ttl),
                 dumps: Arc::new(Semaphore::new(self.max_dumps)),
-                dumps_per_uid: std::sync::Mutex::new(std::collections::HashMap::new()),
-                connections_per_uid: std::sync::Mutex::new(std::collections::HashMap::new()),
+                dumps_per_uid: Default::default(),
+                connections_per_uid: Default::default(),
                 connections: Arc::new(Semaphore::new(self.max_connections)),
                 config: self,
             }),
@@ -197,10 +197,10 @@ struct Shared {
     jobs: jobs::Jobs,
     dumps: Arc<Semaphore>,
     /// Dumps running per caller uid.
-    dumps_per_uid: std::sync::Mutex<std::collections::HashMap<u32, usize>>,
+    dumps_per_uid: connection::UidCounts,
     connections: Arc<Semaphore>,
     /// Connections open per peer uid.
-    connections_per_uid: std::sync::Mutex<std::collections::HashMap<u32, usize>>,
+    connections_per_uid: connection::UidCounts,
 }
 
 /// The checkpoint service. It has no runtime of its own: [`Server::run`] is
@@ -236,6 +236,15 @@ impl Server {
         let accept = async {
             loop {
                 let (stream, _) = self.listener.accept().await.map_err(Error::Accept)?;
+                let uid_slot = match connection::uid_slot(&self.shared, &stream) {
+                    Ok(uid_slot) => uid_slot,
+                    Err(busy) => {
+                        executor
+                            .spawn(async move { connection::send(&stream, &busy).await })
+                            .detach();
+                        continue;
+                    }
+                };
                 let Some(slot) = self.shared.connections.try_acquire_arc() else {
                     executor.spawn(connection::refuse_busy(stream)).detach();
                     continue;
@@ -244,6 +253,7 @@ impl Server {
                 let task = executor.spawn(async move {
                     connection::handle(shared, stream).await;
                     drop(slot);
+                    drop(uid_slot);
                 });
                 let mut tasks = tasks.borrow_mut();
                 tasks.retain(|t: &async_executor::Task<()>| !t.is_finished());
