@@ -52,12 +52,28 @@ pub struct Published {
 }
 
 /// A private directory inside the caller's directory, where CRIU writes.
+/// Dropped without [`Staging::publish`] or [`Staging::discard`] (a dump
+/// future cancelled, the service shutting down mid-dump), it discards
+/// itself: no root-owned directory is left in the caller's directory.
 #[derive(Debug)]
 pub struct Staging {
     parent: OwnedFd,
     name: String,
     dir: OwnedFd,
     owner: (u32, u32),
+    finished: bool,
+}
+
+impl Drop for Staging {
+    fn drop(&mut self) {
+        if !self.finished {
+            log::warn!(
+                "{}: dump abandoned; removing its staging directory",
+                self.name
+            );
+            self.clean();
+        }
+    }
 }
 
 impl Staging {
@@ -76,6 +92,7 @@ impl Staging {
             name,
             dir,
             owner,
+            finished: false,
         })
     }
 
@@ -88,10 +105,13 @@ impl Staging {
     /// and syncs the filesystem. On failure (a full disk, say) nothing of
     /// the dump is left but CRIU's log, handed to the caller: no partial
     /// set of images that could pass for a good one, no file of root's.
-    pub fn publish(self, meta: &ImageMeta) -> io::Result<Published> {
+    pub fn publish(mut self, meta: &ImageMeta) -> io::Result<Published> {
         let mut moved = Vec::new();
         match self.try_publish(meta, &mut moved) {
-            Ok(published) => Ok(published),
+            Ok(published) => {
+                self.finished = true;
+                Ok(published)
+            }
             Err(e) => {
                 for name in moved.iter().filter(|n| *n != DUMP_LOG) {
                     if let Err(e) =
@@ -146,7 +166,12 @@ impl Staging {
     /// Throws the images away, keeping CRIU's log (handed to the caller) if
     /// there is one. Returns the log's name when it was kept, and the first
     /// error CRIU logged.
-    pub fn discard(self) -> (Option<String>, Option<String>) {
+    pub fn discard(mut self) -> (Option<String>, Option<String>) {
+        self.finished = true;
+        self.clean()
+    }
+
+    fn clean(&self) -> (Option<String>, Option<String>) {
         let first_error = read_image(&self.dir, DUMP_LOG)
             .and_then(|log| super::engine::first_error(&String::from_utf8_lossy(&log)));
         let mut kept = None;
