@@ -104,7 +104,10 @@ pub async fn write_frame(
     if fds.len() > MAX_FDS {
         return Err(io::Error::new(
             io::ErrorKind::InvalidInput,
-            format!("{} fds for one frame; the protocol allows {MAX_FDS}", fds.len()),
+            format!(
+                "{} fds for one frame; the protocol allows {MAX_FDS}",
+                fds.len()
+            ),
         ));
     }
     let mut sent = 0;

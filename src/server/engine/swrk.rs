@@ -222,7 +222,11 @@ impl Criu {
             Err(EngineError::TimedOut(_) | EngineError::Io(_) | EngineError::Protocol(_))
         );
         swrk.finish(criu_may_run).await;
-        log::debug!("criu swrk for pid {} reaped at {:?}", spec.pid, started.elapsed());
+        log::debug!(
+            "criu swrk for pid {} reaped at {:?}",
+            spec.pid,
+            started.elapsed()
+        );
         result
     }
 
