@@ -275,7 +275,7 @@ fn recycled_pid(ctx: &mut Ctx) -> String {
         let _ = v.kill();
         let _ = v.wait();
     }
-    let mut victim = victim.expect("could not recycle the pid");
+    let _victim = Victim(victim.expect("could not recycle the pid"));
     let images = images_dir();
     let dir = std::fs::File::open(images.path()).unwrap();
     let answer = async_io::block_on(async {
@@ -290,8 +290,6 @@ fn recycled_pid(ctx: &mut Ctx) -> String {
     });
     let (kind, message) = refusal(answer);
     assert_ne!(process_state(pid), Some('t'), "the victim was frozen");
-    let _ = victim.kill();
-    let _ = victim.wait();
     assert_eq!(kind, RefusalKind::NotPermitted, "{message}");
     assert!(message.contains("exited"), "{message}");
     assert!(
@@ -305,10 +303,7 @@ fn recycled_pid(ctx: &mut Ctx) -> String {
 /// pid, whatever else runs. A victim next to the caller is not touched.
 fn dump_is_always_of_the_connecting_pid(ctx: &mut Ctx) -> String {
     let socket = ctx.service(|b| b);
-    let mut victim = std::process::Command::new("sleep")
-        .arg("600")
-        .spawn()
-        .unwrap();
+    let victim = Victim::start();
     let images = images_dir();
     let mut program = Program::start_on(
         &socket,
@@ -324,9 +319,7 @@ fn dump_is_always_of_the_connecting_pid(ctx: &mut Ctx) -> String {
     let meta: selfdump::server::images::ImageMeta = rmp_serde::from_slice(&meta).unwrap();
     assert_eq!(meta.pid, program.pid, "the images are of the caller");
     let log = std::fs::read_to_string(images.path().join("dump.log")).unwrap();
-    assert_log_dumps_only(&log, program.pid, victim.id() as i32);
-    let _ = victim.kill();
-    let _ = victim.wait();
+    assert_log_dumps_only(&log, program.pid, victim.pid());
     format!("dumped the caller (pid {}) only", program.pid)
 }
 
@@ -335,10 +328,7 @@ fn dump_is_always_of_the_connecting_pid(ctx: &mut Ctx) -> String {
 /// CAP_SYS_RESOURCE) and never the other process.
 fn another_users_process(ctx: &mut Ctx) -> String {
     let socket = ctx.service(allow(&[NOBODY]));
-    let mut victim = std::process::Command::new("sleep")
-        .arg("600")
-        .spawn()
-        .unwrap();
+    let victim = Victim::start();
     let images = dir_of(NOBODY);
     let program = Program::start_on(
         &socket,
@@ -347,15 +337,39 @@ fn another_users_process(ctx: &mut Ctx) -> String {
         Some(NOBODY),
     );
     let line = outcome(&program);
-    let victim_pid = victim.id() as i32;
+    let victim_pid = victim.pid();
     assert_ne!(process_state(victim_pid), Some('t'));
     let log = std::fs::read_to_string(images.path().join("dump.log")).unwrap();
     assert_log_dumps_only(&log, program.pid, victim_pid);
-    let _ = victim.kill();
-    let _ = victim.wait();
     assert_runs_on(&program);
     assert_no_images_unless_dumped(images.path(), &line);
     format!("dumped only the caller's own pid; {}", short(&line))
+}
+
+/// A bystander process (`sleep`), killed and reaped on drop, even when an
+/// assertion fails first.
+struct Victim(std::process::Child);
+
+impl Victim {
+    fn start() -> Self {
+        Self(
+            std::process::Command::new("sleep")
+                .arg("600")
+                .spawn()
+                .unwrap(),
+        )
+    }
+
+    fn pid(&self) -> i32 {
+        self.0.id() as i32
+    }
+}
+
+impl Drop for Victim {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
 }
 
 /// CRIU's log shows a dump of `caller`'s tree, and `victim` never seized.
