@@ -16,6 +16,7 @@ pub enum Request {
 /// The CRIU options a self-dumping process may choose. Whether the caller is
 /// a shell job is not here: the service decides that from the kernel.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct DumpOptions {
     /// Keep the process running after the dump (otherwise CRIU kills it).
     pub leave_running: bool,
@@ -42,6 +43,7 @@ impl Default for DumpOptions {
 /// A restarted service has a new `service` value, so it can tell that it
 /// never ran an old job.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct JobId {
     /// Random per service start.
     pub service: u64,
@@ -74,6 +76,7 @@ pub enum Response {
 
 /// Why a request was refused.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct Refusal {
     /// The class of refusal.
     pub kind: RefusalKind,
@@ -101,6 +104,7 @@ pub enum RefusalKind {
 
 /// What a finished dump took.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct DumpReport {
     /// The job.
     pub job: JobId,
@@ -124,6 +128,7 @@ pub struct DumpReport {
 
 /// Why a dump failed.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct DumpFailure {
     /// The job, when it got that far.
     pub job: Option<JobId>,
@@ -131,4 +136,26 @@ pub struct DumpFailure {
     pub message: String,
     /// Name of the dump log inside the images directory, when one was kept.
     pub log_file: Option<String>,
+}
+
+/// Longest text (a refusal or a failure message) the service sends; longer
+/// ones are cut, so that no message can exceed the frame limit.
+pub const MAX_TEXT: usize = 4096;
+
+/// Cuts `text` to at most [`MAX_TEXT`] bytes, on a character boundary.
+///
+/// ```
+/// let long = "é".repeat(5000);
+/// assert!(selfdump::proto::clip(long).len() <= selfdump::proto::MAX_TEXT);
+/// ```
+pub fn clip(mut text: String) -> String {
+    if text.len() > MAX_TEXT {
+        let mut end = MAX_TEXT - 3;
+        while !text.is_char_boundary(end) {
+            end -= 1;
+        }
+        text.truncate(end);
+        text.push_str("...");
+    }
+    text
 }

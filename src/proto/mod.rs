@@ -17,5 +17,6 @@ pub use frame::{
 };
 pub use io::{Frame, read_frame, write_frame};
 pub use messages::{
-    DumpFailure, DumpOptions, DumpReport, JobId, Refusal, RefusalKind, Request, Response,
+    DumpFailure, DumpOptions, DumpReport, JobId, MAX_TEXT, Refusal, RefusalKind, Request, Response,
+    clip,
 };

@@ -25,7 +25,7 @@ pub(super) async fn refuse_busy(stream: Async<UnixStream>) {
 pub(super) fn refusal(kind: RefusalKind, message: impl Into<String>) -> Response {
     Response::Refused(Refusal {
         kind,
-        message: message.into(),
+        message: crate::proto::clip(message.into()),
     })
 }
 

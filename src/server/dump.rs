@@ -2,17 +2,18 @@
 
 use super::Shared;
 use super::connection::{UidSlot, refusal, send};
-use super::engine::{DumpSpec, EngineError, FrozenVerdict, without_forks};
-use super::images::{ImageMeta, Staging};
+use super::engine::{DumpHooks, DumpSpec, EngineError, FrozenVerdict, without_forks};
+use super::images::{ImageMeta, Published, Staging};
 use super::peer::Peer;
-use super::policy::{Caller, check_dumpable, check_tree_task, may_write_dir};
+use super::policy::{Caller, check_dumpable, may_write_dir};
+use super::tree::check_frozen_tree;
 use crate::proto::{
     DumpFailure, DumpOptions, DumpReport, JobId, PROTOCOL_VERSION, RefusalKind, Response,
     encode_frame, write_frame,
 };
 use async_io::{Async, Timer};
 use futures_lite::FutureExt;
-use std::os::fd::OwnedFd;
+use std::os::fd::{AsFd, OwnedFd};
 use std::os::unix::net::UnixStream;
 use std::time::{Duration, Instant};
 
@@ -87,9 +88,22 @@ pub(super) async fn checkpoint(
         }
     };
     let shell_job = !peer.is_session_leader().unwrap_or(false);
+    // CRIU reaches the staging directory through this fd while `staging`
+    // moves in and out of the file-work threads.
+    let criu_dir = match staging.dir().try_clone_to_owned() {
+        Ok(fd) => fd,
+        Err(e) => {
+            shared.jobs.remove(job.id);
+            return send(
+                &stream,
+                &failure(Some(job.id), format!("cannot start a job: {e}"), None),
+            )
+            .await;
+        }
+    };
     let spec = DumpSpec {
         pid: peer.pid,
-        images_dir: staging.dir(),
+        images_dir: criu_dir.as_fd(),
         options,
         shell_job,
     };
@@ -99,43 +113,44 @@ pub(super) async fn checkpoint(
         peer.pid,
         caller.uid()
     );
-
     log::debug!("job {}: checks done at {:?}", job.id, received.elapsed());
-    let mut connection = Some(stream);
+    let mut hooks = Hooks {
+        peer: &peer,
+        caller: &caller,
+        job: job.id,
+        connection: Some(stream),
+        staging: Some(staging),
+        meta: ImageMeta {
+            protocol: PROTOCOL_VERSION,
+            job: job.id,
+            pid: peer.pid,
+            uid: owner.0,
+            shell_job,
+            tcp_established: options.tcp_established,
+            file_locks: options.file_locks,
+            ext_unix_sk: options.ext_unix_sk,
+        },
+        save_before_exit: !options.leave_running,
+        saved: None,
+    };
     let dumped = shared
         .config
         .criu
-        .dump(&spec, shared.config.dump_timeout, async || {
-            let stream = connection.take().expect("the freeze hook runs once");
-            match at_freeze(&peer, &caller, &stream, job.id).await {
-                Ok(()) => {
-                    without_forks(|| drop(stream));
-                    FrozenVerdict::Proceed
-                }
-                Err(why) => {
-                    // CRIU resumes the tree; the caller gets the error on
-                    // this connection once CRIU is done.
-                    log::warn!("job {}: vetoed at the freeze: {why}", job.id);
-                    connection = Some(stream);
-                    FrozenVerdict::Veto(why)
-                }
-            }
-        })
+        .dump(&spec, shared.config.dump_timeout, &mut hooks)
         .await;
-
+    drop(criu_dir);
     log::debug!("job {}: criu done at {:?}", job.id, received.elapsed());
+
+    let Hooks {
+        connection,
+        staging,
+        meta,
+        saved,
+        ..
+    } = hooks;
+    let staging = staging.expect("the hooks give the staging directory back");
     let answer = match dumped {
         Ok(()) => {
-            let meta = ImageMeta {
-                protocol: PROTOCOL_VERSION,
-                job: job.id,
-                pid: peer.pid,
-                uid: owner.0,
-                shell_job,
-                tcp_established: options.tcp_established,
-                file_locks: options.file_locks,
-                ext_unix_sk: options.ext_unix_sk,
-            };
             let published = blocking::unblock(move || staging.publish(&meta)).await;
             log::debug!(
                 "job {}: images published at {:?}",
@@ -144,7 +159,8 @@ pub(super) async fn checkpoint(
             );
             match published {
                 Ok(published) => {
-                    let stats = published.stats.unwrap_or_default();
+                    let published = saved.unwrap_or_default().and(published);
+                    let stats = published.stats.clone().unwrap_or_default();
                     Response::Dumped(DumpReport {
                         job: job.id,
                         frozen_us: stats.frozen_time.into(),
@@ -184,6 +200,63 @@ pub(super) async fn checkpoint(
     }
 }
 
+/// What the service does while CRIU holds the caller's tree frozen.
+struct Hooks<'a> {
+    peer: &'a Peer,
+    caller: &'a Caller,
+    job: JobId,
+    /// The caller's connection, until it is closed at the freeze (kept
+    /// when the freeze is vetoed: the caller then reads the error on it).
+    connection: Option<Async<UnixStream>>,
+    /// Lent to the file-work threads while images are saved.
+    staging: Option<Staging>,
+    meta: ImageMeta,
+    /// "Exit after dump": CRIU ends the tree after `post-dump`, so the images
+    /// are saved before that, or the tree is kept alive.
+    save_before_exit: bool,
+    saved: Option<Published>,
+}
+
+impl DumpHooks for Hooks<'_> {
+    async fn frozen(&mut self) -> FrozenVerdict {
+        let stream = self.connection.take().expect("the freeze comes once");
+        match at_freeze(self.peer, self.caller, &stream, self.job).await {
+            Ok(()) => {
+                without_forks(|| drop(stream));
+                FrozenVerdict::Proceed
+            }
+            Err(why) => {
+                log::warn!("job {}: vetoed at the freeze: {why}", self.job);
+                self.connection = Some(stream);
+                FrozenVerdict::Veto(why)
+            }
+        }
+    }
+
+    async fn images_written(&mut self) -> FrozenVerdict {
+        if !self.save_before_exit {
+            return FrozenVerdict::Proceed;
+        }
+        let mut staging = self.staging.take().expect("staging is home between hooks");
+        let meta = self.meta.clone();
+        let (staging, saved) = blocking::unblock(move || {
+            let saved = staging.save(&meta);
+            (staging, saved)
+        })
+        .await;
+        self.staging = Some(staging);
+        match saved {
+            Ok(saved) => {
+                self.saved = Some(saved);
+                FrozenVerdict::Proceed
+            }
+            Err(e) => FrozenVerdict::Veto(format!(
+                "the images could not be saved ({e}), so the process was left running"
+            )),
+        }
+    }
+}
+
 /// Runs with the tree frozen, before CRIU collects sockets: checks the
 /// caller is still the process that asked and every task of its tree may be
 /// dumped for it, then queues the last frame. `Ok` means the caller's
@@ -212,97 +285,10 @@ async fn at_freeze(
         .map_err(|e| format!("cannot tell the caller it is frozen: {e}"))
 }
 
-/// Most tasks a frozen tree may have (a bound on the walk, far above any
-/// real tree).
-const MAX_TREE_TASKS: usize = 1 << 16;
-
-/// Applies the caller checks to every task (every thread) of the frozen
-/// tree rooted at the caller, from the caller's point of view. The tree is
-/// frozen, so nothing in it can fork, exec or change ids meanwhile; the
-/// caller's pidfd is checked before and after, so the pid named it all along.
-fn check_frozen_tree(peer: &Peer, caller: &Caller) -> Result<(), String> {
-    if !peer.is_alive() {
-        return Err("the caller exited before its tree was frozen".into());
-    }
-    let mut stack = vec![peer.pid];
-    let mut seen = std::collections::HashSet::from([peer.pid]);
-    let mut checked = 0;
-    while let Some(pid) = stack.pop() {
-        let tasks = std::fs::read_dir(format!("/proc/{pid}/task"))
-            .map_err(|e| format!("cannot list the threads of pid {pid}: {e}"))?;
-        for entry in tasks {
-            let entry = entry.map_err(|e| format!("cannot list the threads of pid {pid}: {e}"))?;
-            let Some(tid) = entry
-                .file_name()
-                .to_str()
-                .and_then(|t| t.parse::<i32>().ok())
-            else {
-                continue;
-            };
-            checked += 1;
-            if checked > MAX_TREE_TASKS {
-                return Err(format!("the tree has more than {MAX_TREE_TASKS} tasks"));
-            }
-            let dir = format!("/proc/{pid}/task/{tid}");
-            match check_task(caller, &dir, pid, tid, pid == peer.pid) {
-                Ok(()) => {}
-                // gone (reaped) since the listing: it will not be dumped
-                Err(TaskError::Gone) => continue,
-                Err(TaskError::Refused(why)) => return Err(why),
-            }
-            let children = match std::fs::read_to_string(format!("{dir}/children")) {
-                Ok(text) => text,
-                Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
-                Err(e) => return Err(format!("cannot list the children of task {tid}: {e}")),
-            };
-            for child in children.split_whitespace().filter_map(|c| c.parse().ok()) {
-                if seen.insert(child) {
-                    stack.push(child);
-                }
-            }
-        }
-    }
-    if !peer.is_alive() {
-        return Err("the caller exited while its tree was checked".into());
-    }
-    Ok(())
-}
-
-enum TaskError {
-    Gone,
-    Refused(String),
-}
-
-fn check_task(caller: &Caller, dir: &str, pid: i32, tid: i32, root: bool) -> Result<(), TaskError> {
-    let gone_or = |e: std::io::Error, what: &str| {
-        if e.kind() == std::io::ErrorKind::NotFound {
-            TaskError::Gone
-        } else {
-            TaskError::Refused(format!("cannot inspect {what} of task {tid}: {e}"))
-        }
-    };
-    let comm = std::fs::read_to_string(format!("{dir}/comm")).map_err(|e| gone_or(e, "comm"))?;
-    let comm = comm.trim_end();
-    let what = match (root, pid == tid) {
-        (true, true) => format!("the caller (pid {pid}, {comm})"),
-        (true, false) => format!("thread {tid} ({comm}) of the caller (pid {pid})"),
-        (false, true) => format!("task pid {pid} ({comm}) in the caller's tree"),
-        (false, false) => format!("thread {tid} ({comm}) of pid {pid} in the caller's tree"),
-    };
-    let status =
-        std::fs::read_to_string(format!("{dir}/status")).map_err(|e| gone_or(e, "status"))?;
-    let task = Caller::parse(&status)
-        .ok_or_else(|| TaskError::Refused(format!("unreadable /proc status of {what}")))?;
-    // a file, not the directory: see `admit`
-    let proc_file =
-        rustix::fs::stat(format!("{dir}/stat")).map_err(|e| gone_or(e.into(), "owner"))?;
-    check_tree_task(caller, &task, &proc_file, &what).map_err(TaskError::Refused)
-}
-
 fn failure(job: Option<JobId>, message: String, log_file: Option<String>) -> Response {
     Response::DumpFailed(DumpFailure {
         job,
-        message,
+        message: crate::proto::clip(message),
         log_file,
     })
 }

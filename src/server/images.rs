@@ -39,7 +39,7 @@ pub struct ImageMeta {
 }
 
 /// What the published images hold.
-#[derive(Debug, Default)]
+#[derive(Debug, Default, Clone)]
 pub struct Published {
     /// Bytes of all image files.
     pub bytes: u64,
@@ -49,6 +49,18 @@ pub struct Published {
     pub stats: Option<rpc::DumpStatsEntry>,
     /// Tasks in the dumped tree.
     pub processes: u32,
+}
+
+impl Published {
+    /// Adds what a later [`Staging::save`] or [`Staging::publish`] moved.
+    pub fn and(self, later: Published) -> Published {
+        Published {
+            bytes: self.bytes + later.bytes,
+            sync_us: self.sync_us + later.sync_us,
+            stats: later.stats.or(self.stats),
+            processes: self.processes.max(later.processes),
+        }
+    }
 }
 
 /// A private directory inside the caller's directory, where CRIU writes.
@@ -102,31 +114,46 @@ impl Staging {
     }
 
     /// Hands every file to the caller, moves it into the caller's directory,
-    /// and syncs the filesystem. On failure (a full disk, say) nothing of
-    /// the dump is left but CRIU's log, handed to the caller: no partial
-    /// set of images that could pass for a good one, no file of root's.
+    /// syncs the filesystem and removes the staging directory. On failure (a
+    /// full disk, say) nothing of the dump is left but CRIU's log, handed to
+    /// the caller: no partial set of images that could pass for a good one,
+    /// no file of root's.
     pub fn publish(mut self, meta: &ImageMeta) -> io::Result<Published> {
-        let mut moved = Vec::new();
-        match self.try_publish(meta, &mut moved) {
+        match self.save(meta) {
             Ok(published) => {
                 self.finished = true;
+                if let Err(e) = self.remove() {
+                    log::warn!("cannot remove staging directory {}: {e}", self.name);
+                }
                 Ok(published)
             }
             Err(e) => {
-                for name in moved.iter().filter(|n| *n != DUMP_LOG) {
-                    if let Err(e) =
-                        rustix::fs::unlinkat(&self.parent, name.as_str(), AtFlags::empty())
-                    {
-                        log::warn!("cannot remove {name} of a failed dump: {e}");
-                    }
-                }
                 self.discard();
                 Err(e)
             }
         }
     }
 
-    fn try_publish(&self, meta: &ImageMeta, moved: &mut Vec<String>) -> io::Result<Published> {
+    /// What [`Staging::publish`] does, but keeping the staging directory for
+    /// files CRIU writes later: with "exit after dump" the images are saved
+    /// this way while the tree is still frozen, before CRIU ends it. It can
+    /// run again; each run reports what it moved. On failure the files it
+    /// moved are removed again.
+    pub fn save(&mut self, meta: &ImageMeta) -> io::Result<Published> {
+        let mut moved = Vec::new();
+        let saved = self.try_save(meta, &mut moved);
+        if saved.is_err() {
+            for name in moved.iter().filter(|n| *n != DUMP_LOG) {
+                if let Err(e) = rustix::fs::unlinkat(&self.parent, name.as_str(), AtFlags::empty())
+                {
+                    log::warn!("cannot remove {name} of a failed dump: {e}");
+                }
+            }
+        }
+        saved
+    }
+
+    fn try_save(&self, meta: &ImageMeta, moved: &mut Vec<String>) -> io::Result<Published> {
         let body = rmp_serde::to_vec(meta).map_err(io::Error::other)?;
         let file = rustix::fs::openat(
             &self.dir,
@@ -159,7 +186,6 @@ impl Staging {
         let syncing = std::time::Instant::now();
         rustix::fs::syncfs(&self.parent)?;
         published.sync_us = syncing.elapsed().as_micros() as u64;
-        self.remove()?;
         Ok(published)
     }
 

@@ -20,6 +20,7 @@ pub mod peer;
 pub mod policy;
 pub mod restore;
 pub mod systemd;
+mod tree;
 
 pub use engine::Criu;
 pub use error::Error;

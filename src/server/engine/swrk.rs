@@ -55,7 +55,20 @@ pub struct DumpSpec<'a> {
     pub shell_job: bool,
 }
 
-/// What the freeze hook decided.
+/// What the service does while CRIU holds the tree frozen.
+pub trait DumpHooks {
+    /// The tree is frozen and CRIU has not collected its sockets yet
+    /// (CRIU's `query-ext-files` notification): the caller's connection
+    /// must be closed here. A veto makes CRIU resume the tree and fail.
+    fn frozen(&mut self) -> impl Future<Output = FrozenVerdict>;
+
+    /// The images are written and flushed; the tree is still frozen and
+    /// CRIU next resumes or ends it (`post-dump`). A veto makes CRIU resume
+    /// it and fail the dump.
+    fn images_written(&mut self) -> impl Future<Output = FrozenVerdict>;
+}
+
+/// What a hook decided.
 #[derive(Debug)]
 pub enum FrozenVerdict {
     /// Let CRIU go on dumping.
@@ -77,6 +90,8 @@ pub enum EngineError {
     Vetoed(String),
     /// The dump took longer than allowed and CRIU was killed.
     TimedOut(Duration),
+    /// CRIU died in the middle of the dump (killed, or it crashed).
+    Died,
 }
 
 impl fmt::Display for EngineError {
@@ -90,6 +105,10 @@ impl fmt::Display for EngineError {
             Self::TimedOut(d) => {
                 write!(f, "dump exceeded its time limit of {d:?}; criu was killed")
             }
+            Self::Died => write!(
+                f,
+                "criu died in the middle of the dump; the process was left running"
+            ),
         }
     }
 }
@@ -162,11 +181,13 @@ impl Swrk {
         let n = self
             .sock
             .read_with(|s| Ok(rustix::net::recv(s, &mut buf, rustix::net::RecvFlags::empty())?.0))
-            .await?;
+            .await
+            .map_err(|e| match e.kind() {
+                io::ErrorKind::ConnectionReset => EngineError::Died,
+                _ => EngineError::Io(e),
+            })?;
         if n == 0 {
-            return Err(EngineError::Protocol(
-                "criu closed the RPC socket without a result".into(),
-            ));
+            return Err(EngineError::Died);
         }
         CriuResp::decode(&buf[..n]).map_err(|e| EngineError::Protocol(e.to_string()))
     }
@@ -192,18 +213,13 @@ impl Swrk {
 }
 
 impl Criu {
-    /// Dumps `spec.pid`'s tree. `at_freeze` runs once the tree is frozen and
-    /// before CRIU collects sockets (CRIU's `query-ext-files` notification);
-    /// it must close the caller's connection and may veto the dump.
-    pub async fn dump<F>(
+    /// Dumps `spec.pid`'s tree, calling `hooks` while CRIU holds it frozen.
+    pub async fn dump(
         &self,
         spec: &DumpSpec<'_>,
         timeout: Duration,
-        at_freeze: F,
-    ) -> Result<(), EngineError>
-    where
-        F: AsyncFnOnce() -> FrozenVerdict,
-    {
+        hooks: &mut impl DumpHooks,
+    ) -> Result<(), EngineError> {
         let started = std::time::Instant::now();
         let swrk = Swrk::spawn(self)?;
         log::debug!(
@@ -211,7 +227,7 @@ impl Criu {
             spec.pid,
             started.elapsed()
         );
-        let run = self.run_dump(&swrk, spec, at_freeze, started);
+        let run = self.run_dump(&swrk, spec, hooks, started);
         let limit = async {
             Timer::after(timeout).await;
             Err(EngineError::TimedOut(timeout))
@@ -219,7 +235,10 @@ impl Criu {
         let result = run.or(limit).await;
         let criu_may_run = matches!(
             result,
-            Err(EngineError::TimedOut(_) | EngineError::Io(_) | EngineError::Protocol(_))
+            Err(EngineError::TimedOut(_)
+                | EngineError::Io(_)
+                | EngineError::Protocol(_)
+                | EngineError::Died)
         );
         swrk.finish(criu_may_run).await;
         log::debug!(
@@ -230,16 +249,13 @@ impl Criu {
         result
     }
 
-    async fn run_dump<F>(
+    async fn run_dump(
         &self,
         swrk: &Swrk,
         spec: &DumpSpec<'_>,
-        at_freeze: F,
+        hooks: &mut impl DumpHooks,
         started: std::time::Instant,
-    ) -> Result<(), EngineError>
-    where
-        F: AsyncFnOnce() -> FrozenVerdict,
-    {
+    ) -> Result<(), EngineError> {
         let opts = CriuOpts {
             images_dir_fd: spec.images_dir.as_fd().as_raw_fd(),
             pid: Some(spec.pid),
@@ -258,7 +274,7 @@ impl Criu {
             ..Default::default()
         })
         .await?;
-        let mut at_freeze = Some(at_freeze);
+        let mut frozen = false;
         let mut veto = None;
         loop {
             let resp = swrk.recv().await?;
@@ -270,21 +286,20 @@ impl Criu {
                         spec.pid,
                         started.elapsed()
                     );
-                    let ok = if script == "query-ext-files" {
-                        match at_freeze.take() {
-                            Some(hook) => match hook().await {
-                                FrozenVerdict::Proceed => true,
-                                FrozenVerdict::Veto(why) => {
-                                    veto = Some(why);
-                                    false
-                                }
-                            },
-                            None => true,
+                    let verdict = match script.as_str() {
+                        "query-ext-files" if !frozen => {
+                            frozen = true;
+                            hooks.frozen().await
                         }
-                    } else {
-                        true
+                        "post-dump" if frozen && veto.is_none() => hooks.images_written().await,
+                        _ => FrozenVerdict::Proceed,
                     };
-                    swrk.ack(ok).await?;
+                    if let FrozenVerdict::Veto(why) = verdict {
+                        veto.get_or_insert(why);
+                        swrk.ack(false).await?;
+                    } else {
+                        swrk.ack(true).await?;
+                    }
                 }
                 req_type::DUMP => {
                     log::debug!(
@@ -295,7 +310,7 @@ impl Criu {
                     if let Some(why) = veto {
                         return Err(EngineError::Vetoed(why));
                     }
-                    if at_freeze.is_some() && resp.success {
+                    if !frozen && resp.success {
                         return Err(EngineError::Protocol(
                             "criu finished without the query-ext-files notification (criu < 3.19?)"
                                 .into(),
