@@ -132,6 +132,78 @@ fn established_tcp_is_refused_unless_tcp_established() {
 }
 
 #[test]
+fn tcp_held_by_a_child_is_found_too() {
+    // Another process's sockets cannot be looked at directly: this is the
+    // path through /proc/PID/net/tcp.
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    let client = std::net::TcpStream::connect(addr).unwrap();
+    let (_server, _) = listener.accept().unwrap();
+    let mut child = child_holding(client.as_fd());
+    drop(client);
+    let child_pid = child.id() as i32;
+    let from_child = findings_of(&child, Preflight::new());
+    let from_here = Preflight::new().run().unwrap();
+    let _ = child.kill();
+    let _ = child.wait();
+    for findings in [&from_child, &from_here] {
+        let f = findings
+            .iter()
+            .find(|f| f.pid == child_pid && f.fd == Some(3))
+            .unwrap_or_else(|| panic!("{findings:#?}"));
+        assert_eq!(f.kind, Kind::TcpConnection);
+        assert!(f.what.ends_with(&format!("-> {addr} (ESTABLISHED)")), "{f}");
+    }
+}
+
+#[test]
+fn tcp_states_and_ipv6_are_told_apart() {
+    // A socket never connected, and one bound but not listening: fine.
+    use rustix::net::{AddressFamily, SocketType, bind, socket};
+    let fresh = socket(AddressFamily::INET, SocketType::STREAM, None).unwrap();
+    assert!(own(&fresh).is_empty(), "{:#?}", own(&fresh));
+    let bound = socket(AddressFamily::INET, SocketType::STREAM, None).unwrap();
+    bind(
+        &bound,
+        &"127.0.0.1:0".parse::<std::net::SocketAddr>().unwrap(),
+    )
+    .unwrap();
+    assert!(own(&bound).is_empty(), "{:#?}", own(&bound));
+
+    // The peer closed: CLOSE_WAIT, still refused without tcp_established.
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let client = std::net::TcpStream::connect(listener.local_addr().unwrap()).unwrap();
+    drop(listener.accept().unwrap());
+    assert!(
+        wait_until("CLOSE_WAIT", || own(&client)
+            .first()
+            .is_some_and(|f| f.what.ends_with("(CLOSE_WAIT)"))),
+        "{:#?}",
+        own(&client)
+    );
+    assert!(own(&client)[0].fix.contains("closing connection"));
+
+    let Ok(listener6) = std::net::TcpListener::bind("[::1]:0") else {
+        eprintln!("SKIPPED (IPv6 part): no ::1 here");
+        return;
+    };
+    let addr6 = listener6.local_addr().unwrap();
+    let client6 = std::net::TcpStream::connect(addr6).unwrap();
+    let _accepted = listener6.accept().unwrap();
+    let found = own(&client6);
+    assert_eq!(found.len(), 1, "{found:#?}");
+    assert!(
+        found[0].what.starts_with("TCP connection [::1]:")
+            && found[0]
+                .what
+                .ends_with(&format!("-> {addr6} (ESTABLISHED)")),
+        "{}",
+        found[0]
+    );
+    assert!(own(&listener6).is_empty());
+}
+
+#[test]
 fn deleted_files_are_reported_and_big_ones_refused() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("scratch");

@@ -1,0 +1,142 @@
+//! The process tree and what its processes hold: descendants from
+//! `/proc/PID/task/*/children`, open fds from `/proc/PID/fd`, the tracer
+//! from `/proc/PID/status`.
+
+use std::io::{self, Read};
+use std::path::PathBuf;
+
+/// One open file descriptor of a process in the tree.
+#[derive(Debug)]
+pub(super) struct OpenFd {
+    pub(super) pid: i32,
+    pub(super) fd: i32,
+    /// Where `/proc/PID/fd/FD` points.
+    pub(super) target: PathBuf,
+    /// The inode, when the fd is a socket.
+    pub(super) socket: Option<u64>,
+}
+
+/// The open fds of `pid`: one `readlink` each (fdinfo is read later, and
+/// only for the regular files that need their flags).
+pub(super) fn open_fds(pid: i32) -> io::Result<Vec<OpenFd>> {
+    let mut out = Vec::new();
+    for entry in std::fs::read_dir(format!("/proc/{pid}/fd"))? {
+        let Ok(entry) = entry else { continue };
+        let Some(fd) = entry.file_name().to_str().and_then(|n| n.parse().ok()) else {
+            continue;
+        };
+        let Ok(target) = std::fs::read_link(entry.path()) else {
+            continue; // closed meanwhile
+        };
+        let socket = target
+            .to_str()
+            .and_then(|t| t.strip_prefix("socket:["))
+            .and_then(|t| t.strip_suffix(']'))
+            .and_then(|t| t.parse().ok());
+        out.push(OpenFd {
+            pid,
+            fd,
+            target,
+            socket,
+        });
+    }
+    Ok(out)
+}
+
+/// `root` and its descendants (every thread's children).
+pub(super) fn process_tree(root: i32) -> io::Result<Vec<i32>> {
+    std::fs::metadata(format!("/proc/{root}"))
+        .map_err(|e| io::Error::new(e.kind(), format!("process {root}: {e}")))?;
+    let mut tree = vec![root];
+    let mut i = 0;
+    while i < tree.len() {
+        let pid = tree[i];
+        i += 1;
+        let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
+            continue;
+        };
+        for task in tasks.flatten() {
+            let Ok(children) = read_proc(task.path().join("children")) else {
+                continue;
+            };
+            for child in children.split_whitespace().filter_map(|c| c.parse().ok()) {
+                if !tree.contains(&child) {
+                    tree.push(child);
+                }
+            }
+        }
+    }
+    Ok(tree)
+}
+
+/// The process tracing `pid`, if any.
+pub(super) fn tracer(pid: i32) -> Option<i32> {
+    let status = read_proc(format!("/proc/{pid}/status")).ok()?;
+    let tracer: i32 = status
+        .lines()
+        .find_map(|l| l.strip_prefix("TracerPid:"))?
+        .trim()
+        .parse()
+        .ok()?;
+    (tracer != 0).then_some(tracer)
+}
+
+/// The command name of `pid`, or `?`.
+pub(super) fn comm(pid: i32) -> String {
+    read_proc(format!("/proc/{pid}/comm"))
+        .map(|c| c.trim().to_owned())
+        .unwrap_or_else(|_| "?".into())
+}
+
+/// Processes holding socket `ino`, as " by pid N (name), ...": a scan of
+/// every process's fds, so only for a socket that is already a finding.
+pub(super) fn holders_of(ino: u64) -> String {
+    let want = PathBuf::from(format!("socket:[{ino}]"));
+    let mut found = Vec::new();
+    let Ok(procs) = std::fs::read_dir("/proc") else {
+        return String::new();
+    };
+    for p in procs.flatten() {
+        let Some(pid) = p.file_name().to_str().and_then(|n| n.parse::<i32>().ok()) else {
+            continue;
+        };
+        let Ok(fds) = std::fs::read_dir(p.path().join("fd")) else {
+            continue;
+        };
+        if fds
+            .flatten()
+            .any(|fd| std::fs::read_link(fd.path()).is_ok_and(|t| t == want))
+        {
+            found.push(format!("pid {pid} ({})", comm(pid)));
+        }
+        if found.len() >= 3 {
+            break;
+        }
+    }
+    if found.is_empty() {
+        String::new()
+    } else {
+        format!(" by {}", found.join(", "))
+    }
+}
+
+/// A small `/proc` file, read with one big `read` rather than the small
+/// probing reads of `read_to_string` (each of which makes the kernel
+/// generate the file again for some of them).
+pub(super) fn read_proc(path: impl AsRef<std::path::Path>) -> io::Result<String> {
+    let mut file = std::fs::File::open(path)?;
+    let mut buf = vec![0u8; 4096];
+    let mut len = 0;
+    loop {
+        if len == buf.len() {
+            buf.resize(len * 2, 0);
+        }
+        match file.read(&mut buf[len..]) {
+            Ok(0) => break,
+            Ok(n) => len += n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(String::from_utf8_lossy(&buf[..len]).into_owned())
+}
