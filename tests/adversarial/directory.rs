@@ -1,0 +1,138 @@
+//! Attacks through the images directory: one the caller may not write, one
+//! owned by someone else, fds that are not directories, symlinks planted at
+//! the names CRIU writes, and a full disk.
+
+use crate::Ctx;
+use crate::common::*;
+use crate::support::*;
+use selfdump::proto::RefusalKind;
+use std::os::fd::AsFd;
+use std::os::unix::net::UnixStream;
+use std::path::{Path, PathBuf};
+
+/// A directory the caller cannot write (root's, 0755).
+pub fn unwritable_images_dir(ctx: &mut Ctx) -> String {
+    refused_as_bad_directory(ctx, images_dir)
+}
+
+/// A directory owned by another unprivileged user (0755).
+pub fn foreign_owned_images_dir(ctx: &mut Ctx) -> String {
+    refused_as_bad_directory(ctx, || dir_of(OTHER))
+}
+
+/// A caller of uid nobody, checkpointing into `images()`, is refused: it may
+/// not create files there.
+fn refused_as_bad_directory(ctx: &mut Ctx, images: impl FnOnce() -> tempfile::TempDir) -> String {
+    let socket = ctx.service(allow(&[NOBODY]));
+    let images = images();
+    let mut program = Program::start_on(
+        &socket,
+        images.path(),
+        &args("--at 1 --until 2 --interval-ms 20"),
+        Some(NOBODY),
+    );
+    let line = outcome(&program);
+    assert!(
+        line.contains("refused (BadDirectory)") && line.contains("may not create files"),
+        "{line}"
+    );
+    assert!(program.wait().success());
+    assert!(image_files(images.path()).is_empty());
+    format!("refused: {}", short(&line))
+}
+
+/// Fds that are not directories: a regular file, a pipe, a socket.
+pub fn non_directory_images_fd(ctx: &mut Ctx) -> String {
+    let socket = ctx.service(|b| b);
+    let file = tempfile::tempfile().unwrap();
+    let (pipe, _w) = rustix::pipe::pipe().unwrap();
+    let (sock, _other) = UnixStream::pair().unwrap();
+    for fd in [file.as_fd(), pipe.as_fd(), sock.as_fd()] {
+        let (kind, message) = refusal(exchange(&socket, &checkpoint_frame(), &[fd]));
+        assert_eq!(kind, RefusalKind::BadDirectory, "{message}");
+        assert!(message.contains("not a directory"), "{message}");
+    }
+    "refused file, pipe and socket fds as not a directory".into()
+}
+
+/// Symlinks planted inside the images directory at names CRIU and the
+/// service write: never followed. The directory itself, opened through a
+/// symlink, is fine.
+pub fn symlinks_planted_in_images_dir(ctx: &mut Ctx) -> String {
+    let socket = ctx.service(|b| b);
+    let victim = Path::new("/etc/selfdump-victim");
+    std::fs::write(victim, "precious\n").unwrap();
+    let images = images_dir();
+    for name in [
+        "pstree.img",
+        "inventory.img",
+        "dump.log",
+        "selfdump-meta.msgpack",
+        "stats-dump",
+    ] {
+        std::os::unix::fs::symlink(victim, images.path().join(name)).unwrap();
+    }
+    let links = tempfile::tempdir().unwrap();
+    let via_link = links.path().join("images");
+    std::os::unix::fs::symlink(images.path(), &via_link).unwrap();
+    let mut program = Program::start_on(
+        &socket,
+        &via_link,
+        &args("--at 1 --until 3 --interval-ms 20"),
+        None,
+    );
+    let line = outcome(&program);
+    assert!(program.wait().success());
+    let kept = std::fs::read_to_string(victim).unwrap();
+    std::fs::remove_file(victim).unwrap();
+    assert_eq!(
+        kept, "precious\n",
+        "the victim was written through a symlink"
+    );
+    assert!(line.starts_with("checkpoint continued"), "{line}");
+    for (name, _, mode) in image_files(images.path()) {
+        let meta = std::fs::symlink_metadata(images.path().join(&name)).unwrap();
+        assert!(meta.file_type().is_file(), "{name} is still a link");
+        assert_eq!(mode, 0o600, "{name}");
+    }
+    assert!(restore_check(images.path()));
+    "dumped; planted links replaced, never followed; victim untouched".into()
+}
+
+/// The images restore (they are good): checks that pstree.img parses.
+fn restore_check(dir: &Path) -> bool {
+    let image = std::fs::read(dir.join("pstree.img")).unwrap();
+    selfdump::server::images::entries(&image).count() == 1
+}
+
+/// The images directory is a 64 KiB tmpfs: the dump fails, the caller is
+/// told, and no partial image set is left to pass for a good one.
+pub fn disk_full(ctx: &mut Ctx) -> String {
+    let socket = ctx.service(|b| b);
+    let images = images_dir();
+    let status = std::process::Command::new("mount")
+        .args(["-t", "tmpfs", "-o", "size=64k,mode=0755", "tmpfs"])
+        .arg(images.path())
+        .status()
+        .unwrap();
+    assert!(status.success(), "mount a tiny tmpfs");
+    struct Unmount(PathBuf);
+    impl Drop for Unmount {
+        fn drop(&mut self) {
+            let _ = std::process::Command::new("umount").arg(&self.0).status();
+        }
+    }
+    let _unmount = Unmount(images.path().to_path_buf());
+    let mut program = Program::start_on(
+        &socket,
+        images.path(),
+        &args("--alloc-mb 1 --at 1 --until 4 --interval-ms 50"),
+        None,
+    );
+    let line = outcome(&program);
+    assert!(line.starts_with("checkpoint error"), "{line}");
+    assert!(program.wait().success(), "the caller runs on");
+    assert_no_images(images.path(), 0);
+    assert_no_staging(images.path());
+    format!("caller told: {}", short(&line))
+}

@@ -1,0 +1,198 @@
+//! Faults in the middle of a dump: the caller dies, CRIU is killed, the
+//! service dies and another takes its socket, and the dump runs out of
+//! time. The caller must end up running and told, never left frozen.
+
+use crate::Ctx;
+use crate::common::*;
+use crate::support::*;
+use std::os::unix::fs::PermissionsExt;
+use std::path::Path;
+use std::time::Duration;
+
+/// The caller is killed while frozen, mid-dump.
+pub fn client_dies_mid_dump(ctx: &mut Ctx) -> String {
+    let socket = ctx.service(|b| b);
+    let images = images_dir();
+    let mut program = frozen_caller(&socket, images.path(), 600);
+    kill(program.pid);
+    program.kill();
+    wait_no_criu();
+    assert_no_staging(images.path());
+    assert!(
+        !images.path().join("pstree.img").exists()
+            || images.path().join("selfdump-meta.msgpack").exists(),
+        "a partial image set was left"
+    );
+    let names: Vec<String> = image_files(images.path())
+        .into_iter()
+        .map(|f| f.0)
+        .collect();
+    format!("survived; the images dir holds {names:?}")
+}
+
+/// CRIU is killed mid-dump, with the caller frozen: the caller must end up
+/// running and get an error.
+pub fn criu_killed_mid_dump(ctx: &mut Ctx) -> String {
+    let socket = ctx.service(|b| b);
+    let mut said = Vec::new();
+    // killed as soon as the tree is seized, and while it writes memory
+    // (the parasite is in the caller then)
+    for during_memdump in [false, true] {
+        let images = images_dir();
+        let mut program = frozen_caller(&socket, images.path(), 100);
+        if during_memdump {
+            wait_for_memdump(images.path());
+        }
+        let criu = criu_children();
+        assert_eq!(criu.len(), 1, "one criu child: {criu:?}");
+        kill(criu[0]);
+        let line = outcome(&program);
+        assert!(line.starts_with("checkpoint error"), "{line}");
+        thawed_then_cleaned_up(&mut program, images.path());
+        assert!(!images.path().join("pstree.img").exists());
+        let when = if during_memdump {
+            "during memdump"
+        } else {
+            "at the seize"
+        };
+        said.push(format!("{when}: {}", short(&line)));
+    }
+    format!("caller thawed and told: {}", said.join(" | "))
+}
+
+/// The service dies between the freeze and the result query: the original
+/// must hear "outcome unknown", never success and never "restored". Twice:
+/// with a new service already listening on the socket when the original
+/// asks (it knows nothing of the job), and with none.
+pub fn service_restarted_between_freeze_and_result(ctx: &mut Ctx) -> String {
+    let dir = tempfile::Builder::new()
+        .prefix("selfdump-sock")
+        .tempdir()
+        .unwrap();
+    std::fs::set_permissions(dir.path(), PermissionsExt::from_mode(0o755)).unwrap();
+    let socket = dir.path().join("selfdump.sock");
+    let mut said = Vec::new();
+    let mut last = None;
+    for restarted_first in [true, false] {
+        let first = KillableService::start_at(&socket, |b| b);
+        let images = images_dir();
+        let mut program = frozen_caller(&socket, images.path(), 100);
+        // CRIU writes memory only after the freeze hook sent `Frozen`
+        wait_for_memdump(images.path());
+        let second = if restarted_first {
+            // the new service takes over the path while the old one dies
+            std::fs::remove_file(&socket).unwrap();
+            let second = KillableService::start_at(&socket, |b| b);
+            first.kill();
+            second
+        } else {
+            first.kill();
+            let line = outcome(&program);
+            said.push(format!("no service: {}", short(&line)));
+            assert_unknown(&line);
+            // the killed service leaves no root-owned staging directory
+            thawed_then_cleaned_up(&mut program, images.path());
+            last = Some(KillableService::start_at(&socket, |b| b));
+            continue;
+        };
+        let line = outcome(&program);
+        assert_unknown(&line);
+        assert!(line.contains("does not know this job"), "{line}");
+        said.push(format!("restarted: {}", short(&line)));
+        thawed_then_cleaned_up(&mut program, images.path());
+        drop(second);
+    }
+    ctx.adopt(socket, Box::new((last, dir)));
+    format!("original told: {}", said.join(" | "))
+}
+
+fn assert_unknown(line: &str) {
+    assert!(
+        line.starts_with("checkpoint error: outcome of checkpoint") && line.contains("unknown"),
+        "{line}"
+    );
+}
+
+/// The whole dump may take `dump_timeout`; past it CRIU is killed and the
+/// tree must end up running, not frozen.
+pub fn dump_timeout_exceeded(ctx: &mut Ctx) -> String {
+    let mut said = Vec::new();
+    for timeout_ms in [1u64, 250] {
+        let socket = ctx.service(|b| b.dump_timeout(Duration::from_millis(timeout_ms)));
+        let images = images_dir();
+        let mut program = Program::start_on(
+            &socket,
+            images.path(),
+            &args("--alloc-mb 512 --at 1 --until 100 --interval-ms 20"),
+            None,
+        );
+        // was the tree frozen when the time ran out?
+        let mut frozen = false;
+        while !program.output().contains("checkpoint ") {
+            frozen |= process_state(program.pid) == Some('t');
+            std::thread::sleep(Duration::from_micros(500));
+        }
+        let line = outcome(&program);
+        assert!(
+            line.contains("exceeded its time limit") && line.contains("criu was killed"),
+            "{line}"
+        );
+        if timeout_ms > 1 {
+            assert!(frozen, "the time limit should have struck while frozen");
+        }
+        thawed_then_cleaned_up(&mut program, images.path());
+        assert!(!images.path().join("pstree.img").exists());
+        said.push(format!(
+            "{timeout_ms} ms (frozen then: {frozen}): {}",
+            short(&line)
+        ));
+    }
+    format!("CRIU killed, caller running: {}", said.join(" | "))
+}
+
+/// A caller with 256 MiB to dump, counting until `until`, once CRIU has
+/// frozen it.
+fn frozen_caller(socket: &Path, images: &Path, until: u32) -> Program {
+    let program = Program::start_on(
+        socket,
+        images,
+        &args(&format!(
+            "--alloc-mb 256 --at 1 --until {until} --interval-ms 20"
+        )),
+        None,
+    );
+    program.wait_for("count 1", |l| l == "count 1");
+    wait_frozen(program.pid);
+    program
+}
+
+/// After the fault: the caller runs on; then it is killed, CRIU is gone and
+/// no staging directory is left in `images`.
+fn thawed_then_cleaned_up(program: &mut Program, images: &Path) {
+    assert_runs_on(program);
+    program.kill();
+    wait_no_criu();
+    assert_no_staging(images);
+}
+
+/// Waits until CRIU writes memory images into the staging directory.
+fn wait_for_memdump(dir: &Path) {
+    poll_until(Duration::from_secs(30), Duration::from_micros(500), || {
+        let staging = std::fs::read_dir(dir)
+            .unwrap()
+            .flatten()
+            .find(|e| e.file_name().to_string_lossy().starts_with(".selfdump-"));
+        let writing = staging.is_some_and(|s| {
+            std::fs::read_dir(s.path())
+                .map(|d| {
+                    d.flatten()
+                        .any(|f| f.file_name().to_string_lossy().starts_with("pagemap-"))
+                })
+                .unwrap_or(false)
+        });
+        if writing {
+            return Ok(());
+        }
+        Err("criu never wrote memory".into())
+    });
+}

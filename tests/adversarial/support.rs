@@ -1,0 +1,194 @@
+//! What the attacks share: raw exchanges with the service, the counter
+//! program's outcome, and the checks that a caller runs on and that nothing
+//! (images, staging directories, CRIU children) is left behind.
+
+use crate::common::*;
+use async_io::Async;
+use selfdump::proto::{
+    self, DumpOptions, HEADER_LEN, Header, PROTOCOL_VERSION, RefusalKind, Request, Response,
+};
+use selfdump::server::{Builder, Policy};
+use std::io::Read;
+use std::os::fd::BorrowedFd;
+use std::os::unix::net::UnixStream;
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+pub const NOBODY: u32 = 65534;
+/// A second unprivileged uid, for directories owned by "someone else".
+pub const OTHER: u32 = 4242;
+
+/// The counter's arguments, written as one line.
+pub fn args(line: &str) -> Vec<&str> {
+    line.split_whitespace().collect()
+}
+
+/// Sends raw bytes (and fds) on a new connection and reads one answer frame.
+pub fn exchange(socket: &Path, bytes: &[u8], fds: &[BorrowedFd<'_>]) -> proto::Frame {
+    async_io::block_on(async {
+        let stream = Async::<UnixStream>::connect(socket).await.unwrap();
+        proto::write_frame(&stream, bytes, fds).await.unwrap();
+        proto::read_frame(&stream)
+            .await
+            .unwrap()
+            .expect("an answer")
+    })
+}
+
+pub fn refusal(frame: proto::Frame) -> (RefusalKind, String) {
+    refused(proto::decode_body::<Response>(frame.header, &frame.body).unwrap())
+}
+
+fn refused(response: Response) -> (RefusalKind, String) {
+    match response {
+        Response::Refused(r) => (r.kind, r.message),
+        other => panic!("expected a refusal, got {other:?}"),
+    }
+}
+
+/// Reads one answer frame from a blocking stream, waiting up to `timeout`.
+pub fn read_response(stream: &mut UnixStream, timeout: Duration) -> Response {
+    stream.set_read_timeout(Some(timeout)).unwrap();
+    let mut header = [0u8; HEADER_LEN];
+    stream.read_exact(&mut header).unwrap();
+    let header = Header::parse(&header).unwrap();
+    let mut body = vec![0u8; header.body_len as usize];
+    stream.read_exact(&mut body).unwrap();
+    proto::decode_body::<Response>(header, &body).unwrap()
+}
+
+pub fn read_refusal(stream: &mut UnixStream) -> (RefusalKind, String) {
+    refused(read_response(stream, Duration::from_secs(30)))
+}
+
+pub fn checkpoint_frame() -> Vec<u8> {
+    proto::encode_frame(&Request::Checkpoint(DumpOptions::default()))
+}
+
+pub fn frame_with_body(body: &[u8]) -> Vec<u8> {
+    let mut frame = Header {
+        version: PROTOCOL_VERSION,
+        body_len: body.len() as u32,
+    }
+    .to_bytes()
+    .to_vec();
+    frame.extend_from_slice(body);
+    frame
+}
+
+/// A directory owned by `uid`, mode 0755.
+pub fn dir_of(uid: u32) -> tempfile::TempDir {
+    let dir = images_dir();
+    std::os::unix::fs::chown(dir.path(), Some(uid), Some(uid)).unwrap();
+    dir
+}
+
+pub fn allow(uids: &[u32]) -> impl FnOnce(Builder) -> Builder {
+    let uids = uids.to_vec();
+    move |b: Builder| {
+        b.policy(Policy {
+            allow_uids: uids.into_iter().collect(),
+            ..Policy::default()
+        })
+    }
+}
+
+/// Runs the counter and returns its `checkpoint ...` line.
+pub fn outcome(program: &Program) -> String {
+    program.wait_for("the checkpoint outcome", |l| l.starts_with("checkpoint "))
+}
+
+pub fn short(line: &str) -> String {
+    line.chars().take(160).collect()
+}
+
+/// Calls `check` every `every` until it passes; once `limit` is past, fails
+/// with what it said last.
+pub fn poll_until(limit: Duration, every: Duration, mut check: impl FnMut() -> Result<(), String>) {
+    let deadline = Instant::now() + limit;
+    loop {
+        let Err(why) = check() else { return };
+        assert!(Instant::now() < deadline, "{why}");
+        std::thread::sleep(every);
+    }
+}
+
+/// Waits until `pid` is stopped by CRIU (ptrace stop), i.e. frozen.
+pub fn wait_frozen(pid: i32) {
+    poll_until(
+        Duration::from_secs(30),
+        Duration::from_micros(200),
+        || match process_state(pid) {
+            Some('t') => Ok(()),
+            _ => Err(format!("pid {pid} never froze")),
+        },
+    );
+}
+
+/// The program counts on after its checkpoint: it is running, not frozen.
+pub fn assert_runs_on(program: &Program) {
+    let before = program.output().matches("count ").count();
+    poll_until(Duration::from_secs(10), Duration::from_millis(20), || {
+        let output = program.output();
+        // counting on, or already done (a short run may end meanwhile)
+        if output.matches("count ").count() > before + 1 || output.ends_with("done\n") {
+            return Ok(());
+        }
+        Err(format!(
+            "pid {} does not count on (state {:?}):\n{}",
+            program.pid,
+            process_state(program.pid),
+            program.output()
+        ))
+    });
+    assert_ne!(process_state(program.pid), Some('t'), "left frozen");
+}
+
+/// No image was left behind, and nothing root's: at most the caller's log.
+pub fn assert_no_images(dir: &Path, caller: u32) {
+    for (name, uid, _) in image_files(dir) {
+        assert!(
+            name == "dump.log" || name.ends_with(".log"),
+            "{name} left in {}",
+            dir.display()
+        );
+        assert_eq!(uid, caller, "{name} is not the caller's");
+    }
+}
+
+/// No staging directory is left (the service removes it right after CRIU
+/// is reaped: give it a moment).
+pub fn assert_no_staging(dir: &Path) {
+    poll_until(Duration::from_secs(5), Duration::from_millis(20), || {
+        let names: Vec<String> = image_files(dir).into_iter().map(|f| f.0).collect();
+        if !names.iter().any(|n| n.starts_with(".selfdump-")) {
+            return Ok(());
+        }
+        Err(format!("staging left: {names:?}"))
+    });
+}
+
+/// The `criu swrk` children of this process (the in-process service's).
+pub fn criu_children() -> Vec<i32> {
+    own_children()
+        .into_iter()
+        .filter(|(_, _, comm)| comm == "criu")
+        .map(|(pid, ..)| pid)
+        .collect()
+}
+
+pub fn wait_no_criu() {
+    poll_until(Duration::from_secs(30), Duration::from_millis(20), || {
+        if criu_children().is_empty() {
+            return Ok(());
+        }
+        Err("criu still running".into())
+    });
+}
+
+pub fn kill(pid: i32) {
+    let _ = rustix::process::kill_process(
+        rustix::process::Pid::from_raw(pid).unwrap(),
+        rustix::process::Signal::KILL,
+    );
+}
