@@ -217,3 +217,33 @@ fn non_root_caller_in_its_own_directory_is_dumped_when_criu_can() {
         assert_eq!((uid, mode), (NOBODY, 0o600), "{name}");
     }
 }
+
+#[test]
+fn pre_dump_is_refused_with_the_reason_this_machine_cannot_do_it() {
+    let service = Service::start();
+    let images = images_dir();
+    let dir = std::fs::File::open(images.path()).unwrap();
+    let options = DumpOptions {
+        pre_dump: true,
+        ..DumpOptions::default()
+    };
+    let frame = proto::encode_frame(&Request::Checkpoint(options));
+    let (kind, message) = refusal(exchange(&service, &frame, &[dir.as_fd()]));
+    assert_eq!(kind, RefusalKind::Unsupported);
+    let tracks_memory = std::process::Command::new(criu().path)
+        .args(["check", "--feature", "mem_dirty_track"])
+        .output()
+        .unwrap()
+        .status
+        .success();
+    if tracks_memory {
+        assert!(message.contains("not implemented"), "{message}");
+    } else {
+        assert!(
+            message.contains("soft-dirty") && message.contains("CONFIG_MEM_SOFT_DIRTY"),
+            "{message}"
+        );
+    }
+    assert!(image_files(images.path()).is_empty(), "nothing ran");
+    assert_still_serves(&service);
+}

@@ -26,6 +26,9 @@ pub struct DumpOptions {
     pub file_locks: bool,
     /// Allow connections to unix sockets outside the tree, as CRIU allows (`--ext-unix-sk`).
     pub ext_unix_sk: bool,
+    /// Shorten the freeze with an iterative pre-dump first. Needs the
+    /// kernel's soft-dirty memory tracking; refused when it is missing.
+    pub pre_dump: bool,
 }
 
 impl Default for DumpOptions {
@@ -35,6 +38,7 @@ impl Default for DumpOptions {
             tcp_established: false,
             file_locks: false,
             ext_unix_sk: false,
+            pre_dump: false,
         }
     }
 }
@@ -100,6 +104,8 @@ pub enum RefusalKind {
     ShuttingDown,
     /// The request is not valid in this state (e.g. a result asked for by another process).
     Invalid,
+    /// This machine, or this version of the service, cannot do what was asked.
+    Unsupported,
 }
 
 /// What a finished dump took.

@@ -52,6 +52,10 @@ pub(super) async fn checkpoint(
             return send(&stream, &answer).await;
         }
     };
+    if options.pre_dump {
+        let answer = refusal(RefusalKind::Unsupported, pre_dump_refusal(shared).await);
+        return send(&stream, &answer).await;
+    }
     let Some(_permit) = shared.dumps.try_acquire_arc() else {
         let m = format!(
             "{} dumps are already running; retry later",
@@ -291,6 +295,20 @@ fn failure(job: Option<JobId>, message: String, log_file: Option<String>) -> Res
         message: crate::proto::clip(message),
         log_file,
     })
+}
+
+/// Why a pre-dump cannot be done here.
+async fn pre_dump_refusal(shared: &Shared) -> String {
+    if shared.config.criu.can_track_memory().await {
+        "iterative pre-dumps are not implemented by this selfdump service; \
+         checkpoint without pre_dump"
+            .into()
+    } else {
+        "iterative pre-dumps need the kernel's soft-dirty memory tracking \
+         (CONFIG_MEM_SOFT_DIRTY), which this kernel lacks (`criu check --feature \
+         mem_dirty_track` fails); checkpoint without pre_dump"
+            .into()
+    }
 }
 
 fn summary(answer: &Response) -> String {

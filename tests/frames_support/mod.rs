@@ -37,11 +37,12 @@ fn job_id() -> impl Strategy<Value = JobId> {
 }
 
 fn dump_options() -> impl Strategy<Value = DumpOptions> {
-    any::<[bool; 4]>().prop_map(|b| DumpOptions {
+    any::<[bool; 5]>().prop_map(|b| DumpOptions {
         leave_running: b[0],
         tcp_established: b[1],
         file_locks: b[2],
         ext_unix_sk: b[3],
+        pre_dump: b[4],
     })
 }
 
@@ -60,6 +61,7 @@ fn refusal_kind() -> impl Strategy<Value = RefusalKind> {
         Just(RefusalKind::Busy),
         Just(RefusalKind::ShuttingDown),
         Just(RefusalKind::Invalid),
+        Just(RefusalKind::Unsupported),
     ]
 }
 

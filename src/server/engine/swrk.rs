@@ -353,8 +353,16 @@ impl Criu {
         answer
     }
 
-    /// Whether CRIU and the kernel support memory change tracking
-    /// (needed for iterative pre-dumps).
+    /// Whether CRIU and the kernel can track memory changes (soft-dirty
+    /// bits), which iterative pre-dumps need. Asked once per process.
+    pub async fn can_track_memory(&self) -> bool {
+        static ANSWER: async_lock::OnceCell<bool> = async_lock::OnceCell::new();
+        *ANSWER
+            .get_or_init(|| async { self.supports_mem_track().await.unwrap_or(false) })
+            .await
+    }
+
+    /// Asks CRIU (`FEATURE_CHECK`) whether memory change tracking works here.
     pub async fn supports_mem_track(&self) -> Result<bool, EngineError> {
         let swrk = Swrk::spawn(self)?;
         let answer = async {
