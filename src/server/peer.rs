@@ -13,7 +13,7 @@ use std::os::unix::net::UnixStream;
 /// recycled, so anything read through `/proc/<pid>` before that check was
 /// read about the caller. A caller that exits and whose pid goes to another
 /// process before the service acts is refused ("the caller exited"), and
-/// the process now holding the pid is never touched (`tests/adversarial.rs`,
+/// the process now holding the pid is never touched (`tests/adversarial/identity.rs`,
 /// `recycled_pid`).
 ///
 /// Kernels without `SO_PEERPIDFD` (before Linux 6.5): there is no silent
