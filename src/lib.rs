@@ -24,6 +24,10 @@
 //! - `async-lock` (client, server): serialises one process's checkpoints; the
 //!   server's limits and job results.
 //! - `nix` (server): `SO_PEERPIDFD`, which rustix lacks.
+//! - `event-listener` (server): wakes a running server when a
+//!   [`server::ShutdownHandle`] asks it to stop, and its drain when the
+//!   last connection ends (already under `async-lock`; no waker code of
+//!   our own).
 //! - `async-process`, `blocking`, `async-executor` (server): the `criu swrk`
 //!   child, file work off the reactor, and the server's connection tasks
 //!   driven inside its own future (no runtime, no threads of its own).

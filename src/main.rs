@@ -220,15 +220,25 @@ fn serve(mut parser: lexopt::Parser) -> Res<ExitCode> {
             Ok(false) => {}
             Err(e) => log::warn!("cannot notify the service manager: {e}"),
         }
-        let shutdown = async move {
+        // The handle, not `run_until`'s future: this is what an embedder
+        // wires to its own stop request.
+        let stop = server.shutdown_handle();
+        let on_signal = async move {
             use futures_lite::StreamExt;
             let mut signals = signals;
             if let Some(Ok(signal)) = signals.next().await {
-                log::info!("received {signal:?}: finishing dumps in flight, then exiting");
+                log::info!(
+                    "received {signal:?}: refusing new checkpoints, finishing dumps in flight, \
+                     then exiting"
+                );
             }
             let _ = selfdump::server::systemd::notify("STOPPING=1");
+            stop.shutdown();
+            // `run` returns once drained; this side waits for nothing more.
+            std::future::pending::<Result<(), selfdump::server::Error>>().await
         };
-        let served = server.run_until(shutdown).await;
+        use futures_lite::FutureExt;
+        let served = server.run().or(on_signal).await;
         kdat::remove_cache(&kdat);
         served?;
         Ok::<_, Box<dyn std::error::Error>>(())

@@ -22,6 +22,27 @@ pub(super) async fn refuse_busy(stream: Async<UnixStream>) {
     send(&stream, &refusal).await;
 }
 
+/// Refuses a connection that arrives while the server drains. Its request
+/// is read first (for a second at most), so that the client, which writes
+/// it right after connecting, finds the refusal rather than a closed socket.
+pub(super) async fn refuse_shutting_down(stream: Async<UnixStream>) {
+    let _ = read_frame(&stream)
+        .or(async {
+            Timer::after(Duration::from_secs(1)).await;
+            Ok(None)
+        })
+        .await;
+    send(&stream, &shutting_down()).await;
+}
+
+/// What a checkpoint request gets once the server is asked to stop.
+pub(super) fn shutting_down() -> Response {
+    refusal(
+        RefusalKind::ShuttingDown,
+        "the selfdump service is shutting down; retry against its successor",
+    )
+}
+
 pub(super) fn refusal(kind: RefusalKind, message: impl Into<String>) -> Response {
     Response::Refused(Refusal {
         kind,
@@ -119,7 +140,15 @@ pub(super) async fn handle(shared: Arc<Shared>, stream: Async<UnixStream>) {
                 .await;
                 return;
             }
+            if shared.stop.is_requested() {
+                log::info!("pid {}: refused, shutting down", peer.pid);
+                send(&stream, &shutting_down()).await;
+                return;
+            }
             let dir = fds.pop().expect("one fd");
+            // When the request ends (even by a panic), the caller may still
+            // come back for the result (see `Shared::admitted`).
+            let _ended = CheckpointEnded(&shared, peer.pid);
             super::dump::checkpoint(&shared, peer, stream, options, dir).await;
         }
         Request::Result(job) => {
@@ -132,12 +161,22 @@ pub(super) async fn handle(shared: Arc<Shared>, stream: Async<UnixStream>) {
                 .await;
                 return;
             }
+            shared.result_asked(peer.pid);
             let answer = match shared.jobs.claim(job, &peer) {
                 Ok(job) => job.result().await,
                 Err(answer) => answer,
             };
             send(&stream, &answer).await;
         }
+    }
+}
+
+/// Tells the drain bookkeeping that a checkpoint request ended, on drop.
+struct CheckpointEnded<'a>(&'a Shared, i32);
+
+impl Drop for CheckpointEnded<'_> {
+    fn drop(&mut self) {
+        self.0.checkpoint_ended(self.1);
     }
 }
 

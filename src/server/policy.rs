@@ -3,6 +3,33 @@
 use super::peer::Peer;
 use rustix::fs::{FileType, Stat};
 use std::collections::BTreeSet;
+use std::os::fd::BorrowedFd;
+
+/// A caller asking for a checkpoint, as an embedder's admission callback
+/// sees it ([`Builder::admit`](super::Builder::admit)).
+///
+/// Every field comes from the kernel, never from the request, and the
+/// caller has passed the built-in checks: in particular its real,
+/// effective, saved and filesystem ids are equal (callers with changed ids
+/// are refused before), so `uid` and `gid` are all of them.
+#[derive(Debug, Clone, Copy)]
+#[non_exhaustive]
+pub struct CallerInfo<'a> {
+    /// The caller's uid, read from `/proc/<pid>/status` once the pidfd
+    /// pinned the pid.
+    pub uid: u32,
+    /// The caller's gid, likewise.
+    pub gid: u32,
+    /// The calling process (the thread group leader's pid, as
+    /// `SO_PEERCRED` gives it). Compare it with pids you started; the
+    /// pidfd says whether it still names the caller.
+    pub pid: i32,
+    /// A pidfd of the caller (`SO_PEERPIDFD`), valid while the callback
+    /// runs: poll it, send it signals with `pidfd_send_signal`, or
+    /// `try_clone_to_owned` it to keep it. While the caller lives, `pid`
+    /// names it.
+    pub pidfd: BorrowedFd<'a>,
+}
 
 /// Which callers may ask for a checkpoint. The socket's own mode and owner
 /// are the first gate; this is the second. The default allows root only.

@@ -459,3 +459,27 @@ pub fn process_state(pid: i32) -> Option<char> {
         .chars()
         .next()
 }
+
+// ---- appended for the embedding tests ----
+
+/// A CRIU that sleeps `secs` before it starts, so that a dump stays in
+/// flight that long (the directory holds the wrapper: keep it alive).
+pub fn slow_criu(secs: u32) -> (tempfile::TempDir, Criu) {
+    use std::os::unix::fs::PermissionsExt;
+    let wrap = tempfile::tempdir().unwrap();
+    let wrapper = wrap.path().join("slow-criu");
+    std::fs::write(
+        &wrapper,
+        format!(
+            "#!/bin/sh\nsleep {secs}\nexec {} \"$@\"\n",
+            criu().path.display()
+        ),
+    )
+    .unwrap();
+    std::fs::set_permissions(&wrapper, PermissionsExt::from_mode(0o755)).unwrap();
+    let criu = Criu {
+        path: wrapper,
+        log_level: 4,
+    };
+    (wrap, criu)
+}
