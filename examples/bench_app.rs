@@ -53,10 +53,11 @@ fn main() {
         let call = started.elapsed();
         match outcome {
             Ok(Outcome::Continued(r)) => say(&format!(
-                "checkpoint {i} call_us={} blocked_us={} frozen_us={} freezing_us={} total_us={} sync_us={} bytes={}",
+                "checkpoint {i} call_us={} blocked_us={} frozen_us={} service_frozen_us={} freezing_us={} total_us={} sync_us={} bytes={}",
                 call.as_micros(),
                 ticker.longest_gap().as_micros(),
                 r.frozen.as_micros(),
+                r.service_frozen.as_micros(),
                 r.freezing.as_micros(),
                 r.total.as_micros(),
                 r.sync.as_micros(),

@@ -169,6 +169,9 @@ pub struct Report {
     pub total: Duration,
     /// What `syncfs` took of that (CRIU itself never syncs).
     pub sync: Duration,
+    /// How much of the frozen time CRIU waited for the service (its checks
+    /// and answers); the rest of `frozen` is CRIU's own work.
+    pub service_frozen: Duration,
     /// Bytes of image files.
     pub bytes_written: u64,
     /// Memory pages written.
@@ -344,6 +347,7 @@ fn to_report(r: DumpReport, images_dir: PathBuf) -> Report {
         freezing: Duration::from_micros(r.freezing_us),
         total: Duration::from_micros(r.total_us),
         sync: Duration::from_micros(r.sync_us),
+        service_frozen: Duration::from_micros(r.service_frozen_us),
         bytes_written: r.bytes_written,
         pages_written: r.pages_written,
         processes: r.processes,

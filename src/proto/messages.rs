@@ -124,6 +124,9 @@ pub struct DumpReport {
     pub total_us: u64,
     /// Microseconds `syncfs` took to put the images on disk (included in `total_us`).
     pub sync_us: u64,
+    /// Microseconds of the frozen time spent waiting for the service (its
+    /// checks and answers at CRIU's notifications); the rest is CRIU's.
+    pub service_frozen_us: u64,
     /// Memory pages CRIU wrote.
     pub pages_written: u64,
     /// Bytes of image files written.

@@ -163,7 +163,7 @@ pub(super) async fn checkpoint(
     } = hooks;
     let staging = staging.expect("the hooks give the staging directory back");
     let answer = match dumped {
-        Ok(()) => {
+        Ok(dumped) => {
             let published = blocking::unblock(move || staging.publish(&meta)).await;
             log::debug!(
                 "job {}: images published at {:?}",
@@ -181,6 +181,7 @@ pub(super) async fn checkpoint(
                         memdump_us: stats.memdump_time.into(),
                         total_us: received.elapsed().as_micros() as u64,
                         sync_us: published.sync_us,
+                        service_frozen_us: dumped.service_frozen.as_micros() as u64,
                         pages_written: stats.pages_written,
                         bytes_written: published.bytes,
                         processes: published.processes,

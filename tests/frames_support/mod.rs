@@ -70,7 +70,7 @@ pub fn response() -> impl Strategy<Value = Response> {
         job_id().prop_map(Response::Frozen),
         (refusal_kind(), text())
             .prop_map(|(kind, message)| Response::Refused(Refusal { kind, message })),
-        (job_id(), any::<[u64; 7]>(), any::<u32>()).prop_map(|(job, n, processes)| {
+        (job_id(), any::<[u64; 8]>(), any::<u32>()).prop_map(|(job, n, processes)| {
             Response::Dumped(DumpReport {
                 job,
                 frozen_us: n[0],
@@ -80,6 +80,7 @@ pub fn response() -> impl Strategy<Value = Response> {
                 pages_written: n[4],
                 bytes_written: n[5],
                 sync_us: n[6],
+                service_frozen_us: n[7],
                 processes,
             })
         }),

@@ -6,7 +6,7 @@ pub mod rpc;
 mod swrk;
 
 pub(crate) use swrk::without_forks;
-pub use swrk::{Criu, DumpHooks, DumpSpec, EngineError, FrozenVerdict};
+pub use swrk::{Criu, DumpHooks, DumpSpec, Dumped, EngineError, FrozenVerdict};
 
 /// Name of CRIU's log inside the images directory.
 pub const DUMP_LOG: &str = "dump.log";

@@ -68,6 +68,14 @@ pub trait DumpHooks {
     fn images_written(&mut self) -> impl Future<Output = FrozenVerdict>;
 }
 
+/// What a successful dump cost the service itself.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Dumped {
+    /// Time CRIU waited for the service while the tree was frozen: from
+    /// receiving each notification to sending its answer (hooks included).
+    pub service_frozen: Duration,
+}
+
 /// What a hook decided.
 #[derive(Debug)]
 pub enum FrozenVerdict {
@@ -219,7 +227,7 @@ impl Criu {
         spec: &DumpSpec<'_>,
         timeout: Duration,
         hooks: &mut impl DumpHooks,
-    ) -> Result<(), EngineError> {
+    ) -> Result<Dumped, EngineError> {
         let started = std::time::Instant::now();
         let swrk = Swrk::spawn(self)?;
         log::debug!(
@@ -255,7 +263,7 @@ impl Criu {
         spec: &DumpSpec<'_>,
         hooks: &mut impl DumpHooks,
         started: std::time::Instant,
-    ) -> Result<(), EngineError> {
+    ) -> Result<Dumped, EngineError> {
         let opts = CriuOpts {
             images_dir_fd: spec.images_dir.as_fd().as_raw_fd(),
             pid: Some(spec.pid),
@@ -276,6 +284,7 @@ impl Criu {
         .await?;
         let mut frozen = false;
         let mut veto = None;
+        let mut dumped = Dumped::default();
         loop {
             let resp = swrk.recv().await?;
             match resp.r#type {
@@ -286,6 +295,7 @@ impl Criu {
                         spec.pid,
                         started.elapsed()
                     );
+                    let answering = std::time::Instant::now();
                     let verdict = match script.as_str() {
                         "query-ext-files" if !frozen => {
                             frozen = true;
@@ -299,6 +309,9 @@ impl Criu {
                         swrk.ack(false).await?;
                     } else {
                         swrk.ack(true).await?;
+                    }
+                    if frozen {
+                        dumped.service_frozen += answering.elapsed();
                     }
                 }
                 req_type::DUMP => {
@@ -317,7 +330,7 @@ impl Criu {
                         ));
                     }
                     return if resp.success {
-                        Ok(())
+                        Ok(dumped)
                     } else {
                         Err(EngineError::Failed(resp.cr_errmsg))
                     };
