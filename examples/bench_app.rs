@@ -2,7 +2,8 @@
 //! memory and either checkpoints itself `--checkpoints` times through the
 //! service, printing what each took, or (`--idle`) just waits to be dumped
 //! by a plain `criu dump`. With `--wait-stdin` it starts checkpointing
-//! when a line arrives on stdin (to start several at once).
+//! when a line arrives on stdin (to start several at once); with `--step`
+//! it waits for a line before each checkpoint (to interleave with others).
 //!
 //! While it checkpoints, a ticker thread notes the longest time it could
 //! not run: that is how long the app was blocked by the freeze.
@@ -39,7 +40,12 @@ fn main() {
         let mut go = String::new();
         let _ = std::io::stdin().read_line(&mut go);
     }
+    let step = args.iter().any(|a| a == "--step");
     for i in 0..count {
+        if step {
+            let mut go = String::new();
+            let _ = std::io::stdin().read_line(&mut go);
+        }
         // A fresh directory per checkpoint, as a harness keeps generations.
         let dir = images.join(i.to_string());
         std::fs::create_dir_all(&dir).expect("images dir");

@@ -33,7 +33,7 @@ fn main() {
         return;
     }
     let quick = std::env::var_os("SELFDUMP_BENCH_QUICK").is_some();
-    let reps = if quick { 3 } else { 10 };
+    let reps = if quick { 3 } else { 15 };
     let criu = Criu {
         path: find_criu(),
         log_level: 4,
@@ -79,13 +79,13 @@ fn main() {
 
     // 1. End to end, small process.
     if run("e2e") {
-        println!("\n1. end to end, 4 MiB process, {reps} checkpoints each (median)");
+        println!(
+            "\n1. end to end, 4 MiB process, {reps} checkpoints each, plain and selfdump in turns (median)"
+        );
         let _ = std::fs::remove_file(kdat::KDAT_FILE);
-        let plain_cold = plain_dumps(&criu, &app, work.path(), 4, reps);
-        let selfdump_cold = selfdump_dumps(&app, &socket, work.path(), 4, reps);
+        let (plain_cold, selfdump_cold) = interleaved(&criu, &app, &socket, work.path(), 4, reps);
         let cache = kdat::ensure_cache(&criu);
-        let plain_warm = plain_dumps(&criu, &app, work.path(), 4, reps);
-        let selfdump_warm = selfdump_dumps(&app, &socket, work.path(), 4, reps);
+        let (plain_warm, selfdump_warm) = interleaved(&criu, &app, &socket, work.path(), 4, reps);
         if !had_cache {
             kdat::remove_cache(&cache);
         }
@@ -172,10 +172,7 @@ fn main() {
         let mut points = Vec::new();
         let mut shares = Vec::new();
         for &mib in sizes {
-            let plain = plain_dumps(&criu, &app, shm.path(), mib, freeze_reps);
-            let _ = std::fs::remove_dir_all(shm.path().join("plain"));
-            let sd = selfdump_dumps(&app, &socket, shm.path(), mib, freeze_reps);
-            let _ = std::fs::remove_dir_all(shm.path().join("selfdump"));
+            let (plain, sd) = interleaved(&criu, &app, &socket, shm.path(), mib, freeze_reps);
             let disk = selfdump_dumps(&app, &socket, work.path(), mib, freeze_reps);
             let _ = std::fs::remove_dir_all(work.path().join("selfdump"));
             let (pf, sf, sb) = (
@@ -296,46 +293,83 @@ fn images(work: &Path, name: &str) -> PathBuf {
 }
 
 /// `criu dump --leave-running` run by hand, `reps` times on one idle app.
-fn plain_dumps(criu: &Criu, app: &Path, work: &Path, mib: usize, reps: usize) -> Vec<Sample> {
-    let (mut child, _out) = start_app(app, &["--idle", "--mib", &mib.to_string()]);
-    let pid = child.id().to_string();
-    let samples = (0..reps)
-        .map(|i| {
-            let dir = images(work, &format!("plain/{i}"));
-            // no earlier dump's dirty pages competing with this one
-            rustix::fs::sync();
-            let started = Instant::now();
-            let status = Command::new(&criu.path)
-                .args([
-                    "dump",
-                    "--leave-running",
-                    "--shell-job",
-                    "-t",
-                    &pid,
-                    "-o",
-                    "dump.log",
-                    "-v4",
-                    "-D",
-                ])
-                .arg(&dir)
-                .status()
-                .unwrap();
-            let wall_ms = ms(started.elapsed());
-            assert!(
-                status.success(),
-                "plain criu dump failed, see {}",
-                dir.join("dump.log").display()
-            );
-            Sample {
-                wall_ms,
-                frozen_ms: criu_frozen_ms(&dir),
-                ..Sample::default()
-            }
-        })
-        .collect();
-    let _ = child.kill();
-    let _ = child.wait();
-    samples
+/// One `criu dump --leave-running` of `pid` run by hand into `dir`.
+fn plain_dump(criu: &Criu, pid: &str, dir: &Path) -> Sample {
+    // no earlier dump's dirty pages competing with this one
+    rustix::fs::sync();
+    let started = Instant::now();
+    let status = Command::new(&criu.path)
+        .args([
+            "dump",
+            "--leave-running",
+            "--shell-job",
+            "-t",
+            pid,
+            "-o",
+            "dump.log",
+            "-v4",
+            "-D",
+        ])
+        .arg(dir)
+        .status()
+        .unwrap();
+    let wall_ms = ms(started.elapsed());
+    assert!(
+        status.success(),
+        "plain criu dump failed, see {}",
+        dir.join("dump.log").display()
+    );
+    Sample {
+        wall_ms,
+        frozen_ms: criu_frozen_ms(dir),
+        ..Sample::default()
+    }
+}
+
+/// Plain CRIU and selfdump in turns, one dump each per round, on two apps
+/// of the same size alive side by side, so that drifts of this VM's speed
+/// hit both alike. Returns (plain, selfdump) samples.
+fn interleaved(
+    criu: &Criu,
+    app: &Path,
+    socket: &Path,
+    work: &Path,
+    mib: usize,
+    reps: usize,
+) -> (Vec<Sample>, Vec<Sample>) {
+    let size = mib.to_string();
+    let (mut idle, _idle_out) = start_app(app, &["--idle", "--mib", &size]);
+    let pid = idle.id().to_string();
+    let sd_dir = images(work, "selfdump");
+    let (mut sd, sd_out) = start_app(
+        app,
+        &[
+            "--step",
+            "--mib",
+            &size,
+            "--checkpoints",
+            &reps.to_string(),
+            "--images",
+            sd_dir.to_str().unwrap(),
+            "--socket",
+            socket.to_str().unwrap(),
+        ],
+    );
+    let mut sd_lines = sd_out.lines();
+    let mut plain = Vec::new();
+    let mut selfdump = Vec::new();
+    for i in 0..reps {
+        plain.push(plain_dump(criu, &pid, &images(work, &format!("plain/{i}"))));
+        rustix::fs::sync();
+        sd.stdin.as_mut().unwrap().write_all(b"go\n").unwrap();
+        selfdump.push(parse(&sd_lines.next().expect("a checkpoint line").unwrap()));
+    }
+    assert!(sd.wait().unwrap().success());
+    let _ = idle.kill();
+    let _ = idle.wait();
+    let _ = std::fs::remove_dir_all(work.join("plain"));
+    let _ = std::fs::remove_dir_all(work.join("selfdump"));
+    (plain, selfdump)
 }
 
 /// CRIU's frozen time from its `stats-dump` image.

@@ -151,38 +151,7 @@ impl Program {
     }
 
     pub fn start_as(service: &Service, images: &Path, args: &[&str], uid: Option<u32>) -> Self {
-        let log = images.parent().unwrap().join(format!(
-            "{}.log",
-            images.file_name().unwrap().to_string_lossy()
-        ));
-        let out = OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(&log)
-            .unwrap();
-        if let Some(uid) = uid {
-            std::os::unix::fs::chown(&log, Some(uid), Some(uid)).unwrap();
-        }
-        let mut cmd = Command::new(example("counter"));
-        cmd.arg("--images")
-            .arg(images)
-            .arg("--socket")
-            .arg(&service.socket)
-            .args(args)
-            .stdin(Stdio::null())
-            .stdout(out.try_clone().unwrap())
-            .stderr(out);
-        if let Some(uid) = uid {
-            use std::os::unix::process::CommandExt;
-            cmd.uid(uid).gid(uid);
-        }
-        let child = cmd.spawn().expect("start counter");
-        let pid = child.id() as i32;
-        Self {
-            child: Some(child),
-            pid,
-            log,
-        }
+        Self::start_on(&service.socket, images, args, uid)
     }
 
     pub fn output(&self) -> String {
@@ -315,8 +284,9 @@ pub fn image_files(dir: &Path) -> Vec<(String, u32, u32)> {
 // ---- appended for the adversarial suite ----
 
 impl Program {
-    /// Like [`Program::start_as`], on any socket path (a service that is
-    /// killed and restarted keeps its path, not its `Service` value).
+    /// Starts the counter as `uid` (or as this process's user) against any
+    /// socket path (a service that is killed and restarted keeps its path,
+    /// not its `Service` value).
     pub fn start_on(socket: &Path, images: &Path, args: &[&str], uid: Option<u32>) -> Self {
         let log = images.parent().unwrap().join(format!(
             "{}.log",
