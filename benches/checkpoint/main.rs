@@ -359,10 +359,14 @@ fn interleaved(
     let mut plain = Vec::new();
     let mut selfdump = Vec::new();
     for i in 0..reps {
-        plain.push(plain_dump(criu, &pid, &images(work, &format!("plain/{i}"))));
+        let plain_dir = images(work, &format!("plain/{i}"));
+        plain.push(plain_dump(criu, &pid, &plain_dir));
+        // GiBs of images pile up fast on a tmpfs: keep one at a time
+        let _ = std::fs::remove_dir_all(&plain_dir);
         rustix::fs::sync();
         sd.stdin.as_mut().unwrap().write_all(b"go\n").unwrap();
         selfdump.push(parse(&sd_lines.next().expect("a checkpoint line").unwrap()));
+        let _ = std::fs::remove_dir_all(sd_dir.join(i.to_string()));
     }
     assert!(sd.wait().unwrap().success());
     let _ = idle.kill();
