@@ -214,18 +214,9 @@ impl Swrk {
     async fn finish(mut self, kill: bool) {
         if kill {
             let _ = self.child.kill();
-            drop(self.sock);
-            let _ = self.child.status().await;
-        } else {
-            // CRIU has answered and only exits now: reap it off the dump's
-            // path (its exit took up to 2 ms of every checkpoint).
-            drop(self.sock);
-            let mut child = self.child;
-            blocking::unblock(move || {
-                let _ = futures_lite::future::block_on(child.status());
-            })
-            .detach();
         }
+        drop(self.sock);
+        let _ = self.child.status().await;
     }
 }
 
