@@ -11,6 +11,7 @@ use selfdump::proto::{
 use selfdump::server::Policy;
 use std::os::fd::{AsFd, BorrowedFd};
 use std::os::unix::net::UnixStream;
+use std::path::Path;
 
 const NOBODY: u32 = 65534;
 
@@ -31,6 +32,25 @@ fn refusal(frame: proto::Frame) -> (RefusalKind, String) {
         Response::Refused(r) => (r.kind, r.message),
         other => panic!("expected a refusal, got {other:?}"),
     }
+}
+
+/// A service whose policy also admits uid 65534.
+fn service_allowing_nobody() -> Service {
+    Service::start_with(|b| {
+        b.policy(Policy {
+            allow_uids: [NOBODY].into(),
+            ..Policy::default()
+        })
+    })
+}
+
+/// The counter as uid 65534, checkpointing at 1 and counting to `until`:
+/// the program and its checkpoint line.
+fn nobody_checkpoints(service: &Service, images: &Path, until: &str) -> (Program, String) {
+    let args = ["--at", "1", "--until", until, "--interval-ms", "20"];
+    let program = Program::start_as(service, images, &args, Some(NOBODY));
+    let line = program.wait_for("the checkpoint outcome", |l| l.starts_with("checkpoint "));
+    (program, line)
 }
 
 /// A normal checkpoint through the same service still works.
@@ -131,13 +151,7 @@ fn uid_outside_the_policy_is_refused_with_the_way_to_allow_it() {
     let service = Service::start();
     let images = images_dir();
     std::os::unix::fs::chown(images.path(), Some(NOBODY), Some(NOBODY)).unwrap();
-    let mut program = Program::start_as(
-        &service,
-        images.path(),
-        &["--at", "1", "--until", "2", "--interval-ms", "20"],
-        Some(NOBODY),
-    );
-    let line = program.wait_for("the refusal", |l| l.starts_with("checkpoint "));
+    let (mut program, line) = nobody_checkpoints(&service, images.path(), "2");
     assert!(
         line.contains("refused (NotPermitted)") && line.contains("--allow-uid 65534"),
         "{line}"
@@ -148,20 +162,9 @@ fn uid_outside_the_policy_is_refused_with_the_way_to_allow_it() {
 
 #[test]
 fn directory_the_caller_cannot_write_is_refused() {
-    let service = Service::start_with(|b| {
-        b.policy(Policy {
-            allow_uids: [NOBODY].into(),
-            ..Policy::default()
-        })
-    });
+    let service = service_allowing_nobody();
     let images = images_dir(); // root's, mode 0755: nobody may not write there
-    let mut program = Program::start_as(
-        &service,
-        images.path(),
-        &["--at", "1", "--until", "2", "--interval-ms", "20"],
-        Some(NOBODY),
-    );
-    let line = program.wait_for("the refusal", |l| l.starts_with("checkpoint "));
+    let (mut program, line) = nobody_checkpoints(&service, images.path(), "2");
     assert!(
         line.contains("refused (BadDirectory)") && line.contains("may not create files"),
         "{line}"
@@ -176,21 +179,10 @@ fn directory_the_caller_cannot_write_is_refused() {
 
 #[test]
 fn non_root_caller_in_its_own_directory_is_dumped_when_criu_can() {
-    let service = Service::start_with(|b| {
-        b.policy(Policy {
-            allow_uids: [NOBODY].into(),
-            ..Policy::default()
-        })
-    });
+    let service = service_allowing_nobody();
     let images = images_dir();
     std::os::unix::fs::chown(images.path(), Some(NOBODY), Some(NOBODY)).unwrap();
-    let mut program = Program::start_as(
-        &service,
-        images.path(),
-        &["--at", "1", "--until", "3", "--interval-ms", "20"],
-        Some(NOBODY),
-    );
-    let line = program.wait_for("the outcome", |l| l.starts_with("checkpoint "));
+    let (mut program, line) = nobody_checkpoints(&service, images.path(), "3");
     assert!(program.wait().success(), "the caller runs on either way");
     if !has_cap_sys_resource() {
         // Admitted by the service; CRIU itself cannot dump another uid here.
