@@ -1,0 +1,260 @@
+//! Configuring a [`Server`]: limits, policy, the embedder's admit callback,
+//! and where it listens.
+
+use super::jobs;
+use super::peer;
+use super::{CallerInfo, Criu, Error, Policy, Server, Shared};
+use async_io::Async;
+use async_lock::Semaphore;
+use event_listener::Event;
+use std::os::unix::fs::PermissionsExt;
+use std::os::unix::net::UnixListener;
+use std::path::Path;
+use std::sync::Arc;
+use std::sync::atomic::AtomicUsize;
+use std::time::Duration;
+
+/// Limits and choices of a [`Server`]. Build it with [`Server::builder`].
+///
+/// ```no_run
+/// use selfdump::server::{Criu, Server};
+/// # fn main() -> Result<(), selfdump::server::Error> {
+/// let server = Server::builder()
+///     .criu(Criu { path: "/usr/local/sbin/criu".into(), log_level: 2 })
+///     .admit(|caller| {
+///         if caller.uid == 1000 {
+///             Ok(())
+///         } else {
+///             Err(format!("uid {} is not one of this supervisor's users", caller.uid))
+///         }
+///     })
+///     .max_dumps(2)
+///     .bind("/run/myinit/selfdump.sock")?;
+/// let stop = server.shutdown_handle(); // give it to the signal handler
+/// # drop(stop);
+/// async_io::block_on(server.run())
+/// # }
+/// ```
+///
+/// # The engine
+///
+/// There is one engine: CRIU driven over its RPC protocol (`criu swrk`, a
+/// child of the service), chosen and configured with [`Builder::criu`]
+/// (the binary's path and CRIU's log level). There is no engine that runs
+/// the `criu dump` command line instead: the service must act while the
+/// caller's tree is frozen and before CRIU collects its sockets (check that
+/// the frozen tree is still the caller's, tell the caller it is frozen,
+/// close its connection so the images hold it half-closed), and only the
+/// RPC protocol stops there (its `post-dump`/notify round trips); the
+/// command line offers action scripts, which cannot reach the service's
+/// connection or veto the dump.
+#[derive(Debug, Clone)]
+pub struct Builder {
+    pub(super) criu: Criu,
+    pub(super) policy: Policy,
+    admit: Option<Admit>,
+    pub(super) max_dumps: usize,
+    pub(super) max_dumps_per_uid: usize,
+    max_connections: usize,
+    pub(super) max_connections_per_uid: usize,
+    pub(super) request_timeout: Duration,
+    pub(super) dump_timeout: Duration,
+    result_ttl: Duration,
+    socket_mode: u32,
+    socket_owner: Option<(u32, u32)>,
+}
+
+impl Default for Builder {
+    fn default() -> Self {
+        Self {
+            criu: Criu::default(),
+            policy: Policy::root_only(),
+            admit: None,
+            max_dumps: 8,
+            max_dumps_per_uid: 4,
+            max_connections: 256,
+            max_connections_per_uid: 64,
+            request_timeout: Duration::from_secs(5),
+            dump_timeout: Duration::from_secs(300),
+            result_ttl: Duration::from_secs(600),
+            socket_mode: 0o600,
+            socket_owner: None,
+        }
+    }
+}
+
+impl Builder {
+    /// The engine: how to run CRIU (binary path, log level). See
+    /// [the engine](Builder#the-engine) for why CRIU's RPC is the only one.
+    pub fn criu(mut self, criu: Criu) -> Self {
+        self.criu = criu;
+        self
+    }
+    /// Who may ask (default: root only).
+    pub fn policy(mut self, policy: Policy) -> Self {
+        self.policy = policy;
+        self
+    }
+    /// The embedder's own say on who may checkpoint: `f` sees each
+    /// checkpoint request's caller ([`CallerInfo`]: uid, gid, pid and a
+    /// pidfd) and returns `Err(why)` to refuse it. The caller then gets a
+    /// `NotPermitted` refusal carrying `why` (cut to the protocol's message
+    /// limit).
+    ///
+    /// It runs after every built-in check ([`Builder::policy`], the
+    /// caller's dumpability, the images directory), so it only sees
+    /// callers the service would otherwise admit, and before any dump
+    /// slot is taken. Result queries (a process asking how its dump went)
+    /// do not reach it. A caller that exits while `f` runs is refused, so
+    /// an `Ok` given about a pid never applies to a process that got that
+    /// pid later. A panic in `f` refuses the request.
+    ///
+    /// `f` runs on the server's executor, inside [`Server::run`]: keep it
+    /// quick (a lookup, not I/O), or every connection waits for it.
+    pub fn admit<F>(mut self, f: F) -> Self
+    where
+        F: Fn(&CallerInfo<'_>) -> Result<(), String> + Send + Sync + 'static,
+    {
+        self.admit = Some(Admit(Arc::new(f)));
+        self
+    }
+    /// Dumps running at once; more are refused as busy (default 8).
+    pub fn max_dumps(mut self, n: usize) -> Self {
+        self.max_dumps = n.max(1);
+        self
+    }
+    /// Dumps one uid may have running at once, so that one user cannot take
+    /// every dump slot; more are refused as busy (default 4).
+    pub fn max_dumps_per_uid(mut self, n: usize) -> Self {
+        self.max_dumps_per_uid = n.max(1);
+        self
+    }
+    /// Connections open at once; more are refused as busy (default 256).
+    pub fn max_connections(mut self, n: usize) -> Self {
+        self.max_connections = n.max(1);
+        self
+    }
+    /// Connections one uid may have open at once (default 64): a flood of
+    /// idle connections from one user leaves room for the others. More are
+    /// refused as busy.
+    pub fn max_connections_per_uid(mut self, n: usize) -> Self {
+        self.max_connections_per_uid = n.max(1);
+        self
+    }
+    /// Time a client has to send its request (default 5 s).
+    pub fn request_timeout(mut self, d: Duration) -> Self {
+        self.request_timeout = d;
+        self
+    }
+    /// Time a whole dump may take before CRIU is killed (default 300 s).
+    ///
+    /// Past it the service kills CRIU (`SIGKILL`) and reaps it. The tree is
+    /// held by CRIU's ptrace (no freezer cgroup), and the kernel lets go of
+    /// the tracees when their tracer dies, so the tree runs on whether the
+    /// limit struck before or during the freeze; the caller gets a
+    /// `DumpFailed` error and no images are kept (only the caller's
+    /// `dump.log`). `tests/adversarial.rs` (`dump_timeout_exceeded`)
+    /// checks both cases against real CRIU.
+    pub fn dump_timeout(mut self, d: Duration) -> Self {
+        self.dump_timeout = d;
+        self
+    }
+    /// How long a result waits for its process to ask (default 600 s).
+    pub fn result_ttl(mut self, d: Duration) -> Self {
+        self.result_ttl = d;
+        self
+    }
+    /// Mode of a socket created by [`Builder::bind`] (default 0o600).
+    pub fn socket_mode(mut self, mode: u32) -> Self {
+        self.socket_mode = mode;
+        self
+    }
+    /// Owner (uid, gid) of a socket created by [`Builder::bind`].
+    pub fn socket_owner(mut self, uid: u32, gid: u32) -> Self {
+        self.socket_owner = Some((uid, gid));
+        self
+    }
+
+    /// Creates the socket at `path` (replacing a stale one) and the server.
+    pub fn bind(self, path: impl AsRef<Path>) -> Result<Server, Error> {
+        let path = path.as_ref().to_path_buf();
+        remove_stale_socket(&path);
+        let listener = UnixListener::bind(&path).map_err(|source| Error::Bind {
+            path: path.clone(),
+            source,
+        })?;
+        let perms = |source| Error::SocketPermissions {
+            path: path.clone(),
+            source,
+        };
+        if let Some((uid, gid)) = self.socket_owner {
+            std::os::unix::fs::chown(&path, Some(uid), Some(gid)).map_err(perms)?;
+        }
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(self.socket_mode))
+            .map_err(perms)?;
+        let mut server = self.listener(listener)?;
+        server.path = Some(path);
+        Ok(server)
+    }
+
+    /// A server on an already bound listener (socket activation, tests).
+    pub fn listener(self, listener: UnixListener) -> Result<Server, Error> {
+        let listener = Async::new(listener).map_err(Error::Accept)?;
+        Ok(Server {
+            listener,
+            path: None,
+            shared: Arc::new(Shared {
+                jobs: jobs::Jobs::new(self.result_ttl),
+                dumps: Arc::new(Semaphore::new(self.max_dumps)),
+                dumps_per_uid: Default::default(),
+                connections_per_uid: Default::default(),
+                connections: Arc::new(Semaphore::new(self.max_connections)),
+                config: self,
+                stop: Default::default(),
+                tasks: AtomicUsize::new(0),
+                changed: Event::new(),
+                expected: Default::default(),
+            }),
+        })
+    }
+
+    /// Runs the embedder's [`Builder::admit`] callback, if any.
+    pub(super) fn embedder_admits(&self, caller: &CallerInfo<'_>) -> Result<(), String> {
+        let Some(Admit(f)) = &self.admit else {
+            return Ok(());
+        };
+        let verdict = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| f(caller)))
+            .unwrap_or_else(|_| {
+                log::error!("the embedder's admit callback panicked");
+                Err("the service's admission check failed".into())
+            });
+        verdict?;
+        if !peer::is_alive(&caller.pidfd) {
+            return Err("you exited".into());
+        }
+        Ok(())
+    }
+}
+
+/// The signature of an embedder's [`Builder::admit`] callback.
+type AdmitFn = dyn Fn(&CallerInfo<'_>) -> Result<(), String> + Send + Sync;
+
+/// The embedder's callback given to [`Builder::admit`].
+#[derive(Clone)]
+struct Admit(Arc<AdmitFn>);
+
+impl std::fmt::Debug for Admit {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Admit(<callback>)")
+    }
+}
+
+fn remove_stale_socket(path: &Path) {
+    use std::os::unix::fs::FileTypeExt;
+    if let Ok(meta) = std::fs::symlink_metadata(path)
+        && meta.file_type().is_socket()
+        && std::os::unix::net::UnixStream::connect(path).is_err()
+    {
+        let _ = std::fs::remove_file(path);
+    }
+}
