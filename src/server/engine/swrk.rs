@@ -346,24 +346,18 @@ impl Criu {
 
     /// Asks CRIU for its version over RPC: (major, minor, sublevel).
     pub async fn version(&self) -> Result<(i32, i32, i32), EngineError> {
-        let swrk = Swrk::spawn(self)?;
-        let answer = async {
-            swrk.send(&CriuReq {
+        let resp = self
+            .ask(CriuReq {
                 r#type: req_type::VERSION,
                 ..Default::default()
             })
             .await?;
-            let resp = swrk.recv().await?;
-            match resp.version {
-                Some(v) if resp.success => {
-                    Ok((v.major_number, v.minor_number, v.sublevel.unwrap_or(0)))
-                }
-                _ => Err(EngineError::Failed(resp.cr_errmsg)),
+        match resp.version {
+            Some(v) if resp.success => {
+                Ok((v.major_number, v.minor_number, v.sublevel.unwrap_or(0)))
             }
+            _ => Err(EngineError::Failed(resp.cr_errmsg)),
         }
-        .await;
-        swrk.finish(answer.is_err()).await;
-        answer
     }
 
     /// Whether CRIU and the kernel can track memory changes (soft-dirty
@@ -377,19 +371,24 @@ impl Criu {
 
     /// Asks CRIU (`FEATURE_CHECK`) whether memory change tracking works here.
     pub async fn supports_mem_track(&self) -> Result<bool, EngineError> {
-        let swrk = Swrk::spawn(self)?;
-        let answer = async {
-            let features = rpc::CriuFeatures {
-                mem_track: Some(true),
-            };
-            swrk.send(&CriuReq {
+        let resp = self
+            .ask(CriuReq {
                 r#type: req_type::FEATURE_CHECK,
-                features: Some(features),
+                features: Some(rpc::CriuFeatures {
+                    mem_track: Some(true),
+                }),
                 ..Default::default()
             })
             .await?;
-            let resp = swrk.recv().await?;
-            Ok(resp.success && resp.features.and_then(|f| f.mem_track).unwrap_or(false))
+        Ok(resp.success && resp.features.and_then(|f| f.mem_track).unwrap_or(false))
+    }
+
+    /// One request to a fresh `criu swrk`, and its answer.
+    async fn ask(&self, req: CriuReq) -> Result<CriuResp, EngineError> {
+        let swrk = Swrk::spawn(self)?;
+        let answer = async {
+            swrk.send(&req).await?;
+            swrk.recv().await
         }
         .await;
         swrk.finish(answer.is_err()).await;
