@@ -5,6 +5,8 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 [ "$(id -u)" = 0 ] || { echo "demo.sh: run as root (sudo $0)" >&2; exit 1; }
+source scripts/own-session.sh
+own_session scripts/demo.sh "$@"
 bash scripts/install-criu.sh
 export PATH="/usr/local/sbin:$PATH"
 cargo build --quiet --bin selfdump --example counter

@@ -61,6 +61,19 @@ pub(super) async fn checkpoint(
             return send(&stream, &answer).await;
         }
     };
+    let shell_job = match peer.session_id() {
+        Ok(0) => {
+            let m = "your session leader is outside the service's pid namespace, and CRIU \
+                     cannot dump such a process; start the program in a session of its own \
+                     (`setsid`)";
+            return send(&stream, &refusal(RefusalKind::Unsupported, m)).await;
+        }
+        Ok(sid) => sid != peer.pid,
+        Err(e) => {
+            let m = format!("cannot read your process state: {e}");
+            return send(&stream, &refusal(RefusalKind::NotPermitted, m)).await;
+        }
+    };
     if options.pre_dump {
         let answer = refusal(RefusalKind::Unsupported, pre_dump_refusal(shared).await);
         return send(&stream, &answer).await;
@@ -100,7 +113,6 @@ pub(super) async fn checkpoint(
             return send(&stream, &refusal(RefusalKind::BadDirectory, m)).await;
         }
     };
-    let shell_job = !peer.is_session_leader().unwrap_or(false);
     // CRIU reaches the staging directory through this fd while `staging`
     // moves in and out of the file-work threads.
     let criu_dir = match staging.dir().try_clone_to_owned() {

@@ -1,7 +1,6 @@
 //! Who is on the other end of a connection, as the kernel says.
 
 use rustix::event::{PollFd, PollFlags, poll};
-use rustix::process::Pid;
 use std::io;
 use std::os::fd::{AsFd, OwnedFd};
 use std::os::unix::net::UnixStream;
@@ -37,7 +36,17 @@ pub struct Peer {
 impl Peer {
     /// Reads the peer of a connected stream from the kernel.
     pub fn of(stream: &UnixStream) -> io::Result<Self> {
-        let cred = rustix::net::sockopt::socket_peercred(stream)?;
+        // nix, not rustix: rustix's `UCred` holds a non-zero `Pid`, but the
+        // kernel reports pid 0 for a peer outside this pid namespace.
+        let cred = nix::sys::socket::getsockopt(stream, nix::sys::socket::sockopt::PeerCredentials)
+            .map_err(io::Error::from)?;
+        if cred.pid() <= 0 {
+            return Err(io::Error::new(
+                io::ErrorKind::PermissionDenied,
+                "the caller is in a pid namespace the service cannot see; \
+                 run the service in the caller's pid namespace or an ancestor of it",
+            ));
+        }
         let pidfd = nix::sys::socket::getsockopt(stream, nix::sys::socket::sockopt::PeerPidfd)
             .map_err(|e| {
                 io::Error::new(
@@ -46,9 +55,9 @@ impl Peer {
                 )
             })?;
         Ok(Self {
-            pid: cred.pid.as_raw_nonzero().get(),
-            uid: cred.uid.as_raw(),
-            gid: cred.gid.as_raw(),
+            pid: cred.pid(),
+            uid: cred.uid(),
+            gid: cred.gid(),
             pidfd,
         })
     }
@@ -58,15 +67,17 @@ impl Peer {
         is_alive(&self.pidfd)
     }
 
-    /// The pid as rustix wants it.
-    pub fn rustix_pid(&self) -> Pid {
-        Pid::from_raw(self.pid).expect("peer pid is positive")
-    }
-
-    /// Whether the caller leads its own session (else CRIU needs `shell_job`).
-    pub fn is_session_leader(&self) -> io::Result<bool> {
-        let sid = rustix::process::getsid(Some(self.rustix_pid()))?;
-        self.checked(sid == self.rustix_pid())
+    /// The caller's session id, read from `/proc/<pid>/stat`: 0 when its
+    /// session leader is outside the service's pid namespace (`getsid`
+    /// reports the same 0, which rustix's `Pid` cannot hold).
+    pub fn session_id(&self) -> io::Result<i32> {
+        let stat = self.read_proc("stat")?;
+        stat.rsplit_once(')')
+            .and_then(|(_, rest)| rest.split_whitespace().nth(3))
+            .and_then(|field| field.parse().ok())
+            .ok_or_else(|| {
+                io::Error::new(io::ErrorKind::InvalidData, "unreadable /proc/<pid>/stat")
+            })
     }
 
     /// Reads `/proc/<pid>/<file>` of the caller; fails if the caller exited

@@ -113,9 +113,10 @@ pub fn disk_full(ctx: &mut Ctx) -> String {
     let status = std::process::Command::new("mount")
         .args(["-t", "tmpfs", "-o", "size=64k,mode=0755", "tmpfs"])
         .arg(images.path())
-        .status()
-        .unwrap();
-    assert!(status.success(), "mount a tiny tmpfs");
+        .status();
+    if !status.as_ref().is_ok_and(|s| s.success()) {
+        return format!("SKIPPED: cannot mount a tiny tmpfs here ({status:?}), so no full disk");
+    }
     struct Unmount(PathBuf);
     impl Drop for Unmount {
         fn drop(&mut self) {

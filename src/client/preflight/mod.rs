@@ -60,6 +60,9 @@ pub enum Kind {
     IoUring,
     /// The process is being traced (a debugger, strace): CRIU cannot seize it.
     Traced,
+    /// The process's session leader is outside its pid namespace (its
+    /// session id reads as 0 there): CRIU refuses to dump such a process.
+    SessionOutsideNamespace,
 }
 
 /// How bad a [`Finding`] is.
@@ -164,6 +167,22 @@ impl Preflight {
                     severity: Severity::Refused,
                     what: format!("traced by process {tracer} ({})", tree::comm(tracer)),
                     fix: "detach the debugger or strace first: CRIU must trace the process itself"
+                        .into(),
+                });
+            }
+            if tree::session_id(pid) == Some(0)
+                && !findings
+                    .iter()
+                    .any(|f: &Finding| f.kind == Kind::SessionOutsideNamespace)
+            {
+                findings.push(Finding {
+                    pid,
+                    fd: None,
+                    kind: Kind::SessionOutsideNamespace,
+                    severity: Severity::Refused,
+                    what: "its session leader is outside its pid namespace".into(),
+                    fix: "start the program in a session of its own (`setsid`, or \
+                          `setsid()` before it starts work)"
                         .into(),
                 });
             }

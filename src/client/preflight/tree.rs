@@ -81,6 +81,14 @@ pub(super) fn tracer(pid: i32) -> Option<i32> {
     (tracer != 0).then_some(tracer)
 }
 
+/// The session id of `pid` as its pid namespace sees it: 0 when the session
+/// leader is outside that namespace.
+pub(super) fn session_id(pid: i32) -> Option<i32> {
+    let stat = read_proc(format!("/proc/{pid}/stat")).ok()?;
+    let (_, rest) = stat.rsplit_once(')')?;
+    rest.split_whitespace().nth(3)?.parse().ok()
+}
+
 /// The command name of `pid`, or `?`.
 pub(super) fn comm(pid: i32) -> String {
     read_proc(format!("/proc/{pid}/comm"))
