@@ -1,61 +1,83 @@
-//! A caller whose session leader is outside its pid namespace (its session
-//! id reads as 0 there, as it does for jobs some CI runners start) cannot be
-//! dumped by CRIU. The preflight says so with the fix, and the service
-//! refuses before freezing anything, with the same fix, and keeps serving.
+//! Pid namespaces that hide something from one side:
+//!
+//! - a caller whose session leader is outside its pid namespace (its
+//!   session id reads as 0 there, as it does for jobs some CI runners
+//!   start) cannot be dumped by CRIU: the preflight says so with the fix,
+//!   and the service refuses before freezing anything, with the same fix;
+//! - a caller the service cannot see at all (it is outside the service's
+//!   pid namespace, so the kernel reports its pid as 0) is refused, saying
+//!   why.
+//!
+//! Both times the service goes on serving.
 
 mod common;
 
 use common::*;
-use std::process::Command;
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
 
-/// Runs a service and two counters in a new pid namespace, where the
-/// counters' session leader (this test's session) is outside: one counter
-/// with the preflight, one without. Returns (with preflight, without, serve
-/// log, the session id seen inside), or None when this machine cannot make
-/// a pid namespace.
-fn checkpoint_in_new_pid_namespace() -> Option<(String, String, String, String)> {
-    let work = images_dir();
-    let dir = work.path();
-    let script = r#"
-        "$SELFDUMP" serve --socket "$DIR/s.sock" 2>"$DIR/serve.log" &
-        i=0; until [ -S "$DIR/s.sock" ]; do sleep 0.05; i=$((i+1)); [ $i -gt 400 ] && exit 3; done
-        set -- --socket "$DIR/s.sock" --images "$DIR" --at 1 --until 1 --interval-ms 5
-        "$COUNTER" "$@" >"$DIR/with.out" 2>&1
-        "$COUNTER" "$@" --skip-preflight >"$DIR/without.out" 2>&1
-        sid=$(sed 's/.*) //' /proc/self/stat | cut -d' ' -f4)
-        echo "$sid" >"$DIR/sid"
-        kill $!; wait
-    "#;
-    let out = Command::new("unshare")
-        .args(["--pid", "--fork", "--mount-proc", "sh", "-c", script])
-        .env("SELFDUMP", selfdump_bin())
-        .env("COUNTER", example("counter"))
-        .env("DIR", dir)
-        .output()
-        .expect("run unshare");
-    if !out.status.success() && !dir.join("with.out").exists() {
-        eprintln!(
-            "SKIPPED: cannot create a pid namespace here (unshare: {}); \
-             the session check is not exercised",
-            String::from_utf8_lossy(&out.stderr).trim()
-        );
-        return None;
+/// In a new pid namespace: a service, then two counters whose session
+/// leader (this test's session) is outside, one with the preflight and one
+/// without; then `ready`, and the service runs until `go` appears.
+const INSIDE: &str = r#"
+    "$SELFDUMP" serve --socket "$DIR/s.sock" 2>"$DIR/serve.log" &
+    i=0; until [ -S "$DIR/s.sock" ]; do sleep 0.05; i=$((i+1)); [ $i -gt 400 ] && exit 3; done
+    set -- --socket "$DIR/s.sock" --images "$DIR" --at 1 --until 1 --interval-ms 5
+    "$COUNTER" "$@" >"$DIR/with.out" 2>&1
+    "$COUNTER" "$@" --skip-preflight >"$DIR/without.out" 2>&1
+    sed 's/.*) //' /proc/self/stat | cut -d' ' -f4 >"$DIR/sid"
+    touch "$DIR/ready"
+    i=0; until [ -e "$DIR/go" ]; do sleep 0.05; i=$((i+1)); [ $i -gt 400 ] && break; done
+    kill $!; wait
+"#;
+
+fn wait_for_file(path: &Path) -> bool {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !path.exists() {
+        if Instant::now() > deadline {
+            return false;
+        }
+        std::thread::sleep(Duration::from_millis(20));
     }
-    Some((
-        read(&dir.join("with.out")),
-        read(&dir.join("without.out")),
-        read(&dir.join("serve.log")),
-        read(&dir.join("sid")),
-    ))
+    true
 }
 
 #[test]
-fn caller_whose_session_leader_is_outside_its_pid_namespace_is_told_to_use_setsid() {
-    let Some((with, without, serve_log, sid)) = checkpoint_in_new_pid_namespace() else {
+fn callers_hidden_by_pid_namespaces_are_refused_with_what_to_do() {
+    let work = images_dir();
+    let dir = work.path();
+    let mut inside = Command::new("unshare")
+        .args(["--pid", "--fork", "--mount-proc", "sh", "-c", INSIDE])
+        .env("SELFDUMP", selfdump_bin())
+        .env("COUNTER", example("counter"))
+        .env("DIR", dir)
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("run unshare");
+    if !wait_for_file(&dir.join("ready")) {
+        let _ = inside.kill();
+        let out = inside.wait_with_output().unwrap();
+        eprintln!(
+            "SKIPPED: cannot create a pid namespace here (unshare: {}); \
+             the namespace checks are not exercised",
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
         return;
-    };
+    }
+    // This test process is outside the service's namespace: invisible to it.
+    let outsider = selfdump::blocking::checkpoint(
+        selfdump::Options::new(dir)
+            .socket(dir.join("s.sock"))
+            .skip_preflight(),
+    );
+    std::fs::write(dir.join("go"), "").unwrap();
+    assert!(inside.wait().unwrap().success(), "the namespace script");
+
+    let (with, without) = (read(&dir.join("with.out")), read(&dir.join("without.out")));
+    let serve_log = read(&dir.join("serve.log"));
     assert_eq!(
-        sid.trim(),
+        read(&dir.join("sid")).trim(),
         "0",
         "the namespace does not hide the session leader, so this tests nothing"
     );
@@ -78,5 +100,15 @@ fn caller_whose_session_leader_is_outside_its_pid_namespace_is_told_to_use_setsi
     assert!(
         with.contains("\ndone") && without.contains("\ndone"),
         "both programs should go on after the refusal: {with} / {without}"
+    );
+    let err = outsider.expect_err("a caller the service cannot see is refused");
+    assert!(
+        err.to_string()
+            .contains("pid namespace the service cannot see"),
+        "{err}\nservice log:\n{serve_log}"
+    );
+    assert!(
+        !serve_log.contains("panicked"),
+        "the service must not panic: {serve_log}"
     );
 }

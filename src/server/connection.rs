@@ -191,10 +191,10 @@ pub(super) fn uid_slot(
     shared: &Shared,
     stream: &Async<UnixStream>,
 ) -> Result<Option<UidSlot>, Response> {
-    let Ok(cred) = rustix::net::sockopt::socket_peercred(stream.get_ref()) else {
+    let Ok(cred) = super::peer::credentials(stream.get_ref()) else {
         return Ok(None);
     };
-    let uid = cred.uid.as_raw();
+    let uid = cred.uid();
     let per_uid = shared.config.max_connections_per_uid;
     match UidSlot::take(&shared.connections_per_uid, uid, per_uid) {
         Some(slot) => Ok(Some(slot)),

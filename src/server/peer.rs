@@ -36,10 +36,7 @@ pub struct Peer {
 impl Peer {
     /// Reads the peer of a connected stream from the kernel.
     pub fn of(stream: &UnixStream) -> io::Result<Self> {
-        // nix, not rustix: rustix's `UCred` holds a non-zero `Pid`, but the
-        // kernel reports pid 0 for a peer outside this pid namespace.
-        let cred = nix::sys::socket::getsockopt(stream, nix::sys::socket::sockopt::PeerCredentials)
-            .map_err(io::Error::from)?;
+        let cred = credentials(stream)?;
         if cred.pid() <= 0 {
             return Err(io::Error::new(
                 io::ErrorKind::PermissionDenied,
@@ -118,4 +115,12 @@ pub fn is_alive(pidfd: &impl AsFd) -> bool {
             .intersects(PollFlags::IN | PollFlags::HUP | PollFlags::ERR),
         Err(_) => false,
     }
+}
+
+/// The peer's `SO_PEERCRED`. Through nix, not rustix: rustix's `UCred`
+/// holds a non-zero `Pid`, but the kernel reports pid 0 for a peer in a pid
+/// namespace this process cannot see.
+pub(super) fn credentials(stream: &UnixStream) -> io::Result<nix::sys::socket::UnixCredentials> {
+    nix::sys::socket::getsockopt(stream, nix::sys::socket::sockopt::PeerCredentials)
+        .map_err(io::Error::from)
 }

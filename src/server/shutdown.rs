@@ -95,10 +95,10 @@ impl Shared {
     /// Whether a caller connecting while the server drains may be coming
     /// for a result (its checkpoint request is running or just ended).
     pub(super) fn is_expected(&self, stream: &Async<std::os::unix::net::UnixStream>) -> bool {
-        let Ok(cred) = rustix::net::sockopt::socket_peercred(stream.get_ref()) else {
+        let Ok(cred) = peer::credentials(stream.get_ref()) else {
             return false;
         };
-        let pid = cred.pid.as_raw_nonzero().get();
+        let pid = cred.pid();
         let now = Instant::now();
         self.expected()
             .callers
