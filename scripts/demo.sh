@@ -16,7 +16,9 @@ work=$(mktemp -d /tmp/selfdump-demo.XXXXXX)
 socket=$work/selfdump.sock images=$work/images log=$work/counter.log
 mkdir -p "$images"
 step() { printf '\n== %s\n' "$*"; }
-cleanup() { [ -n "${server:-}" ] && kill "$server" 2>/dev/null; [ -n "${restored:-}" ] && kill "$restored" 2>/dev/null; true; }
+# (each kill may find its process gone already; under set -e a failing
+# command in the EXIT trap would become the script's exit status)
+cleanup() { for pid in ${server:-} ${restored:-}; do kill "$pid" 2>/dev/null || true; done; }
 trap cleanup EXIT
 
 step "starting the service: selfdump serve --socket $socket"
