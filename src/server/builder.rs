@@ -213,7 +213,6 @@ impl Builder {
                 stop: Default::default(),
                 tasks: AtomicUsize::new(0),
                 changed: Event::new(),
-                expected: Default::default(),
             }),
         })
     }

@@ -146,9 +146,6 @@ pub(super) async fn handle(shared: Arc<Shared>, stream: Async<UnixStream>) {
                 return;
             }
             let dir = fds.pop().expect("one fd");
-            // When the request ends (even by a panic), the caller may still
-            // come back for the result (see `Shared::admitted`).
-            let _ended = CheckpointEnded(&shared, peer.pid);
             super::dump::checkpoint(&shared, peer, stream, options, dir).await;
         }
         Request::Result(job) => {
@@ -161,22 +158,12 @@ pub(super) async fn handle(shared: Arc<Shared>, stream: Async<UnixStream>) {
                 .await;
                 return;
             }
-            shared.result_asked(peer.pid);
             let answer = match shared.jobs.claim(job, &peer) {
                 Ok(job) => job.result().await,
                 Err(answer) => answer,
             };
             send(&stream, &answer).await;
         }
-    }
-}
-
-/// Tells the drain bookkeeping that a checkpoint request ended, on drop.
-struct CheckpointEnded<'a>(&'a Shared, i32);
-
-impl Drop for CheckpointEnded<'_> {
-    fn drop(&mut self) {
-        self.0.checkpoint_ended(self.1);
     }
 }
 

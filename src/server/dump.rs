@@ -34,15 +34,17 @@ fn admit(shared: &Shared, peer: &Peer, dir: &OwnedFd) -> Result<Caller, Response
     let dir_stat = rustix::fs::fstat(dir)
         .map_err(|e| refusal(RefusalKind::BadDirectory, format!("images fd: {e}")))?;
     may_write_dir(&caller, &dir_stat).map_err(|m| refusal(RefusalKind::BadDirectory, m))?;
-    // Last, the embedder's own policy (`Builder::admit`), if it has one;
-    // an admitted caller is then one a draining server waits for.
+    // Last, the embedder's own policy (`Builder::admit`), if it has one.
     let info = super::policy::CallerInfo {
         uid: caller.uid(),
         gid: caller.gids[1],
         pid: peer.pid,
         pidfd: peer.pidfd.as_fd(),
     };
-    shared.admitted(&info).map_err(not_permitted)?;
+    shared
+        .config
+        .embedder_admits(&info)
+        .map_err(not_permitted)?;
     Ok(caller)
 }
 

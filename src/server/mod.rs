@@ -29,7 +29,7 @@ pub use engine::Criu;
 pub use error::Error;
 pub use policy::{CallerInfo, Policy};
 pub use shutdown::ShutdownHandle;
-use shutdown::{Expected, Stop};
+use shutdown::Stop;
 
 use async_io::{Async, Timer};
 use async_lock::Semaphore;
@@ -38,8 +38,8 @@ use futures_lite::FutureExt;
 use std::future::Future;
 use std::os::unix::net::UnixListener;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
 
 /// The default socket path.
 pub const DEFAULT_SOCKET: &str = "/run/selfdump.sock";
@@ -59,10 +59,8 @@ struct Shared {
     stop: Arc<Stop>,
     /// Connection tasks (and refusals being sent) not finished yet.
     tasks: AtomicUsize,
-    /// Notified when `tasks` drops to zero or `expected` shrinks.
+    /// Notified when `tasks` drops to zero.
     changed: Event,
-    /// Callers that may come back to ask for a dump's result.
-    expected: Mutex<Expected>,
 }
 
 /// The checkpoint service. It has no runtime of its own: [`Server::run`] is

@@ -1,47 +1,20 @@
-//! Stopping a [`Server`](super::Server) gracefully: the stop request, its handle, and the
-//! drain's bookkeeping (tasks running, callers that may come back for a
-//! result).
+//! Stopping a [`Server`](super::Server) gracefully: the stop request, its
+//! handle, and when the drain is over (no task runs, and no caller still
+//! has a result to collect: the job table knows those).
 
-use super::peer;
-use super::{CallerInfo, Shared};
+use super::Shared;
 use async_io::Async;
 use event_listener::Event;
-use std::os::fd::OwnedFd;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
-/// How long, after its admitted checkpoint request ended, a live caller
-/// may still come back for its result before a draining server gives up
-/// on it. A caller whose tree was dumped asks as soon as CRIU lets it run,
-/// before the images are even published, so this covers a caller slowed
-/// down by load; the cost is a drain that waits this long for a caller
-/// whose dump failed before the freeze (it had its answer and does not
-/// come back).
+/// How long, after its dump ended, a live caller that has not asked for
+/// its result yet may still come back for it before a draining server
+/// gives up on it. A caller whose tree was dumped asks as soon as CRIU lets
+/// it run, usually before the dump has even ended, so this only covers a
+/// caller slowed down by load (or one that never asks).
 pub(super) const RESULT_GRACE: Duration = Duration::from_secs(3);
-
-/// Callers admitted for a checkpoint whose request is running or just
-/// ended: while the server drains, they are the only ones it still serves
-/// (their result queries), and it waits for them.
-#[derive(Debug, Default)]
-pub(super) struct Expected {
-    callers: Vec<ExpectedCaller>,
-}
-
-#[derive(Debug)]
-struct ExpectedCaller {
-    pid: i32,
-    /// Pins `pid` to the caller: once it exits, nothing is expected of it.
-    pidfd: OwnedFd,
-    /// `None` while its checkpoint request runs; then the end of its grace.
-    until: Option<Instant>,
-}
-
-impl ExpectedCaller {
-    fn still_expected(&self, now: Instant) -> bool {
-        self.until.is_none_or(|until| now < until) && peer::is_alive(&self.pidfd)
-    }
-}
 
 impl Shared {
     /// Counts a connection task until the returned guard drops.
@@ -50,77 +23,22 @@ impl Shared {
         TaskGuard(self.clone())
     }
 
-    pub(super) fn expected(&self) -> std::sync::MutexGuard<'_, Expected> {
-        self.expected.lock().unwrap_or_else(|e| e.into_inner())
-    }
-
-    /// The last step of admitting a checkpoint request, once the built-in
-    /// checks passed: the embedder's callback ([`Builder::admit`]). An
-    /// admitted caller may come back for its result, so it is noted for
-    /// the drain until [`Shared::checkpoint_ended`] and its grace after.
-    pub(super) fn admitted(&self, caller: &CallerInfo<'_>) -> Result<(), String> {
-        self.config.embedder_admits(caller)?;
-        // Without a second pidfd to pin it, the caller is not waited for.
-        if let Ok(pidfd) = caller.pidfd.try_clone_to_owned() {
-            let now = Instant::now();
-            let mut expected = self.expected();
-            expected.callers.retain(|c| c.still_expected(now));
-            expected.callers.push(ExpectedCaller {
-                pid: caller.pid,
-                pidfd,
-                until: None,
-            });
-        }
-        Ok(())
-    }
-
-    /// A checkpoint request of `pid` is over; if it was admitted, its
-    /// caller has a little while ([`RESULT_GRACE`]) to ask for the result.
-    pub(super) fn checkpoint_ended(&self, pid: i32) {
-        let until = Instant::now() + RESULT_GRACE;
-        for c in &mut self.expected().callers {
-            if c.pid == pid && c.until.is_none() {
-                c.until = Some(until);
-            }
-        }
-        self.changed.notify(usize::MAX);
-    }
-
-    /// The caller `pid` asked for a result: nothing more is expected of it.
-    pub(super) fn result_asked(&self, pid: i32) {
-        self.expected().callers.retain(|c| c.pid != pid);
-        self.changed.notify(usize::MAX);
-    }
-
     /// Whether a caller connecting while the server drains may be coming
-    /// for a result (its checkpoint request is running or just ended).
+    /// for a result: it has a job whose result it has not asked for yet.
     pub(super) fn is_expected(&self, stream: &Async<std::os::unix::net::UnixStream>) -> bool {
-        let Ok(cred) = peer::credentials(stream.get_ref()) else {
-            return false;
-        };
-        let pid = cred.pid();
-        let now = Instant::now();
-        self.expected()
-            .callers
-            .iter()
-            .any(|c| c.pid == pid && c.still_expected(now))
+        super::peer::credentials(stream.get_ref())
+            .is_ok_and(|cred| self.jobs.awaits_result(cred.pid(), RESULT_GRACE))
     }
 
-    /// `None` once no task runs and no caller is expected; else when to
-    /// look again at the latest (callers exit without a notification).
+    /// `None` once no task runs and no caller has a result to collect;
+    /// else when to look again at the latest (callers exit, and results
+    /// age, without a notification).
     pub(super) fn drain_wait(&self) -> Option<Option<Instant>> {
-        let now = Instant::now();
-        let mut expected = self.expected();
-        expected.callers.retain(|c| c.still_expected(now));
-        let tasks = self.tasks.load(Ordering::SeqCst);
-        if tasks == 0 && expected.callers.is_empty() {
+        let awaited = self.jobs.awaited(RESULT_GRACE);
+        if self.tasks.load(Ordering::SeqCst) == 0 && !awaited {
             return None;
         }
-        if expected.callers.is_empty() {
-            Some(None)
-        } else {
-            Some(Some(now + Duration::from_millis(100)))
-        }
+        Some(awaited.then(|| Instant::now() + Duration::from_millis(100)))
     }
 }
 
