@@ -20,7 +20,7 @@ use crate::proto::{
 use async_io::Async;
 use identity::Identity;
 use rustix::fs::{Mode, OFlags};
-use std::os::fd::AsFd;
+use std::os::fd::{AsFd, BorrowedFd};
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -229,12 +229,10 @@ pub async fn checkpoint(options: Options) -> Result<Outcome, Error> {
     let before = Identity::current();
     let stream = connect(&socket).await?;
     let request = encode_frame(&Request::Checkpoint(options.dump));
-    write_frame(&stream, &request, &[dir.as_fd()])
-        .await
-        .map_err(FrameError::Io)?;
+    let answer = ask(&stream, &request, &[dir.as_fd()]).await;
     drop(dir);
 
-    let job = match read_response(&stream).await? {
+    let job = match answer? {
         Response::Frozen(job) => job,
         other => return Err(unexpected(other, &images_dir)),
     };
@@ -256,10 +254,7 @@ pub async fn checkpoint(options: Options) -> Result<Outcome, Error> {
         job,
         reason: format!("cannot ask the service for the result: {e}"),
     })?;
-    write_frame(&stream, &encode_frame(&Request::Result(job)), &[])
-        .await
-        .map_err(FrameError::Io)?;
-    match read_response(&stream).await {
+    match ask(&stream, &encode_frame(&Request::Result(job)), &[]).await {
         Ok(Response::Dumped(report)) => Ok(Outcome::Continued(to_report(report, images_dir))),
         Ok(Response::UnknownJob(job)) => Err(Error::OutcomeUnknown {
             job,
@@ -309,6 +304,22 @@ async fn connect(socket: &Path) -> Result<Async<UnixStream>, Error> {
         })
 }
 
+/// Sends a request and reads the answer. A service that refuses a client
+/// before reading its request (it cannot identify it, it is busy) answers
+/// and closes: the write then fails, but the answer is there to read.
+async fn ask(
+    stream: &Async<UnixStream>,
+    request: &[u8],
+    fds: &[BorrowedFd<'_>],
+) -> Result<Response, Error> {
+    if let Err(e) = write_frame(stream, request, fds).await {
+        return read_response(stream)
+            .await
+            .map_err(|_| Error::Protocol(FrameError::Io(e)));
+    }
+    read_response(stream).await
+}
+
 async fn read_response(stream: &Async<UnixStream>) -> Result<Response, Error> {
     let frame = read_frame(stream).await?.ok_or_else(|| {
         Error::Protocol(FrameError::Io(std::io::Error::new(
@@ -351,5 +362,27 @@ fn to_report(r: DumpReport, images_dir: PathBuf) -> Report {
         bytes_written: r.bytes_written,
         pages_written: r.pages_written,
         processes: r.processes,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::proto::{Refusal, RefusalKind};
+    use std::io::Write;
+
+    #[test]
+    fn an_answer_sent_before_the_service_closed_is_read_even_if_the_request_could_not_be_sent() {
+        let (ours, mut theirs) = UnixStream::pair().unwrap();
+        let refusal = Response::Refused(Refusal {
+            kind: RefusalKind::NotPermitted,
+            message: "cannot identify you".into(),
+        });
+        theirs.write_all(&encode_frame(&refusal)).unwrap();
+        drop(theirs); // closed without reading: our write fails (EPIPE)
+        let ours = Async::new(ours).unwrap();
+        let request = encode_frame(&Request::Checkpoint(DumpOptions::default()));
+        let answer = async_io::block_on(ask(&ours, &request, &[]));
+        assert_eq!(answer.unwrap(), refusal);
     }
 }
