@@ -36,6 +36,8 @@ OPTIONS:
     --request-timeout SECS  time a client has to send its request [default: 5]
     --dump-timeout SECS  kill CRIU after this long [default: 300]
     --criu PATH          criu binary [default: found on PATH or /usr/local/sbin]
+    --warm-workers N     criu swrk workers kept started ahead (saves CRIU's
+                         start-up, 4-8 ms per dump; 0 for none) [default: 1]
 
 Stops on SIGTERM or SIGINT after the dumps in flight finish.
 
@@ -164,6 +166,7 @@ fn serve(mut parser: lexopt::Parser) -> Res<ExitCode> {
                 policy.allow_gids.insert(parser.value()?.parse()?);
             }
             Long("allow-any") => policy.allow_any = true,
+            Long("warm-workers") => builder = builder.warm_workers(parser.value()?.parse()?),
             Long("max-dumps") => builder = builder.max_dumps(parser.value()?.parse()?),
             Long("max-dumps-per-uid") => {
                 builder = builder.max_dumps_per_uid(parser.value()?.parse()?)

@@ -120,8 +120,10 @@ fn run_server(criu: selfdump::server::Criu) -> Running {
         .tempdir()
         .unwrap();
     let socket = dir.path().join("selfdump.sock");
+    // no worker started ahead: a slow CRIU's wait must fall in the dump
     let server = Server::builder()
         .criu(criu)
+        .warm_workers(0)
         .socket_mode(0o666)
         .bind(&socket)
         .unwrap();

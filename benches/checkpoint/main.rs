@@ -7,7 +7,9 @@
 //! 2. freeze time for 64 MiB, 256 MiB and 1 GiB of touched memory: how long
 //!    the app is blocked and CRIU's own frozen time, against plain CRIU's
 //!    frozen time, plus dump throughput and what `syncfs` costs;
-//! 3. concurrency: 1, 2, 4 and 8 processes checkpointing at once.
+//! 3. concurrency: 1, 2, 4 and 8 processes checkpointing at once;
+//! 0. (first) whether `criu swrk` workers started ahead of time would help
+//!    (`workers.rs`).
 //!
 //! Needs root and CRIU >= 4 (scripts/install-criu.sh). Writes a summary to
 //! `target/selfdump-bench/` (JSON lines and an SVG plot of freeze time
@@ -22,6 +24,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 mod plot;
+mod workers;
 
 fn main() {
     if std::env::args().any(|a| a == "--list") {
@@ -60,21 +63,46 @@ fn main() {
     let only = std::env::var("SELFDUMP_BENCH_ONLY").unwrap_or_default();
     let run = |part: &str| only.is_empty() || only.split(',').any(|p| p == part);
 
-    // 0. What a warm (pre-started) `criu swrk` worker could save at most:
-    // starting one and getting an answer to a trivial request.
+    // 0. Warm workers: does a `criu swrk` started ahead of time help?
     if run("workers") {
-        let startups: Vec<f64> = (0..reps.max(5))
-            .map(|_| {
-                let started = Instant::now();
-                async_io::block_on(criu.version()).expect("criu swrk answers VERSION");
-                ms(started.elapsed())
-            })
-            .collect();
-        let startup = median(startups);
         println!(
-            "\n0. starting criu swrk and getting one answer (all a warm worker could save): {startup:.2} ms"
+            "\n0. warm criu swrk workers: the same 4 MiB dump, worker started on demand / 50 ms / 1 s / 10 s ahead, in turns ({reps} each, 10 s every third round)"
         );
-        results.add("swrk_startup", &[("startup_ms", startup)]);
+        let cache = kdat::ensure_cache(&criu);
+        let numbers = workers::measure(&criu, &app, work.path(), reps);
+        if !had_cache {
+            kdat::remove_cache(&cache);
+        }
+        let rows = [
+            (
+                "started on demand (what the service does)",
+                numbers.on_demand,
+            ),
+            ("started 50 ms ahead", numbers.ahead_50ms),
+            ("started 1 s ahead (idle in a pool)", numbers.ahead_1s),
+            ("started 10 s ahead (idle in a pool)", numbers.ahead_10s),
+        ];
+        for (name, (total, frozen)) in rows {
+            println!("   {name:<42} to result {total:>6.1} ms, frozen {frozen:>6.1} ms");
+        }
+        let saved = numbers.on_demand.0 - numbers.ahead_1s.0;
+        println!(
+            "   a worker idle in a pool saves {saved:.1} ms per dump (ratio {:.2}); keep workers only if this is clearly > 0",
+            numbers.ahead_1s.0 / numbers.on_demand.0
+        );
+        results.add(
+            "warm_workers",
+            &[
+                ("on_demand_ms", numbers.on_demand.0),
+                ("on_demand_frozen_ms", numbers.on_demand.1),
+                ("ahead_50ms_ms", numbers.ahead_50ms.0),
+                ("ahead_50ms_frozen_ms", numbers.ahead_50ms.1),
+                ("ahead_1s_ms", numbers.ahead_1s.0),
+                ("ahead_1s_frozen_ms", numbers.ahead_1s.1),
+                ("ahead_10s_ms", numbers.ahead_10s.0),
+                ("ahead_10s_frozen_ms", numbers.ahead_10s.1),
+            ],
+        );
     }
 
     // 1. End to end, small process.

@@ -1,6 +1,7 @@
 //! Configuring a [`Server`]: limits, policy, the embedder's admit callback,
 //! and where it listens.
 
+use super::engine::WorkerPool;
 use super::jobs;
 use super::peer;
 use super::{CallerInfo, Criu, Error, Policy, Server, Shared};
@@ -59,6 +60,7 @@ pub struct Builder {
     pub(super) max_connections_per_uid: usize,
     pub(super) request_timeout: Duration,
     pub(super) dump_timeout: Duration,
+    warm_workers: usize,
     result_ttl: Duration,
     socket_mode: u32,
     socket_owner: Option<(u32, u32)>,
@@ -76,6 +78,7 @@ impl Default for Builder {
             max_connections_per_uid: 64,
             request_timeout: Duration::from_secs(5),
             dump_timeout: Duration::from_secs(300),
+            warm_workers: 1,
             result_ttl: Duration::from_secs(600),
             socket_mode: 0o600,
             socket_owner: None,
@@ -116,6 +119,15 @@ impl Builder {
         F: Fn(&CallerInfo<'_>) -> Result<(), String> + Send + Sync + 'static,
     {
         self.admit = Some(Admit(Arc::new(f)));
+        self
+    }
+    /// `criu swrk` workers kept started ahead of time (default 1; 0 for
+    /// none). A dump that finds one ready skips CRIU's exec and start-up,
+    /// 4–8 ms on the machines of BENCHMARKS.md; each waiting worker is an
+    /// idle `criu swrk` child of the service. Dumps beyond the ready ones
+    /// start their own, as with 0.
+    pub fn warm_workers(mut self, n: usize) -> Self {
+        self.warm_workers = n;
         self
     }
     /// Dumps running at once; more are refused as busy (default 8).
@@ -205,6 +217,7 @@ impl Builder {
             path: None,
             shared: Arc::new(Shared {
                 jobs: jobs::Jobs::new(self.result_ttl),
+                workers: WorkerPool::new(self.criu.clone(), self.warm_workers),
                 dumps: Arc::new(Semaphore::new(self.max_dumps)),
                 dumps_per_uid: Default::default(),
                 connections_per_uid: Default::default(),

@@ -160,11 +160,14 @@ pub(super) async fn checkpoint(
         save_before_exit: !options.leave_running,
         saved: None,
     };
-    let dumped = shared
-        .config
-        .criu
-        .dump(&spec, shared.config.dump_timeout, &mut hooks)
-        .await;
+    let dumped = match shared.workers.take() {
+        Ok(worker) => {
+            worker
+                .dump(&spec, shared.config.dump_timeout, &mut hooks)
+                .await
+        }
+        Err(e) => Err(EngineError::Io(e)),
+    };
     drop(criu_dir);
     log::debug!("job {}: criu done at {:?}", job.id, received.elapsed());
 
@@ -226,6 +229,8 @@ pub(super) async fn checkpoint(
         }
         None => job.finish(answer),
     }
+    // after the answer: the next dump finds a worker ready
+    shared.workers.refill();
 }
 
 /// What the service does while CRIU holds the caller's tree frozen.

@@ -49,6 +49,8 @@ pub const DEFAULT_SOCKET: &str = "/run/selfdump.sock";
 struct Shared {
     config: Builder,
     jobs: jobs::Jobs,
+    /// `criu swrk` workers started ahead of time.
+    workers: Arc<engine::WorkerPool>,
     dumps: Arc<Semaphore>,
     /// Dumps running per caller uid.
     dumps_per_uid: connection::UidCounts,
@@ -103,6 +105,7 @@ impl Server {
     /// returns that error once the connections in flight have finished.
     pub async fn run_until(self, shutdown: impl Future<Output = ()>) -> Result<(), Error> {
         let executor = async_executor::Executor::new();
+        self.shared.workers.refill();
         let stop = async {
             shutdown.or(self.shared.stop.requested()).await;
             Ok(())
@@ -145,6 +148,7 @@ impl Server {
             std::future::pending::<()>().await
         };
         executor.run(drained.or(keep_accepting)).await;
+        self.shared.workers.stop().await;
         log::info!("shut down");
         if let Some(path) = &self.path {
             let _ = std::fs::remove_file(path);

@@ -8,7 +8,6 @@ use crate::support::*;
 use selfdump::proto::{RefusalKind, Response};
 use selfdump::server::Builder;
 use std::io::Write;
-use std::os::unix::fs::PermissionsExt;
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
@@ -193,32 +192,13 @@ fn first_dump_under_way(
     ctx: &mut Ctx,
     limit: impl FnOnce(Builder) -> Builder,
 ) -> (PathBuf, Program, tempfile::TempDir) {
-    let (wrap, slow) = slow_criu();
-    let socket = ctx.service(move |b| limit(allow(&[NOBODY])(b)).criu(slow));
+    let (wrap, slow) = slow_criu(2);
+    // no worker started ahead: the wrapper's wait must fall in the dump
+    let socket = ctx.service(move |b| limit(allow(&[NOBODY])(b)).criu(slow).warm_workers(0));
     ctx.keep.push(Box::new(wrap));
     let first_dir = images_dir();
     let first = Program::start_on(&socket, first_dir.path(), &args(LONG_RUN), None);
     first.wait_for("count 1", |l| l == "count 1");
     std::thread::sleep(Duration::from_millis(300)); // its dump is under way (2 s)
     (socket, first, first_dir)
-}
-
-/// A CRIU that waits 2 s before it starts (the directory must outlive it).
-fn slow_criu() -> (tempfile::TempDir, selfdump::server::Criu) {
-    let wrap = tempfile::tempdir().unwrap();
-    let wrapper = wrap.path().join("slow-criu");
-    std::fs::write(
-        &wrapper,
-        format!(
-            "#!/bin/sh\nsleep 2\nexec {} \"$@\"\n",
-            criu().path.display()
-        ),
-    )
-    .unwrap();
-    std::fs::set_permissions(&wrapper, PermissionsExt::from_mode(0o755)).unwrap();
-    let criu = selfdump::server::Criu {
-        path: wrapper,
-        log_level: 4,
-    };
-    (wrap, criu)
 }

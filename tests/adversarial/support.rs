@@ -11,7 +11,7 @@ use selfdump::server::{Builder, Policy};
 use std::io::Read;
 use std::os::fd::BorrowedFd;
 use std::os::unix::net::UnixStream;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 pub const NOBODY: u32 = 65534;
@@ -168,8 +168,24 @@ pub fn assert_no_staging(dir: &Path) {
     });
 }
 
-/// The `criu swrk` children of this process (the in-process service's).
+/// The `criu swrk` children of this process (the in-process service's)
+/// working on a dump: not the warm workers waiting for one.
 pub fn criu_children() -> Vec<i32> {
+    all_criu_children()
+        .into_iter()
+        .filter(|&pid| !is_waiting_worker(pid))
+        .collect()
+}
+
+/// The warm `criu swrk` workers of this process's service, waiting.
+pub fn waiting_workers() -> Vec<i32> {
+    all_criu_children()
+        .into_iter()
+        .filter(|&pid| is_waiting_worker(pid))
+        .collect()
+}
+
+fn all_criu_children() -> Vec<i32> {
     own_children()
         .into_iter()
         .filter(|(_, _, comm)| comm == "criu")
@@ -177,12 +193,72 @@ pub fn criu_children() -> Vec<i32> {
         .collect()
 }
 
+/// A live criu that holds only what it was started with (/dev/null, its
+/// socket, fds it inherited from this process). CRIU opens its log in the
+/// images directory as soon as it takes a request, so a dumping one fails this.
+fn is_waiting_worker(pid: i32) -> bool {
+    if process_state(pid).is_none_or(|s| s == 'Z') {
+        return false;
+    }
+    let ours: Vec<PathBuf> = open_fds().into_iter().map(|(_, path)| path).collect();
+    let Ok(fds) = std::fs::read_dir(format!("/proc/{pid}/fd")) else {
+        return false;
+    };
+    fds.flatten().all(|fd| {
+        std::fs::read_link(fd.path()).is_ok_and(|target| {
+            let text = target.to_string_lossy();
+            text == "/dev/null" || text.starts_with("socket:[") || ours.contains(&target)
+        })
+    })
+}
+
+/// Reaps, as an init would, the zombies of helpers a killed CRIU had
+/// forked: this test process is a subreaper (for restored trees), so they
+/// are reparented to it, not to init. They are told apart from the
+/// service's own criu children by their process group: the service starts
+/// each CRIU as the leader of a group, which its helpers inherit.
+pub fn reap_orphaned_criu_helpers() {
+    for (pid, state, comm) in own_children() {
+        let pgid = std::fs::read_to_string(format!("/proc/{pid}/stat"))
+            .ok()
+            .and_then(|stat| {
+                stat.rsplit_once(')')?
+                    .1
+                    .split_whitespace()
+                    .nth(2)?
+                    .parse()
+                    .ok()
+            });
+        if state == 'Z' && comm == "criu" && pgid.is_some_and(|g: i32| g != pid) {
+            let _ = rustix::process::waitpid(
+                rustix::process::Pid::from_raw(pid),
+                rustix::process::WaitOptions::NOHANG,
+            );
+        }
+    }
+}
+
+fn fd_targets(pid: i32) -> Vec<PathBuf> {
+    std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .map(|d| {
+            d.flatten()
+                .filter_map(|f| std::fs::read_link(f.path()).ok())
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
 pub fn wait_no_criu() {
     poll_until(Duration::from_secs(30), Duration::from_millis(20), || {
+        reap_orphaned_criu_helpers();
         if criu_children().is_empty() {
             return Ok(());
         }
-        Err("criu still running".into())
+        let busy: Vec<_> = criu_children()
+            .into_iter()
+            .map(|pid| (pid, process_state(pid), fd_targets(pid)))
+            .collect();
+        Err(format!("criu still running: {busy:?}"))
     });
 }
 

@@ -433,7 +433,8 @@ pub fn process_state(pid: i32) -> Option<char> {
 // ---- appended for the embedding tests ----
 
 /// A CRIU that sleeps `secs` before it starts, so that a dump stays in
-/// flight that long (the directory holds the wrapper: keep it alive).
+/// flight that long when the service starts no worker ahead
+/// (`warm_workers(0)`); the directory holds the wrapper: keep it alive.
 pub fn slow_criu(secs: u32) -> (tempfile::TempDir, Criu) {
     use std::os::unix::fs::PermissionsExt;
     let wrap = tempfile::tempdir().unwrap();

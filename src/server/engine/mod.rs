@@ -1,12 +1,15 @@
-//! Driving CRIU: one `criu swrk` child per dump, spoken to over CRIU's RPC
-//! protocol on a `SOCK_SEQPACKET` socketpair.
+//! Driving CRIU: one `criu swrk` child per dump (started ahead of time by
+//! a [`WorkerPool`]), spoken to over CRIU's RPC protocol on a
+//! `SOCK_SEQPACKET` socketpair.
 
 pub mod kdat;
+mod pool;
 pub mod rpc;
 mod swrk;
 
+pub use pool::WorkerPool;
 pub(crate) use swrk::without_forks;
-pub use swrk::{Criu, DumpHooks, DumpSpec, Dumped, EngineError, FrozenVerdict};
+pub use swrk::{Criu, DumpHooks, DumpSpec, Dumped, EngineError, FrozenVerdict, Worker};
 
 /// Name of CRIU's log inside the images directory.
 pub const DUMP_LOG: &str = "dump.log";

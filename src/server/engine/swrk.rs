@@ -127,14 +127,32 @@ impl From<io::Error> for EngineError {
     }
 }
 
-/// CRIU's RPC channel: one `criu swrk` child on a seqpacket socket.
-struct Swrk {
+/// A started `criu swrk` child, on a seqpacket socket, serving one request.
+///
+/// [`Criu::dump`] starts one per dump. Starting one ahead of time saves the
+/// exec and CRIU's start-up, which `benches/checkpoint/workers.rs`
+/// measures; the server keeps some ready in a [`WorkerPool`](super::WorkerPool)
+/// ([`Builder::warm_workers`](crate::server::Builder::warm_workers)).
+///
+/// ```no_run
+/// # async_io::block_on(async {
+/// use selfdump::server::engine::{Criu, Worker};
+/// let worker = Worker::start(&Criu::default())?;
+/// // ... later, worker.dump(&spec, timeout, &mut hooks).await
+/// # drop(worker);
+/// # Ok::<(), std::io::Error>(())
+/// # });
+/// ```
+#[derive(Debug)]
+pub struct Worker {
     sock: Async<OwnedFd>,
     child: async_process::Child,
+    log_level: i32,
 }
 
-impl Swrk {
-    fn spawn(criu: &Criu) -> io::Result<Self> {
+impl Worker {
+    /// Starts `criu swrk`; it waits for its one request.
+    pub fn start(criu: &Criu) -> io::Result<Self> {
         let (ours, theirs) = rustix::net::socketpair(
             AddressFamily::UNIX,
             SocketType::SEQPACKET,
@@ -143,23 +161,27 @@ impl Swrk {
         )?;
         let child_fd: RawFd = theirs.as_raw_fd();
         let mut cmd = std::process::Command::new(&criu.path);
-        cmd.arg("swrk")
-            .arg(child_fd.to_string())
-            .stdin(std::process::Stdio::null())
-            .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::null());
-        // SAFETY: the closure only makes one raw fcntl call, which is
-        // async-signal-safe, on an fd that exists in the child.
+        cmd.arg("swrk").arg(child_fd.to_string());
+        // SAFETY: the closure only makes raw fcntl and setpgid calls, which
+        // are async-signal-safe, on an fd that exists in the child.
         unsafe {
             use std::os::unix::process::CommandExt;
             cmd.pre_exec(move || {
                 let fd = BorrowedFd::borrow_raw(child_fd);
                 rustix::io::fcntl_setfd(fd, rustix::io::FdFlags::empty())?;
+                // A group of its own: a Ctrl-C meant for the service does
+                // not kill CRIU mid-dump, and a kill reaches CRIU's helpers.
+                rustix::process::setpgid(None, None)?;
                 Ok(())
             });
         }
         let mut cmd = async_process::Command::from(cmd);
-        cmd.kill_on_drop(true);
+        // again: async-process's `From` drops the std command's stdio choice
+        // (the child would inherit the service's stdout and stderr)
+        cmd.stdin(async_process::Stdio::null())
+            .stdout(async_process::Stdio::null())
+            .stderr(async_process::Stdio::null())
+            .kill_on_drop(true);
         let child = {
             let _forking = FORK_GUARD.read().unwrap_or_else(|e| e.into_inner());
             cmd.spawn().map_err(|e| {
@@ -173,6 +195,7 @@ impl Swrk {
         Ok(Self {
             sock: Async::new(ours)?,
             child,
+            log_level: criu.log_level,
         })
     }
 
@@ -209,33 +232,40 @@ impl Swrk {
         .await
     }
 
+    /// Whether the child still runs (a dead one is reaped here).
+    pub fn is_alive(&mut self) -> bool {
+        matches!(self.child.try_status(), Ok(None))
+    }
+
     /// Closes the channel and reaps the child; `kill` first when CRIU may
     /// still be running (time limit, protocol error).
-    async fn finish(mut self, kill: bool) {
+    pub(super) async fn finish(mut self, kill: bool) {
         if kill {
-            let _ = self.child.kill();
+            // CRIU and the helpers it forked (the caller's tree is in no
+            // group of CRIU's)
+            let group = rustix::process::Pid::from_raw(self.child.id() as i32);
+            if group.is_none_or(|g| {
+                rustix::process::kill_process_group(g, rustix::process::Signal::KILL).is_err()
+            }) {
+                let _ = self.child.kill();
+            }
         }
         drop(self.sock);
         let _ = self.child.status().await;
     }
 }
 
-impl Criu {
-    /// Dumps `spec.pid`'s tree, calling `hooks` while CRIU holds it frozen.
+impl Worker {
+    /// Dumps `spec.pid`'s tree, calling `hooks` while CRIU holds it frozen;
+    /// kills CRIU if it takes longer than `timeout`.
     pub async fn dump(
-        &self,
+        self,
         spec: &DumpSpec<'_>,
         timeout: Duration,
         hooks: &mut impl DumpHooks,
     ) -> Result<Dumped, EngineError> {
         let started = std::time::Instant::now();
-        let swrk = Swrk::spawn(self)?;
-        log::debug!(
-            "criu swrk for pid {} started in {:?}",
-            spec.pid,
-            started.elapsed()
-        );
-        let run = self.run_dump(&swrk, spec, hooks, started);
+        let run = self.run_dump(spec, hooks, started);
         let limit = async {
             Timer::after(timeout).await;
             Err(EngineError::TimedOut(timeout))
@@ -248,7 +278,7 @@ impl Criu {
                 | EngineError::Protocol(_)
                 | EngineError::Died)
         );
-        swrk.finish(criu_may_run).await;
+        self.finish(criu_may_run).await;
         log::debug!(
             "criu swrk for pid {} reaped at {:?}",
             spec.pid,
@@ -259,7 +289,6 @@ impl Criu {
 
     async fn run_dump(
         &self,
-        swrk: &Swrk,
         spec: &DumpSpec<'_>,
         hooks: &mut impl DumpHooks,
         started: std::time::Instant,
@@ -276,7 +305,7 @@ impl Criu {
             log_file: Some(DUMP_LOG.into()),
             notify_scripts: Some(true),
         };
-        swrk.send(&CriuReq {
+        self.send(&CriuReq {
             r#type: req_type::DUMP,
             opts: Some(opts),
             ..Default::default()
@@ -286,7 +315,7 @@ impl Criu {
         let mut veto = None;
         let mut dumped = Dumped::default();
         loop {
-            let resp = swrk.recv().await?;
+            let resp = self.recv().await?;
             match resp.r#type {
                 req_type::NOTIFY => {
                     let script = resp.notify.and_then(|n| n.script).unwrap_or_default();
@@ -306,9 +335,9 @@ impl Criu {
                     };
                     if let FrozenVerdict::Veto(why) = verdict {
                         veto.get_or_insert(why);
-                        swrk.ack(false).await?;
+                        self.ack(false).await?;
                     } else {
-                        swrk.ack(true).await?;
+                        self.ack(true).await?;
                     }
                     if frozen {
                         dumped.service_frozen += answering.elapsed();
@@ -342,6 +371,26 @@ impl Criu {
                 }
             }
         }
+    }
+}
+
+impl Criu {
+    /// Dumps `spec.pid`'s tree with a freshly started [`Worker`], calling
+    /// `hooks` while CRIU holds it frozen.
+    pub async fn dump(
+        &self,
+        spec: &DumpSpec<'_>,
+        timeout: Duration,
+        hooks: &mut impl DumpHooks,
+    ) -> Result<Dumped, EngineError> {
+        let started = std::time::Instant::now();
+        let worker = Worker::start(self)?;
+        log::debug!(
+            "criu swrk for pid {} started in {:?}",
+            spec.pid,
+            started.elapsed()
+        );
+        worker.dump(spec, timeout, hooks).await
     }
 
     /// Asks CRIU for its version over RPC: (major, minor, sublevel).
@@ -385,7 +434,7 @@ impl Criu {
 
     /// One request to a fresh `criu swrk`, and its answer.
     async fn ask(&self, req: CriuReq) -> Result<CriuResp, EngineError> {
-        let swrk = Swrk::spawn(self)?;
+        let swrk = Worker::start(self)?;
         let answer = async {
             swrk.send(&req).await?;
             swrk.recv().await

@@ -1,0 +1,101 @@
+//! `criu swrk` workers started ahead of time, so that a dump does not wait
+//! for CRIU to exec and start. `benches/checkpoint/workers.rs` measured the
+//! gain on these VMs: 4–8 ms per dump with a worker idle for up to 1 s,
+//! about 3 ms after 10 s idle (BENCHMARKS.md).
+
+use super::{Criu, Worker};
+use std::io;
+use std::sync::{Arc, Mutex};
+
+/// Up to `size` started workers, each used for one dump.
+///
+/// A worker that died while it waited (killed by an operator, say) is
+/// reaped and skipped; a dump that finds none ready starts its own, as
+/// without a pool.
+#[derive(Debug)]
+pub struct WorkerPool {
+    criu: Criu,
+    size: usize,
+    state: Mutex<State>,
+}
+
+#[derive(Debug, Default)]
+struct State {
+    ready: Vec<Worker>,
+    /// Workers being started by `refill`.
+    starting: usize,
+    stopped: bool,
+}
+
+impl WorkerPool {
+    /// A pool of at most `size` ready workers running `criu` (0: none, every
+    /// dump starts its own). Nothing starts until [`WorkerPool::refill`].
+    pub fn new(criu: Criu, size: usize) -> Arc<Self> {
+        Arc::new(Self {
+            criu,
+            size,
+            state: Mutex::default(),
+        })
+    }
+
+    fn state(&self) -> std::sync::MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// A ready worker if a live one waits, else a freshly started one.
+    pub fn take(&self) -> io::Result<Worker> {
+        loop {
+            let Some(mut worker) = self.state().ready.pop() else {
+                return Worker::start(&self.criu);
+            };
+            if worker.is_alive() {
+                return Ok(worker);
+            }
+            log::warn!("a waiting criu swrk worker had exited; starting another");
+        }
+    }
+
+    /// Starts workers, on a thread of the `blocking` pool, until `size`
+    /// are ready or starting. A failure is logged: dumps then start their own.
+    pub fn refill(self: &Arc<Self>) {
+        let missing = {
+            let mut state = self.state();
+            if state.stopped {
+                return;
+            }
+            let missing = self.size.saturating_sub(state.ready.len() + state.starting);
+            state.starting += missing;
+            missing
+        };
+        for _ in 0..missing {
+            let pool = self.clone();
+            blocking::unblock(move || {
+                let started = Worker::start(&pool.criu);
+                let mut state = pool.state();
+                state.starting -= 1;
+                match started {
+                    Ok(worker) if !state.stopped => state.ready.push(worker),
+                    Ok(worker) => {
+                        drop(state);
+                        futures_lite::future::block_on(worker.finish(true));
+                    }
+                    Err(e) => log::warn!("cannot start a criu swrk worker ahead: {e}"),
+                }
+            })
+            .detach();
+        }
+    }
+
+    /// Stops the waiting workers and reaps them, once those being started
+    /// are up; no more start.
+    pub async fn stop(&self) {
+        self.state().stopped = true;
+        while self.state().starting > 0 {
+            async_io::Timer::after(std::time::Duration::from_millis(5)).await;
+        }
+        let ready = std::mem::take(&mut self.state().ready);
+        for worker in ready {
+            worker.finish(true).await;
+        }
+    }
+}
