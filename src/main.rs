@@ -39,7 +39,9 @@ OPTIONS:
     --warm-workers N     criu swrk workers kept started ahead (saves CRIU's
                          start-up, 4-8 ms per dump; 0 for none) [default: 1]
 
-Stops on SIGTERM or SIGINT after the dumps in flight finish.
+Stops on SIGTERM or SIGINT after the dumps in flight finish; a second
+signal stops at once (dumps in flight are abandoned: CRIU is killed, their
+processes run on, their callers are told the outcome is unknown; exit code 1).
 
 Under systemd (or any manager that speaks its protocols): with LISTEN_PID set
 to this process and LISTEN_FDS >= 1, serves on the listening socket passed as
@@ -237,13 +239,27 @@ fn serve(mut parser: lexopt::Parser) -> Res<ExitCode> {
             }
             let _ = selfdump::server::systemd::notify("STOPPING=1");
             stop.shutdown();
-            // `run` returns once drained; this side waits for nothing more.
-            std::future::pending::<Result<(), selfdump::server::Error>>().await
+            // `run` returns once drained. A second signal stops waiting:
+            // dropping `run` kills the CRIUs in flight, which lets their
+            // trees run on, and removes their staging directories; their
+            // callers learn that the outcome is unknown.
+            if let Some(Ok(signal)) = signals.next().await {
+                log::warn!(
+                    "received {signal:?} again: exiting now; dumps in flight are abandoned \
+                     (their processes run on, their callers are told the outcome is unknown)"
+                );
+                return Ok(false);
+            }
+            std::future::pending().await
         };
         use futures_lite::FutureExt;
-        let served = server.run().or(on_signal).await;
+        let drained = async { server.run().await.map(|()| true) }
+            .or(on_signal)
+            .await;
         kdat::remove_cache(&kdat);
-        served?;
+        if !drained? {
+            return Err("stopped by a second signal before the dumps in flight finished".into());
+        }
         Ok::<_, Box<dyn std::error::Error>>(())
     })?;
     Ok(ExitCode::SUCCESS)

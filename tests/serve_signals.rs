@@ -1,0 +1,111 @@
+//! `selfdump serve` and its stop signals: the first SIGTERM drains (the dump
+//! in flight goes on), a second one exits at once, abandoning the dump: the
+//! frozen caller runs on and is told the outcome is unknown, no staging
+//! directory is left, and the exit code says the stop was forced.
+
+mod common;
+
+use common::*;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+fn sigterm(pid: u32) {
+    rustix::process::kill_process(
+        rustix::process::Pid::from_raw(pid as i32).unwrap(),
+        rustix::process::Signal::TERM,
+    )
+    .unwrap();
+}
+
+#[test]
+fn a_second_sigterm_exits_at_once_and_the_frozen_caller_runs_on() {
+    let dir = tempfile::tempdir().unwrap();
+    let socket = dir.path().join("s.sock");
+    let log = dir.path().join("serve.log");
+    let mut serve = Command::new(selfdump_bin())
+        .args(["serve", "--socket"])
+        .arg(&socket)
+        .arg("--criu")
+        .arg(criu().path)
+        .env("RUST_LOG", "info")
+        .stdin(Stdio::null())
+        .stderr(std::fs::File::create(&log).unwrap())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !socket.exists() {
+        assert!(Instant::now() < deadline, "no socket: {}", read(&log));
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    // 1 GiB to write: the dump keeps the caller frozen for a while
+    let images = images_dir();
+    let mut program = Program::start_on(
+        &socket,
+        images.path(),
+        &[
+            "--alloc-mb",
+            "1024",
+            "--at",
+            "1",
+            "--until",
+            "100",
+            "--interval-ms",
+            "20",
+        ],
+        None,
+    );
+    while process_state(program.pid) != Some('t') {
+        assert!(
+            !program.output().contains("checkpoint "),
+            "the dump ended before it could be interrupted: {}",
+            program.output()
+        );
+        std::thread::sleep(Duration::from_millis(1));
+    }
+
+    sigterm(serve.id());
+    wait_for_line(&log, "the drain to start", |l| {
+        l.contains("refusing new checkpoints")
+    });
+    assert!(
+        serve.try_wait().unwrap().is_none(),
+        "the first signal drains"
+    );
+    sigterm(serve.id());
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let status = loop {
+        if let Some(status) = serve.try_wait().unwrap() {
+            break status;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "a second SIGTERM must end it: {}",
+            read(&log)
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    };
+    let served = read(&log);
+    assert_eq!(status.code(), Some(1), "{served}");
+    assert!(served.contains("again: exiting now"), "{served}");
+
+    let line = program.wait_for("the checkpoint outcome", |l| l.starts_with("checkpoint "));
+    assert!(
+        line.starts_with("checkpoint error") && line.contains("unknown"),
+        "the caller is told the outcome is unknown: {line}"
+    );
+    let counted = program
+        .output()
+        .lines()
+        .filter(|l| l.starts_with("count "))
+        .count();
+    program.wait_for("counting on after the abandoned dump", |l| {
+        l == format!("count {}", counted + 2)
+    });
+    let left: Vec<String> = image_files(images.path())
+        .into_iter()
+        .map(|f| f.0)
+        .filter(|n| n.starts_with(".selfdump-"))
+        .collect();
+    assert!(left.is_empty(), "staging left behind: {left:?}");
+    program.kill();
+}
