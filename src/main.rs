@@ -37,7 +37,7 @@ OPTIONS:
     --dump-timeout SECS  kill CRIU after this long [default: 300]
     --criu PATH          criu binary [default: found on PATH or /usr/local/sbin]
     --warm-workers N     criu swrk workers kept started ahead (saves CRIU's
-                         start-up, 4-8 ms per dump; 0 for none) [default: 1]
+                         start-up, 3-11 ms per dump; 0 for none) [default: 1]
 
 Stops on SIGTERM or SIGINT after the dumps in flight finish; a second
 signal stops at once (dumps in flight are abandoned: CRIU is killed, their

@@ -123,7 +123,7 @@ impl Builder {
     }
     /// `criu swrk` workers kept started ahead of time (default 1; 0 for
     /// none). A dump that finds one ready skips CRIU's exec and start-up,
-    /// 4–8 ms on the machines of BENCHMARKS.md; each waiting worker is an
+    /// 3–11 ms on the machines of BENCHMARKS.md; each waiting worker is an
     /// idle `criu swrk` child of the service. Dumps beyond the ready ones
     /// start their own, as with 0.
     pub fn warm_workers(mut self, n: usize) -> Self {

@@ -1,7 +1,7 @@
 //! `criu swrk` workers started ahead of time, so that a dump does not wait
 //! for CRIU to exec and start. `benches/checkpoint/workers.rs` measured the
-//! gain on these VMs: 4–8 ms per dump with a worker idle for up to 1 s,
-//! about 3 ms after 10 s idle (BENCHMARKS.md).
+//! gain on these VMs: 3–11 ms per dump over three runs, for workers that had
+//! waited 50 ms to 10 s (BENCHMARKS.md).
 
 use super::{Criu, Worker};
 use std::io;
