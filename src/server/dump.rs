@@ -4,6 +4,7 @@ use super::Shared;
 use super::connection::{UidSlot, refusal, send};
 use super::engine::{DumpHooks, DumpSpec, EngineError, FrozenVerdict, without_forks};
 use super::images::{ImageMeta, Published, Staging};
+use super::leftovers;
 use super::peer::Peer;
 use super::policy::{Caller, check_dumpable, may_write_dir};
 use super::tree::check_frozen_tree;
@@ -107,6 +108,7 @@ pub(super) async fn checkpoint(
         }
     };
     let owner = (caller.uids[0], caller.gids[0]);
+    let images_dir = dir.try_clone().ok();
     let staging = match Staging::create(dir, job.id, owner) {
         Ok(staging) => staging,
         Err(e) => {
@@ -229,8 +231,13 @@ pub(super) async fn checkpoint(
         }
         None => job.finish(answer),
     }
-    // after the answer: the next dump finds a worker ready
+    // after the answer: the next dump finds a worker ready, and what a
+    // service that died left in this directory goes
     shared.workers.refill();
+    if let Some(images_dir) = images_dir {
+        let own = format!("{:016x}", job.id.service);
+        blocking::unblock(move || leftovers::remove_stale_staging(&images_dir, &own)).detach();
+    }
 }
 
 /// What the service does while CRIU holds the caller's tree frozen.

@@ -89,7 +89,9 @@ impl Drop for Staging {
 }
 
 impl Staging {
-    /// Creates `.selfdump-<job>` (mode 0700, root's) inside `parent`.
+    /// Creates `.selfdump-<job>` (mode 0700, root's) inside `parent`, and
+    /// holds an `flock` on it while it lives: a lockable one was left by a
+    /// service that died, and the next dump into `parent` removes it.
     pub fn create(parent: OwnedFd, job: JobId, owner: (u32, u32)) -> io::Result<Self> {
         let name = format!(".selfdump-{job}");
         rustix::fs::mkdirat(&parent, &name, Mode::RWXU)?;
@@ -99,6 +101,7 @@ impl Staging {
             OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC | OFlags::RDONLY,
             Mode::empty(),
         )?;
+        rustix::fs::flock(&dir, rustix::fs::FlockOperation::NonBlockingLockExclusive)?;
         Ok(Self {
             parent,
             name,

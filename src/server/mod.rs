@@ -17,6 +17,7 @@ pub mod engine;
 mod error;
 pub mod images;
 mod jobs;
+mod leftovers;
 pub mod peer;
 pub mod policy;
 pub mod restore;

@@ -1,0 +1,128 @@
+//! Staging directories left behind by a service that died mid-dump (killed
+//! with SIGKILL, or crashed): its `Drop` cleanup never ran, so a root-owned
+//! `.selfdump-<job>` directory with partial images stays in the caller's
+//! directory. The next checkpoint into the same directory removes it.
+//!
+//! A live staging directory is `flock`ed by the service writing into it for
+//! as long as the dump runs (`Staging::create`), and the kernel drops that
+//! lock when the service dies. So a
+//! `.selfdump-*` entry that is a directory of root's, mode 0700, and that
+//! can be locked, belongs to no running dump. Callers cannot open such a
+//! directory, so they cannot hold its lock, and they cannot create one.
+//! Only its direct entries are removed (a subdirectory means it is not a
+//! staging directory, and it is left alone), through the directory's fd:
+//! nothing is looked up by path below the caller's directory.
+
+use rustix::fs::{AtFlags, Dir, FileType, FlockOperation, OFlags};
+use std::io;
+use std::os::fd::AsFd;
+
+/// Removes the stale staging directories in `parent`, except those named
+/// after jobs of `own_service` (this service's own are live or cleaned up
+/// by their `Drop`). Returns their names.
+pub fn remove_stale_staging(parent: impl AsFd, own_service: &str) -> Vec<String> {
+    let parent = parent.as_fd();
+    let Ok(entries) = Dir::read_from(parent) else {
+        return Vec::new();
+    };
+    let own = format!(".selfdump-{own_service}-");
+    let mut removed = Vec::new();
+    for entry in entries.flatten() {
+        let name = entry.file_name().to_string_lossy().into_owned();
+        if !name.starts_with(".selfdump-") || name.starts_with(&own) {
+            continue;
+        }
+        match remove_if_stale(parent, &name) {
+            Ok(true) => {
+                log::warn!("removed {name}, the staging directory of a service that died mid-dump");
+                removed.push(name);
+            }
+            Ok(false) => {}
+            Err(e) => log::warn!("cannot remove the stale staging directory {name}: {e}"),
+        }
+    }
+    removed
+}
+
+fn remove_if_stale(parent: impl AsFd, name: &str) -> io::Result<bool> {
+    let parent = parent.as_fd();
+    let stat = rustix::fs::statat(parent, name, AtFlags::SYMLINK_NOFOLLOW)?;
+    if FileType::from_raw_mode(stat.st_mode) != FileType::Directory
+        || stat.st_uid != 0
+        || stat.st_mode & 0o7777 != 0o700
+    {
+        return Ok(false);
+    }
+    let dir = rustix::fs::openat(
+        parent,
+        name,
+        OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC | OFlags::RDONLY,
+        rustix::fs::Mode::empty(),
+    )?;
+    if rustix::fs::fstat(&dir)?.st_ino != stat.st_ino {
+        return Ok(false); // swapped since the look
+    }
+    if rustix::fs::flock(&dir, FlockOperation::NonBlockingLockExclusive).is_err() {
+        return Ok(false); // a running dump's
+    }
+    for entry in Dir::read_from(&dir)? {
+        let entry = entry?;
+        let file = entry.file_name().to_string_lossy().into_owned();
+        if file == "." || file == ".." {
+            continue;
+        }
+        if entry.file_type() == FileType::Directory {
+            return Ok(false);
+        }
+        rustix::fs::unlinkat(&dir, file.as_str(), AtFlags::empty())?;
+    }
+    rustix::fs::unlinkat(parent, name, AtFlags::REMOVEDIR)?;
+    Ok(true)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
+
+    fn staging_like(parent: &std::path::Path, name: &str) -> std::path::PathBuf {
+        let dir = parent.join(name);
+        std::fs::DirBuilder::new().mode(0o700).create(&dir).unwrap();
+        std::fs::write(dir.join("pages-1.img"), b"partial").unwrap();
+        dir
+    }
+
+    #[test]
+    fn only_unlocked_root_staging_directories_of_other_services_go() {
+        if !rustix::process::geteuid().is_root() {
+            eprintln!("SKIPPED: needs root (staging directories are root's)");
+            return;
+        }
+        let parent = tempfile::tempdir().unwrap();
+        let stale = staging_like(parent.path(), ".selfdump-aaaa-1");
+        let live = staging_like(parent.path(), ".selfdump-bbbb-1");
+        let own = staging_like(parent.path(), ".selfdump-cccc-7");
+        let foreign = staging_like(parent.path(), ".selfdump-dddd-1");
+        std::os::unix::fs::chown(&foreign, Some(65534), None).unwrap();
+        let loose = staging_like(parent.path(), ".selfdump-eeee-1");
+        std::fs::set_permissions(&loose, std::fs::Permissions::from_mode(0o755)).unwrap();
+        let target = staging_like(parent.path(), "elsewhere");
+        std::os::unix::fs::symlink(&target, parent.path().join(".selfdump-ffff-1")).unwrap();
+        let held = std::fs::File::open(&live).unwrap();
+        rustix::fs::flock(&held, FlockOperation::LockExclusive).unwrap();
+
+        let dir = std::fs::File::open(parent.path()).unwrap();
+        let removed = remove_stale_staging(&dir, "cccc");
+        assert_eq!(removed, vec![".selfdump-aaaa-1".to_string()]);
+        assert!(!stale.exists());
+        for kept in [&live, &own, &foreign, &loose, &target] {
+            assert!(kept.join("pages-1.img").exists(), "{kept:?} must stay");
+        }
+
+        drop(held); // its service died
+        assert_eq!(
+            remove_stale_staging(&dir, "cccc"),
+            vec![".selfdump-bbbb-1".to_string()]
+        );
+    }
+}
