@@ -95,13 +95,23 @@ impl Staging {
     pub fn create(parent: OwnedFd, job: JobId, owner: (u32, u32)) -> io::Result<Self> {
         let name = format!(".selfdump-{job}");
         rustix::fs::mkdirat(&parent, &name, Mode::RWXU)?;
-        let dir = rustix::fs::openat(
+        let opened = rustix::fs::openat(
             &parent,
             &name,
             OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC | OFlags::RDONLY,
             Mode::empty(),
-        )?;
-        rustix::fs::flock(&dir, rustix::fs::FlockOperation::NonBlockingLockExclusive)?;
+        )
+        .and_then(|dir| {
+            rustix::fs::flock(&dir, rustix::fs::FlockOperation::NonBlockingLockExclusive)?;
+            Ok(dir)
+        });
+        let dir = match opened {
+            Ok(dir) => dir,
+            Err(e) => {
+                let _ = rustix::fs::unlinkat(&parent, &name, AtFlags::REMOVEDIR);
+                return Err(e.into());
+            }
+        };
         Ok(Self {
             parent,
             name,
