@@ -6,7 +6,6 @@
 mod common;
 
 use common::*;
-use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 fn sigterm(pid: u32) {
@@ -22,21 +21,7 @@ fn a_second_sigterm_exits_at_once_and_the_frozen_caller_runs_on() {
     let dir = tempfile::tempdir().unwrap();
     let socket = dir.path().join("s.sock");
     let log = dir.path().join("serve.log");
-    let mut serve = Command::new(selfdump_bin())
-        .args(["serve", "--socket"])
-        .arg(&socket)
-        .arg("--criu")
-        .arg(criu().path)
-        .env("RUST_LOG", "info")
-        .stdin(Stdio::null())
-        .stderr(std::fs::File::create(&log).unwrap())
-        .spawn()
-        .unwrap();
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while !socket.exists() {
-        assert!(Instant::now() < deadline, "no socket: {}", read(&log));
-        std::thread::sleep(Duration::from_millis(10));
-    }
+    let mut serve = serve_process(&socket, &log);
     // 1 GiB to write: the dump keeps the caller frozen for a while
     let images = images_dir();
     let mut program = Program::start_on(

@@ -7,7 +7,6 @@ mod common;
 
 use common::*;
 use std::path::Path;
-use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 fn staging_dirs(images: &Path) -> Vec<String> {
@@ -31,18 +30,7 @@ fn staging_left_by_a_killed_service_goes_with_the_next_dump_into_the_directory()
     become_subreaper(); // the killed service's CRIUs come to us
     let dir = tempfile::tempdir().unwrap();
     let socket = dir.path().join("s.sock");
-    let mut serve = Command::new(selfdump_bin())
-        .args(["serve", "--socket"])
-        .arg(&socket)
-        .arg("--criu")
-        .arg(criu().path)
-        .stdin(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    poll("the service's socket", Duration::from_secs(20), || {
-        socket.exists()
-    });
+    let mut serve = serve_process(&socket, &dir.path().join("serve.log"));
     let images = images_dir();
     let mut killed_caller = Program::start_on(
         &socket,

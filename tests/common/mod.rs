@@ -454,3 +454,28 @@ pub fn slow_criu(secs: u32) -> (tempfile::TempDir, Criu) {
     };
     (wrap, criu)
 }
+
+/// `selfdump serve` as a child process on `socket` (`RUST_LOG=info`, its
+/// log in `log`), once it listens.
+pub fn serve_process(socket: &Path, log: &Path) -> Child {
+    let serve = Command::new(selfdump_bin())
+        .args(["serve", "--socket"])
+        .arg(socket)
+        .arg("--criu")
+        .arg(criu().path)
+        .env("RUST_LOG", "info")
+        .stdin(Stdio::null())
+        .stderr(File::create(log).unwrap())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !socket.exists() {
+        assert!(
+            Instant::now() < deadline,
+            "selfdump serve did not listen: {}",
+            read(log)
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    serve
+}
