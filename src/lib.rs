@@ -45,6 +45,8 @@
 //! `sd_notify` is one datagram: neither needs a crate of its own.
 #![deny(missing_docs)]
 
+#[cfg(any(feature = "client", feature = "server"))]
+mod procstat;
 pub mod proto;
 
 #[cfg(feature = "client")]

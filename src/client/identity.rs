@@ -30,11 +30,9 @@ impl Identity {
     }
 }
 
-/// Field 22 of `/proc/<pid>/stat`: start time in clock ticks after boot.
+/// The start time in clock ticks after boot, from `/proc/<pid>/stat`.
 fn start_time(stat: &str) -> Option<u64> {
-    let (_, rest) = stat.rsplit_once(')')?;
-    // `rest` starts at field 3 (state), so field 22 is the 20th here.
-    rest.split_whitespace().nth(19)?.parse().ok()
+    crate::procstat::field(stat, crate::procstat::START_TIME)
 }
 
 #[cfg(test)]

@@ -69,12 +69,9 @@ impl Peer {
     /// reports the same 0, which rustix's `Pid` cannot hold).
     pub fn session_id(&self) -> io::Result<i32> {
         let stat = self.read_proc("stat")?;
-        stat.rsplit_once(')')
-            .and_then(|(_, rest)| rest.split_whitespace().nth(3))
-            .and_then(|field| field.parse().ok())
-            .ok_or_else(|| {
-                io::Error::new(io::ErrorKind::InvalidData, "unreadable /proc/<pid>/stat")
-            })
+        crate::procstat::field(&stat, crate::procstat::SESSION).ok_or_else(|| {
+            io::Error::new(io::ErrorKind::InvalidData, "unreadable /proc/<pid>/stat")
+        })
     }
 
     /// Reads `/proc/<pid>/<file>` of the caller; fails if the caller exited

@@ -4,6 +4,7 @@ use super::Criu;
 use super::engine::first_error;
 use super::engine::rpc::PstreeEntry;
 use super::images::{ImageMeta, META_FILE, entries, read_image};
+use crate::procstat;
 use prost::Message;
 use std::collections::BTreeSet;
 use std::fmt;
@@ -130,13 +131,12 @@ fn member_of(what: &str, id: u32) -> Option<u32> {
         let Ok(stat) = std::fs::read_to_string(entry.path().join("stat")) else {
             continue;
         };
-        // fields after the command name: state ppid pgrp session ...
-        let Some(rest) = stat.rsplit_once(')').map(|(_, r)| r) else {
-            continue;
+        let field = if what == "session" {
+            procstat::SESSION
+        } else {
+            procstat::PGRP
         };
-        let fields: Vec<&str> = rest.split_whitespace().collect();
-        let field = if what == "session" { 3 } else { 2 };
-        if fields.get(field).and_then(|f| f.parse::<u32>().ok()) == Some(id) {
+        if procstat::field::<u32>(&stat, field) == Some(id) {
             return Some(pid);
         }
     }
@@ -147,10 +147,7 @@ fn describe(pid: u32) -> String {
     let name = std::fs::read_to_string(format!("/proc/{pid}/comm")).unwrap_or_default();
     let state = std::fs::read_to_string(format!("/proc/{pid}/stat"))
         .ok()
-        .and_then(|s| {
-            s.rsplit_once(')')
-                .and_then(|(_, r)| r.split_whitespace().next().map(str::to_owned))
-        })
+        .and_then(|s| procstat::field::<String>(&s, procstat::STATE))
         .unwrap_or_default();
     let zombie = if state == "Z" { ", a zombie" } else { "" };
     format!("process {pid} ({}{zombie})", name.trim())

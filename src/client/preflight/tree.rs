@@ -85,8 +85,7 @@ pub(super) fn tracer(pid: i32) -> Option<i32> {
 /// leader is outside that namespace.
 pub(super) fn session_id(pid: i32) -> Option<i32> {
     let stat = read_proc(format!("/proc/{pid}/stat")).ok()?;
-    let (_, rest) = stat.rsplit_once(')')?;
-    rest.split_whitespace().nth(3)?.parse().ok()
+    crate::procstat::field(&stat, crate::procstat::SESSION)
 }
 
 /// The command name of `pid`, or `?`.
