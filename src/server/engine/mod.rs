@@ -6,10 +6,12 @@ pub mod kdat;
 mod pool;
 pub mod rpc;
 mod swrk;
+mod worker;
 
 pub use pool::WorkerPool;
 pub(crate) use swrk::without_forks;
-pub use swrk::{Criu, DumpHooks, DumpSpec, Dumped, EngineError, FrozenVerdict, Worker};
+pub use swrk::{Criu, DumpHooks, DumpSpec, Dumped, EngineError, FrozenVerdict};
+pub use worker::Worker;
 
 /// Name of CRIU's log inside the images directory.
 pub const DUMP_LOG: &str = "dump.log";
