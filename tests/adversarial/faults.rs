@@ -46,7 +46,7 @@ pub fn criu_killed_mid_dump(ctx: &mut Ctx) -> String {
         let criu = criu_children();
         assert_eq!(criu.len(), 1, "one criu child: {criu:?}");
         kill(criu[0]);
-        let line = outcome(&program);
+        let line = outcome_or_state(&program);
         assert!(line.starts_with("checkpoint error"), "{line}");
         thawed_then_cleaned_up(&mut program, images.path());
         assert!(!images.path().join("pstree.img").exists());
@@ -211,4 +211,21 @@ fn wait_for_memdump(dir: &Path) {
         }
         Err("criu never wrote memory".into())
     });
+}
+
+/// The caller's outcome line; if none comes, fails saying what state the
+/// caller is in (frozen, gone, waiting on a socket) instead of only that
+/// the line never came.
+fn outcome_or_state(program: &Program) -> String {
+    let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| outcome(program)));
+    result.unwrap_or_else(|_| {
+        let wchan = std::fs::read_to_string(format!("/proc/{}/wchan", program.pid));
+        panic!(
+            "no outcome within 60 s; the caller's state: {:?}, waiting in {wchan:?}; \
+             criu children: {:?}; output:\n{}",
+            process_state(program.pid),
+            criu_children(),
+            program.output()
+        )
+    })
 }
