@@ -40,8 +40,9 @@ OPTIONS:
                          start-up, 3-11 ms per dump; 0 for none) [default: 1]
 
 Stops on SIGTERM or SIGINT after the dumps in flight finish; a second
-signal stops at once (dumps in flight are abandoned: CRIU is killed, their
-processes run on, their callers are told the outcome is unknown; exit code 1).
+signal stops at once (dumps in flight are abandoned: CRIU lets their
+processes run on at its next step, their callers are told they have no
+checkpoint to trust; exit code 1).
 
 Under systemd (or any manager that speaks its protocols): with LISTEN_PID set
 to this process and LISTEN_FDS >= 1, serves on the listening socket passed as
@@ -240,9 +241,9 @@ fn serve(mut parser: lexopt::Parser) -> Res<ExitCode> {
             let _ = selfdump::server::systemd::notify("STOPPING=1");
             stop.shutdown();
             // `run` returns once drained. A second signal stops waiting:
-            // dropping `run` kills the CRIUs in flight, which lets their
-            // trees run on, and removes their staging directories; their
-            // callers learn that the outcome is unknown.
+            // dropping `run` closes the channels of the CRIUs in flight,
+            // which then let their trees run on, and removes their staging
+            // directories; their callers learn they have no checkpoint.
             if let Some(Ok(signal)) = signals.next().await {
                 log::warn!(
                     "received {signal:?} again: exiting now; dumps in flight are abandoned \

@@ -158,14 +158,16 @@ impl Builder {
         self.request_timeout = d;
         self
     }
-    /// Time a whole dump may take before CRIU is killed (default 300 s).
+    /// Time a whole dump may take before it is abandoned (default 300 s).
     ///
-    /// Past it the service kills CRIU (`SIGKILL`) and reaps it. The tree is
-    /// held by CRIU's ptrace (no freezer cgroup), and the kernel lets go of
-    /// the tracees when their tracer dies, so the tree runs on whether the
-    /// limit struck before or during the freeze; the caller gets a
-    /// `DumpFailed` error and no images are kept (only the caller's
-    /// `dump.log`). `tests/adversarial.rs` (`dump_timeout_exceeded`)
+    /// Past it the service closes CRIU's channel. At its next step CRIU
+    /// takes its parasite out of the tree, lets it run and exits, and the
+    /// service reaps it; only if it has not within 10 s is it killed. It is
+    /// not killed at once because killing CRIU while its parasite runs
+    /// inside a process kills that process too. Either way the tree runs
+    /// on, whether the limit struck before or during the freeze. The caller
+    /// gets a `DumpFailed` error and no images are kept (only the caller's
+    /// `dump.log`). `tests/adversarial/faults.rs` (`dump_timeout_exceeded`)
     /// checks both cases against real CRIU.
     pub fn dump_timeout(mut self, d: Duration) -> Self {
         self.dump_timeout = d;

@@ -163,6 +163,32 @@ impl Program {
         wait_for_line(&self.log, what, pred)
     }
 
+    /// Waits for the program's `checkpoint ...` line; if none comes, fails
+    /// saying what state the program is in (frozen, gone, waiting where)
+    /// and which criu processes exist, not only that the line never came.
+    pub fn outcome_or_state(&self) -> String {
+        let waited = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            self.wait_for("the checkpoint outcome", |l| l.starts_with("checkpoint "))
+        }));
+        waited.unwrap_or_else(|_| {
+            let proc_file = |f: &str| std::fs::read_to_string(format!("/proc/{}/{f}", self.pid));
+            let tracer = proc_file("status").ok().and_then(|s| {
+                s.lines()
+                    .find(|l| l.starts_with("TracerPid"))
+                    .map(str::to_owned)
+            });
+            let criu = Command::new("pgrep").args(["-a", "criu"]).output();
+            panic!(
+                "no outcome within 60 s; the program's state: {:?}, waiting in {:?}, {tracer:?}; \
+                 criu processes: {:?}; output:\n{}",
+                process_state(self.pid),
+                proc_file("wchan").ok(),
+                criu.map(|o| String::from_utf8_lossy(&o.stdout).into_owned()),
+                self.output()
+            )
+        })
+    }
+
     /// Kills the original process and reaps it.
     pub fn kill(&mut self) {
         if let Some(mut child) = self.child.take() {

@@ -110,7 +110,10 @@ impl fmt::Display for EngineError {
             Self::Failed(None) => write!(f, "criu dump failed"),
             Self::Vetoed(why) => write!(f, "dump refused after the freeze: {why}"),
             Self::TimedOut(d) => {
-                write!(f, "dump exceeded its time limit of {d:?}; criu was killed")
+                write!(
+                    f,
+                    "dump exceeded its time limit of {d:?}; it was abandoned and the process runs on"
+                )
             }
             Self::Died => write!(
                 f,

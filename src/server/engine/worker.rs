@@ -12,6 +12,9 @@ use std::io;
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd, RawFd};
 use std::time::Duration;
 
+/// How long CRIU gets to abandon a dump by itself before it is killed.
+const ABANDON_GRACE: Duration = Duration::from_secs(10);
+
 /// A started `criu swrk` child, on a seqpacket socket, serving one request.
 ///
 /// [`Criu::dump`] starts one per dump. Starting one ahead of time saves the
@@ -66,7 +69,10 @@ impl Worker {
         cmd.stdin(async_process::Stdio::null())
             .stdout(async_process::Stdio::null())
             .stderr(async_process::Stdio::null())
-            .kill_on_drop(true);
+            // not killed when dropped (a server future dropped mid-dump):
+            // its channel closes and it abandons the dump by itself, see
+            // `finish`
+            .kill_on_drop(false);
         let child = {
             let _forking = FORK_GUARD.read().unwrap_or_else(|e| e.into_inner());
             cmd.spawn().map_err(|e| {
@@ -133,12 +139,33 @@ impl Worker {
         matches!(self.child.try_status(), Ok(None))
     }
 
-    /// Closes the channel and reaps the child; `kill` first when CRIU may
-    /// still be running (time limit, protocol error).
-    pub(super) async fn finish(mut self, kill: bool) {
-        if kill {
-            // CRIU and the helpers it forked (the caller's tree is in no
-            // group of CRIU's)
+    /// Closes the channel and reaps the child. With `abandon` (time limit,
+    /// protocol error, CRIU may still be dumping), CRIU is not killed at
+    /// once: killing it while its parasite code runs inside the caller would
+    /// kill the caller too. It notices the closed channel at its next
+    /// notification, takes its parasite out, lets the tree run and exits;
+    /// only if it has not within [`ABANDON_GRACE`], it is killed, with the
+    /// helpers it forked (its process group; the caller's tree is in none of
+    /// CRIU's).
+    pub(super) async fn finish(mut self, abandon: bool) {
+        drop(self.sock);
+        if abandon {
+            let exited = async {
+                let _ = self.child.status().await;
+                true
+            }
+            .or(async {
+                Timer::after(ABANDON_GRACE).await;
+                false
+            })
+            .await;
+            if exited {
+                return;
+            }
+            log::warn!(
+                "criu {} did not stop within {ABANDON_GRACE:?} of its dump being abandoned; killing it",
+                self.child.id()
+            );
             let group = rustix::process::Pid::from_raw(self.child.id() as i32);
             if group.is_none_or(|g| {
                 rustix::process::kill_process_group(g, rustix::process::Signal::KILL).is_err()
@@ -146,7 +173,6 @@ impl Worker {
                 let _ = self.child.kill();
             }
         }
-        drop(self.sock);
         let _ = self.child.status().await;
     }
 }
