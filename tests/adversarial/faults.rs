@@ -46,18 +46,32 @@ pub fn criu_killed_mid_dump(ctx: &mut Ctx) -> String {
         let criu = criu_children();
         assert_eq!(criu.len(), 1, "one criu child: {criu:?}");
         kill(criu[0]);
-        let line = program.outcome_or_state();
-        assert!(line.starts_with("checkpoint error"), "{line}");
-        thawed_then_cleaned_up(&mut program, images.path());
-        assert!(!images.path().join("pstree.img").exists());
         let when = if during_memdump {
             "during memdump"
         } else {
             "at the seize"
         };
-        said.push(format!("{when}: {}", short(&line)));
+        match outcome_or_death(&program) {
+            Some(line) => {
+                assert!(line.starts_with("checkpoint error"), "{line}");
+                thawed_then_cleaned_up(&mut program, images.path());
+                said.push(format!("{when}: thawed and told: {}", short(&line)));
+            }
+            None => {
+                // CRIU killed while its parasite code ran inside the caller
+                // takes the caller with it: CRIU's limitation when another
+                // process kills it. Never left frozen, and cleaned up.
+                program.kill();
+                wait_no_criu();
+                assert_no_staging(images.path());
+                said.push(format!(
+                    "{when}: the caller died with CRIU (its parasite was inside)"
+                ));
+            }
+        }
+        assert!(!images.path().join("pstree.img").exists());
     }
-    format!("caller thawed and told: {}", said.join(" | "))
+    format!("never left frozen: {}", said.join(" | "))
 }
 
 /// The service dies between the freeze and the result query: the original
@@ -211,4 +225,28 @@ fn wait_for_memdump(dir: &Path) {
         }
         Err("criu never wrote memory".into())
     });
+}
+
+/// The caller's outcome line, or `None` once it died; fails if it does
+/// neither within 60 s (left frozen, or never told).
+fn outcome_or_death(program: &Program) -> Option<String> {
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    loop {
+        if let Some(line) = program
+            .output()
+            .lines()
+            .find(|l| l.starts_with("checkpoint "))
+        {
+            return Some(line.to_owned());
+        }
+        if process_state(program.pid).is_none_or(|s| s == 'Z') {
+            return None;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the caller neither got an outcome nor died within 60 s: state {:?}",
+            process_state(program.pid)
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
 }
