@@ -96,14 +96,7 @@ fn a_second_sigterm_exits_at_once_and_the_frozen_caller_runs_on() {
     // The abandoned CRIU may write on until its next step, after the
     // service is gone; whatever staging that leaves goes with the next
     // checkpoint into the directory (tests/staging_leftovers.rs).
-    let staging = || -> Vec<String> {
-        image_files(images.path())
-            .into_iter()
-            .map(|f| f.0)
-            .filter(|n| n.starts_with(".selfdump-"))
-            .collect()
-    };
-    if !staging().is_empty() {
+    if !staging_dirs(images.path()).is_empty() {
         // (once the abandoned CRIU has ended: it may still be writing there)
         let deadline = Instant::now() + Duration::from_secs(20);
         while Command::new("pgrep")
@@ -115,24 +108,6 @@ fn a_second_sigterm_exits_at_once_and_the_frozen_caller_runs_on() {
             assert!(Instant::now() < deadline, "the abandoned criu never ended");
             std::thread::sleep(Duration::from_millis(20));
         }
-        let service = Service::start();
-        let mut next = Program::start(
-            &service,
-            images.path(),
-            &["--at", "1", "--until", "2", "--interval-ms", "20"],
-        );
-        next.wait_for("the next checkpoint", |l| {
-            l.starts_with("checkpoint continued")
-        });
-        next.wait();
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while !staging().is_empty() {
-            assert!(
-                Instant::now() < deadline,
-                "staging left behind: {:?}",
-                staging()
-            );
-            std::thread::sleep(Duration::from_millis(20));
-        }
+        next_checkpoint_clears_staging(images.path());
     }
 }

@@ -6,16 +6,7 @@
 mod common;
 
 use common::*;
-use std::path::Path;
 use std::time::{Duration, Instant};
-
-fn staging_dirs(images: &Path) -> Vec<String> {
-    image_files(images)
-        .into_iter()
-        .map(|f| f.0)
-        .filter(|n| n.starts_with(".selfdump-"))
-        .collect()
-}
 
 fn poll(what: &str, limit: Duration, mut done: impl FnMut() -> bool) {
     let deadline = Instant::now() + limit;
@@ -86,23 +77,9 @@ fn staging_left_by_a_killed_service_goes_with_the_next_dump_into_the_directory()
     assert!(line.contains("unknown"), "{line}");
     killed_caller.kill(); // (the next program writes to the same log)
 
-    let service = Service::start();
-    let mut next = Program::start(
-        &service,
-        images.path(),
-        &["--at", "1", "--until", "2", "--interval-ms", "20"],
-    );
-    next.wait_for("the next checkpoint", |l| {
-        l.starts_with("checkpoint continued")
-    });
-    poll(
-        "the stale staging directory to go",
-        Duration::from_secs(10),
-        || staging_dirs(images.path()).is_empty(),
-    );
+    next_checkpoint_clears_staging(images.path());
     assert!(
         images.path().join("pstree.img").exists(),
         "the new dump's images"
     );
-    next.wait();
 }

@@ -505,3 +505,36 @@ pub fn serve_process(socket: &Path, log: &Path) -> Child {
     }
     serve
 }
+
+/// The `.selfdump-*` staging directories in `images`.
+pub fn staging_dirs(images: &Path) -> Vec<String> {
+    image_files(images)
+        .into_iter()
+        .map(|f| f.0)
+        .filter(|n| n.starts_with(".selfdump-"))
+        .collect()
+}
+
+/// Checkpoints a new program into `images` through a new service, then
+/// waits (10 s at most) until no staging directory is left there.
+pub fn next_checkpoint_clears_staging(images: &Path) {
+    let service = Service::start();
+    let mut next = Program::start(
+        &service,
+        images,
+        &["--at", "1", "--until", "2", "--interval-ms", "20"],
+    );
+    next.wait_for("the next checkpoint", |l| {
+        l.starts_with("checkpoint continued")
+    });
+    next.wait();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !staging_dirs(images).is_empty() {
+        assert!(
+            Instant::now() < deadline,
+            "staging left behind: {:?}",
+            staging_dirs(images)
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
