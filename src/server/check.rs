@@ -97,9 +97,11 @@ pub fn check(criu: &Criu, scratch: &Path) -> Vec<Finding> {
 fn dump_and_restore(criu: &Criu, scratch: &Path) -> Result<Duration, String> {
     use rustix::process::{Pid, Signal, WaitOptions, kill_process, waitpid};
     let started = Instant::now();
-    let dir = scratch.join(format!("selfdump-check-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+    // a fresh directory of root's, reached through its fd: `scratch` (the
+    // temporary directory) is writable by everyone
+    let scratch_dir = super::private_dir::PrivateDir::create_in(scratch, "selfdump-check-")
+        .map_err(|e| e.to_string())?;
+    let dir = scratch_dir.proc_path();
     rustix::process::set_child_subreaper(Some(rustix::process::getpid()))
         .map_err(|e| e.to_string())?;
     let mut cmd = Command::new("sleep");
@@ -129,7 +131,7 @@ fn dump_and_restore(criu: &Criu, scratch: &Path) -> Result<Duration, String> {
             Err(format!(
                 "criu {} failed (log in {})",
                 args[0],
-                dir.display()
+                scratch_dir.shown().display()
             ))
         }
     };
@@ -148,15 +150,15 @@ fn dump_and_restore(criu: &Criu, scratch: &Path) -> Result<Duration, String> {
         "restore.log",
         "-v4",
     ])?;
-    let restored: i32 = std::fs::read_to_string(dir.join("restore.pid"))
-        .ok()
-        .and_then(|p| p.trim().parse().ok())
+    let restored: i32 = scratch_dir
+        .read("restore.pid")
+        .and_then(|p| String::from_utf8_lossy(&p).trim().parse().ok())
         .ok_or("criu restore wrote no pid")?;
     let rpid = Pid::from_raw(restored).ok_or("bad restored pid")?;
     let alive = Path::new(&format!("/proc/{restored}")).exists();
     let _ = kill_process(rpid, Signal::KILL);
     let _ = waitpid(Some(rpid), WaitOptions::empty());
-    let _ = std::fs::remove_dir_all(&dir);
+    let _ = scratch_dir.remove_all();
     if restored as u32 != pid || !alive {
         return Err(format!(
             "restored pid {restored} (alive: {alive}), expected {pid}"

@@ -1,6 +1,7 @@
 //! One checkpoint request, from the checks to the published images.
 
 use super::Shared;
+use super::as_caller::CallerCreds;
 use super::connection::{UidSlot, refusal, send};
 use super::engine::{DumpHooks, DumpSpec, EngineError, FrozenVerdict, without_forks};
 use super::images::{ImageMeta, Published, Staging};
@@ -107,9 +108,10 @@ pub(super) async fn checkpoint(
             .await;
         }
     };
-    let owner = (caller.uids[0], caller.gids[0]);
     let images_dir = dir.try_clone().ok();
-    let staging = match Staging::create(dir, job.id, owner) {
+    let creds = CallerCreds::of(&caller);
+    let job_id = job.id;
+    let staging = match blocking::unblock(move || Staging::create(dir, job_id, creds)).await {
         Ok(staging) => staging,
         Err(e) => {
             shared.jobs.remove(job.id);
@@ -153,7 +155,7 @@ pub(super) async fn checkpoint(
             protocol: PROTOCOL_VERSION,
             job: job.id,
             pid: peer.pid,
-            uid: owner.0,
+            uid: caller.uid(),
             shell_job,
             tcp_established: options.tcp_established,
             file_locks: options.file_locks,

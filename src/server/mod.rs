@@ -9,6 +9,7 @@
 //! # }
 //! ```
 
+mod as_caller;
 mod builder;
 pub mod check;
 mod connection;
@@ -18,6 +19,7 @@ mod error;
 pub mod images;
 mod jobs;
 mod leftovers;
+mod private_dir;
 pub mod peer;
 pub mod policy;
 pub mod restore;

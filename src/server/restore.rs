@@ -4,6 +4,8 @@ use super::Criu;
 use super::engine::first_error;
 use super::engine::rpc::PstreeEntry;
 use super::images::{ImageMeta, META_FILE, entries, read_image};
+use super::private_dir::PrivateDir;
+pub use super::private_dir::LOG_DIR;
 use crate::procstat;
 use prost::Message;
 use std::collections::BTreeSet;
@@ -11,9 +13,6 @@ use std::fmt;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
-
-/// Name of CRIU's restore log inside the images directory.
-pub const RESTORE_LOG: &str = "restore.log";
 
 /// Why a restore did not happen.
 #[derive(Debug)]
@@ -30,7 +29,8 @@ pub enum RestoreError {
         /// Who holds it (a process name or pid), if known.
         holder: String,
     },
-    /// CRIU failed; its log is in the images directory.
+    /// CRIU failed; its log is kept in a directory of root's
+    /// ([`LOG_DIR`]), never in the images directory.
     Criu {
         /// What CRIU or the system said.
         message: String,
@@ -187,17 +187,29 @@ pub fn restore_waiting(criu: &Criu, dir: &Path, wait: Duration) -> Result<i32, R
     let meta = read_meta(dir)?;
     let tree = read_tree(dir)?;
     wait_ids_free(&tree, meta.shell_job, wait)?;
-    let pidfile = format!("restore-{}.pid", std::process::id());
-    let log = dir.join(RESTORE_LOG);
+    // CRIU's own files go to a directory of root's: the images directory
+    // is the caller's, and root must not create files there by name.
+    let work = PrivateDir::open_or_create(Path::new(LOG_DIR)).map_err(|e| RestoreError::Criu {
+        message: format!("no place for the restore log: {e}"),
+        log: PathBuf::from(LOG_DIR),
+    })?;
+    let tag = format!("restore-{}", std::process::id());
+    let (log_name, pid_name) = (format!("{tag}.log"), format!("{tag}.pid"));
+    for stale in [&log_name, &pid_name] {
+        let _ = work.remove(stale); // a dead restore's with our pid
+    }
+    let log = work.shown().join(&log_name);
     let mut cmd = Command::new(&criu.path);
     cmd.arg("restore")
         .arg("--images-dir")
         .arg(dir)
+        .arg("--work-dir")
+        .arg(work.proc_path())
         .arg("--restore-detached")
         .arg("--pidfile")
-        .arg(&pidfile)
+        .arg(&pid_name)
         .arg("--log-file")
-        .arg(RESTORE_LOG)
+        .arg(&log_name)
         .arg(format!("-v{}", criu.log_level));
     for (on, flag) in [
         (meta.shell_job, "--shell-job"),
@@ -216,17 +228,19 @@ pub fn restore_waiting(criu: &Criu, dir: &Path, wait: Duration) -> Result<i32, R
     let output = cmd
         .output()
         .map_err(|e| failed(format!("cannot run {}: {e}", criu.path.display())))?;
-    let pidfile = dir.join(pidfile);
-    let pid = std::fs::read_to_string(&pidfile)
-        .ok()
-        .and_then(|p| p.trim().parse().ok());
-    let _ = std::fs::remove_file(&pidfile);
+    let pid = work
+        .read(&pid_name)
+        .and_then(|p| String::from_utf8_lossy(&p).trim().parse().ok());
+    let _ = work.remove(&pid_name);
     match pid {
-        Some(pid) if output.status.success() => Ok(pid),
+        Some(pid) if output.status.success() => {
+            let _ = work.remove(&log_name);
+            Ok(pid)
+        }
         _ => {
-            let log_error = std::fs::read_to_string(&log)
-                .ok()
-                .and_then(|l| first_error(&l));
+            let log_error = work
+                .read(&log_name)
+                .and_then(|l| first_error(&String::from_utf8_lossy(&l)));
             Err(failed(log_error.unwrap_or_else(|| {
                 format!("criu exited with {}", output.status)
             })))
