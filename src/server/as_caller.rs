@@ -113,9 +113,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
         let root_only = dir.path().join("root-only");
-        let created = nobody()
-            .run(|| std::fs::create_dir(&root_only))
-            .unwrap();
+        let created = nobody().run(|| std::fs::create_dir(&root_only)).unwrap();
         assert_eq!(
             created.unwrap_err().kind(),
             io::ErrorKind::PermissionDenied,

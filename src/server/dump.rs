@@ -4,10 +4,11 @@ use super::Shared;
 use super::as_caller::CallerCreds;
 use super::connection::{UidSlot, refusal, send};
 use super::engine::{DumpHooks, DumpSpec, EngineError, FrozenVerdict, without_forks};
-use super::images::{ImageMeta, Published, Staging};
+use super::images::{ImageMeta, Published};
 use super::leftovers;
 use super::peer::Peer;
 use super::policy::{Caller, check_dumpable, may_write_dir};
+use super::staging::Staging;
 use super::tree::check_frozen_tree;
 use crate::proto::{
     DumpFailure, DumpOptions, DumpReport, JobId, PROTOCOL_VERSION, RefusalKind, Response,

@@ -19,11 +19,12 @@ mod error;
 pub mod images;
 mod jobs;
 mod leftovers;
-mod private_dir;
 pub mod peer;
 pub mod policy;
+mod private_dir;
 pub mod restore;
 mod shutdown;
+mod staging;
 pub mod systemd;
 mod tree;
 

@@ -21,6 +21,7 @@ mod faults;
 mod frames;
 mod identity;
 mod limits;
+mod races;
 mod support;
 mod tree;
 
@@ -38,8 +39,11 @@ pub struct Ctx {
     guard: Option<Box<dyn std::any::Any>>,
     /// Open fds once the service was up, before the attack.
     baseline: Vec<(i32, PathBuf)>,
-    /// Whatever else must outlive the checks (files the service uses).
+    /// Whatever else must outlive the checks (files the service uses, the
+    /// caller's directories to look into).
     pub keep: Vec<Box<dyn std::any::Any>>,
+    /// When the attack began (less a second: ctimes are whole seconds).
+    started: std::time::SystemTime,
 }
 
 impl Ctx {
@@ -49,6 +53,7 @@ impl Ctx {
             guard: None,
             baseline: Vec::new(),
             keep: Vec::new(),
+            started: std::time::SystemTime::now(),
         }
     }
 
@@ -141,6 +146,12 @@ const ATTACKS: &[(&str, Attack)] = &[
     ("dump timeout exceeded", faults::dump_timeout_exceeded),
     ("per-uid dump limit", limits::dumps_per_uid_limit),
     ("global dump limit", limits::global_dump_limit),
+    ("staging swap race (30 s)", races::staging_swap_race),
+    (
+        "sticky directory with root's files",
+        races::sticky_directory_with_roots_files,
+    ),
+    ("staging moved mid-dump", races::staging_moved_mid_dump),
 ];
 
 #[test]
@@ -161,6 +172,7 @@ fn adversarial_suite() {
         let started = Instant::now();
         let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
             let mut ctx = Ctx::new();
+            ctx.started = std::time::SystemTime::now() - Duration::from_secs(1);
             let said = attack(&mut ctx);
             after_attack(&mut ctx);
             said
@@ -216,10 +228,26 @@ pub fn assert_still_serves(socket: &Path) {
     assert!(program.wait().success());
 }
 
-/// After an attack: still serving, no fd more than before, no zombie.
+/// After an attack: still serving, no fd more than before, no zombie,
+/// nothing of root's left in a caller's directory, nothing written through
+/// a planted symlink.
 fn after_attack(ctx: &mut Ctx) {
     let socket = ctx.socket.clone().expect("the attack started a service");
     assert_still_serves(&socket);
+    let written: Vec<_> = std::fs::read_dir(support::victim_dir())
+        .unwrap()
+        .flatten()
+        .map(|e| e.file_name())
+        .collect();
+    assert!(
+        written.is_empty(),
+        "root wrote outside the images directory: {written:?}"
+    );
+    let left = support::roots_entries_in_callers_dirs(ctx.started);
+    assert!(
+        left.is_empty(),
+        "root's entries left in callers' directories: {left:?}"
+    );
     wait_no_criu();
     poll_until(Duration::from_secs(5), Duration::from_millis(20), || {
         let now = open_fds();

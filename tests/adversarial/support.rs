@@ -268,3 +268,52 @@ pub fn kill(pid: i32) {
         rustix::process::Signal::KILL,
     );
 }
+
+/// A directory only root can write, where the attacks point their planted
+/// symlinks: anything in it means root wrote through a name a caller
+/// controlled. `after_attack` checks that it stays empty.
+pub fn victim_dir() -> &'static Path {
+    static DIR: std::sync::OnceLock<std::path::PathBuf> = std::sync::OnceLock::new();
+    DIR.get_or_init(|| {
+        let dir = std::env::temp_dir().join(format!("selfdump-victim-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir(&dir).unwrap();
+        std::fs::set_permissions(&dir, std::os::unix::fs::PermissionsExt::from_mode(0o700))
+            .unwrap();
+        dir
+    })
+}
+
+/// Root-owned entries changed since `since` inside directories that a
+/// caller owns, under the temporary directories every user can write
+/// (`/tmp`, `/dev/shm`): what the service must never leave there.
+pub fn roots_entries_in_callers_dirs(since: std::time::SystemTime) -> Vec<std::path::PathBuf> {
+    use std::os::unix::fs::MetadataExt;
+    let since = since
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs() as i64;
+    let mut found = Vec::new();
+    let mut stack: Vec<(std::path::PathBuf, u32)> = [std::env::temp_dir(), "/dev/shm".into()]
+        .into_iter()
+        .map(|d| (d, 0))
+        .collect();
+    while let Some((dir, depth)) = stack.pop() {
+        let Ok(entries) = std::fs::read_dir(&dir) else {
+            continue;
+        };
+        let callers = std::fs::symlink_metadata(&dir).is_ok_and(|m| m.uid() != 0);
+        for entry in entries.flatten() {
+            let Ok(meta) = entry.path().symlink_metadata() else {
+                continue;
+            };
+            if callers && meta.uid() == 0 && meta.ctime() >= since {
+                found.push(entry.path());
+            }
+            if meta.is_dir() && depth < 4 {
+                stack.push((entry.path(), depth + 1));
+            }
+        }
+    }
+    found
+}

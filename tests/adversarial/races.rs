@@ -1,0 +1,320 @@
+//! Attacks on the filesystem rule: a caller that owns the images directory
+//! renames, exchanges and replaces what the service makes there while it
+//! works, and a sticky directory whose other entries are not the caller's.
+//! The caller is uid nobody; the victim is a directory only root can write
+//! (`support::victim_dir`), which `after_attack` checks stays empty.
+
+use crate::Ctx;
+use crate::common::*;
+use crate::support::*;
+use rustix::fs::RenameFlags;
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+/// How long the swap race runs.
+const RACE_FOR: Duration = Duration::from_secs(30);
+
+/// A directory of nobody's on a tmpfs (`/dev/shm`, as every user has),
+/// where renames are fastest, inside a root-owned 0755 base.
+fn nobody_dir_on_tmpfs() -> (tempfile::TempDir, PathBuf) {
+    let base = tempfile::Builder::new()
+        .prefix("selfdump-race")
+        .tempdir_in("/dev/shm")
+        .unwrap();
+    std::fs::set_permissions(
+        base.path(),
+        std::os::unix::fs::PermissionsExt::from_mode(0o755),
+    )
+    .unwrap();
+    let images = base.path().join("images");
+    std::fs::create_dir(&images).unwrap();
+    std::os::unix::fs::chown(&images, Some(NOBODY), Some(NOBODY)).unwrap();
+    (base, images)
+}
+
+/// A directory of nobody's holding, at every name CRIU or the service
+/// writes, a symlink into the victim directory.
+fn bait(images: &Path, name: &str) -> PathBuf {
+    let bait = images.join(name);
+    std::fs::create_dir(&bait).unwrap();
+    for file in [
+        "dump.log",
+        "inventory.img",
+        "pstree.img",
+        "stats-dump",
+        "selfdump-meta.msgpack",
+    ] {
+        std::os::unix::fs::symlink(victim_dir().join(file), bait.join(file)).unwrap();
+        std::os::unix::fs::lchown(bait.join(file), Some(NOBODY), Some(NOBODY)).unwrap();
+    }
+    std::os::unix::fs::chown(&bait, Some(NOBODY), Some(NOBODY)).unwrap();
+    bait
+}
+
+/// Runs `work` on a thread whose filesystem ids are nobody's, as the
+/// attacker's own process would be.
+fn as_nobody<T: Send + 'static>(
+    work: impl FnOnce() -> T + Send + 'static,
+) -> std::thread::JoinHandle<T> {
+    std::thread::spawn(move || {
+        nix::unistd::setfsgid(nix::unistd::Gid::from_raw(NOBODY));
+        nix::unistd::setfsuid(nix::unistd::Uid::from_raw(NOBODY));
+        let mut caps = rustix::thread::capabilities(None).unwrap();
+        caps.effective = rustix::thread::CapabilitySet::empty();
+        rustix::thread::set_capabilities(None, caps).unwrap();
+        work()
+    })
+}
+
+/// Every `.selfdump-*` entry created in the caller's directory (inotify
+/// tells the attacker at once) is exchanged (`RENAME_EXCHANGE`) with a bait directory of the caller's: the
+/// finding was that the service created its staging directory by name,
+/// opened it by name, and CRIU then wrote its log, as root, through a
+/// symlink of the bait's. Checkpoints alternate between two swappers: a
+/// storm (thousands of exchanges back and forth for as long as the name is
+/// there: it hits the moment between the service's mkdir and open) and one
+/// late exchange at a random moment (CRIU writing, the cleanup), which
+/// leaves the bait under the name. For 30 s.
+pub fn staging_swap_race(ctx: &mut Ctx) -> String {
+    let socket = ctx.service(allow(&[NOBODY]));
+    let (base, images) = nobody_dir_on_tmpfs();
+    let stop = Arc::new(AtomicBool::new(false));
+    let storm = Arc::new(AtomicBool::new(true));
+    let swaps = Arc::new(AtomicU64::new(0));
+    let swapper = {
+        let (images, stop, storm, swaps) =
+            (images.clone(), stop.clone(), storm.clone(), swaps.clone());
+        as_nobody(move || {
+            use rustix::fs::inotify;
+            let dir = std::fs::File::open(&images).unwrap();
+            let watch = inotify::init(inotify::CreateFlags::NONBLOCK).unwrap();
+            inotify::add_watch(&watch, &images, inotify::WatchFlags::CREATE).unwrap();
+            let mut buf = [std::mem::MaybeUninit::uninit(); 4096];
+            let mut events = inotify::Reader::new(&watch, &mut buf);
+            let mut round = 0;
+            let mut rng: u64 = 0x9e37_79b9_7f4a_7c15;
+            let mut bait_name = format!("bait-{round}");
+            bait(&images, &bait_name);
+            while !stop.load(Ordering::Relaxed) {
+                let name = match events.next() {
+                    Ok(event) => match event.file_name() {
+                        Some(n) if n.to_bytes().starts_with(b".selfdump-") => {
+                            n.to_string_lossy().into_owned()
+                        }
+                        _ => continue,
+                    },
+                    Err(_) => {
+                        std::thread::yield_now();
+                        continue;
+                    }
+                };
+                let limit = if storm.load(Ordering::Relaxed) {
+                    20_000
+                } else {
+                    rng ^= rng << 13;
+                    rng ^= rng >> 7;
+                    rng ^= rng << 17;
+                    std::thread::sleep(Duration::from_micros(rng % 2000));
+                    1
+                };
+                let mut flips = 0;
+                while flips < limit
+                    && rustix::fs::renameat_with(
+                        &dir,
+                        name.as_str(),
+                        &dir,
+                        bait_name.as_str(),
+                        RenameFlags::EXCHANGE,
+                    )
+                    .is_ok()
+                {
+                    flips += 1;
+                }
+                swaps.fetch_add(flips, Ordering::Relaxed);
+                round += 1;
+                bait_name = format!("bait-{round}");
+                bait(&images, &bait_name);
+            }
+        })
+    };
+    let started = Instant::now();
+    let mut outcomes = std::collections::BTreeMap::<String, u32>::new();
+    while started.elapsed() < RACE_FOR {
+        storm.store(!storm.load(Ordering::Relaxed), Ordering::Relaxed);
+        let mut program = Program::start_on(
+            &socket,
+            &images,
+            &args("--at 1 --until 2 --interval-ms 10"),
+            Some(NOBODY),
+        );
+        let line = outcome(&program);
+        program.wait();
+        let kind = format!(
+            "{}: {}",
+            if storm.load(Ordering::Relaxed) {
+                "storm"
+            } else {
+                "late"
+            },
+            classify(&line)
+        );
+        *outcomes.entry(kind).or_default() += 1;
+    }
+    stop.store(true, Ordering::Relaxed);
+    swapper.join().unwrap();
+    let swaps = swaps.load(Ordering::Relaxed);
+    assert!(swaps > 1000, "the race hardly ran: {swaps} swaps");
+    assert_nothing_of_roots(&images);
+    ctx.keep.push(Box::new(base));
+    format!(
+        "{swaps} swaps over {} checkpoints: {outcomes:?}; no root write through a swapped name",
+        outcomes.values().sum::<u32>()
+    )
+}
+
+fn classify(line: &str) -> String {
+    if line.starts_with("checkpoint continued") {
+        return "dumped".into();
+    }
+    for (needle, kind) in [
+        ("was replaced", "swap detected"),
+        ("was filled", "swap detected"),
+        ("rlimit", "criu needs CAP_SYS_RESOURCE"),
+        ("CAP_SYS_RESOURCE", "criu needs CAP_SYS_RESOURCE"),
+    ] {
+        if line.contains(needle) {
+            return kind.into();
+        }
+    }
+    short(line)
+}
+
+/// Nothing under `dir` (recursively, symlinks not followed) is root's.
+pub fn assert_nothing_of_roots(dir: &Path) {
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        for entry in std::fs::read_dir(&d).unwrap().flatten() {
+            let meta = entry.path().symlink_metadata().unwrap();
+            assert_ne!(
+                meta.uid(),
+                0,
+                "{} is root's, in the caller's directory",
+                entry.path().display()
+            );
+            if meta.is_dir() {
+                stack.push(entry.path());
+            }
+        }
+    }
+}
+
+/// A sticky, world-writable directory like `/tmp` (root's, 1777) holding a
+/// root-owned `dump.log` and `pstree.img`: the caller itself may not remove
+/// or replace them, and root (which the sticky bit does not bind) must not
+/// do it for the caller.
+pub fn sticky_directory_with_roots_files(ctx: &mut Ctx) -> String {
+    let socket = ctx.service(allow(&[NOBODY]));
+    let images = images_dir();
+    std::fs::set_permissions(
+        images.path(),
+        std::os::unix::fs::PermissionsExt::from_mode(0o1777),
+    )
+    .unwrap();
+    let roots = ["dump.log", "pstree.img"];
+    let mut before = Vec::new();
+    for name in roots {
+        let path = images.path().join(name);
+        std::fs::write(&path, format!("root's {name}\n")).unwrap();
+        before.push(std::fs::metadata(&path).unwrap().ino());
+    }
+    let mut program = Program::start_on(
+        &socket,
+        images.path(),
+        &args("--at 1 --until 2 --interval-ms 20"),
+        Some(NOBODY),
+    );
+    let line = outcome(&program);
+    assert!(program.wait().success());
+    assert!(!line.starts_with("checkpoint continued"), "{line}");
+    for (name, ino) in roots.iter().zip(before) {
+        let path = images.path().join(name);
+        let meta = std::fs::symlink_metadata(&path).unwrap();
+        assert_eq!(
+            (meta.uid(), meta.ino()),
+            (0, ino),
+            "root's {name} was replaced"
+        );
+        assert_eq!(read(&path), format!("root's {name}\n"));
+    }
+    for (name, uid, _) in image_files(images.path()) {
+        assert!(
+            roots.contains(&name.as_str()) || uid == NOBODY,
+            "{name} is uid {uid}'s"
+        );
+        assert!(!name.starts_with(".selfdump-"), "staging left: {name}");
+    }
+    format!("root's files kept; caller told: {}", short(&line))
+}
+
+/// While CRIU starts (slowly), the caller moves the staging directory away
+/// and leaves a symlink into the victim directory under its name: CRIU
+/// writes through the fd, not the name; the cleanup removes nothing through
+/// the symlink and leaves nothing of root's, where the staging directory
+/// went included.
+pub fn staging_moved_mid_dump(ctx: &mut Ctx) -> String {
+    let (wrapper, slow) = slow_criu(2);
+    ctx.keep.push(Box::new(wrapper));
+    let socket = ctx.service(|b| allow(&[NOBODY])(b).criu(slow).warm_workers(0));
+    let (base, images) = nobody_dir_on_tmpfs();
+    let mut program = Program::start_on(
+        &socket,
+        &images,
+        &args("--at 1 --until 3 --interval-ms 20"),
+        Some(NOBODY),
+    );
+    let mut staging = Vec::new();
+    poll_until(Duration::from_secs(20), Duration::from_millis(2), || {
+        staging = staging_dirs(&images);
+        if staging.is_empty() {
+            Err("no staging directory appeared".into())
+        } else {
+            Ok(())
+        }
+    });
+    let name = staging[0].clone();
+    let moved = images.join("moved");
+    {
+        let (images, name, moved) = (images.clone(), name.clone(), moved.clone());
+        as_nobody(move || {
+            std::fs::rename(images.join(&name), &moved).unwrap();
+            std::os::unix::fs::symlink(victim_dir(), images.join(&name)).unwrap();
+        })
+        .join()
+        .unwrap();
+    }
+    let line = outcome(&program);
+    assert!(program.wait().success());
+    poll_until(
+        Duration::from_secs(5),
+        Duration::from_millis(20),
+        || match std::fs::symlink_metadata(&moved) {
+            Ok(m) if m.uid() == 0 => Err(format!("{} is still root's", moved.display())),
+            _ => Ok(()),
+        },
+    );
+    assert!(
+        std::fs::symlink_metadata(images.join(&name))
+            .unwrap()
+            .file_type()
+            .is_symlink()
+    );
+    assert_nothing_of_roots(&images);
+    ctx.keep.push(Box::new(base));
+    format!(
+        "moved staging left as the caller's; caller told: {}",
+        short(&line)
+    )
+}
