@@ -12,6 +12,14 @@
 //! Only its direct entries are removed (a subdirectory means it is not a
 //! staging directory, and it is left alone), through the directory's fd:
 //! nothing is looked up by path below the caller's directory.
+//!
+//! The directory itself is then removed by name, as root, and stays root's
+//! until then: the CRIU of the dead service may still be writing into it
+//! (it notices its service is gone only at its next step), so it is not
+//! given back to the caller as a finished dump's is. Removing by name obeys
+//! the filesystem rule all the same: `rmdir` takes only an empty
+//! directory, and to put one under this name the caller must have had the
+//! right to remove it.
 
 use rustix::fs::{AtFlags, Dir, FileType, FlockOperation, OFlags};
 use std::io;

@@ -112,6 +112,9 @@ impl Staging {
                 stat.st_uid
             )));
         }
+        // locked before it is root's: an unlocked root-owned staging
+        // directory is a dead service's, for `leftovers` to remove
+        rustix::fs::flock(&dir, rustix::fs::FlockOperation::NonBlockingLockExclusive)?;
         rustix::fs::fchown(&dir, Some(Uid::ROOT), Some(Gid::ROOT))?;
         rustix::fs::fchmod(&dir, Mode::RWXU)?;
         for acl in ["system.posix_acl_access", "system.posix_acl_default"] {
@@ -136,10 +139,6 @@ impl Staging {
                 entries.join(", ")
             )));
         }
-        rustix::fs::flock(
-            &staging.dir,
-            rustix::fs::FlockOperation::NonBlockingLockExclusive,
-        )?;
         let mut staging = staging;
         staging.finished = false;
         Ok(staging)
