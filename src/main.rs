@@ -2,7 +2,7 @@
 
 use lexopt::prelude::*;
 use selfdump::server::engine::kdat;
-use selfdump::server::{Criu, Policy, Server, check, restore};
+use selfdump::server::{Criu, Policy, Server, check, manifest, restore};
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
@@ -38,6 +38,8 @@ OPTIONS:
     --criu PATH          criu binary [default: found on PATH or /usr/local/sbin]
     --warm-workers N     criu swrk workers kept started ahead (saves CRIU's
                          start-up, 3-11 ms per dump; 0 for none) [default: 1]
+    --key-file PATH      the key that signs the images; made on first start
+                         (root's, 0600) [default: /var/lib/selfdump/signing.key]
 
 Stops on SIGTERM or SIGINT after the dumps in flight finish; a second
 signal stops at once (dumps in flight are abandoned: CRIU lets their
@@ -53,15 +55,24 @@ systemd/selfdump.socket), and sends READY=1 to $NOTIFY_SOCKET once it serves
 const RESTORE_USAGE: &str = "\
 selfdump restore: restore a checkpoint, detached from this command
 
-USAGE: selfdump restore [--criu PATH] [--wait SECS] DIR
+USAGE: selfdump restore [OPTIONS] DIR
 
-Checks first that every pid, session and process group in the images is free
-and names the process holding one that is not. Prints the restored root pid.
+Verifies the images first: their manifest must be signed with the service's
+key, every file must be as signed (nothing changed, added or removed), and
+every task's credentials must be the recorded owner's; CRIU then reads only
+the verified files. Checks that every pid, session and process group in the
+images is free and names the process holding one that is not. Prints the
+restored root pid.
 
 OPTIONS:
-    --criu PATH   criu binary [default: found on PATH or /usr/local/sbin]
-    --wait SECS   wait up to SECS for those ids to be free first (the previous
-                  restored copy still dying or not reaped yet) [default: 0]";
+    --criu PATH       criu binary [default: found on PATH or /usr/local/sbin]
+    --wait SECS       wait up to SECS for those ids to be free first (the
+                      previous restored copy still dying or not reaped yet)
+                      [default: 0]
+    --key-file PATH   the signing key [default: /var/lib/selfdump/signing.key]
+    --trust-unsigned  also restore images without a manifest (made by plain
+                      CRIU), unchecked; root only, with a warning
+    --timeout SECS    kill CRIU, and what it restored, past this [default: 60]";
 
 const CHECK_USAGE: &str = "\
 selfdump check: is CRIU usable on this machine?
@@ -185,6 +196,7 @@ fn serve(mut parser: lexopt::Parser) -> Res<ExitCode> {
                 builder = builder.dump_timeout(Duration::from_secs(parser.value()?.parse()?))
             }
             Long("criu") => criu.path = parser.value()?.into(),
+            Long("key-file") => builder = builder.key_file(PathBuf::from(parser.value()?)),
             other => return Err(other.unexpected().into()),
         }
     }
@@ -274,6 +286,9 @@ fn restore_cmd(mut parser: lexopt::Parser) -> Res<ExitCode> {
     };
     let mut dir = None;
     let mut wait = Duration::ZERO;
+    let mut key_file = PathBuf::from(manifest::DEFAULT_KEY_FILE);
+    let mut trust_unsigned = false;
+    let mut deadline = Duration::from_secs(60);
     while let Some(arg) = parser.next()? {
         if help_requested(&arg, RESTORE_USAGE) {
             return Ok(ExitCode::SUCCESS);
@@ -281,20 +296,55 @@ fn restore_cmd(mut parser: lexopt::Parser) -> Res<ExitCode> {
         match arg {
             Long("criu") => criu.path = parser.value()?.into(),
             Long("wait") => wait = Duration::from_secs_f64(parser.value()?.parse()?),
+            Long("key-file") => key_file = parser.value()?.into(),
+            Long("trust-unsigned") => trust_unsigned = true,
+            Long("timeout") => deadline = Duration::from_secs_f64(parser.value()?.parse()?),
             Value(v) if dir.is_none() => dir = Some(PathBuf::from(v)),
             other => return Err(other.unexpected().into()),
         }
     }
     let dir = dir.ok_or("restore needs the images directory: selfdump restore DIR")?;
-    let dir = std::fs::canonicalize(&dir).map_err(|e| format!("{}: {e}", dir.display()))?;
-    let pid = restore::restore_waiting(&criu, &dir, wait).map_err(|e| match e {
+    if !rustix::process::geteuid().is_root() {
+        return Err(
+            "selfdump restore restores as root; run it with sudo (restores through \
+                    the service, for the owner of a checkpoint, are not built yet)"
+                .into(),
+        );
+    }
+    let key = match manifest::Key::load(&key_file) {
+        Ok(key) => Some(key),
+        Err(e) if trust_unsigned => {
+            log::warn!("no signing key ({e}): only unsigned images can be restored");
+            None
+        }
+        Err(e) => return Err(format!("cannot read the signing key: {e}").into()),
+    };
+    if trust_unsigned {
+        log::warn!(
+            "--trust-unsigned: images without a manifest are restored unchecked, as root; \
+             CRIU trusts them completely (credentials, files, namespaces)"
+        );
+    }
+    let settings = restore::RestoreSettings {
+        wait,
+        trust_unsigned,
+        deadline,
+        ..restore::RestoreSettings::new(criu, key)
+    };
+    let restored = restore::restore_path(&dir, &settings).map_err(|e| match e {
         e @ restore::RestoreError::IdInUse { .. } if !wait.is_zero() => {
             format!("after waiting {wait:?}: {e}")
         }
         e => e.to_string(),
     })?;
-    println!("{pid}");
-    log::info!("restored {} as pid {pid}", dir.display());
+    println!("{}", restored.pid);
+    log::info!(
+        "restored {} as pid {} (verified in {:?}, {:?} in all)",
+        dir.display(),
+        restored.pid,
+        restored.verify,
+        restored.total
+    );
     Ok(ExitCode::SUCCESS)
 }
 

@@ -46,7 +46,7 @@ impl Default for DumpOptions {
 /// Names one dump: the service instance that ran it and its sequence number.
 /// A restarted service has a new `service` value, so it can tell that it
 /// never ran an old job.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct JobId {
     /// Random per service start.

@@ -3,6 +3,7 @@
 
 use super::engine::WorkerPool;
 use super::jobs;
+use super::manifest::{DEFAULT_KEY_FILE, Key};
 use super::peer;
 use super::{CallerInfo, Criu, Error, Policy, Server, Shared};
 use async_io::Async;
@@ -10,7 +11,7 @@ use async_lock::Semaphore;
 use event_listener::Event;
 use std::os::unix::fs::PermissionsExt;
 use std::os::unix::net::UnixListener;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::AtomicUsize;
 use std::time::Duration;
@@ -64,6 +65,8 @@ pub struct Builder {
     result_ttl: Duration,
     socket_mode: u32,
     socket_owner: Option<(u32, u32)>,
+    key: Option<Key>,
+    key_file: PathBuf,
 }
 
 impl Default for Builder {
@@ -82,6 +85,8 @@ impl Default for Builder {
             result_ttl: Duration::from_secs(600),
             socket_mode: 0o600,
             socket_owner: None,
+            key: None,
+            key_file: PathBuf::from(DEFAULT_KEY_FILE),
         }
     }
 }
@@ -189,6 +194,21 @@ impl Builder {
         self
     }
 
+    /// The key that signs the images (default: the one in
+    /// [`Builder::key_file`], made there on first start).
+    pub fn signing_key(mut self, key: Key) -> Self {
+        self.key = Some(key);
+        self
+    }
+    /// Where the signing key is kept (default
+    /// [`DEFAULT_KEY_FILE`]): root's, mode 0600, made with its directory
+    /// (root's, 0700) if missing. Share it between hosts that restore each
+    /// other's images.
+    pub fn key_file(mut self, path: impl Into<PathBuf>) -> Self {
+        self.key_file = path.into();
+        self
+    }
+
     /// Creates the socket at `path` (replacing a stale one) and the server.
     pub fn bind(self, path: impl AsRef<Path>) -> Result<Server, Error> {
         let path = path.as_ref().to_path_buf();
@@ -213,12 +233,20 @@ impl Builder {
 
     /// A server on an already bound listener (socket activation, tests).
     pub fn listener(self, listener: UnixListener) -> Result<Server, Error> {
+        let key = match &self.key {
+            Some(key) => key.clone(),
+            None => Key::load_or_create(&self.key_file).map_err(|source| Error::Key {
+                path: self.key_file.clone(),
+                source,
+            })?,
+        };
         let listener = Async::new(listener).map_err(Error::Accept)?;
         Ok(Server {
             listener,
             path: None,
             shared: Arc::new(Shared {
                 jobs: jobs::Jobs::new(self.result_ttl),
+                key,
                 workers: WorkerPool::new(self.criu.clone(), self.warm_workers),
                 dumps: Arc::new(Semaphore::new(self.max_dumps)),
                 dumps_per_uid: Default::default(),

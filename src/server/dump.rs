@@ -112,7 +112,8 @@ pub(super) async fn checkpoint(
     let images_dir = dir.try_clone().ok();
     let creds = CallerCreds::of(&caller);
     let job_id = job.id;
-    let staging = match blocking::unblock(move || Staging::create(dir, job_id, creds)).await {
+    let key = shared.key.clone();
+    let staging = match blocking::unblock(move || Staging::create(dir, job_id, creds, key)).await {
         Ok(staging) => staging,
         Err(e) => {
             shared.jobs.remove(job.id);
@@ -161,6 +162,9 @@ pub(super) async fn checkpoint(
             tcp_established: options.tcp_established,
             file_locks: options.file_locks,
             ext_unix_sk: options.ext_unix_sk,
+            gid: caller.gids[1],
+            groups: caller.groups.clone(),
+            ..ImageMeta::default()
         },
         save_before_exit: !options.leave_running,
         saved: None,

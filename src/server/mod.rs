@@ -19,12 +19,14 @@ mod error;
 pub mod images;
 mod jobs;
 mod leftovers;
+pub mod manifest;
 pub mod peer;
 pub mod policy;
 mod private_dir;
 pub mod restore;
 mod shutdown;
 mod staging;
+mod subdir;
 pub mod systemd;
 mod tree;
 
@@ -53,6 +55,8 @@ pub const DEFAULT_SOCKET: &str = "/run/selfdump.sock";
 struct Shared {
     config: Builder,
     jobs: jobs::Jobs,
+    /// Signs the images.
+    key: manifest::Key,
     /// `criu swrk` workers started ahead of time.
     workers: Arc<engine::WorkerPool>,
     dumps: Arc<Semaphore>,

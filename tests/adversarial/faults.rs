@@ -20,7 +20,7 @@ pub fn client_dies_mid_dump(ctx: &mut Ctx) -> String {
     assert_no_staging(images.path());
     assert!(
         !images.path().join("pstree.img").exists()
-            || images.path().join("selfdump-meta.msgpack").exists(),
+            || images.path().join("selfdump-manifest").exists(),
         "a partial image set was left"
     );
     let names: Vec<String> = image_files(images.path())

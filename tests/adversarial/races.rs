@@ -45,7 +45,7 @@ fn bait(images: &Path, name: &str) -> PathBuf {
         "inventory.img",
         "pstree.img",
         "stats-dump",
-        "selfdump-meta.msgpack",
+        "selfdump-manifest",
     ] {
         std::os::unix::fs::symlink(victim_dir().join(file), bait.join(file)).unwrap();
         std::os::unix::fs::lchown(bait.join(file), Some(NOBODY), Some(NOBODY)).unwrap();
