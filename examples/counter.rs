@@ -71,7 +71,7 @@ fn main() {
         rustix::process::set_dumpable_behavior(rustix::process::DumpableBehavior::NotDumpable)
             .expect("PR_SET_DUMPABLE");
     }
-    let _ballast: Vec<u8> = vec![1u8; (number("--alloc-mb", 0) as usize) << 20];
+    let ballast: Vec<u8> = vec![1u8; (number("--alloc-mb", 0) as usize) << 20];
     if let Some(uid) = value("--thread-setuid") {
         let uid: u32 = uid.parse().expect("--thread-setuid UID");
         let (ready, changed) = std::sync::mpsc::channel();
@@ -136,11 +136,20 @@ fn main() {
                     r.bytes_written,
                     r.processes
                 )),
-                Ok(Outcome::Restored(info)) => say(&format!(
-                    "checkpoint restored: job {} from {}",
-                    info.job,
-                    info.images_dir.display()
-                )),
+                Ok(Outcome::Restored(info)) => {
+                    say(&format!(
+                        "checkpoint restored: job {} from {}",
+                        info.job,
+                        info.images_dir.display()
+                    ));
+                    // every byte of the ballast was 1 at the checkpoint
+                    let intact = ballast.iter().all(|&b| b == 1);
+                    say(if intact {
+                        "memory intact"
+                    } else {
+                        "memory CORRUPT"
+                    });
+                }
                 Err(e) => say(&format!("checkpoint error: {e}")),
             }
         }
