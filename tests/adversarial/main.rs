@@ -152,6 +152,10 @@ const ATTACKS: &[(&str, Attack)] = &[
         races::sticky_directory_with_roots_files,
     ),
     ("staging moved mid-dump", races::staging_moved_mid_dump),
+    (
+        "images rewritten while restoring",
+        races::images_rewritten_while_restoring,
+    ),
 ];
 
 #[test]
