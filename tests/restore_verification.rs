@@ -223,3 +223,89 @@ fn tampered_images_are_refused_with_the_file_named() {
 }
 
 use std::os::unix::process::CommandExt;
+
+fn inspect_json(images: &Path) -> serde_json::Value {
+    let out = Command::new(selfdump_bin())
+        .args(["inspect", "--json"])
+        .arg(images)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).unwrap()
+}
+
+#[test]
+fn inspect_shows_a_checkpoint_at_a_glance() {
+    let service = Service::start();
+    let images = images_dir();
+    let mut program = Program::start(
+        &service,
+        images.path(),
+        &[
+            "--at",
+            "1",
+            "--until",
+            "100000",
+            "--interval-ms",
+            "20",
+            "--children",
+            "1",
+        ],
+    );
+    program.wait_for("the checkpoint", |l| l.starts_with("checkpoint continued"));
+    let key = Key::load(Path::new(DEFAULT_KEY_FILE)).unwrap();
+
+    let live = inspect_json(images.path());
+    assert_eq!(live["signature"]["verifies"], true, "{live:#}");
+    assert_eq!(live["signature"]["key_id"], key.id());
+    assert_eq!(live["meta"]["uid"], 0);
+    assert_eq!(live["meta"]["pid"], program.pid);
+    let tree = live["tree"].as_array().unwrap();
+    assert_eq!(tree.len(), 2, "the counter and its child: {live:#}");
+    assert_eq!(tree[0]["pid"], program.pid);
+    assert_eq!(tree[0]["command"], "counter");
+    assert!(live["pages"].as_u64().unwrap() > 0);
+    for file in live["files"].as_array().unwrap() {
+        let state = file["state"].as_str().unwrap();
+        assert!(["signed", "extra", "manifest"].contains(&state), "{file}");
+    }
+    let in_use = live["ids_in_use"]
+        .as_str()
+        .expect("the original still runs");
+    assert!(in_use.contains(&program.pid.to_string()), "{in_use}");
+
+    let children = program.children();
+    program.kill();
+    for child in children {
+        kill_and_reap(child);
+    }
+    let gone = inspect_json(images.path());
+    assert!(gone["ids_in_use"].is_null(), "{gone:#}");
+
+    flip_byte(&images.path().join(MANIFEST_FILE), 10); // in the signature
+    std::fs::write(images.path().join("extra.img"), b"x").unwrap();
+    let tampered = inspect_json(images.path());
+    assert_eq!(tampered["signature"]["verifies"], false);
+    let extra = tampered["files"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|f| f["name"] == "extra.img")
+        .unwrap();
+    assert_eq!(extra["state"], "not signed");
+
+    let human = Command::new(selfdump_bin())
+        .arg("inspect")
+        .arg(images.path())
+        .output()
+        .unwrap();
+    let human = String::from_utf8_lossy(&human.stdout);
+    assert!(
+        human.contains("DOES NOT VERIFY") && human.contains("(counter)"),
+        "{human}"
+    );
+}

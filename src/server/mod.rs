@@ -17,6 +17,7 @@ mod dump;
 pub mod engine;
 mod error;
 pub mod images;
+pub mod inspect;
 mod jobs;
 mod leftovers;
 pub mod manifest;

@@ -19,7 +19,7 @@
 //! recorded owner's, and a non-root owner's tasks must hold no capability.
 
 use super::RestoreError;
-use crate::server::engine::rpc::PstreeEntry;
+use crate::server::engine::rpc::{CoreEntry, PstreeEntry};
 use crate::server::images::{entries, first_entry, read_image};
 use crate::server::manifest::{
     FileDigest, Key, MANIFEST_FILE, Manifest, hash_file, unsigned_extra,
@@ -256,44 +256,4 @@ fn copy(src: &OwnedFd, dir: &impl AsFd, name: &str, size: u64) -> io::Result<Own
         done += n as u64;
     }
     Ok(dst)
-}
-
-/// The part of CRIU's `core_entry` (`images/core.proto`) that holds a
-/// task's credentials.
-#[derive(Clone, PartialEq, prost::Message)]
-struct CoreEntry {
-    #[prost(message, optional, tag = "5")]
-    thread_core: Option<ThreadCoreEntry>,
-}
-
-#[derive(Clone, PartialEq, prost::Message)]
-struct ThreadCoreEntry {
-    #[prost(message, optional, tag = "10")]
-    creds: Option<CredsEntry>,
-}
-
-#[derive(Clone, PartialEq, prost::Message)]
-struct CredsEntry {
-    #[prost(uint32, tag = "1")]
-    uid: u32,
-    #[prost(uint32, tag = "2")]
-    gid: u32,
-    #[prost(uint32, tag = "3")]
-    euid: u32,
-    #[prost(uint32, tag = "4")]
-    egid: u32,
-    #[prost(uint32, tag = "5")]
-    suid: u32,
-    #[prost(uint32, tag = "6")]
-    sgid: u32,
-    #[prost(uint32, tag = "7")]
-    fsuid: u32,
-    #[prost(uint32, tag = "8")]
-    fsgid: u32,
-    #[prost(uint32, repeated, packed = "false", tag = "9")]
-    cap_inh: Vec<u32>,
-    #[prost(uint32, repeated, packed = "false", tag = "10")]
-    cap_prm: Vec<u32>,
-    #[prost(uint32, repeated, packed = "false", tag = "11")]
-    cap_eff: Vec<u32>,
 }
