@@ -73,7 +73,13 @@ OPTIONS:
     --key-file PATH   the signing key [default: /var/lib/selfdump/signing.key]
     --trust-unsigned  also restore images without a manifest (made by plain
                       CRIU), unchecked; root only, with a warning
-    --timeout SECS    kill CRIU, and what it restored, past this [default: 60]";
+    --timeout SECS    kill CRIU, and what it restored, past this [default: 60]
+    --socket PATH     the service's socket, for a user who is not root
+                      [default: $SELFDUMP_SOCKET or /run/selfdump.sock]
+
+Run by a user who is not root, it asks the service (`selfdump serve`) to
+restore the images: the service verifies them the same way and restores
+only the caller's own images.";
 
 const INSPECT_USAGE: &str = "\
 selfdump inspect: what a checkpoint holds
@@ -307,6 +313,7 @@ fn restore_cmd(mut parser: lexopt::Parser) -> Res<ExitCode> {
     let mut key_file = PathBuf::from(manifest::DEFAULT_KEY_FILE);
     let mut trust_unsigned = false;
     let mut deadline = Duration::from_secs(60);
+    let mut socket = None;
     while let Some(arg) = parser.next()? {
         if help_requested(&arg, RESTORE_USAGE) {
             return Ok(ExitCode::SUCCESS);
@@ -317,17 +324,32 @@ fn restore_cmd(mut parser: lexopt::Parser) -> Res<ExitCode> {
             Long("key-file") => key_file = parser.value()?.into(),
             Long("trust-unsigned") => trust_unsigned = true,
             Long("timeout") => deadline = Duration::from_secs_f64(parser.value()?.parse()?),
+            Long("socket") => socket = Some(PathBuf::from(parser.value()?)),
             Value(v) if dir.is_none() => dir = Some(PathBuf::from(v)),
             other => return Err(other.unexpected().into()),
         }
     }
     let dir = dir.ok_or("restore needs the images directory: selfdump restore DIR")?;
     if !rustix::process::geteuid().is_root() {
-        return Err(
-            "selfdump restore restores as root; run it with sudo (restores through \
-                    the service, for the owner of a checkpoint, are not built yet)"
-                .into(),
+        // the owner of a checkpoint: through the service, which verifies
+        // the images and that they are the caller's
+        let mut options = selfdump::RestoreOptions::new(&dir);
+        if let Some(socket) = socket {
+            options = options.socket(socket);
+        }
+        if trust_unsigned {
+            options = options.trust_unsigned();
+        }
+        let restored = selfdump::blocking::restore(options)?;
+        println!("{}", restored.pid);
+        log::info!(
+            "the service restored {} as pid {} (verified in {:?}, {:?} in all)",
+            dir.display(),
+            restored.pid,
+            restored.verify,
+            restored.total
         );
+        return Ok(ExitCode::SUCCESS);
     }
     let key = match manifest::Key::load(&key_file) {
         Ok(key) => Some(key),

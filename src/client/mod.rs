@@ -8,10 +8,12 @@ mod error;
 pub mod hooks;
 mod identity;
 pub mod preflight;
+mod restore;
 
 pub use error::Error;
 pub use hooks::{HookError, HookFailure, Hooks, Phase, Resource};
 pub use preflight::{Finding, Preflight, Severity, preflight};
+pub use restore::{RestoreOptions, Restored, restore};
 
 use crate::proto::{
     DumpOptions, DumpReport, FrameError, JobId, Request, Response, encode_frame, read_frame,
@@ -138,11 +140,15 @@ impl Options {
 
     /// The socket this call will use.
     pub fn socket_path(&self) -> PathBuf {
-        self.socket
-            .clone()
-            .or_else(|| std::env::var_os(SOCKET_ENV).map(PathBuf::from))
-            .unwrap_or_else(|| PathBuf::from(DEFAULT_SOCKET))
+        self.socket.clone().unwrap_or_else(default_socket)
     }
+}
+
+/// `$SELFDUMP_SOCKET`, else the default path.
+fn default_socket() -> PathBuf {
+    std::env::var_os(SOCKET_ENV)
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(DEFAULT_SOCKET))
 }
 
 /// Which process returned from [`checkpoint`].

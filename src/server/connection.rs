@@ -164,6 +164,24 @@ pub(super) async fn handle(shared: Arc<Shared>, stream: Async<UnixStream>) {
             };
             send(&stream, &answer).await;
         }
+        Request::Restore(request) => {
+            if fds.len() != 1 {
+                let e = if fds.is_empty() {
+                    FrameError::MissingFd
+                } else {
+                    FrameError::UnexpectedFds(fds.len())
+                };
+                let m = format!("restore request: {e}");
+                send(&stream, &refusal(RefusalKind::BadRequest, m)).await;
+                return;
+            }
+            if shared.stop.is_requested() {
+                send(&stream, &shutting_down()).await;
+                return;
+            }
+            let dir = fds.pop().expect("one fd");
+            super::restoring::serve(&shared, peer, stream, request, dir).await;
+        }
     }
 }
 

@@ -25,6 +25,7 @@ pub mod peer;
 pub mod policy;
 mod private_dir;
 pub mod restore;
+mod restoring;
 mod shutdown;
 mod staging;
 mod subdir;

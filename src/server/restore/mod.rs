@@ -18,6 +18,7 @@ use verify::verify;
 use super::Criu;
 use super::as_caller::CallerCreds;
 use super::engine::first_error;
+use super::images::ImageMeta;
 use super::manifest::Key;
 use super::private_dir::PrivateDir;
 use std::fmt;
@@ -137,17 +138,22 @@ pub fn restore_path(dir: &Path, settings: &RestoreSettings) -> Result<Restored, 
 /// Restores the images in `dir`, detached, after verifying them. `creds`
 /// are the credentials under which the service works in the images
 /// directory (its owner's, or the requester's); `may_restore` checks the
-/// verified owner against the requester.
+/// signed owner against the requester, before anything else is done.
 pub(crate) fn restore(
     dir: OwnedFd,
     settings: &RestoreSettings,
     creds: CallerCreds,
-    may_restore: impl FnOnce(&Verified) -> Result<(), RestoreError>,
+    may_restore: impl FnOnce(&ImageMeta) -> Result<(), RestoreError>,
 ) -> Result<Restored, RestoreError> {
     let started = Instant::now();
-    let verified = verify(dir, settings.key.as_ref(), settings.trust_unsigned, creds)?;
+    let verified = verify(
+        dir,
+        settings.key.as_ref(),
+        settings.trust_unsigned,
+        creds,
+        may_restore,
+    )?;
     let verify_time = started.elapsed();
-    may_restore(&verified)?;
     wait_ids_free(&verified.tree, verified.meta.shell_job, settings.wait)?;
     let pid = run_criu(&verified, settings)?;
     Ok(Restored {

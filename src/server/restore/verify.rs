@@ -55,12 +55,14 @@ impl Drop for Verified {
 /// Verifies the images in `images` (an open directory) with `key`, or,
 /// with `trust_unsigned`, takes images without a manifest as they are.
 /// `creds` makes and removes the private directory (the directory owner's
-/// or the requester's: see [`PrivateSubdir`]).
+/// or the requester's: see [`PrivateSubdir`]); `may_restore` sees the
+/// signed facts first (the owner, to compare with the requester).
 pub(crate) fn verify(
     images: OwnedFd,
     key: Option<&Key>,
     trust_unsigned: bool,
     creds: CallerCreds,
+    may_restore: impl FnOnce(&ImageMeta) -> Result<(), RestoreError>,
 ) -> Result<Verified, RestoreError> {
     let manifest = match (Manifest::read(&images), key) {
         (Ok(bytes), Some(key)) => {
@@ -74,6 +76,9 @@ pub(crate) fn verify(
         return Err(RestoreError::Refused(
             "no key to verify the images with".into(),
         ));
+    }
+    if let Some(m) = &manifest {
+        may_restore(&m.meta)?;
     }
     let present = list(&images)?;
     let wanted: Vec<FileDigest> = match &manifest {
