@@ -309,3 +309,40 @@ fn inspect_shows_a_checkpoint_at_a_glance() {
         "{human}"
     );
 }
+
+/// Images whose page file was cut short made `criu restore` spin at 100%
+/// CPU here, and the restore wait forever: signed images are refused (the
+/// size differs), and an unsigned restore has a deadline, past which CRIU
+/// and what it restored are killed.
+#[test]
+fn a_restore_has_a_deadline() {
+    let service = Service::start();
+    let (images, pid) = checkpoint_and_kill(&service, 4);
+    let pages = named(images.path(), "pages-");
+    let size = std::fs::metadata(&pages).unwrap().len();
+    std::fs::OpenOptions::new()
+        .write(true)
+        .open(&pages)
+        .unwrap()
+        .set_len(size / 2)
+        .unwrap();
+    assert_refused(images.path(), pid, "changed since the dump");
+
+    std::fs::remove_file(images.path().join(MANIFEST_FILE)).unwrap();
+    let started = std::time::Instant::now();
+    let result = restore_with(images.path(), &["--trust-unsigned", "--timeout", "3"]);
+    let took = started.elapsed();
+    assert!(
+        took < std::time::Duration::from_secs(20),
+        "the deadline held: {took:?}"
+    );
+    match result {
+        Ok(restored) => panic!("half a page file restored as pid {restored}"),
+        Err(e) => assert!(e.contains("criu restore"), "{e}"),
+    }
+    std::thread::sleep(std::time::Duration::from_millis(100));
+    assert!(
+        process_state(pid).is_none_or(|s| s == 'Z'),
+        "nothing of the cut images runs"
+    );
+}
