@@ -62,6 +62,8 @@ pub struct Builder {
     pub(super) dump_timeout: Duration,
     warm_workers: usize,
     result_ttl: Duration,
+    max_results: usize,
+    max_results_per_uid: usize,
     socket_mode: u32,
     socket_owner: Option<(u32, u32)>,
 }
@@ -80,6 +82,8 @@ impl Default for Builder {
             dump_timeout: Duration::from_secs(300),
             warm_workers: 1,
             result_ttl: Duration::from_secs(600),
+            max_results: jobs::MAX_RESULTS,
+            max_results_per_uid: jobs::MAX_RESULTS_PER_UID,
             socket_mode: 0o600,
             socket_owner: None,
         }
@@ -178,6 +182,21 @@ impl Builder {
         self.result_ttl = d;
         self
     }
+    /// Finished results kept for their callers at most, in all (default
+    /// [`MAX_RESULTS`](super::MAX_RESULTS)). Past it, the oldest go first
+    /// and their callers are told "result expired". A finished result holds
+    /// no fd, only its answer.
+    pub fn max_results(mut self, n: usize) -> Self {
+        self.max_results = n.max(1);
+        self
+    }
+    /// Finished results kept at most per uid (default
+    /// [`MAX_RESULTS_PER_UID`](super::MAX_RESULTS_PER_UID)), so that one
+    /// user that never collects cannot push out the others' results.
+    pub fn max_results_per_uid(mut self, n: usize) -> Self {
+        self.max_results_per_uid = n.max(1);
+        self
+    }
     /// Mode of a socket created by [`Builder::bind`] (default 0o600).
     pub fn socket_mode(mut self, mode: u32) -> Self {
         self.socket_mode = mode;
@@ -218,7 +237,11 @@ impl Builder {
             listener,
             path: None,
             shared: Arc::new(Shared {
-                jobs: jobs::Jobs::new(self.result_ttl),
+                jobs: jobs::Jobs::with_caps(
+                    self.result_ttl,
+                    self.max_results,
+                    self.max_results_per_uid,
+                ),
                 workers: WorkerPool::new(self.criu.clone(), self.warm_workers),
                 dumps: Arc::new(Semaphore::new(self.max_dumps)),
                 dumps_per_uid: Default::default(),

@@ -28,6 +28,7 @@ mod tree;
 pub use builder::Builder;
 pub use engine::Criu;
 pub use error::Error;
+pub use jobs::{MAX_RESULTS, MAX_RESULTS_PER_UID};
 pub use policy::{CallerInfo, Policy};
 pub use shutdown::ShutdownHandle;
 use shutdown::Stop;
