@@ -188,6 +188,11 @@ fn serve(mut parser: lexopt::Parser) -> Res<ExitCode> {
             other => return Err(other.unexpected().into()),
         }
     }
+    // Room for connections and dumps: systemd's default soft limit is 1024.
+    match selfdump::server::raise_fd_limit() {
+        Ok(n) => log::info!("fd limit: {n}"),
+        Err(e) => log::warn!("cannot raise the fd limit to the hard limit: {e}"),
+    }
     async_io::block_on(async {
         let (major, minor, sub) = criu
             .version()

@@ -95,7 +95,10 @@ impl Server {
         }
     }
 
-    /// Serves until accepting fails, or until a [`ShutdownHandle`] stops it.
+    /// Serves until a [`ShutdownHandle`] stops it, or the listening socket
+    /// itself is gone (see [`Error::Accept`]). Nothing a client does ends
+    /// it: a failing `accept` (out of fds, memory, a connection aborted) is
+    /// logged and retried after a short pause.
     pub async fn run(self) -> Result<(), Error> {
         self.run_until(std::future::pending()).await
     }
@@ -103,8 +106,10 @@ impl Server {
     /// Serves until `shutdown` completes or a [`ShutdownHandle`] stops it,
     /// then drains as [`ShutdownHandle`] describes: checkpoint requests are
     /// refused as `ShuttingDown`, the dumps in flight finish and their
-    /// callers get their results, then it returns. If accepting fails, it
-    /// returns that error once the connections in flight have finished.
+    /// callers get their results, then it returns. If the listening socket
+    /// is unusable (`EBADF`, `EINVAL`, `ENOTSOCK`: never a client's doing),
+    /// it returns that error once the connections in flight have finished;
+    /// every other `accept` error is backed off from, never fatal.
     pub async fn run_until(self, shutdown: impl Future<Output = ()>) -> Result<(), Error> {
         let executor = async_executor::Executor::new();
         self.shared.workers.refill();
@@ -158,15 +163,31 @@ impl Server {
         result
     }
 
-    /// Accepts connections and spawns their tasks on `executor`, until
-    /// accepting fails. Once a stop is requested, only callers that may be
+    /// Accepts connections and spawns their tasks on `executor`, until the
+    /// listener is gone ([`listener_gone`]); other accept errors are
+    /// backed off from ([`AcceptBackoff`]). Once a stop is requested, only callers that may be
     /// coming for a dump's result are served; the others are refused.
     async fn accept_loop(
         &self,
         executor: &async_executor::Executor<'_>,
     ) -> Result<std::convert::Infallible, Error> {
+        let mut backoff = AcceptBackoff::default();
         loop {
-            let (stream, _) = self.listener.accept().await.map_err(Error::Accept)?;
+            let stream = match self.listener.accept().await {
+                Ok((stream, _)) => {
+                    backoff.reset();
+                    stream
+                }
+                Err(e) if listener_gone(&e) => return Err(Error::Accept(e)),
+                Err(e) => {
+                    backoff.failed(&e).await;
+                    continue;
+                }
+            };
+            // Let the tasks just spawned run (refusals close their fds at
+            // once): a backlog of thousands of connections must not be
+            // accepted in one go before any of them is answered.
+            futures_lite::future::yield_now().await;
             if self.shared.stop.is_requested() && !self.shared.is_expected(&stream) {
                 // Not counted: the drain does not wait for newcomers.
                 executor
@@ -207,4 +228,89 @@ impl Server {
                 .detach();
         }
     }
+}
+
+/// Whether an `accept` error means the listening socket itself is unusable
+/// (closed, not a socket, not listening): only then does the accept loop
+/// end. Everything else (`EMFILE`, `ENFILE`, `ENOMEM`, `ENOBUFS`,
+/// `ECONNABORTED`, `EPROTO`, `EPERM`, ...) passes: clients can cause it,
+/// and it must not stop the service (the resource rule).
+fn listener_gone(e: &std::io::Error) -> bool {
+    use rustix::io::Errno;
+    let errno = e.raw_os_error().map(Errno::from_raw_os_error);
+    matches!(errno, Some(Errno::BADF | Errno::INVAL | Errno::NOTSOCK))
+}
+
+/// The pause after a failed `accept`: 50 ms, doubling to 1 s while the
+/// failures go on, back to none after a success. Without it a listener
+/// with a pending connection that cannot be accepted (no fd left) would
+/// spin. Logged at most once every 10 s, with the count since.
+#[derive(Debug)]
+struct AcceptBackoff {
+    delay: std::time::Duration,
+    failures: u64,
+    last_log: Option<std::time::Instant>,
+}
+
+impl Default for AcceptBackoff {
+    fn default() -> Self {
+        Self {
+            delay: Self::FIRST,
+            failures: 0,
+            last_log: None,
+        }
+    }
+}
+
+impl AcceptBackoff {
+    const FIRST: std::time::Duration = std::time::Duration::from_millis(50);
+    const MAX: std::time::Duration = std::time::Duration::from_secs(1);
+    const LOG_EVERY: std::time::Duration = std::time::Duration::from_secs(10);
+
+    async fn failed(&mut self, e: &std::io::Error) {
+        self.failures += 1;
+        if self.last_log.is_none_or(|at| at.elapsed() >= Self::LOG_EVERY) {
+            log::warn!(
+                "accepting a connection failed ({e}; {} time(s) since the last message); \
+                 retrying in {:?}{}",
+                self.failures,
+                self.delay,
+                if e.raw_os_error() == Some(rustix::io::Errno::MFILE.raw_os_error()) {
+                    " (out of fds: raise LimitNOFILE= / `ulimit -n`)"
+                } else {
+                    ""
+                }
+            );
+            self.last_log = Some(std::time::Instant::now());
+            self.failures = 0;
+        }
+        Timer::after(self.delay).await;
+        self.delay = (self.delay * 2).min(Self::MAX);
+    }
+
+    fn reset(&mut self) {
+        self.delay = Self::FIRST;
+    }
+}
+
+/// Raises this process's soft `RLIMIT_NOFILE` to its hard limit and
+/// returns the new soft limit. `selfdump serve` calls it at start; an
+/// embedder should too (or set a high enough limit itself), since
+/// systemd's default soft limit of 1024 fds runs out with a few hundred
+/// connections and dumps. Idle connections are capped
+/// ([`Builder::max_connections`]), and a service that runs out of fds
+/// anyway does not stop: it backs off and retries `accept`.
+pub fn raise_fd_limit() -> std::io::Result<u64> {
+    use rustix::process::{Resource, Rlimit, getrlimit, setrlimit};
+    let limit = getrlimit(Resource::Nofile);
+    if limit.current != limit.maximum {
+        setrlimit(
+            Resource::Nofile,
+            Rlimit {
+                current: limit.maximum,
+                maximum: limit.maximum,
+            },
+        )?;
+    }
+    Ok(getrlimit(Resource::Nofile).current.unwrap_or(u64::MAX))
 }
