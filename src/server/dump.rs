@@ -31,7 +31,13 @@ fn admit(shared: &Shared, peer: &Peer, dir: &OwnedFd) -> Result<Caller, Response
     if !peer.is_alive() {
         return Err(not_permitted("you exited".into()));
     }
-    check_dumpable(&caller, &proc_file, "the caller").map_err(not_permitted)?;
+    // a caller whose main thread exited shows as a zombie but runs on
+    // in its other threads: its dumpability is checked all the same
+    let as_live = Caller {
+        zombie: false,
+        ..caller.clone()
+    };
+    check_dumpable(&as_live, &proc_file, "the caller").map_err(not_permitted)?;
     let dir_stat = rustix::fs::fstat(dir)
         .map_err(|e| refusal(RefusalKind::BadDirectory, format!("images fd: {e}")))?;
     may_write_dir(&caller, &dir_stat).map_err(|m| refusal(RefusalKind::BadDirectory, m))?;
