@@ -222,7 +222,14 @@ pub(super) async fn checkpoint(
         Err(e) => {
             let (log_file, logged) = blocking::unblock(move || staging.discard()).await;
             let message = match (&e, logged) {
-                (EngineError::Failed(_), Some(logged)) => format!("criu dump failed: {logged}"),
+                // a capability the service lacks is named first
+                (EngineError::Failed(errmsg), logged) => format!(
+                    "criu dump failed: {}",
+                    super::caps::explain_dump_failure(
+                        logged.as_deref().or(errmsg.as_deref()).unwrap_or("no error logged"),
+                        caller.uid()
+                    )
+                ),
                 _ => e.to_string(),
             };
             failure(Some(job.id), message, log_file)

@@ -10,6 +10,7 @@
 //! ```
 
 mod builder;
+pub mod caps;
 pub mod check;
 mod connection;
 mod dump;
