@@ -21,6 +21,7 @@ mod faults;
 mod frames;
 mod identity;
 mod limits;
+mod resources;
 mod support;
 mod tree;
 
@@ -141,6 +142,17 @@ const ATTACKS: &[(&str, Attack)] = &[
     ("dump timeout exceeded", faults::dump_timeout_exceeded),
     ("per-uid dump limit", limits::dumps_per_uid_limit),
     ("global dump limit", limits::global_dump_limit),
+    (
+        "fd exhaustion under a 1024 fd limit",
+        resources::fd_exhaustion,
+    ),
+    ("unclaimed results", resources::unclaimed_results),
+    (
+        "permitted capabilities kept across setuid",
+        resources::permitted_capabilities,
+    ),
+    ("zombie child", resources::zombie_child),
+    ("job-id probing", resources::job_id_probing),
 ];
 
 #[test]
