@@ -453,6 +453,8 @@ pub fn zombie_child(ctx: &mut Ctx) -> String {
         };
         assert_runs_on(&program);
         assert!(program.wait().success());
+        // reparented to this process (a subreaper): reap it
+        kill_and_reap(child);
         said.push(what);
     }
     said.join(" | ")
@@ -490,19 +492,22 @@ pub fn job_id_probing(ctx: &mut Ctx) -> String {
         seq: job.seq + 1000,
         ..job
     };
-    let ask = |id: JobId| -> (Response, usize) {
+    // byte for byte the frame that says "unknown job" for that id
+    let ask = |id: JobId| -> (Response, bool) {
         let frame = exchange(&socket, &proto::encode_frame(&Request::Result(id)), &[]);
-        let len = frame.body.len();
+        let mut bytes = frame.header.to_bytes().to_vec();
+        bytes.extend_from_slice(&frame.body);
+        let same = bytes == proto::encode_frame(&Response::UnknownJob(id));
         (
             proto::decode_body::<Response>(frame.header, &frame.body).unwrap(),
-            len,
+            same,
         )
     };
-    let (theirs, theirs_len) = ask(job);
-    let (none, none_len) = ask(made_up);
+    let (theirs, theirs_same) = ask(job);
+    let (none, none_same) = ask(made_up);
     assert_eq!(theirs, Response::UnknownJob(job));
     assert_eq!(none, Response::UnknownJob(made_up));
-    assert_eq!(theirs_len, none_len);
+    assert!(theirs_same && none_same, "the frames differ from UnknownJob's");
     // the job did exist: its owner gets it
     std::fs::write(&trigger, b"").unwrap();
     let claimed = owner.wait_for("the claim", |l| l.starts_with("claim first"));
@@ -510,7 +515,7 @@ pub fn job_id_probing(ctx: &mut Ctx) -> String {
     assert!(owner.wait().success());
     let _ = std::fs::remove_file(&trigger);
     format!(
-        "another process's live job and a made-up id both answered {theirs:?}-shaped \
-         ({theirs_len} bytes each); the owner then got its result"
+        "another process's live job {job} and a made-up id {made_up} both answered with \
+         exactly the UnknownJob frame; the owner then got its result"
     )
 }
