@@ -94,3 +94,54 @@ fn check_task(caller: &Caller, dir: &str, pid: i32, tid: i32, root: bool) -> Res
         rustix::fs::stat(format!("{dir}/stat")).map_err(|e| gone_or(e.into(), "owner"))?;
     check_tree_task(caller, &task, &proc_file, &what).map_err(TaskError::Refused)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::process::CommandExt;
+
+    /// A uid-65534 process with an unreaped zombie child passes the walk
+    /// (a zombie's /proc files are root's, which once read as "not
+    /// dumpable"). The walk runs here without CRIU: the tree is not
+    /// frozen, but nothing in it changes meanwhile.
+    #[test]
+    fn a_zombie_child_of_an_unprivileged_caller_passes() {
+        if !rustix::process::geteuid().is_root() {
+            return; // needs to start a process as another uid
+        }
+        // sh starts `true`, then becomes `sleep`, which never reaps it
+        let mut parent = std::process::Command::new("/bin/sh")
+            .args(["-c", "/bin/true & exec sleep 30"])
+            .uid(65534)
+            .gid(65534)
+            .spawn()
+            .unwrap();
+        let pid = parent.id() as i32;
+        let zombie = (0..500).find_map(|_| {
+            std::thread::sleep(std::time::Duration::from_millis(10));
+            let children =
+                std::fs::read_to_string(format!("/proc/{pid}/task/{pid}/children")).ok()?;
+            let child: i32 = children.split_whitespace().next()?.parse().ok()?;
+            let stat = std::fs::read_to_string(format!("/proc/{child}/stat")).ok()?;
+            (crate::procstat::field::<char>(&stat, crate::procstat::STATE) == Some('Z'))
+                .then_some(child)
+        });
+        assert!(zombie.is_some(), "no zombie child appeared");
+        let pidfd = rustix::process::pidfd_open(
+            rustix::process::Pid::from_raw(pid).unwrap(),
+            rustix::process::PidfdFlags::empty(),
+        )
+        .unwrap();
+        let peer = Peer {
+            pid,
+            uid: 65534,
+            gid: 65534,
+            pidfd,
+        };
+        let caller = Caller::read(&peer).unwrap();
+        let walked = check_frozen_tree(&peer, &caller);
+        let _ = parent.kill();
+        let _ = parent.wait();
+        walked.unwrap();
+    }
+}
