@@ -293,7 +293,18 @@ fn unclaimed(args: &[String]) {
     for i in 0..n {
         let dir = std::fs::File::open(&images).expect("images dir");
         let options = DumpOptions::default();
-        match ask(&Request::Checkpoint(options), Some(&dir)) {
+        // the earlier dumps may still be finishing: retry while busy
+        let mut answer = None;
+        for _ in 0..500 {
+            answer = ask(&Request::Checkpoint(options), Some(&dir));
+            match &answer {
+                Some(Response::Refused(r)) if r.kind == selfdump::proto::RefusalKind::Busy => {
+                    std::thread::sleep(Duration::from_millis(20))
+                }
+                _ => break,
+            }
+        }
+        match answer {
             Some(Response::Frozen(job)) => {
                 say(&format!("job {i} {:016x} {}", job.service, job.seq));
                 jobs.push(job);
