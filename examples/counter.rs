@@ -275,16 +275,14 @@ fn unclaimed(args: &[String]) {
             .unwrap_or_else(|| panic!("{name} missing"))
     };
     let n: usize = args[0].parse().expect("--unclaimed N");
-    let (images, socket, trigger) = (
-        value("--images"),
-        value("--socket"),
-        value("--claim-when"),
-    );
+    let (images, socket, trigger) = (value("--images"), value("--socket"), value("--claim-when"));
     let ask = |request: &Request, dir: Option<&std::fs::File>| -> Option<Response> {
         async_io::block_on(async {
             let stream = Async::<UnixStream>::connect(&socket).await.ok()?;
             let fds: Vec<_> = dir.iter().map(|d| d.as_fd()).collect();
-            write_frame(&stream, &encode_frame(request), &fds).await.ok()?;
+            write_frame(&stream, &encode_frame(request), &fds)
+                .await
+                .ok()?;
             let frame = read_frame(&stream).await.ok()??;
             decode_body(frame.header, &frame.body).ok()
         })

@@ -226,7 +226,10 @@ pub(super) async fn checkpoint(
                 (EngineError::Failed(errmsg), logged) => format!(
                     "criu dump failed: {}",
                     super::caps::explain_dump_failure(
-                        logged.as_deref().or(errmsg.as_deref()).unwrap_or("no error logged"),
+                        logged
+                            .as_deref()
+                            .or(errmsg.as_deref())
+                            .unwrap_or("no error logged"),
                         caller.uid()
                     )
                 ),

@@ -58,9 +58,13 @@ impl Owner {
     /// The identity of `peer`, read while its pidfd shows it alive.
     fn of(peer: &Peer) -> std::io::Result<Self> {
         let stat = peer.read_proc("stat")?;
-        let start = crate::procstat::field(&stat, crate::procstat::START_TIME).ok_or_else(
-            || std::io::Error::new(std::io::ErrorKind::InvalidData, "unreadable /proc/<pid>/stat"),
-        )?;
+        let start =
+            crate::procstat::field(&stat, crate::procstat::START_TIME).ok_or_else(|| {
+                std::io::Error::new(
+                    std::io::ErrorKind::InvalidData,
+                    "unreadable /proc/<pid>/stat",
+                )
+            })?;
         let ino = rustix::fs::fstat(peer.pidfd.as_fd())?.st_ino;
         Ok(Self {
             pid: peer.pid,
@@ -289,7 +293,11 @@ impl Jobs {
             Some(_) => return Err(unknown),
             None => {}
         }
-        match table.tombstones.iter().position(|(t, o)| *t == id && *o == asker) {
+        match table
+            .tombstones
+            .iter()
+            .position(|(t, o)| *t == id && *o == asker)
+        {
             Some(at) => {
                 table.tombstones.remove(at);
                 Err(Response::Refused(Refusal {
@@ -393,7 +401,10 @@ mod tests {
         let jobs = Jobs::new(GRACE);
         let (peer, _keep) = me();
         let job = jobs.start(&peer).unwrap();
-        assert!(job.owner_pidfd.lock().unwrap().is_some(), "running: pidfd held");
+        assert!(
+            job.owner_pidfd.lock().unwrap().is_some(),
+            "running: pidfd held"
+        );
         job.finish(Response::UnknownJob(job.id));
         assert!(job.owner_pidfd.lock().unwrap().is_none(), "finished: no fd");
         assert!(jobs.awaits_result(peer.pid, GRACE), "still known as alive");
@@ -434,7 +445,10 @@ mod tests {
         let (peer, _keep) = me();
         let job = jobs.start(&peer).unwrap();
         job.finish(Response::UnknownJob(job.id));
-        let mut child = std::process::Command::new("sleep").arg("30").spawn().unwrap();
+        let mut child = std::process::Command::new("sleep")
+            .arg("30")
+            .spawn()
+            .unwrap();
         let pid = rustix::process::Pid::from_raw(child.id() as i32).unwrap();
         let other = Peer {
             pid: child.id() as i32,

@@ -270,7 +270,10 @@ impl AcceptBackoff {
 
     async fn failed(&mut self, e: &std::io::Error) {
         self.failures += 1;
-        if self.last_log.is_none_or(|at| at.elapsed() >= Self::LOG_EVERY) {
+        if self
+            .last_log
+            .is_none_or(|at| at.elapsed() >= Self::LOG_EVERY)
+        {
             log::warn!(
                 "accepting a connection failed ({e}; {} time(s) since the last message); \
                  retrying in {:?}{}",

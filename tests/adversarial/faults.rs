@@ -204,7 +204,10 @@ pub fn dump_timeout_exceeded(ctx: &mut Ctx) -> String {
         let seized = tracer(program.pid) == Some(criu);
         let frozen = seized && program.output().matches("count ").count() == counted;
         signal(criu, rustix::process::Signal::CONT);
-        assert!(frozen, "the tree was not frozen at the deadline (seized: {seized})");
+        assert!(
+            frozen,
+            "the tree was not frozen at the deadline (seized: {seized})"
+        );
         let line = outcome(&program);
         assert_abandoned(&line);
         thawed_then_cleaned_up(&mut program, images.path());

@@ -84,7 +84,10 @@ impl LimitedServe {
             if socket.exists() {
                 return Ok(());
             }
-            Err(format!("selfdump serve did not listen: {}", read(&serve.log)))
+            Err(format!(
+                "selfdump serve did not listen: {}",
+                read(&serve.log)
+            ))
         });
         (socket, serve)
     }
@@ -211,7 +214,9 @@ pub fn fd_exhaustion(ctx: &mut Ctx) -> String {
         if now <= before {
             return Ok(());
         }
-        Err(format!("the service holds {now} fds, {before} before the flood"))
+        Err(format!(
+            "the service holds {now} fds, {before} before the flood"
+        ))
     });
     crate::assert_still_serves(&socket);
     serve.assert_running();
@@ -351,7 +356,10 @@ pub fn unclaimed_results(ctx: &mut Ctx) -> String {
     assert!(last.contains("Dumped(DumpReport"), "{last}");
     assert!(owner.wait().success());
     let after_exit = open_fds().len();
-    assert!(after_exit <= baseline, "{after_exit} fds, {baseline} before");
+    assert!(
+        after_exit <= baseline,
+        "{after_exit} fds, {baseline} before"
+    );
     let _ = std::fs::remove_file(&trigger);
     format!(
         "{JOBS} dumps in {took:.1?} never collected: service fds {baseline} before, peak {peak} \
@@ -383,10 +391,7 @@ pub fn permitted_capabilities(ctx: &mut Ctx) -> String {
             .and_then(|i| words.get(i + 1))
             .map(|v| u64::from_str_radix(v, 16).unwrap())
     };
-    let (prm, eff) = (
-        value_of("CapPrm:").unwrap(),
-        value_of("CapEff:").unwrap(),
-    );
+    let (prm, eff) = (value_of("CapPrm:").unwrap(), value_of("CapEff:").unwrap());
     assert!(prm != 0 && eff == 0, "{switched}");
     let mut frozen = false;
     while !program.output().contains("checkpoint ") {
@@ -507,7 +512,10 @@ pub fn job_id_probing(ctx: &mut Ctx) -> String {
     let (none, none_same) = ask(made_up);
     assert_eq!(theirs, Response::UnknownJob(job));
     assert_eq!(none, Response::UnknownJob(made_up));
-    assert!(theirs_same && none_same, "the frames differ from UnknownJob's");
+    assert!(
+        theirs_same && none_same,
+        "the frames differ from UnknownJob's"
+    );
     // the job did exist: its owner gets it
     std::fs::write(&trigger, b"").unwrap();
     let claimed = owner.wait_for("the claim", |l| l.starts_with("claim first"));
