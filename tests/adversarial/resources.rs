@@ -178,6 +178,7 @@ pub fn fd_exhaustion(ctx: &mut Ctx) -> String {
     let mut peak = 0;
     poll_until(Duration::from_secs(30), Duration::from_millis(20), || {
         peak = peak.max(serve.fds());
+        serve.assert_running();
         if read(&serve.log).contains("accepting a connection failed") {
             return Ok(());
         }
