@@ -46,9 +46,19 @@ impl Peer {
         }
         let pidfd = nix::sys::socket::getsockopt(stream, nix::sys::socket::sockopt::PeerPidfd)
             .map_err(|e| {
+                // only a kernel without the option is a kernel problem; out
+                // of fds or memory is this request's failure alone
+                let hint = if matches!(
+                    e,
+                    nix::errno::Errno::ENOPROTOOPT | nix::errno::Errno::EINVAL
+                ) {
+                    "; selfdump needs Linux 6.5 or newer"
+                } else {
+                    "; retry later"
+                };
                 io::Error::new(
                     io::Error::from(e).kind(),
-                    format!("SO_PEERPIDFD failed ({e}); selfdump needs Linux 6.5 or newer"),
+                    format!("SO_PEERPIDFD failed ({e}){hint}"),
                 )
             })?;
         Ok(Self {
