@@ -177,7 +177,10 @@ impl Builder {
         self.dump_timeout = d;
         self
     }
-    /// How long a result waits for its process to ask (default 600 s).
+    /// How long a result waits for its process to ask (default 600 s). A
+    /// result also goes when its process exits, or when the caps
+    /// ([`Builder::max_results`], [`Builder::max_results_per_uid`]) push
+    /// it out; a process asking after that is told "result expired".
     pub fn result_ttl(mut self, d: Duration) -> Self {
         self.result_ttl = d;
         self
