@@ -174,6 +174,12 @@ impl Server {
     ) -> Result<std::convert::Infallible, Error> {
         let mut backoff = AcceptBackoff::default();
         loop {
+            // Let the tasks spawned so far run (refusals close their fds at
+            // once): a backlog of thousands of connections must not be
+            // accepted in one go before any of them is answered. Here, not
+            // after the accept: this loop may be dropped at any await, and
+            // an accepted connection must reach its task with none between.
+            futures_lite::future::yield_now().await;
             let stream = match self.listener.accept().await {
                 Ok((stream, _)) => {
                     backoff.reset();
@@ -185,10 +191,6 @@ impl Server {
                     continue;
                 }
             };
-            // Let the tasks just spawned run (refusals close their fds at
-            // once): a backlog of thousands of connections must not be
-            // accepted in one go before any of them is answered.
-            futures_lite::future::yield_now().await;
             if self.shared.stop.is_requested() && !self.shared.is_expected(&stream) {
                 // Not counted: the drain does not wait for newcomers.
                 executor
