@@ -146,6 +146,15 @@ impl Builder {
         self
     }
     /// Connections open at once; more are refused as busy (default 256).
+    ///
+    /// Root's connections do not count against it (only against
+    /// [`Builder::max_connections_per_uid`]), so that a flood from other
+    /// users never keeps root out. When the server is created, it and
+    /// [`Builder::max_connections_per_uid`] are lowered if the fd limit
+    /// (`RLIMIT_NOFILE`, soft) could not hold that many connections (2 fds
+    /// each), root's, and the dumps' fds: the extras are then refused as
+    /// busy rather than run the service out of fds. Raise the limit first
+    /// ([`raise_fd_limit`](super::raise_fd_limit)).
     pub fn max_connections(mut self, n: usize) -> Self {
         self.max_connections = n.max(1);
         self
@@ -234,8 +243,9 @@ impl Builder {
     }
 
     /// A server on an already bound listener (socket activation, tests).
-    pub fn listener(self, listener: UnixListener) -> Result<Server, Error> {
+    pub fn listener(mut self, listener: UnixListener) -> Result<Server, Error> {
         let listener = Async::new(listener).map_err(Error::Accept)?;
+        let max_connections = self.connections_within_fd_limit();
         Ok(Server {
             listener,
             path: None,
@@ -249,13 +259,49 @@ impl Builder {
                 dumps: Arc::new(Semaphore::new(self.max_dumps)),
                 dumps_per_uid: Default::default(),
                 connections_per_uid: Default::default(),
-                connections: Arc::new(Semaphore::new(self.max_connections)),
+                connections: Arc::new(Semaphore::new(max_connections)),
                 config: self,
                 stop: Default::default(),
                 tasks: AtomicUsize::new(0),
                 changed: Event::new(),
             }),
         })
+    }
+
+    /// [`Builder::max_connections`] and [`Builder::max_connections_per_uid`],
+    /// lowered to what the fd limit can hold next to the dumps (see there):
+    /// the connections of all and root's own (up to its per-uid limit, at
+    /// most a quarter of the room) must fit.
+    fn connections_within_fd_limit(&mut self) -> usize {
+        /// Fds a connection holds: its socket and the caller's pidfd.
+        const PER_CONNECTION: u64 = 2;
+        /// The listener, the reserve fd, logs, `/proc` reads...
+        const BASE: u64 = 64;
+        /// A dump's fds: CRIU's channel, the images and staging
+        /// directories, the caller's pidfd and socket, files being
+        /// published (a generous bound).
+        const PER_DUMP: u64 = 16;
+        let soft = rustix::process::getrlimit(rustix::process::Resource::Nofile)
+            .current
+            .unwrap_or(u64::MAX);
+        let reserved =
+            BASE + PER_DUMP * self.max_dumps as u64 + PER_CONNECTION * self.warm_workers as u64;
+        let room = soft.saturating_sub(reserved) / PER_CONNECTION;
+        let per_uid = (self.max_connections_per_uid as u64).min(room / 4).max(1) as usize;
+        let all = (self.max_connections as u64)
+            .min(room.saturating_sub(per_uid as u64))
+            .max(1) as usize;
+        if (all, per_uid) != (self.max_connections, self.max_connections_per_uid) {
+            log::warn!(
+                "the fd limit ({soft}) holds only so many connections next to the dumps: \
+                 max_connections lowered from {} to {all}, max_connections_per_uid from {} to \
+                 {per_uid} (raise LimitNOFILE= / `ulimit -n`)",
+                self.max_connections,
+                self.max_connections_per_uid
+            );
+        }
+        self.max_connections_per_uid = per_uid;
+        all
     }
 
     /// Runs the embedder's [`Builder::admit`] callback, if any.

@@ -173,6 +173,7 @@ impl Server {
         executor: &async_executor::Executor<'_>,
     ) -> Result<std::convert::Infallible, Error> {
         let mut backoff = AcceptBackoff::default();
+        let mut reserve = ReserveFd::new();
         loop {
             // Let the tasks spawned so far run (refusals close their fds at
             // once): a backlog of thousands of connections must not be
@@ -187,7 +188,12 @@ impl Server {
                 }
                 Err(e) if listener_gone(&e) => return Err(Error::Accept(e)),
                 Err(e) => {
-                    backoff.failed(&e).await;
+                    backoff.log(&e);
+                    // out of fds: answer the oldest waiting connection
+                    // "busy" rather than leave it (and all behind it) hanging
+                    if !reserve.refuse_one(self.listener.get_ref()) {
+                        backoff.wait().await;
+                    }
                     continue;
                 }
             };
@@ -211,7 +217,11 @@ impl Server {
                     continue;
                 }
             };
-            let Some(slot) = self.shared.connections.try_acquire_arc() else {
+            // root is not held to the global cap (only to its per-uid one):
+            // no flood of other users keeps it out
+            let slot = self.shared.connections.try_acquire_arc();
+            let root = uid_slot.as_ref().is_some_and(|s| s.uid() == 0);
+            if slot.is_none() && !root {
                 executor
                     .spawn(async move {
                         connection::refuse_busy(stream).await;
@@ -219,7 +229,7 @@ impl Server {
                     })
                     .detach();
                 continue;
-            };
+            }
             let shared = self.shared.clone();
             executor
                 .spawn(async move {
@@ -270,7 +280,8 @@ impl AcceptBackoff {
     const MAX: std::time::Duration = std::time::Duration::from_secs(1);
     const LOG_EVERY: std::time::Duration = std::time::Duration::from_secs(10);
 
-    async fn failed(&mut self, e: &std::io::Error) {
+    /// Logs a failure, at most once every [`Self::LOG_EVERY`].
+    fn log(&mut self, e: &std::io::Error) {
         self.failures += 1;
         if self
             .last_log
@@ -290,6 +301,10 @@ impl AcceptBackoff {
             self.last_log = Some(std::time::Instant::now());
             self.failures = 0;
         }
+    }
+
+    /// Waits before the next try, longer each time.
+    async fn wait(&mut self) {
         Timer::after(self.delay).await;
         self.delay = (self.delay * 2).min(Self::MAX);
     }
@@ -319,4 +334,51 @@ pub fn raise_fd_limit() -> std::io::Result<u64> {
         )?;
     }
     Ok(getrlimit(Resource::Nofile).current.unwrap_or(u64::MAX))
+}
+
+/// One fd held in reserve for when `accept` fails for lack of fds
+/// (`EMFILE`, `ENFILE`): given up, it makes room to accept the oldest
+/// waiting connection and answer it "busy" at once (then it is taken
+/// back). Without it, every connection waiting in the backlog (a root
+/// caller's among a flood) would hang until fds come free.
+#[derive(Debug)]
+struct ReserveFd(Option<std::os::fd::OwnedFd>);
+
+impl ReserveFd {
+    fn new() -> Self {
+        Self(Self::open())
+    }
+
+    fn open() -> Option<std::os::fd::OwnedFd> {
+        rustix::fs::open(
+            "/dev/null",
+            rustix::fs::OFlags::RDONLY | rustix::fs::OFlags::CLOEXEC,
+            rustix::fs::Mode::empty(),
+        )
+        .ok()
+    }
+
+    /// With the reserve fd closed, accepts one connection and answers it
+    /// "busy"; whether one was. Never blocks (the listener is non-blocking).
+    fn refuse_one(&mut self, listener: &UnixListener) -> bool {
+        if self.0.take().is_none() {
+            self.0 = Self::open();
+            return false;
+        }
+        let refused = match listener.accept() {
+            Ok((stream, _)) => {
+                let busy = connection::refusal(
+                    crate::proto::RefusalKind::Busy,
+                    "the selfdump service is out of file descriptors; retry later",
+                );
+                let _ = stream.set_nonblocking(true);
+                // a fresh socket's buffer holds this small frame whole
+                let _ = std::io::Write::write(&mut &stream, &crate::proto::encode_frame(&busy));
+                true
+            }
+            Err(_) => false,
+        };
+        self.0 = Self::open();
+        refused
+    }
 }

@@ -48,18 +48,18 @@ impl Peer {
             .map_err(|e| {
                 // only a kernel without the option is a kernel problem; out
                 // of fds or memory is this request's failure alone
-                let hint = if matches!(
+                let (kind, hint) = if matches!(
                     e,
                     nix::errno::Errno::ENOPROTOOPT | nix::errno::Errno::EINVAL
                 ) {
-                    "; selfdump needs Linux 6.5 or newer"
+                    (
+                        io::Error::from(e).kind(),
+                        "; selfdump needs Linux 6.5 or newer",
+                    )
                 } else {
-                    "; retry later"
+                    (io::ErrorKind::ResourceBusy, "; retry later")
                 };
-                io::Error::new(
-                    io::Error::from(e).kind(),
-                    format!("SO_PEERPIDFD failed ({e}){hint}"),
-                )
+                io::Error::new(kind, format!("SO_PEERPIDFD failed ({e}){hint}"))
             })?;
         Ok(Self {
             pid: cred.pid(),

@@ -130,12 +130,19 @@ impl Drop for LimitedServe {
 }
 
 /// Several processes of another uid hold 2000 idle connections to a
-/// `selfdump serve` whose fd limit is 1024 (hard). First with the
-/// connection limits raised past the fd limit, so that the service does
-/// run out of fds (`accept` fails with `EMFILE`): it must not exit, and a
-/// root checkpoint must succeed once the idle connections are cut by the
-/// request timeout. Then with the default limits: the flood is refused as
-/// busy and root is served while it is held.
+/// `selfdump serve` whose fd limit is 1024, soft and hard. Three times:
+///
+/// 1. default limits: the flood beyond the per-uid limit is refused as
+///    busy; root is served while the flood is held;
+/// 2. connection limits raised far past what 1024 fds hold: the service
+///    lowers its limits to fit its fds (and root is not held to the
+///    global limit): still no fd runs out, root is served meanwhile;
+/// 3. the soft fd limit of the running service lowered to 48 (as if set
+///    far too low), then the flood: the fds run out (`EMFILE` at
+///    `accept`, the caller's pidfd or the request's fd); the service must
+///    not exit, must answer root and further connections at once (busy,
+///    retry later) rather than leave them hanging, and once the flood
+///    goes (and the limit is back) root is served.
 pub fn fd_exhaustion(ctx: &mut Ctx) -> String {
     let dir = tempfile::Builder::new()
         .prefix("selfdump-fds")
@@ -146,70 +153,140 @@ pub fn fd_exhaustion(ctx: &mut Ctx) -> String {
         std::os::unix::fs::PermissionsExt::from_mode(0o777),
     )
     .unwrap();
-    let flood = |socket: &Path, n: usize| -> Vec<Program> {
-        (0..4)
+    let flood = |socket: &Path, phase: &str| -> (Vec<Program>, String) {
+        let flooders: Vec<Program> = (0..4)
             .map(|i| {
                 counter_mode(
                     dir.path(),
-                    &format!("flood-{n}-{i}"),
-                    &["--flood", socket.to_str().unwrap(), &(n / 4).to_string()],
+                    &format!("flood-{phase}-{i}"),
+                    &["--flood", socket.to_str().unwrap(), "500"],
                     Some(NOBODY),
                 )
             })
-            .collect()
+            .collect();
+        let held: Vec<String> = flooders
+            .iter()
+            .map(|f| f.wait_for("held", |l| l.starts_with("held") || l.contains("failed")))
+            .collect();
+        (flooders, held.join(", "))
     };
+    let root_checkpoint = |socket: &Path| -> (String, Duration) {
+        let images = images_dir();
+        let asked = Instant::now();
+        let mut root = Program::start_on(
+            socket,
+            images.path(),
+            &args("--at 1 --until 2 --interval-ms 20"),
+            None,
+        );
+        let line = outcome(&root);
+        let took = asked.elapsed();
+        assert!(root.wait().success());
+        (line, took)
+    };
+    let mut said = Vec::new();
 
-    // 1. limits past the fd limit: the fds do run out
-    let (socket, mut serve) = LimitedServe::start(
-        dir.path(),
-        "exhausted",
-        &[
-            "--max-connections",
-            "4000",
-            "--max-connections-per-uid",
-            "4000",
-            "--request-timeout",
-            "3",
-        ],
-    );
-    let before = serve.fds();
-    let started = Instant::now();
-    let mut flooders = flood(&socket, 2000);
-    let mut peak = 0;
-    poll_until(Duration::from_secs(30), Duration::from_millis(20), || {
-        peak = peak.max(serve.fds());
+    // 1 and 2: the service stays within its fds, root is served meanwhile
+    for (phase, extra) in [
+        ("default", &[][..]),
+        (
+            "raised",
+            &[
+                "--max-connections",
+                "4000",
+                "--max-connections-per-uid",
+                "4000",
+            ][..],
+        ),
+    ] {
+        let (socket, mut serve) = LimitedServe::start(dir.path(), phase, extra);
+        let before = serve.fds();
+        let (mut flooders, held) = flood(&socket, phase);
+        let during = serve.fds();
+        let (line, took) = root_checkpoint(&socket);
+        assert!(line.starts_with("checkpoint continued"), "{line}");
         serve.assert_running();
-        if read(&serve.log).contains("accepting a connection failed") {
+        let log = read(&serve.log);
+        assert!(!log.contains("Too many open files"), "{log}");
+        assert!(
+            during < LimitedServe::LIMIT as usize - 64,
+            "{during} fds held"
+        );
+        let lowered = log
+            .lines()
+            .find(|l| l.contains("max_connections lowered"))
+            .and_then(|l| l.split("lowered ").nth(1))
+            .and_then(|l| l.split(" (raise").next())
+            .map(|n| format!(" (lowered {n})"))
+            .unwrap_or_default();
+        if phase == "raised" {
+            assert!(!lowered.is_empty(), "{log}");
+        }
+        said.push(format!(
+            "{phase} limits{lowered}: {held}; service at {during} fds (from {before}), root \
+             served meanwhile in {took:.1?}"
+        ));
+        for f in &mut flooders {
+            f.kill();
+        }
+    }
+
+    // 3. the fds do run out: the soft fd limit of the running service is
+    // lowered far below what the flood takes; idle connections are not
+    // cut meanwhile (a long request timeout)
+    let (socket, mut serve) =
+        LimitedServe::start(dir.path(), "exhausted", &["--request-timeout", "60"]);
+    let before = serve.fds();
+    let serve_pid = serve.pid();
+    let set_limit = |n: u64| {
+        rustix::process::prlimit(
+            rustix::process::Pid::from_raw(serve_pid),
+            rustix::process::Resource::Nofile,
+            rustix::process::Rlimit {
+                current: Some(n),
+                maximum: Some(LimitedServe::LIMIT),
+            },
+        )
+        .unwrap();
+    };
+    // a limit far too low for the flood (but above the fds the service
+    // opened at start, its reserve fd among them)
+    const LOW: u64 = 48;
+    set_limit(LOW);
+    let (mut flooders, held) = flood(&socket, "exhausted");
+    poll_until(Duration::from_secs(30), Duration::from_millis(20), || {
+        serve.assert_running();
+        if read(&serve.log).contains("Too many open files") {
             return Ok(());
         }
         Err(format!(
-            "accept never failed (peak {peak} fds):\n{}",
+            "the service never ran out of fds:\n{}",
             read(&serve.log)
         ))
     });
-    let exhausted_after = started.elapsed();
-    serve.assert_running();
-    // root asks while the flood is held
-    let images = images_dir();
-    let asked = Instant::now();
-    let mut root = Program::start_on(
-        &socket,
-        images.path(),
-        &args("--at 1 --until 2 --interval-ms 20"),
-        None,
+    // root now: answered at once (busy, out of fds), not left hanging
+    let (meanwhile, answered_in) = root_checkpoint(&socket);
+    assert!(
+        meanwhile.contains("refused (Busy)") && meanwhile.contains("retry later"),
+        "{meanwhile}"
     );
-    let line = outcome(&root);
-    let root_waited = asked.elapsed();
-    assert!(line.starts_with("checkpoint continued"), "{line}");
-    assert!(root.wait().success());
     serve.assert_running();
-    let held: Vec<String> = flooders
-        .iter()
-        .map(|f| f.wait_for("held", |l| l.starts_with("held") || l.contains("failed")))
-        .collect();
+    // more connections meanwhile: all answered too
+    let mut more = counter_mode(
+        dir.path(),
+        "flood-more",
+        &["--flood", socket.to_str().unwrap(), "500"],
+        Some(NOBODY),
+    );
+    let more_held = more.wait_for("held", |l| l.starts_with("held") || l.contains("failed"));
+    serve.assert_running();
+    more.kill();
     for f in &mut flooders {
         f.kill();
     }
+    set_limit(LimitedServe::LIMIT);
+    let (line, took) = root_checkpoint(&socket);
+    assert!(line.starts_with("checkpoint continued"), "{line}");
     poll_until(Duration::from_secs(10), Duration::from_millis(50), || {
         let now = serve.fds();
         if now <= before {
@@ -219,58 +296,28 @@ pub fn fd_exhaustion(ctx: &mut Ctx) -> String {
             "the service holds {now} fds, {before} before the flood"
         ))
     });
-    crate::assert_still_serves(&socket);
     serve.assert_running();
-    let exhausted = format!(
-        "limits past the fd limit: accept failed with EMFILE after {exhausted_after:.1?} \
-         (peak {peak} fds of {}), service kept running, root served after {root_waited:.1?} \
-         (idle connections cut after 3 s), fds back to {before} ({})",
-        LimitedServe::LIMIT,
-        held.join(", ")
-    );
-    drop(serve);
-
-    // 2. default limits: root is served while the flood is held
-    let (socket, mut serve) = LimitedServe::start(dir.path(), "default", &[]);
-    let before = serve.fds();
-    let mut flooders = flood(&socket, 2000);
-    let held: Vec<String> = flooders
-        .iter()
-        .map(|f| f.wait_for("held", |l| l.starts_with("held") || l.contains("failed")))
-        .collect();
-    let during = serve.fds();
-    let images = images_dir();
-    let asked = Instant::now();
-    let mut root = Program::start_on(
-        &socket,
-        images.path(),
-        &args("--at 1 --until 2 --interval-ms 20"),
-        None,
-    );
-    let line = outcome(&root);
-    let root_waited = asked.elapsed();
-    assert!(line.starts_with("checkpoint continued"), "{line}");
-    assert!(root.wait().success());
-    assert!(
-        !read(&serve.log).contains("accepting a connection failed"),
-        "the default limits should keep the service within its fds:\n{}",
-        read(&serve.log)
-    );
-    serve.assert_running();
-    assert!(
-        during < LimitedServe::LIMIT as usize / 2,
-        "{during} fds held"
-    );
-    let defaults = format!(
-        "default limits: {} held by the flood, the service at {during} fds (from {before}), \
-         root served meanwhile in {root_waited:.1?}",
-        held.join(", ")
-    );
-    for f in &mut flooders {
-        f.kill();
-    }
+    let log = read(&serve.log);
+    let paths: Vec<&str> = [
+        ("accepting a connection failed", "accept"),
+        ("SO_PEERPIDFD failed (EMFILE", "the caller's pidfd"),
+        ("cannot receive its fds", "the request's fd"),
+    ]
+    .into_iter()
+    .filter(|(line, _)| log.contains(line))
+    .map(|(_, path)| path)
+    .collect();
+    said.push(format!(
+        "fd limit of the running service lowered to {LOW}, flood ({held}): out of fds at {}; \
+         root answered in {answered_in:.1?}: `{}`; 500 more connections answered ({more_held}); \
+         {} warning line(s) logged; service kept running; once the flood went and the limit \
+         was back, root served in {took:.1?}, fds back to {before}",
+        paths.join(", "),
+        short(&meanwhile),
+        log.lines().filter(|l| l.contains("WARN")).count(),
+    ));
     ctx.adopt(socket, Box::new((serve, dir)));
-    format!("survived: {exhausted} | {defaults}")
+    format!("survived: {}", said.join(" | "))
 }
 
 /// The job ids a `--unclaimed` counter printed.
