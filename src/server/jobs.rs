@@ -445,16 +445,14 @@ mod tests {
         let (peer, _keep) = me();
         let job = jobs.start(&peer).unwrap();
         job.finish(Response::UnknownJob(job.id));
-        let mut child = std::process::Command::new("sleep")
-            .arg("30")
-            .spawn()
-            .unwrap();
-        let pid = rustix::process::Pid::from_raw(child.id() as i32).unwrap();
+        // init: another live process, and no child to start (a fork here
+        // would hold copies of other tests' fds, flocks among them)
+        let init = rustix::process::Pid::from_raw(1).unwrap();
         let other = Peer {
-            pid: child.id() as i32,
+            pid: 1,
             uid: peer.uid,
             gid: peer.gid,
-            pidfd: rustix::process::pidfd_open(pid, rustix::process::PidfdFlags::empty()).unwrap(),
+            pidfd: rustix::process::pidfd_open(init, rustix::process::PidfdFlags::empty()).unwrap(),
         };
         let made_up = JobId { seq: 999, ..job.id };
         assert_eq!(
@@ -465,8 +463,6 @@ mod tests {
             jobs.claim(made_up, &other).unwrap_err(),
             Response::UnknownJob(made_up)
         );
-        let _ = child.kill();
-        let _ = child.wait();
         assert!(jobs.claim(job.id, &peer).is_ok(), "the owner still gets it");
     }
 }
