@@ -224,6 +224,11 @@ fn serve(mut parser: lexopt::Parser) -> Res<ExitCode> {
             other => return Err(other.unexpected().into()),
         }
     }
+    // Room for connections and dumps: systemd's default soft limit is 1024.
+    match selfdump::server::raise_fd_limit() {
+        Ok(n) => log::info!("fd limit: {n}"),
+        Err(e) => log::warn!("cannot raise the fd limit to the hard limit: {e}"),
+    }
     async_io::block_on(async {
         let (major, minor, sub) = criu
             .version()
@@ -443,7 +448,10 @@ fn check_cmd(mut parser: lexopt::Parser) -> Res<ExitCode> {
         return check_pid(preflight.tcp_established(tcp).ext_unix_sk(ext_unix));
     }
     let findings = check::check(&criu, &scratch);
-    for f in &findings {
+    // the first four decide; what follows (dumps of non-root callers) is
+    // a note on what works here
+    let (core, notes) = findings.split_at(findings.len().min(4));
+    for f in core {
         println!(
             "{} {:<40} {}",
             if f.ok { "ok  " } else { "FAIL" },
@@ -451,13 +459,24 @@ fn check_cmd(mut parser: lexopt::Parser) -> Res<ExitCode> {
             f.detail
         );
     }
-    let ok = findings.iter().all(|f| f.ok) && findings.len() == 4;
+    let ok = core.iter().all(|f| f.ok) && core.len() == 4;
+    for f in notes {
+        println!(
+            "{} {:<40} {}",
+            if f.ok { "ok  " } else { "NOTE" },
+            f.what,
+            f.detail
+        );
+    }
+    let root_only = notes.iter().any(|f| !f.ok);
     println!(
         "{}",
-        if ok {
-            "verdict: selfdump can checkpoint and restore on this machine"
-        } else {
-            "verdict: NOT usable; fix the first FAIL above"
+        match (ok, root_only) {
+            (true, false) => "verdict: selfdump can checkpoint and restore on this machine",
+            (true, true) =>
+                "verdict: selfdump can checkpoint and restore on this machine, for root callers \
+                 only (see NOTE above)",
+            (false, _) => "verdict: NOT usable; fix the first FAIL above",
         }
     );
     Ok(if ok {

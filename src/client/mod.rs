@@ -267,6 +267,11 @@ pub async fn checkpoint(options: Options) -> Result<Outcome, Error> {
             reason: "the service does not know this job (it restarted, or the result expired)"
                 .into(),
         }),
+        // "result expired": the service dropped the result unclaimed
+        Ok(Response::Refused(r)) => Err(Error::OutcomeUnknown {
+            job,
+            reason: r.message,
+        }),
         Ok(other) => Err(unexpected(other, &images_dir)),
         Err(Error::Protocol(e)) => Err(Error::OutcomeUnknown {
             job,

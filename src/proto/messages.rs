@@ -132,7 +132,8 @@ pub enum RefusalKind {
     Busy,
     /// The service is shutting down.
     ShuttingDown,
-    /// The request is not valid in this state (e.g. a result asked for by another process).
+    /// The request is not valid in this state (e.g. a result that expired
+    /// before its process asked for it).
     Invalid,
     /// This machine, or this version of the service, cannot do what was asked.
     Unsupported,

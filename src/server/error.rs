@@ -20,7 +20,11 @@ pub enum Error {
         /// Why.
         source: io::Error,
     },
-    /// Accepting connections failed.
+    /// The listening socket is unusable (`accept` failed with `EBADF`,
+    /// `EINVAL` or `ENOTSOCK`), or could not be registered with the
+    /// reactor. Never the result of what a client does: other `accept`
+    /// errors (out of fds or memory, aborted connections) are logged and
+    /// retried, not returned.
     Accept(io::Error),
     /// CRIU is missing, too old, or broken.
     Criu(String),
@@ -45,7 +49,7 @@ impl fmt::Display for Error {
             Self::SocketPermissions { path, source } => {
                 write!(f, "cannot set owner/mode of {}: {source}", path.display())
             }
-            Self::Accept(e) => write!(f, "accepting connections failed: {e}"),
+            Self::Accept(e) => write!(f, "the listening socket is unusable: {e}"),
             Self::Criu(e) => write!(f, "{e} (run `selfdump check`, or scripts/install-criu.sh)"),
             Self::Key { path, source } => write!(
                 f,
