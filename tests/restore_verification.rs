@@ -108,7 +108,12 @@ fn resign(images: &Path, key: &Key, edit: impl FnOnce(&mut Manifest)) {
 
 #[test]
 fn tampered_images_are_refused_with_the_file_named() {
-    let service = Service::start();
+    let service = Service::start_with(|b| {
+        b.policy(selfdump::server::Policy {
+            allow_uids: [65534].into_iter().collect(),
+            ..Default::default()
+        })
+    });
     let (images, pid) = checkpoint_and_kill(&service, 4);
     let images = images.path();
 
@@ -200,14 +205,20 @@ fn tampered_images_are_refused_with_the_file_named() {
     let copy = copy_of(images);
     std::fs::remove_file(copy.path().join(MANIFEST_FILE)).unwrap();
     assert_refused(copy.path(), pid, "not signed");
+    // (a user who is not root restores through the service)
     let as_nobody = Command::new(selfdump_bin())
-        .args(["restore", "--trust-unsigned"])
+        .args(["restore", "--trust-unsigned", "--socket"])
+        .arg(&service.socket)
         .arg(copy.path())
         .uid(65534)
         .output()
         .unwrap();
     assert!(!as_nobody.status.success());
-    assert!(String::from_utf8_lossy(&as_nobody.stderr).contains("as root"));
+    let said = String::from_utf8_lossy(&as_nobody.stderr);
+    assert!(
+        said.contains("only root may restore unsigned images"),
+        "{said}"
+    );
     assert!(process_state(pid).is_none());
     let restored =
         restore_with(copy.path(), &["--trust-unsigned"]).expect("--trust-unsigned as root");
