@@ -46,6 +46,8 @@
 #![deny(missing_docs)]
 
 #[cfg(any(feature = "client", feature = "server"))]
+mod copy_record;
+#[cfg(any(feature = "client", feature = "server"))]
 mod procstat;
 pub mod proto;
 

@@ -186,7 +186,11 @@ pub fn restore(criu: &Criu, dir: &Path) -> Result<i32, RestoreError> {
 pub fn restore_waiting(criu: &Criu, dir: &Path, wait: Duration) -> Result<i32, RestoreError> {
     let meta = read_meta(dir)?;
     let tree = read_tree(dir)?;
-    wait_ids_free(&tree, meta.shell_job, wait)?;
+    // images of a whole pid namespace restore into a fresh one: their pids
+    // are the namespace's own, never the host's
+    if !meta.pid_namespace {
+        wait_ids_free(&tree, meta.shell_job, wait)?;
+    }
     // CRIU's own files go to a directory of root's: the images directory
     // is the caller's, and root must not create files there by name.
     let work = PrivateDir::open_or_create(Path::new(LOG_DIR)).map_err(|e| RestoreError::Criu {

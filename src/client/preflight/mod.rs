@@ -154,7 +154,7 @@ impl Preflight {
     pub fn run(&self) -> io::Result<Vec<Finding>> {
         let root = self
             .pid
-            .unwrap_or_else(|| rustix::process::getpid().as_raw_nonzero().get());
+            .unwrap_or_else(tree::own_pid);
         let tree = tree::process_tree(root)?;
         let mut fds = Vec::new();
         let mut findings = Vec::new();
