@@ -1,5 +1,7 @@
 //! `selfdump`: serve checkpoints, restore images, check CRIU.
 
+mod run;
+
 use lexopt::prelude::*;
 use selfdump::server::engine::kdat;
 use selfdump::server::{Criu, Policy, Server, check, restore};
@@ -13,6 +15,8 @@ selfdump: let processes checkpoint themselves with CRIU
 USAGE:
     selfdump serve [OPTIONS]      run the checkpoint service (as root)
     selfdump restore [OPTIONS] DIR  restore images, detached; prints the root pid
+    selfdump run -- CMD [ARGS]    run CMD in a pid namespace of its own (as root), so
+                                  that its checkpoints restore as many copies at once
     selfdump check [OPTIONS]      is CRIU usable here? (real dump and restore)
     selfdump check --pid PID      what in process PID would CRIU refuse? (preflight)
     selfdump help [COMMAND]       this text, or a command's options
@@ -54,14 +58,44 @@ const RESTORE_USAGE: &str = "\
 selfdump restore: restore a checkpoint, detached from this command
 
 USAGE: selfdump restore [--criu PATH] [--wait SECS] DIR
+       selfdump restore --copies N [--lazy] DIR
 
 Checks first that every pid, session and process group in the images is free
 and names the process holding one that is not. Prints the restored root pid.
+Images of a whole pid namespace (a program started with `selfdump run`)
+restore into a fresh pid namespace: no pid of theirs needs to be free.
 
 OPTIONS:
     --criu PATH   criu binary [default: found on PATH or /usr/local/sbin]
     --wait SECS   wait up to SECS for those ids to be free first (the previous
-                  restored copy still dying or not reaped yet) [default: 0]";
+                  restored copy still dying or not reaped yet) [default: 0]
+    --copies N    start N copies at once (images of a pid namespace only),
+                  each in a fresh pid namespace; prints each root pid, one per
+                  line, in copy order. In copy K, checkpoint() returns
+                  Restored with copy Some(K) and a fresh random restore id.
+                  All or nothing: if one copy fails, the others are killed.
+    --lazy        with --copies: each copy runs before its memory is loaded
+                  (CRIU lazy pages, one page daemon per copy). This command
+                  then stays until every copy's memory is in; keep the images
+                  until it exits. A copy whose daemon dies first is killed and
+                  the reason logged (exit code 1).";
+
+const RUN_USAGE: &str = "\
+selfdump run: run a program in a pid namespace of its own
+
+USAGE: selfdump run -- CMD [ARGS]
+
+Starts `selfdump __init` as pid 1 of a new pid namespace, leader of a session
+of its own, and CMD as its child. The init passes SIGTERM, SIGINT, SIGHUP,
+SIGQUIT, SIGUSR1, SIGUSR2, SIGWINCH and SIGALRM on to CMD, reaps orphans,
+and exits with CMD's status (128+N if a signal N ended it); so does this
+command, which passes the same signals on to the init. When CMD calls
+selfdump::checkpoint(), the service dumps the whole namespace, and the
+images restore as many copies at once (`selfdump restore --copies N`).
+
+Needs root (CAP_SYS_ADMIN). The namespace shares the host's /proc: inside
+it, getpid() is the namespace's number (CMD is pid 2) while /proc/<pid> is
+the host's; read /proc/self, not /proc/<getpid()>.";
 
 const CHECK_USAGE: &str = "\
 selfdump check: is CRIU usable on this machine?
@@ -106,6 +140,7 @@ fn run() -> Res<ExitCode> {
     match command.as_str() {
         "serve" => serve(parser),
         "restore" => restore_cmd(parser),
+        "run" | "__init" => run_cmd(&command, parser),
         "check" => check_cmd(parser),
         "help" => {
             let topic = parser.next()?.map(|a| match a {
@@ -117,6 +152,7 @@ fn run() -> Res<ExitCode> {
                 match topic.as_deref() {
                     Some("serve") => SERVE_USAGE,
                     Some("restore") => RESTORE_USAGE,
+                    Some("run") => RUN_USAGE,
                     Some("check") => CHECK_USAGE,
                     _ => USAGE,
                 }
@@ -274,6 +310,7 @@ fn restore_cmd(mut parser: lexopt::Parser) -> Res<ExitCode> {
     };
     let mut dir = None;
     let mut wait = Duration::ZERO;
+    let (mut copies, mut lazy) = (None, false);
     while let Some(arg) = parser.next()? {
         if help_requested(&arg, RESTORE_USAGE) {
             return Ok(ExitCode::SUCCESS);
@@ -281,12 +318,20 @@ fn restore_cmd(mut parser: lexopt::Parser) -> Res<ExitCode> {
         match arg {
             Long("criu") => criu.path = parser.value()?.into(),
             Long("wait") => wait = Duration::from_secs_f64(parser.value()?.parse()?),
+            Long("copies") => copies = Some(parser.value()?.parse::<u32>()?),
+            Long("lazy") => lazy = true,
             Value(v) if dir.is_none() => dir = Some(PathBuf::from(v)),
             other => return Err(other.unexpected().into()),
         }
     }
     let dir = dir.ok_or("restore needs the images directory: selfdump restore DIR")?;
     let dir = std::fs::canonicalize(&dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+    if lazy && copies.is_none() {
+        return Err("--lazy goes with --copies N (use --copies 1 for one copy)".into());
+    }
+    if let Some(n) = copies {
+        return copies_cmd(&criu, &dir, n, lazy);
+    }
     let pid = restore::restore_waiting(&criu, &dir, wait).map_err(|e| match e {
         e @ restore::RestoreError::IdInUse { .. } if !wait.is_zero() => {
             format!("after waiting {wait:?}: {e}")
@@ -296,6 +341,59 @@ fn restore_cmd(mut parser: lexopt::Parser) -> Res<ExitCode> {
     println!("{pid}");
     log::info!("restored {} as pid {pid}", dir.display());
     Ok(ExitCode::SUCCESS)
+}
+
+/// `selfdump restore --copies N [--lazy] DIR`.
+fn copies_cmd(criu: &Criu, dir: &std::path::Path, n: u32, lazy: bool) -> Res<ExitCode> {
+    use std::io::Write;
+    let copies = selfdump::server::copies::restore_copies(criu, dir, n, lazy)?;
+    let mut out = std::io::stdout().lock();
+    for copy in &copies.copies {
+        writeln!(out, "{}", copy.pid)?;
+    }
+    out.flush()?;
+    drop(out);
+    if !lazy {
+        return Ok(ExitCode::SUCCESS);
+    }
+    let died = copies
+        .supervise()
+        .into_iter()
+        .filter(|(_, pages)| !matches!(pages, selfdump::server::copies::Pages::Loaded(_)))
+        .count();
+    if died > 0 {
+        return Err(format!("{died} lazy cop(y/ies) lost their page daemon and were killed").into());
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `selfdump run -- CMD ARGS` and the init it starts (`__init`).
+fn run_cmd(command: &str, mut parser: lexopt::Parser) -> Res<ExitCode> {
+    use lexopt::Arg::*;
+    let mut words: Vec<std::ffi::OsString> = Vec::new();
+    while let Some(arg) = parser.next()? {
+        if words.is_empty() && help_requested(&arg, RUN_USAGE) {
+            return Ok(ExitCode::SUCCESS);
+        }
+        match arg {
+            Value(v) => {
+                // the program and everything after it, verbatim
+                words.push(v);
+                words.extend(parser.raw_args()?);
+            }
+            other => return Err(other.unexpected().into()),
+        }
+    }
+    if words.is_empty() {
+        return Err("run needs a program: selfdump run -- CMD [ARGS]".into());
+    }
+    let program = words.remove(0);
+    let code = if command == "run" {
+        run::run(program, words)?
+    } else {
+        run::init(program, words)?
+    };
+    Ok(code)
 }
 
 /// `selfdump check --pid PID`: the preflight of another process.
