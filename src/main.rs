@@ -94,7 +94,7 @@ selfdump::checkpoint(), the service dumps the whole namespace, and the
 images restore as many copies at once (`selfdump restore --copies N`).
 
 Needs root (CAP_SYS_ADMIN). The namespace shares the host's /proc: inside
-it, getpid() is the namespace's number (CMD is pid 2) while /proc/<pid> is
+it, getpid() is the namespace's number (CMD is pid 3) while /proc/<pid> is
 the host's; read /proc/self, not /proc/<getpid()>.";
 
 const CHECK_USAGE: &str = "\

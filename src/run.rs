@@ -7,7 +7,8 @@
 //! selfdump run -- CMD        (host's namespace: waits, passes signals on)
 //! └─ selfdump __init -- CMD  pid 1 of the new namespace, leader of its own
 //!    │                       session (setsid): the root of every dump
-//!    └─ CMD                  pid 2: the program, which calls checkpoint()
+//!    └─ CMD                  pid 3 (the init's reactor thread is 2): the
+//!                            program, which calls checkpoint()
 //! ```
 //!
 //! No parent-death signal anywhere: a restored copy's init would get it as

@@ -1,0 +1,330 @@
+//! Programs started with `selfdump run` (a pid namespace of their own):
+//! the service dumps the whole namespace, and its images restore as many
+//! copies at once, each told its number and a fresh restore id.
+
+mod common;
+
+use common::*;
+use selfdump::server::restore::read_meta;
+use std::fs::OpenOptions;
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+/// `selfdump run -- clone_worker --images DIR ARGS`, output appended to `log`.
+fn start_isolated(socket: &Path, images: &Path, log: &Path, args: &[&str]) -> Child {
+    start_isolated_with(socket, images, log, args, &[])
+}
+
+fn start_isolated_with(
+    socket: &Path,
+    images: &Path,
+    log: &Path,
+    args: &[&str],
+    before: &[&str],
+) -> Child {
+    let out = OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(log)
+        .unwrap();
+    let (program, pre): (std::path::PathBuf, Vec<String>) = match before.split_first() {
+        None => (selfdump_bin(), vec!["run".into(), "--".into()]),
+        Some((first, rest)) => (
+            first.into(),
+            rest.iter()
+                .map(|s| s.to_string())
+                .chain([selfdump_bin().display().to_string(), "__init".into(), "--".into()])
+                .collect(),
+        ),
+    };
+    Command::new(program)
+        .args(pre)
+        .arg(example("clone_worker"))
+        .arg("--images")
+        .arg(images)
+        .arg("--socket")
+        .arg(socket)
+        .args(args)
+        .stdin(Stdio::null())
+        .stdout(out.try_clone().unwrap())
+        .stderr(out)
+        .env("RUST_LOG", "warn")
+        .spawn()
+        .expect("start selfdump run")
+}
+
+/// `selfdump restore --copies N DIR`: the root pids, in copy order.
+fn restore_copies(images: &Path, n: u32) -> Vec<i32> {
+    let out = Command::new(selfdump_bin())
+        .args(["restore", "--copies", &n.to_string(), "--criu"])
+        .arg(criu().path)
+        .arg(images)
+        .env("RUST_LOG", "info")
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "restore --copies failed: {stderr}");
+    eprintln!("{}", stderr.trim());
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(|l| l.parse().expect("one pid a line"))
+        .collect()
+}
+
+fn lines_with(log: &Path, needle: &str) -> Vec<String> {
+    read(log)
+        .lines()
+        .filter(|l| l.contains(needle))
+        .map(str::to_owned)
+        .collect()
+}
+
+fn wait_lines(log: &Path, needle: &str, n: usize) -> Vec<String> {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let found = lines_with(log, needle);
+        if found.len() >= n {
+            return found;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "waiting for {n} x {needle:?}; output:\n{}",
+            read(log)
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// `copy=K id=HEX` of a `... restored: memory=...` line, and the memory verdict.
+fn copy_of(line: &str) -> (u32, String, String) {
+    let word = |key: &str| {
+        line.split_whitespace()
+            .find_map(|w| w.strip_prefix(key))
+            .unwrap_or_else(|| panic!("no {key} in {line:?}"))
+            .to_owned()
+    };
+    (
+        word("copy=").parse().expect("a copy number"),
+        word("id="),
+        word("memory="),
+    )
+}
+
+fn pid_ns(pid: i32) -> u64 {
+    use std::os::unix::fs::MetadataExt;
+    std::fs::metadata(format!("/proc/{pid}/ns/pid"))
+        .unwrap()
+        .ino()
+}
+
+fn nspid(pid: i32) -> String {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .unwrap()
+        .lines()
+        .find_map(|l| l.strip_prefix("NSpid:"))
+        .unwrap()
+        .trim()
+        .to_owned()
+}
+
+fn alive_ticks(log: &Path, who: &str) -> usize {
+    lines_with(log, &format!("{who} alive")).len()
+}
+
+#[test]
+fn a_program_started_with_selfdump_run_checkpoints_its_whole_namespace() {
+    let service = Service::start();
+    let images = images_dir();
+    let log = images.path().with_extension("log");
+    let mut run = start_isolated(
+        &service.socket,
+        images.path(),
+        &log,
+        &["--mb", "4", "--secs", "600"],
+    );
+    let ready = wait_lines(&log, "original ready", 1);
+    // pid 1 is the init (its reactor thread is 2), then the program
+    assert!(ready[0].contains("pid 3 "), "{ready:?}");
+    let line = wait_lines(&log, "original c", 1).pop().unwrap();
+    assert!(line.starts_with("original continued"), "{line}");
+    assert!(line.ends_with("2 processes"), "init and program: {line}");
+    eprintln!("{line}");
+
+    let meta = read_meta(images.path()).unwrap();
+    assert!(meta.pid_namespace, "{meta:?}");
+    assert!(!meta.shell_job, "the init leads its own session: {meta:?}");
+    assert!(
+        meta.copy_slot.as_deref().is_some_and(|s| s.starts_with("pipe:[")),
+        "{meta:?}"
+    );
+    // the dump's root is the init, the host's pid of the namespace's pid 1
+    assert_eq!(nspid(meta.pid), format!("{}\t1", meta.pid));
+
+    // `selfdump run` passes SIGTERM on (init, then program): 128 + 15
+    rustix::process::kill_process(
+        rustix::process::Pid::from_raw(run.id() as i32).unwrap(),
+        rustix::process::Signal::TERM,
+    )
+    .unwrap();
+    let status = run.wait().unwrap();
+    assert_eq!(status.code(), Some(128 + 15), "{status:?}");
+    // the namespace is gone with its init
+    assert!(!Path::new(&format!("/proc/{}", meta.pid)).exists());
+}
+
+#[test]
+fn eight_copies_of_one_image_run_at_once_each_told_its_number() {
+    let service = Service::start();
+    let images = images_dir();
+    let log = images.path().with_extension("log");
+    let mut original = start_isolated(
+        &service.socket,
+        images.path(),
+        &log,
+        &["--mb", "32", "--secs", "600"],
+    );
+    let line = wait_lines(&log, "original continued", 1).pop().unwrap();
+    eprintln!("{line}");
+    // the original keeps running: copies need none of its pids
+    let started = Instant::now();
+    let pids = restore_copies(images.path(), 8);
+    eprintln!("8 copies restored in {:?} (all 8 criu restores)", started.elapsed());
+    assert_eq!(pids.len(), 8);
+    let restored = wait_lines(&log, "restored: memory=", 8);
+    let copies: Vec<_> = restored.iter().map(|l| copy_of(l)).collect();
+    let mut numbers: Vec<u32> = copies.iter().map(|c| c.0).collect();
+    numbers.sort();
+    assert_eq!(numbers, (0..8).collect::<Vec<_>>(), "{restored:#?}");
+    let ids: std::collections::BTreeSet<_> = copies.iter().map(|c| c.1.clone()).collect();
+    assert_eq!(ids.len(), 8, "restore ids repeat: {restored:#?}");
+    assert!(copies.iter().all(|c| c.2 == "ok"), "{restored:#?}");
+    // each a pid 1 in a namespace of its own, all alive at once
+    let namespaces: std::collections::BTreeSet<_> = pids.iter().map(|&p| pid_ns(p)).collect();
+    assert_eq!(namespaces.len(), 8);
+    for &pid in &pids {
+        assert_eq!(nspid(pid), format!("{pid}\t1"));
+    }
+    assert!(original.try_wait().unwrap().is_none(), "the original runs on");
+
+    // killing copy 3 (its init: the namespace goes) leaves the others running
+    let id3 = copies.iter().find(|c| c.0 == 3).unwrap().1.clone();
+    kill_and_reap(pids[3]);
+    let dead = format!("copy=3 id={id3}");
+    let before: Vec<usize> = (0..8)
+        .map(|k| {
+            let id = &copies.iter().find(|c| c.0 == k).unwrap().1;
+            alive_ticks(&log, &format!("copy={k} id={id}"))
+        })
+        .collect();
+    std::thread::sleep(Duration::from_millis(600));
+    let dead_ticks = alive_ticks(&log, &dead);
+    std::thread::sleep(Duration::from_millis(400));
+    assert_eq!(alive_ticks(&log, &dead), dead_ticks, "copy 3 still runs");
+    for k in (0..8).filter(|&k| k != 3) {
+        let id = &copies.iter().find(|c| c.0 == k).unwrap().1;
+        let after = alive_ticks(&log, &format!("copy={k} id={id}"));
+        assert!(after > before[k as usize], "copy {k} stopped when copy 3 was killed");
+        assert!(Path::new(&format!("/proc/{}", pids[k as usize])).exists());
+    }
+    for (k, &pid) in pids.iter().enumerate() {
+        if k != 3 {
+            kill_and_reap(pid);
+        }
+    }
+    let _ = original.kill();
+    let _ = original.wait();
+}
+
+#[test]
+fn a_copy_of_a_copy_restores_as_many_copies_again() {
+    let service = Service::start();
+    let images = images_dir();
+    let again = images_dir();
+    let log = images.path().with_extension("log");
+    let again_arg = again.path().display().to_string();
+    let mut original = start_isolated(
+        &service.socket,
+        images.path(),
+        &log,
+        &["--mb", "8", "--secs", "600", "--again", &again_arg, "--again-copy", "1"],
+    );
+    wait_lines(&log, "original continued", 1);
+    original.kill().unwrap();
+    original.wait().unwrap();
+    let first = restore_copies(images.path(), 2);
+    let line = wait_lines(&log, "gen2 continued", 1).pop().unwrap();
+    assert!(line.starts_with("copy=1 "), "copy 1 checkpoints again: {line}");
+    assert!(read_meta(again.path()).unwrap().pid_namespace);
+    // the first generation may go: the second needs nothing of it
+    for pid in first {
+        kill_and_reap(pid);
+    }
+    let second = restore_copies(again.path(), 3);
+    let restored = wait_lines(&log, "gen2 restored", 3);
+    let mut numbers: Vec<u32> = restored.iter().map(|l| copy_of(l).0).collect();
+    numbers.sort();
+    assert_eq!(numbers, vec![0, 1, 2], "{restored:#?}");
+    assert!(restored.iter().all(|l| l.ends_with("memory=ok")), "{restored:#?}");
+    for pid in second {
+        kill_and_reap(pid);
+    }
+}
+
+#[test]
+fn a_namespace_whose_init_is_not_a_session_leader_is_refused_with_the_fix() {
+    let service = Service::start();
+    let images = images_dir();
+    let log = images.path().with_extension("log");
+    // `unshare -p -f` without `setsid`: the session leader is outside
+    let mut run = start_isolated_with(
+        &service.socket,
+        images.path(),
+        &log,
+        &["--mb", "1", "--secs", "5"],
+        &["unshare", "-p", "-f"],
+    );
+    let line = wait_lines(&log, "original error", 1).pop().unwrap();
+    assert!(line.contains("does not lead a session of its own"), "{line}");
+    assert!(line.contains("selfdump run"), "{line}");
+    let _ = run.wait();
+}
+
+#[test]
+fn a_namespace_whose_init_is_not_the_callers_own_is_refused() {
+    const NOBODY: u32 = 65534;
+    let service = Service::start_with(|b| {
+        b.policy(selfdump::server::Policy {
+            allow_uids: [NOBODY].into(),
+            ..Default::default()
+        })
+    });
+    let images = images_dir();
+    std::os::unix::fs::chown(images.path(), Some(NOBODY), Some(NOBODY)).unwrap();
+    let log = images.path().with_extension("log");
+    // a root init (the selfdump init run through unshare + setsid), the
+    // program as uid 65534 under it
+    let out = OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(&log)
+        .unwrap();
+    let mut run = Command::new("unshare")
+        .args(["-p", "-f", "setsid"])
+        .arg(selfdump_bin())
+        .args(["__init", "--", "setpriv", "--reuid=65534", "--regid=65534", "--clear-groups"])
+        .arg(example("clone_worker"))
+        .arg("--images")
+        .arg(images.path())
+        .arg("--socket")
+        .arg(&service.socket)
+        .args(["--mb", "1", "--secs", "5"])
+        .stdout(out.try_clone().unwrap())
+        .stderr(out)
+        .spawn()
+        .unwrap();
+    let line = wait_lines(&log, "original error", 1).pop().unwrap();
+    assert!(line.contains("the init of your pid namespace"), "{line}");
+    assert!(line.contains("uid 0"), "{line}");
+    let _ = run.wait();
+}
