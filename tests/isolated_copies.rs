@@ -328,3 +328,148 @@ fn a_namespace_whose_init_is_not_the_callers_own_is_refused() {
     assert!(line.contains("uid 0"), "{line}");
     let _ = run.wait();
 }
+
+/// Whether CRIU can restore lazily here (userfaultfd for non-cooperative
+/// processes); the lazy tests say so and skip when it cannot.
+fn lazy_pages_supported() -> bool {
+    let ok = Command::new(criu().path)
+        .args(["check", "--feature", "uffd-noncoop"])
+        .output()
+        .is_ok_and(|o| o.status.success());
+    if !ok {
+        eprintln!(
+            "SKIP: `criu check --feature uffd-noncoop` fails here: lazy restores need \
+             userfaultfd for non-cooperative processes"
+        );
+    }
+    ok
+}
+
+/// A checkpointed `clone_worker` of `mb` MiB whose original is gone.
+fn isolated_images(mb: &str) -> (tempfile::TempDir, std::path::PathBuf) {
+    let service = Service::start();
+    let images = images_dir();
+    let log = images.path().with_extension("log");
+    let mut original = start_isolated(
+        &service.socket,
+        images.path(),
+        &log,
+        &["--mb", mb, "--secs", "600"],
+    );
+    eprintln!("{}", wait_lines(&log, "original continued", 1).pop().unwrap());
+    original.kill().unwrap();
+    original.wait().unwrap();
+    (images, log)
+}
+
+#[test]
+fn lazy_copies_run_before_their_memory_is_in_and_get_all_of_it() {
+    if !lazy_pages_supported() {
+        return;
+    }
+    let (images, log) = isolated_images("64");
+    let started = Instant::now();
+    let mut restore = Command::new(selfdump_bin())
+        .args(["restore", "--copies", "2", "--lazy", "--criu"])
+        .arg(criu().path)
+        .arg(images.path())
+        .env("RUST_LOG", "info")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stdout = std::io::BufReader::new(restore.stdout.take().unwrap());
+    let mut pids = Vec::new();
+    for _ in 0..2 {
+        let mut line = String::new();
+        std::io::BufRead::read_line(&mut stdout, &mut line).unwrap();
+        pids.push(line.trim().parse::<i32>().expect("a pid"));
+    }
+    eprintln!("2 lazy copies of 64 MiB running after {:?}", started.elapsed());
+    let out = restore.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    eprintln!("{}", stderr.trim());
+    assert!(out.status.success(), "{stderr}");
+    assert_eq!(stderr.matches("all pages loaded").count(), 2, "{stderr}");
+    let restored = wait_lines(&log, "restored: memory=", 2);
+    assert!(restored.iter().all(|l| l.ends_with("memory=ok")), "{restored:#?}");
+    let mut numbers: Vec<u32> = restored.iter().map(|l| copy_of(l).0).collect();
+    numbers.sort();
+    assert_eq!(numbers, vec![0, 1]);
+    for pid in pids {
+        assert!(Path::new(&format!("/proc/{pid}")).exists(), "copy {pid} died");
+        kill_and_reap(pid);
+    }
+}
+
+#[test]
+fn a_lazy_copy_whose_page_daemon_dies_is_killed_with_the_reason() {
+    if !lazy_pages_supported() {
+        return;
+    }
+    let (images, _log) = isolated_images("512");
+    let mut restore = Command::new(selfdump_bin())
+        .args(["restore", "--copies", "1", "--lazy", "--criu"])
+        .arg(criu().path)
+        .arg(images.path())
+        .env("RUST_LOG", "info")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stdout = std::io::BufReader::new(restore.stdout.take().unwrap());
+    let mut line = String::new();
+    std::io::BufRead::read_line(&mut stdout, &mut line).unwrap();
+    let pid: i32 = line.trim().parse().expect("a pid");
+    // the page daemon: `criu lazy-pages`, a child of the restore command
+    let daemon = std::fs::read_dir("/proc")
+        .unwrap()
+        .flatten()
+        .filter_map(|e| e.file_name().to_str()?.parse::<i32>().ok())
+        .find(|p| {
+            let stat = std::fs::read_to_string(format!("/proc/{p}/stat")).unwrap_or_default();
+            let ppid = stat.rsplit_once(')').and_then(|(_, r)| {
+                r.split_whitespace().nth(1).and_then(|x| x.parse::<u32>().ok())
+            });
+            let cmdline = std::fs::read(format!("/proc/{p}/cmdline")).unwrap_or_default();
+            ppid == Some(restore.id()) && String::from_utf8_lossy(&cmdline).contains("lazy-pages")
+        });
+    let Some(daemon) = daemon else {
+        // it finished loading 512 MiB before we looked: nothing to kill
+        let out = restore.wait_with_output().unwrap();
+        eprintln!(
+            "SKIP: the page daemon finished before the test could kill it: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        kill_and_reap(pid);
+        return;
+    };
+    rustix::process::kill_process(
+        rustix::process::Pid::from_raw(daemon).unwrap(),
+        rustix::process::Signal::KILL,
+    )
+    .unwrap();
+    let out = restore.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    eprintln!("{}", stderr.trim());
+    if stderr.contains("all pages loaded") {
+        eprintln!("SKIP: the page daemon finished before the kill reached it");
+        kill_and_reap(pid);
+        return;
+    }
+    assert!(!out.status.success(), "{stderr}");
+    assert!(stderr.contains("lazy-pages daemon ended"), "{stderr}");
+    assert!(stderr.contains("the copy was killed"), "{stderr}");
+    assert!(stderr.contains("lazy-pages.log"), "names the daemon's log: {stderr}");
+    // the copy is gone (a zombie at most, until reaped), never hanging
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !matches!(process_state(pid), None | Some('Z')) {
+        assert!(
+            Instant::now() < deadline,
+            "the copy still runs: {:?}",
+            process_state(pid)
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    kill_and_reap(pid);
+}
