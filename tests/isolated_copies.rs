@@ -473,3 +473,38 @@ fn a_lazy_copy_whose_page_daemon_dies_is_killed_with_the_reason() {
     }
     kill_and_reap(pid);
 }
+
+#[test]
+fn the_library_twin_starts_a_program_isolated_that_checkpoints_unchanged() {
+    let service = Service::start();
+    let images = images_dir();
+    let log = images.path().with_extension("log");
+    let out = OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(&log)
+        .unwrap();
+    let mut cmd = selfdump::isolate::Isolated::new(example("clone_worker"))
+        .args(["--mb", "1", "--secs", "600", "--socket"])
+        .arg(&service.socket)
+        .arg("--images")
+        .arg(images.path())
+        .selfdump(selfdump_bin())
+        .command();
+    let mut child = cmd
+        .stdin(Stdio::null())
+        .stdout(out.try_clone().unwrap())
+        .stderr(out)
+        .spawn()
+        .unwrap();
+    let line = wait_lines(&log, "original c", 1).pop().unwrap();
+    assert!(line.starts_with("original continued"), "{line}");
+    assert!(read_meta(images.path()).unwrap().pid_namespace);
+    // SIGINT passed on: 128 + 2
+    rustix::process::kill_process(
+        rustix::process::Pid::from_raw(child.id() as i32).unwrap(),
+        rustix::process::Signal::INT,
+    )
+    .unwrap();
+    assert_eq!(child.wait().unwrap().code(), Some(128 + 2));
+}
