@@ -362,7 +362,9 @@ fn copies_cmd(criu: &Criu, dir: &std::path::Path, n: u32, lazy: bool) -> Res<Exi
         .filter(|(_, pages)| !matches!(pages, selfdump::server::copies::Pages::Loaded(_)))
         .count();
     if died > 0 {
-        return Err(format!("{died} lazy cop(y/ies) lost their page daemon and were killed").into());
+        return Err(
+            format!("{died} lazy cop(y/ies) lost their page daemon and were killed").into(),
+        );
     }
     Ok(ExitCode::SUCCESS)
 }

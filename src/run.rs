@@ -110,11 +110,7 @@ pub fn run(program: OsString, args: Vec<OsString>) -> Result<ExitCode, String> {
     // Only this thread's children go in the new namespace.
     // SAFETY: only this thread starts processes from here on.
     unsafe { rustix::thread::unshare_unsafe(rustix::thread::UnshareFlags::NEWPID) }.map_err(
-        |e| {
-            format!(
-                "cannot make a pid namespace ({e}): `selfdump run` needs root (CAP_SYS_ADMIN)"
-            )
-        },
+        |e| format!("cannot make a pid namespace ({e}): `selfdump run` needs root (CAP_SYS_ADMIN)"),
     )?;
     let mut init = Command::new("/proc/self/exe");
     init.arg("__init").arg("--").arg(&program).args(&args);
@@ -133,5 +129,11 @@ pub fn init(program: OsString, args: Vec<OsString>) -> Result<ExitCode, String> 
     let signals = signals().map_err(|e| e.to_string())?;
     let mut cmd = Command::new(&program);
     cmd.args(&args);
-    supervise(signals, cmd, true, &format!("{}", program.to_string_lossy())).map_err(|e| e.to_string())
+    supervise(
+        signals,
+        cmd,
+        true,
+        &format!("{}", program.to_string_lossy()),
+    )
+    .map_err(|e| e.to_string())
 }

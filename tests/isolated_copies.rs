@@ -34,7 +34,11 @@ fn start_isolated_with(
             first.into(),
             rest.iter()
                 .map(|s| s.to_string())
-                .chain([selfdump_bin().display().to_string(), "__init".into(), "--".into()])
+                .chain([
+                    selfdump_bin().display().to_string(),
+                    "__init".into(),
+                    "--".into(),
+                ])
                 .collect(),
         ),
     };
@@ -155,7 +159,9 @@ fn a_program_started_with_selfdump_run_checkpoints_its_whole_namespace() {
     assert!(meta.pid_namespace, "{meta:?}");
     assert!(!meta.shell_job, "the init leads its own session: {meta:?}");
     assert!(
-        meta.copy_slot.as_deref().is_some_and(|s| s.starts_with("pipe:[")),
+        meta.copy_slot
+            .as_deref()
+            .is_some_and(|s| s.starts_with("pipe:[")),
         "{meta:?}"
     );
     // the dump's root is the init, the host's pid of the namespace's pid 1
@@ -189,7 +195,10 @@ fn eight_copies_of_one_image_run_at_once_each_told_its_number() {
     // the original keeps running: copies need none of its pids
     let started = Instant::now();
     let pids = restore_copies(images.path(), 8);
-    eprintln!("8 copies restored in {:?} (all 8 criu restores)", started.elapsed());
+    eprintln!(
+        "8 copies restored in {:?} (all 8 criu restores)",
+        started.elapsed()
+    );
     assert_eq!(pids.len(), 8);
     let restored = wait_lines(&log, "restored: memory=", 8);
     let copies: Vec<_> = restored.iter().map(|l| copy_of(l)).collect();
@@ -205,7 +214,10 @@ fn eight_copies_of_one_image_run_at_once_each_told_its_number() {
     for &pid in &pids {
         assert_eq!(nspid(pid), format!("{pid}\t1"));
     }
-    assert!(original.try_wait().unwrap().is_none(), "the original runs on");
+    assert!(
+        original.try_wait().unwrap().is_none(),
+        "the original runs on"
+    );
 
     // killing copy 3 (its init: the namespace goes) leaves the others running
     let id3 = copies.iter().find(|c| c.0 == 3).unwrap().1.clone();
@@ -224,7 +236,10 @@ fn eight_copies_of_one_image_run_at_once_each_told_its_number() {
     for k in (0..8).filter(|&k| k != 3) {
         let id = &copies.iter().find(|c| c.0 == k).unwrap().1;
         let after = alive_ticks(&log, &format!("copy={k} id={id}"));
-        assert!(after > before[k as usize], "copy {k} stopped when copy 3 was killed");
+        assert!(
+            after > before[k as usize],
+            "copy {k} stopped when copy 3 was killed"
+        );
         assert!(Path::new(&format!("/proc/{}", pids[k as usize])).exists());
     }
     for (k, &pid) in pids.iter().enumerate() {
@@ -247,14 +262,26 @@ fn a_copy_of_a_copy_restores_as_many_copies_again() {
         &service.socket,
         images.path(),
         &log,
-        &["--mb", "8", "--secs", "600", "--again", &again_arg, "--again-copy", "1"],
+        &[
+            "--mb",
+            "8",
+            "--secs",
+            "600",
+            "--again",
+            &again_arg,
+            "--again-copy",
+            "1",
+        ],
     );
     wait_lines(&log, "original continued", 1);
     original.kill().unwrap();
     original.wait().unwrap();
     let first = restore_copies(images.path(), 2);
     let line = wait_lines(&log, "gen2 continued", 1).pop().unwrap();
-    assert!(line.starts_with("copy=1 "), "copy 1 checkpoints again: {line}");
+    assert!(
+        line.starts_with("copy=1 "),
+        "copy 1 checkpoints again: {line}"
+    );
     assert!(read_meta(again.path()).unwrap().pid_namespace);
     // the first generation may go: the second needs nothing of it
     for pid in first {
@@ -265,7 +292,10 @@ fn a_copy_of_a_copy_restores_as_many_copies_again() {
     let mut numbers: Vec<u32> = restored.iter().map(|l| copy_of(l).0).collect();
     numbers.sort();
     assert_eq!(numbers, vec![0, 1, 2], "{restored:#?}");
-    assert!(restored.iter().all(|l| l.ends_with("memory=ok")), "{restored:#?}");
+    assert!(
+        restored.iter().all(|l| l.ends_with("memory=ok")),
+        "{restored:#?}"
+    );
     for pid in second {
         kill_and_reap(pid);
     }
@@ -285,7 +315,10 @@ fn a_namespace_whose_init_is_not_a_session_leader_is_refused_with_the_fix() {
         &["unshare", "-p", "-f"],
     );
     let line = wait_lines(&log, "original error", 1).pop().unwrap();
-    assert!(line.contains("does not lead a session of its own"), "{line}");
+    assert!(
+        line.contains("does not lead a session of its own"),
+        "{line}"
+    );
     assert!(line.contains("selfdump run"), "{line}");
     let _ = run.wait();
 }
@@ -312,7 +345,14 @@ fn a_namespace_whose_init_is_not_the_callers_own_is_refused() {
     let mut run = Command::new("unshare")
         .args(["-p", "-f", "setsid"])
         .arg(selfdump_bin())
-        .args(["__init", "--", "setpriv", "--reuid=65534", "--regid=65534", "--clear-groups"])
+        .args([
+            "__init",
+            "--",
+            "setpriv",
+            "--reuid=65534",
+            "--regid=65534",
+            "--clear-groups",
+        ])
         .arg(example("clone_worker"))
         .arg("--images")
         .arg(images.path())
@@ -356,7 +396,10 @@ fn isolated_images(mb: &str) -> (tempfile::TempDir, std::path::PathBuf) {
         &log,
         &["--mb", mb, "--secs", "600"],
     );
-    eprintln!("{}", wait_lines(&log, "original continued", 1).pop().unwrap());
+    eprintln!(
+        "{}",
+        wait_lines(&log, "original continued", 1).pop().unwrap()
+    );
     original.kill().unwrap();
     original.wait().unwrap();
     (images, log)
@@ -385,19 +428,28 @@ fn lazy_copies_run_before_their_memory_is_in_and_get_all_of_it() {
         std::io::BufRead::read_line(&mut stdout, &mut line).unwrap();
         pids.push(line.trim().parse::<i32>().expect("a pid"));
     }
-    eprintln!("2 lazy copies of 64 MiB running after {:?}", started.elapsed());
+    eprintln!(
+        "2 lazy copies of 64 MiB running after {:?}",
+        started.elapsed()
+    );
     let out = restore.wait_with_output().unwrap();
     let stderr = String::from_utf8_lossy(&out.stderr);
     eprintln!("{}", stderr.trim());
     assert!(out.status.success(), "{stderr}");
     assert_eq!(stderr.matches("all pages loaded").count(), 2, "{stderr}");
     let restored = wait_lines(&log, "restored: memory=", 2);
-    assert!(restored.iter().all(|l| l.ends_with("memory=ok")), "{restored:#?}");
+    assert!(
+        restored.iter().all(|l| l.ends_with("memory=ok")),
+        "{restored:#?}"
+    );
     let mut numbers: Vec<u32> = restored.iter().map(|l| copy_of(l).0).collect();
     numbers.sort();
     assert_eq!(numbers, vec![0, 1]);
     for pid in pids {
-        assert!(Path::new(&format!("/proc/{pid}")).exists(), "copy {pid} died");
+        assert!(
+            Path::new(&format!("/proc/{pid}")).exists(),
+            "copy {pid} died"
+        );
         kill_and_reap(pid);
     }
 }
@@ -429,7 +481,9 @@ fn a_lazy_copy_whose_page_daemon_dies_is_killed_with_the_reason() {
         .find(|p| {
             let stat = std::fs::read_to_string(format!("/proc/{p}/stat")).unwrap_or_default();
             let ppid = stat.rsplit_once(')').and_then(|(_, r)| {
-                r.split_whitespace().nth(1).and_then(|x| x.parse::<u32>().ok())
+                r.split_whitespace()
+                    .nth(1)
+                    .and_then(|x| x.parse::<u32>().ok())
             });
             let cmdline = std::fs::read(format!("/proc/{p}/cmdline")).unwrap_or_default();
             ppid == Some(restore.id()) && String::from_utf8_lossy(&cmdline).contains("lazy-pages")
@@ -460,7 +514,10 @@ fn a_lazy_copy_whose_page_daemon_dies_is_killed_with_the_reason() {
     assert!(!out.status.success(), "{stderr}");
     assert!(stderr.contains("lazy-pages daemon ended"), "{stderr}");
     assert!(stderr.contains("the copy was killed"), "{stderr}");
-    assert!(stderr.contains("lazy-pages.log"), "names the daemon's log: {stderr}");
+    assert!(
+        stderr.contains("lazy-pages.log"),
+        "names the daemon's log: {stderr}"
+    );
     // the copy is gone (a zombie at most, until reaped), never hanging
     let deadline = Instant::now() + Duration::from_secs(10);
     while !matches!(process_state(pid), None | Some('Z')) {

@@ -15,9 +15,9 @@
 //! draws its restore id from the kernel itself (`getrandom`, which a
 //! restore never copies).
 
-use rustix::fd::{AsFd, OwnedFd};
-use crate::copy_record::parse;
 pub(crate) use crate::copy_record::fresh_id;
+use crate::copy_record::parse;
+use rustix::fd::{AsFd, OwnedFd};
 use rustix::pipe::PipeFlags;
 
 /// Makes a copy slot: the read end of a pipe with no writer.

@@ -232,7 +232,8 @@ pub fn restore_copies(
             .and_then(|p| String::from_utf8_lossy(&p).trim().parse::<i32>().ok());
         match (status, pid) {
             (Ok(s), Some(pid)) if s.success() => {
-                let pidfd = Pid::from_raw(pid).and_then(|p| pidfd_open(p, PidfdFlags::empty()).ok());
+                let pidfd =
+                    Pid::from_raw(pid).and_then(|p| pidfd_open(p, PidfdFlags::empty()).ok());
                 running.push(Copy {
                     number: number as u32,
                     pid,
@@ -313,7 +314,9 @@ fn start_copy(
         log: work.shown().join(log),
     };
     let daemon = if lazy {
-        let (mut ready, status) = std::io::pipe().map_err(|e| failed("pipe", &e, ""))?;
+        let (ready, status) = rustix::pipe::pipe_with(rustix::pipe::PipeFlags::CLOEXEC)
+            .map_err(|e| failed("pipe", &e, ""))?;
+        let mut ready = std::fs::File::from(ready);
         let mut cmd = Command::new(&criu.path);
         cmd.arg("lazy-pages")
             .arg("--images-dir")
@@ -323,7 +326,7 @@ fn start_copy(
             .args(["--log-file", "lazy-pages.log", "--status-fd", "1"])
             .arg(format!("-v{}", criu.log_level))
             .stdin(Stdio::null())
-            .stdout(status)
+            .stdout(Stdio::from(status))
             .stderr(Stdio::null());
         let child = cmd
             .spawn()
@@ -369,12 +372,16 @@ fn start_copy(
     let restore_id = match &meta.copy_slot {
         Some(key) => {
             let id = copy_record::fresh_id();
-            let (slot, mut fill) = std::io::pipe().map_err(|e| failed("pipe", &e, ""))?;
-            std::io::Write::write_all(&mut fill, copy_record::record(number, id).as_bytes())
-                .map_err(|e| failed("copy record", &e, ""))?;
-            drop(fill); // the copy reads its record, then EOF
+            let (slot, fill) = rustix::pipe::pipe_with(rustix::pipe::PipeFlags::CLOEXEC)
+                .map_err(|e| failed("pipe", &e, ""))?;
+            std::io::Write::write_all(
+                &mut std::fs::File::from(fill),
+                copy_record::record(number, id).as_bytes(),
+            )
+            .map_err(|e| failed("copy record", &e, ""))?;
+            // the write end is closed: the copy reads its record, then EOF
             cmd.arg("--inherit-fd").arg(format!("fd[0]:{key}"));
-            cmd.stdin(Stdio::from(OwnedFd::from(slot)));
+            cmd.stdin(Stdio::from(slot));
             Some(id)
         }
         None => {

@@ -38,7 +38,8 @@ fn status_field(status: &str, name: &str) -> Option<String> {
 /// caller, as always); `Ok(Some(init))` when the whole namespace is to be
 /// dumped; `Err` is why the service refuses.
 pub(super) fn dump_root(peer: &Peer, caller: &Caller) -> Result<Option<NsInit>, String> {
-    let ours = pid_ns("self").map_err(|e| format!("cannot read the service's pid namespace: {e}"))?;
+    let ours =
+        pid_ns("self").map_err(|e| format!("cannot read the service's pid namespace: {e}"))?;
     let theirs = pid_ns(&peer.pid.to_string())
         .map_err(|e| format!("cannot read your pid namespace: {e}"))?;
     if !peer.is_alive() {

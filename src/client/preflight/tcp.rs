@@ -57,10 +57,7 @@ pub(super) fn tcp_sockets(root: i32, fds: &[TcpFd<'_>]) -> HashMap<u64, TcpSocke
     let mut left = Vec::new();
     let mut queries = Vec::new();
     for f in fds {
-        match pidfd
-            .as_ref()
-            .filter(|_| f.fd.pid == me)
-        {
+        match pidfd.as_ref().filter(|_| f.fd.pid == me) {
             Some(pidfd) => match own_socket(pidfd, f) {
                 Own::Known(sock) => {
                     out.insert(f.ino, sock);
