@@ -18,6 +18,10 @@
 //! `/proc/self`, never from `getpid()`), and a private mount namespace
 //! would make CRIU dump and restore mounts, which needs `--root` and
 //! external-mount options for every restore.
+//!
+//! The init is this binary, so it is in every image like the program's
+//! own binary: CRIU refuses to restore when a mapped file changed size, so
+//! images made under one build of `selfdump` need that build on disk.
 
 use async_signal::{Signal, Signals};
 use futures_lite::StreamExt;

@@ -204,18 +204,35 @@ pub fn restore_copies(
     let mut daemons = Vec::new();
     let mut pending = Vec::new();
     let mut failed = None;
+    // All page daemons first, then each restore once its daemon listens:
+    // the daemons start in parallel.
+    let mut prepared = Vec::new();
     for number in 0..copies {
-        match start_copy(criu, dir, &meta, number, lazy, &base) {
+        match prepare_copy(criu, dir, number, lazy, &base) {
+            Ok(p) => prepared.push(p),
+            Err(e) => {
+                failed = Some(e);
+                break;
+            }
+        }
+    }
+    for p in prepared {
+        let number = p.number;
+        if failed.is_some() {
+            if let Some((mut child, _)) = p.daemon {
+                let _ = child.kill();
+                let _ = child.wait();
+            }
+            continue;
+        }
+        match launch_copy(criu, dir, &meta, p) {
             Ok((p, daemon)) => {
                 if let Some(child) = daemon {
                     daemons.push((number as usize, child));
                 }
                 pending.push(p);
             }
-            Err(e) => {
-                failed = Some(e);
-                break;
-            }
+            Err(e) => failed = Some(e),
         }
     }
     let mut running = Vec::new();
@@ -295,28 +312,43 @@ pub fn restore_copies(
     })
 }
 
-/// Starts copy `number`: its work directory, its copy record, its page
-/// daemon (lazy) and its `criu restore`, not waited for.
-fn start_copy(
+/// A copy's work directory and its page daemon (lazy), started.
+struct Prepared {
+    number: u32,
+    work: PrivateDir,
+    /// The daemon and the pipe on which it says it listens.
+    daemon: Option<(Child, std::fs::File)>,
+}
+
+fn copy_error(
+    number: u32,
+    work: &PrivateDir,
+    what: &str,
+    e: &dyn std::fmt::Display,
+    log: &str,
+) -> RestoreError {
+    RestoreError::Criu {
+        message: format!("copy {number}: {what}: {e}"),
+        log: work.shown().join(log),
+    }
+}
+
+/// Makes copy `number`'s work directory and, for a lazy copy, starts its
+/// page daemon (not waited for).
+fn prepare_copy(
     criu: &Criu,
     dir: &Path,
-    meta: &ImageMeta,
     number: u32,
     lazy: bool,
     base: &PrivateDir,
-) -> Result<(Pending, Option<Child>), RestoreError> {
+) -> Result<Prepared, RestoreError> {
     let work = PrivateDir::create_in(base.shown(), "copy-").map_err(|e| RestoreError::Criu {
         message: format!("copy {number}: no work directory: {e}"),
         log: base.shown().to_path_buf(),
     })?;
-    let failed = |what: &str, e: &dyn std::fmt::Display, log: &str| RestoreError::Criu {
-        message: format!("copy {number}: {what}: {e}"),
-        log: work.shown().join(log),
-    };
     let daemon = if lazy {
         let (ready, status) = rustix::pipe::pipe_with(rustix::pipe::PipeFlags::CLOEXEC)
-            .map_err(|e| failed("pipe", &e, ""))?;
-        let mut ready = std::fs::File::from(ready);
+            .map_err(|e| copy_error(number, &work, "pipe", &e, ""))?;
         let mut cmd = Command::new(&criu.path);
         cmd.arg("lazy-pages")
             .arg("--images-dir")
@@ -328,22 +360,59 @@ fn start_copy(
             .stdin(Stdio::null())
             .stdout(Stdio::from(status))
             .stderr(Stdio::null());
-        let child = cmd
-            .spawn()
-            .map_err(|e| failed("cannot run criu lazy-pages", &e, "lazy-pages.log"))?;
-        drop(cmd); // our copy of the status pipe's write end
-        // one byte once it listens; EOF if it failed first
-        let mut byte = [0u8; 1];
-        if ready.read(&mut byte).unwrap_or(0) == 0 {
-            return Err(failed(
-                "criu lazy-pages did not start",
-                &"no ready signal",
+        let child = cmd.spawn().map_err(|e| {
+            copy_error(
+                number,
+                &work,
+                "cannot run criu lazy-pages",
+                &e,
                 "lazy-pages.log",
-            ));
-        }
-        Some(child)
+            )
+        })?;
+        drop(cmd); // our copy of the status pipe's write end
+        Some((child, std::fs::File::from(ready)))
     } else {
         None
+    };
+    Ok(Prepared {
+        number,
+        work,
+        daemon,
+    })
+}
+
+/// Starts copy `number`'s `criu restore` (not waited for), once its page
+/// daemon (lazy) listens; gives the daemon back.
+fn launch_copy(
+    criu: &Criu,
+    dir: &Path,
+    meta: &ImageMeta,
+    prepared: Prepared,
+) -> Result<(Pending, Option<Child>), RestoreError> {
+    let Prepared {
+        number,
+        work,
+        daemon,
+    } = prepared;
+    let failed =
+        |what: &str, e: &dyn std::fmt::Display, log: &str| copy_error(number, &work, what, e, log);
+    let lazy = daemon.is_some();
+    let daemon = match daemon {
+        Some((mut child, mut ready)) => {
+            // one byte once it listens; EOF if it failed first
+            let mut byte = [0u8; 1];
+            if ready.read(&mut byte).unwrap_or(0) == 0 {
+                let _ = child.kill();
+                let _ = child.wait();
+                return Err(failed(
+                    "criu lazy-pages did not start",
+                    &"no ready signal",
+                    "lazy-pages.log",
+                ));
+            }
+            Some(child)
+        }
+        None => None,
     };
     let mut cmd = Command::new(&criu.path);
     cmd.arg("restore")
