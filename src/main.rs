@@ -93,7 +93,10 @@ command, which passes the same signals on to the init. When CMD calls
 selfdump::checkpoint(), the service dumps the whole namespace, and the
 images restore as many copies at once (`selfdump restore --copies N`).
 
-Needs root (CAP_SYS_ADMIN). The namespace shares the host's /proc: inside
+SIGKILL to this command does not end the namespace (no parent-death signal
+is set: a restored copy's init would get it when CRIU exits); SIGKILL the
+init (this command's child) for that. Needs root (CAP_SYS_ADMIN). The
+namespace shares the host's /proc: inside
 it, getpid() is the namespace's number (CMD is pid 3) while /proc/<pid> is
 the host's; read /proc/self, not /proc/<getpid()>.";
 

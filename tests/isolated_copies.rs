@@ -11,9 +11,59 @@ use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+/// `selfdump run` (or another starter) and the namespace under it, stopped
+/// on drop: SIGTERM, which the run and the init pass on to the program,
+/// then SIGKILL to the init if need be. (SIGKILL to `selfdump run` alone
+/// would leave the namespace running: nothing may kill the init when its
+/// parent dies, or restored copies would die with CRIU.)
+struct Run(Child);
+
+impl Run {
+    fn stop(&mut self) -> Option<std::process::ExitStatus> {
+        use rustix::process::{Pid, Signal, kill_process};
+        let pid = Pid::from_raw(self.0.id() as i32).unwrap();
+        if let Ok(Some(status)) = self.0.try_wait() {
+            return Some(status);
+        }
+        let _ = kill_process(pid, Signal::TERM);
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while Instant::now() < deadline {
+            if let Ok(Some(status)) = self.0.try_wait() {
+                return Some(status);
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        for init in children_of(self.0.id()) {
+            kill_and_reap(init);
+        }
+        let _ = self.0.kill();
+        self.0.wait().ok()
+    }
+}
+
+impl Drop for Run {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+fn children_of(parent: u32) -> Vec<i32> {
+    std::fs::read_dir("/proc")
+        .unwrap()
+        .flatten()
+        .filter_map(|e| e.file_name().to_str()?.parse::<i32>().ok())
+        .filter(|p| {
+            let stat = std::fs::read_to_string(format!("/proc/{p}/stat")).unwrap_or_default();
+            stat.rsplit_once(')')
+                .and_then(|(_, r)| r.split_whitespace().nth(1)?.parse::<u32>().ok())
+                == Some(parent)
+        })
+        .collect()
+}
+
 /// `selfdump run -- clone_worker --images DIR ARGS`, output appended to `log`.
-fn start_isolated(socket: &Path, images: &Path, log: &Path, args: &[&str]) -> Child {
-    start_isolated_with(socket, images, log, args, &[])
+fn start_isolated(socket: &Path, images: &Path, log: &Path, args: &[&str]) -> Run {
+    Run(start_isolated_with(socket, images, log, args, &[]))
 }
 
 fn start_isolated_with(
@@ -168,12 +218,7 @@ fn a_program_started_with_selfdump_run_checkpoints_its_whole_namespace() {
     assert_eq!(nspid(meta.pid), format!("{}\t1", meta.pid));
 
     // `selfdump run` passes SIGTERM on (init, then program): 128 + 15
-    rustix::process::kill_process(
-        rustix::process::Pid::from_raw(run.id() as i32).unwrap(),
-        rustix::process::Signal::TERM,
-    )
-    .unwrap();
-    let status = run.wait().unwrap();
+    let status = run.stop().unwrap();
     assert_eq!(status.code(), Some(128 + 15), "{status:?}");
     // the namespace is gone with its init
     assert!(!Path::new(&format!("/proc/{}", meta.pid)).exists());
@@ -215,7 +260,7 @@ fn eight_copies_of_one_image_run_at_once_each_told_its_number() {
         assert_eq!(nspid(pid), format!("{pid}\t1"));
     }
     assert!(
-        original.try_wait().unwrap().is_none(),
+        original.0.try_wait().unwrap().is_none(),
         "the original runs on"
     );
 
@@ -247,8 +292,7 @@ fn eight_copies_of_one_image_run_at_once_each_told_its_number() {
             kill_and_reap(pid);
         }
     }
-    let _ = original.kill();
-    let _ = original.wait();
+    original.stop();
 }
 
 #[test]
@@ -274,8 +318,7 @@ fn a_copy_of_a_copy_restores_as_many_copies_again() {
         ],
     );
     wait_lines(&log, "original continued", 1);
-    original.kill().unwrap();
-    original.wait().unwrap();
+    original.stop();
     let first = restore_copies(images.path(), 2);
     let line = wait_lines(&log, "gen2 continued", 1).pop().unwrap();
     assert!(
@@ -307,20 +350,19 @@ fn a_namespace_whose_init_is_not_a_session_leader_is_refused_with_the_fix() {
     let images = images_dir();
     let log = images.path().with_extension("log");
     // `unshare -p -f` without `setsid`: the session leader is outside
-    let mut run = start_isolated_with(
+    let _run = Run(start_isolated_with(
         &service.socket,
         images.path(),
         &log,
         &["--mb", "1", "--secs", "5"],
         &["unshare", "-p", "-f"],
-    );
+    ));
     let line = wait_lines(&log, "original error", 1).pop().unwrap();
     assert!(
         line.contains("does not lead a session of its own"),
         "{line}"
     );
     assert!(line.contains("selfdump run"), "{line}");
-    let _ = run.wait();
 }
 
 #[test]
@@ -342,7 +384,7 @@ fn a_namespace_whose_init_is_not_the_callers_own_is_refused() {
         .append(true)
         .open(&log)
         .unwrap();
-    let mut run = Command::new("unshare")
+    let _run = Run(Command::new("unshare")
         .args(["-p", "-f", "setsid"])
         .arg(selfdump_bin())
         .args([
@@ -362,11 +404,10 @@ fn a_namespace_whose_init_is_not_the_callers_own_is_refused() {
         .stdout(out.try_clone().unwrap())
         .stderr(out)
         .spawn()
-        .unwrap();
+        .unwrap());
     let line = wait_lines(&log, "original error", 1).pop().unwrap();
     assert!(line.contains("the init of your pid namespace"), "{line}");
     assert!(line.contains("uid 0"), "{line}");
-    let _ = run.wait();
 }
 
 /// Whether CRIU can restore lazily here (userfaultfd for non-cooperative
@@ -400,8 +441,7 @@ fn isolated_images(mb: &str) -> (tempfile::TempDir, std::path::PathBuf) {
         "{}",
         wait_lines(&log, "original continued", 1).pop().unwrap()
     );
-    original.kill().unwrap();
-    original.wait().unwrap();
+    original.stop();
     (images, log)
 }
 
@@ -548,20 +588,20 @@ fn the_library_twin_starts_a_program_isolated_that_checkpoints_unchanged() {
         .arg(images.path())
         .selfdump(selfdump_bin())
         .command();
-    let mut child = cmd
+    let mut child = Run(cmd
         .stdin(Stdio::null())
         .stdout(out.try_clone().unwrap())
         .stderr(out)
         .spawn()
-        .unwrap();
+        .unwrap());
     let line = wait_lines(&log, "original c", 1).pop().unwrap();
     assert!(line.starts_with("original continued"), "{line}");
     assert!(read_meta(images.path()).unwrap().pid_namespace);
     // SIGINT passed on: 128 + 2
     rustix::process::kill_process(
-        rustix::process::Pid::from_raw(child.id() as i32).unwrap(),
+        rustix::process::Pid::from_raw(child.0.id() as i32).unwrap(),
         rustix::process::Signal::INT,
     )
     .unwrap();
-    assert_eq!(child.wait().unwrap().code(), Some(128 + 2));
+    assert_eq!(child.0.wait().unwrap().code(), Some(128 + 2));
 }
