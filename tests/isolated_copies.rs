@@ -605,3 +605,50 @@ fn the_library_twin_starts_a_program_isolated_that_checkpoints_unchanged() {
     .unwrap();
     assert_eq!(child.0.wait().unwrap().code(), Some(128 + 2));
 }
+
+#[test]
+fn a_plain_restore_of_isolated_images_needs_no_free_pid_and_has_no_copy_number() {
+    let service = Service::start();
+    let images = images_dir();
+    let log = images.path().with_extension("log");
+    // the original keeps running: its pids (1, 3 in its namespace) stay taken
+    let _original = start_isolated(
+        &service.socket,
+        images.path(),
+        &log,
+        &["--mb", "1", "--secs", "600"],
+    );
+    wait_lines(&log, "original continued", 1);
+    let pid = restore(images.path()).expect("restores beside the original");
+    let line = wait_lines(&log, "restored: memory=", 1).pop().unwrap();
+    assert!(line.starts_with("copy=none id="), "{line}");
+    assert!(line.ends_with("memory=ok"), "{line}");
+    let id = line.split_whitespace().nth(1).unwrap();
+    assert_ne!(id, "id=00000000000000000000000000000000", "{line}");
+    kill_and_reap(pid);
+}
+
+#[test]
+fn copies_of_images_of_a_single_process_are_refused_saying_why() {
+    let service = Service::start();
+    let images = images_dir();
+    let mut program = Program::start(
+        &service,
+        images.path(),
+        &["--at", "1", "--until", "2", "--interval-ms", "20"],
+    );
+    program.wait_for("the checkpoint", |l| l.starts_with("checkpoint continued"));
+    program.wait();
+    assert!(!read_meta(images.path()).unwrap().pid_namespace);
+    let out = Command::new(selfdump_bin())
+        .args(["restore", "--copies", "2", "--criu"])
+        .arg(criu().path)
+        .arg(images.path())
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(stderr.contains("not of a whole pid namespace"), "{stderr}");
+    assert!(stderr.contains("selfdump run"), "{stderr}");
+    assert!(out.stdout.is_empty(), "no copy started");
+}
