@@ -652,3 +652,49 @@ fn copies_of_images_of_a_single_process_are_refused_saying_why() {
     assert!(stderr.contains("selfdump run"), "{stderr}");
     assert!(out.stdout.is_empty(), "no copy started");
 }
+
+#[test]
+fn a_process_that_entered_the_namespace_from_outside_is_refused() {
+    let service = Service::start();
+    let images = images_dir();
+    let log = images.path().with_extension("log");
+    let run = start_isolated(
+        &service.socket,
+        images.path(),
+        &log,
+        &["--mb", "1", "--secs", "600"],
+    );
+    wait_lines(&log, "original continued", 1);
+    let init = children_of(run.0.id());
+    assert_eq!(init.len(), 1, "one init under selfdump run");
+    // `nsenter -p` forks its child into the namespace: its parent is outside
+    let entered = images_dir();
+    let entered_log = entered.path().with_extension("log");
+    let out = OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(&entered_log)
+        .unwrap();
+    let mut nsenter = Command::new("nsenter")
+        .arg("-t")
+        .arg(init[0].to_string())
+        .arg("-p")
+        .arg("--")
+        .arg(example("clone_worker"))
+        .arg("--images")
+        .arg(entered.path())
+        .arg("--socket")
+        .arg(&service.socket)
+        .args(["--mb", "1", "--secs", "1"])
+        .stdout(out.try_clone().unwrap())
+        .stderr(out)
+        .spawn()
+        .unwrap();
+    let line = wait_lines(&entered_log, "original ", 2).pop().unwrap();
+    assert!(line.starts_with("original error"), "{line}");
+    assert!(
+        line.contains("entered the namespace from outside"),
+        "{line}"
+    );
+    let _ = nsenter.wait();
+}
