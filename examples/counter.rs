@@ -21,6 +21,16 @@
 //! this command as each child instead), `--thread-setuid UID` (start a
 //! thread that switches its own ids, and only its own, to UID).
 //!
+//! For the resource attacks: `--keepcaps-setuid UID` (started as root: keep
+//! the permitted capabilities across a switch of every id to UID, with
+//! the effective set empty, then become dumpable again), and two modes of
+//! their own: `counter --flood SOCKET N` (open N connections to the
+//! service, say `held N`, and sleep), and `counter --unclaimed N --images
+//! DIR --socket PATH --claim-when FILE` (ask for N dumps of itself by hand
+//! and never collect their results, printing `job I SERVICE SEQ`; once
+//! FILE exists, ask for the first and the last result and print
+//! `claim first: ...` and `claim last: ...`).
+//!
 //! For harnesses: `--at2 N --images2 DIR` (checkpoint a second time at
 //! count N, into DIR: run from a restored copy, this is a second
 //! generation; prints `checkpoint2 ...`), `--skip-preflight` (let CRIU
@@ -32,8 +42,11 @@ use std::time::Duration;
 
 fn main() {
     let args: Vec<String> = std::env::args().skip(1).collect();
-    if args.first().map(String::as_str) == Some("--child") {
-        return child(&args[1..]);
+    match args.first().map(String::as_str) {
+        Some("--child") => return child(&args[1..]),
+        Some("--flood") => return flood(&args[1..]),
+        Some("--unclaimed") => return unclaimed(&args[1..]),
+        _ => {}
     }
     let value = |name: &str| {
         args.iter()
@@ -42,6 +55,9 @@ fn main() {
             .cloned()
     };
     let number = |name: &str, default: u64| value(name).map_or(default, |v| v.parse().expect(name));
+    if let Some(uid) = value("--keepcaps-setuid") {
+        keep_caps_setuid(uid.parse().expect("--keepcaps-setuid UID"));
+    }
     let Some(images) = value("--images") else {
         eprintln!(
             "usage: counter --images DIR [--at N] [--until N] [--interval-ms MS] [--children K] [--exit-after] [--socket PATH]"
@@ -71,7 +87,7 @@ fn main() {
         rustix::process::set_dumpable_behavior(rustix::process::DumpableBehavior::NotDumpable)
             .expect("PR_SET_DUMPABLE");
     }
-    let _ballast: Vec<u8> = vec![1u8; (number("--alloc-mb", 0) as usize) << 20];
+    let ballast: Vec<u8> = vec![1u8; (number("--alloc-mb", 0) as usize) << 20];
     if let Some(uid) = value("--thread-setuid") {
         let uid: u32 = uid.parse().expect("--thread-setuid UID");
         let (ready, changed) = std::sync::mpsc::channel();
@@ -136,11 +152,20 @@ fn main() {
                     r.bytes_written,
                     r.processes
                 )),
-                Ok(Outcome::Restored(info)) => say(&format!(
-                    "checkpoint restored: job {} from {}",
-                    info.job,
-                    info.images_dir.display()
-                )),
+                Ok(Outcome::Restored(info)) => {
+                    say(&format!(
+                        "checkpoint restored: job {} from {}",
+                        info.job,
+                        info.images_dir.display()
+                    ));
+                    // every byte of the ballast was 1 at the checkpoint
+                    let intact = ballast.iter().all(|&b| b == 1);
+                    say(if intact {
+                        "memory intact"
+                    } else {
+                        "memory CORRUPT"
+                    });
+                }
                 Err(e) => say(&format!("checkpoint error: {e}")),
             }
         }
@@ -204,4 +229,106 @@ fn say(line: &str) {
     let mut out = std::io::stdout().lock();
     let _ = writeln!(out, "{line}");
     let _ = out.flush();
+}
+
+/// Switches every id to `uid` keeping the permitted capabilities (the
+/// kernel empties the effective set), then makes the process dumpable
+/// again (the switch made it non-dumpable). Still one thread here.
+fn keep_caps_setuid(uid: u32) {
+    use rustix::process::{DumpableBehavior, Gid, Uid, set_dumpable_behavior};
+    rustix::thread::set_keep_capabilities(true).expect("PR_SET_KEEPCAPS");
+    let (u, g) = (Uid::from_raw(uid), Gid::from_raw(uid));
+    rustix::thread::set_thread_groups(&[]).expect("setgroups");
+    rustix::thread::set_thread_res_gid(g, g, g).expect("setresgid");
+    rustix::thread::set_thread_res_uid(u, u, u).expect("setresuid");
+    set_dumpable_behavior(DumpableBehavior::Dumpable).expect("PR_SET_DUMPABLE");
+    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    let caps: Vec<&str> = status.lines().filter(|l| l.starts_with("Cap")).collect();
+    say(&format!("switched to uid {uid}: {}", caps.join(" ")));
+}
+
+/// `--flood SOCKET N`: holds N idle connections to the service.
+fn flood(args: &[String]) {
+    let (socket, n) = (&args[0], args[1].parse::<usize>().expect("N"));
+    let mut held = Vec::with_capacity(n);
+    for _ in 0..n {
+        match std::os::unix::net::UnixStream::connect(socket) {
+            Ok(c) => held.push(c),
+            Err(e) => {
+                say(&format!("connect failed after {}: {e}", held.len()));
+                break;
+            }
+        }
+    }
+    say(&format!("held {}", held.len()));
+    loop {
+        std::thread::sleep(Duration::from_secs(60));
+    }
+}
+
+/// `--unclaimed N`: N dumps of this process asked for by hand, results
+/// never collected; then (once `--claim-when FILE` exists) the first and
+/// the last are asked for.
+fn unclaimed(args: &[String]) {
+    use async_io::Async;
+    use selfdump::proto::{
+        DumpOptions, JobId, Request, Response, decode_body, encode_frame, read_frame, write_frame,
+    };
+    use std::os::fd::AsFd;
+    use std::os::unix::net::UnixStream;
+    let value = |name: &str| {
+        args.iter()
+            .position(|a| a == name)
+            .and_then(|i| args.get(i + 1))
+            .cloned()
+            .unwrap_or_else(|| panic!("{name} missing"))
+    };
+    let n: usize = args[0].parse().expect("--unclaimed N");
+    let (images, socket, trigger) = (value("--images"), value("--socket"), value("--claim-when"));
+    let ask = |request: &Request, dir: Option<&std::fs::File>| -> Option<Response> {
+        async_io::block_on(async {
+            let stream = Async::<UnixStream>::connect(&socket).await.ok()?;
+            let fds: Vec<_> = dir.iter().map(|d| d.as_fd()).collect();
+            write_frame(&stream, &encode_frame(request), &fds)
+                .await
+                .ok()?;
+            let frame = read_frame(&stream).await.ok()??;
+            decode_body(frame.header, &frame.body).ok()
+        })
+    };
+    let mut jobs: Vec<JobId> = Vec::new();
+    for i in 0..n {
+        let dir = std::fs::File::open(&images).expect("images dir");
+        let options = DumpOptions::default();
+        // the earlier dumps may still be finishing: retry while busy
+        let mut answer = None;
+        for _ in 0..500 {
+            answer = ask(&Request::Checkpoint(options), Some(&dir));
+            match &answer {
+                Some(Response::Refused(r)) if r.kind == selfdump::proto::RefusalKind::Busy => {
+                    std::thread::sleep(Duration::from_millis(20))
+                }
+                _ => break,
+            }
+        }
+        match answer {
+            Some(Response::Frozen(job)) => {
+                say(&format!("job {i} {:016x} {}", job.service, job.seq));
+                jobs.push(job);
+            }
+            other => say(&format!("job {i} not started: {other:?}")),
+        }
+    }
+    say(&format!("jobs done: {}", jobs.len()));
+    while !std::path::Path::new(&trigger).exists() {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    for (name, job) in [("first", jobs.first()), ("last", jobs.last())] {
+        let Some(job) = job else { continue };
+        say(&format!(
+            "claim {name}: {:?}",
+            ask(&Request::Result(*job), None)
+        ));
+    }
+    say("done");
 }

@@ -26,7 +26,12 @@
 //! - `log`: diagnostics, routed by whatever logger the application installs.
 //! - `async-lock` (client, server): serialises one process's checkpoints; the
 //!   server's limits and job results.
-//! - `nix` (server): `SO_PEERPIDFD`, which rustix lacks.
+//! - `nix` (server): `SO_PEERPIDFD`, which rustix lacks, and the per-thread
+//!   `setfsuid`/`setfsgid` with which the service acts in a caller's
+//!   directory with the caller's rights.
+//! - `blake3` (server): signs the images (keyed mode, a PRF: no HMAC
+//!   construction needed) and hashes their files, on all cores for large
+//!   page files (`rayon`, `mmap`).
 //! - `event-listener` (server): wakes a running server when a
 //!   [`server::ShutdownHandle`] asks it to stop, and its drain when the
 //!   last connection ends (already under `async-lock`; no waker code of
@@ -36,7 +41,8 @@
 //!   driven inside its own future (no runtime, no threads of its own).
 //! - `prost` (server): CRIU's RPC messages (`images/rpc.proto`), declared by hand.
 //! - `async-signal`, `env_logger`, `lexopt` (cli): SIGTERM/SIGINT, `RUST_LOG`
-//!   and argument parsing for the binary.
+//!   and argument parsing for the binary; `serde_json` (cli): `selfdump
+//!   inspect --json`.
 //!
 //! - Dev-dependencies `async-std`, `smol`, `tokio`: only the `runtimes`
 //!   example and its test, which show the client working under each.
@@ -60,8 +66,8 @@ pub mod client;
 pub mod isolate;
 #[cfg(feature = "client")]
 pub use client::{
-    Error, Finding, HookError, Hooks, Options, Outcome, Report, Resource, RestoredInfo, blocking,
-    checkpoint, hooks, preflight,
+    Error, Finding, HookError, Hooks, Options, Outcome, Report, Resource, RestoreOptions, Restored,
+    RestoredInfo, blocking, checkpoint, hooks, preflight, restore,
 };
 
 #[cfg(feature = "server")]

@@ -4,7 +4,7 @@ mod run;
 
 use lexopt::prelude::*;
 use selfdump::server::engine::kdat;
-use selfdump::server::{Criu, Policy, Server, check, restore};
+use selfdump::server::{Criu, Policy, Server, check, manifest, restore};
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
@@ -17,6 +17,7 @@ USAGE:
     selfdump restore [OPTIONS] DIR  restore images, detached; prints the root pid
     selfdump run -- CMD [ARGS]    run CMD in a pid namespace of its own (as root), so
                                   that its checkpoints restore as many copies at once
+    selfdump inspect [OPTIONS] DIR  what a checkpoint holds (--json for scripts)
     selfdump check [OPTIONS]      is CRIU usable here? (real dump and restore)
     selfdump check --pid PID      what in process PID would CRIU refuse? (preflight)
     selfdump help [COMMAND]       this text, or a command's options
@@ -42,6 +43,8 @@ OPTIONS:
     --criu PATH          criu binary [default: found on PATH or /usr/local/sbin]
     --warm-workers N     criu swrk workers kept started ahead (saves CRIU's
                          start-up, 3-11 ms per dump; 0 for none) [default: 1]
+    --key-file PATH      the key that signs the images; made on first start
+                         (root's, 0600) [default: /var/lib/selfdump/signing.key]
 
 Stops on SIGTERM or SIGINT after the dumps in flight finish; a second
 signal stops at once (dumps in flight are abandoned: CRIU lets their
@@ -57,28 +60,44 @@ systemd/selfdump.socket), and sends READY=1 to $NOTIFY_SOCKET once it serves
 const RESTORE_USAGE: &str = "\
 selfdump restore: restore a checkpoint, detached from this command
 
-USAGE: selfdump restore [--criu PATH] [--wait SECS] DIR
-       selfdump restore --copies N [--lazy] DIR
+USAGE: selfdump restore [OPTIONS] DIR
+       selfdump restore --copies N [--lazy] [OPTIONS] DIR
 
-Checks first that every pid, session and process group in the images is free
-and names the process holding one that is not. Prints the restored root pid.
+Verifies the images first: their manifest must be signed with the service's
+key, every file must be as signed (nothing changed, added or removed), and
+every task's credentials must be the recorded owner's; CRIU then reads only
+the verified files. Checks that every pid, session and process group in the
+images is free and names the process holding one that is not. Prints the
+restored root pid.
+
 Images of a whole pid namespace (a program started with `selfdump run`)
 restore into a fresh pid namespace: no pid of theirs needs to be free.
 
 OPTIONS:
-    --criu PATH   criu binary [default: found on PATH or /usr/local/sbin]
-    --wait SECS   wait up to SECS for those ids to be free first (the previous
-                  restored copy still dying or not reaped yet) [default: 0]
-    --copies N    start N copies at once (images of a pid namespace only),
-                  each in a fresh pid namespace; prints each root pid, one per
-                  line, in copy order. In copy K, checkpoint() returns
-                  Restored with copy Some(K) and a fresh random restore id.
-                  All or nothing: if one copy fails, the others are killed.
-    --lazy        with --copies: each copy runs before its memory is loaded
-                  (CRIU lazy pages, one page daemon per copy). This command
-                  then stays until every copy's memory is in; keep the images
-                  until it exits. A copy whose daemon dies first is killed and
-                  the reason logged (exit code 1).";
+    --criu PATH       criu binary [default: found on PATH or /usr/local/sbin]
+    --wait SECS       wait up to SECS for those ids to be free first (the
+                      previous restored copy still dying or not reaped yet)
+                      [default: 0]
+    --key-file PATH   the signing key [default: /var/lib/selfdump/signing.key]
+    --trust-unsigned  also restore images without a manifest (made by plain
+                      CRIU), unchecked; root only, with a warning
+    --timeout SECS    kill CRIU, and what it restored, past this [default: 60]
+    --socket PATH     the service's socket, for a user who is not root
+                      [default: $SELFDUMP_SOCKET or /run/selfdump.sock]
+    --copies N        start N copies at once (images of a pid namespace only),
+                      each in a fresh pid namespace; prints each root pid, one per
+                      line, in copy order. In copy K, checkpoint() returns
+                      Restored with copy Some(K) and a fresh random restore id.
+                      All or nothing: if one copy fails, the others are killed.
+    --lazy            with --copies: each copy runs before its memory is loaded
+                      (CRIU lazy pages, one page daemon per copy). This command
+                      then stays until every copy's memory is in; keep the images
+                      until it exits. A copy whose daemon dies first is killed and
+                      the reason logged (exit code 1).
+
+Run by a user who is not root, it asks the service (`selfdump serve`) to
+restore the images: the service verifies them the same way and restores
+only the caller's own images (--copies needs root).";
 
 const RUN_USAGE: &str = "\
 selfdump run: run a program in a pid namespace of its own
@@ -99,6 +118,21 @@ init (this command's child) for that. Needs root (CAP_SYS_ADMIN). The
 namespace shares the host's /proc: inside
 it, getpid() is the namespace's number (CMD is pid 3) while /proc/<pid> is
 the host's; read /proc/self, not /proc/<getpid()>.";
+
+const INSPECT_USAGE: &str = "\
+selfdump inspect: what a checkpoint holds
+
+USAGE: selfdump inspect [--json] [--key-file PATH] DIR
+
+Shows the tree (pids, commands, threads), the owner, the options, sizes and
+pages, when and by which service the images were made, whether their
+signature verifies and with which key (the key is read when this command can
+read it, as root), and whether their pids are free here. Files are checked
+for presence and size, not hashed (a restore hashes them).
+
+OPTIONS:
+    --json           one JSON object, for scripts
+    --key-file PATH  the signing key [default: /var/lib/selfdump/signing.key]";
 
 const CHECK_USAGE: &str = "\
 selfdump check: is CRIU usable on this machine?
@@ -144,6 +178,7 @@ fn run() -> Res<ExitCode> {
         "serve" => serve(parser),
         "restore" => restore_cmd(parser),
         "run" | "__init" => run_cmd(&command, parser),
+        "inspect" => inspect_cmd(parser),
         "check" => check_cmd(parser),
         "help" => {
             let topic = parser.next()?.map(|a| match a {
@@ -156,6 +191,7 @@ fn run() -> Res<ExitCode> {
                     Some("serve") => SERVE_USAGE,
                     Some("restore") => RESTORE_USAGE,
                     Some("run") => RUN_USAGE,
+                    Some("inspect") => INSPECT_USAGE,
                     Some("check") => CHECK_USAGE,
                     _ => USAGE,
                 }
@@ -224,8 +260,14 @@ fn serve(mut parser: lexopt::Parser) -> Res<ExitCode> {
                 builder = builder.dump_timeout(Duration::from_secs(parser.value()?.parse()?))
             }
             Long("criu") => criu.path = parser.value()?.into(),
+            Long("key-file") => builder = builder.key_file(PathBuf::from(parser.value()?)),
             other => return Err(other.unexpected().into()),
         }
+    }
+    // Room for connections and dumps: systemd's default soft limit is 1024.
+    match selfdump::server::raise_fd_limit() {
+        Ok(n) => log::info!("fd limit: {n}"),
+        Err(e) => log::warn!("cannot raise the fd limit to the hard limit: {e}"),
     }
     async_io::block_on(async {
         let (major, minor, sub) = criu
@@ -314,6 +356,10 @@ fn restore_cmd(mut parser: lexopt::Parser) -> Res<ExitCode> {
     let mut dir = None;
     let mut wait = Duration::ZERO;
     let (mut copies, mut lazy) = (None, false);
+    let mut key_file = PathBuf::from(manifest::DEFAULT_KEY_FILE);
+    let mut trust_unsigned = false;
+    let mut deadline = Duration::from_secs(60);
+    let mut socket = None;
     while let Some(arg) = parser.next()? {
         if help_requested(&arg, RESTORE_USAGE) {
             return Ok(ExitCode::SUCCESS);
@@ -323,33 +369,95 @@ fn restore_cmd(mut parser: lexopt::Parser) -> Res<ExitCode> {
             Long("wait") => wait = Duration::from_secs_f64(parser.value()?.parse()?),
             Long("copies") => copies = Some(parser.value()?.parse::<u32>()?),
             Long("lazy") => lazy = true,
+            Long("key-file") => key_file = parser.value()?.into(),
+            Long("trust-unsigned") => trust_unsigned = true,
+            Long("timeout") => deadline = Duration::from_secs_f64(parser.value()?.parse()?),
+            Long("socket") => socket = Some(PathBuf::from(parser.value()?)),
             Value(v) if dir.is_none() => dir = Some(PathBuf::from(v)),
             other => return Err(other.unexpected().into()),
         }
     }
     let dir = dir.ok_or("restore needs the images directory: selfdump restore DIR")?;
-    let dir = std::fs::canonicalize(&dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+    if !rustix::process::geteuid().is_root() {
+        if copies.is_some() {
+            return Err(
+                "--copies restores as root (run it with sudo); the service restores \
+                        one copy for its owner"
+                    .into(),
+            );
+        }
+        // the owner of a checkpoint: through the service, which verifies
+        // the images and that they are the caller's
+        let mut options = selfdump::RestoreOptions::new(&dir);
+        if let Some(socket) = socket {
+            options = options.socket(socket);
+        }
+        if trust_unsigned {
+            options = options.trust_unsigned();
+        }
+        let restored = selfdump::blocking::restore(options)?;
+        println!("{}", restored.pid);
+        log::info!(
+            "the service restored {} as pid {} (verified in {:?}, {:?} in all)",
+            dir.display(),
+            restored.pid,
+            restored.verify,
+            restored.total
+        );
+        return Ok(ExitCode::SUCCESS);
+    }
+    let key = match manifest::Key::load(&key_file) {
+        Ok(key) => Some(key),
+        Err(e) if trust_unsigned => {
+            log::warn!("no signing key ({e}): only unsigned images can be restored");
+            None
+        }
+        Err(e) => return Err(format!("cannot read the signing key: {e}").into()),
+    };
+    if trust_unsigned {
+        log::warn!(
+            "--trust-unsigned: images without a manifest are restored unchecked, as root; \
+             CRIU trusts them completely (credentials, files, namespaces)"
+        );
+    }
+    let settings = restore::RestoreSettings {
+        wait,
+        trust_unsigned,
+        deadline,
+        ..restore::RestoreSettings::new(criu, key)
+    };
     if lazy && copies.is_none() {
         return Err("--lazy goes with --copies N (use --copies 1 for one copy)".into());
     }
     if let Some(n) = copies {
-        return copies_cmd(&criu, &dir, n, lazy);
+        return copies_cmd(&settings, &dir, n, lazy);
     }
-    let pid = restore::restore_waiting(&criu, &dir, wait).map_err(|e| match e {
+    let restored = restore::restore_path(&dir, &settings).map_err(|e| match e {
         e @ restore::RestoreError::IdInUse { .. } if !wait.is_zero() => {
             format!("after waiting {wait:?}: {e}")
         }
         e => e.to_string(),
     })?;
-    println!("{pid}");
-    log::info!("restored {} as pid {pid}", dir.display());
+    println!("{}", restored.pid);
+    log::info!(
+        "restored {} as pid {} (verified in {:?}, {:?} in all)",
+        dir.display(),
+        restored.pid,
+        restored.verify,
+        restored.total
+    );
     Ok(ExitCode::SUCCESS)
 }
 
 /// `selfdump restore --copies N [--lazy] DIR`.
-fn copies_cmd(criu: &Criu, dir: &std::path::Path, n: u32, lazy: bool) -> Res<ExitCode> {
+fn copies_cmd(
+    settings: &restore::RestoreSettings,
+    dir: &std::path::Path,
+    n: u32,
+    lazy: bool,
+) -> Res<ExitCode> {
     use std::io::Write;
-    let copies = selfdump::server::copies::restore_copies(criu, dir, n, lazy)?;
+    let copies = selfdump::server::copies::restore_copies(settings, dir, n, lazy)?;
     let mut out = std::io::stdout().lock();
     for copy in &copies.copies {
         writeln!(out, "{}", copy.pid)?;
@@ -456,7 +564,10 @@ fn check_cmd(mut parser: lexopt::Parser) -> Res<ExitCode> {
         return check_pid(preflight.tcp_established(tcp).ext_unix_sk(ext_unix));
     }
     let findings = check::check(&criu, &scratch);
-    for f in &findings {
+    // the first four decide; what follows (dumps of non-root callers) is
+    // a note on what works here
+    let (core, notes) = findings.split_at(findings.len().min(4));
+    for f in core {
         println!(
             "{} {:<40} {}",
             if f.ok { "ok  " } else { "FAIL" },
@@ -464,13 +575,24 @@ fn check_cmd(mut parser: lexopt::Parser) -> Res<ExitCode> {
             f.detail
         );
     }
-    let ok = findings.iter().all(|f| f.ok) && findings.len() == 4;
+    let ok = core.iter().all(|f| f.ok) && core.len() == 4;
+    for f in notes {
+        println!(
+            "{} {:<40} {}",
+            if f.ok { "ok  " } else { "NOTE" },
+            f.what,
+            f.detail
+        );
+    }
+    let root_only = notes.iter().any(|f| !f.ok);
     println!(
         "{}",
-        if ok {
-            "verdict: selfdump can checkpoint and restore on this machine"
-        } else {
-            "verdict: NOT usable; fix the first FAIL above"
+        match (ok, root_only) {
+            (true, false) => "verdict: selfdump can checkpoint and restore on this machine",
+            (true, true) =>
+                "verdict: selfdump can checkpoint and restore on this machine, for root callers \
+                 only (see NOTE above)",
+            (false, _) => "verdict: NOT usable; fix the first FAIL above",
         }
     );
     Ok(if ok {
@@ -478,4 +600,109 @@ fn check_cmd(mut parser: lexopt::Parser) -> Res<ExitCode> {
     } else {
         ExitCode::FAILURE
     })
+}
+
+fn inspect_cmd(mut parser: lexopt::Parser) -> Res<ExitCode> {
+    use lexopt::Arg::*;
+    let (mut json, mut dir) = (false, None);
+    let mut key_file = PathBuf::from(manifest::DEFAULT_KEY_FILE);
+    while let Some(arg) = parser.next()? {
+        if help_requested(&arg, INSPECT_USAGE) {
+            return Ok(ExitCode::SUCCESS);
+        }
+        match arg {
+            Long("json") => json = true,
+            Long("key-file") => key_file = parser.value()?.into(),
+            Value(v) if dir.is_none() => dir = Some(PathBuf::from(v)),
+            other => return Err(other.unexpected().into()),
+        }
+    }
+    let dir = dir.ok_or("inspect needs the images directory: selfdump inspect DIR")?;
+    let key = manifest::Key::load(&key_file).ok();
+    let report = selfdump::server::inspect::inspect(&dir, key.as_ref())
+        .map_err(|e| format!("{}: {e}", dir.display()))?;
+    if json {
+        println!("{}", serde_json::to_string_pretty(&report)?);
+    } else {
+        print!("{}", describe(&dir, &report));
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn describe(dir: &std::path::Path, r: &selfdump::server::inspect::Inspection) -> String {
+    use std::fmt::Write;
+    let mut out = format!("images:    {}\n", dir.display());
+    let signature = match &r.signature {
+        None => "none (unsigned images: restore only with --trust-unsigned)".to_string(),
+        Some(s) => match (s.verifies, &s.problem) {
+            (Some(true), _) => format!("verifies (key {})", s.key_id),
+            (Some(false), Some(p)) => format!("DOES NOT VERIFY: {p}"),
+            _ => format!(
+                "key {} (not checked: the key is not readable here)",
+                s.key_id
+            ),
+        },
+    };
+    let _ = writeln!(out, "signature: {signature}");
+    if let Some(m) = &r.meta {
+        let _ = writeln!(
+            out,
+            "owner:     uid {} gid {} groups {:?}",
+            m.uid, m.gid, m.groups
+        );
+        let _ = writeln!(
+            out,
+            "made:      job {} on {} (boot {}), {} s after the epoch",
+            m.job, m.host, m.boot_id, m.created_unix
+        );
+        let options: Vec<&str> = [
+            (m.shell_job, "shell-job"),
+            (m.tcp_established, "tcp-established"),
+            (m.file_locks, "file-locks"),
+            (m.ext_unix_sk, "ext-unix-sk"),
+        ]
+        .into_iter()
+        .filter_map(|(on, name)| on.then_some(name))
+        .collect();
+        let _ = writeln!(out, "options:   {}", options.join(" "));
+        if m.pid_namespace {
+            let _ = writeln!(
+                out,
+                "namespace: a whole pid namespace (started with `selfdump run`): each \
+                 restore makes a fresh one; `restore --copies N` starts many at once{}",
+                if m.copy_slot.is_some() {
+                    ", each told its number"
+                } else {
+                    ""
+                }
+            );
+        }
+    }
+    let _ = writeln!(out, "tree:      {} task(s)", r.tree.len());
+    for t in &r.tree {
+        let _ = writeln!(
+            out,
+            "  pid {} ({}) ppid {} pgid {} sid {} threads {:?}",
+            t.pid, t.command, t.ppid, t.pgid, t.sid, t.threads
+        );
+    }
+    let _ = writeln!(out, "size:      {} bytes, {} pages", r.bytes, r.pages);
+    let mut states = std::collections::BTreeMap::<&str, Vec<&str>>::new();
+    for f in &r.files {
+        states.entry(f.state.as_str()).or_default().push(&f.name);
+    }
+    for (state, names) in states {
+        let _ = writeln!(
+            out,
+            "files:     {} {state}: {}",
+            names.len(),
+            names.join(" ")
+        );
+    }
+    let _ = writeln!(
+        out,
+        "pids:      {}",
+        r.ids_in_use.as_deref().unwrap_or("free here")
+    );
+    out
 }

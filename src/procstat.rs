@@ -11,7 +11,7 @@ pub(crate) const PGRP: usize = 5;
 /// of this `/proc`.
 pub(crate) const SESSION: usize = 6;
 /// The start time, in clock ticks after boot.
-#[cfg(feature = "client")]
+#[cfg(any(feature = "client", feature = "server"))]
 pub(crate) const START_TIME: usize = 22;
 
 /// Field `n` of a `/proc/<pid>/stat` text, numbered as in proc(5) (from 3,

@@ -42,7 +42,7 @@ fn continued_process_gets_a_report_and_caller_owned_0600_images() {
         "pstree.img",
         "inventory.img",
         "dump.log",
-        "selfdump-meta.msgpack",
+        "selfdump-manifest",
         "stats-dump",
     ] {
         assert!(

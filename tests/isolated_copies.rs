@@ -5,7 +5,14 @@
 mod common;
 
 use common::*;
-use selfdump::server::restore::read_meta;
+
+/// The images' signed description (what `selfdump inspect` shows).
+fn read_meta(images: &Path) -> Result<selfdump::server::images::ImageMeta, String> {
+    selfdump::server::inspect::inspect(images, None)
+        .map_err(|e| e.to_string())?
+        .meta
+        .ok_or_else(|| "no manifest".to_owned())
+}
 use std::fs::OpenOptions;
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
@@ -216,6 +223,19 @@ fn a_program_started_with_selfdump_run_checkpoints_its_whole_namespace() {
     );
     // the dump's root is the init, the host's pid of the namespace's pid 1
     assert_eq!(nspid(meta.pid), format!("{}\t1", meta.pid));
+    // `selfdump inspect` says so, and needs no host pid free
+    let out = Command::new(selfdump_bin())
+        .arg("inspect")
+        .arg(images.path())
+        .output()
+        .unwrap();
+    let shown = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        shown.contains("namespace: a whole pid namespace"),
+        "{shown}"
+    );
+    assert!(shown.contains("each told its number"), "{shown}");
+    assert!(shown.contains("pids:      free here"), "{shown}");
 
     // `selfdump run` passes SIGTERM on (init, then program): 128 + 15
     let status = run.stop().unwrap();

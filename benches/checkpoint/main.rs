@@ -271,6 +271,51 @@ fn main() {
         }
         kdat::remove_cache(&cache);
     }
+    // 4. Signing: what hashing the images adds to a checkpoint.
+    if run("signing") {
+        let cache = kdat::ensure_cache(&criu);
+        let mib = if quick { 256 } else { 1024 };
+        let sign_reps = if quick { 2 } else { 3 };
+        println!(
+            "\n4. signing: {mib} MiB checkpoints onto disk, then their images hashed again here"
+        );
+        let disk = selfdump_dumps(&app, &socket, work.path(), mib, sign_reps);
+        let total = m(&disk, |s| s.wall_ms);
+        let dir = work.path().join("selfdump");
+        let mut hashes = Vec::new();
+        let mut bytes = 0u64;
+        for _ in 0..3 {
+            bytes = 0;
+            let started = Instant::now();
+            for entry in std::fs::read_dir(&dir).unwrap().flatten() {
+                let file: std::os::fd::OwnedFd = std::fs::File::open(entry.path()).unwrap().into();
+                let size = entry.metadata().unwrap().len();
+                selfdump::server::manifest::hash_file(&file, size).unwrap();
+                bytes += size;
+            }
+            hashes.push(ms(started.elapsed()));
+        }
+        let hash = median(hashes);
+        let gbps = bytes as f64 / (hash / 1000.0) / 1e9;
+        let share = hash / (total - hash);
+        println!(
+            "   checkpoint (signed) {total:.1} ms median; hashing its {bytes} bytes {hash:.1} ms \
+             ({gbps:.2} GB/s): signing adds {:.1}% (target <= 25%: {})",
+            share * 100.0,
+            met(share <= 0.25)
+        );
+        results.add(
+            &format!("signing_{mib}mib"),
+            &[
+                ("checkpoint_ms", total),
+                ("hash_ms", hash),
+                ("gb_per_s", gbps),
+                ("added_fraction", share),
+            ],
+        );
+        let _ = std::fs::remove_dir_all(&dir);
+        kdat::remove_cache(&cache);
+    }
     if had_cache {
         let _ = kdat::ensure_cache(&criu);
     }

@@ -14,7 +14,7 @@
 //! Do not call these from inside an async task: they block its thread
 //! until the dump is over.
 
-use super::{Error, Hooks, Options, Outcome};
+use super::{Error, Hooks, Options, Outcome, RestoreOptions, Restored};
 
 /// Checkpoints this process and its children; blocks until the dump is
 /// over. See [`crate::checkpoint`].
@@ -26,4 +26,10 @@ pub fn checkpoint(options: Options) -> Result<Outcome, Error> {
 /// is over. See [`Hooks::checkpoint`].
 pub fn checkpoint_with(hooks: &mut Hooks, options: Options) -> Result<Outcome, Error> {
     async_io::block_on(hooks.checkpoint(options))
+}
+
+/// Restores a checkpoint through the service; blocks until the tree runs.
+/// See [`crate::restore`].
+pub fn restore(options: RestoreOptions) -> Result<Restored, Error> {
+    async_io::block_on(super::restore(options))
 }

@@ -54,6 +54,13 @@ pub enum Error {
     },
     /// The service broke the protocol or the connection failed.
     Protocol(FrameError),
+    /// A restore through the service was refused (`kind`) or failed.
+    Restore {
+        /// The class of refusal; `None` when CRIU itself failed.
+        kind: Option<RefusalKind>,
+        /// What went wrong and what to do.
+        message: String,
+    },
     /// The preflight found what CRIU would refuse (or, with
     /// [`Options::strict_preflight`](crate::Options::strict_preflight),
     /// mishandle); nothing was frozen. Each finding says what to do.
@@ -96,6 +103,14 @@ impl fmt::Display for Error {
                 "outcome of checkpoint {job} unknown: {reason}; do not trust its images"
             ),
             Self::Protocol(e) => write!(f, "talking to the selfdump service failed: {e}"),
+            Self::Restore {
+                kind: Some(kind),
+                message,
+            } => write!(f, "restore refused ({kind:?}): {message}"),
+            Self::Restore {
+                kind: None,
+                message,
+            } => write!(f, "restore failed: {message}"),
             Self::Preflight(findings) => {
                 write!(
                     f,

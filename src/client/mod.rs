@@ -9,10 +9,12 @@ mod error;
 pub mod hooks;
 mod identity;
 pub mod preflight;
+mod restore;
 
 pub use error::Error;
 pub use hooks::{HookError, HookFailure, Hooks, Phase, Resource};
 pub use preflight::{Finding, Preflight, Severity, preflight};
+pub use restore::{RestoreOptions, Restored, restore};
 
 use crate::proto::{
     DumpOptions, DumpReport, FrameError, JobId, Request, Response, encode_frame, read_frame,
@@ -139,11 +141,15 @@ impl Options {
 
     /// The socket this call will use.
     pub fn socket_path(&self) -> PathBuf {
-        self.socket
-            .clone()
-            .or_else(|| std::env::var_os(SOCKET_ENV).map(PathBuf::from))
-            .unwrap_or_else(|| PathBuf::from(DEFAULT_SOCKET))
+        self.socket.clone().unwrap_or_else(default_socket)
     }
+}
+
+/// `$SELFDUMP_SOCKET`, else the default path.
+fn default_socket() -> PathBuf {
+    std::env::var_os(SOCKET_ENV)
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(DEFAULT_SOCKET))
 }
 
 /// Which process returned from [`checkpoint`].
@@ -307,6 +313,11 @@ pub async fn checkpoint(options: Options) -> Result<Outcome, Error> {
             job,
             reason: "the service does not know this job (it restarted, or the result expired)"
                 .into(),
+        }),
+        // "result expired": the service dropped the result unclaimed
+        Ok(Response::Refused(r)) => Err(Error::OutcomeUnknown {
+            job,
+            reason: r.message,
         }),
         Ok(other) => Err(unexpected(other, &images_dir)),
         Err(Error::Protocol(e)) => Err(Error::OutcomeUnknown {

@@ -11,6 +11,32 @@ pub enum Request {
     Checkpoint(DumpOptions),
     /// The result of a job this very process asked for earlier.
     Result(JobId),
+    /// Restore the signed images in the directory whose fd travels with
+    /// this message (the caller must be their owner, or root).
+    Restore(RestoreRequest),
+}
+
+/// How the owner of a checkpoint asks the service to restore it.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RestoreRequest {
+    /// Restore images without a manifest (plain CRIU's), unchecked: root
+    /// only.
+    pub trust_unsigned: bool,
+}
+
+/// What a restore through the service did.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RestoreReport {
+    /// The restored root pid.
+    pub pid: i32,
+    /// The images' owner, whose credentials the restored tasks have.
+    pub owner: u32,
+    /// Microseconds spent verifying the images.
+    pub verify_us: u64,
+    /// Microseconds from the request to CRIU's answer.
+    pub total_us: u64,
 }
 
 /// The CRIU options a self-dumping process may choose. Whether the caller is
@@ -54,7 +80,7 @@ impl Default for DumpOptions {
 /// Names one dump: the service instance that ran it and its sequence number.
 /// A restarted service has a new `service` value, so it can tell that it
 /// never ran an old job.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct JobId {
     /// Random per service start.
@@ -84,6 +110,10 @@ pub enum Response {
     /// The service knows nothing of this job (it may have restarted, or the
     /// result expired): the outcome is unknown.
     UnknownJob(JobId),
+    /// The images were restored.
+    Restored(RestoreReport),
+    /// The images verified, but CRIU could not restore them.
+    RestoreFailed(String),
 }
 
 /// Why a request was refused.
@@ -110,7 +140,8 @@ pub enum RefusalKind {
     Busy,
     /// The service is shutting down.
     ShuttingDown,
-    /// The request is not valid in this state (e.g. a result asked for by another process).
+    /// The request is not valid in this state (e.g. a result that expired
+    /// before its process asked for it).
     Invalid,
     /// This machine, or this version of the service, cannot do what was asked.
     Unsupported,

@@ -18,5 +18,5 @@ pub use frame::{
 pub use io::{Frame, read_frame, write_frame};
 pub use messages::{
     DumpFailure, DumpOptions, DumpReport, JobId, MAX_TEXT, Refusal, RefusalKind, Request, Response,
-    clip,
+    RestoreReport, RestoreRequest, clip,
 };

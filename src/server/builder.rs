@@ -3,6 +3,7 @@
 
 use super::engine::WorkerPool;
 use super::jobs;
+use super::manifest::{DEFAULT_KEY_FILE, Key};
 use super::peer;
 use super::{CallerInfo, Criu, Error, Policy, Server, Shared};
 use async_io::Async;
@@ -10,7 +11,7 @@ use async_lock::Semaphore;
 use event_listener::Event;
 use std::os::unix::fs::PermissionsExt;
 use std::os::unix::net::UnixListener;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::AtomicUsize;
 use std::time::Duration;
@@ -62,8 +63,12 @@ pub struct Builder {
     pub(super) dump_timeout: Duration,
     warm_workers: usize,
     result_ttl: Duration,
+    max_results: usize,
+    max_results_per_uid: usize,
     socket_mode: u32,
     socket_owner: Option<(u32, u32)>,
+    key: Option<Key>,
+    key_file: PathBuf,
 }
 
 impl Default for Builder {
@@ -80,8 +85,12 @@ impl Default for Builder {
             dump_timeout: Duration::from_secs(300),
             warm_workers: 1,
             result_ttl: Duration::from_secs(600),
+            max_results: jobs::MAX_RESULTS,
+            max_results_per_uid: jobs::MAX_RESULTS_PER_UID,
             socket_mode: 0o600,
             socket_owner: None,
+            key: None,
+            key_file: PathBuf::from(DEFAULT_KEY_FILE),
         }
     }
 }
@@ -142,6 +151,15 @@ impl Builder {
         self
     }
     /// Connections open at once; more are refused as busy (default 256).
+    ///
+    /// Root's connections do not count against it (only against
+    /// [`Builder::max_connections_per_uid`]), so that a flood from other
+    /// users never keeps root out. When the server is created, it and
+    /// [`Builder::max_connections_per_uid`] are lowered if the fd limit
+    /// (`RLIMIT_NOFILE`, soft) could not hold that many connections (2 fds
+    /// each), root's, and the dumps' fds: the extras are then refused as
+    /// busy rather than run the service out of fds. Raise the limit first
+    /// ([`raise_fd_limit`](super::raise_fd_limit)).
     pub fn max_connections(mut self, n: usize) -> Self {
         self.max_connections = n.max(1);
         self
@@ -173,9 +191,27 @@ impl Builder {
         self.dump_timeout = d;
         self
     }
-    /// How long a result waits for its process to ask (default 600 s).
+    /// How long a result waits for its process to ask (default 600 s). A
+    /// result also goes when its process exits, or when the caps
+    /// ([`Builder::max_results`], [`Builder::max_results_per_uid`]) push
+    /// it out; a process asking after that is told "result expired".
     pub fn result_ttl(mut self, d: Duration) -> Self {
         self.result_ttl = d;
+        self
+    }
+    /// Finished results kept for their callers at most, in all (default
+    /// [`MAX_RESULTS`](super::MAX_RESULTS)). Past it, the oldest go first
+    /// and their callers are told "result expired". A finished result holds
+    /// no fd, only its answer.
+    pub fn max_results(mut self, n: usize) -> Self {
+        self.max_results = n.max(1);
+        self
+    }
+    /// Finished results kept at most per uid (default
+    /// [`MAX_RESULTS_PER_UID`](super::MAX_RESULTS_PER_UID)), so that one
+    /// user that never collects cannot push out the others' results.
+    pub fn max_results_per_uid(mut self, n: usize) -> Self {
+        self.max_results_per_uid = n.max(1);
         self
     }
     /// Mode of a socket created by [`Builder::bind`] (default 0o600).
@@ -186,6 +222,21 @@ impl Builder {
     /// Owner (uid, gid) of a socket created by [`Builder::bind`].
     pub fn socket_owner(mut self, uid: u32, gid: u32) -> Self {
         self.socket_owner = Some((uid, gid));
+        self
+    }
+
+    /// The key that signs the images (default: the one in
+    /// [`Builder::key_file`], made there on first start).
+    pub fn signing_key(mut self, key: Key) -> Self {
+        self.key = Some(key);
+        self
+    }
+    /// Where the signing key is kept (default
+    /// [`DEFAULT_KEY_FILE`]): root's, mode 0600, made with its directory
+    /// (root's, 0700) if missing. Share it between hosts that restore each
+    /// other's images.
+    pub fn key_file(mut self, path: impl Into<PathBuf>) -> Self {
+        self.key_file = path.into();
         self
     }
 
@@ -212,24 +263,73 @@ impl Builder {
     }
 
     /// A server on an already bound listener (socket activation, tests).
-    pub fn listener(self, listener: UnixListener) -> Result<Server, Error> {
+    pub fn listener(mut self, listener: UnixListener) -> Result<Server, Error> {
+        let key = match &self.key {
+            Some(key) => key.clone(),
+            None => Key::load_or_create(&self.key_file).map_err(|source| Error::Key {
+                path: self.key_file.clone(),
+                source,
+            })?,
+        };
         let listener = Async::new(listener).map_err(Error::Accept)?;
+        let max_connections = self.connections_within_fd_limit();
         Ok(Server {
             listener,
             path: None,
             shared: Arc::new(Shared {
-                jobs: jobs::Jobs::new(self.result_ttl),
+                jobs: jobs::Jobs::with_caps(
+                    self.result_ttl,
+                    self.max_results,
+                    self.max_results_per_uid,
+                ),
+                key,
                 workers: WorkerPool::new(self.criu.clone(), self.warm_workers),
                 dumps: Arc::new(Semaphore::new(self.max_dumps)),
                 dumps_per_uid: Default::default(),
                 connections_per_uid: Default::default(),
-                connections: Arc::new(Semaphore::new(self.max_connections)),
+                connections: Arc::new(Semaphore::new(max_connections)),
                 config: self,
                 stop: Default::default(),
                 tasks: AtomicUsize::new(0),
                 changed: Event::new(),
             }),
         })
+    }
+
+    /// [`Builder::max_connections`] and [`Builder::max_connections_per_uid`],
+    /// lowered to what the fd limit can hold next to the dumps (see there):
+    /// the connections of all and root's own (up to its per-uid limit, at
+    /// most a quarter of the room) must fit.
+    fn connections_within_fd_limit(&mut self) -> usize {
+        /// Fds a connection holds: its socket and the caller's pidfd.
+        const PER_CONNECTION: u64 = 2;
+        /// The listener, the reserve fd, logs, `/proc` reads...
+        const BASE: u64 = 64;
+        /// A dump's fds: CRIU's channel, the images and staging
+        /// directories, the caller's pidfd and socket, files being
+        /// published (a generous bound).
+        const PER_DUMP: u64 = 16;
+        let soft = rustix::process::getrlimit(rustix::process::Resource::Nofile)
+            .current
+            .unwrap_or(u64::MAX);
+        let reserved =
+            BASE + PER_DUMP * self.max_dumps as u64 + PER_CONNECTION * self.warm_workers as u64;
+        let room = soft.saturating_sub(reserved) / PER_CONNECTION;
+        let per_uid = (self.max_connections_per_uid as u64).min(room / 4).max(1) as usize;
+        let all = (self.max_connections as u64)
+            .min(room.saturating_sub(per_uid as u64))
+            .max(1) as usize;
+        if (all, per_uid) != (self.max_connections, self.max_connections_per_uid) {
+            log::warn!(
+                "the fd limit ({soft}) holds only so many connections next to the dumps: \
+                 max_connections lowered from {} to {all}, max_connections_per_uid from {} to \
+                 {per_uid} (raise LimitNOFILE= / `ulimit -n`)",
+                self.max_connections,
+                self.max_connections_per_uid
+            );
+        }
+        self.max_connections_per_uid = per_uid;
+        all
     }
 
     /// Runs the embedder's [`Builder::admit`] callback, if any.

@@ -91,7 +91,25 @@ pub fn check(criu: &Criu, scratch: &Path) -> Vec<Finding> {
         Ok(d) => finding("dump and restore of a tiny process", true, format!("{d:?}")),
         Err(e) => finding("dump and restore of a tiny process", false, e),
     });
+    out.push(other_uids());
     out
+}
+
+/// Whether callers of other uids than the service's can be dumped: CRIU
+/// needs capabilities for that which a restricted root may lack.
+fn other_uids() -> Finding {
+    const WHAT: &str = "dumps of non-root callers";
+    match super::caps::own_effective() {
+        None => finding(WHAT, false, "cannot read this process's capabilities"),
+        Some(eff) => match super::caps::other_uids_blocked(eff) {
+            None => finding(WHAT, true, "the service has the capabilities CRIU needs"),
+            Some(why) => finding(
+                WHAT,
+                false,
+                format!("not possible here: {why}; root callers are not affected"),
+            ),
+        },
+    }
 }
 
 fn dump_and_restore(criu: &Criu, scratch: &Path) -> Result<Duration, String> {

@@ -71,15 +71,15 @@ pub(super) async fn handle(shared: Arc<Shared>, stream: Async<UnixStream>) {
     let peer = match Peer::of(stream.get_ref()) {
         Ok(peer) => peer,
         Err(e) => {
-            log::warn!("cannot identify a client: {e}");
-            send(
-                &stream,
-                &refusal(
-                    RefusalKind::NotPermitted,
-                    format!("cannot identify you: {e}"),
-                ),
-            )
-            .await;
+            // out of fds, this repeats for every connection: rate-limited
+            rate_limited_warning(format_args!("cannot identify a client: {e}"));
+            // out of fds or memory: this request's bad luck, not a verdict
+            let kind = if e.kind() == std::io::ErrorKind::ResourceBusy {
+                RefusalKind::Busy
+            } else {
+                RefusalKind::NotPermitted
+            };
+            send(&stream, &refusal(kind, format!("cannot identify you: {e}"))).await;
             return;
         }
     };
@@ -95,6 +95,17 @@ pub(super) async fn handle(shared: Arc<Shared>, stream: Async<UnixStream>) {
     let frame = match read.or(limit).await {
         Ok(Some(frame)) => frame,
         Ok(None) => return,
+        // the kernel also truncates the fds of a message when the
+        // receiver has no fd left for them: that is not the client's fault
+        Err(FrameError::ControlTruncated) if out_of_fds(&stream) => {
+            rate_limited_warning(format_args!(
+                "pid {}: cannot receive its fds: the service is out of fds",
+                peer.pid
+            ));
+            let m = "the selfdump service is out of file descriptors; retry later";
+            send(&stream, &refusal(RefusalKind::Busy, m)).await;
+            return;
+        }
         Err(e) => {
             log::info!("pid {} uid {}: bad request: {e}", peer.pid, peer.uid);
             send(&stream, &refusal(RefusalKind::BadRequest, e.to_string())).await;
@@ -164,6 +175,24 @@ pub(super) async fn handle(shared: Arc<Shared>, stream: Async<UnixStream>) {
             };
             send(&stream, &answer).await;
         }
+        Request::Restore(request) => {
+            if fds.len() != 1 {
+                let e = if fds.is_empty() {
+                    FrameError::MissingFd
+                } else {
+                    FrameError::UnexpectedFds(fds.len())
+                };
+                let m = format!("restore request: {e}");
+                send(&stream, &refusal(RefusalKind::BadRequest, m)).await;
+                return;
+            }
+            if shared.stop.is_requested() {
+                send(&stream, &shutting_down()).await;
+                return;
+            }
+            let dir = fds.pop().expect("one fd");
+            super::restoring::serve(&shared, peer, stream, request, dir).await;
+        }
     }
 }
 
@@ -202,6 +231,11 @@ pub(super) struct UidSlot {
 }
 
 impl UidSlot {
+    /// The uid this slot is counted for.
+    pub(super) fn uid(&self) -> u32 {
+        self.uid
+    }
+
     /// A slot for `uid` if it holds fewer than `max`.
     pub(super) fn take(counts: &UidCounts, uid: u32, max: usize) -> Option<Self> {
         let mut counts_now = counts.lock().unwrap_or_else(|e| e.into_inner());
@@ -227,4 +261,31 @@ impl Drop for UidSlot {
             }
         }
     }
+}
+
+/// Logs a warning that a flood of clients could repeat endlessly at most
+/// once every 10 s, saying how many were left out in between.
+fn rate_limited_warning(message: std::fmt::Arguments<'_>) {
+    static LAST: Mutex<(Option<std::time::Instant>, u64)> = Mutex::new((None, 0));
+    let mut last = LAST.lock().unwrap_or_else(|e| e.into_inner());
+    match last.0 {
+        Some(at) if at.elapsed() < Duration::from_secs(10) => last.1 += 1,
+        _ => {
+            let skipped = std::mem::take(&mut last.1);
+            last.0 = Some(std::time::Instant::now());
+            if skipped > 0 {
+                log::warn!("{message} (and {skipped} like it in the last 10 s)");
+            } else {
+                log::warn!("{message}");
+            }
+        }
+    }
+}
+
+/// Whether this process cannot open one more fd (`EMFILE`/`ENFILE`).
+fn out_of_fds(stream: &Async<UnixStream>) -> bool {
+    matches!(
+        rustix::io::fcntl_dupfd_cloexec(stream, 0),
+        Err(rustix::io::Errno::MFILE | rustix::io::Errno::NFILE)
+    )
 }

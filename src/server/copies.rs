@@ -1,5 +1,10 @@
 //! Many copies of one image at once (`selfdump restore --copies N`).
 //!
+//! The images are verified once ([`verify_path`]: signature, files,
+//! credentials, as for any restore), and every copy's CRIU reads that one
+//! verified set, root's only, which stays until the last copy no longer
+//! needs it (for lazy copies, until every page is in).
+//!
 //! Images of a whole pid namespace (a program started with `selfdump run`,
 //! [`ImageMeta::pid_namespace`]) restore into a fresh pid namespace each
 //! time: CRIU makes one per restore when the root task is a namespace's
@@ -35,7 +40,7 @@ use super::Criu;
 use super::engine::first_error;
 use super::images::ImageMeta;
 use super::private_dir::{LOG_DIR, PrivateDir};
-use super::restore::{RestoreError, read_meta};
+use super::restore::{RestoreError, RestoreSettings, Verified, verify_path};
 use crate::copy_record;
 use rustix::process::{Pid, PidfdFlags, Signal, pidfd_open, pidfd_send_signal};
 use std::io::Read;
@@ -85,7 +90,11 @@ pub struct Copies {
     pub copies: Vec<Copy>,
     /// From the start of the first restore to the last copy running.
     pub elapsed: Duration,
+    /// Time spent verifying the images (once for all copies).
+    pub verify: Duration,
     daemons: Vec<Daemon>,
+    /// The verified images, kept while a page daemon may read them.
+    verified: Verified,
 }
 
 /// How a lazy copy's memory loading ended.
@@ -112,6 +121,7 @@ impl Copies {
         let started = Instant::now();
         let mut out = Vec::new();
         let daemons = std::mem::take(&mut self.daemons);
+        let _images = &self.verified; // dropped (removed) after the daemons
         let waits: Vec<_> = daemons
             .into_iter()
             .map(|mut d| {
@@ -175,27 +185,35 @@ struct Pending {
 /// CRIU's lazy pages ([`Copies::supervise`] then waits for the memory).
 /// All or nothing: if one copy fails, those started are killed.
 pub fn restore_copies(
-    criu: &Criu,
+    settings: &RestoreSettings,
     dir: &Path,
     copies: u32,
     lazy: bool,
 ) -> Result<Copies, RestoreError> {
-    let meta = read_meta(dir)?;
-    if !meta.pid_namespace {
-        return Err(RestoreError::NotImages(
-            dir.to_path_buf(),
-            "these images are of a process, not of a whole pid namespace, so each copy \
-             would need the same pids; start the program with `selfdump run` to make images \
-             that restore many times at once"
-                .into(),
-        ));
-    }
     if copies == 0 || copies > MAX_COPIES {
-        return Err(RestoreError::NotImages(
-            dir.to_path_buf(),
-            format!("--copies must be 1 to {MAX_COPIES}"),
-        ));
+        return Err(RestoreError::Refused(format!(
+            "--copies must be 1 to {MAX_COPIES}"
+        )));
     }
+    let verify_started = Instant::now();
+    let verified = verify_path(dir, settings)?;
+    let verify = verify_started.elapsed();
+    let meta = verified.meta.clone();
+    if !meta.pid_namespace {
+        return Err(RestoreError::Refused(format!(
+            "{}: these images are of a process, not of a whole pid namespace, so each \
+             copy would need the same pids; start the program with `selfdump run` to make \
+             images that restore many times at once",
+            dir.display()
+        )));
+    }
+    let criu = &settings.criu;
+    let images = PathBuf::from(format!(
+        "/proc/{}/fd/{}",
+        std::process::id(),
+        std::os::fd::AsRawFd::as_raw_fd(&verified.subdir.dir)
+    ));
+    let dir = images.as_path();
     let base = PrivateDir::open_or_create(Path::new(LOG_DIR)).map_err(|e| RestoreError::Criu {
         message: format!("no place for the restore logs: {e}"),
         log: PathBuf::from(LOG_DIR),
@@ -300,15 +318,16 @@ pub fn restore_copies(
         }
     }
     log::info!(
-        "{copies} cop{} of {} running after {elapsed:?}{}",
+        "{copies} cop{} running after {elapsed:?} (images verified in {verify:?}){}",
         if copies == 1 { "y" } else { "ies" },
-        dir.display(),
         if lazy { " (memory loading lazily)" } else { "" }
     );
     Ok(Copies {
         copies: running,
         elapsed,
+        verify,
         daemons: kept,
+        verified,
     })
 }
 

@@ -33,7 +33,13 @@ fn admit(shared: &Shared, peer: &Peer, dir: &OwnedFd) -> Result<Caller, Response
     if !peer.is_alive() {
         return Err(not_permitted("you exited".into()));
     }
-    check_dumpable(&caller, &proc_file, "the caller").map_err(not_permitted)?;
+    // a caller whose main thread exited shows as a zombie but runs on
+    // in its other threads: its dumpability is checked all the same
+    let as_live = Caller {
+        zombie: false,
+        ..caller.clone()
+    };
+    check_dumpable(&as_live, &proc_file, "the caller").map_err(not_permitted)?;
     let dir_stat = rustix::fs::fstat(dir)
         .map_err(|e| refusal(RefusalKind::BadDirectory, format!("images fd: {e}")))?;
     may_write_dir(&caller, &dir_stat).map_err(|m| refusal(RefusalKind::BadDirectory, m))?;
@@ -127,7 +133,8 @@ pub(super) async fn checkpoint(
     let images_dir = dir.try_clone().ok();
     let creds = CallerCreds::of(&caller);
     let job_id = job.id;
-    let staging = match blocking::unblock(move || Staging::create(dir, job_id, creds)).await {
+    let key = shared.key.clone();
+    let staging = match blocking::unblock(move || Staging::create(dir, job_id, creds, key)).await {
         Ok(staging) => staging,
         Err(e) => {
             shared.jobs.remove(job.id);
@@ -184,6 +191,9 @@ pub(super) async fn checkpoint(
             ext_unix_sk: options.ext_unix_sk,
             pid_namespace: ns_init.is_some(),
             copy_slot: None,
+            gid: caller.gids[1],
+            groups: caller.groups.clone(),
+            ..ImageMeta::default()
         },
         save_before_exit: !options.leave_running,
         saved: None,
@@ -242,7 +252,17 @@ pub(super) async fn checkpoint(
         Err(e) => {
             let (log_file, logged) = blocking::unblock(move || staging.discard()).await;
             let message = match (&e, logged) {
-                (EngineError::Failed(_), Some(logged)) => format!("criu dump failed: {logged}"),
+                // a capability the service lacks is named first
+                (EngineError::Failed(errmsg), logged) => format!(
+                    "criu dump failed: {}",
+                    super::caps::explain_dump_failure(
+                        logged
+                            .as_deref()
+                            .or(errmsg.as_deref())
+                            .unwrap_or("no error logged"),
+                        caller.uid()
+                    )
+                ),
                 _ => e.to_string(),
             };
             failure(Some(job.id), message, log_file)

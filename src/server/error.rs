@@ -20,10 +20,21 @@ pub enum Error {
         /// Why.
         source: io::Error,
     },
-    /// Accepting connections failed.
+    /// The listening socket is unusable (`accept` failed with `EBADF`,
+    /// `EINVAL` or `ENOTSOCK`), or could not be registered with the
+    /// reactor. Never the result of what a client does: other `accept`
+    /// errors (out of fds or memory, aborted connections) are logged and
+    /// retried, not returned.
     Accept(io::Error),
     /// CRIU is missing, too old, or broken.
     Criu(String),
+    /// The signing key cannot be read or made.
+    Key {
+        /// The key file.
+        path: PathBuf,
+        /// Why.
+        source: io::Error,
+    },
 }
 
 impl fmt::Display for Error {
@@ -38,8 +49,15 @@ impl fmt::Display for Error {
             Self::SocketPermissions { path, source } => {
                 write!(f, "cannot set owner/mode of {}: {source}", path.display())
             }
-            Self::Accept(e) => write!(f, "accepting connections failed: {e}"),
+            Self::Accept(e) => write!(f, "the listening socket is unusable: {e}"),
             Self::Criu(e) => write!(f, "{e} (run `selfdump check`, or scripts/install-criu.sh)"),
+            Self::Key { path, source } => write!(
+                f,
+                "cannot read or make the signing key {}: {source} (it must be root's, mode \
+                 0600, 32 bytes; remove a broken one to make a new key, which makes older \
+                 images unrestorable without --trust-unsigned)",
+                path.display()
+            ),
         }
     }
 }
@@ -47,7 +65,9 @@ impl fmt::Display for Error {
 impl std::error::Error for Error {
     fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
         match self {
-            Self::Bind { source, .. } | Self::SocketPermissions { source, .. } => Some(source),
+            Self::Bind { source, .. }
+            | Self::SocketPermissions { source, .. }
+            | Self::Key { source, .. } => Some(source),
             Self::Accept(e) => Some(e),
             Self::Criu(_) => None,
         }

@@ -9,12 +9,9 @@ use rustix::fs::{Mode, OFlags};
 use serde::{Deserialize, Serialize};
 use std::os::fd::AsFd;
 
-/// File the service adds to the images: what `selfdump restore` needs to
-/// know about the dump.
-pub const META_FILE: &str = "selfdump-meta.msgpack";
-
-/// What `selfdump restore` needs to know about a dump (stored as MessagePack).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+/// What the images of one dump are, as the service recorded it in their
+/// signed manifest ([`Manifest`](super::manifest::Manifest)).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ImageMeta {
     /// The wire protocol version of the service that wrote the images.
     pub protocol: u16,
@@ -32,6 +29,24 @@ pub struct ImageMeta {
     pub file_locks: bool,
     /// External unix sockets were allowed.
     pub ext_unix_sk: bool,
+    /// Primary gid of the dumped process.
+    #[serde(default)]
+    pub gid: u32,
+    /// Its supplementary groups.
+    #[serde(default)]
+    pub groups: Vec<u32>,
+    /// Every task of the dumped tree (pids as the service saw them).
+    #[serde(default)]
+    pub pids: Vec<i32>,
+    /// When the dump ended (seconds since the Unix epoch).
+    #[serde(default)]
+    pub created_unix: u64,
+    /// The host (`uname` node name) and its boot id.
+    #[serde(default)]
+    pub host: String,
+    /// `/proc/sys/kernel/random/boot_id` of that host at the time.
+    #[serde(default)]
+    pub boot_id: String,
     /// The dump is of a whole pid namespace: its root is the namespace's
     /// init, and each restore makes a fresh pid namespace (so many copies
     /// can run at once). Older images lack it: `false`.

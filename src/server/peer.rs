@@ -46,10 +46,20 @@ impl Peer {
         }
         let pidfd = nix::sys::socket::getsockopt(stream, nix::sys::socket::sockopt::PeerPidfd)
             .map_err(|e| {
-                io::Error::new(
-                    io::Error::from(e).kind(),
-                    format!("SO_PEERPIDFD failed ({e}); selfdump needs Linux 6.5 or newer"),
-                )
+                // only a kernel without the option is a kernel problem; out
+                // of fds or memory is this request's failure alone
+                let (kind, hint) = if matches!(
+                    e,
+                    nix::errno::Errno::ENOPROTOOPT | nix::errno::Errno::EINVAL
+                ) {
+                    (
+                        io::Error::from(e).kind(),
+                        "; selfdump needs Linux 6.5 or newer",
+                    )
+                } else {
+                    (io::ErrorKind::ResourceBusy, "; retry later")
+                };
+                io::Error::new(kind, format!("SO_PEERPIDFD failed ({e}){hint}"))
             })?;
         Ok(Self {
             pid: cred.pid(),

@@ -56,6 +56,11 @@ pub struct Caller {
     pub cap_eff: u64,
     /// Permitted capability set.
     pub cap_prm: u64,
+    /// Ambient capability set.
+    pub cap_amb: u64,
+    /// The task is a zombie (it exited and was not reaped yet): it has no
+    /// memory, and its `/proc` files are root's whatever its dumpability.
+    pub zombie: bool,
 }
 
 impl Caller {
@@ -89,6 +94,8 @@ impl Caller {
                 .collect::<Option<_>>()?,
             cap_eff: u64::from_str_radix(&field("CapEff:")?, 16).ok()?,
             cap_prm: u64::from_str_radix(&field("CapPrm:")?, 16).ok()?,
+            cap_amb: u64::from_str_radix(&field("CapAmb:")?, 16).ok()?,
+            zombie: field("State:")?.starts_with('Z'),
         })
     }
 
@@ -129,10 +136,16 @@ impl Policy {
 
 /// Refuses callers that could hand the service more than they could reach
 /// themselves: changed ids (setuid/setgid), or, for non-root callers, any
-/// effective capability, or a `/proc` entry not owned by the caller (not
-/// dumpable). `proc_file` must be a file such as `/proc/<pid>/stat`: the
-/// kernel hands a non-dumpable task's files to root, but never its
-/// `/proc/<pid>` directory.
+/// permitted, effective or ambient capability (a permitted one can be made
+/// effective at any moment; an ambient one survives `execve`), or a
+/// `/proc` entry not owned by the caller (not dumpable). `proc_file` must
+/// be a file such as `/proc/<pid>/stat`: the kernel hands a non-dumpable
+/// task's files to root, but never its `/proc/<pid>` directory.
+///
+/// A zombie (see [`Caller::zombie`]) has no memory, so there is nothing
+/// its dumpability protects, and the kernel makes its files root's
+/// whatever it was: the ownership test is skipped for it. Its ids and
+/// capabilities are still checked (they are what it ran with).
 pub fn check_dumpable(caller: &Caller, proc_file: &Stat, what: &str) -> Result<(), String> {
     let [ruid, ..] = caller.uids;
     if caller.uids.iter().any(|&u| u != ruid) || caller.gids.iter().any(|&g| g != caller.gids[0]) {
@@ -142,13 +155,19 @@ pub fn check_dumpable(caller: &Caller, proc_file: &Stat, what: &str) -> Result<(
         ));
     }
     if ruid != 0 {
-        if caller.cap_eff != 0 {
+        let caps = [
+            ("permitted", caller.cap_prm),
+            ("effective", caller.cap_eff),
+            ("ambient", caller.cap_amb),
+        ];
+        if let Some((set, caps)) = caps.into_iter().find(|(_, c)| *c != 0) {
             return Err(format!(
-                "{what} runs as uid {ruid} with capabilities {:#x}: not dumpable by an unprivileged caller",
-                caller.cap_eff
+                "{what} runs as uid {ruid} with {set} capabilities {caps:#x}: not dumpable by an \
+                 unprivileged caller (drop every capability, e.g. with capsh --drop or by not \
+                 keeping them across setuid, and ask again)"
             ));
         }
-        if proc_file.st_uid != ruid {
+        if !caller.zombie && proc_file.st_uid != ruid {
             return Err(format!("{what} is not dumpable (PR_SET_DUMPABLE is off)"));
         }
     }
@@ -250,6 +269,8 @@ mod tests {
             groups: vec![],
             cap_eff: eff,
             cap_prm: prm,
+            cap_amb: 0,
+            zombie: false,
         }
     }
 
@@ -263,12 +284,14 @@ mod tests {
     #[test]
     fn parse_reads_ids_groups_and_capabilities() {
         let text = "Name:\tx\nUid:\t1\t2\t3\t4\nGid:\t5\t6\t7\t8\nGroups:\t9 10 \n\
-                    CapPrm:\t00000000000000ff\nCapEff:\t000000000000000f\n";
+                    State:\tZ (zombie)\nCapPrm:\t00000000000000ff\nCapEff:\t000000000000000f\n\
+                    CapAmb:\t0000000000000001\n";
         let c = Caller::parse(text).unwrap();
         assert_eq!(c.uids, [1, 2, 3, 4]);
         assert_eq!(c.gids, [5, 6, 7, 8]);
         assert_eq!(c.groups, vec![9, 10]);
-        assert_eq!((c.cap_eff, c.cap_prm), (0xf, 0xff));
+        assert_eq!((c.cap_eff, c.cap_prm, c.cap_amb), (0xf, 0xff, 1));
+        assert!(c.zombie);
     }
 
     #[test]
@@ -316,5 +339,43 @@ mod tests {
                 .unwrap_err()
                 .contains("capabilities")
         );
+    }
+
+    #[test]
+    fn a_non_root_caller_with_any_capability_is_refused() {
+        let nobody = |eff, prm, amb| Caller {
+            cap_amb: amb,
+            ..status([65534; 4], [65534; 4], eff, prm)
+        };
+        let mine = proc_owned_by(65534);
+        assert!(check_dumpable(&nobody(0, 0, 0), &mine, "c").is_ok());
+        for (c, set) in [
+            (nobody(0, 0x1ff, 0), "permitted"),
+            (nobody(0x1, 0x1, 0), "permitted"),
+            (nobody(0, 0, 0x2), "ambient"),
+        ] {
+            let e = check_dumpable(&c, &mine, "c").unwrap_err();
+            assert!(e.contains(set), "{e}");
+        }
+        // root keeps its capabilities
+        let all = 0x1ff_ffff_ffff;
+        assert!(check_dumpable(&status([0; 4], [0; 4], all, all), &proc_owned_by(0), "c").is_ok());
+    }
+
+    #[test]
+    fn a_zombie_is_not_refused_as_not_dumpable() {
+        let zombie = Caller {
+            zombie: true,
+            ..status([65534; 4], [65534; 4], 0, 0)
+        };
+        let nobody = status([65534; 4], [65534; 4], 0, 0);
+        // a zombie's /proc files are root's
+        assert!(check_tree_task(&nobody, &zombie, &proc_owned_by(0), "z").is_ok());
+        // but its ids still count
+        let setuid_zombie = Caller {
+            zombie: true,
+            ..status([65534, 0, 0, 0], [65534; 4], 0, 0)
+        };
+        assert!(check_tree_task(&nobody, &setuid_zombie, &proc_owned_by(0), "z").is_err());
     }
 }

@@ -7,12 +7,16 @@
 
 use super::as_caller::CallerCreds;
 use super::engine::{DUMP_LOG, rpc};
-use super::images::{ImageMeta, META_FILE, Published, entries, first_entry, read_image};
+use super::images::{ImageMeta, Published, entries, first_entry, read_image};
+use super::manifest::{
+    FileDigest, Key, MANIFEST_FILE, Manifest, create_file, hash_file, unsigned_extra,
+};
+use super::subdir::PrivateSubdir;
 use crate::proto::JobId;
 use prost::Message;
-use rustix::fs::{AtFlags, Dir, FileType, Gid, Mode, OFlags, Uid};
+use rustix::fs::{AtFlags, FileType, Gid, Mode, OFlags, Uid};
 use std::io;
-use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::os::fd::{BorrowedFd, OwnedFd};
 
 /// A private directory inside the caller's directory, where CRIU writes.
 /// Dropped without [`Staging::publish`] or [`Staging::discard`] (a dump
@@ -21,28 +25,19 @@ use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 ///
 /// How each step keeps the filesystem rule (see `as_caller.rs`):
 ///
-/// - created by the caller's credentials (`mkdirat` on the caller's
-///   directory fd), so the kernel decides whether the caller may create
-///   there, with a random name;
-/// - opened by the service with `O_NOFOLLOW | O_DIRECTORY` and verified to
-///   be a directory of the caller's (a swapped-in directory of its own is
-///   as good as the one it made); then made root's, mode 0700, ACLs
-///   removed, and checked empty *after* that, so nothing the caller put in
-///   beforehand stays. CRIU only ever sees this fd, never the name;
+/// - made, verified, made root's and removed as a [`PrivateSubdir`]: CRIU
+///   only ever sees its fd, never its name;
 /// - image files are handed to the caller through their fds, then moved
 ///   out with `RENAME_NOREPLACE`: root never replaces a name in the
 ///   caller's directory. A name already there is unlinked first with the
 ///   caller's credentials (so a root-owned `dump.log` in a sticky `/tmp`
 ///   stays root's, and the save fails with that reason);
-/// - once CRIU has exited and the directory is empty, it is given back to
-///   the caller and removed by name with the caller's credentials: if the
-///   caller moved it, what is left is the caller's own empty directory.
 #[derive(Debug)]
 pub struct Staging {
-    parent: OwnedFd,
-    name: String,
-    dir: OwnedFd,
-    creds: CallerCreds,
+    subdir: PrivateSubdir,
+    key: Key,
+    /// What the manifest says, once it is written.
+    signed: Option<ImageMeta>,
     finished: bool,
 }
 
@@ -51,7 +46,7 @@ impl Drop for Staging {
         if !self.finished {
             log::warn!(
                 "{}: dump abandoned; removing its staging directory",
-                self.name
+                self.subdir.name
             );
             // CRIU may still run: the directory stays root's
             self.clean(false);
@@ -59,94 +54,40 @@ impl Drop for Staging {
     }
 }
 
-/// `statfs` magic of FUSE filesystems.
-const FUSE_SUPER_MAGIC: i64 = 0x6573_5546;
-
 impl Staging {
-    /// Creates `.selfdump-<job>-<random>` inside `parent` as described
-    /// above, and holds an `flock` on it while it lives: a lockable one was
-    /// left by a service that died, and the next dump into `parent`
-    /// removes it.
-    pub(crate) fn create(parent: OwnedFd, job: JobId, creds: CallerCreds) -> io::Result<Self> {
-        Self::create_racing(parent, job, creds, |_| {})
+    /// Creates `.selfdump-<job>-<random>` inside `parent` (see
+    /// [`PrivateSubdir`]), locked while it lives: a lockable one was left by
+    /// a service that died, and the next dump into `parent` removes it.
+    pub(crate) fn create(
+        parent: OwnedFd,
+        job: JobId,
+        creds: CallerCreds,
+        key: Key,
+    ) -> io::Result<Self> {
+        Self::create_racing(parent, job, creds, key, |_| {})
     }
 
-    /// [`Staging::create`], with `between` run between the `mkdir` and the
-    /// `open`, where a caller would swap the name (for tests).
+    /// [`Staging::create`], with `between` run where a caller would swap
+    /// the name (for tests).
     fn create_racing(
         parent: OwnedFd,
         job: JobId,
         creds: CallerCreds,
+        key: Key,
         between: impl FnOnce(&str),
     ) -> io::Result<Self> {
-        if rustix::fs::fstatfs(&parent)?.f_type as i64 == FUSE_SUPER_MAGIC {
-            // its owner's daemon answers every lookup, symlinks included
-            return Err(io::Error::other(
-                "the images directory is on a FUSE filesystem, whose owner decides what \
-                 root's writes reach there; use a directory on a local filesystem",
-            ));
-        }
-        let mut random = [0u8; 8];
-        rustix::rand::getrandom(&mut random, rustix::rand::GetRandomFlags::empty())?;
-        let name = format!(".selfdump-{job}-{:016x}", u64::from_le_bytes(random));
-        creds
-            .run(|| rustix::fs::mkdirat(&parent, name.as_str(), Mode::RWXU))?
-            .map_err(|e| match e {
-                rustix::io::Errno::ACCESS | rustix::io::Errno::PERM => io::Error::other(format!(
-                    "uid {} may not create files in the images directory",
-                    creds.uid
-                )),
-                e => e.into(),
-            })?;
-        between(&name);
-        let dir = rustix::fs::openat(
-            &parent,
-            name.as_str(),
-            OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC | OFlags::RDONLY,
-            Mode::empty(),
-        )?;
-        let stat = rustix::fs::fstat(&dir)?;
-        if stat.st_uid != creds.uid {
-            return Err(io::Error::other(format!(
-                "{name} was replaced by a directory of uid {} while it was made",
-                stat.st_uid
-            )));
-        }
-        // locked before it is root's: an unlocked root-owned staging
-        // directory is a dead service's, for `leftovers` to remove
-        rustix::fs::flock(&dir, rustix::fs::FlockOperation::NonBlockingLockExclusive)?;
-        rustix::fs::fchown(&dir, Some(Uid::ROOT), Some(Gid::ROOT))?;
-        rustix::fs::fchmod(&dir, Mode::RWXU)?;
-        for acl in ["system.posix_acl_access", "system.posix_acl_default"] {
-            match rustix::fs::fremovexattr(&dir, acl) {
-                Ok(()) | Err(rustix::io::Errno::NODATA | rustix::io::Errno::OPNOTSUPP) => {}
-                Err(e) => return Err(e.into()),
-            }
-        }
-        let staging = Self {
-            parent,
-            name,
-            dir,
-            creds,
-            finished: true, // until it is known to be ours: dropped as is
-        };
-        let entries = staging.names()?;
-        if !entries.is_empty() {
-            let _ = staging.give_back();
-            return Err(io::Error::other(format!(
-                "{} was filled ({}) while it was made",
-                staging.name,
-                entries.join(", ")
-            )));
-        }
-        let mut staging = staging;
-        staging.finished = false;
-        Ok(staging)
+        let subdir = PrivateSubdir::create(parent, &format!(".selfdump-{job}-"), creds, between)?;
+        Ok(Self {
+            subdir,
+            key,
+            signed: None,
+            finished: false,
+        })
     }
 
     /// The directory CRIU should write into.
     pub fn dir(&self) -> BorrowedFd<'_> {
-        self.dir.as_fd()
+        self.subdir.dir()
     }
 
     /// Hands every file to the caller, moves it into the caller's directory,
@@ -158,7 +99,7 @@ impl Staging {
         match self.save(meta) {
             Ok(published) => {
                 self.finished = true;
-                self.remove(true);
+                self.subdir.remove(true);
                 Ok(published)
             }
             Err(e) => {
@@ -178,8 +119,8 @@ impl Staging {
         let mut moved = Vec::new();
         let saved = self.try_save(meta, &mut moved);
         if saved.is_err() {
-            let parent = &self.parent;
-            let undone = self.creds.run(|| {
+            let parent = &self.subdir.parent;
+            let undone = self.subdir.creds.run(|| {
                 for name in moved.iter().filter(|n| *n != DUMP_LOG) {
                     if let Err(e) = rustix::fs::unlinkat(parent, name.as_str(), AtFlags::empty()) {
                         log::warn!("cannot remove {name} of a failed dump: {e}");
@@ -193,38 +134,48 @@ impl Staging {
         saved
     }
 
-    fn try_save(&self, meta: &ImageMeta, moved: &mut Vec<String>) -> io::Result<Published> {
-        let body = rmp_serde::to_vec(meta).map_err(io::Error::other)?;
-        let file = rustix::fs::openat(
-            &self.dir,
-            META_FILE,
-            OFlags::WRONLY | OFlags::CREATE | OFlags::EXCL | OFlags::NOFOLLOW | OFlags::CLOEXEC,
-            Mode::RUSR | Mode::WUSR,
-        )?;
-        if rustix::io::write(&file, &body)? != body.len() {
-            return Err(io::Error::new(
-                io::ErrorKind::StorageFull,
-                "short write of the meta file",
-            ));
-        }
-        drop(file);
-
+    fn try_save(&mut self, meta: &ImageMeta, moved: &mut Vec<String>) -> io::Result<Published> {
         let mut published = Published {
-            stats: read_image(&self.dir, "stats-dump")
+            stats: read_image(&self.subdir.dir, "stats-dump")
                 .and_then(|b| rpc::StatsEntry::decode(first_entry(&b)?).ok())
                 .and_then(|s| s.dump),
-            processes: read_image(&self.dir, "pstree.img")
+            processes: read_image(&self.subdir.dir, "pstree.img")
                 .map(|b| entries(&b).count() as u32)
                 .unwrap_or(0),
             ..Default::default()
         };
-        let names = self.names()?;
+        let mut names = self.subdir.names()?;
+        let mut files = Vec::new();
         for name in &names {
-            published.bytes += self.hand_over(name)?;
+            let (file, size) = self.hand_over(name)?;
+            published.bytes += size;
+            if self.signed.is_none() && !unsigned_extra(name) {
+                let hash = hash_file(&file, size)?;
+                files.push(FileDigest {
+                    name: name.clone(),
+                    size,
+                    hash,
+                });
+            }
+        }
+        // Signed once, with the first save: what CRIU writes later (its
+        // log and statistics, with "exit after dump") is not for restores.
+        // Hashed here, while only root can write the files.
+        if self.signed.is_none() {
+            files.sort_by(|a, b| a.name.cmp(&b.name));
+            let manifest = Manifest {
+                key_id: self.key.id(),
+                meta: self.complete(meta),
+                files,
+            };
+            create_file(&self.subdir.dir, MANIFEST_FILE, &manifest.sign(&self.key))?;
+            published.bytes += self.hand_over(MANIFEST_FILE)?.1;
+            names.push(MANIFEST_FILE.to_string());
+            self.signed = Some(manifest.meta);
         }
         self.move_out(&names, moved)?;
         let syncing = std::time::Instant::now();
-        rustix::fs::syncfs(&self.parent)?;
+        rustix::fs::syncfs(&self.subdir.parent)?;
         published.sync_us = syncing.elapsed().as_micros() as u64;
         Ok(published)
     }
@@ -243,14 +194,14 @@ impl Staging {
         if taken.is_empty() {
             return Ok(());
         }
-        let parent = &self.parent;
-        self.creds.run(|| {
+        let parent = &self.subdir.parent;
+        self.subdir.creds.run(|| {
             taken.iter().try_for_each(|name| {
                 rustix::fs::unlinkat(parent, name.as_str(), AtFlags::empty()).map_err(|e| {
                     io::Error::other(format!(
                         "cannot replace {name} in the images directory ({e}): \
                          uid {} may not remove it",
-                        self.creds.uid
+                        self.subdir.creds.uid
                     ))
                 })
             })
@@ -269,9 +220,9 @@ impl Staging {
 
     fn rename_out(&self, name: &str) -> rustix::io::Result<()> {
         rustix::fs::renameat_with(
-            &self.dir,
+            &self.subdir.dir,
             name,
-            &self.parent,
+            &self.subdir.parent,
             name,
             rustix::fs::RenameFlags::NOREPLACE,
         )
@@ -288,10 +239,10 @@ impl Staging {
     /// Empties the directory through its fd and removes it; `criu_gone`
     /// says it may be given back to the caller first (see [`Self::remove`]).
     fn clean(&self, criu_gone: bool) -> (Option<String>, Option<String>) {
-        let first_error = read_image(&self.dir, DUMP_LOG)
+        let first_error = read_image(&self.subdir.dir, DUMP_LOG)
             .and_then(|log| super::engine::first_error(&String::from_utf8_lossy(&log)));
         let mut kept = None;
-        for name in self.names().unwrap_or_default() {
+        for name in self.subdir.names().unwrap_or_default() {
             if name == DUMP_LOG
                 && self.hand_over(&name).is_ok()
                 && self
@@ -299,59 +250,46 @@ impl Staging {
                     .is_ok()
             {
                 kept = Some(name);
-            } else if let Err(e) = rustix::fs::unlinkat(&self.dir, &name, AtFlags::empty()) {
-                log::warn!("cannot remove {name} from {}: {e}", self.name);
+            } else if let Err(e) = rustix::fs::unlinkat(&self.subdir.dir, &name, AtFlags::empty()) {
+                log::warn!("cannot remove {name} from {}: {e}", self.subdir.name);
             }
         }
-        self.remove(criu_gone);
+        self.subdir.remove(criu_gone);
         (kept, first_error)
     }
 
-    /// Removes the (empty) staging directory. Once CRIU is gone it is first
-    /// given back to the caller and then removed with the caller's
-    /// credentials, so a caller that moved it away keeps an empty directory
-    /// of its own, never one of root's. While CRIU may still write into it,
-    /// it stays root's and is removed by name as root: `rmdir` only takes
-    /// an empty directory, and to put one under this name the caller must
-    /// have been able to remove it anyway.
-    fn remove(&self, criu_gone: bool) {
-        let rmdir = || rustix::fs::unlinkat(&self.parent, self.name.as_str(), AtFlags::REMOVEDIR);
-        let removed = match criu_gone && self.names().is_ok_and(|n| n.is_empty()) {
-            true => self
-                .give_back()
-                .map_err(io::Error::from)
-                .and_then(|()| self.creds.run(rmdir)?.map_err(io::Error::from)),
-            false => rmdir().map_err(io::Error::from),
-        };
-        if let Err(e) = removed {
-            log::warn!("cannot remove staging directory {}: {e}", self.name);
+    /// The facts only known once CRIU is done: the tree's pids, the time,
+    /// the host.
+    fn complete(&self, meta: &ImageMeta) -> ImageMeta {
+        let pids = read_image(&self.subdir.dir, "pstree.img")
+            .map(|b| {
+                entries(&b)
+                    .filter_map(|e| rpc::PstreeEntry::decode(e).ok())
+                    .map(|e| e.pid as i32)
+                    .collect()
+            })
+            .unwrap_or_default();
+        ImageMeta {
+            pids,
+            created_unix: std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_secs()),
+            host: rustix::system::uname()
+                .nodename()
+                .to_string_lossy()
+                .into_owned(),
+            boot_id: std::fs::read_to_string("/proc/sys/kernel/random/boot_id")
+                .unwrap_or_default()
+                .trim()
+                .to_owned(),
+            ..meta.clone()
         }
     }
 
-    fn give_back(&self) -> rustix::io::Result<()> {
-        rustix::fs::fchown(
-            &self.dir,
-            Some(Uid::from_raw(self.creds.uid)),
-            Some(Gid::from_raw(self.creds.gid)),
-        )
-    }
-
-    fn names(&self) -> io::Result<Vec<String>> {
-        let mut names = Vec::new();
-        for entry in Dir::read_from(&self.dir)? {
-            let entry = entry?;
-            let name = entry.file_name().to_string_lossy().into_owned();
-            if name != "." && name != ".." {
-                names.push(name);
-            }
-        }
-        Ok(names)
-    }
-
-    /// Chowns and chmods one regular file; returns its size.
-    fn hand_over(&self, name: &str) -> io::Result<u64> {
+    /// Chowns and chmods one regular file; returns it and its size.
+    fn hand_over(&self, name: &str) -> io::Result<(OwnedFd, u64)> {
         let file = rustix::fs::openat(
-            &self.dir,
+            &self.subdir.dir,
             name,
             OFlags::RDONLY | OFlags::NOFOLLOW | OFlags::CLOEXEC | OFlags::NONBLOCK,
             Mode::empty(),
@@ -364,11 +302,11 @@ impl Staging {
         }
         rustix::fs::fchown(
             &file,
-            Some(Uid::from_raw(self.creds.uid)),
-            Some(Gid::from_raw(self.creds.gid)),
+            Some(Uid::from_raw(self.subdir.creds.uid)),
+            Some(Gid::from_raw(self.subdir.creds.gid)),
         )?;
         rustix::fs::fchmod(&file, Mode::RUSR | Mode::WUSR)?;
-        Ok(stat.st_size as u64)
+        Ok((file, stat.st_size as u64))
     }
 }
 

@@ -50,10 +50,10 @@ fn staging_is_roots_private_and_empty_and_goes_back_to_the_caller() {
         return;
     }
     let (_base, images, fd) = callers_dir();
-    let staging = Staging::create(fd, job(), nobody()).unwrap();
+    let staging = Staging::create(fd, job(), nobody(), Key::generate().unwrap()).unwrap();
     let stat = rustix::fs::fstat(staging.dir()).unwrap();
     assert_eq!((stat.st_uid, stat.st_mode & 0o7777), (0, 0o700));
-    let name = staging.name.clone();
+    let name = staging.subdir.name.clone();
     assert!(name.starts_with(".selfdump-0000000000000007-1-"), "{name}");
     let log = rustix::fs::openat(
         staging.dir(),
@@ -78,7 +78,7 @@ fn a_callers_directory_swapped_in_is_refused_and_given_back() {
     let (_base, images, fd) = callers_dir();
     let victim = tempfile::tempdir().unwrap();
     let made = images.join("made");
-    let refused = Staging::create_racing(fd, job(), nobody(), |name| {
+    let refused = Staging::create_racing(fd, job(), nobody(), Key::generate().unwrap(), |name| {
         std::fs::rename(images.join(name), &made).unwrap();
         std::fs::create_dir(images.join(name)).unwrap();
         let link = images.join(name).join(DUMP_LOG);
@@ -108,7 +108,7 @@ fn another_users_directory_swapped_in_is_left_alone() {
     }
     let (_base, images, fd) = callers_dir();
     let mut name_seen = String::new();
-    let refused = Staging::create_racing(fd, job(), nobody(), |name| {
+    let refused = Staging::create_racing(fd, job(), nobody(), Key::generate().unwrap(), |name| {
         name_seen = name.to_string();
         std::fs::rename(images.join(name), images.join("made")).unwrap();
         std::fs::create_dir(images.join(name)).unwrap();
@@ -131,7 +131,7 @@ fn a_caller_that_may_not_write_cannot_stage() {
     }
     let roots = tempfile::tempdir().unwrap();
     let fd: OwnedFd = std::fs::File::open(roots.path()).unwrap().into();
-    let refused = Staging::create(fd, job(), nobody()).unwrap_err();
+    let refused = Staging::create(fd, job(), nobody(), Key::generate().unwrap()).unwrap_err();
     assert!(
         refused
             .to_string()

@@ -82,8 +82,13 @@ fn check_task(caller: &Caller, dir: &str, pid: i32, tid: i32, root: bool) -> Res
     };
     let status =
         std::fs::read_to_string(format!("{dir}/status")).map_err(|e| gone_or(e, "status"))?;
-    let task = Caller::parse(&status)
+    let mut task = Caller::parse(&status)
         .ok_or_else(|| TaskError::Refused(format!("unreadable /proc status of {what}")))?;
+    // A zombie child has no memory and root's /proc files: it is not
+    // refused as non-dumpable (CRIU records it as a zombie: pid, ids,
+    // exit code). The caller's own threads are never let off: a caller
+    // whose main thread exited still runs, with memory, in its others.
+    task.zombie &= !root;
     // a file, not the directory: see `admit`
     let proc_file =
         rustix::fs::stat(format!("{dir}/stat")).map_err(|e| gone_or(e.into(), "owner"))?;

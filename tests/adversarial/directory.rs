@@ -67,7 +67,7 @@ pub fn symlinks_planted_in_images_dir(ctx: &mut Ctx) -> String {
         "pstree.img",
         "inventory.img",
         "dump.log",
-        "selfdump-meta.msgpack",
+        "selfdump-manifest",
         "stats-dump",
     ] {
         std::os::unix::fs::symlink(victim, images.path().join(name)).unwrap();

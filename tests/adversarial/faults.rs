@@ -20,7 +20,7 @@ pub fn client_dies_mid_dump(ctx: &mut Ctx) -> String {
     assert_no_staging(images.path());
     assert!(
         !images.path().join("pstree.img").exists()
-            || images.path().join("selfdump-meta.msgpack").exists(),
+            || images.path().join("selfdump-manifest").exists(),
         "a partial image set was left"
     );
     let names: Vec<String> = image_files(images.path())
@@ -37,15 +37,23 @@ pub fn criu_killed_mid_dump(ctx: &mut Ctx) -> String {
     let mut said = Vec::new();
     // killed as soon as the tree is seized, and while it writes memory
     // (the parasite is in the caller then)
-    for during_memdump in [false, true] {
+    let mut repeated = 0;
+    let mut cases = vec![false, true].into_iter().peekable();
+    while let Some(&during_memdump) = cases.peek() {
         let images = images_dir();
         let mut program = frozen_caller(&socket, images.path(), 100);
         if during_memdump {
             wait_for_memdump(images.path());
         }
-        let criu = criu_children();
-        assert_eq!(criu.len(), 1, "one criu child: {criu:?}");
-        kill(criu[0]);
+        // stopped first, so that it is surely still at work when killed
+        let Some(criu) = stop_criu() else {
+            assert!(repeated < 3, "CRIU always finished first");
+            repeated += 1;
+            program.kill();
+            wait_no_criu();
+            continue;
+        };
+        kill(criu);
         let when = if during_memdump {
             "during memdump"
         } else {
@@ -70,6 +78,7 @@ pub fn criu_killed_mid_dump(ctx: &mut Ctx) -> String {
             }
         }
         assert!(!images.path().join("pstree.img").exists());
+        cases.next();
     }
     format!("never left frozen: {}", said.join(" | "))
 }
@@ -94,6 +103,15 @@ pub fn service_restarted_between_freeze_and_result(ctx: &mut Ctx) -> String {
             let mut program = frozen_caller(&socket, images.path(), 100);
             // CRIU writes memory only after the freeze hook sent `Frozen`
             wait_for_memdump(images.path());
+            // held mid-dump until the service is gone, whatever the
+            // machine's speed
+            let Some(criu) = stop_criu() else {
+                assert!(raced < 3, "CRIU always finished first");
+                raced += 1;
+                program.kill();
+                wait_no_criu();
+                continue;
+            };
             let second = restarted_first.then(|| {
                 // the new service takes over the path (atomically: a
                 // rename) while the old one dies
@@ -103,14 +121,8 @@ pub fn service_restarted_between_freeze_and_result(ctx: &mut Ctx) -> String {
                 second
             });
             first.kill();
+            signal(criu, rustix::process::Signal::CONT);
             let line = outcome(&program);
-            if line.starts_with("checkpoint continued") && raced < 3 {
-                // the dump ended before the old service died (this test
-                // was slow): the attack did not happen; once more
-                raced += 1;
-                program.kill();
-                continue;
-            }
             assert_unknown(&line);
             if restarted_first {
                 assert!(line.contains("does not know this job"), "{line}");
@@ -131,7 +143,7 @@ pub fn service_restarted_between_freeze_and_result(ctx: &mut Ctx) -> String {
     ctx.adopt(socket, Box::new((last, dir)));
     let raced = match raced {
         0 => String::new(),
-        n => format!(" ({n} attempt(s) repeated: the dump ended before the service died)"),
+        n => format!(" ({n} attempt(s) repeated: CRIU finished before it could be stopped)"),
     };
     format!("original told: {}{raced}", said.join(" | "))
 }
@@ -143,41 +155,111 @@ fn assert_unknown(line: &str) {
     );
 }
 
-/// The whole dump may take `dump_timeout`; past it CRIU is killed and the
-/// tree must end up running, not frozen.
+/// The whole dump may take `dump_timeout`; past it the dump is abandoned
+/// and the tree must end up running, not frozen. Twice, each time
+/// independent of the machine's speed: with 1 ms (the limit strikes before
+/// the freeze: nothing is that fast), and with the limit striking while
+/// the tree is frozen for certain: CRIU is stopped (`SIGSTOP`) in the
+/// middle of writing the frozen caller's memory, kept stopped past the
+/// deadline, then let go on. (A 512 MiB dump under a 250 ms limit was
+/// once used instead, and an idle machine beat the limit.)
 pub fn dump_timeout_exceeded(ctx: &mut Ctx) -> String {
     let mut said = Vec::new();
-    for timeout_ms in [1u64, 250] {
-        let socket = ctx.service(|b| b.dump_timeout(Duration::from_millis(timeout_ms)));
+    // before the freeze
+    let socket = ctx.service(|b| b.dump_timeout(Duration::from_millis(1)));
+    let images = images_dir();
+    let mut program = Program::start_on(
+        &socket,
+        images.path(),
+        &args("--at 1 --until 100 --interval-ms 20"),
+        None,
+    );
+    let line = outcome(&program);
+    assert_abandoned(&line);
+    thawed_then_cleaned_up(&mut program, images.path());
+    assert!(!images.path().join("pstree.img").exists());
+    said.push(format!("1 ms (before the freeze): {}", short(&line)));
+
+    // while frozen
+    let limit = Duration::from_secs(2);
+    let socket = ctx.service(|b| b.dump_timeout(limit));
+    let mut repeated = 0;
+    let line = loop {
         let images = images_dir();
-        let mut program = Program::start_on(
-            &socket,
-            images.path(),
-            &args("--alloc-mb 512 --at 1 --until 100 --interval-ms 20"),
-            None,
-        );
-        // was the tree frozen when the time ran out?
-        let mut frozen = false;
-        while !program.output().contains("checkpoint ") {
-            frozen |= process_state(program.pid) == Some('t');
-            std::thread::sleep(Duration::from_micros(500));
-        }
-        let line = outcome(&program);
+        let asked = std::time::Instant::now();
+        let mut program = frozen_caller(&socket, images.path(), 200);
+        wait_for_memdump(images.path());
+        let Some(criu) = stop_criu() else {
+            // the dump ended before CRIU could be stopped: once more
+            assert!(repeated < 3, "CRIU always finished first");
+            repeated += 1;
+            program.kill();
+            wait_no_criu();
+            continue;
+        };
+        // past the deadline, with the tree frozen (seized by CRIU, its
+        // parasite inside, not counting) and CRIU stopped
+        let counted = program.output().matches("count ").count();
+        std::thread::sleep((limit + Duration::from_millis(500)).saturating_sub(asked.elapsed()));
+        let seized = tracer(program.pid) == Some(criu);
+        let frozen = seized && program.output().matches("count ").count() == counted;
+        signal(criu, rustix::process::Signal::CONT);
         assert!(
-            line.contains("exceeded its time limit") && line.contains("it was abandoned"),
-            "{line}"
+            frozen,
+            "the tree was not frozen at the deadline (seized: {seized})"
         );
-        if timeout_ms > 1 {
-            assert!(frozen, "the time limit should have struck while frozen");
-        }
+        let line = outcome(&program);
+        assert_abandoned(&line);
         thawed_then_cleaned_up(&mut program, images.path());
         assert!(!images.path().join("pstree.img").exists());
-        said.push(format!(
-            "{timeout_ms} ms (frozen then: {frozen}): {}",
+        break format!(
+            "{limit:?} (struck while frozen, CRIU stopped mid-memdump): {}",
             short(&line)
-        ));
+        );
+    };
+    said.push(line);
+    let repeated = match repeated {
+        0 => String::new(),
+        n => format!(" ({n} attempt(s) repeated: CRIU finished before it could be stopped)"),
+    };
+    format!(
+        "dump abandoned, caller running: {}{repeated}",
+        said.join(" | ")
+    )
+}
+
+fn assert_abandoned(line: &str) {
+    assert!(
+        line.contains("exceeded its time limit") && line.contains("it was abandoned"),
+        "{line}"
+    );
+}
+
+/// Stops (`SIGSTOP`) the one CRIU dumping, if it is still at work; its pid.
+fn stop_criu() -> Option<i32> {
+    let criu = criu_children();
+    let [pid] = criu[..] else { return None };
+    if process_state(pid).is_none_or(|s| s == 'Z') {
+        return None;
     }
-    format!("dump abandoned, caller running: {}", said.join(" | "))
+    signal(pid, rustix::process::Signal::STOP).then_some(pid)
+}
+
+/// The pid tracing `pid` (CRIU, while it holds the tree).
+fn tracer(pid: i32) -> Option<i32> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("TracerPid:"))?
+        .trim()
+        .parse()
+        .ok()
+        .filter(|&p| p != 0)
+}
+
+/// Sends `sig` to `pid`; whether it was delivered.
+fn signal(pid: i32, sig: rustix::process::Signal) -> bool {
+    rustix::process::kill_process(rustix::process::Pid::from_raw(pid).unwrap(), sig).is_ok()
 }
 
 /// A caller with 256 MiB to dump, counting until `until`, once CRIU has

@@ -142,9 +142,17 @@ pub fn dump_is_always_of_the_connecting_pid(ctx: &mut Ctx) -> String {
     assert!(line.starts_with("checkpoint continued"), "{line}");
     assert!(line.ends_with(", 1 processes"), "{line}");
     assert!(program.wait().success());
-    let meta = std::fs::read(images.path().join("selfdump-meta.msgpack")).unwrap();
-    let meta: selfdump::server::images::ImageMeta = rmp_serde::from_slice(&meta).unwrap();
-    assert_eq!(meta.pid, program.pid, "the images are of the caller");
+    let manifest = std::fs::read(images.path().join("selfdump-manifest")).unwrap();
+    let (manifest, ..) = selfdump::server::manifest::Manifest::parse_unverified(&manifest).unwrap();
+    assert_eq!(
+        manifest.meta.pid, program.pid,
+        "the images are of the caller"
+    );
+    assert_eq!(
+        manifest.meta.pids,
+        vec![program.pid],
+        "and only of the caller"
+    );
     let log = std::fs::read_to_string(images.path().join("dump.log")).unwrap();
     assert_log_dumps_only(&log, program.pid, victim.pid());
     format!("dumped the caller (pid {}) only", program.pid)

@@ -45,7 +45,7 @@ fn bait(images: &Path, name: &str) -> PathBuf {
         "inventory.img",
         "pstree.img",
         "stats-dump",
-        "selfdump-meta.msgpack",
+        "selfdump-manifest",
     ] {
         std::os::unix::fs::symlink(victim_dir().join(file), bait.join(file)).unwrap();
         std::os::unix::fs::lchown(bait.join(file), Some(NOBODY), Some(NOBODY)).unwrap();
@@ -317,4 +317,102 @@ pub fn staging_moved_mid_dump(ctx: &mut Ctx) -> String {
         "moved staging left as the caller's; caller told: {}",
         short(&line)
     )
+}
+
+/// The owner of the images rewrites a page file through an fd it opened
+/// before the restores, over and over, while the operator restores: each
+/// restore is refused (the hash differs) or restores the signed bytes (the
+/// copy's memory is intact), never the rewritten ones. The images are made
+/// the caller's (as a non-root caller's are; dumps of non-root callers
+/// need CAP_SYS_RESOURCE), so the restore copies them before hashing.
+pub fn images_rewritten_while_restoring(ctx: &mut Ctx) -> String {
+    let socket = ctx.service(|b| b);
+    let images = images_dir();
+    let mut program = Program::start_on(
+        &socket,
+        images.path(),
+        &args("--at 1 --until 100000 --interval-ms 20 --alloc-mb 8"),
+        None,
+    );
+    let line = outcome(&program);
+    assert!(line.starts_with("checkpoint continued"), "{line}");
+    let pid = program.pid;
+    program.kill();
+    kill_and_reap(pid);
+    for (name, ..) in image_files(images.path()) {
+        std::os::unix::fs::chown(images.path().join(name), Some(NOBODY), Some(NOBODY)).unwrap();
+    }
+    let pages = images.path().join("pages-1.img");
+    let bytes = std::fs::read(&pages).unwrap();
+    let window = 1 << 20;
+    let start = (0..bytes.len() - window)
+        .step_by(4096)
+        .find(|&at| bytes[at..at + window].iter().all(|&b| b == 1))
+        .expect("the ballast is in the pages");
+    // rewritten and left so: refused, whatever the timing
+    {
+        use std::os::unix::fs::FileExt;
+        let file = std::fs::OpenOptions::new()
+            .write(true)
+            .open(&pages)
+            .unwrap();
+        file.write_all_at(&vec![2u8; window], start as u64).unwrap();
+        let e = restore(images.path()).expect_err("rewritten images restored");
+        assert!(e.contains("pages-1.img changed since the dump"), "{e}");
+        file.write_all_at(&vec![1u8; window], start as u64).unwrap();
+    }
+    let stop = Arc::new(AtomicBool::new(false));
+    let writer = {
+        let (stop, pages) = (stop.clone(), pages.clone());
+        as_nobody(move || {
+            use std::os::unix::fs::FileExt;
+            let file = std::fs::OpenOptions::new()
+                .write(true)
+                .open(&pages)
+                .unwrap();
+            let (ones, twos) = (vec![1u8; window], vec![2u8; window]);
+            let mut writes = 0u64;
+            while !stop.load(Ordering::Relaxed) {
+                file.write_all_at(&twos, start as u64).unwrap();
+                file.write_all_at(&ones, start as u64).unwrap();
+                writes += 2;
+            }
+            writes
+        })
+    };
+    let (mut refused, mut intact) = (0, 0);
+    let started = Instant::now();
+    while started.elapsed() < Duration::from_secs(20) || refused == 0 || intact == 0 {
+        assert!(
+            started.elapsed() < Duration::from_secs(90),
+            "{refused} refused, {intact} intact"
+        );
+        match restore(images.path()) {
+            Err(e) => {
+                assert!(e.contains("pages-1.img changed since the dump"), "{e}");
+                assert!(
+                    process_state(pid).is_none(),
+                    "a refused restore left pid {pid}"
+                );
+                refused += 1;
+            }
+            Ok(restored) => {
+                poll_until(
+                    Duration::from_secs(30),
+                    Duration::from_millis(10),
+                    || match read(&program.log).matches("memory ").count() {
+                        n if n > intact => Ok(()),
+                        _ => Err("the copy never checked its memory".into()),
+                    },
+                );
+                let corrupt = read(&program.log).matches("memory CORRUPT").count();
+                assert_eq!(corrupt, 0, "a copy was restored from rewritten bytes");
+                kill_and_reap(restored);
+                intact += 1;
+            }
+        }
+    }
+    stop.store(true, Ordering::Relaxed);
+    let writes = writer.join().unwrap();
+    format!("{writes} rewrites: {refused} restores refused, {intact} restored intact")
 }

@@ -287,7 +287,7 @@ pub fn victim_dir() -> &'static Path {
 /// Root-owned entries changed since `since` inside directories that a
 /// caller owns, under the temporary directories every user can write
 /// (`/tmp`, `/dev/shm`): what the service must never leave there.
-pub fn roots_entries_in_callers_dirs(since: std::time::SystemTime) -> Vec<std::path::PathBuf> {
+pub fn roots_entries_in_callers_dirs(since: std::time::SystemTime) -> Vec<String> {
     use std::os::unix::fs::MetadataExt;
     let since = since
         .duration_since(std::time::UNIX_EPOCH)
@@ -308,7 +308,19 @@ pub fn roots_entries_in_callers_dirs(since: std::time::SystemTime) -> Vec<std::p
                 continue;
             };
             if callers && meta.uid() == 0 && meta.ctime() >= since {
-                found.push(entry.path());
+                let inside: Vec<String> = std::fs::read_dir(entry.path())
+                    .map(|d| {
+                        d.flatten()
+                            .map(|e| e.file_name().to_string_lossy().into_owned())
+                            .collect()
+                    })
+                    .unwrap_or_default();
+                found.push(format!(
+                    "{} (mode {:o}, in a directory of uid {}, holding {inside:?})",
+                    entry.path().display(),
+                    meta.mode() & 0o7777,
+                    std::fs::symlink_metadata(&dir).map_or(0, |m| m.uid())
+                ));
             }
             if meta.is_dir() && depth < 4 {
                 stack.push((entry.path(), depth + 1));

@@ -127,3 +127,51 @@ pub struct PstreeEntry {
     #[prost(uint32, repeated, packed = "false", tag = "5")]
     pub threads: Vec<u32>,
 }
+
+/// `images/core.proto`: the parts of a task's core image selfdump reads
+/// (its command, and its credentials, which a restore checks).
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct CoreEntry {
+    #[prost(message, optional, tag = "3")]
+    pub tc: Option<TaskCoreEntry>,
+    #[prost(message, optional, tag = "5")]
+    pub thread_core: Option<ThreadCoreEntry>,
+}
+
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct TaskCoreEntry {
+    #[prost(string, optional, tag = "6")]
+    pub comm: Option<String>,
+}
+
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct ThreadCoreEntry {
+    #[prost(message, optional, tag = "10")]
+    pub creds: Option<CredsEntry>,
+}
+
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct CredsEntry {
+    #[prost(uint32, tag = "1")]
+    pub uid: u32,
+    #[prost(uint32, tag = "2")]
+    pub gid: u32,
+    #[prost(uint32, tag = "3")]
+    pub euid: u32,
+    #[prost(uint32, tag = "4")]
+    pub egid: u32,
+    #[prost(uint32, tag = "5")]
+    pub suid: u32,
+    #[prost(uint32, tag = "6")]
+    pub sgid: u32,
+    #[prost(uint32, tag = "7")]
+    pub fsuid: u32,
+    #[prost(uint32, tag = "8")]
+    pub fsgid: u32,
+    #[prost(uint32, repeated, packed = "false", tag = "9")]
+    pub cap_inh: Vec<u32>,
+    #[prost(uint32, repeated, packed = "false", tag = "10")]
+    pub cap_prm: Vec<u32>,
+    #[prost(uint32, repeated, packed = "false", tag = "11")]
+    pub cap_eff: Vec<u32>,
+}

@@ -1,0 +1,323 @@
+//! Restoring images written by the service (`selfdump restore`, and the
+//! service's own restore for the owner of a checkpoint).
+//!
+//! Every restore verifies before CRIU reads anything ([`verify`]): the
+//! manifest's signature, every file against it (nothing changed, added or
+//! removed), and every task's credentials against the recorded owner.
+//! CRIU then reads only the verified copy of the images, keeps its log in
+//! a directory of root's, and has a deadline.
+
+mod ids;
+mod verify;
+
+pub use super::private_dir::LOG_DIR;
+pub use ids::{check_ids_free, wait_ids_free};
+pub use verify::Verified;
+use verify::verify;
+
+use super::Criu;
+use super::as_caller::CallerCreds;
+use super::engine::first_error;
+use super::images::ImageMeta;
+use super::manifest::Key;
+use super::private_dir::PrivateDir;
+use std::fmt;
+use std::os::fd::{AsRawFd, OwnedFd};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+/// Why a restore did not happen.
+#[derive(Debug)]
+#[non_exhaustive]
+pub enum RestoreError {
+    /// The images did not verify, or may not be restored for this
+    /// requester: nothing of them ran.
+    Refused(String),
+    /// A pid, session or process group the images need is taken.
+    IdInUse {
+        /// What kind of id.
+        what: &'static str,
+        /// The id.
+        id: u32,
+        /// Who holds it (a process name or pid), if known.
+        holder: String,
+    },
+    /// CRIU failed; its log is kept in a directory of root's
+    /// ([`LOG_DIR`]), never in the images directory.
+    Criu {
+        /// What CRIU or the system said.
+        message: String,
+        /// The restore log.
+        log: PathBuf,
+    },
+}
+
+impl RestoreError {
+    pub(crate) fn refused(e: impl fmt::Display) -> Self {
+        Self::Refused(e.to_string())
+    }
+}
+
+impl fmt::Display for RestoreError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Refused(why) => write!(f, "restore refused: {why}"),
+            Self::IdInUse { what, id, holder } => write!(
+                f,
+                "{what} {id} is in use by {holder}; the restored tree needs it free: stop that \
+                 process (and reap it if it is a zombie) before restoring"
+            ),
+            Self::Criu { message, log } => {
+                write!(f, "criu restore failed: {message}; see {}", log.display())
+            }
+        }
+    }
+}
+
+impl std::error::Error for RestoreError {}
+
+/// How to restore.
+#[derive(Debug, Clone)]
+pub struct RestoreSettings {
+    /// The CRIU to run.
+    pub criu: Criu,
+    /// The key the images must be signed with (`None`: only with
+    /// `trust_unsigned`).
+    pub key: Option<Key>,
+    /// Restore images without a manifest (made by plain CRIU), unchecked.
+    pub trust_unsigned: bool,
+    /// How long to wait for the images' pids, sessions and groups to be
+    /// free (a previous copy still dying).
+    pub wait: Duration,
+    /// How long CRIU may take; past it, CRIU and whatever it restored so
+    /// far are killed.
+    pub deadline: Duration,
+}
+
+impl RestoreSettings {
+    /// Defaults: signed images only, no waiting, a 60 s deadline.
+    pub fn new(criu: Criu, key: Option<Key>) -> Self {
+        Self {
+            criu,
+            key,
+            trust_unsigned: false,
+            wait: Duration::ZERO,
+            deadline: Duration::from_secs(60),
+        }
+    }
+}
+
+/// A restored tree.
+#[derive(Debug, Clone)]
+pub struct Restored {
+    /// The restored root pid.
+    pub pid: i32,
+    /// The images' owner.
+    pub uid: u32,
+    /// Time spent verifying the images.
+    pub verify: Duration,
+    /// Time from the request to CRIU's answer.
+    pub total: Duration,
+}
+
+/// Restores the images in the directory at `dir` (an operator's command
+/// line), detached, after verifying them; the private directory of
+/// verified images is made there with the directory owner's credentials.
+pub fn restore_path(dir: &Path, settings: &RestoreSettings) -> Result<Restored, RestoreError> {
+    let fd = open_dir(dir)?;
+    let stat = rustix::fs::fstat(&fd).map_err(RestoreError::refused)?;
+    let creds = CallerCreds {
+        uid: stat.st_uid,
+        gid: stat.st_gid,
+        groups: Vec::new(),
+    };
+    restore(fd, settings, creds, |_| Ok(()))
+}
+
+/// Verifies the images at `dir` as [`restore_path`] does, without
+/// restoring them: the verified images stay in a directory only root can
+/// change until the [`Verified`] is dropped (`server::copies` restores many
+/// copies from them).
+pub fn verify_path(dir: &Path, settings: &RestoreSettings) -> Result<Verified, RestoreError> {
+    let fd = open_dir(dir)?;
+    let stat = rustix::fs::fstat(&fd).map_err(RestoreError::refused)?;
+    let creds = CallerCreds {
+        uid: stat.st_uid,
+        gid: stat.st_gid,
+        groups: Vec::new(),
+    };
+    verify(
+        fd,
+        settings.key.as_ref(),
+        settings.trust_unsigned,
+        creds,
+        |_| Ok(()),
+    )
+}
+
+/// Restores the images in `dir`, detached, after verifying them. `creds`
+/// are the credentials under which the service works in the images
+/// directory (its owner's, or the requester's); `may_restore` checks the
+/// signed owner against the requester, before anything else is done.
+pub(crate) fn restore(
+    dir: OwnedFd,
+    settings: &RestoreSettings,
+    creds: CallerCreds,
+    may_restore: impl FnOnce(&ImageMeta) -> Result<(), RestoreError>,
+) -> Result<Restored, RestoreError> {
+    let started = Instant::now();
+    let verified = verify(
+        dir,
+        settings.key.as_ref(),
+        settings.trust_unsigned,
+        creds,
+        may_restore,
+    )?;
+    let verify_time = started.elapsed();
+    // images of a whole pid namespace restore into a fresh one: their pids
+    // are the namespace's own, never the host's
+    if !verified.meta.pid_namespace {
+        wait_ids_free(&verified.tree, verified.meta.shell_job, settings.wait)?;
+    }
+    let pid = run_criu(&verified, settings)?;
+    Ok(Restored {
+        pid,
+        uid: verified.meta.uid,
+        verify: verify_time,
+        total: started.elapsed(),
+    })
+}
+
+/// Opens an images directory given by path (the operator's command line).
+fn open_dir(dir: &Path) -> Result<OwnedFd, RestoreError> {
+    rustix::fs::open(
+        dir,
+        rustix::fs::OFlags::DIRECTORY | rustix::fs::OFlags::RDONLY | rustix::fs::OFlags::CLOEXEC,
+        rustix::fs::Mode::empty(),
+    )
+    .map_err(|e| RestoreError::Refused(format!("{}: {e}", dir.display())))
+}
+
+fn run_criu(verified: &Verified, settings: &RestoreSettings) -> Result<i32, RestoreError> {
+    // CRIU's own files go to a directory of root's: the images directory
+    // is the caller's, and root must not create files there by name.
+    let work = PrivateDir::open_or_create(Path::new(LOG_DIR)).map_err(|e| RestoreError::Criu {
+        message: format!("no place for the restore log: {e}"),
+        log: PathBuf::from(LOG_DIR),
+    })?;
+    let mut random = [0u8; 4];
+    let _ = rustix::rand::getrandom(&mut random, rustix::rand::GetRandomFlags::empty());
+    let tag = format!(
+        "restore-{}-{:08x}",
+        std::process::id(),
+        u32::from_le_bytes(random)
+    );
+    let (log_name, pid_name) = (format!("{tag}.log"), format!("{tag}.pid"));
+    let log = work.shown().join(&log_name);
+    let failed = |message: String| RestoreError::Criu {
+        message,
+        log: log.clone(),
+    };
+    let meta = &verified.meta;
+    let mut cmd = Command::new(&settings.criu.path);
+    cmd.arg("restore")
+        .arg("--images-dir")
+        .arg(format!(
+            "/proc/{}/fd/{}",
+            std::process::id(),
+            verified.subdir.dir.as_raw_fd()
+        ))
+        .arg("--work-dir")
+        .arg(work.proc_path())
+        .arg("--restore-detached")
+        .arg("--pidfile")
+        .arg(&pid_name)
+        .arg("--log-file")
+        .arg(&log_name)
+        .arg(format!("-v{}", settings.criu.log_level))
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null());
+    for (on, flag) in [
+        (meta.shell_job, "--shell-job"),
+        (meta.tcp_established, "--tcp-established"),
+        (meta.file_locks, "--file-locks"),
+        (meta.ext_unix_sk, "--ext-unix-sk"),
+    ] {
+        if on {
+            cmd.arg(flag);
+        }
+    }
+    {
+        use std::os::unix::process::CommandExt;
+        // a group of its own, so that a deadline kills its helpers too
+        cmd.process_group(0);
+    }
+    let started = Instant::now();
+    let mut child = cmd
+        .spawn()
+        .map_err(|e| failed(format!("cannot run {}: {e}", settings.criu.path.display())))?;
+    let status = loop {
+        match child.try_wait() {
+            Ok(Some(status)) => break status,
+            Ok(None) if started.elapsed() < settings.deadline => {
+                std::thread::sleep(Duration::from_millis(2))
+            }
+            _ => {
+                abandon(&child, verified, started);
+                let _ = child.wait();
+                return Err(failed(format!(
+                    "criu restore did not finish within {:?}; it was killed, with whatever \
+                     it had restored",
+                    settings.deadline
+                )));
+            }
+        }
+    };
+    let pid = work
+        .read(&pid_name)
+        .and_then(|p| String::from_utf8_lossy(&p).trim().parse().ok());
+    let _ = work.remove(&pid_name);
+    match pid {
+        Some(pid) if status.success() => {
+            let _ = work.remove(&log_name);
+            Ok(pid)
+        }
+        _ => {
+            let logged = work
+                .read(&log_name)
+                .and_then(|l| first_error(&String::from_utf8_lossy(&l)));
+            Err(failed(
+                logged.unwrap_or_else(|| format!("criu exited with {status}")),
+            ))
+        }
+    }
+}
+
+/// Kills a CRIU past its deadline, its process group, and the tasks of the
+/// images that came to life after it started (their pids were free then).
+fn abandon(child: &std::process::Child, verified: &Verified, started: Instant) {
+    use rustix::process::{Pid, Signal};
+    if let Some(group) = Pid::from_raw(child.id() as i32) {
+        let _ = rustix::process::kill_process_group(group, Signal::KILL);
+    }
+    let since_boot = |pid: u32| {
+        std::fs::read_to_string(format!("/proc/{pid}/stat"))
+            .ok()
+            .and_then(|s| crate::procstat::field::<u64>(&s, crate::procstat::START_TIME))
+    };
+    let ticks = rustix::param::clock_ticks_per_second() as f64;
+    let uptime: f64 = std::fs::read_to_string("/proc/uptime")
+        .ok()
+        .and_then(|u| u.split_whitespace().next()?.parse().ok())
+        .unwrap_or(0.0);
+    let began = (uptime - started.elapsed().as_secs_f64()) * ticks;
+    for task in &verified.tree {
+        if since_boot(task.pid).is_some_and(|t| t as f64 >= began - ticks)
+            && let Some(pid) = Pid::from_raw(task.pid as i32)
+        {
+            let _ = rustix::process::kill_process(pid, Signal::KILL);
+        }
+    }
+}

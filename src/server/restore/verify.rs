@@ -1,0 +1,264 @@
+//! Verified images: what CRIU reads on a restore is what the service
+//! signed, not what the owner of the images directory could change.
+//!
+//! The verified bytes and the bytes CRIU reads are kept the same this way:
+//! each image file is opened once (`O_NOFOLLOW`), and its bytes are
+//! hashed from that open file and placed in a [`PrivateSubdir`] of root's
+//! (0700, in the images directory, on the same filesystem), which is the
+//! only directory CRIU is given:
+//!
+//! - a file only root can write (root's own checkpoints) is hard-linked
+//!   from its fd (`linkat(AT_EMPTY_PATH)`): nobody but root can change that
+//!   inode, so no copy is needed;
+//! - a file its owner can write (images are the caller's, and an owner can
+//!   rewrite its file through any fd it opened earlier) is copied into the
+//!   private directory first and the *copy* is hashed: CRIU reads the copy,
+//!   which only root can change.
+//!
+//! Then the credentials of every task and thread (`core-*.img`) must be the
+//! recorded owner's, and a non-root owner's tasks must hold no capability.
+
+use super::RestoreError;
+use crate::server::engine::rpc::{CoreEntry, PstreeEntry};
+use crate::server::images::{entries, first_entry, read_image};
+use crate::server::manifest::{
+    FileDigest, Key, MANIFEST_FILE, Manifest, hash_file, unsigned_extra,
+};
+use crate::server::subdir::PrivateSubdir;
+use crate::server::{as_caller::CallerCreds, images::ImageMeta};
+use prost::Message;
+use rustix::fs::{AtFlags, Dir, FileType, Mode, OFlags};
+use std::io;
+use std::os::fd::{AsFd, OwnedFd};
+
+/// Images checked and placed where only root can change them.
+#[derive(Debug)]
+pub struct Verified {
+    pub(crate) subdir: PrivateSubdir,
+    /// What the manifest says (or, unsigned, what could be guessed).
+    pub meta: ImageMeta,
+    /// The tasks of the images.
+    pub tree: Vec<PstreeEntry>,
+    /// The key that signed them (`None`: trusted unsigned).
+    pub key_id: Option<String>,
+    /// Bytes hashed (or copied and hashed).
+    pub bytes: u64,
+}
+
+impl Drop for Verified {
+    fn drop(&mut self) {
+        self.subdir.empty();
+        self.subdir.remove(true);
+    }
+}
+
+/// Verifies the images in `images` (an open directory) with `key`, or,
+/// with `trust_unsigned`, takes images without a manifest as they are.
+/// `creds` makes and removes the private directory (the directory owner's
+/// or the requester's: see [`PrivateSubdir`]); `may_restore` sees the
+/// signed facts first (the owner, to compare with the requester).
+pub(crate) fn verify(
+    images: OwnedFd,
+    key: Option<&Key>,
+    trust_unsigned: bool,
+    creds: CallerCreds,
+    may_restore: impl FnOnce(&ImageMeta) -> Result<(), RestoreError>,
+) -> Result<Verified, RestoreError> {
+    let manifest = match (Manifest::read(&images), key) {
+        (Ok(bytes), Some(key)) => {
+            Some(Manifest::verify(&bytes, key).map_err(RestoreError::refused)?)
+        }
+        (Ok(_), None) => None, // unsigned by choice: --trust-unsigned without a key
+        (Err(crate::server::manifest::ManifestError::Missing), _) if trust_unsigned => None,
+        (Err(e), _) => return Err(RestoreError::refused(e)),
+    };
+    if manifest.is_none() && !trust_unsigned {
+        return Err(RestoreError::Refused(
+            "no key to verify the images with".into(),
+        ));
+    }
+    if let Some(m) = &manifest {
+        may_restore(&m.meta)?;
+    }
+    let present = list(&images)?;
+    let wanted: Vec<FileDigest> = match &manifest {
+        Some(m) => {
+            for name in &present {
+                if m.file(name).is_none() && !unsigned_extra(name) && name != MANIFEST_FILE {
+                    return Err(RestoreError::Refused(format!(
+                        "{name} is not part of the signed images (added after the dump)"
+                    )));
+                }
+            }
+            m.files.clone()
+        }
+        None => present
+            .iter()
+            .filter(|n| !unsigned_extra(n) && !n.starts_with("selfdump-"))
+            .map(|n| FileDigest {
+                name: n.clone(),
+                size: 0,
+                hash: [0; 32],
+            })
+            .collect(),
+    };
+    let subdir = PrivateSubdir::create(images, ".selfdump-restore-", creds, |_| {})
+        .map_err(|e| RestoreError::Refused(format!("cannot make a private directory: {e}")))?;
+    let mut verified = Verified {
+        subdir,
+        meta: ImageMeta::default(),
+        tree: Vec::new(),
+        key_id: manifest.as_ref().map(|m| m.key_id.clone()),
+        bytes: 0,
+    };
+    for file in &wanted {
+        verified.bytes += verified.take(file, manifest.is_some())?;
+    }
+    let pstree = read_image(&verified.subdir.dir, "pstree.img")
+        .ok_or_else(|| RestoreError::Refused("no pstree.img".into()))?;
+    verified.tree = entries(&pstree)
+        .map(PstreeEntry::decode)
+        .collect::<Result<_, _>>()
+        .map_err(|e| RestoreError::Refused(format!("pstree.img: {e}")))?;
+    match manifest {
+        Some(m) => {
+            verified.check_credentials(&m.meta)?;
+            verified.meta = m.meta;
+        }
+        None => {
+            let root = verified.tree.first();
+            verified.meta.shell_job = root.is_some_and(|r| r.sid != r.pid);
+            verified.meta.pid = root.map_or(0, |r| r.pid as i32);
+        }
+    }
+    Ok(verified)
+}
+
+impl Verified {
+    /// Places one image file in the private directory (see the module
+    /// docs); returns its size.
+    fn take(&self, want: &FileDigest, signed: bool) -> Result<u64, RestoreError> {
+        let name = want.name.as_str();
+        let changed = |why: &str| RestoreError::Refused(format!("{name} {why}"));
+        let io = |e: io::Error| RestoreError::Refused(format!("{name}: {e}"));
+        let src = match rustix::fs::openat(
+            &self.subdir.parent,
+            name,
+            OFlags::RDONLY | OFlags::NOFOLLOW | OFlags::NONBLOCK | OFlags::CLOEXEC,
+            Mode::empty(),
+        ) {
+            Ok(f) => f,
+            Err(rustix::io::Errno::NOENT) => {
+                return Err(changed("is missing (removed after the dump)"));
+            }
+            Err(rustix::io::Errno::LOOP) => return Err(changed("is a symlink, not an image file")),
+            Err(e) => return Err(io(e.into())),
+        };
+        let stat = rustix::fs::fstat(&src).map_err(|e| io(e.into()))?;
+        if FileType::from_raw_mode(stat.st_mode) != FileType::RegularFile {
+            return Err(changed("is not a regular file"));
+        }
+        let size = stat.st_size as u64;
+        if signed && size != want.size {
+            return Err(changed(&format!(
+                "changed since the dump ({size} bytes, signed {})",
+                want.size
+            )));
+        }
+        let only_root_writes = stat.st_uid == 0 && stat.st_mode & 0o022 == 0;
+        let placed = if only_root_writes {
+            rustix::fs::linkat(&src, "", &self.subdir.dir, name, AtFlags::EMPTY_PATH)
+                .map_err(|e| io(e.into()))?;
+            src
+        } else {
+            copy(&src, &self.subdir.dir, name, size).map_err(io)?
+        };
+        if signed && hash_file(&placed, size).map_err(io)? != want.hash {
+            return Err(changed("changed since the dump (its hash differs)"));
+        }
+        Ok(size)
+    }
+
+    /// Every task's and thread's credentials are the recorded owner's.
+    fn check_credentials(&self, meta: &ImageMeta) -> Result<(), RestoreError> {
+        for name in self
+            .subdir
+            .names()
+            .map_err(|e| RestoreError::Refused(e.to_string()))?
+        {
+            if !(name.starts_with("core-") && name.ends_with(".img")) {
+                continue;
+            }
+            let refuse = |why: String| RestoreError::Refused(format!("{name}: {why}"));
+            let image =
+                read_image(&self.subdir.dir, &name).ok_or_else(|| refuse("unreadable".into()))?;
+            let core = first_entry(&image)
+                .and_then(|e| CoreEntry::decode(e).ok())
+                .ok_or_else(|| refuse("not a core image".into()))?;
+            let creds = core
+                .thread_core
+                .and_then(|t| t.creds)
+                .ok_or_else(|| refuse("no credentials".into()))?;
+            let uids = [creds.uid, creds.euid, creds.suid, creds.fsuid];
+            let gids = [creds.gid, creds.egid, creds.sgid, creds.fsgid];
+            if uids.iter().any(|&u| u != meta.uid) || gids.iter().any(|&g| g != meta.gid) {
+                return Err(refuse(format!(
+                    "credentials (uids {uids:?}, gids {gids:?}) differ from the recorded owner \
+                     (uid {}, gid {})",
+                    meta.uid, meta.gid
+                )));
+            }
+            let caps = [&creds.cap_inh, &creds.cap_prm, &creds.cap_eff];
+            if meta.uid != 0 && caps.iter().any(|set| set.iter().any(|&w| w != 0)) {
+                return Err(refuse(format!(
+                    "holds capabilities, which the recorded owner uid {} had not",
+                    meta.uid
+                )));
+            }
+        }
+        Ok(())
+    }
+}
+
+/// The names in a directory, but the service's own private directories.
+fn list(dir: &impl AsFd) -> Result<Vec<String>, RestoreError> {
+    let mut names = Vec::new();
+    let entries = Dir::read_from(dir).map_err(|e| RestoreError::Refused(e.to_string()))?;
+    for entry in entries {
+        let name = entry
+            .map_err(|e| RestoreError::Refused(e.to_string()))?
+            .file_name()
+            .to_string_lossy()
+            .into_owned();
+        if name != "." && name != ".." && !name.starts_with(".selfdump-") {
+            names.push(name);
+        }
+    }
+    Ok(names)
+}
+
+/// Copies `size` bytes of `src` into a new file `name` of `dir`.
+fn copy(src: &OwnedFd, dir: &impl AsFd, name: &str, size: u64) -> io::Result<OwnedFd> {
+    let dst = rustix::fs::openat(
+        dir,
+        name,
+        OFlags::RDWR | OFlags::CREATE | OFlags::EXCL | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+        Mode::RUSR | Mode::WUSR,
+    )?;
+    let mut done = 0u64;
+    while done < size {
+        let mut off_in = done;
+        let n = rustix::fs::copy_file_range(
+            src,
+            Some(&mut off_in),
+            &dst,
+            None,
+            (size - done) as usize,
+        )?;
+        if n == 0 {
+            return Err(io::Error::other("file shrank while it was copied"));
+        }
+        done += n as u64;
+    }
+    Ok(dst)
+}

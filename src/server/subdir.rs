@@ -1,0 +1,163 @@
+//! A private directory of root's inside a caller's directory, made and
+//! removed under the filesystem rule (see `as_caller.rs`): the staging
+//! directory CRIU dumps into, and the directory of verified images a
+//! restore gives CRIU.
+//!
+//! - It is created with the caller's credentials (`mkdirat` on the
+//!   caller's directory fd), so the kernel decides whether the caller may
+//!   create there, under a random name.
+//! - It is opened by the service with `O_NOFOLLOW | O_DIRECTORY` and
+//!   verified to be a directory of the caller's (a swapped-in directory of
+//!   its own is as good as the one it made), locked, then made root's, mode
+//!   0700, ACLs removed, and checked empty *after* that, so nothing the
+//!   caller put in beforehand stays. CRIU only ever sees this fd.
+//! - Once nothing of root's works in it any more and it is empty, it is
+//!   given back to the caller and removed by name with the caller's
+//!   credentials: if the caller moved it, what is left is the caller's own
+//!   empty directory.
+
+use super::as_caller::CallerCreds;
+use rustix::fs::{AtFlags, Dir, Gid, Mode, OFlags, Uid};
+use std::io;
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+
+/// `statfs` magic of FUSE filesystems.
+const FUSE_SUPER_MAGIC: i64 = 0x6573_5546;
+
+/// See the module docs.
+#[derive(Debug)]
+pub(crate) struct PrivateSubdir {
+    pub(crate) parent: OwnedFd,
+    pub(crate) name: String,
+    pub(crate) dir: OwnedFd,
+    pub(crate) creds: CallerCreds,
+}
+
+impl PrivateSubdir {
+    /// Creates `<prefix><random>` inside `parent`, and holds an `flock` on
+    /// it while it lives; `between` runs between the `mkdir` and the `open`,
+    /// where a caller would swap the name (for tests).
+    pub(crate) fn create(
+        parent: OwnedFd,
+        prefix: &str,
+        creds: CallerCreds,
+        between: impl FnOnce(&str),
+    ) -> io::Result<Self> {
+        if rustix::fs::fstatfs(&parent)?.f_type as i64 == FUSE_SUPER_MAGIC {
+            // its owner's daemon answers every lookup, symlinks included
+            return Err(io::Error::other(
+                "the images directory is on a FUSE filesystem, whose owner decides what \
+                 root's writes reach there; use a directory on a local filesystem",
+            ));
+        }
+        let mut random = [0u8; 8];
+        rustix::rand::getrandom(&mut random, rustix::rand::GetRandomFlags::empty())?;
+        let name = format!("{prefix}{:016x}", u64::from_le_bytes(random));
+        creds
+            .run(|| rustix::fs::mkdirat(&parent, name.as_str(), Mode::RWXU))?
+            .map_err(|e| match e {
+                rustix::io::Errno::ACCESS | rustix::io::Errno::PERM => io::Error::other(format!(
+                    "uid {} may not create files in the images directory",
+                    creds.uid
+                )),
+                e => e.into(),
+            })?;
+        between(&name);
+        let dir = rustix::fs::openat(
+            &parent,
+            name.as_str(),
+            OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC | OFlags::RDONLY,
+            Mode::empty(),
+        )?;
+        let stat = rustix::fs::fstat(&dir)?;
+        if stat.st_uid != creds.uid {
+            return Err(io::Error::other(format!(
+                "{name} was replaced by a directory of uid {} while it was made",
+                stat.st_uid
+            )));
+        }
+        // locked before it is root's: an unlocked root-owned staging
+        // directory is a dead service's, for `leftovers` to remove
+        rustix::fs::flock(&dir, rustix::fs::FlockOperation::NonBlockingLockExclusive)?;
+        rustix::fs::fchown(&dir, Some(Uid::ROOT), Some(Gid::ROOT))?;
+        rustix::fs::fchmod(&dir, Mode::RWXU)?;
+        for acl in ["system.posix_acl_access", "system.posix_acl_default"] {
+            match rustix::fs::fremovexattr(&dir, acl) {
+                Ok(()) | Err(rustix::io::Errno::NODATA | rustix::io::Errno::OPNOTSUPP) => {}
+                Err(e) => return Err(e.into()),
+            }
+        }
+        let subdir = Self {
+            parent,
+            name,
+            dir,
+            creds,
+        };
+        let entries = subdir.names()?;
+        if !entries.is_empty() {
+            let _ = subdir.give_back();
+            return Err(io::Error::other(format!(
+                "{} was filled ({}) while it was made",
+                subdir.name,
+                entries.join(", ")
+            )));
+        }
+        Ok(subdir)
+    }
+
+    /// The directory itself.
+    pub(crate) fn dir(&self) -> BorrowedFd<'_> {
+        self.dir.as_fd()
+    }
+
+    /// Its entries' names.
+    pub(crate) fn names(&self) -> io::Result<Vec<String>> {
+        let mut names = Vec::new();
+        for entry in Dir::read_from(&self.dir)? {
+            let entry = entry?;
+            let name = entry.file_name().to_string_lossy().into_owned();
+            if name != "." && name != ".." {
+                names.push(name);
+            }
+        }
+        Ok(names)
+    }
+
+    /// Removes every entry, through the directory's fd.
+    pub(crate) fn empty(&self) {
+        for name in self.names().unwrap_or_default() {
+            if let Err(e) = rustix::fs::unlinkat(&self.dir, name.as_str(), AtFlags::empty()) {
+                log::warn!("cannot remove {name} from {}: {e}", self.name);
+            }
+        }
+    }
+
+    /// Removes the (empty) directory. With `nothing_runs_in_it` (CRIU has
+    /// exited) it is first given back to the caller and then removed with
+    /// the caller's credentials, so a caller that moved it away keeps an
+    /// empty directory of its own, never one of root's. While CRIU may
+    /// still write into it, it stays root's and is removed by name as root:
+    /// `rmdir` only takes an empty directory, and to put one under this
+    /// name the caller must have been able to remove it anyway.
+    pub(crate) fn remove(&self, nothing_runs_in_it: bool) {
+        let rmdir = || rustix::fs::unlinkat(&self.parent, self.name.as_str(), AtFlags::REMOVEDIR);
+        let removed = match nothing_runs_in_it && self.names().is_ok_and(|n| n.is_empty()) {
+            true => self
+                .give_back()
+                .map_err(io::Error::from)
+                .and_then(|()| self.creds.run(rmdir)?.map_err(io::Error::from)),
+            false => rmdir().map_err(io::Error::from),
+        };
+        if let Err(e) = removed {
+            log::warn!("cannot remove {}: {e}", self.name);
+        }
+    }
+
+    fn give_back(&self) -> rustix::io::Result<()> {
+        rustix::fs::fchown(
+            &self.dir,
+            Some(Uid::from_raw(self.creds.uid)),
+            Some(Gid::from_raw(self.creds.gid)),
+        )
+    }
+}

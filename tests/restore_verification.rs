@@ -1,0 +1,348 @@
+//! Every restore verifies the images first: a manifest signed with the
+//! service's key, every file as signed (nothing changed, added, removed or
+//! replaced by a symlink), every task's credentials the recorded owner's.
+//! Each tampered copy of one checkpoint is refused with the file or reason
+//! named, and nothing of it runs.
+
+mod common;
+
+use common::*;
+use selfdump::server::manifest::{DEFAULT_KEY_FILE, Key, MANIFEST_FILE, Manifest};
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+/// Checkpoints a counter (root, `alloc_mb` of ballast) into a fresh
+/// directory, kills it, and returns the images and the dumped pid.
+fn checkpoint_and_kill(service: &Service, alloc_mb: u32) -> (tempfile::TempDir, i32) {
+    let images = images_dir();
+    let mut program = Program::start(
+        service,
+        images.path(),
+        &[
+            "--at",
+            "1",
+            "--until",
+            "100000",
+            "--interval-ms",
+            "20",
+            "--alloc-mb",
+            &alloc_mb.to_string(),
+        ],
+    );
+    program.wait_for("the checkpoint", |l| l.starts_with("checkpoint continued"));
+    let pid = program.pid;
+    program.kill();
+    (images, pid)
+}
+
+/// A copy of `images` (owners and modes kept) to tamper with.
+fn copy_of(images: &Path) -> tempfile::TempDir {
+    let copy = images_dir();
+    let status = Command::new("cp")
+        .arg("-a")
+        .arg(format!("{}/.", images.display()))
+        .arg(copy.path())
+        .status()
+        .unwrap();
+    assert!(status.success());
+    copy
+}
+
+fn restore_with(images: &Path, extra: &[&str]) -> Result<i32, String> {
+    let out = Command::new(selfdump_bin())
+        .arg("restore")
+        .args(extra)
+        .arg("--criu")
+        .arg(criu().path)
+        .arg(images)
+        .env("RUST_LOG", "warn")
+        .output()
+        .unwrap();
+    if out.status.success() {
+        Ok(String::from_utf8_lossy(&out.stdout).trim().parse().unwrap())
+    } else {
+        Err(String::from_utf8_lossy(&out.stderr).into_owned())
+    }
+}
+
+fn flip_byte(file: &Path, at: u64) {
+    use std::os::unix::fs::FileExt;
+    let f = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(file)
+        .unwrap();
+    let mut b = [0u8; 1];
+    f.read_exact_at(&mut b, at).unwrap();
+    f.write_all_at(&[b[0] ^ 0x40], at).unwrap();
+}
+
+fn named(images: &Path, prefix: &str) -> PathBuf {
+    image_files(images)
+        .into_iter()
+        .find(|f| f.0.starts_with(prefix))
+        .map(|f| images.join(f.0))
+        .unwrap_or_else(|| panic!("no {prefix}* in {}", images.display()))
+}
+
+/// Refused, naming `what`, and the dumped pid was not brought back.
+fn assert_refused(images: &Path, pid: i32, what: &str) -> String {
+    let error = restore_with(images, &[]).expect_err("tampered images restored");
+    assert!(
+        error.contains("restore refused") && error.contains(what),
+        "{what}: {error}"
+    );
+    assert!(
+        process_state(pid).is_none(),
+        "pid {pid} runs after a refusal"
+    );
+    error
+}
+
+fn resign(images: &Path, key: &Key, edit: impl FnOnce(&mut Manifest)) {
+    let bytes = std::fs::read(images.join(MANIFEST_FILE)).unwrap();
+    let (mut manifest, ..) = Manifest::parse_unverified(&bytes).unwrap();
+    edit(&mut manifest);
+    std::fs::write(images.join(MANIFEST_FILE), manifest.sign(key)).unwrap();
+}
+
+#[test]
+fn tampered_images_are_refused_with_the_file_named() {
+    let service = Service::start();
+    let (images, pid) = checkpoint_and_kill(&service, 4);
+    let images = images.path();
+
+    // a byte flipped in each kind of image file
+    for prefix in [
+        "core-",
+        "pages-",
+        "pstree",
+        "files",
+        "mm-",
+        "pagemap-",
+        "inventory",
+        "fdinfo-",
+    ] {
+        let copy = copy_of(images);
+        let file = named(copy.path(), prefix);
+        let size = std::fs::metadata(&file).unwrap().len();
+        flip_byte(&file, size / 2);
+        let name = file.file_name().unwrap().to_string_lossy().into_owned();
+        assert_refused(copy.path(), pid, &format!("{name} changed since the dump"));
+    }
+    let copy = copy_of(images);
+    flip_byte(&copy.path().join(MANIFEST_FILE), 40);
+    assert_refused(copy.path(), pid, "selfdump-manifest");
+
+    // removed, added, replaced by a symlink
+    let copy = copy_of(images);
+    let pages = named(copy.path(), "pages-");
+    std::fs::remove_file(&pages).unwrap();
+    assert_refused(copy.path(), pid, "is missing");
+    let copy = copy_of(images);
+    std::fs::write(copy.path().join("extra.img"), b"x").unwrap();
+    assert_refused(
+        copy.path(),
+        pid,
+        "extra.img is not part of the signed images",
+    );
+    let copy = copy_of(images);
+    let elsewhere = tempfile::tempdir().unwrap();
+    std::fs::rename(
+        copy.path().join("pstree.img"),
+        elsewhere.path().join("pstree.img"),
+    )
+    .unwrap();
+    std::os::unix::fs::symlink(
+        elsewhere.path().join("pstree.img"),
+        copy.path().join("pstree.img"),
+    )
+    .unwrap();
+    assert_refused(copy.path(), pid, "pstree.img is a symlink");
+
+    // the manifest of another checkpoint swapped in
+    let (other, _) = checkpoint_and_kill(&service, 1);
+    let copy = copy_of(images);
+    std::fs::copy(
+        other.path().join(MANIFEST_FILE),
+        copy.path().join(MANIFEST_FILE),
+    )
+    .unwrap();
+    // (its tasks' files have other names: the first of ours is "added")
+    assert_refused(copy.path(), pid, "is not part of the signed images");
+
+    // signed by another key
+    let copy = copy_of(images);
+    let stranger = Key::generate().unwrap();
+    resign(copy.path(), &stranger, |m| m.key_id = stranger.id());
+    let ours = Key::load(Path::new(DEFAULT_KEY_FILE)).unwrap();
+    assert_refused(
+        copy.path(),
+        pid,
+        &format!(
+            "signed by key {}, not by this service's key {}",
+            stranger.id(),
+            ours.id()
+        ),
+    );
+
+    // signed with the right key, but the owner is not who the tasks are:
+    // every task's credentials are checked against the recorded owner
+    let copy = copy_of(images);
+    resign(copy.path(), &ours, |m| m.meta.uid = 65534);
+    assert_refused(
+        copy.path(),
+        pid,
+        "differ from the recorded owner (uid 65534",
+    );
+
+    // unsigned images: only with --trust-unsigned, and only from root
+    let copy = copy_of(images);
+    std::fs::remove_file(copy.path().join(MANIFEST_FILE)).unwrap();
+    assert_refused(copy.path(), pid, "not signed");
+    let as_nobody = Command::new(selfdump_bin())
+        .args(["restore", "--trust-unsigned"])
+        .arg(copy.path())
+        .uid(65534)
+        .output()
+        .unwrap();
+    assert!(!as_nobody.status.success());
+    assert!(String::from_utf8_lossy(&as_nobody.stderr).contains("as root"));
+    assert!(process_state(pid).is_none());
+    let restored =
+        restore_with(copy.path(), &["--trust-unsigned"]).expect("--trust-unsigned as root");
+    assert_eq!(restored, pid);
+    kill_and_reap(restored);
+
+    // and the untouched images restore, again and again
+    for _ in 0..2 {
+        let restored = restore_with(images, &["--wait", "10"]).expect("the signed images restore");
+        assert_eq!(restored, pid);
+        kill_and_reap(restored);
+    }
+}
+
+use std::os::unix::process::CommandExt;
+
+fn inspect_json(images: &Path) -> serde_json::Value {
+    let out = Command::new(selfdump_bin())
+        .args(["inspect", "--json"])
+        .arg(images)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).unwrap()
+}
+
+#[test]
+fn inspect_shows_a_checkpoint_at_a_glance() {
+    let service = Service::start();
+    let images = images_dir();
+    let mut program = Program::start(
+        &service,
+        images.path(),
+        &[
+            "--at",
+            "1",
+            "--until",
+            "100000",
+            "--interval-ms",
+            "20",
+            "--children",
+            "1",
+        ],
+    );
+    program.wait_for("the checkpoint", |l| l.starts_with("checkpoint continued"));
+    let key = Key::load(Path::new(DEFAULT_KEY_FILE)).unwrap();
+
+    let live = inspect_json(images.path());
+    assert_eq!(live["signature"]["verifies"], true, "{live:#}");
+    assert_eq!(live["signature"]["key_id"], key.id());
+    assert_eq!(live["meta"]["uid"], 0);
+    assert_eq!(live["meta"]["pid"], program.pid);
+    let tree = live["tree"].as_array().unwrap();
+    assert_eq!(tree.len(), 2, "the counter and its child: {live:#}");
+    assert_eq!(tree[0]["pid"], program.pid);
+    assert_eq!(tree[0]["command"], "counter");
+    assert!(live["pages"].as_u64().unwrap() > 0);
+    for file in live["files"].as_array().unwrap() {
+        let state = file["state"].as_str().unwrap();
+        assert!(["signed", "extra", "manifest"].contains(&state), "{file}");
+    }
+    let in_use = live["ids_in_use"]
+        .as_str()
+        .expect("the original still runs");
+    assert!(in_use.contains(&program.pid.to_string()), "{in_use}");
+
+    let children = program.children();
+    program.kill();
+    for child in children {
+        kill_and_reap(child);
+    }
+    let gone = inspect_json(images.path());
+    assert!(gone["ids_in_use"].is_null(), "{gone:#}");
+
+    flip_byte(&images.path().join(MANIFEST_FILE), 10); // in the signature
+    std::fs::write(images.path().join("extra.img"), b"x").unwrap();
+    let tampered = inspect_json(images.path());
+    assert_eq!(tampered["signature"]["verifies"], false);
+    let extra = tampered["files"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|f| f["name"] == "extra.img")
+        .unwrap();
+    assert_eq!(extra["state"], "not signed");
+
+    let human = Command::new(selfdump_bin())
+        .arg("inspect")
+        .arg(images.path())
+        .output()
+        .unwrap();
+    let human = String::from_utf8_lossy(&human.stdout);
+    assert!(
+        human.contains("DOES NOT VERIFY") && human.contains("(counter)"),
+        "{human}"
+    );
+}
+
+/// Images whose page file was cut short made `criu restore` spin at 100%
+/// CPU here, and the restore wait forever: signed images are refused (the
+/// size differs), and an unsigned restore has a deadline, past which CRIU
+/// and what it restored are killed.
+#[test]
+fn a_restore_has_a_deadline() {
+    let service = Service::start();
+    let (images, pid) = checkpoint_and_kill(&service, 4);
+    let pages = named(images.path(), "pages-");
+    let size = std::fs::metadata(&pages).unwrap().len();
+    std::fs::OpenOptions::new()
+        .write(true)
+        .open(&pages)
+        .unwrap()
+        .set_len(size / 2)
+        .unwrap();
+    assert_refused(images.path(), pid, "changed since the dump");
+
+    std::fs::remove_file(images.path().join(MANIFEST_FILE)).unwrap();
+    let started = std::time::Instant::now();
+    let result = restore_with(images.path(), &["--trust-unsigned", "--timeout", "3"]);
+    let took = started.elapsed();
+    assert!(
+        took < std::time::Duration::from_secs(20),
+        "the deadline held: {took:?}"
+    );
+    match result {
+        Ok(restored) => panic!("half a page file restored as pid {restored}"),
+        Err(e) => assert!(e.contains("criu restore"), "{e}"),
+    }
+    std::thread::sleep(std::time::Duration::from_millis(100));
+    assert!(
+        process_state(pid).is_none_or(|s| s == 'Z'),
+        "nothing of the cut images runs"
+    );
+}
