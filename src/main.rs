@@ -91,9 +91,9 @@ OPTIONS:
                       All or nothing: if one copy fails, the others are killed.
     --lazy            with --copies: each copy runs before its memory is loaded
                       (CRIU lazy pages, one page daemon per copy). This command
-                      then stays until every copy's memory is in; keep the images
-                      until it exits. A copy whose daemon dies first is killed and
-                      the reason logged (exit code 1).
+                      then stays until every copy's memory is in, holding the
+                      verified images until then. A copy whose daemon dies first
+                      is killed and the reason logged (exit code 1).
 
 Run by a user who is not root, it asks the service (`selfdump serve`) to
 restore the images: the service verifies them the same way and restores

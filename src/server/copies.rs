@@ -33,8 +33,8 @@
 //! page is in. [`Copies::supervise`] waits for that: a daemon that ends any
 //! other way (killed, failed) would leave its copy reading pages that never
 //! came, so the copy is killed at once (SIGKILL to its init ends its whole
-//! namespace) and the reason logged with the daemon's log. The images must
-//! stay in place until then.
+//! namespace) and the reason logged with the daemon's log. The verified
+//! images stay until then (held by [`Copies`]).
 
 use super::Criu;
 use super::engine::first_error;
