@@ -44,15 +44,9 @@ fn admit(shared: &Shared, peer: &Peer, dir: &OwnedFd) -> Result<Caller, Response
         .map_err(|e| refusal(RefusalKind::BadDirectory, format!("images fd: {e}")))?;
     may_write_dir(&caller, &dir_stat).map_err(|m| refusal(RefusalKind::BadDirectory, m))?;
     // Last, the embedder's own policy (`Builder::admit`), if it has one.
-    let info = super::policy::CallerInfo {
-        uid: caller.uid(),
-        gid: caller.gids[1],
-        pid: peer.pid,
-        pidfd: peer.pidfd.as_fd(),
-    };
     shared
         .config
-        .embedder_admits(&info)
+        .embedder_admits(&caller, peer)
         .map_err(not_permitted)?;
     Ok(caller)
 }
