@@ -66,7 +66,22 @@ pub(super) async fn checkpoint(
             return send(&stream, &answer).await;
         }
     };
+    // A caller in a pid namespace of its own: the whole namespace is dumped,
+    // from its init (`pidns.rs`).
+    let ns_init = match super::pidns::dump_root(&peer, &caller) {
+        Ok(init) => init,
+        Err(m) => {
+            log::info!("pid {} uid {}: refused: {m}", peer.pid, peer.uid);
+            return send(&stream, &refusal(RefusalKind::NotPermitted, m)).await;
+        }
+    };
+    if let Some(Err(m)) = ns_init.as_ref().map(|init| init.check_session()) {
+        return send(&stream, &refusal(RefusalKind::Unsupported, m)).await;
+    }
+    let root_pid = ns_init.as_ref().map_or(peer.pid, |init| init.peer.pid);
     let shell_job = match peer.session_id() {
+        // the namespace's init leads its session, inside the namespace
+        _ if ns_init.is_some() => false,
         Ok(0) => {
             let m = "your session leader is outside the service's pid namespace, and CRIU \
                      cannot dump such a process; start the program in a session of its own \
@@ -135,20 +150,26 @@ pub(super) async fn checkpoint(
         }
     };
     let spec = DumpSpec {
-        pid: peer.pid,
+        pid: root_pid,
         images_dir: criu_dir.as_fd(),
         options,
         shell_job,
     };
     log::info!(
-        "job {}: dumping pid {} (uid {}) {options:?} shell_job={shell_job}",
+        "job {}: dumping pid {} (uid {}) {options:?} shell_job={shell_job}{}",
         job.id,
         peer.pid,
-        caller.uid()
+        caller.uid(),
+        match &ns_init {
+            Some(init) => format!(", its whole pid namespace from init pid {}", init.peer.pid),
+            None => String::new(),
+        }
     );
     log::debug!("job {}: checks done at {:?}", job.id, received.elapsed());
     let mut hooks = Hooks {
         peer: &peer,
+        root: ns_init.as_ref().map(|init| &init.peer),
+        copy_slot_fd: options.copy_slot_fd,
         caller: &caller,
         job: job.id,
         connection: Some(stream),
@@ -156,12 +177,14 @@ pub(super) async fn checkpoint(
         meta: ImageMeta {
             protocol: PROTOCOL_VERSION,
             job: job.id,
-            pid: peer.pid,
+            pid: root_pid,
             uid: caller.uid(),
             shell_job,
             tcp_established: options.tcp_established,
             file_locks: options.file_locks,
             ext_unix_sk: options.ext_unix_sk,
+            pid_namespace: ns_init.is_some(),
+            copy_slot: None,
             gid: caller.gids[1],
             groups: caller.groups.clone(),
             ..ImageMeta::default()
@@ -260,6 +283,10 @@ pub(super) async fn checkpoint(
 /// What the service does while CRIU holds the caller's tree frozen.
 struct Hooks<'a> {
     peer: &'a Peer,
+    /// The dump's root when it is not the caller: its namespace's init.
+    root: Option<&'a Peer>,
+    /// The caller's copy slot fd (`DumpOptions::copy_slot_fd`).
+    copy_slot_fd: Option<i32>,
     caller: &'a Caller,
     job: JobId,
     /// The caller's connection, until it is closed at the freeze (kept
@@ -277,8 +304,11 @@ struct Hooks<'a> {
 impl DumpHooks for Hooks<'_> {
     async fn frozen(&mut self) -> FrozenVerdict {
         let stream = self.connection.take().expect("the freeze comes once");
-        match at_freeze(self.peer, self.caller, &stream, self.job).await {
+        match at_freeze(self.peer, self.root, self.caller, &stream, self.job).await {
             Ok(()) => {
+                self.meta.copy_slot = self
+                    .copy_slot_fd
+                    .and_then(|fd| super::pidns::copy_slot(self.peer, fd));
                 without_forks(|| drop(stream));
                 FrozenVerdict::Proceed
             }
@@ -321,11 +351,16 @@ impl DumpHooks for Hooks<'_> {
 /// why the dump must not go on.
 async fn at_freeze(
     peer: &Peer,
+    root: Option<&Peer>,
     caller: &Caller,
     stream: &Async<UnixStream>,
     job: JobId,
 ) -> Result<(), String> {
-    check_frozen_tree(peer, caller)?;
+    // A whole namespace: every task under its init, the caller among them.
+    check_frozen_tree(root.unwrap_or(peer), caller)?;
+    if !peer.is_alive() {
+        return Err("the caller exited while its tree was checked".into());
+    }
     let frame = encode_frame(&Response::Frozen(job));
     let write = async {
         write_frame(stream, &frame, &[])
