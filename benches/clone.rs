@@ -125,6 +125,29 @@ fn main() {
             }
         }
     }
+    if run("bounds") {
+        // What a tiny restore's time is made of, outside CRIU's own log.
+        let mut exec = Vec::new();
+        for _ in 0..reps.max(5) {
+            let t = Instant::now();
+            let _ = Command::new(&criu.path)
+                .arg("--version")
+                .stdout(Stdio::null())
+                .status();
+            exec.push(t.elapsed().as_secs_f64() * 1000.0);
+        }
+        println!(
+            "\n3. bounds: exec of `criu --version` {:.1} ms (median); CRIU's kernel-feature \
+             cache {} {}",
+            median(&mut exec),
+            selfdump::server::engine::kdat::KDAT_FILE,
+            if Path::new(selfdump::server::engine::kdat::KDAT_FILE).exists() {
+                "present (the CLI reads it)"
+            } else {
+                "absent (every CLI run probes the kernel)"
+            }
+        );
+    }
     if run("copies") {
         let (name, mb) = ("256 MiB", 256);
         let image = bench.image(name, mb);

@@ -144,7 +144,35 @@ fn main() {
             std::process::exit(1);
         }
     }
-    // A copy's program exits here, and with it its namespace's init.
+    // A copy's program exits here, and with it its namespace's init; but
+    // not while CRIU may still be detaching from it (see `wait_untraced`).
+    wait_untraced(Duration::from_secs(5));
+}
+
+/// Waits until no thread of this process is traced. CRIU (4.1.1) lets a
+/// restored copy run before it has detached (ptrace) from every thread, and
+/// fails the restore if one is gone by then ("Unable to detach"), then
+/// hangs in its clean-up: a copy that may finish within milliseconds of its
+/// restore should wait for this before exiting.
+fn wait_untraced(at_most: Duration) {
+    let deadline = Instant::now() + at_most;
+    let traced = || {
+        std::fs::read_dir("/proc/self/task")
+            .map(|tasks| {
+                tasks.flatten().any(|t| {
+                    std::fs::read_to_string(t.path().join("status"))
+                        .unwrap_or_default()
+                        .lines()
+                        .any(|l| {
+                            l.starts_with("TracerPid:") && l.split_whitespace().nth(1) != Some("0")
+                        })
+                })
+            })
+            .unwrap_or(false)
+    };
+    while traced() && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(1));
+    }
 }
 
 /// Prints the copies' results found in `log` (waiting for `wait` of them)
