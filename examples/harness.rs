@@ -7,7 +7,8 @@
 //!
 //! ```text
 //! cargo build --release --example harness
-//! selfdump run -- target/release/examples/harness --images /var/tmp/harness >> /var/tmp/harness.log
+//! mkdir -p /var/tmp/harness
+//! selfdump run -- target/release/examples/harness --images /var/tmp/harness >> /var/tmp/harness.log 2>&1
 //! selfdump restore --copies 8 /var/tmp/harness     # 8 root pids; each copy measures, reports, exits
 //! target/release/examples/harness --summary /var/tmp/harness.log --wait 8
 //! ```
