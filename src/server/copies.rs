@@ -255,6 +255,10 @@ pub fn restore_copies(
     }
     let mut running = Vec::new();
     let mut works = Vec::new();
+    let watchdog = Watchdog::start(
+        settings.deadline.saturating_sub(started.elapsed()),
+        pending.iter().map(|p| p.restore.id()).collect(),
+    );
     for (number, p) in pending.into_iter().enumerate() {
         let Pending {
             work,
@@ -279,10 +283,19 @@ pub fn restore_copies(
             }
             (status, _) => {
                 let log = work.shown().join("restore.log");
-                let message = work
+                let logged = work
                     .read("restore.log")
-                    .and_then(|l| first_error(&String::from_utf8_lossy(&l)))
-                    .unwrap_or_else(|| format!("criu exited with {status:?}"));
+                    .and_then(|l| first_error(&String::from_utf8_lossy(&l)));
+                let message = match (watchdog.fired(), logged) {
+                    (true, logged) => format!(
+                        "criu restore did not finish within {:?}; it was killed, with \
+                         whatever it had restored{}",
+                        settings.deadline,
+                        logged.map_or(String::new(), |l| format!(" (it had logged: {l})"))
+                    ),
+                    (false, Some(l)) => l,
+                    (false, None) => format!("criu exited with {status:?}"),
+                };
                 if failed.is_none() {
                     failed = Some(RestoreError::Criu {
                         message: format!("copy {number}: {message}"),
@@ -293,6 +306,7 @@ pub fn restore_copies(
             }
         }
     }
+    drop(watchdog);
     let elapsed = started.elapsed();
     if let Some(e) = failed {
         for copy in &running {
@@ -488,4 +502,85 @@ fn launch_copy(
         },
         daemon,
     ))
+}
+
+/// Kills the copies' `criu restore`s still running at the deadline, with
+/// what each had restored (its children: a copy's init, whose death ends
+/// its namespace). CRIU can hang: 4.1.1 fails a restore whose task exits
+/// before CRIU has detached from it ("Unable to detach") and then waits
+/// for ever in its clean-up. Each CRIU is held by a pidfd, so a CRIU
+/// already reaped is never mistaken for a recycled pid.
+struct Watchdog {
+    done: Option<std::sync::mpsc::Sender<()>>,
+    fired: std::sync::Arc<std::sync::atomic::AtomicBool>,
+}
+
+impl Watchdog {
+    fn start(after: Duration, criu_pids: Vec<u32>) -> Self {
+        let fired = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let (done, wait) = std::sync::mpsc::channel::<()>();
+        let pidfds: Vec<(u32, OwnedFd)> = criu_pids
+            .into_iter()
+            .filter_map(|pid| {
+                let fd = pidfd_open(Pid::from_raw(pid as i32)?, PidfdFlags::empty()).ok()?;
+                Some((pid, fd))
+            })
+            .collect();
+        let flag = fired.clone();
+        std::thread::spawn(move || {
+            if wait.recv_timeout(after) != Err(std::sync::mpsc::RecvTimeoutError::Timeout) {
+                return; // every CRIU finished (or the restore gave up first)
+            }
+            flag.store(true, std::sync::atomic::Ordering::SeqCst);
+            for (pid, criu) in pidfds {
+                // a pidfd reads as ready once its process has exited; until
+                // then `pid` (unreaped) is this CRIU's, and so are its children
+                let mut poll = [rustix::event::PollFd::new(
+                    &criu,
+                    rustix::event::PollFlags::IN,
+                )];
+                let zero = rustix::event::Timespec {
+                    tv_sec: 0,
+                    tv_nsec: 0,
+                };
+                if rustix::event::poll(&mut poll, Some(&zero)) != Ok(0) {
+                    continue;
+                }
+                let children = std::fs::read_to_string(format!("/proc/{pid}/task/{pid}/children"))
+                    .unwrap_or_default();
+                let children: Vec<OwnedFd> = children
+                    .split_whitespace()
+                    .filter_map(|c| {
+                        pidfd_open(Pid::from_raw(c.parse().ok()?)?, PidfdFlags::empty()).ok()
+                    })
+                    .collect();
+                for child in &children {
+                    let _ = pidfd_send_signal(child, Signal::KILL);
+                }
+                let _ = pidfd_send_signal(&criu, Signal::KILL);
+                log::error!(
+                    "criu restore (pid {pid}) still running after {after:?}: killed, with the \
+                     {} task(s) it had started",
+                    children.len()
+                );
+            }
+        });
+        Self {
+            done: Some(done),
+            fired,
+        }
+    }
+
+    /// Whether the deadline passed and CRIUs were killed.
+    fn fired(&self) -> bool {
+        self.fired.load(std::sync::atomic::Ordering::SeqCst)
+    }
+}
+
+impl Drop for Watchdog {
+    fn drop(&mut self) {
+        if let Some(done) = self.done.take() {
+            let _ = done.send(());
+        }
+    }
 }
