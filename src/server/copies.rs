@@ -11,7 +11,10 @@
 //! init, so no pid of the images needs to be free and N restores of the
 //! same images can run side by side. Each copy is one `criu restore`, all
 //! started at once, each with a root-only work directory of its own (its
-//! log and pid file) under [`LOG_DIR`].
+//! log and pid file) under [`LOG_DIR`]. Each has the restore deadline
+//! ([`RestoreSettings::deadline`]): a CRIU still running then is killed
+//! with what it had restored (CRIU 4.1.1 hangs when a copy exits before
+//! CRIU has detached from it), and the call fails saying so.
 //!
 //! **How a copy learns its number.** The client keeps a *copy slot* across
 //! each checkpoint (the read end of a pipe with no writer, whose fd
