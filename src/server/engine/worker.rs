@@ -255,14 +255,18 @@ impl Worker {
                         "post-dump" if frozen && veto.is_none() => hooks.images_written().await,
                         _ => FrozenVerdict::Proceed,
                     };
+                    // The clock stops when the answer is decided, not after
+                    // the send returns: the send wakes CRIU, which may run
+                    // on this CPU before the send returns here, and that time
+                    // is CRIU's, not the service's.
+                    if frozen {
+                        dumped.service_frozen += answering.elapsed();
+                    }
                     if let FrozenVerdict::Veto(why) = verdict {
                         veto.get_or_insert(why);
                         self.ack(false).await?;
                     } else {
                         self.ack(true).await?;
-                    }
-                    if frozen {
-                        dumped.service_frozen += answering.elapsed();
                     }
                 }
                 req_type::DUMP => {
