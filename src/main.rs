@@ -1,7 +1,6 @@
 //! `selfdump`: serve checkpoints, restore images, check CRIU.
 
 use lexopt::prelude::*;
-use selfdump::server::engine::kdat;
 use selfdump::server::{Criu, Policy, Server, check, manifest, restore};
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -230,22 +229,6 @@ fn serve(mut parser: lexopt::Parser) -> Res<ExitCode> {
         Err(e) => log::warn!("cannot raise the fd limit to the hard limit: {e}"),
     }
     async_io::block_on(async {
-        let (major, minor, sub) = criu
-            .version()
-            .await
-            .map_err(|e| format!("{e}; is CRIU >= 4 installed? try `selfdump check`"))?;
-        if major < 4 {
-            return Err(format!(
-                "criu {major}.{minor}.{sub} is too old; selfdump needs CRIU 4 or newer"
-            )
-            .into());
-        }
-        log::info!("using {} (CRIU {major}.{minor}.{sub})", criu.path.display());
-        let kdat = {
-            let criu = criu.clone();
-            blocking::unblock(move || kdat::ensure_cache(&criu)).await
-        };
-        log::info!("CRIU kernel-feature cache: {kdat:?}");
         let builder = builder.criu(criu).policy(policy);
         let server = match activated {
             Some(listener) => {
@@ -298,7 +281,6 @@ fn serve(mut parser: lexopt::Parser) -> Res<ExitCode> {
         let drained = async { server.run().await.map(|()| true) }
             .or(on_signal)
             .await;
-        kdat::remove_cache(&kdat);
         if !drained? {
             return Err("stopped by a second signal before the dumps in flight finished".into());
         }

@@ -2,6 +2,7 @@
 //! and where it listens.
 
 use super::engine::WorkerPool;
+use super::engine::kdat::{self, KdatCache};
 use super::jobs;
 use super::manifest::{DEFAULT_KEY_FILE, Key};
 use super::peer;
@@ -240,7 +241,8 @@ impl Builder {
         self
     }
 
-    /// Creates the socket at `path` (replacing a stale one) and the server.
+    /// Creates the socket at `path` (replacing a stale one) and the server,
+    /// after checking CRIU as [`Builder::listener`] does.
     pub fn bind(self, path: impl AsRef<Path>) -> Result<Server, Error> {
         let path = path.as_ref().to_path_buf();
         remove_stale_socket(&path);
@@ -257,12 +259,19 @@ impl Builder {
         }
         std::fs::set_permissions(&path, std::fs::Permissions::from_mode(self.socket_mode))
             .map_err(perms)?;
-        let mut server = self.listener(listener)?;
+        let mut server = self.listener(listener).inspect_err(|_| {
+            let _ = std::fs::remove_file(&path);
+        })?;
         server.path = Some(path);
         Ok(server)
     }
 
     /// A server on an already bound listener (socket activation, tests).
+    ///
+    /// Like [`Builder::bind`], it first checks CRIU (it must run and be 4
+    /// or newer, else [`Error::Criu`]) and makes sure dumps find CRIU's
+    /// kernel-feature cache (see [`kdat`](super::engine::kdat)), as
+    /// `selfdump serve` does; this runs CRIU and blocks meanwhile.
     pub fn listener(mut self, listener: UnixListener) -> Result<Server, Error> {
         let key = match &self.key {
             Some(key) => key.clone(),
@@ -271,6 +280,7 @@ impl Builder {
                 source,
             })?,
         };
+        let kdat = prepare_criu(&self.criu)?;
         let listener = Async::new(listener).map_err(Error::Accept)?;
         let max_connections = self.connections_within_fd_limit();
         Ok(Server {
@@ -283,6 +293,7 @@ impl Builder {
                     self.max_results_per_uid,
                 ),
                 key,
+                kdat,
                 workers: WorkerPool::new(self.criu.clone(), self.warm_workers),
                 dumps: Arc::new(Semaphore::new(self.max_dumps)),
                 dumps_per_uid: Default::default(),
@@ -348,6 +359,27 @@ impl Builder {
         }
         Ok(())
     }
+}
+
+/// What `selfdump serve` and an embedded [`Server`] both do before they
+/// serve: check that CRIU runs and is 4 or newer, then make sure dumps find
+/// its kernel-feature cache ([`kdat`](super::engine::kdat)).
+fn prepare_criu(criu: &Criu) -> Result<KdatCache, Error> {
+    let (major, minor, sub) = async_io::block_on(criu.version()).map_err(|e| {
+        Error::Criu(format!(
+            "{}: {e}; is CRIU >= 4 installed?",
+            criu.path.display()
+        ))
+    })?;
+    if major < 4 {
+        return Err(Error::Criu(format!(
+            "criu {major}.{minor}.{sub} is too old; selfdump needs CRIU 4 or newer"
+        )));
+    }
+    log::info!("using {} (CRIU {major}.{minor}.{sub})", criu.path.display());
+    let kdat = kdat::ensure_cache(criu);
+    log::info!("CRIU kernel-feature cache: {kdat:?}");
+    Ok(kdat)
 }
 
 /// The signature of an embedder's [`Builder::admit`] callback.

@@ -61,6 +61,9 @@ struct Shared {
     jobs: jobs::Jobs,
     /// Signs the images.
     key: manifest::Key,
+    /// CRIU's kernel-feature cache, as found or installed at start;
+    /// removed (if ours and unused) when the server is gone.
+    kdat: engine::kdat::KdatCache,
     /// `criu swrk` workers started ahead of time.
     workers: Arc<engine::WorkerPool>,
     dumps: Arc<Semaphore>,
@@ -75,6 +78,12 @@ struct Shared {
     tasks: AtomicUsize,
     /// Notified when `tasks` drops to zero.
     changed: Event,
+}
+
+impl Drop for Shared {
+    fn drop(&mut self) {
+        engine::kdat::remove_cache(&self.kdat);
+    }
 }
 
 /// The checkpoint service. It has no runtime of its own: [`Server::run`] is

@@ -157,7 +157,12 @@ fn run_check_with_run_at(criu: &Criu, run_dir: &Path) -> io::Result<()> {
             Ok(())
         });
     }
-    let status = cmd.status()?;
+    let status = {
+        // no caller's connection may be copied into the forked child
+        let _forking = super::swrk::FORK_GUARD.read().unwrap_or_else(|e| e.into_inner());
+        cmd.spawn()?
+    }
+    .wait()?;
     log::debug!("criu check for the kdat cache: {status}");
     Ok(())
 }
