@@ -114,8 +114,11 @@ pub fn remove_cache(state: &KdatCache) {
         return;
     };
     // our shared lock becomes exclusive only if no one else holds one
-    let alone =
-        rustix::fs::flock(&held.0, rustix::fs::FlockOperation::NonBlockingLockExclusive).is_ok();
+    let alone = rustix::fs::flock(
+        &held.0,
+        rustix::fs::FlockOperation::NonBlockingLockExclusive,
+    )
+    .is_ok();
     if alone && held.is_current() {
         let _ = std::fs::remove_file(KDAT_FILE);
     }
@@ -159,7 +162,9 @@ fn run_check_with_run_at(criu: &Criu, run_dir: &Path) -> io::Result<()> {
     }
     let status = {
         // no caller's connection may be copied into the forked child
-        let _forking = super::swrk::FORK_GUARD.read().unwrap_or_else(|e| e.into_inner());
+        let _forking = super::swrk::FORK_GUARD
+            .read()
+            .unwrap_or_else(|e| e.into_inner());
         cmd.spawn()?
     }
     .wait()?;
