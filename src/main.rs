@@ -172,7 +172,8 @@ fn help_requested(arg: &lexopt::Arg<'_>, usage: &str) -> bool {
 fn serve(mut parser: lexopt::Parser) -> Res<ExitCode> {
     use lexopt::Arg::*;
     // First, before any thread exists: it edits the environment.
-    let activated = selfdump::server::systemd::listener()?;
+    // SAFETY: no other thread exists yet, and nothing took fds 3.. before.
+    let activated = unsafe { selfdump::server::systemd::listener() }?;
     let mut socket = std::env::var_os("SELFDUMP_SOCKET")
         .map(PathBuf::from)
         .unwrap_or_else(|| PathBuf::from(selfdump::server::DEFAULT_SOCKET));
