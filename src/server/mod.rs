@@ -34,7 +34,7 @@ pub mod systemd;
 mod tree;
 
 pub use builder::Builder;
-pub use engine::Criu;
+pub use engine::{Criu, SpawnGuard, spawn_guard};
 pub use error::Error;
 pub use jobs::{MAX_RESULTS, MAX_RESULTS_PER_UID};
 pub use policy::{CallerInfo, Policy};

@@ -10,7 +10,9 @@ mod worker;
 
 pub use pool::WorkerPool;
 pub(crate) use swrk::without_forks;
-pub use swrk::{Criu, DumpHooks, DumpSpec, Dumped, EngineError, FrozenVerdict};
+pub use swrk::{
+    Criu, DumpHooks, DumpSpec, Dumped, EngineError, FrozenVerdict, SpawnGuard, spawn_guard,
+};
 pub use worker::Worker;
 
 /// Name of CRIU's log inside the images directory.
