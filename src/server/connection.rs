@@ -1,6 +1,7 @@
 //! One connection: identify the peer, read one request, answer it.
 
 use super::Shared;
+use super::config::ANSWER_TIMEOUT;
 use super::peer::Peer;
 use crate::proto::{
     self, FrameError, PROTOCOL_VERSION, Refusal, RefusalKind, Request, Response, read_frame,
@@ -28,7 +29,7 @@ pub(super) async fn refuse_busy(stream: Async<UnixStream>) {
 pub(super) async fn refuse_shutting_down(stream: Async<UnixStream>) {
     let _ = read_frame(&stream)
         .or(async {
-            Timer::after(Duration::from_secs(1)).await;
+            Timer::after(ANSWER_TIMEOUT).await;
             Ok(None)
         })
         .await;
@@ -59,7 +60,7 @@ pub(super) async fn send(stream: &Async<UnixStream>, response: &Response) {
             .map_err(|e| e.to_string())
     };
     let limit = async {
-        Timer::after(Duration::from_secs(1)).await;
+        Timer::after(ANSWER_TIMEOUT).await;
         Err("timed out".to_string())
     };
     if let Err(e) = write.or(limit).await {
@@ -121,7 +122,7 @@ pub(super) async fn handle(shared: Arc<Shared>, stream: Async<UnixStream>) {
         let answer = proto::encode_mismatch_frame(frame.header.version);
         let _ = write_frame(&stream, &answer, &[])
             .or(async {
-                Timer::after(Duration::from_secs(1)).await;
+                Timer::after(ANSWER_TIMEOUT).await;
                 Ok(())
             })
             .await;

@@ -2,6 +2,7 @@
 
 use super::Shared;
 use super::as_caller::CallerCreds;
+use super::config::FROZEN_NOTICE_TIMEOUT;
 use super::connection::{UidSlot, refusal, send};
 use super::engine::{DumpHooks, DumpSpec, EngineError, FrozenVerdict, without_forks};
 use super::images::{ImageMeta, Published};
@@ -18,7 +19,7 @@ use async_io::{Async, Timer};
 use futures_lite::FutureExt;
 use std::os::fd::{AsFd, OwnedFd};
 use std::os::unix::net::UnixStream;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 /// Checks a checkpoint request; `Err` is the refusal to send.
 fn admit(shared: &Shared, peer: &Peer, dir: &OwnedFd) -> Result<Caller, Response> {
@@ -339,7 +340,7 @@ async fn at_freeze(
             .map_err(|e| e.to_string())
     };
     let limit = async {
-        Timer::after(Duration::from_secs(2)).await;
+        Timer::after(FROZEN_NOTICE_TIMEOUT).await;
         Err("timed out".into())
     };
     write

@@ -13,6 +13,7 @@ mod as_caller;
 mod builder;
 pub mod caps;
 pub mod check;
+mod config;
 mod connection;
 mod dump;
 pub mod engine;
@@ -27,6 +28,7 @@ pub mod policy;
 mod private_dir;
 pub mod restore;
 mod restoring;
+mod shared;
 mod shutdown;
 mod staging;
 mod subdir;
@@ -38,53 +40,19 @@ pub use engine::{Criu, SpawnGuard, spawn_guard};
 pub use error::Error;
 pub use jobs::{MAX_RESULTS, MAX_RESULTS_PER_UID};
 pub use policy::{CallerInfo, Policy};
+use shared::Shared;
 pub use shutdown::ShutdownHandle;
-use shutdown::Stop;
 
 use async_io::{Async, Timer};
-use async_lock::Semaphore;
-use event_listener::Event;
 use futures_lite::FutureExt;
 use std::future::Future;
 use std::os::unix::net::UnixListener;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::Ordering;
 
 /// The default socket path.
 pub const DEFAULT_SOCKET: &str = "/run/selfdump.sock";
-
-/// State shared by all connections.
-#[derive(Debug)]
-struct Shared {
-    config: Builder,
-    jobs: jobs::Jobs,
-    /// Signs the images.
-    key: manifest::Key,
-    /// CRIU's kernel-feature cache, as found or installed at start;
-    /// removed (if ours and unused) when the server is gone.
-    kdat: engine::kdat::KdatCache,
-    /// `criu swrk` workers started ahead of time.
-    workers: Arc<engine::WorkerPool>,
-    dumps: Arc<Semaphore>,
-    /// Dumps running per caller uid.
-    dumps_per_uid: connection::UidCounts,
-    connections: Arc<Semaphore>,
-    /// Connections open per peer uid.
-    connections_per_uid: connection::UidCounts,
-    /// Set once the server is asked to stop.
-    stop: Arc<Stop>,
-    /// Connection tasks (and refusals being sent) not finished yet.
-    tasks: AtomicUsize,
-    /// Notified when `tasks` drops to zero.
-    changed: Event,
-}
-
-impl Drop for Shared {
-    fn drop(&mut self) {
-        engine::kdat::remove_cache(&self.kdat);
-    }
-}
 
 /// The checkpoint service. It has no runtime of its own: [`Server::run`] is
 /// a future that serves every connection while it is polled.
