@@ -2,10 +2,10 @@
 
 use super::Shared;
 use super::config::ANSWER_TIMEOUT;
+use super::outcome::Refused;
 use super::peer::Peer;
 use crate::proto::{
-    self, FrameError, PROTOCOL_VERSION, Refusal, RefusalKind, Request, Response, read_frame,
-    write_frame,
+    self, FrameError, PROTOCOL_VERSION, RefusalKind, Request, Response, read_frame, write_frame,
 };
 use async_io::{Async, Timer};
 use futures_lite::FutureExt;
@@ -44,11 +44,9 @@ pub(super) fn shutting_down() -> Response {
     )
 }
 
+/// A refusal as the wire answer ([`Refused`] into [`Response`]).
 pub(super) fn refusal(kind: RefusalKind, message: impl Into<String>) -> Response {
-    Response::Refused(Refusal {
-        kind,
-        message: crate::proto::clip(message.into()),
-    })
+    Refused::new(kind, message).into()
 }
 
 /// Sends one response, best effort: a client that went away loses only its own answer.
@@ -171,8 +169,8 @@ pub(super) async fn handle(shared: Arc<Shared>, stream: Async<UnixStream>) {
                 return;
             }
             let answer = match shared.jobs.claim(job, &peer) {
-                Ok(job) => job.result().await,
-                Err(answer) => answer,
+                Ok(job) => job.result().await.into(),
+                Err(unclaimed) => Response::from(unclaimed),
             };
             send(&stream, &answer).await;
         }
@@ -207,7 +205,7 @@ pub(super) type UidCounts = Arc<Mutex<HashMap<u32, usize>>>;
 pub(super) fn uid_slot(
     shared: &Shared,
     stream: &Async<UnixStream>,
-) -> Result<Option<UidSlot>, Response> {
+) -> Result<Option<UidSlot>, Refused> {
     let Ok(cred) = super::peer::credentials(stream.get_ref()) else {
         return Ok(None);
     };
@@ -215,13 +213,10 @@ pub(super) fn uid_slot(
     let per_uid = shared.config.max_connections_per_uid;
     match UidSlot::take(&shared.connections_per_uid, uid, per_uid) {
         Some(slot) => Ok(Some(slot)),
-        None => Err(refusal(
-            RefusalKind::Busy,
-            format!(
-                "uid {uid} already has {per_uid} connections open to the selfdump service; \
+        None => Err(Refused::busy(format!(
+            "uid {uid} already has {per_uid} connections open to the selfdump service; \
                  retry later"
-            ),
-        )),
+        ))),
     }
 }
 

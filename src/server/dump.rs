@@ -3,17 +3,18 @@
 use super::Shared;
 use super::as_caller::CallerCreds;
 use super::config::FROZEN_NOTICE_TIMEOUT;
-use super::connection::{UidSlot, refusal, send};
+use super::connection::{UidSlot, send};
 use super::engine::{DumpHooks, DumpSpec, EngineError, FrozenVerdict, without_forks};
 use super::images::{ImageMeta, Published};
 use super::leftovers;
+use super::outcome::{Outcome, Refused};
 use super::peer::Peer;
 use super::policy::{Caller, check_dumpable, may_write_dir};
 use super::staging::Staging;
 use super::tree::check_frozen_tree;
 use crate::proto::{
-    DumpFailure, DumpOptions, DumpReport, JobId, PROTOCOL_VERSION, RefusalKind, Response,
-    encode_frame, write_frame,
+    DumpOptions, DumpReport, JobId, PROTOCOL_VERSION, RefusalKind, Response, encode_frame,
+    write_frame,
 };
 use async_io::{Async, Timer};
 use futures_lite::FutureExt;
@@ -22,8 +23,8 @@ use std::os::unix::net::UnixStream;
 use std::time::Instant;
 
 /// Checks a checkpoint request; `Err` is the refusal to send.
-fn admit(shared: &Shared, peer: &Peer, dir: &OwnedFd) -> Result<Caller, Response> {
-    let not_permitted = |m: String| refusal(RefusalKind::NotPermitted, m);
+fn admit(shared: &Shared, peer: &Peer, dir: &OwnedFd) -> Result<Caller, Refused> {
+    let not_permitted = Refused::not_permitted;
     let caller =
         Caller::read(peer).map_err(|e| not_permitted(format!("cannot inspect you: {e}")))?;
     shared.config.policy.admit(&caller).map_err(not_permitted)?;
@@ -41,9 +42,9 @@ fn admit(shared: &Shared, peer: &Peer, dir: &OwnedFd) -> Result<Caller, Response
         ..caller.clone()
     };
     check_dumpable(&as_live, &proc_file, "the caller").map_err(not_permitted)?;
-    let dir_stat = rustix::fs::fstat(dir)
-        .map_err(|e| refusal(RefusalKind::BadDirectory, format!("images fd: {e}")))?;
-    may_write_dir(&caller, &dir_stat).map_err(|m| refusal(RefusalKind::BadDirectory, m))?;
+    let dir_stat =
+        rustix::fs::fstat(dir).map_err(|e| Refused::bad_directory(format!("images fd: {e}")))?;
+    may_write_dir(&caller, &dir_stat).map_err(Refused::bad_directory)?;
     // Last, the embedder's own policy (`Builder::admit`), if it has one.
     let info = super::policy::CallerInfo {
         uid: caller.uid(),
@@ -68,9 +69,9 @@ pub(super) async fn checkpoint(
     let received = Instant::now();
     let caller = match admit(shared, &peer, &dir) {
         Ok(caller) => caller,
-        Err(answer) => {
-            log::info!("pid {} uid {}: refused: {answer:?}", peer.pid, peer.uid);
-            return send(&stream, &answer).await;
+        Err(refused) => {
+            log::info!("pid {} uid {}: refused: {refused:?}", peer.pid, peer.uid);
+            return send(&stream, &refused.into()).await;
         }
     };
     let shell_job = match peer.session_id() {
@@ -78,24 +79,24 @@ pub(super) async fn checkpoint(
             let m = "your session leader is outside the service's pid namespace, and CRIU \
                      cannot dump such a process; start the program in a session of its own \
                      (`setsid`)";
-            return send(&stream, &refusal(RefusalKind::Unsupported, m)).await;
+            return send(&stream, &Refused::new(RefusalKind::Unsupported, m).into()).await;
         }
         Ok(sid) => sid != peer.pid,
         Err(e) => {
             let m = format!("cannot read your process state: {e}");
-            return send(&stream, &refusal(RefusalKind::NotPermitted, m)).await;
+            return send(&stream, &Refused::not_permitted(m).into()).await;
         }
     };
     if options.pre_dump {
-        let answer = refusal(RefusalKind::Unsupported, pre_dump_refusal(shared).await);
-        return send(&stream, &answer).await;
+        let refused = Refused::new(RefusalKind::Unsupported, pre_dump_refusal(shared).await);
+        return send(&stream, &refused.into()).await;
     }
     let Some(_permit) = shared.dumps.try_acquire_arc() else {
         let m = format!(
             "{} dumps are already running; retry later",
             shared.config.max_dumps
         );
-        return send(&stream, &refusal(RefusalKind::Busy, m)).await;
+        return send(&stream, &Refused::busy(m).into()).await;
     };
     let per_uid = shared.config.max_dumps_per_uid;
     let Some(_uid_slot) = UidSlot::take(&shared.dumps_per_uid, caller.uid(), per_uid) else {
@@ -104,16 +105,13 @@ pub(super) async fn checkpoint(
             caller.uid(),
             shared.config.max_dumps_per_uid
         );
-        return send(&stream, &refusal(RefusalKind::Busy, m)).await;
+        return send(&stream, &Refused::busy(m).into()).await;
     };
     let job = match shared.jobs.start(&peer) {
         Ok(job) => job,
         Err(e) => {
-            return send(
-                &stream,
-                &failure(None, format!("cannot start a job: {e}"), None),
-            )
-            .await;
+            let failed = Outcome::failed(None, format!("cannot start a job: {e}"));
+            return send(&stream, &failed.into()).await;
         }
     };
     let images_dir = dir.try_clone().ok();
@@ -125,7 +123,7 @@ pub(super) async fn checkpoint(
         Err(e) => {
             shared.jobs.remove(job.id);
             let m = format!("cannot create a directory in the images directory: {e}");
-            return send(&stream, &refusal(RefusalKind::BadDirectory, m)).await;
+            return send(&stream, &Refused::bad_directory(m).into()).await;
         }
     };
     // CRIU reaches the staging directory through this fd while `staging`
@@ -134,11 +132,8 @@ pub(super) async fn checkpoint(
         Ok(fd) => fd,
         Err(e) => {
             shared.jobs.remove(job.id);
-            return send(
-                &stream,
-                &failure(Some(job.id), format!("cannot start a job: {e}"), None),
-            )
-            .await;
+            let failed = Outcome::failed(Some(job.id), format!("cannot start a job: {e}"));
+            return send(&stream, &failed.into()).await;
         }
     };
     let spec = DumpSpec {
@@ -207,7 +202,7 @@ pub(super) async fn checkpoint(
                 Ok(published) => {
                     let published = saved.unwrap_or_default().and(published);
                     let stats = published.stats.clone().unwrap_or_default();
-                    Response::Dumped(DumpReport {
+                    Outcome::Dumped(DumpReport {
                         job: job.id,
                         frozen_us: stats.frozen_time.into(),
                         freezing_us: stats.freezing_time.into(),
@@ -220,10 +215,9 @@ pub(super) async fn checkpoint(
                         processes: published.processes,
                     })
                 }
-                Err(e) => failure(
+                Err(e) => Outcome::failed(
                     Some(job.id),
                     format!("dump succeeded but saving the images failed: {e}"),
-                    None,
                 ),
             }
         }
@@ -243,15 +237,19 @@ pub(super) async fn checkpoint(
                 ),
                 _ => e.to_string(),
             };
-            failure(Some(job.id), message, log_file)
+            Outcome::Failed {
+                job: Some(job.id),
+                message,
+                log_file,
+            }
         }
     };
-    log::info!("job {}: {}", job.id, summary(&answer));
+    log::info!("job {}: {}", job.id, answer.summary());
     match connection {
         // CRIU failed before the freeze: the caller still waits on this connection.
         Some(stream) => {
             shared.jobs.remove(job.id);
-            send(&stream, &answer).await;
+            send(&stream, &answer.into()).await;
         }
         None => job.finish(answer),
     }
@@ -349,14 +347,6 @@ async fn at_freeze(
         .map_err(|e| format!("cannot tell the caller it is frozen: {e}"))
 }
 
-fn failure(job: Option<JobId>, message: String, log_file: Option<String>) -> Response {
-    Response::DumpFailed(DumpFailure {
-        job,
-        message: crate::proto::clip(message),
-        log_file,
-    })
-}
-
 /// Why a pre-dump cannot be done here.
 async fn pre_dump_refusal(shared: &Shared) -> String {
     if shared.config.criu.can_track_memory().await {
@@ -368,16 +358,5 @@ async fn pre_dump_refusal(shared: &Shared) -> String {
          (CONFIG_MEM_SOFT_DIRTY), which this kernel lacks (`criu check --feature \
          mem_dirty_track` fails); checkpoint without pre_dump"
             .into()
-    }
-}
-
-fn summary(answer: &Response) -> String {
-    match answer {
-        Response::Dumped(r) => format!(
-            "dumped {} process(es), {} bytes, frozen {} us, total {} us",
-            r.processes, r.bytes_written, r.frozen_us, r.total_us
-        ),
-        Response::DumpFailed(f) => format!("failed: {}", f.message),
-        other => format!("{other:?}"),
     }
 }

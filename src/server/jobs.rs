@@ -27,8 +27,9 @@
 //! - A query from anyone but the owner is answered exactly as for a job
 //!   that never existed (`UnknownJob`), so job ids cannot be probed.
 
+use super::outcome::{Outcome, Unclaimed};
 use super::peer::Peer;
-use crate::proto::{JobId, Refusal, RefusalKind, Response};
+use crate::proto::JobId;
 use async_lock::OnceCell;
 use std::collections::{HashMap, VecDeque};
 use std::os::fd::{AsFd, OwnedFd};
@@ -94,13 +95,13 @@ pub struct Job {
     owner: Owner,
     /// The owner's pidfd while the job runs; closed when it finishes.
     owner_pidfd: Mutex<Option<OwnedFd>>,
-    result: OnceCell<(Response, Instant)>,
+    result: OnceCell<(Outcome, Instant)>,
 }
 
 impl Job {
     /// Records the result, wakes whoever waits for it, and closes the
     /// owner's pidfd (a finished job holds no fd).
-    pub fn finish(&self, result: Response) {
+    pub(crate) fn finish(&self, result: Outcome) {
         let _ = self.result.set_blocking((result, Instant::now()));
         self.owner_pidfd
             .lock()
@@ -109,7 +110,7 @@ impl Job {
     }
 
     /// Waits for the result.
-    pub async fn result(&self) -> Response {
+    pub(crate) async fn result(&self) -> Outcome {
         self.result.wait().await.0.clone()
     }
 
@@ -275,8 +276,8 @@ impl Jobs {
     /// anyone but the owner, exactly the answer for a job that never
     /// existed; for the owner of a result dropped unclaimed (a cap or the
     /// TTL), "result expired".
-    pub fn claim(&self, id: JobId, asker: &Peer) -> Result<Arc<Job>, Response> {
-        let unknown = Response::UnknownJob(id);
+    pub fn claim(&self, id: JobId, asker: &Peer) -> Result<Arc<Job>, Unclaimed> {
+        let unknown = Unclaimed::Unknown(id);
         // read before the lock: /proc may be slow
         let Ok(asker) = Owner::of(asker) else {
             return Err(unknown);
@@ -300,14 +301,7 @@ impl Jobs {
         {
             Some(at) => {
                 table.tombstones.remove(at);
-                Err(Response::Refused(Refusal {
-                    kind: RefusalKind::Invalid,
-                    message: format!(
-                        "result expired: the service dropped the result of checkpoint {id} \
-                         before you asked for it (too many unclaimed results, or it waited \
-                         longer than the result TTL); whether that dump succeeded is unknown"
-                    ),
-                }))
+                Err(Unclaimed::Expired(id))
             }
             None => Err(unknown),
         }
@@ -327,14 +321,11 @@ impl std::ops::Deref for Running {
 impl Drop for Running {
     fn drop(&mut self) {
         if self.0.result.get().is_none() {
-            self.0
-                .finish(Response::DumpFailed(crate::proto::DumpFailure {
-                    job: Some(self.0.id),
-                    message: "the selfdump service failed internally during this dump; \
-                          its images are not usable (the service log says more)"
-                        .into(),
-                    log_file: None,
-                }));
+            self.0.finish(Outcome::failed(
+                Some(self.0.id),
+                "the selfdump service failed internally during this dump; \
+                 its images are not usable (the service log says more)",
+            ));
         }
     }
 }
@@ -342,6 +333,7 @@ impl Drop for Running {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::proto::Response;
     use std::os::unix::net::UnixStream;
 
     /// This test process as a connected caller.
@@ -367,7 +359,7 @@ mod tests {
         let jobs = Jobs::new(GRACE);
         let (peer, _keep) = me();
         let job = jobs.start(&peer).unwrap();
-        job.finish(Response::UnknownJob(job.id));
+        job.finish(Outcome::failed(Some(job.id), "any"));
         assert!(jobs.awaited(GRACE));
         assert!(!jobs.awaited(Duration::ZERO), "grace over");
         jobs.claim(job.id, &peer).unwrap();
@@ -390,7 +382,7 @@ mod tests {
         let (peer, _keep) = me();
         let id = jobs.start(&peer).unwrap().id; // the handle drops here
         let job = jobs.claim(id, &peer).unwrap();
-        match async_io::block_on(job.result()) {
+        match Response::from(async_io::block_on(job.result())) {
             Response::DumpFailed(f) => assert!(f.message.contains("failed internally"), "{f:?}"),
             other => panic!("expected a failure, got {other:?}"),
         }
@@ -405,7 +397,7 @@ mod tests {
             job.owner_pidfd.lock().unwrap().is_some(),
             "running: pidfd held"
         );
-        job.finish(Response::UnknownJob(job.id));
+        job.finish(Outcome::failed(Some(job.id), "any"));
         assert!(job.owner_pidfd.lock().unwrap().is_none(), "finished: no fd");
         assert!(jobs.awaits_result(peer.pid, GRACE), "still known as alive");
         assert!(jobs.claim(job.id, &peer).is_ok());
@@ -418,12 +410,12 @@ mod tests {
         let ids: Vec<JobId> = (0..5)
             .map(|_| {
                 let job = jobs.start(&peer).unwrap();
-                job.finish(Response::UnknownJob(job.id));
+                job.finish(Outcome::failed(Some(job.id), "any"));
                 job.id
             })
             .collect();
         for (n, id) in ids.iter().enumerate() {
-            match jobs.claim(*id, &peer) {
+            match jobs.claim(*id, &peer).map_err(Response::from) {
                 Ok(_) => assert!(n >= 2, "job {n} should have expired"),
                 Err(Response::Refused(r)) => {
                     assert!(n < 2, "job {n} expired too early");
@@ -434,7 +426,7 @@ mod tests {
         }
         // told once; then unknown like any other id
         assert_eq!(
-            jobs.claim(ids[0], &peer).unwrap_err(),
+            Response::from(jobs.claim(ids[0], &peer).unwrap_err()),
             Response::UnknownJob(ids[0])
         );
     }
@@ -444,7 +436,7 @@ mod tests {
         let jobs = Jobs::new(GRACE);
         let (peer, _keep) = me();
         let job = jobs.start(&peer).unwrap();
-        job.finish(Response::UnknownJob(job.id));
+        job.finish(Outcome::failed(Some(job.id), "any"));
         // init: another live process, and no child to start (a fork here
         // would hold copies of other tests' fds, flocks among them)
         let init = rustix::process::Pid::from_raw(1).unwrap();
@@ -456,11 +448,11 @@ mod tests {
         };
         let made_up = JobId { seq: 999, ..job.id };
         assert_eq!(
-            jobs.claim(job.id, &other).unwrap_err(),
+            Response::from(jobs.claim(job.id, &other).unwrap_err()),
             Response::UnknownJob(job.id)
         );
         assert_eq!(
-            jobs.claim(made_up, &other).unwrap_err(),
+            Response::from(jobs.claim(made_up, &other).unwrap_err()),
             Response::UnknownJob(made_up)
         );
         assert!(jobs.claim(job.id, &peer).is_ok(), "the owner still gets it");

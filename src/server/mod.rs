@@ -23,6 +23,7 @@ pub mod inspect;
 mod jobs;
 mod leftovers;
 pub mod manifest;
+mod outcome;
 pub mod peer;
 pub mod policy;
 mod private_dir;
@@ -196,7 +197,7 @@ impl Server {
                 Err(busy) => {
                     executor
                         .spawn(async move {
-                            connection::send(&stream, &busy).await;
+                            connection::send(&stream, &busy.into()).await;
                             drop(task);
                         })
                         .detach();
