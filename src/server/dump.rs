@@ -4,8 +4,9 @@ use super::Shared;
 use super::as_caller::CallerCreds;
 use super::config::FROZEN_NOTICE_TIMEOUT;
 use super::connection::{UidSlot, send};
-use super::engine::{DumpHooks, DumpSpec, EngineError, FrozenVerdict, without_forks};
+use super::engine::{DumpHooks, DumpSpec, Dumped, EngineError, FrozenVerdict, without_forks};
 use super::images::{ImageMeta, Published};
+use super::jobs::{Jobs, Running};
 use super::leftovers;
 use super::outcome::{Outcome, Refused};
 use super::peer::Peer;
@@ -59,6 +60,9 @@ fn admit(shared: &Shared, peer: &Peer, dir: &OwnedFd) -> Result<Caller, Refused>
     Ok(caller)
 }
 
+/// Serves one checkpoint request, by the flow: admit it, reserve what the
+/// dump holds, let CRIU dump with the tree frozen, conclude, deliver the
+/// answer, tidy up.
 pub(super) async fn checkpoint(
     shared: &Shared,
     peer: Peer,
@@ -67,74 +71,41 @@ pub(super) async fn checkpoint(
     dir: OwnedFd,
 ) {
     let received = Instant::now();
-    let caller = match admit(shared, &peer, &dir) {
-        Ok(caller) => caller,
+    let (caller, shell_job) = match admit_request(shared, &peer, &dir, options).await {
+        Ok(admitted) => admitted,
         Err(refused) => {
             log::info!("pid {} uid {}: refused: {refused:?}", peer.pid, peer.uid);
             return send(&stream, &refused.into()).await;
         }
     };
-    let shell_job = match peer.session_id() {
-        Ok(0) => {
-            let m = "your session leader is outside the service's pid namespace, and CRIU \
-                     cannot dump such a process; start the program in a session of its own \
-                     (`setsid`)";
-            return send(&stream, &Refused::new(RefusalKind::Unsupported, m).into()).await;
-        }
-        Ok(sid) => sid != peer.pid,
-        Err(e) => {
-            let m = format!("cannot read your process state: {e}");
-            return send(&stream, &Refused::not_permitted(m).into()).await;
-        }
+    let mut reservation = match Reservation::take(shared, &peer, &caller) {
+        Ok(reservation) => reservation,
+        Err(answer) => return send(&stream, &answer).await,
     };
-    if options.pre_dump {
-        let refused = Refused::new(RefusalKind::Unsupported, pre_dump_refusal(shared).await);
-        return send(&stream, &refused.into()).await;
-    }
-    let Some(_permit) = shared.dumps.try_acquire_arc() else {
-        let m = format!(
-            "{} dumps are already running; retry later",
-            shared.config.max_dumps
-        );
-        return send(&stream, &Refused::busy(m).into()).await;
-    };
-    let per_uid = shared.config.max_dumps_per_uid;
-    let Some(_uid_slot) = UidSlot::take(&shared.dumps_per_uid, caller.uid(), per_uid) else {
-        let m = format!(
-            "uid {} already has {} dumps running (the per-uid limit); retry later",
-            caller.uid(),
-            shared.config.max_dumps_per_uid
-        );
-        return send(&stream, &Refused::busy(m).into()).await;
-    };
-    let job = match shared.jobs.start(&peer) {
-        Ok(job) => job,
-        Err(e) => {
-            let failed = Outcome::failed(None, format!("cannot start a job: {e}"));
-            return send(&stream, &failed.into()).await;
-        }
-    };
+    let job = reservation.job.id;
     let images_dir = dir.try_clone().ok();
-    let creds = CallerCreds::of(&caller);
-    let job_id = job.id;
-    let key = shared.key.clone();
-    let staging = match blocking::unblock(move || Staging::create(dir, job_id, creds, key)).await {
-        Ok(staging) => staging,
-        Err(e) => {
-            shared.jobs.remove(job.id);
-            let m = format!("cannot create a directory in the images directory: {e}");
-            return send(&stream, &Refused::bad_directory(m).into()).await;
+    let (staging, criu_dir) = match stage(shared, job, &caller, dir).await {
+        Ok(staged) => staged,
+        Err(answer) => {
+            reservation.release_job();
+            return send(&stream, &answer).await;
         }
     };
-    // CRIU reaches the staging directory through this fd while `staging`
-    // moves in and out of the file-work threads.
-    let criu_dir = match staging.dir().try_clone_to_owned() {
-        Ok(fd) => fd,
-        Err(e) => {
-            shared.jobs.remove(job.id);
-            let failed = Outcome::failed(Some(job.id), format!("cannot start a job: {e}"));
-            return send(&stream, &failed.into()).await;
-        }
+    log::info!(
+        "job {job}: dumping pid {} (uid {}) {options:?} shell_job={shell_job}",
+        peer.pid,
+        caller.uid()
+    );
+    log::debug!("job {job}: checks done at {:?}", received.elapsed());
+    let mut hooks = Hooks {
+        peer: &peer,
+        caller: &caller,
+        job,
+        reply: ReplyTo::Connection(stream),
+        staging: Lent(Some(staging)),
+        meta: image_meta(&peer, &caller, job, options, shell_job),
+        save_before_exit: !options.leave_running,
+        saved: None,
     };
     let spec = DumpSpec {
         pid: peer.pid,
@@ -142,85 +113,185 @@ pub(super) async fn checkpoint(
         options,
         shell_job,
     };
-    log::info!(
-        "job {}: dumping pid {} (uid {}) {options:?} shell_job={shell_job}",
-        job.id,
-        peer.pid,
-        caller.uid()
-    );
-    log::debug!("job {}: checks done at {:?}", job.id, received.elapsed());
-    let mut hooks = Hooks {
-        peer: &peer,
-        caller: &caller,
-        job: job.id,
-        connection: Some(stream),
-        staging: Some(staging),
-        meta: ImageMeta {
-            protocol: PROTOCOL_VERSION,
-            job: job.id,
-            pid: peer.pid,
-            uid: caller.uid(),
-            shell_job,
-            tcp_established: options.tcp_established,
-            file_locks: options.file_locks,
-            ext_unix_sk: options.ext_unix_sk,
-            gid: caller.gids[1],
-            groups: caller.groups.clone(),
-            ..ImageMeta::default()
-        },
-        save_before_exit: !options.leave_running,
-        saved: None,
-    };
-    let dumped = match shared.workers.take() {
-        Ok(worker) => {
-            worker
-                .dump(&spec, shared.config.dump_timeout, &mut hooks)
-                .await
-        }
-        Err(e) => Err(EngineError::Io(e)),
-    };
+    let dumped = freeze(shared, &spec, &mut hooks).await;
     drop(criu_dir);
-    log::debug!("job {}: criu done at {:?}", job.id, received.elapsed());
+    log::debug!("job {job}: criu done at {:?}", received.elapsed());
+    let reply = std::mem::replace(&mut hooks.reply, ReplyTo::Job);
+    let outcome = conclude(hooks, dumped, job, caller.uid(), received).await;
+    log::info!("job {job}: {}", outcome.summary());
+    deliver(&mut reservation, reply, outcome).await;
+    tidy(shared, images_dir, job);
+}
 
+/// Checks a checkpoint request before anything is reserved for it: the
+/// caller ([`admit`]), its session, the options. `Ok` carries the caller
+/// and whether it is a shell job (it does not lead its session).
+async fn admit_request(
+    shared: &Shared,
+    peer: &Peer,
+    dir: &OwnedFd,
+    options: DumpOptions,
+) -> Result<(Caller, bool), Refused> {
+    let caller = admit(shared, peer, dir)?;
+    let shell_job = match peer.session_id() {
+        Ok(0) => {
+            let m = "your session leader is outside the service's pid namespace, and CRIU \
+                     cannot dump such a process; start the program in a session of its own \
+                     (`setsid`)";
+            return Err(Refused::new(RefusalKind::Unsupported, m));
+        }
+        Ok(sid) => sid != peer.pid,
+        Err(e) => {
+            let m = format!("cannot read your process state: {e}");
+            return Err(Refused::not_permitted(m));
+        }
+    };
+    if options.pre_dump {
+        let m = pre_dump_refusal(shared).await;
+        return Err(Refused::new(RefusalKind::Unsupported, m));
+    }
+    Ok((caller, shell_job))
+}
+
+/// What a dump holds while it runs: a dump slot, one of its uid's slots
+/// and its job. Dropped, it gives them back, and takes the job out of the
+/// table unless the answer went to the job ([`deliver`]).
+struct Reservation<'a> {
+    jobs: &'a Jobs,
+    job: Running,
+    _permit: async_lock::SemaphoreGuardArc,
+    _uid_slot: UidSlot,
+    /// The job is out of the table, or holds the answer its caller
+    /// collects: nothing is left for the drop to do.
+    settled: bool,
+}
+
+impl<'a> Reservation<'a> {
+    /// The slots and the job, or the answer to send instead.
+    fn take(shared: &'a Shared, peer: &Peer, caller: &Caller) -> Result<Self, Response> {
+        let Some(permit) = shared.dumps.try_acquire_arc() else {
+            let m = format!(
+                "{} dumps are already running; retry later",
+                shared.config.max_dumps
+            );
+            return Err(Refused::busy(m).into());
+        };
+        let per_uid = shared.config.max_dumps_per_uid;
+        let Some(uid_slot) = UidSlot::take(&shared.dumps_per_uid, caller.uid(), per_uid) else {
+            let m = format!(
+                "uid {} already has {} dumps running (the per-uid limit); retry later",
+                caller.uid(),
+                shared.config.max_dumps_per_uid
+            );
+            return Err(Refused::busy(m).into());
+        };
+        let job = shared
+            .jobs
+            .start(peer)
+            .map_err(|e| Outcome::failed(None, format!("cannot start a job: {e}")))?;
+        Ok(Self {
+            jobs: &shared.jobs,
+            job,
+            _permit: permit,
+            _uid_slot: uid_slot,
+            settled: false,
+        })
+    }
+
+    /// Takes the job out of the table now: its answer goes to the
+    /// caller's connection, and no one will ask the job for it.
+    fn release_job(&mut self) {
+        self.jobs.remove(self.job.id);
+        self.settled = true;
+    }
+}
+
+impl Drop for Reservation<'_> {
+    fn drop(&mut self) {
+        if !self.settled {
+            self.jobs.remove(self.job.id);
+        }
+    }
+}
+
+/// The job's staging directory in the caller's images directory, and the
+/// fd through which CRIU reaches it (while `Staging` moves in and out of
+/// the file-work threads); or the answer to send instead.
+async fn stage(
+    shared: &Shared,
+    job: JobId,
+    caller: &Caller,
+    dir: OwnedFd,
+) -> Result<(Staging, OwnedFd), Response> {
+    let creds = CallerCreds::of(caller);
+    let key = shared.key.clone();
+    let staging = blocking::unblock(move || Staging::create(dir, job, creds, key))
+        .await
+        .map_err(|e| {
+            Refused::bad_directory(format!(
+                "cannot create a directory in the images directory: {e}"
+            ))
+        })?;
+    let criu_dir = staging
+        .dir()
+        .try_clone_to_owned()
+        .map_err(|e| Outcome::failed(Some(job), format!("cannot start a job: {e}")))?;
+    Ok((staging, criu_dir))
+}
+
+/// What the images record about the dump.
+fn image_meta(
+    peer: &Peer,
+    caller: &Caller,
+    job: JobId,
+    options: DumpOptions,
+    shell_job: bool,
+) -> ImageMeta {
+    ImageMeta {
+        protocol: PROTOCOL_VERSION,
+        job,
+        pid: peer.pid,
+        uid: caller.uid(),
+        shell_job,
+        tcp_established: options.tcp_established,
+        file_locks: options.file_locks,
+        ext_unix_sk: options.ext_unix_sk,
+        gid: caller.gids[1],
+        groups: caller.groups.clone(),
+        ..ImageMeta::default()
+    }
+}
+
+/// CRIU dumps the tree, calling `hooks` while it is frozen.
+async fn freeze(
+    shared: &Shared,
+    spec: &DumpSpec<'_>,
+    hooks: &mut Hooks<'_>,
+) -> Result<Dumped, EngineError> {
+    match shared.workers.take() {
+        Ok(worker) => worker.dump(spec, shared.config.dump_timeout, hooks).await,
+        Err(e) => Err(EngineError::Io(e)),
+    }
+}
+
+/// Publishes the images of a dump that succeeded, or discards what a
+/// failed one left (keeping CRIU's log for the caller): the outcome.
+async fn conclude(
+    hooks: Hooks<'_>,
+    dumped: Result<Dumped, EngineError>,
+    job: JobId,
+    uid: u32,
+    received: Instant,
+) -> Outcome {
     let Hooks {
-        connection,
         staging,
         meta,
         saved,
         ..
     } = hooks;
-    let staging = staging.expect("the hooks give the staging directory back");
-    let answer = match dumped {
-        Ok(dumped) => {
-            let published = blocking::unblock(move || staging.publish(&meta)).await;
-            log::debug!(
-                "job {}: images published at {:?}",
-                job.id,
-                received.elapsed()
-            );
-            match published {
-                Ok(published) => {
-                    let published = saved.unwrap_or_default().and(published);
-                    let stats = published.stats.clone().unwrap_or_default();
-                    Outcome::Dumped(DumpReport {
-                        job: job.id,
-                        frozen_us: stats.frozen_time.into(),
-                        freezing_us: stats.freezing_time.into(),
-                        memdump_us: stats.memdump_time.into(),
-                        total_us: received.elapsed().as_micros() as u64,
-                        sync_us: published.sync_us,
-                        service_frozen_us: dumped.service_frozen.as_micros() as u64,
-                        pages_written: stats.pages_written,
-                        bytes_written: published.bytes,
-                        processes: published.processes,
-                    })
-                }
-                Err(e) => Outcome::failed(
-                    Some(job.id),
-                    format!("dump succeeded but saving the images failed: {e}"),
-                ),
-            }
-        }
+    let staging = staging.into_inner();
+    let dumped = match dumped {
+        Ok(dumped) => dumped,
         Err(e) => {
             let (log_file, logged) = blocking::unblock(move || staging.discard()).await;
             let message = match (&e, logged) {
@@ -232,33 +303,97 @@ pub(super) async fn checkpoint(
                             .as_deref()
                             .or(errmsg.as_deref())
                             .unwrap_or("no error logged"),
-                        caller.uid()
+                        uid
                     )
                 ),
                 _ => e.to_string(),
             };
-            Outcome::Failed {
-                job: Some(job.id),
+            return Outcome::Failed {
+                job: Some(job),
                 message,
                 log_file,
-            }
+            };
         }
     };
-    log::info!("job {}: {}", job.id, answer.summary());
-    match connection {
-        // CRIU failed before the freeze: the caller still waits on this connection.
-        Some(stream) => {
-            shared.jobs.remove(job.id);
-            send(&stream, &answer.into()).await;
+    let published = blocking::unblock(move || staging.publish(&meta)).await;
+    log::debug!("job {job}: images published at {:?}", received.elapsed());
+    match published {
+        Ok(published) => {
+            let published = saved.unwrap_or_default().and(published);
+            let stats = published.stats.clone().unwrap_or_default();
+            Outcome::Dumped(DumpReport {
+                job,
+                frozen_us: stats.frozen_time.into(),
+                freezing_us: stats.freezing_time.into(),
+                memdump_us: stats.memdump_time.into(),
+                total_us: received.elapsed().as_micros() as u64,
+                sync_us: published.sync_us,
+                service_frozen_us: dumped.service_frozen.as_micros() as u64,
+                pages_written: stats.pages_written,
+                bytes_written: published.bytes,
+                processes: published.processes,
+            })
         }
-        None => job.finish(answer),
+        Err(e) => Outcome::failed(
+            Some(job),
+            format!("dump succeeded but saving the images failed: {e}"),
+        ),
     }
-    // after the answer: the next dump finds a worker ready, and what a
-    // service that died left in this directory goes
+}
+
+/// Where a dump's answer goes.
+enum ReplyTo {
+    /// The caller still waits on its connection: CRIU failed before the
+    /// freeze, or the freeze was vetoed.
+    Connection(Async<UnixStream>),
+    /// The connection was closed at the freeze: the caller asks for the
+    /// job's result on a new one.
+    Job,
+}
+
+/// Gives the answer to whoever waits for it.
+async fn deliver(reservation: &mut Reservation<'_>, reply: ReplyTo, outcome: Outcome) {
+    match reply {
+        ReplyTo::Connection(stream) => {
+            reservation.release_job();
+            send(&stream, &outcome.into()).await;
+        }
+        ReplyTo::Job => {
+            reservation.job.finish(outcome);
+            reservation.settled = true;
+        }
+    }
+}
+
+/// After the answer: the next dump finds a worker ready, and what a
+/// service that died left in this directory goes.
+fn tidy(shared: &Shared, images_dir: Option<OwnedFd>, job: JobId) {
     shared.workers.refill();
     if let Some(images_dir) = images_dir {
-        let own = format!("{:016x}", job.id.service);
+        let own = format!("{:016x}", job.service);
         blocking::unblock(move || leftovers::remove_stale_staging(&images_dir, &own)).detach();
+    }
+}
+
+/// A value lent to the file-work threads and given back: the staging
+/// directory between CRIU's notifications.
+struct Lent<T>(Option<T>);
+
+impl<T: Send + 'static> Lent<T> {
+    /// Runs `f` on the value on a file-work thread.
+    async fn with<R: Send + 'static>(&mut self, f: impl FnOnce(&mut T) -> R + Send + 'static) -> R {
+        let mut value = self.0.take().expect("given back after every loan");
+        let (value, r) = blocking::unblock(move || {
+            let r = f(&mut value);
+            (value, r)
+        })
+        .await;
+        self.0 = Some(value);
+        r
+    }
+
+    fn into_inner(self) -> T {
+        self.0.expect("given back after every loan")
     }
 }
 
@@ -267,11 +402,11 @@ struct Hooks<'a> {
     peer: &'a Peer,
     caller: &'a Caller,
     job: JobId,
-    /// The caller's connection, until it is closed at the freeze (kept
-    /// when the freeze is vetoed: the caller then reads the error on it).
-    connection: Option<Async<UnixStream>>,
-    /// Lent to the file-work threads while images are saved.
-    staging: Option<Staging>,
+    /// Where the answer goes: the caller's connection until it is closed
+    /// at the freeze (kept when the freeze is vetoed: the caller then
+    /// reads the error on it), then the job.
+    reply: ReplyTo,
+    staging: Lent<Staging>,
     meta: ImageMeta,
     /// "Exit after dump": CRIU ends the tree after `post-dump`, so the images
     /// are saved before that, or the tree is kept alive.
@@ -281,7 +416,9 @@ struct Hooks<'a> {
 
 impl DumpHooks for Hooks<'_> {
     async fn frozen(&mut self) -> FrozenVerdict {
-        let stream = self.connection.take().expect("the freeze comes once");
+        let ReplyTo::Connection(stream) = std::mem::replace(&mut self.reply, ReplyTo::Job) else {
+            return FrozenVerdict::Veto("criu announced the freeze twice".into());
+        };
         match at_freeze(self.peer, self.caller, &stream, self.job).await {
             Ok(()) => {
                 without_forks(|| drop(stream));
@@ -289,7 +426,7 @@ impl DumpHooks for Hooks<'_> {
             }
             Err(why) => {
                 log::warn!("job {}: vetoed at the freeze: {why}", self.job);
-                self.connection = Some(stream);
+                self.reply = ReplyTo::Connection(stream);
                 FrozenVerdict::Veto(why)
             }
         }
@@ -299,15 +436,8 @@ impl DumpHooks for Hooks<'_> {
         if !self.save_before_exit {
             return FrozenVerdict::Proceed;
         }
-        let mut staging = self.staging.take().expect("staging is home between hooks");
         let meta = self.meta.clone();
-        let (staging, saved) = blocking::unblock(move || {
-            let saved = staging.save(&meta);
-            (staging, saved)
-        })
-        .await;
-        self.staging = Some(staging);
-        match saved {
+        match self.staging.with(move |staging| staging.save(&meta)).await {
             Ok(saved) => {
                 self.saved = Some(saved);
                 FrozenVerdict::Proceed
