@@ -10,6 +10,7 @@ use crate::proto::{
 use async_io::{Async, Timer};
 use futures_lite::FutureExt;
 use std::collections::HashMap;
+use std::os::fd::OwnedFd;
 use std::os::unix::net::UnixStream;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -82,8 +83,20 @@ pub(super) async fn handle(shared: Arc<Shared>, stream: Async<UnixStream>) {
             return;
         }
     };
+    if let Some((request, fds)) = read_request(&shared, &peer, &stream).await {
+        dispatch(&shared, peer, stream, request, fds).await;
+    }
+}
+
+/// Reads the connection's one request within the request timeout, and
+/// answers what is wrong with it itself (`None` then).
+async fn read_request(
+    shared: &Shared,
+    peer: &Peer,
+    stream: &Async<UnixStream>,
+) -> Option<(Request, Vec<OwnedFd>)> {
     let timeout = shared.config.request_timeout;
-    let read = async { read_frame(&stream).await };
+    let read = async { read_frame(stream).await };
     let limit = async {
         Timer::after(timeout).await;
         Err(FrameError::Io(std::io::Error::new(
@@ -93,22 +106,22 @@ pub(super) async fn handle(shared: Arc<Shared>, stream: Async<UnixStream>) {
     };
     let frame = match read.or(limit).await {
         Ok(Some(frame)) => frame,
-        Ok(None) => return,
+        Ok(None) => return None,
         // the kernel also truncates the fds of a message when the
         // receiver has no fd left for them: that is not the client's fault
-        Err(FrameError::ControlTruncated) if out_of_fds(&stream) => {
+        Err(FrameError::ControlTruncated) if out_of_fds(stream) => {
             rate_limited_warning(format_args!(
                 "pid {}: cannot receive its fds: the service is out of fds",
                 peer.pid
             ));
             let m = "the selfdump service is out of file descriptors; retry later";
-            send(&stream, &refusal(RefusalKind::Busy, m)).await;
-            return;
+            send(stream, &refusal(RefusalKind::Busy, m)).await;
+            return None;
         }
         Err(e) => {
             log::info!("pid {} uid {}: bad request: {e}", peer.pid, peer.uid);
-            send(&stream, &refusal(RefusalKind::BadRequest, e.to_string())).await;
-            return;
+            send(stream, &refusal(RefusalKind::BadRequest, e.to_string())).await;
+            return None;
         }
     };
     if frame.header.version != PROTOCOL_VERSION {
@@ -118,45 +131,61 @@ pub(super) async fn handle(shared: Arc<Shared>, stream: Async<UnixStream>) {
             frame.header.version
         );
         let answer = proto::encode_mismatch_frame(frame.header.version);
-        let _ = write_frame(&stream, &answer, &[])
+        let _ = write_frame(stream, &answer, &[])
             .or(async {
                 Timer::after(ANSWER_TIMEOUT).await;
                 Ok(())
             })
             .await;
-        return;
+        return None;
     }
-    let request: Request = match proto::decode_body(frame.header, &frame.body) {
-        Ok(request) => request,
+    match proto::decode_body(frame.header, &frame.body) {
+        Ok(request) => Some((request, frame.fds)),
         Err(e) => {
             log::info!("pid {}: malformed request: {e}", peer.pid);
-            send(&stream, &refusal(RefusalKind::BadRequest, e.to_string())).await;
-            return;
+            send(stream, &refusal(RefusalKind::BadRequest, e.to_string())).await;
+            None
         }
-    };
-    let mut fds = frame.fds;
+    }
+}
+
+/// The one fd a request must carry, or why it is refused (`what` names
+/// the request).
+fn one_fd(mut fds: Vec<OwnedFd>, what: &str) -> Result<OwnedFd, Refused> {
+    if fds.len() != 1 {
+        let e = if fds.is_empty() {
+            FrameError::MissingFd
+        } else {
+            FrameError::UnexpectedFds(fds.len())
+        };
+        return Err(Refused::new(
+            RefusalKind::BadRequest,
+            format!("{what} request: {e}"),
+        ));
+    }
+    Ok(fds.pop().expect("one fd"))
+}
+
+/// Serves a well-formed request.
+async fn dispatch(
+    shared: &Shared,
+    peer: Peer,
+    stream: Async<UnixStream>,
+    request: Request,
+    fds: Vec<OwnedFd>,
+) {
     match request {
         Request::Checkpoint(options) => {
-            if fds.len() != 1 {
-                let e = if fds.is_empty() {
-                    FrameError::MissingFd
-                } else {
-                    FrameError::UnexpectedFds(fds.len())
-                };
-                send(
-                    &stream,
-                    &refusal(RefusalKind::BadRequest, format!("checkpoint request: {e}")),
-                )
-                .await;
-                return;
-            }
+            let dir = match one_fd(fds, "checkpoint") {
+                Ok(dir) => dir,
+                Err(refused) => return send(&stream, &refused.into()).await,
+            };
             if shared.stop.is_requested() {
                 log::info!("pid {}: refused, shutting down", peer.pid);
                 send(&stream, &shutting_down()).await;
                 return;
             }
-            let dir = fds.pop().expect("one fd");
-            super::dump::checkpoint(&shared, peer, stream, options, dir).await;
+            super::dump::checkpoint(shared, peer, stream, options, dir).await;
         }
         Request::Result(job) => {
             if !fds.is_empty() {
@@ -175,22 +204,15 @@ pub(super) async fn handle(shared: Arc<Shared>, stream: Async<UnixStream>) {
             send(&stream, &answer).await;
         }
         Request::Restore(request) => {
-            if fds.len() != 1 {
-                let e = if fds.is_empty() {
-                    FrameError::MissingFd
-                } else {
-                    FrameError::UnexpectedFds(fds.len())
-                };
-                let m = format!("restore request: {e}");
-                send(&stream, &refusal(RefusalKind::BadRequest, m)).await;
-                return;
-            }
+            let dir = match one_fd(fds, "restore") {
+                Ok(dir) => dir,
+                Err(refused) => return send(&stream, &refused.into()).await,
+            };
             if shared.stop.is_requested() {
                 send(&stream, &shutting_down()).await;
                 return;
             }
-            let dir = fds.pop().expect("one fd");
-            super::restoring::serve(&shared, peer, stream, request, dir).await;
+            super::restoring::serve(shared, peer, stream, request, dir).await;
         }
     }
 }
