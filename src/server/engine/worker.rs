@@ -215,27 +215,13 @@ impl Worker {
         hooks: &mut impl DumpHooks,
         started: std::time::Instant,
     ) -> Result<Dumped, EngineError> {
-        let opts = CriuOpts {
-            images_dir_fd: spec.images_dir.as_fd().as_raw_fd(),
-            pid: Some(spec.pid),
-            leave_running: Some(spec.options.leave_running),
-            ext_unix_sk: Some(spec.options.ext_unix_sk),
-            tcp_established: Some(spec.options.tcp_established),
-            shell_job: Some(spec.shell_job),
-            file_locks: Some(spec.options.file_locks),
-            log_level: Some(self.log_level),
-            log_file: Some(DUMP_LOG.into()),
-            notify_scripts: Some(true),
-        };
         self.send(&CriuReq {
             r#type: req_type::DUMP,
-            opts: Some(opts),
+            opts: Some(self.dump_opts(spec)),
             ..Default::default()
         })
         .await?;
-        let mut frozen = false;
-        let mut veto = None;
-        let mut dumped = Dumped::default();
+        let mut state = DumpState::default();
         loop {
             let resp = self.recv().await?;
             match resp.r#type {
@@ -246,28 +232,7 @@ impl Worker {
                         spec.pid,
                         started.elapsed()
                     );
-                    let answering = std::time::Instant::now();
-                    let verdict = match script.as_str() {
-                        "query-ext-files" if !frozen => {
-                            frozen = true;
-                            hooks.frozen().await
-                        }
-                        "post-dump" if frozen && veto.is_none() => hooks.images_written().await,
-                        _ => FrozenVerdict::Proceed,
-                    };
-                    // The clock stops when the answer is decided, not after
-                    // the send returns: the send wakes CRIU, which may run
-                    // on this CPU before the send returns here, and that time
-                    // is CRIU's, not the service's.
-                    if frozen {
-                        dumped.service_frozen += answering.elapsed();
-                    }
-                    if let FrozenVerdict::Veto(why) = verdict {
-                        veto.get_or_insert(why);
-                        self.ack(false).await?;
-                    } else {
-                        self.ack(true).await?;
-                    }
+                    self.answer(&script, hooks, &mut state).await?;
                 }
                 req_type::DUMP => {
                     log::debug!(
@@ -275,20 +240,7 @@ impl Worker {
                         spec.pid,
                         started.elapsed()
                     );
-                    if let Some(why) = veto {
-                        return Err(EngineError::Vetoed(why));
-                    }
-                    if !frozen && resp.success {
-                        return Err(EngineError::Protocol(
-                            "criu finished without the query-ext-files notification (criu < 3.19?)"
-                                .into(),
-                        ));
-                    }
-                    return if resp.success {
-                        Ok(dumped)
-                    } else {
-                        Err(EngineError::Failed(resp.cr_errmsg))
-                    };
+                    return state.result(&resp);
                 }
                 other => {
                     return Err(EngineError::Protocol(format!(
@@ -296,6 +248,82 @@ impl Worker {
                     )));
                 }
             }
+        }
+    }
+
+    /// CRIU's options for dumping `spec`.
+    fn dump_opts(&self, spec: &DumpSpec<'_>) -> CriuOpts {
+        CriuOpts {
+            images_dir_fd: spec.images_dir.as_fd().as_raw_fd(),
+            pid: Some(spec.pid),
+            leave_running: Some(spec.options.leave_running),
+            ext_unix_sk: Some(spec.options.ext_unix_sk),
+            tcp_established: Some(spec.options.tcp_established),
+            shell_job: Some(spec.shell_job),
+            file_locks: Some(spec.options.file_locks),
+            log_level: Some(self.log_level),
+            log_file: Some(DUMP_LOG.into()),
+            notify_scripts: Some(true),
+        }
+    }
+
+    /// Answers one of CRIU's notifications, calling the hook it is for.
+    async fn answer(
+        &self,
+        script: &str,
+        hooks: &mut impl DumpHooks,
+        state: &mut DumpState,
+    ) -> Result<(), EngineError> {
+        let answering = std::time::Instant::now();
+        let verdict = match script {
+            "query-ext-files" if !state.frozen => {
+                state.frozen = true;
+                hooks.frozen().await
+            }
+            "post-dump" if state.frozen && state.veto.is_none() => hooks.images_written().await,
+            _ => FrozenVerdict::Proceed,
+        };
+        // The clock stops when the answer is decided, not after the send
+        // returns: the send wakes CRIU, which may run on this CPU before
+        // the send returns here, and that time is CRIU's, not the service's.
+        if state.frozen {
+            state.dumped.service_frozen += answering.elapsed();
+        }
+        if let FrozenVerdict::Veto(why) = verdict {
+            state.veto.get_or_insert(why);
+            self.ack(false).await?;
+        } else {
+            self.ack(true).await?;
+        }
+        Ok(())
+    }
+}
+
+/// Where a dump stands between CRIU's messages.
+#[derive(Default)]
+struct DumpState {
+    /// CRIU announced the freeze (`query-ext-files`).
+    frozen: bool,
+    /// A hook's veto, the first one.
+    veto: Option<String>,
+    dumped: Dumped,
+}
+
+impl DumpState {
+    /// The dump's result, from CRIU's final answer.
+    fn result(self, resp: &CriuResp) -> Result<Dumped, EngineError> {
+        if let Some(why) = self.veto {
+            return Err(EngineError::Vetoed(why));
+        }
+        if !self.frozen && resp.success {
+            return Err(EngineError::Protocol(
+                "criu finished without the query-ext-files notification (criu < 3.19?)".into(),
+            ));
+        }
+        if resp.success {
+            Ok(self.dumped)
+        } else {
+            Err(EngineError::Failed(resp.cr_errmsg.clone()))
         }
     }
 }
