@@ -294,23 +294,9 @@ async fn conclude(
         Ok(dumped) => dumped,
         Err(e) => {
             let (log_file, logged) = blocking::unblock(move || staging.discard()).await;
-            let message = match (&e, logged) {
-                // a capability the service lacks is named first
-                (EngineError::Failed(errmsg), logged) => format!(
-                    "criu dump failed: {}",
-                    super::caps::explain_dump_failure(
-                        logged
-                            .as_deref()
-                            .or(errmsg.as_deref())
-                            .unwrap_or("no error logged"),
-                        uid
-                    )
-                ),
-                _ => e.to_string(),
-            };
             return Outcome::Failed {
                 job: Some(job),
-                message,
+                message: failure_message(&e, logged, uid),
                 log_file,
             };
         }
@@ -338,6 +324,24 @@ async fn conclude(
             Some(job),
             format!("dump succeeded but saving the images failed: {e}"),
         ),
+    }
+}
+
+/// Why a dump failed, for its caller: CRIU's first logged error (`logged`)
+/// or message, with a capability the service lacks named first.
+fn failure_message(e: &EngineError, logged: Option<String>, uid: u32) -> String {
+    match e {
+        EngineError::Failed(errmsg) => format!(
+            "criu dump failed: {}",
+            super::caps::explain_dump_failure(
+                logged
+                    .as_deref()
+                    .or(errmsg.as_deref())
+                    .unwrap_or("no error logged"),
+                uid
+            )
+        ),
+        _ => e.to_string(),
     }
 }
 

@@ -47,7 +47,7 @@ pub use shutdown::ShutdownHandle;
 use async_io::{Async, Timer};
 use futures_lite::FutureExt;
 use std::future::Future;
-use std::os::unix::net::UnixListener;
+use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
@@ -184,49 +184,56 @@ impl Server {
                     continue;
                 }
             };
-            if self.shared.stop.is_requested() && !self.shared.is_expected(&stream) {
-                // Not counted: the drain does not wait for newcomers.
-                executor
-                    .spawn(connection::refuse_shutting_down(stream))
-                    .detach();
-                continue;
-            }
-            let task = self.shared.task();
-            let uid_slot = match connection::uid_slot(&self.shared, &stream) {
-                Ok(uid_slot) => uid_slot,
-                Err(busy) => {
-                    executor
-                        .spawn(async move {
-                            connection::send(&stream, &busy.into()).await;
-                            drop(task);
-                        })
-                        .detach();
-                    continue;
-                }
-            };
-            // root is not held to the global cap (only to its per-uid one):
-            // no flood of other users keeps it out
-            let slot = self.shared.connections.try_acquire_arc();
-            let root = uid_slot.as_ref().is_some_and(|s| s.uid() == 0);
-            if slot.is_none() && !root {
+            self.spawn_connection(executor, stream);
+        }
+    }
+
+    /// Gives an accepted connection its task on `executor`: served if the
+    /// limits have room for it (and, once a stop is requested, if its
+    /// caller may be coming for a dump's result), else refused.
+    fn spawn_connection(&self, executor: &async_executor::Executor<'_>, stream: Async<UnixStream>) {
+        if self.shared.stop.is_requested() && !self.shared.is_expected(&stream) {
+            // Not counted: the drain does not wait for newcomers.
+            executor
+                .spawn(connection::refuse_shutting_down(stream))
+                .detach();
+            return;
+        }
+        let task = self.shared.task();
+        let uid_slot = match connection::uid_slot(&self.shared, &stream) {
+            Ok(uid_slot) => uid_slot,
+            Err(busy) => {
                 executor
                     .spawn(async move {
-                        connection::refuse_busy(stream).await;
+                        connection::send(&stream, &busy.into()).await;
                         drop(task);
                     })
                     .detach();
-                continue;
+                return;
             }
-            let shared = self.shared.clone();
+        };
+        // root is not held to the global cap (only to its per-uid one):
+        // no flood of other users keeps it out
+        let slot = self.shared.connections.try_acquire_arc();
+        let root = uid_slot.as_ref().is_some_and(|s| s.uid() == 0);
+        if slot.is_none() && !root {
             executor
                 .spawn(async move {
-                    connection::handle(shared, stream).await;
-                    drop(slot);
-                    drop(uid_slot);
+                    connection::refuse_busy(stream).await;
                     drop(task);
                 })
                 .detach();
+            return;
         }
+        let shared = self.shared.clone();
+        executor
+            .spawn(async move {
+                connection::handle(shared, stream).await;
+                drop(slot);
+                drop(uid_slot);
+                drop(task);
+            })
+            .detach();
     }
 }
 
