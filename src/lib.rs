@@ -52,7 +52,10 @@
 #![deny(missing_docs)]
 
 #[cfg(any(feature = "client", feature = "server"))]
-mod procstat;
+mod procfs;
+/// The `/proc/<pid>/stat` fields, under their former name (the restore code).
+#[cfg(feature = "server")]
+use procfs as procstat;
 pub mod proto;
 
 #[cfg(feature = "client")]

@@ -59,13 +59,12 @@ impl Owner {
     /// The identity of `peer`, read while its pidfd shows it alive.
     fn of(peer: &Peer) -> std::io::Result<Self> {
         let stat = peer.read_proc("stat")?;
-        let start =
-            crate::procstat::field(&stat, crate::procstat::START_TIME).ok_or_else(|| {
-                std::io::Error::new(
-                    std::io::ErrorKind::InvalidData,
-                    "unreadable /proc/<pid>/stat",
-                )
-            })?;
+        let start = crate::procfs::field(&stat, crate::procfs::START_TIME).ok_or_else(|| {
+            std::io::Error::new(
+                std::io::ErrorKind::InvalidData,
+                "unreadable /proc/<pid>/stat",
+            )
+        })?;
         let ino = rustix::fs::fstat(peer.pidfd.as_fd())?.st_ino;
         Ok(Self {
             pid: peer.pid,
@@ -78,11 +77,11 @@ impl Owner {
     /// Whether the process still runs: a process with its pid and start
     /// time exists (a zombie counts as gone).
     fn is_alive(&self) -> bool {
-        let Ok(stat) = std::fs::read_to_string(format!("/proc/{}/stat", self.pid)) else {
+        let Ok(stat) = crate::procfs::read_of(self.pid, "stat") else {
             return false;
         };
-        crate::procstat::field::<u64>(&stat, crate::procstat::START_TIME) == Some(self.start)
-            && crate::procstat::field::<char>(&stat, crate::procstat::STATE)
+        crate::procfs::field::<u64>(&stat, crate::procfs::START_TIME) == Some(self.start)
+            && crate::procfs::field::<char>(&stat, crate::procfs::STATE)
                 .is_some_and(|s| s != 'Z' && s != 'X')
     }
 }

@@ -79,7 +79,7 @@ impl Peer {
     /// reports the same 0, which rustix's `Pid` cannot hold).
     pub fn session_id(&self) -> io::Result<i32> {
         let stat = self.read_proc("stat")?;
-        crate::procstat::field(&stat, crate::procstat::SESSION).ok_or_else(|| {
+        crate::procfs::field(&stat, crate::procfs::SESSION).ok_or_else(|| {
             io::Error::new(io::ErrorKind::InvalidData, "unreadable /proc/<pid>/stat")
         })
     }
@@ -87,7 +87,7 @@ impl Peer {
     /// Reads `/proc/<pid>/<file>` of the caller; fails if the caller exited
     /// meanwhile (the pid might name another process by now).
     pub fn read_proc(&self, file: &str) -> io::Result<String> {
-        let text = std::fs::read_to_string(format!("/proc/{}/{file}", self.pid))?;
+        let text = crate::procfs::read_of(self.pid, file)?;
         self.checked(text)
     }
 
