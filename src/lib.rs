@@ -5,11 +5,14 @@
 //! - `client` (default): [`checkpoint`], [`Options`], [`Outcome`];
 //!   [`blocking::checkpoint`] for programs without an executor;
 //!   [`Hooks`] and [`Resource`] around a checkpoint; [`preflight()`] and
-//!   [`preflight::Preflight`].
+//!   [`preflight::Preflight`]; [`isolate::Isolated`] to start a program in a
+//!   pid namespace of its own (`selfdump run`), whose images restore as
+//!   many copies at once.
 //! - `server` (default): [`server::Server`], the CRIU engine, restore helpers
-//!   ([`server::restore`]) and systemd integration ([`server::systemd`]).
+//!   ([`server::restore`], [`server::copies`] for many copies at once) and
+//!   systemd integration ([`server::systemd`]).
 //! - `cli` (default, needs both): the `selfdump` binary (`serve`, `restore`,
-//!   `check`).
+//!   `run`, `check`).
 //!
 //! ## Why each dependency is here
 //!
@@ -52,6 +55,8 @@
 #![deny(missing_docs)]
 
 #[cfg(any(feature = "client", feature = "server"))]
+mod copy_record;
+#[cfg(any(feature = "client", feature = "server"))]
 mod procfs;
 /// The `/proc/<pid>/stat` fields, under their former name (the restore code).
 #[cfg(feature = "server")]
@@ -60,6 +65,8 @@ pub mod proto;
 
 #[cfg(feature = "client")]
 pub mod client;
+#[cfg(feature = "client")]
+pub mod isolate;
 #[cfg(feature = "client")]
 pub use client::{
     Error, Finding, HookError, Hooks, Options, Outcome, Report, Resource, RestoreOptions, Restored,

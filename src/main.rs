@@ -1,5 +1,7 @@
 //! `selfdump`: serve checkpoints, restore images, check CRIU.
 
+mod run;
+
 use lexopt::prelude::*;
 use selfdump::server::{Criu, Policy, Server, check, manifest, restore};
 use std::path::PathBuf;
@@ -12,6 +14,8 @@ selfdump: let processes checkpoint themselves with CRIU
 USAGE:
     selfdump serve [OPTIONS]      run the checkpoint service (as root)
     selfdump restore [OPTIONS] DIR  restore images, detached; prints the root pid
+    selfdump run -- CMD [ARGS]    run CMD in a pid namespace of its own (as root), so
+                                  that its checkpoints restore as many copies at once
     selfdump inspect [OPTIONS] DIR  what a checkpoint holds (--json for scripts)
     selfdump check [OPTIONS]      is CRIU usable here? (real dump and restore)
     selfdump check --pid PID      what in process PID would CRIU refuse? (preflight)
@@ -56,6 +60,7 @@ const RESTORE_USAGE: &str = "\
 selfdump restore: restore a checkpoint, detached from this command
 
 USAGE: selfdump restore [OPTIONS] DIR
+       selfdump restore --copies N [--lazy] [OPTIONS] DIR
 
 Verifies the images first: their manifest must be signed with the service's
 key, every file must be as signed (nothing changed, added or removed), and
@@ -63,6 +68,9 @@ every task's credentials must be the recorded owner's; CRIU then reads only
 the verified files. Checks that every pid, session and process group in the
 images is free and names the process holding one that is not. Prints the
 restored root pid.
+
+Images of a whole pid namespace (a program started with `selfdump run`)
+restore into a fresh pid namespace: no pid of theirs needs to be free.
 
 OPTIONS:
     --criu PATH       criu binary [default: found on PATH or /usr/local/sbin]
@@ -75,10 +83,40 @@ OPTIONS:
     --timeout SECS    kill CRIU, and what it restored, past this [default: 60]
     --socket PATH     the service's socket, for a user who is not root
                       [default: $SELFDUMP_SOCKET or /run/selfdump.sock]
+    --copies N        start N copies at once (images of a pid namespace only),
+                      each in a fresh pid namespace; prints each root pid, one per
+                      line, in copy order. In copy K, checkpoint() returns
+                      Restored with copy Some(K) and a fresh random restore id.
+                      All or nothing: if one copy fails, the others are killed.
+    --lazy            with --copies: each copy runs before its memory is loaded
+                      (CRIU lazy pages, one page daemon per copy). This command
+                      then stays until every copy's memory is in, holding the
+                      verified images until then. A copy whose daemon dies first
+                      is killed and the reason logged (exit code 1).
 
 Run by a user who is not root, it asks the service (`selfdump serve`) to
 restore the images: the service verifies them the same way and restores
-only the caller's own images.";
+only the caller's own images (--copies needs root).";
+
+const RUN_USAGE: &str = "\
+selfdump run: run a program in a pid namespace of its own
+
+USAGE: selfdump run -- CMD [ARGS]
+
+Starts `selfdump __init` as pid 1 of a new pid namespace, leader of a session
+of its own, and CMD as its child. The init passes SIGTERM, SIGINT, SIGHUP,
+SIGQUIT, SIGUSR1, SIGUSR2, SIGWINCH and SIGALRM on to CMD, reaps orphans,
+and exits with CMD's status (128+N if a signal N ended it); so does this
+command, which passes the same signals on to the init. When CMD calls
+selfdump::checkpoint(), the service dumps the whole namespace, and the
+images restore as many copies at once (`selfdump restore --copies N`).
+
+SIGKILL to this command does not end the namespace (no parent-death signal
+is set: a restored copy's init would get it when CRIU exits); SIGKILL the
+init (this command's child) for that. Needs root (CAP_SYS_ADMIN). The
+namespace shares the host's /proc: inside
+it, getpid() is the namespace's number (CMD is pid 3) while /proc/<pid> is
+the host's; read /proc/self, not /proc/<getpid()>.";
 
 const INSPECT_USAGE: &str = "\
 selfdump inspect: what a checkpoint holds
@@ -138,6 +176,7 @@ fn run() -> Res<ExitCode> {
     match command.as_str() {
         "serve" => serve(parser),
         "restore" => restore_cmd(parser),
+        "run" | "__init" => run_cmd(&command, parser),
         "inspect" => inspect_cmd(parser),
         "check" => check_cmd(parser),
         "help" => {
@@ -150,6 +189,7 @@ fn run() -> Res<ExitCode> {
                 match topic.as_deref() {
                     Some("serve") => SERVE_USAGE,
                     Some("restore") => RESTORE_USAGE,
+                    Some("run") => RUN_USAGE,
                     Some("inspect") => INSPECT_USAGE,
                     Some("check") => CHECK_USAGE,
                     _ => USAGE,
@@ -298,6 +338,7 @@ fn restore_cmd(mut parser: lexopt::Parser) -> Res<ExitCode> {
     };
     let mut dir = None;
     let mut wait = Duration::ZERO;
+    let (mut copies, mut lazy) = (None, false);
     let mut key_file = PathBuf::from(manifest::DEFAULT_KEY_FILE);
     let mut trust_unsigned = false;
     let mut deadline = Duration::from_secs(60);
@@ -309,6 +350,8 @@ fn restore_cmd(mut parser: lexopt::Parser) -> Res<ExitCode> {
         match arg {
             Long("criu") => criu.path = parser.value()?.into(),
             Long("wait") => wait = Duration::from_secs_f64(parser.value()?.parse()?),
+            Long("copies") => copies = Some(parser.value()?.parse::<u32>()?),
+            Long("lazy") => lazy = true,
             Long("key-file") => key_file = parser.value()?.into(),
             Long("trust-unsigned") => trust_unsigned = true,
             Long("timeout") => deadline = Duration::from_secs_f64(parser.value()?.parse()?),
@@ -319,6 +362,13 @@ fn restore_cmd(mut parser: lexopt::Parser) -> Res<ExitCode> {
     }
     let dir = dir.ok_or("restore needs the images directory: selfdump restore DIR")?;
     if !rustix::process::geteuid().is_root() {
+        if copies.is_some() {
+            return Err(
+                "--copies restores as root (run it with sudo); the service restores \
+                        one copy for its owner"
+                    .into(),
+            );
+        }
         // the owner of a checkpoint: through the service, which verifies
         // the images and that they are the caller's
         let mut options = selfdump::RestoreOptions::new(&dir);
@@ -359,6 +409,12 @@ fn restore_cmd(mut parser: lexopt::Parser) -> Res<ExitCode> {
         deadline,
         ..restore::RestoreSettings::new(criu, key)
     };
+    if lazy && copies.is_none() {
+        return Err("--lazy goes with --copies N (use --copies 1 for one copy)".into());
+    }
+    if let Some(n) = copies {
+        return copies_cmd(&settings, &dir, n, lazy);
+    }
     let restored = restore::restore_path(&dir, &settings).map_err(|e| match e {
         e @ restore::RestoreError::IdInUse { .. } if !wait.is_zero() => {
             format!("after waiting {wait:?}: {e}")
@@ -374,6 +430,66 @@ fn restore_cmd(mut parser: lexopt::Parser) -> Res<ExitCode> {
         restored.total
     );
     Ok(ExitCode::SUCCESS)
+}
+
+/// `selfdump restore --copies N [--lazy] DIR`.
+fn copies_cmd(
+    settings: &restore::RestoreSettings,
+    dir: &std::path::Path,
+    n: u32,
+    lazy: bool,
+) -> Res<ExitCode> {
+    use std::io::Write;
+    let copies = selfdump::server::copies::restore_copies(settings, dir, n, lazy)?;
+    let mut out = std::io::stdout().lock();
+    for copy in &copies.copies {
+        writeln!(out, "{}", copy.pid)?;
+    }
+    out.flush()?;
+    drop(out);
+    if !lazy {
+        return Ok(ExitCode::SUCCESS);
+    }
+    let died = copies
+        .supervise()
+        .into_iter()
+        .filter(|(_, pages)| !matches!(pages, selfdump::server::copies::Pages::Loaded(_)))
+        .count();
+    if died > 0 {
+        return Err(
+            format!("{died} lazy cop(y/ies) lost their page daemon and were killed").into(),
+        );
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `selfdump run -- CMD ARGS` and the init it starts (`__init`).
+fn run_cmd(command: &str, mut parser: lexopt::Parser) -> Res<ExitCode> {
+    use lexopt::Arg::*;
+    let mut words: Vec<std::ffi::OsString> = Vec::new();
+    while let Some(arg) = parser.next()? {
+        if words.is_empty() && help_requested(&arg, RUN_USAGE) {
+            return Ok(ExitCode::SUCCESS);
+        }
+        match arg {
+            Value(v) => {
+                // the program and everything after it, verbatim
+                words.push(v);
+                words.extend(parser.raw_args()?);
+            }
+            other => return Err(other.unexpected().into()),
+        }
+    }
+    if words.is_empty() {
+        return Err("run needs a program: selfdump run -- CMD [ARGS]".into());
+    }
+    let program = words.remove(0);
+    let code = if command == "run" {
+        run::run(program, words)?
+    } else {
+        run::init(program, words)?
+    };
+    Ok(code)
 }
 
 /// `selfdump check --pid PID`: the preflight of another process.
@@ -532,6 +648,18 @@ fn describe(dir: &std::path::Path, r: &selfdump::server::inspect::Inspection) ->
         .filter_map(|(on, name)| on.then_some(name))
         .collect();
         let _ = writeln!(out, "options:   {}", options.join(" "));
+        if m.pid_namespace {
+            let _ = writeln!(
+                out,
+                "namespace: a whole pid namespace (started with `selfdump run`): each \
+                 restore makes a fresh one; `restore --copies N` starts many at once{}",
+                if m.copy_slot.is_some() {
+                    ", each told its number"
+                } else {
+                    ""
+                }
+            );
+        }
     }
     let _ = writeln!(out, "tree:      {} task(s)", r.tree.len());
     for t in &r.tree {

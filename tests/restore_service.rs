@@ -25,28 +25,6 @@ fn service_allowing_nobody() -> Service {
     })
 }
 
-/// Checkpoints a root counter (8 MiB of ballast) and kills it.
-fn checkpoint_and_kill(service: &Service) -> (tempfile::TempDir, Program) {
-    let images = images_dir();
-    let mut program = Program::start(
-        service,
-        images.path(),
-        &[
-            "--at",
-            "1",
-            "--until",
-            "100000",
-            "--interval-ms",
-            "20",
-            "--alloc-mb",
-            "8",
-        ],
-    );
-    program.wait_for("the checkpoint", |l| l.starts_with("checkpoint continued"));
-    program.kill();
-    (images, program)
-}
-
 /// `selfdump restore --socket S DIR` as `uid`: the pid, or the error text.
 fn restore_as(uid: u32, service: &Service, images: &Path, extra: &[&str]) -> Result<i32, String> {
     let out = Command::new(selfdump_bin())
@@ -70,7 +48,7 @@ fn restore_as(uid: u32, service: &Service, images: &Path, extra: &[&str]) -> Res
 #[test]
 fn root_restores_through_the_service_again_and_again() {
     let service = Service::start();
-    let (images, program) = checkpoint_and_kill(&service);
+    let (images, program) = checkpoint_and_kill(&service, 8);
     for round in 1..=3 {
         let options = RestoreOptions::new(images.path()).socket(&service.socket);
         let restored = if round == 2 {
@@ -92,7 +70,7 @@ fn root_restores_through_the_service_again_and_again() {
 #[test]
 fn the_service_refuses_what_it_should_not_restore() {
     let service = service_allowing_nobody();
-    let (images, program) = checkpoint_and_kill(&service);
+    let (images, program) = checkpoint_and_kill(&service, 8);
 
     // another uid's images
     let e = restore_as(NOBODY, &service, images.path(), &[]).unwrap_err();

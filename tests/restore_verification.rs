@@ -11,30 +11,6 @@ use selfdump::server::manifest::{DEFAULT_KEY_FILE, Key, MANIFEST_FILE, Manifest}
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-/// Checkpoints a counter (root, `alloc_mb` of ballast) into a fresh
-/// directory, kills it, and returns the images and the dumped pid.
-fn checkpoint_and_kill(service: &Service, alloc_mb: u32) -> (tempfile::TempDir, i32) {
-    let images = images_dir();
-    let mut program = Program::start(
-        service,
-        images.path(),
-        &[
-            "--at",
-            "1",
-            "--until",
-            "100000",
-            "--interval-ms",
-            "20",
-            "--alloc-mb",
-            &alloc_mb.to_string(),
-        ],
-    );
-    program.wait_for("the checkpoint", |l| l.starts_with("checkpoint continued"));
-    let pid = program.pid;
-    program.kill();
-    (images, pid)
-}
-
 /// A copy of `images` (owners and modes kept) to tamper with.
 fn copy_of(images: &Path) -> tempfile::TempDir {
     let copy = images_dir();
@@ -46,23 +22,6 @@ fn copy_of(images: &Path) -> tempfile::TempDir {
         .unwrap();
     assert!(status.success());
     copy
-}
-
-fn restore_with(images: &Path, extra: &[&str]) -> Result<i32, String> {
-    let out = Command::new(selfdump_bin())
-        .arg("restore")
-        .args(extra)
-        .arg("--criu")
-        .arg(criu().path)
-        .arg(images)
-        .env("RUST_LOG", "warn")
-        .output()
-        .unwrap();
-    if out.status.success() {
-        Ok(String::from_utf8_lossy(&out.stdout).trim().parse().unwrap())
-    } else {
-        Err(String::from_utf8_lossy(&out.stderr).into_owned())
-    }
 }
 
 fn flip_byte(file: &Path, at: u64) {
@@ -108,8 +67,14 @@ fn resign(images: &Path, key: &Key, edit: impl FnOnce(&mut Manifest)) {
 
 #[test]
 fn tampered_images_are_refused_with_the_file_named() {
-    let service = Service::start();
-    let (images, pid) = checkpoint_and_kill(&service, 4);
+    let service = Service::start_with(|b| {
+        b.policy(selfdump::server::Policy {
+            allow_uids: [65534].into_iter().collect(),
+            ..Default::default()
+        })
+    });
+    let (images, program) = checkpoint_and_kill(&service, 4);
+    let pid = program.pid;
     let images = images.path();
 
     // a byte flipped in each kind of image file
@@ -200,14 +165,20 @@ fn tampered_images_are_refused_with_the_file_named() {
     let copy = copy_of(images);
     std::fs::remove_file(copy.path().join(MANIFEST_FILE)).unwrap();
     assert_refused(copy.path(), pid, "not signed");
+    // (a user who is not root restores through the service)
     let as_nobody = Command::new(selfdump_bin())
-        .args(["restore", "--trust-unsigned"])
+        .args(["restore", "--trust-unsigned", "--socket"])
+        .arg(&service.socket)
         .arg(copy.path())
         .uid(65534)
         .output()
         .unwrap();
     assert!(!as_nobody.status.success());
-    assert!(String::from_utf8_lossy(&as_nobody.stderr).contains("as root"));
+    let said = String::from_utf8_lossy(&as_nobody.stderr);
+    assert!(
+        said.contains("only root may restore unsigned images"),
+        "{said}"
+    );
     assert!(process_state(pid).is_none());
     let restored =
         restore_with(copy.path(), &["--trust-unsigned"]).expect("--trust-unsigned as root");
@@ -317,7 +288,8 @@ fn inspect_shows_a_checkpoint_at_a_glance() {
 #[test]
 fn a_restore_has_a_deadline() {
     let service = Service::start();
-    let (images, pid) = checkpoint_and_kill(&service, 4);
+    let (images, program) = checkpoint_and_kill(&service, 4);
+    let pid = program.pid;
     let pages = named(images.path(), "pages-");
     let size = std::fs::metadata(&pages).unwrap().len();
     std::fs::OpenOptions::new()

@@ -4,6 +4,7 @@
 //! ([`Outcome::Restored`]).
 
 pub mod blocking;
+mod copy_slot;
 mod error;
 pub mod hooks;
 mod identity;
@@ -22,7 +23,7 @@ use crate::proto::{
 use async_io::Async;
 use identity::Identity;
 use rustix::fs::{Mode, OFlags};
-use std::os::fd::{AsFd, BorrowedFd};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd};
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -187,12 +188,43 @@ pub struct Report {
 }
 
 /// What a restored copy knows about the checkpoint it came from.
+///
+/// **Every copy of one image starts identical**: the same memory, so the
+/// same state of every random generator seeded before the checkpoint
+/// (`rand::thread_rng`, a `HashMap`'s `RandomState`, a UUID generator),
+/// the same ids already handed out, the same pids inside its namespace,
+/// the same open files (appending to the same log). Only what the kernel
+/// hands out afresh differs (`getrandom`, host pids, clocks). Reseed and
+/// renumber in the `Restored` branch, from `restore_id` (or `getrandom`):
+///
+/// ```no_run
+/// # fn main() -> Result<(), selfdump::Error> {
+/// use selfdump::{Options, Outcome};
+/// let mut seed: u64 = 42; // what the app's RNG was seeded with at start
+/// let mut worker = String::from("original");
+/// if let Outcome::Restored(info) = selfdump::blocking::checkpoint(Options::new("/tmp/images"))? {
+///     seed = info.restore_id as u64; // distinct in every copy
+///     worker = match info.copy {
+///         Some(n) => format!("copy-{n}"),
+///         None => format!("restored-{:032x}", info.restore_id),
+///     };
+/// }
+/// # let _ = (seed, worker); Ok(()) }
+/// ```
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RestoredInfo {
     /// The job that wrote the images.
     pub job: JobId,
     /// The directory the images were written to.
     pub images_dir: PathBuf,
+    /// Which copy this is (0, 1, ... N-1) when the restorer started many
+    /// copies (`selfdump restore --copies N`); `None` for a restore that
+    /// did not say (a plain `selfdump restore`).
+    pub copy: Option<u32>,
+    /// A random id of this restore, fresh in every copy: from the restorer
+    /// with the copy number, or else drawn by the copy itself from the
+    /// kernel. Use it to reseed random generators and make unique ids.
+    pub restore_id: u128,
 }
 
 /// Checkpoints this process and its children.
@@ -233,8 +265,12 @@ pub async fn checkpoint(options: Options) -> Result<Outcome, Error> {
     })?;
 
     let before = Identity::current();
+    // Kept across the dump; see `copy_slot`.
+    let slot = copy_slot::make();
+    let mut dump = options.dump;
+    dump.copy_slot_fd = slot.as_ref().map(|s| s.as_raw_fd());
     let stream = connect(&socket).await?;
-    let request = encode_frame(&Request::Checkpoint(options.dump));
+    let request = encode_frame(&Request::Checkpoint(dump));
     let answer = ask(&stream, &request, &[dir.as_fd()]).await;
     drop(dir);
 
@@ -253,9 +289,20 @@ pub async fn checkpoint(options: Options) -> Result<Outcome, Error> {
     drop(stream);
 
     if Identity::current() != before {
-        log::debug!("checkpoint {job}: this is a restored copy");
-        return Ok(Outcome::Restored(RestoredInfo { job, images_dir }));
+        let (copy, restore_id) = match slot.as_ref().and_then(copy_slot::read) {
+            Some((copy, id)) => (Some(copy), id),
+            None => (None, copy_slot::fresh_id()),
+        };
+        drop(slot);
+        log::debug!("checkpoint {job}: this is a restored copy ({copy:?})");
+        return Ok(Outcome::Restored(RestoredInfo {
+            job,
+            images_dir,
+            copy,
+            restore_id,
+        }));
     }
+    drop(slot);
     let stream = connect(&socket).await.map_err(|e| Error::OutcomeUnknown {
         job,
         reason: format!("cannot ask the service for the result: {e}"),

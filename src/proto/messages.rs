@@ -55,6 +55,13 @@ pub struct DumpOptions {
     /// Shorten the freeze with an iterative pre-dump first. Needs the
     /// kernel's soft-dirty memory tracking; refused when it is missing.
     pub pre_dump: bool,
+    /// The caller's copy slot: an fd of its own, the read end of a pipe
+    /// with no writer, that a restore of many copies replaces in each copy
+    /// with a pipe holding that copy's number and restore id (CRIU's
+    /// `--inherit-fd`). The service records which pipe it is in the
+    /// images' metadata. Absent from older clients.
+    #[serde(default)]
+    pub copy_slot_fd: Option<i32>,
 }
 
 impl Default for DumpOptions {
@@ -65,6 +72,7 @@ impl Default for DumpOptions {
             file_locks: false,
             ext_unix_sk: false,
             pre_dump: false,
+            copy_slot_fd: None,
         }
     }
 }

@@ -103,7 +103,17 @@ impl Config {
 
     /// Runs the embedder's [`Builder::admit`](super::Builder::admit)
     /// callback, if any.
-    pub(super) fn embedder_admits(&self, caller: &CallerInfo<'_>) -> Result<(), String> {
+    pub(super) fn embedder_admits(
+        &self,
+        caller: &super::policy::Caller,
+        peer: &peer::Peer,
+    ) -> Result<(), String> {
+        let caller = &CallerInfo {
+            uid: caller.uid(),
+            gid: caller.gids[1],
+            pid: peer.pid,
+            pidfd: std::os::fd::AsFd::as_fd(&peer.pidfd),
+        };
         let Some(Admit(f)) = &self.admit else {
             return Ok(());
         };

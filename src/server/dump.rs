@@ -10,6 +10,7 @@ use super::jobs::{Jobs, Running};
 use super::leftovers;
 use super::outcome::{Outcome, Refused};
 use super::peer::Peer;
+use super::pidns::NsInit;
 use super::policy::{Caller, check_dumpable, may_write_dir};
 use super::staging::Staging;
 use super::tree::check_frozen_tree;
@@ -47,15 +48,9 @@ fn admit(shared: &Shared, peer: &Peer, dir: &OwnedFd) -> Result<Caller, Refused>
         rustix::fs::fstat(dir).map_err(|e| Refused::bad_directory(format!("images fd: {e}")))?;
     may_write_dir(&caller, &dir_stat).map_err(Refused::bad_directory)?;
     // Last, the embedder's own policy (`Builder::admit`), if it has one.
-    let info = super::policy::CallerInfo {
-        uid: caller.uid(),
-        gid: caller.gids[1],
-        pid: peer.pid,
-        pidfd: peer.pidfd.as_fd(),
-    };
     shared
         .config
-        .embedder_admits(&info)
+        .embedder_admits(&caller, peer)
         .map_err(not_permitted)?;
     Ok(caller)
 }
@@ -71,7 +66,7 @@ pub(super) async fn checkpoint(
     dir: OwnedFd,
 ) {
     let received = Instant::now();
-    let (caller, shell_job) = match admit_request(shared, &peer, &dir, options).await {
+    let (caller, shell_job, ns_init) = match admit_request(shared, &peer, &dir, options).await {
         Ok(admitted) => admitted,
         Err(refused) => {
             log::info!("pid {} uid {}: refused: {refused:?}", peer.pid, peer.uid);
@@ -91,24 +86,35 @@ pub(super) async fn checkpoint(
             return send(&stream, &answer).await;
         }
     };
+    let root_pid = ns_init.as_ref().map_or(peer.pid, |init| init.peer.pid);
     log::info!(
-        "job {job}: dumping pid {} (uid {}) {options:?} shell_job={shell_job}",
+        "job {job}: dumping pid {} (uid {}) {options:?} shell_job={shell_job}{}",
         peer.pid,
-        caller.uid()
+        caller.uid(),
+        match &ns_init {
+            Some(init) => format!(", its whole pid namespace from init pid {}", init.peer.pid),
+            None => String::new(),
+        }
     );
     log::debug!("job {job}: checks done at {:?}", received.elapsed());
     let mut hooks = Hooks {
         peer: &peer,
+        root: ns_init.as_ref().map(|init| &init.peer),
+        copy_slot_fd: options.copy_slot_fd,
         caller: &caller,
         job,
         reply: ReplyTo::Connection(stream),
         staging: Lent(Some(staging)),
-        meta: image_meta(&peer, &caller, job, options, shell_job),
+        meta: ImageMeta {
+            pid: root_pid,
+            pid_namespace: ns_init.is_some(),
+            ..image_meta(&peer, &caller, job, options, shell_job)
+        },
         save_before_exit: !options.leave_running,
         saved: None,
     };
     let spec = DumpSpec {
-        pid: peer.pid,
+        pid: root_pid,
         images_dir: criu_dir.as_fd(),
         options,
         shell_job,
@@ -124,16 +130,24 @@ pub(super) async fn checkpoint(
 }
 
 /// Checks a checkpoint request before anything is reserved for it: the
-/// caller ([`admit`]), its session, the options. `Ok` carries the caller
-/// and whether it is a shell job (it does not lead its session).
+/// caller ([`admit`]), its pid namespace, its session, the options. `Ok`
+/// carries the caller, whether it is a shell job (it does not lead its
+/// session) and, for a caller in a pid namespace of its own, the
+/// namespace's init (the whole namespace is dumped from it, `pidns.rs`).
 async fn admit_request(
     shared: &Shared,
     peer: &Peer,
     dir: &OwnedFd,
     options: DumpOptions,
-) -> Result<(Caller, bool), Refused> {
+) -> Result<(Caller, bool, Option<NsInit>), Refused> {
     let caller = admit(shared, peer, dir)?;
+    let ns_init = super::pidns::dump_root(peer, &caller).map_err(Refused::not_permitted)?;
+    if let Some(Err(m)) = ns_init.as_ref().map(|init| init.check_session()) {
+        return Err(Refused::new(RefusalKind::Unsupported, m));
+    }
     let shell_job = match peer.session_id() {
+        // the namespace's init leads its session, inside the namespace
+        _ if ns_init.is_some() => false,
         Ok(0) => {
             let m = "your session leader is outside the service's pid namespace, and CRIU \
                      cannot dump such a process; start the program in a session of its own \
@@ -150,7 +164,7 @@ async fn admit_request(
         let m = pre_dump_refusal(shared).await;
         return Err(Refused::new(RefusalKind::Unsupported, m));
     }
-    Ok((caller, shell_job))
+    Ok((caller, shell_job, ns_init))
 }
 
 /// What a dump holds while it runs: a dump slot, one of its uid's slots
@@ -404,6 +418,10 @@ impl<T: Send + 'static> Lent<T> {
 /// What the service does while CRIU holds the caller's tree frozen.
 struct Hooks<'a> {
     peer: &'a Peer,
+    /// The dump's root when it is not the caller: its namespace's init.
+    root: Option<&'a Peer>,
+    /// The caller's copy slot fd (`DumpOptions::copy_slot_fd`).
+    copy_slot_fd: Option<i32>,
     caller: &'a Caller,
     job: JobId,
     /// Where the answer goes: the caller's connection until it is closed
@@ -423,8 +441,11 @@ impl DumpHooks for Hooks<'_> {
         let ReplyTo::Connection(stream) = std::mem::replace(&mut self.reply, ReplyTo::Job) else {
             return FrozenVerdict::Veto("criu announced the freeze twice".into());
         };
-        match at_freeze(self.peer, self.caller, &stream, self.job).await {
+        match at_freeze(self.peer, self.root, self.caller, &stream, self.job).await {
             Ok(()) => {
+                self.meta.copy_slot = self
+                    .copy_slot_fd
+                    .and_then(|fd| super::pidns::copy_slot(self.peer, fd));
                 without_forks(|| drop(stream));
                 FrozenVerdict::Proceed
             }
@@ -460,11 +481,16 @@ impl DumpHooks for Hooks<'_> {
 /// why the dump must not go on.
 async fn at_freeze(
     peer: &Peer,
+    root: Option<&Peer>,
     caller: &Caller,
     stream: &Async<UnixStream>,
     job: JobId,
 ) -> Result<(), String> {
-    check_frozen_tree(peer, caller)?;
+    // A whole namespace: every task under its init, the caller among them.
+    check_frozen_tree(root.unwrap_or(peer), caller)?;
+    if !peer.is_alive() {
+        return Err("the caller exited while its tree was checked".into());
+    }
     let frame = encode_frame(&Response::Frozen(job));
     let write = async {
         write_frame(stream, &frame, &[])

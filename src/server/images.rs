@@ -47,6 +47,15 @@ pub struct ImageMeta {
     /// `/proc/sys/kernel/random/boot_id` of that host at the time.
     #[serde(default)]
     pub boot_id: String,
+    /// The dump is of a whole pid namespace: its root is the namespace's
+    /// init, and each restore makes a fresh pid namespace (so many copies
+    /// can run at once). Older images lack it: `false`.
+    #[serde(default)]
+    pub pid_namespace: bool,
+    /// The caller's copy slot as CRIU names it (`pipe:[INODE]`), for
+    /// `--inherit-fd`; see `DumpOptions::copy_slot_fd`. Older images lack it.
+    #[serde(default)]
+    pub copy_slot: Option<String>,
 }
 
 /// What the published images hold.

@@ -171,6 +171,8 @@ pub fn inspect(dir: &Path, key: Option<&Key>) -> io::Result<Inspection> {
         })
         .collect();
     let shell_job = meta.as_ref().is_some_and(|m| m.shell_job);
+    // a whole pid namespace restores into a fresh one: no host pid needed
+    let namespace = meta.as_ref().is_some_and(|m| m.pid_namespace);
     Ok(Inspection {
         meta,
         signature,
@@ -178,8 +180,9 @@ pub fn inspect(dir: &Path, key: Option<&Key>) -> io::Result<Inspection> {
         files,
         bytes,
         pages,
-        ids_in_use: check_ids_free(&pstree, shell_job)
-            .err()
+        ids_in_use: (!namespace)
+            .then(|| check_ids_free(&pstree, shell_job).err())
+            .flatten()
             .map(|e| e.to_string()),
     })
 }

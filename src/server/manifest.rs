@@ -102,7 +102,8 @@ impl Key {
             super::private_dir::PrivateDir::open_or_create(dir)?;
         }
         let key = Self::generate()?;
-        let tmp = PathBuf::from(format!("{}.new-{}", path.display(), std::process::id()));
+        // a name of its own per attempt (threads of one process race too)
+        let tmp = PathBuf::from(format!("{}.new-{}", path.display(), Self::generate()?.id()));
         let file = rustix::fs::open(
             &tmp,
             OFlags::WRONLY | OFlags::CREATE | OFlags::EXCL | OFlags::NOFOLLOW | OFlags::CLOEXEC,

@@ -8,11 +8,11 @@ use super::Shared;
 use super::as_caller::CallerCreds;
 use super::connection::{UidSlot, refusal, send};
 use super::peer::Peer;
-use super::policy::{Caller, CallerInfo};
+use super::policy::Caller;
 use super::restore::{RestoreError, RestoreSettings, restore};
 use crate::proto::{RefusalKind, Response, RestoreReport, RestoreRequest};
 use async_io::Async;
-use std::os::fd::{AsFd, OwnedFd};
+use std::os::fd::OwnedFd;
 use std::os::unix::net::UnixStream;
 
 pub(super) async fn serve(
@@ -45,15 +45,10 @@ fn admit(shared: &Shared, peer: &Peer, request: RestoreRequest) -> Result<Caller
                 .into(),
         ));
     }
-    let info = CallerInfo {
-        uid: caller.uid(),
-        gid: caller.gids[1],
-        pid: peer.pid,
-        pidfd: peer.pidfd.as_fd(),
-    };
+    // Last, the embedder's own policy (`Builder::admit`), if it has one.
     shared
         .config
-        .embedder_admits(&info)
+        .embedder_admits(&caller, peer)
         .map_err(not_permitted)?;
     Ok(caller)
 }

@@ -260,8 +260,14 @@ pub fn kill_and_reap(pid: i32) {
 
 /// `selfdump restore DIR`: the restored root pid, or the command's error text.
 pub fn restore(images: &Path) -> Result<i32, String> {
+    restore_with(images, &[])
+}
+
+/// `selfdump restore EXTRA.. DIR`: the restored root pid, or the error text.
+pub fn restore_with(images: &Path, extra: &[&str]) -> Result<i32, String> {
     let out = Command::new(selfdump_bin())
         .arg("restore")
+        .args(extra)
         .arg("--criu")
         .arg(criu().path)
         .arg(images)
@@ -537,4 +543,28 @@ pub fn next_checkpoint_clears_staging(images: &Path) {
         );
         std::thread::sleep(Duration::from_millis(20));
     }
+}
+
+/// A root counter (`alloc_mb` of ballast) checkpointed once into a fresh
+/// directory, then killed: the images and the (dead) program.
+pub fn checkpoint_and_kill(service: &Service, alloc_mb: u32) -> (tempfile::TempDir, Program) {
+    let images = images_dir();
+    let alloc = alloc_mb.to_string();
+    let mut program = Program::start(
+        service,
+        images.path(),
+        &[
+            "--at",
+            "1",
+            "--until",
+            "100000",
+            "--interval-ms",
+            "20",
+            "--alloc-mb",
+            &alloc,
+        ],
+    );
+    program.wait_for("the checkpoint", |l| l.starts_with("checkpoint continued"));
+    program.kill();
+    (images, program)
 }

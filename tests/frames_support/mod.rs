@@ -37,12 +37,13 @@ fn job_id() -> impl Strategy<Value = JobId> {
 }
 
 fn dump_options() -> impl Strategy<Value = DumpOptions> {
-    any::<[bool; 5]>().prop_map(|b| DumpOptions {
+    (any::<[bool; 5]>(), any::<Option<i32>>()).prop_map(|(b, slot)| DumpOptions {
         leave_running: b[0],
         tcp_established: b[1],
         file_locks: b[2],
         ext_unix_sk: b[3],
         pre_dump: b[4],
+        copy_slot_fd: slot,
     })
 }
 

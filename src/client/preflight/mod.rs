@@ -152,9 +152,7 @@ impl Preflight {
     /// Fails only when the process cannot be looked at (it does not exist,
     /// or its `/proc` entries are not readable by this process).
     pub fn run(&self) -> io::Result<Vec<Finding>> {
-        let root = self
-            .pid
-            .unwrap_or_else(|| rustix::process::getpid().as_raw_nonzero().get());
+        let root = self.pid.unwrap_or_else(tree::own_pid);
         let tree = tree::process_tree(root)?;
         let mut fds = Vec::new();
         let mut findings = Vec::new();

@@ -46,19 +46,18 @@ pub(super) struct TcpFd<'a> {
 /// does not know any more are left out).
 pub(super) fn tcp_sockets(root: i32, fds: &[TcpFd<'_>]) -> HashMap<u64, TcpSocket> {
     let mut out = HashMap::new();
-    let me = rustix::process::getpid();
+    // `/proc`'s number for this process (the fds' pids are `/proc`'s), and
+    // the pid namespace's for `pidfd_open`: they differ under `selfdump run`
+    let me = super::tree::own_pid();
     let pidfd = fds
         .iter()
-        .any(|f| f.fd.pid == me.as_raw_nonzero().get())
-        .then(|| pidfd_open(me, PidfdFlags::empty()).ok())
+        .any(|f| f.fd.pid == me)
+        .then(|| pidfd_open(rustix::process::getpid(), PidfdFlags::empty()).ok())
         .flatten();
     let mut left = Vec::new();
     let mut queries = Vec::new();
     for f in fds {
-        match pidfd
-            .as_ref()
-            .filter(|_| f.fd.pid == me.as_raw_nonzero().get())
-        {
+        match pidfd.as_ref().filter(|_| f.fd.pid == me) {
             Some(pidfd) => match own_socket(pidfd, f) {
                 Own::Known(sock) => {
                     out.insert(f.ino, sock);

@@ -44,6 +44,18 @@ pub(super) fn open_fds(pid: i32) -> io::Result<Vec<OpenFd>> {
     Ok(out)
 }
 
+/// This process's pid as `/proc` numbers it. Inside a pid namespace of its
+/// own (`selfdump run`) with the host's `/proc` (no private mount
+/// namespace), `getpid()` is the namespace's number (1, 2, ...) while
+/// `/proc/<pid>` and every pid read from `/proc` are the host's: the tree
+/// is walked in `/proc`'s numbers throughout.
+pub(super) fn own_pid() -> i32 {
+    std::fs::read_link("/proc/self")
+        .ok()
+        .and_then(|p| p.to_str().and_then(|p| p.parse().ok()))
+        .unwrap_or_else(|| rustix::process::getpid().as_raw_nonzero().get())
+}
+
 /// `root` and its descendants (every thread's children).
 pub(super) fn process_tree(root: i32) -> io::Result<Vec<i32>> {
     std::fs::metadata(format!("/proc/{root}"))

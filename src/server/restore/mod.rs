@@ -135,6 +135,27 @@ pub fn restore_path(dir: &Path, settings: &RestoreSettings) -> Result<Restored, 
     restore(fd, settings, creds, |_| Ok(()))
 }
 
+/// Verifies the images at `dir` as [`restore_path`] does, without
+/// restoring them: the verified images stay in a directory only root can
+/// change until the [`Verified`] is dropped (`server::copies` restores many
+/// copies from them).
+pub fn verify_path(dir: &Path, settings: &RestoreSettings) -> Result<Verified, RestoreError> {
+    let fd = open_dir(dir)?;
+    let stat = rustix::fs::fstat(&fd).map_err(RestoreError::refused)?;
+    let creds = CallerCreds {
+        uid: stat.st_uid,
+        gid: stat.st_gid,
+        groups: Vec::new(),
+    };
+    verify(
+        fd,
+        settings.key.as_ref(),
+        settings.trust_unsigned,
+        creds,
+        |_| Ok(()),
+    )
+}
+
 /// Restores the images in `dir`, detached, after verifying them. `creds`
 /// are the credentials under which the service works in the images
 /// directory (its owner's, or the requester's); `may_restore` checks the
@@ -154,7 +175,11 @@ pub(crate) fn restore(
         may_restore,
     )?;
     let verify_time = started.elapsed();
-    wait_ids_free(&verified.tree, verified.meta.shell_job, settings.wait)?;
+    // images of a whole pid namespace restore into a fresh one: their pids
+    // are the namespace's own, never the host's
+    if !verified.meta.pid_namespace {
+        wait_ids_free(&verified.tree, verified.meta.shell_job, settings.wait)?;
+    }
     let pid = run_criu(&verified, settings)?;
     Ok(Restored {
         pid,
