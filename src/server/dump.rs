@@ -4,7 +4,9 @@ use super::Shared;
 use super::as_caller::CallerCreds;
 use super::config::FROZEN_NOTICE_TIMEOUT;
 use super::connection::{UidSlot, send};
-use super::engine::{DumpHooks, DumpSpec, Dumped, EngineError, FrozenVerdict, without_forks};
+use super::engine::{
+    CriuFlags, DumpHooks, DumpSpec, Dumped, EngineError, FrozenVerdict, without_forks,
+};
 use super::images::{ImageMeta, Published};
 use super::jobs::{Jobs, Running};
 use super::leftovers;
@@ -261,19 +263,17 @@ fn image_meta(
     options: DumpOptions,
     shell_job: bool,
 ) -> ImageMeta {
-    ImageMeta {
+    let mut meta = ImageMeta {
         protocol: PROTOCOL_VERSION,
         job,
         pid: peer.pid,
         uid: caller.uid(),
-        shell_job,
-        tcp_established: options.tcp_established,
-        file_locks: options.file_locks,
-        ext_unix_sk: options.ext_unix_sk,
         gid: caller.gids[1],
         groups: caller.groups.clone(),
         ..ImageMeta::default()
-    }
+    };
+    CriuFlags::for_dump(&options, shell_job).record(&mut meta);
+    meta
 }
 
 /// CRIU dumps the tree, calling `hooks` while it is frozen.

@@ -2,12 +2,14 @@
 //! a [`WorkerPool`]), spoken to over CRIU's RPC protocol on a
 //! `SOCK_SEQPACKET` socketpair.
 
+mod flags;
 pub mod kdat;
 mod pool;
 pub mod rpc;
 mod swrk;
 mod worker;
 
+pub(crate) use flags::CriuFlags;
 pub use pool::WorkerPool;
 pub(crate) use swrk::without_forks;
 pub use swrk::{

@@ -3,7 +3,7 @@
 
 use super::rpc::{CriuOpts, CriuReq, CriuResp, req_type};
 use super::swrk::{DumpHooks, DumpSpec, Dumped, EngineError, FORK_GUARD, FrozenVerdict};
-use super::{Criu, DUMP_LOG};
+use super::{Criu, CriuFlags, DUMP_LOG};
 use async_io::{Async, Timer};
 use futures_lite::FutureExt;
 use prost::Message;
@@ -253,18 +253,17 @@ impl Worker {
 
     /// CRIU's options for dumping `spec`.
     fn dump_opts(&self, spec: &DumpSpec<'_>) -> CriuOpts {
-        CriuOpts {
+        let mut opts = CriuOpts {
             images_dir_fd: spec.images_dir.as_fd().as_raw_fd(),
             pid: Some(spec.pid),
             leave_running: Some(spec.options.leave_running),
-            ext_unix_sk: Some(spec.options.ext_unix_sk),
-            tcp_established: Some(spec.options.tcp_established),
-            shell_job: Some(spec.shell_job),
-            file_locks: Some(spec.options.file_locks),
             log_level: Some(self.log_level),
             log_file: Some(DUMP_LOG.into()),
             notify_scripts: Some(true),
-        }
+            ..CriuOpts::default()
+        };
+        CriuFlags::for_dump(&spec.options, spec.shell_job).apply(&mut opts);
+        opts
     }
 
     /// Answers one of CRIU's notifications, calling the hook it is for.

@@ -239,16 +239,7 @@ fn run_criu(verified: &Verified, settings: &RestoreSettings) -> Result<i32, Rest
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(Stdio::null());
-    for (on, flag) in [
-        (meta.shell_job, "--shell-job"),
-        (meta.tcp_established, "--tcp-established"),
-        (meta.file_locks, "--file-locks"),
-        (meta.ext_unix_sk, "--ext-unix-sk"),
-    ] {
-        if on {
-            cmd.arg(flag);
-        }
-    }
+    cmd.args(crate::server::engine::CriuFlags::of(meta).restore_args());
     {
         use std::os::unix::process::CommandExt;
         // a group of its own, so that a deadline kills its helpers too
