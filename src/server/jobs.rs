@@ -42,7 +42,7 @@ pub const MAX_RESULTS_PER_UID: usize = 64;
 /// Default cap on the finished results kept in all.
 pub const MAX_RESULTS: usize = 1024;
 /// Results that went unclaimed and are still answered "result expired".
-pub const MAX_TOMBSTONES: usize = 4096;
+pub(super) const MAX_TOMBSTONES: usize = 4096;
 
 /// What identifies a process for its whole life, without holding an fd.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -88,7 +88,7 @@ impl Owner {
 
 /// One job: who asked, and (once known) its result.
 #[derive(Debug)]
-pub struct Job {
+pub(super) struct Job {
     /// The job's id.
     pub id: JobId,
     owner: Owner,
@@ -185,7 +185,7 @@ impl Table {
 
 /// The service's jobs.
 #[derive(Debug)]
-pub struct Jobs {
+pub(super) struct Jobs {
     service: u64,
     next: AtomicU64,
     ttl: Duration,
@@ -198,13 +198,13 @@ impl Jobs {
     /// An empty table whose results live at most `ttl` after the job ends,
     /// with the default caps.
     #[cfg(test)]
-    pub fn new(ttl: Duration) -> Self {
+    pub(super) fn new(ttl: Duration) -> Self {
         Self::with_caps(ttl, MAX_RESULTS, MAX_RESULTS_PER_UID)
     }
 
     /// An empty table keeping at most `max_results` finished results, and
     /// `max_results_per_uid` per uid.
-    pub fn with_caps(ttl: Duration, max_results: usize, max_results_per_uid: usize) -> Self {
+    pub(super) fn with_caps(ttl: Duration, max_results: usize, max_results_per_uid: usize) -> Self {
         let mut seed = [0u8; 8];
         let _ = rustix::rand::getrandom(&mut seed, rustix::rand::GetRandomFlags::empty());
         Self {
@@ -226,7 +226,7 @@ impl Jobs {
     /// oldest finished ones beyond the caps. If the returned handle drops
     /// before [`Job::finish`] (a task that panicked), the job ends as
     /// failed, so its owner is not left waiting for a result.
-    pub fn start(&self, owner: &Peer) -> std::io::Result<Running> {
+    pub(super) fn start(&self, owner: &Peer) -> std::io::Result<Running> {
         let id = JobId {
             service: self.service,
             seq: self.next.fetch_add(1, Ordering::Relaxed),
@@ -248,13 +248,13 @@ impl Jobs {
     }
 
     /// Forgets a job.
-    pub fn remove(&self, id: JobId) {
+    pub(super) fn remove(&self, id: JobId) {
         self.lock().jobs.remove(&id);
     }
 
     /// Whether the live process `pid` has a job whose result it has not
     /// asked for yet (see [`Jobs::awaited`]): a draining server serves it.
-    pub fn awaits_result(&self, pid: i32, grace: Duration) -> bool {
+    pub(super) fn awaits_result(&self, pid: i32, grace: Duration) -> bool {
         let table = self.lock();
         table
             .jobs
@@ -265,7 +265,7 @@ impl Jobs {
     /// Whether some live process has a job running, or ended less than
     /// `grace` ago, whose result it has not asked for yet. Failures told
     /// on the caller's connection are not here: those jobs are removed.
-    pub fn awaited(&self, grace: Duration) -> bool {
+    pub(super) fn awaited(&self, grace: Duration) -> bool {
         let table = self.lock();
         table.jobs.values().any(|j| j.awaited(grace))
     }
@@ -275,7 +275,7 @@ impl Jobs {
     /// anyone but the owner, exactly the answer for a job that never
     /// existed; for the owner of a result dropped unclaimed (a cap or the
     /// TTL), "result expired".
-    pub fn claim(&self, id: JobId, asker: &Peer) -> Result<Arc<Job>, Unclaimed> {
+    pub(super) fn claim(&self, id: JobId, asker: &Peer) -> Result<Arc<Job>, Unclaimed> {
         let unknown = Unclaimed::Unknown(id);
         // read before the lock: /proc may be slow
         let Ok(asker) = Owner::of(asker) else {
@@ -308,7 +308,7 @@ impl Jobs {
 }
 /// A started job, held by the task running it.
 #[derive(Debug)]
-pub struct Running(Arc<Job>);
+pub(super) struct Running(Arc<Job>);
 
 impl std::ops::Deref for Running {
     type Target = Job;

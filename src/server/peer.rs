@@ -107,7 +107,7 @@ impl Peer {
 }
 
 /// True while the process behind `pidfd` has not exited.
-pub fn is_alive(pidfd: &impl AsFd) -> bool {
+pub(super) fn is_alive(pidfd: &impl AsFd) -> bool {
     let mut fds = [PollFd::new(pidfd, PollFlags::IN)];
     match poll(
         &mut fds,

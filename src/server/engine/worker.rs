@@ -19,12 +19,12 @@ const ABANDON_GRACE: Duration = Duration::from_secs(10);
 ///
 /// [`Criu::dump`] starts one per dump. Starting one ahead of time saves the
 /// exec and CRIU's start-up, which `benches/checkpoint/workers.rs`
-/// measures; the server keeps some ready in a [`WorkerPool`](super::WorkerPool)
+/// measures; the server keeps some ready in a pool
 /// ([`Builder::warm_workers`](crate::server::Builder::warm_workers)).
 ///
 /// ```no_run
 /// # async_io::block_on(async {
-/// use selfdump::server::engine::{Criu, Worker};
+/// use selfdump::server::{Criu, internals::Worker};
 /// let worker = Worker::start(&Criu::default())?;
 /// // ... later, worker.dump(&spec, timeout, &mut hooks).await
 /// # drop(worker);
