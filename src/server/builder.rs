@@ -47,6 +47,7 @@ use std::time::Duration;
 /// command line offers action scripts, which cannot reach the service's
 /// connection or veto the dump.
 #[derive(Debug, Clone)]
+#[must_use = "a Builder serves nothing until `bind` or `listener` makes the Server"]
 pub struct Builder {
     pub(super) config: Config,
     socket_mode: u32,

@@ -256,7 +256,9 @@ impl UidSlot {
 
     /// A slot for `uid` if it holds fewer than `max`.
     pub(super) fn take(counts: &UidCounts, uid: u32, max: usize) -> Option<Self> {
-        let mut counts_now = counts.lock().unwrap_or_else(|e| e.into_inner());
+        let mut counts_now = counts
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
         let n = counts_now.entry(uid).or_insert(0);
         if *n >= max {
             return None;
@@ -271,7 +273,10 @@ impl UidSlot {
 
 impl Drop for UidSlot {
     fn drop(&mut self) {
-        let mut counts = self.counts.lock().unwrap_or_else(|e| e.into_inner());
+        let mut counts = self
+            .counts
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
         if let Some(n) = counts.get_mut(&self.uid) {
             *n -= 1;
             if *n == 0 {
@@ -285,7 +290,9 @@ impl Drop for UidSlot {
 /// once every 10 s, saying how many were left out in between.
 fn rate_limited_warning(message: std::fmt::Arguments<'_>) {
     static LAST: Mutex<(Option<std::time::Instant>, u64)> = Mutex::new((None, 0));
-    let mut last = LAST.lock().unwrap_or_else(|e| e.into_inner());
+    let mut last = LAST
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
     match last.0 {
         Some(at) if at.elapsed() < Duration::from_secs(10) => last.1 += 1,
         _ => {

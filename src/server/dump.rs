@@ -144,7 +144,7 @@ async fn admit_request(
 ) -> Result<(Caller, bool, Option<NsInit>), Refused> {
     let caller = admit(shared, peer, dir)?;
     let ns_init = super::pidns::dump_root(peer, &caller).map_err(Refused::not_permitted)?;
-    if let Some(Err(m)) = ns_init.as_ref().map(|init| init.check_session()) {
+    if let Some(Err(m)) = ns_init.as_ref().map(super::pidns::NsInit::check_session) {
         return Err(Refused::new(RefusalKind::Unsupported, m));
     }
     let shell_job = match peer.session_id() {

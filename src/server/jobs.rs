@@ -104,7 +104,7 @@ impl Job {
         let _ = self.result.set_blocking((result, Instant::now()));
         self.owner_pidfd
             .lock()
-            .unwrap_or_else(|e| e.into_inner())
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
             .take();
     }
 
@@ -114,7 +114,11 @@ impl Job {
     }
 
     fn owner_alive(&self) -> bool {
-        match &*self.owner_pidfd.lock().unwrap_or_else(|e| e.into_inner()) {
+        match &*self
+            .owner_pidfd
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+        {
             Some(pidfd) => super::peer::is_alive(pidfd),
             None => self.owner.is_alive(),
         }
@@ -218,7 +222,9 @@ impl Jobs {
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, Table> {
-        self.table.lock().unwrap_or_else(|e| e.into_inner())
+        self.table
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
     /// Starts a job for `owner`, whose pidfd is duplicated to recognise it

@@ -141,7 +141,7 @@ impl Server {
                             .or(async {
                                 Timer::at(at).await;
                             })
-                            .await
+                            .await;
                     }
                 }
             }
@@ -153,7 +153,7 @@ impl Server {
             {
                 log::warn!("while shutting down: {e}");
             }
-            std::future::pending::<()>().await
+            std::future::pending::<()>().await;
         };
         executor.run(drained.or(keep_accepting)).await;
         self.shared.workers.stop().await;

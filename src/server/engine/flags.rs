@@ -43,7 +43,7 @@ impl CriuFlags {
     }
 
     /// Each flag with CRIU's name for it.
-    fn rows(&self) -> [(bool, &'static str); 4] {
+    fn rows(self) -> [(bool, &'static str); 4] {
         [
             (self.shell_job, "shell-job"),
             (self.tcp_established, "tcp-established"),
@@ -53,7 +53,7 @@ impl CriuFlags {
     }
 
     /// The `criu restore` arguments (`--shell-job`, ...) for the flags set.
-    pub(crate) fn restore_args(&self) -> impl Iterator<Item = String> {
+    pub(crate) fn restore_args(self) -> impl Iterator<Item = String> {
         self.rows()
             .into_iter()
             .filter(|&(on, _)| on)
@@ -61,7 +61,7 @@ impl CriuFlags {
     }
 
     /// Sets these flags in CRIU's RPC options.
-    pub(crate) fn apply(&self, opts: &mut CriuOpts) {
+    pub(crate) fn apply(self, opts: &mut CriuOpts) {
         opts.shell_job = Some(self.shell_job);
         opts.tcp_established = Some(self.tcp_established);
         opts.file_locks = Some(self.file_locks);
@@ -69,7 +69,7 @@ impl CriuFlags {
     }
 
     /// Records these flags in the images' metadata.
-    pub(crate) fn record(&self, meta: &mut ImageMeta) {
+    pub(crate) fn record(self, meta: &mut ImageMeta) {
         meta.shell_job = self.shell_job;
         meta.tcp_established = self.tcp_established;
         meta.file_locks = self.file_locks;

@@ -164,7 +164,7 @@ fn run_check_with_run_at(criu: &Criu, run_dir: &Path) -> io::Result<()> {
         // no caller's connection may be copied into the forked child
         let _forking = super::swrk::FORK_GUARD
             .read()
-            .unwrap_or_else(|e| e.into_inner());
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
         cmd.spawn()?
     }
     .wait()?;

@@ -21,7 +21,7 @@ pub use worker::Worker;
 pub(super) const DUMP_LOG: &str = "dump.log";
 
 /// The first error line of a CRIU log that matters. CRIU logs a harmless
-/// "Can't setup RLIMIT_NOFILE" error on every run without CAP_SYS_RESOURCE,
+/// "Can't setup `RLIMIT_NOFILE`" error on every run without `CAP_SYS_RESOURCE`,
 /// which CRIU's own `cr_errmsg` then reports even for unrelated failures.
 pub(super) fn first_error(log: &str) -> Option<String> {
     log.lines()

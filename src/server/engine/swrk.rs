@@ -37,13 +37,17 @@ pub struct SpawnGuard {
 /// during a dump. Many spawns may hold it at once; a freeze waits for them.
 pub fn spawn_guard() -> SpawnGuard {
     SpawnGuard {
-        _held: FORK_GUARD.read().unwrap_or_else(|e| e.into_inner()),
+        _held: FORK_GUARD
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner),
     }
 }
 
 /// Runs `f` so that no child is between fork and exec meanwhile.
 pub(crate) fn without_forks<T>(f: impl FnOnce() -> T) -> T {
-    let _guard = FORK_GUARD.write().unwrap_or_else(|e| e.into_inner());
+    let _guard = FORK_GUARD
+        .write()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
     f()
 }
 

@@ -74,7 +74,9 @@ impl Worker {
             // `finish`
             .kill_on_drop(false);
         let child = {
-            let _forking = FORK_GUARD.read().unwrap_or_else(|e| e.into_inner());
+            let _forking = FORK_GUARD
+                .read()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
             cmd.spawn().map_err(|e| {
                 io::Error::new(
                     e.kind(),
