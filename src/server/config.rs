@@ -123,10 +123,7 @@ impl Config {
                 Err("the service's admission check failed".into())
             });
         verdict?;
-        if !peer::is_alive(&caller.pidfd) {
-            return Err("you exited".into());
-        }
-        Ok(())
+        peer.alive_or("you exited")
     }
 }
 

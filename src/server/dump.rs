@@ -36,9 +36,7 @@ fn admit(shared: &Shared, peer: &Peer, dir: &OwnedFd) -> Result<Caller, Refused>
     // task's euid whatever its dumpability; files turn root's when it is off.
     let proc_file = rustix::fs::stat(format!("/proc/{}/stat", peer.pid))
         .map_err(|e| not_permitted(format!("cannot inspect you: {e}")))?;
-    if !peer.is_alive() {
-        return Err(not_permitted("you exited".into()));
-    }
+    peer.alive_or("you exited").map_err(not_permitted)?;
     // a caller whose main thread exited shows as a zombie but runs on
     // in its other threads: its dumpability is checked all the same
     let as_live = Caller {
@@ -488,9 +486,7 @@ async fn at_freeze(
 ) -> Result<(), String> {
     // A whole namespace: every task under its init, the caller among them.
     check_frozen_tree(root.unwrap_or(peer), caller)?;
-    if !peer.is_alive() {
-        return Err("the caller exited while its tree was checked".into());
-    }
+    peer.alive_or("the caller exited while its tree was checked")?;
     let frame = encode_frame(&Response::Frozen(job));
     let write = async {
         write_frame(stream, &frame, &[])

@@ -92,10 +92,19 @@ impl Peer {
     }
 
     fn checked<T>(&self, value: T) -> io::Result<T> {
+        self.alive_or("the caller exited")
+            .map(|()| value)
+            .map_err(|m| io::Error::new(io::ErrorKind::NotFound, m))
+    }
+
+    /// The one "is the caller still there" check: `Err(gone)` once the
+    /// process behind this peer's pidfd has exited (its pid may then name
+    /// another process), so whatever was read about the pid before holds.
+    pub(crate) fn alive_or(&self, gone: &str) -> Result<(), String> {
         if self.is_alive() {
-            Ok(value)
+            Ok(())
         } else {
-            Err(io::Error::new(io::ErrorKind::NotFound, "the caller exited"))
+            Err(gone.to_owned())
         }
     }
 

@@ -13,9 +13,7 @@ const MAX_TREE_TASKS: usize = 1 << 16;
 /// frozen, so nothing in it can fork, exec or change ids meanwhile; the
 /// caller's pidfd is checked before and after, so the pid named it all along.
 pub(super) fn check_frozen_tree(peer: &Peer, caller: &Caller) -> Result<(), String> {
-    if !peer.is_alive() {
-        return Err("the caller exited before its tree was frozen".into());
-    }
+    peer.alive_or("the caller exited before its tree was frozen")?;
     let mut stack = vec![peer.pid];
     let mut seen = std::collections::HashSet::from([peer.pid]);
     let mut checked = 0;
@@ -46,10 +44,7 @@ pub(super) fn check_frozen_tree(peer: &Peer, caller: &Caller) -> Result<(), Stri
             }
         }
     }
-    if !peer.is_alive() {
-        return Err("the caller exited while its tree was checked".into());
-    }
-    Ok(())
+    peer.alive_or("the caller exited while its tree was checked")
 }
 
 enum TaskError {
