@@ -207,6 +207,15 @@ pub fn restore_copies(
             dir.display()
         )));
     }
+    if meta.uid != 0 {
+        // copies run CRIU as root, which may only restore root's images
+        // (a non-root checkpoint restores as its owner: `restore::as_owner`)
+        return Err(RestoreError::Refused(format!(
+            "{}: these images are uid {}'s; copies are made of root's checkpoints only",
+            dir.display(),
+            meta.uid
+        )));
+    }
     let criu = &settings.criu;
     let images = PathBuf::from(format!(
         "/proc/{}/fd/{}",

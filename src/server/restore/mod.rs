@@ -7,6 +7,7 @@
 //! CRIU then reads only the verified copy of the images, keeps its log in
 //! a directory of root's, and has a deadline.
 
+mod as_owner;
 mod ids;
 mod verify;
 
@@ -22,7 +23,7 @@ use super::images::ImageMeta;
 use super::manifest::Key;
 use super::private_dir::PrivateDir;
 use std::fmt;
-use std::os::fd::{AsRawFd, OwnedFd};
+use std::os::fd::{AsFd, AsRawFd, OwnedFd};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
@@ -202,10 +203,28 @@ fn open_dir(dir: &Path) -> Result<OwnedFd, RestoreError> {
 fn run_criu(verified: &Verified, settings: &RestoreSettings) -> Result<i32, RestoreError> {
     // CRIU's own files go to a directory of root's: the images directory
     // is the caller's, and root must not create files there by name.
-    let work = PrivateDir::open_or_create(Path::new(LOG_DIR)).map_err(|e| RestoreError::Criu {
+    let no_place = |e: std::io::Error| RestoreError::Criu {
         message: format!("no place for the restore log: {e}"),
         log: PathBuf::from(LOG_DIR),
-    })?;
+    };
+    let logs = PrivateDir::open_or_create(Path::new(LOG_DIR)).map_err(no_place)?;
+    let meta = &verified.meta;
+    let owner = (meta.uid != 0).then(|| as_owner::Owner {
+        uid: meta.uid,
+        gid: meta.gid,
+        groups: meta.groups.clone(),
+    });
+    // A non-root checkpoint's CRIU runs as its owner (see `as_owner`): a
+    // work directory of its own inside root's LOG_DIR (which it cannot
+    // reach by path), and read access to the verified images, both
+    // reached through inherited fds.
+    let owners_work = match &owner {
+        None => None,
+        Some(o) => Some(owners_work_dir(verified, o).map_err(|e| {
+            RestoreError::Refused(format!("cannot prepare a restore as uid {}: {e}", o.uid))
+        })?),
+    };
+    let work = owners_work.as_ref().unwrap_or(&logs);
     let mut random = [0u8; 4];
     let _ = rustix::rand::getrandom(&mut random, rustix::rand::GetRandomFlags::empty());
     let tag = format!(
@@ -219,17 +238,17 @@ fn run_criu(verified: &Verified, settings: &RestoreSettings) -> Result<i32, Rest
         message,
         log: log.clone(),
     };
-    let meta = &verified.meta;
+    let (images_fd, work_fd) = (verified.subdir.dir.as_raw_fd(), work.as_fd().as_raw_fd());
+    let fd_path = |fd: i32| match owner {
+        Some(_) => format!("/proc/self/fd/{fd}"),
+        None => format!("/proc/{}/fd/{fd}", std::process::id()),
+    };
     let mut cmd = Command::new(&settings.criu.path);
     cmd.arg("restore")
         .arg("--images-dir")
-        .arg(format!(
-            "/proc/{}/fd/{}",
-            std::process::id(),
-            verified.subdir.dir.as_raw_fd()
-        ))
+        .arg(fd_path(images_fd))
         .arg("--work-dir")
-        .arg(work.proc_path())
+        .arg(fd_path(work_fd))
         .arg("--restore-detached")
         .arg("--pidfile")
         .arg(&pid_name)
@@ -239,6 +258,10 @@ fn run_criu(verified: &Verified, settings: &RestoreSettings) -> Result<i32, Rest
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(Stdio::null());
+    if let Some(o) = &owner {
+        cmd.arg("--unprivileged");
+        as_owner::run_as(&mut cmd, o, vec![images_fd, work_fd]);
+    }
     cmd.args(crate::server::engine::CriuFlags::of(meta).restore_args());
     {
         use std::os::unix::process::CommandExt;
@@ -273,6 +296,9 @@ fn run_criu(verified: &Verified, settings: &RestoreSettings) -> Result<i32, Rest
     match pid {
         Some(pid) if status.success() => {
             let _ = work.remove(&log_name);
+            if let Some(dir) = owners_work {
+                let _ = dir.remove_all();
+            }
             Ok(pid)
         }
         _ => {
@@ -284,6 +310,30 @@ fn run_criu(verified: &Verified, settings: &RestoreSettings) -> Result<i32, Rest
             ))
         }
     }
+}
+
+/// The owner's CRIU's work directory (fresh, inside root's [`LOG_DIR`],
+/// owned by the owner), after giving the owner read access to the verified
+/// images.
+fn owners_work_dir(verified: &Verified, owner: &as_owner::Owner) -> std::io::Result<PrivateDir> {
+    use rustix::fs::{Gid, Mode, OFlags, Uid};
+    as_owner::grant_read(&verified.subdir.dir, owner.uid, true)?;
+    for name in verified.subdir.names()? {
+        let file = rustix::fs::openat(
+            &verified.subdir.dir,
+            name.as_str(),
+            OFlags::RDONLY | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+            Mode::empty(),
+        )?;
+        as_owner::grant_read(&file, owner.uid, false)?;
+    }
+    let work = PrivateDir::create_in(Path::new(LOG_DIR), "restore-")?;
+    rustix::fs::fchown(
+        &work,
+        Some(Uid::from_raw(owner.uid)),
+        Some(Gid::from_raw(owner.gid)),
+    )?;
+    Ok(work)
 }
 
 /// Kills a CRIU past its deadline, its process group, and the tasks of the

@@ -79,7 +79,6 @@ pub(crate) fn verify(
     }
     if let Some(m) = &manifest {
         may_restore(&m.meta)?;
-        refuse_non_root(&m.meta)?;
     }
     let present = list(&images)?;
     let wanted: Vec<FileDigest> = match &manifest {
@@ -133,27 +132,6 @@ pub(crate) fn verify(
         }
     }
     Ok(verified)
-}
-
-/// CRIU restores as root, and opens the files a checkpoint recorded
-/// (`files.img`) by path, as root, following whatever is at those paths
-/// now. The signature says the paths are the ones dumped, not that they
-/// still lead where they led: the owner of a non-root checkpoint could
-/// since have put a symlink to a file of root's there, and its restored
-/// process would hold root's file open. Until CRIU runs such restores as
-/// the owner (`--unprivileged` with `CAP_CHECKPOINT_RESTORE`, which this
-/// project's machines cannot test: they cannot dump a non-root process),
-/// they are refused.
-fn refuse_non_root(meta: &ImageMeta) -> Result<(), RestoreError> {
-    if meta.uid == 0 {
-        return Ok(());
-    }
-    Err(RestoreError::Refused(format!(
-        "these images are of a process of uid {}; restoring a non-root checkpoint is not \
-         supported yet: CRIU would reopen the files it recorded as root, through whatever \
-         their owner has put at those paths since",
-        meta.uid
-    )))
 }
 
 impl Verified {
