@@ -4,12 +4,12 @@ use super::Shared;
 use super::config::ANSWER_TIMEOUT;
 use super::outcome::Refused;
 use super::peer::Peer;
+use super::slots::UidSlot;
 use crate::proto::{
     self, FrameError, PROTOCOL_VERSION, RefusalKind, Request, Response, read_frame, write_frame,
 };
 use async_io::{Async, Timer};
 use futures_lite::FutureExt;
-use std::collections::HashMap;
 use std::os::fd::OwnedFd;
 use std::os::unix::net::UnixStream;
 use std::sync::{Arc, Mutex};
@@ -217,9 +217,6 @@ async fn dispatch(
     }
 }
 
-/// Open connections or running dumps, per uid.
-pub(super) type UidCounts = Arc<Mutex<HashMap<u32, usize>>>;
-
 /// Takes a connection slot for the peer's uid, right at the accept (before
 /// the connection takes one of the global slots, so that one uid's flood
 /// cannot fill them). `Ok(None)` when the peer's uid is unknown: `handle`
@@ -239,50 +236,6 @@ pub(super) fn uid_slot(
             "uid {uid} already has {per_uid} connections open to the selfdump service; \
                  retry later"
         ))),
-    }
-}
-
-/// One of a uid's slots (connections or dumps), given back on drop.
-pub(super) struct UidSlot {
-    counts: UidCounts,
-    uid: u32,
-}
-
-impl UidSlot {
-    /// The uid this slot is counted for.
-    pub(super) fn uid(&self) -> u32 {
-        self.uid
-    }
-
-    /// A slot for `uid` if it holds fewer than `max`.
-    pub(super) fn take(counts: &UidCounts, uid: u32, max: usize) -> Option<Self> {
-        let mut counts_now = counts
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
-        let n = counts_now.entry(uid).or_insert(0);
-        if *n >= max {
-            return None;
-        }
-        *n += 1;
-        Some(Self {
-            counts: counts.clone(),
-            uid,
-        })
-    }
-}
-
-impl Drop for UidSlot {
-    fn drop(&mut self) {
-        let mut counts = self
-            .counts
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
-        if let Some(n) = counts.get_mut(&self.uid) {
-            *n -= 1;
-            if *n == 0 {
-                counts.remove(&self.uid);
-            }
-        }
     }
 }
 

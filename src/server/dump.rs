@@ -3,7 +3,7 @@
 use super::Shared;
 use super::as_caller::CallerCreds;
 use super::config::FROZEN_NOTICE_TIMEOUT;
-use super::connection::{UidSlot, send};
+use super::connection::send;
 use super::engine::{
     CriuFlags, DumpHooks, DumpSpec, Dumped, EngineError, FrozenVerdict, without_forks,
 };
@@ -14,6 +14,7 @@ use super::outcome::{Outcome, Refused};
 use super::peer::Peer;
 use super::pidns::NsInit;
 use super::policy::{Caller, check_dumpable, may_write_dir};
+use super::slots::UidSlot;
 use super::staging::Staging;
 use super::tree::check_frozen_tree;
 use crate::proto::{

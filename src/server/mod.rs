@@ -35,6 +35,7 @@ pub mod restore;
 mod restoring;
 mod shared;
 mod shutdown;
+mod slots;
 // the restore work edits it now: its `pub` items narrow once that merges
 #[allow(unreachable_pub)]
 mod staging;

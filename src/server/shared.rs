@@ -3,11 +3,11 @@
 //! request and the drain.
 
 use super::config::{Config, DRAIN_POLL};
-use super::connection;
 use super::engine;
 use super::jobs;
 use super::manifest;
 use super::shutdown::{RESULT_GRACE, Stop};
+use super::slots;
 use async_io::Async;
 use async_lock::Semaphore;
 use event_listener::Event;
@@ -29,10 +29,10 @@ pub(super) struct Shared {
     pub(super) workers: Arc<engine::WorkerPool>,
     pub(super) dumps: Arc<Semaphore>,
     /// Dumps running per caller uid.
-    pub(super) dumps_per_uid: connection::UidCounts,
+    pub(super) dumps_per_uid: slots::UidCounts,
     pub(super) connections: Arc<Semaphore>,
     /// Connections open per peer uid.
-    pub(super) connections_per_uid: connection::UidCounts,
+    pub(super) connections_per_uid: slots::UidCounts,
     /// Set once the server is asked to stop.
     pub(super) stop: Arc<Stop>,
     /// Connection tasks (and refusals being sent) not finished yet.

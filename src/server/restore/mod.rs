@@ -225,20 +225,69 @@ fn run_criu(verified: &Verified, settings: &RestoreSettings) -> Result<i32, Rest
         })?),
     };
     let work = owners_work.as_ref().unwrap_or(&logs);
-    let mut random = [0u8; 4];
-    let _ = rustix::rand::getrandom(&mut random, rustix::rand::GetRandomFlags::empty());
-    let tag = format!(
-        "restore-{}-{:08x}",
-        std::process::id(),
-        u32::from_le_bytes(random)
-    );
-    let (log_name, pid_name) = (format!("{tag}.log"), format!("{tag}.pid"));
-    let log = work.shown().join(&log_name);
+    let files = CriuFiles::new();
     let failed = |message: String| RestoreError::Criu {
         message,
-        log: log.clone(),
+        log: work.shown().join(&files.log),
     };
+    let cmd = criu_command(verified, settings, owner.as_ref(), work, &files);
+    let status = wait_within(cmd, verified, settings).map_err(failed)?;
+    let pid = work
+        .read(&files.pid)
+        .and_then(|p| String::from_utf8_lossy(&p).trim().parse().ok());
+    let _ = work.remove(&files.pid);
+    match pid {
+        Some(pid) if status.success() => {
+            let _ = work.remove(&files.log);
+            if let Some(dir) = owners_work {
+                let _ = dir.remove_all();
+            }
+            Ok(pid)
+        }
+        _ => {
+            let logged = work
+                .read(&files.log)
+                .and_then(|l| first_error(&String::from_utf8_lossy(&l)));
+            Err(failed(
+                logged.unwrap_or_else(|| format!("criu exited with {status}")),
+            ))
+        }
+    }
+}
+
+/// The names of one restore's log and pid file in CRIU's work directory.
+struct CriuFiles {
+    log: String,
+    pid: String,
+}
+
+impl CriuFiles {
+    fn new() -> Self {
+        let mut random = [0u8; 4];
+        let _ = rustix::rand::getrandom(&mut random, rustix::rand::GetRandomFlags::empty());
+        let tag = format!(
+            "restore-{}-{:08x}",
+            std::process::id(),
+            u32::from_le_bytes(random)
+        );
+        Self {
+            log: format!("{tag}.log"),
+            pid: format!("{tag}.pid"),
+        }
+    }
+}
+
+/// `criu restore` of the verified images, detached, in a process group of
+/// its own; run as `owner` (with `--unprivileged`) when there is one.
+fn criu_command(
+    verified: &Verified,
+    settings: &RestoreSettings,
+    owner: Option<&as_owner::Owner>,
+    work: &PrivateDir,
+    files: &CriuFiles,
+) -> Command {
     let (images_fd, work_fd) = (verified.subdir.dir.as_raw_fd(), work.as_fd().as_raw_fd());
+    // the owner's CRIU cannot look into this process's fds: it inherits them
     let fd_path = |fd: i32| match owner {
         Some(_) => format!("/proc/self/fd/{fd}"),
         None => format!("/proc/{}/fd/{fd}", std::process::id()),
@@ -251,63 +300,50 @@ fn run_criu(verified: &Verified, settings: &RestoreSettings) -> Result<i32, Rest
         .arg(fd_path(work_fd))
         .arg("--restore-detached")
         .arg("--pidfile")
-        .arg(&pid_name)
+        .arg(&files.pid)
         .arg("--log-file")
-        .arg(&log_name)
+        .arg(&files.log)
         .arg(format!("-v{}", settings.criu.log_level))
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(Stdio::null());
-    if let Some(o) = &owner {
+    if let Some(o) = owner {
         cmd.arg("--unprivileged");
         as_owner::run_as(&mut cmd, o, vec![images_fd, work_fd]);
     }
-    cmd.args(crate::server::engine::CriuFlags::of(meta).restore_args());
-    {
-        use std::os::unix::process::CommandExt;
-        // a group of its own, so that a deadline kills its helpers too
-        cmd.process_group(0);
-    }
+    cmd.args(crate::server::engine::CriuFlags::of(&verified.meta).restore_args());
+    use std::os::unix::process::CommandExt;
+    // a group of its own, so that a deadline kills its helpers too
+    cmd.process_group(0);
+    cmd
+}
+
+/// Runs `cmd` until it exits or the deadline passes; past it, CRIU and
+/// what it restored are killed.
+fn wait_within(
+    mut cmd: Command,
+    verified: &Verified,
+    settings: &RestoreSettings,
+) -> Result<std::process::ExitStatus, String> {
     let started = Instant::now();
     let mut child = cmd
         .spawn()
-        .map_err(|e| failed(format!("cannot run {}: {e}", settings.criu.path.display())))?;
-    let status = loop {
+        .map_err(|e| format!("cannot run {}: {e}", settings.criu.path.display()))?;
+    loop {
         match child.try_wait() {
-            Ok(Some(status)) => break status,
+            Ok(Some(status)) => return Ok(status),
             Ok(None) if started.elapsed() < settings.deadline => {
                 std::thread::sleep(Duration::from_millis(2))
             }
             _ => {
                 abandon(&child, verified, started);
                 let _ = child.wait();
-                return Err(failed(format!(
+                return Err(format!(
                     "criu restore did not finish within {:?}; it was killed, with whatever \
                      it had restored",
                     settings.deadline
-                )));
+                ));
             }
-        }
-    };
-    let pid = work
-        .read(&pid_name)
-        .and_then(|p| String::from_utf8_lossy(&p).trim().parse().ok());
-    let _ = work.remove(&pid_name);
-    match pid {
-        Some(pid) if status.success() => {
-            let _ = work.remove(&log_name);
-            if let Some(dir) = owners_work {
-                let _ = dir.remove_all();
-            }
-            Ok(pid)
-        }
-        _ => {
-            let logged = work
-                .read(&log_name)
-                .and_then(|l| first_error(&String::from_utf8_lossy(&l)));
-            Err(failed(
-                logged.unwrap_or_else(|| format!("criu exited with {status}")),
-            ))
         }
     }
 }

@@ -80,28 +80,7 @@ pub(crate) fn verify(
     if let Some(m) = &manifest {
         may_restore(&m.meta)?;
     }
-    let present = list(&images)?;
-    let wanted: Vec<FileDigest> = match &manifest {
-        Some(m) => {
-            for name in &present {
-                if m.file(name).is_none() && !unsigned_extra(name) && name != MANIFEST_FILE {
-                    return Err(RestoreError::Refused(format!(
-                        "{name} is not part of the signed images (added after the dump)"
-                    )));
-                }
-            }
-            m.files.clone()
-        }
-        None => present
-            .iter()
-            .filter(|n| !unsigned_extra(n) && !n.starts_with("selfdump-"))
-            .map(|n| FileDigest {
-                name: n.clone(),
-                size: 0,
-                hash: [0; 32],
-            })
-            .collect(),
-    };
+    let wanted = wanted(&images, manifest.as_ref())?;
     let subdir = PrivateSubdir::create(images, ".selfdump-restore-", creds, |_| {})
         .map_err(|e| RestoreError::Refused(format!("cannot make a private directory: {e}")))?;
     let mut verified = Verified {
@@ -132,6 +111,32 @@ pub(crate) fn verify(
         }
     }
     Ok(verified)
+}
+
+/// The files to place: the manifest's, after checking that the directory
+/// holds nothing else but unsigned extras (logs, statistics); without a
+/// manifest, every file but those.
+fn wanted(images: &OwnedFd, manifest: Option<&Manifest>) -> Result<Vec<FileDigest>, RestoreError> {
+    let present = list(images)?;
+    let Some(m) = manifest else {
+        return Ok(present
+            .iter()
+            .filter(|n| !unsigned_extra(n) && !n.starts_with("selfdump-"))
+            .map(|n| FileDigest {
+                name: n.clone(),
+                size: 0,
+                hash: [0; 32],
+            })
+            .collect());
+    };
+    for name in &present {
+        if m.file(name).is_none() && !unsigned_extra(name) && name != MANIFEST_FILE {
+            return Err(RestoreError::Refused(format!(
+                "{name} is not part of the signed images (added after the dump)"
+            )));
+        }
+    }
+    Ok(m.files.clone())
 }
 
 impl Verified {
