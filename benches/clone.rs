@@ -25,6 +25,9 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+/// CRIU's kernel-feature cache, which the CLI reads when present.
+const KDAT_FILE: &str = "/run/criu.kdat";
+
 fn now_ns() -> u128 {
     let t = rustix::time::clock_gettime(rustix::time::ClockId::Monotonic);
     t.tv_sec as u128 * 1_000_000_000 + t.tv_nsec as u128
@@ -140,8 +143,8 @@ fn main() {
             "\n3. bounds: exec of `criu --version` {:.1} ms (median); CRIU's kernel-feature \
              cache {} {}",
             median(&mut exec),
-            selfdump::server::engine::kdat::KDAT_FILE,
-            if Path::new(selfdump::server::engine::kdat::KDAT_FILE).exists() {
+            KDAT_FILE,
+            if Path::new(KDAT_FILE).exists() {
                 "present (the CLI reads it)"
             } else {
                 "absent (every CLI run probes the kernel)"

@@ -2,15 +2,36 @@
 //!
 //! ## Features
 //!
-//! - `client` (default): [`checkpoint`], [`Options`], [`Outcome`];
-//!   [`blocking::checkpoint`] for programs without an executor;
-//!   [`Hooks`] and [`Resource`] around a checkpoint; [`preflight()`] and
-//!   [`preflight::Preflight`]; [`isolate::Isolated`] to start a program in a
-//!   pid namespace of its own (`selfdump run`), whose images restore as
-//!   many copies at once.
-//! - `server` (default): [`server::Server`], the CRIU engine, restore helpers
-//!   ([`server::restore`], [`server::copies`] for many copies at once) and
-//!   systemd integration ([`server::systemd`]).
+#![cfg_attr(
+    feature = "client",
+    doc = "- `client` (default): [`checkpoint`], [`Options`], [`Outcome`];\n\
+  [`blocking::checkpoint`] for programs without an executor;\n\
+  [`Hooks`] and [`Resource`] around a checkpoint; [`preflight()`] and\n\
+  [`preflight::Preflight`]; [`isolate::Isolated`] to start a program in a\n\
+  pid namespace of its own (`selfdump run`), whose images restore as\n\
+  many copies at once."
+)]
+#![cfg_attr(
+    not(feature = "client"),
+    doc = "- `client` (default): `checkpoint`, `Options`, `Outcome`;\n\
+  `blocking::checkpoint` for programs without an executor;\n\
+  `Hooks` and `Resource` around a checkpoint; `preflight()` and\n\
+  `preflight::Preflight`; `isolate::Isolated` to start a program in a\n\
+  pid namespace of its own (`selfdump run`), whose images restore as\n\
+  many copies at once."
+)]
+#![cfg_attr(
+    feature = "server",
+    doc = "- `server` (default): [`server::Server`], the CRIU engine, restore helpers\n\
+  ([`server::restore`], [`server::copies`] for many copies at once) and\n\
+  systemd integration ([`server::systemd`])."
+)]
+#![cfg_attr(
+    not(feature = "server"),
+    doc = "- `server` (default): `server::Server`, the CRIU engine, restore helpers\n\
+  (`server::restore`, `server::copies` for many copies at once) and\n\
+  systemd integration (`server::systemd`)."
+)]
 //! - `cli` (default, needs both): the `selfdump` binary (`serve`, `restore`,
 //!   `run`, `check`).
 //!
@@ -33,7 +54,7 @@
 //!   construction needed) and hashes their files, on all cores for large
 //!   page files (`rayon`, `mmap`).
 //! - `event-listener` (server): wakes a running server when a
-//!   [`server::ShutdownHandle`] asks it to stop, and its drain when the
+//!   `server::ShutdownHandle` asks it to stop, and its drain when the
 //!   last connection ends (already under `async-lock`; no waker code of
 //!   our own).
 //! - `async-process`, `blocking`, `async-executor` (server): the `criu swrk`
@@ -53,11 +74,15 @@
 //! netlink interface, spoken with `rustix` (a dozen lines of framing), and
 //! `sd_notify` is one datagram: neither needs a crate of its own.
 #![deny(missing_docs)]
+#![warn(unreachable_pub, missing_debug_implementations)]
 
 #[cfg(any(feature = "client", feature = "server"))]
 mod copy_record;
 #[cfg(any(feature = "client", feature = "server"))]
-mod procstat;
+mod procfs;
+/// The `/proc/<pid>/stat` fields, under their former name (the restore code).
+#[cfg(feature = "server")]
+use procfs as procstat;
 pub mod proto;
 
 #[cfg(feature = "client")]

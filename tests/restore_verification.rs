@@ -160,14 +160,12 @@ fn tampered_images_are_refused_with_the_file_named() {
         pid,
         "differ from the recorded owner (uid 0, gid 1234)",
     );
-    // a non-root owner: refused until CRIU restores as the owner (it would
-    // reopen the recorded files as root, wherever their paths lead now)
     let copy = copy_of(images);
     resign(copy.path(), &ours, |m| m.meta.uid = 65534);
     assert_refused(
         copy.path(),
         pid,
-        "restoring a non-root checkpoint is not supported yet",
+        "differ from the recorded owner (uid 65534",
     );
 
     // unsigned images: only with --trust-unsigned, and only from root

@@ -16,7 +16,7 @@
 //! against memory size). Run: `cargo bench --bench checkpoint`.
 //! `SELFDUMP_BENCH_QUICK=1` runs fewer repetitions and skips 1 GiB.
 
-use selfdump::server::engine::kdat;
+use selfdump::server::internals::kdat;
 use selfdump::server::{Criu, Server, check::find_criu};
 use std::io::{BufRead, BufReader, Write};
 use std::path::{Path, PathBuf};
@@ -457,7 +457,7 @@ fn criu_frozen_ms(dir: &Path) -> f64 {
     let image = selfdump::server::images::read_image(&file, "stats-dump").expect("stats-dump");
     let entry = selfdump::server::images::entries(&image).next().unwrap();
     use prost::Message;
-    let stats = selfdump::server::engine::rpc::StatsEntry::decode(entry).unwrap();
+    let stats = selfdump::server::internals::rpc::StatsEntry::decode(entry).unwrap();
     stats.dump.unwrap().frozen_time as f64 / 1000.0
 }
 

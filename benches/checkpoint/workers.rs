@@ -9,7 +9,7 @@
 
 use super::{Criu, criu_frozen_ms, images, median, ms, spread, start_app};
 use selfdump::proto::DumpOptions;
-use selfdump::server::engine::{DumpHooks, DumpSpec, FrozenVerdict, Worker};
+use selfdump::server::internals::{DumpHooks, DumpSpec, FrozenVerdict, Worker};
 use std::os::fd::AsFd;
 use std::path::Path;
 use std::time::{Duration, Instant};

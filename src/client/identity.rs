@@ -32,7 +32,7 @@ impl Identity {
 
 /// The start time in clock ticks after boot, from `/proc/<pid>/stat`.
 fn start_time(stat: &str) -> Option<u64> {
-    crate::procstat::field(stat, crate::procstat::START_TIME)
+    crate::procfs::field(stat, crate::procfs::START_TIME)
 }
 
 #[cfg(test)]

@@ -125,15 +125,6 @@ impl Options {
         self
     }
 
-    /// Ask for an iterative pre-dump first, to shorten the freeze. It needs
-    /// the kernel's soft-dirty memory tracking (`criu check --feature
-    /// mem_dirty_track`); the service refuses with that reason when it is
-    /// missing.
-    pub fn pre_dump(mut self, on: bool) -> Self {
-        self.dump.pre_dump = on;
-        self
-    }
-
     /// The images directory.
     pub fn images_dir(&self) -> &Path {
         &self.images_dir

@@ -52,8 +52,10 @@ pub struct DumpOptions {
     pub file_locks: bool,
     /// Allow connections to unix sockets outside the tree, as CRIU allows (`--ext-unix-sk`).
     pub ext_unix_sk: bool,
-    /// Shorten the freeze with an iterative pre-dump first. Needs the
-    /// kernel's soft-dirty memory tracking; refused when it is missing.
+    /// Reserved for an iterative pre-dump, which this service does not
+    /// implement yet: a request with it is refused (saying also whether the
+    /// kernel's soft-dirty memory tracking, which it would need, exists).
+    /// The client library never sets it.
     pub pre_dump: bool,
     /// The caller's copy slot: an fd of its own, the read end of a pipe
     /// with no writer, that a restore of many copies replaces in each copy

@@ -1,6 +1,6 @@
 //! The wire protocol shared by client and service.
 //!
-//! Every message is one frame: a fixed 10-byte [`Header`] (magic, protocol
+//! Every message is one frame: a fixed 10-byte header (magic, protocol
 //! version, body length) followed by a MessagePack body. The header layout
 //! never changes between versions, so a peer that speaks another version can
 //! still read it and answer with a plain UTF-8 explanation (see
@@ -12,9 +12,15 @@ mod io;
 mod messages;
 
 pub use frame::{
-    FrameError, HEADER_LEN, Header, MAGIC, MAX_BODY, MAX_FDS, PROTOCOL_VERSION, decode_body,
-    encode_frame, encode_mismatch_frame,
+    FrameError, HEADER_LEN, MAGIC, MAX_BODY, MAX_FDS, PROTOCOL_VERSION, decode_body, encode_frame,
+    encode_mismatch_frame,
 };
+// The frame reader and writer and the parsed header are the client's and
+// the service's internals; they stay reachable, hidden, for this crate's
+// tests, benches and fuzzer.
+#[doc(hidden)]
+pub use frame::Header;
+#[doc(hidden)]
 pub use io::{Frame, read_frame, write_frame};
 pub use messages::{
     DumpFailure, DumpOptions, DumpReport, JobId, MAX_TEXT, Refusal, RefusalKind, Request, Response,

@@ -1,19 +1,15 @@
 //! Configuring a [`Server`]: limits, policy, the embedder's admit callback,
 //! and where it listens.
 
-use super::engine::WorkerPool;
-use super::jobs;
+use super::config::{Admit, Config};
+use super::engine::kdat::{self, KdatCache};
 use super::manifest::{DEFAULT_KEY_FILE, Key};
-use super::peer;
 use super::{CallerInfo, Criu, Error, Policy, Server, Shared};
 use async_io::Async;
-use async_lock::Semaphore;
-use event_listener::Event;
 use std::os::unix::fs::PermissionsExt;
 use std::os::unix::net::UnixListener;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::sync::atomic::AtomicUsize;
 use std::time::Duration;
 
 /// Limits and choices of a [`Server`]. Build it with [`Server::builder`].
@@ -51,20 +47,9 @@ use std::time::Duration;
 /// command line offers action scripts, which cannot reach the service's
 /// connection or veto the dump.
 #[derive(Debug, Clone)]
+#[must_use = "a Builder serves nothing until `bind` or `listener` makes the Server"]
 pub struct Builder {
-    pub(super) criu: Criu,
-    pub(super) policy: Policy,
-    admit: Option<Admit>,
-    pub(super) max_dumps: usize,
-    pub(super) max_dumps_per_uid: usize,
-    max_connections: usize,
-    pub(super) max_connections_per_uid: usize,
-    pub(super) request_timeout: Duration,
-    pub(super) dump_timeout: Duration,
-    warm_workers: usize,
-    result_ttl: Duration,
-    max_results: usize,
-    max_results_per_uid: usize,
+    pub(super) config: Config,
     socket_mode: u32,
     socket_owner: Option<(u32, u32)>,
     key: Option<Key>,
@@ -74,19 +59,7 @@ pub struct Builder {
 impl Default for Builder {
     fn default() -> Self {
         Self {
-            criu: Criu::default(),
-            policy: Policy::root_only(),
-            admit: None,
-            max_dumps: 8,
-            max_dumps_per_uid: 4,
-            max_connections: 256,
-            max_connections_per_uid: 64,
-            request_timeout: Duration::from_secs(5),
-            dump_timeout: Duration::from_secs(300),
-            warm_workers: 1,
-            result_ttl: Duration::from_secs(600),
-            max_results: jobs::MAX_RESULTS,
-            max_results_per_uid: jobs::MAX_RESULTS_PER_UID,
+            config: Config::default(),
             socket_mode: 0o600,
             socket_owner: None,
             key: None,
@@ -99,12 +72,12 @@ impl Builder {
     /// The engine: how to run CRIU (binary path, log level). See
     /// [the engine](Builder#the-engine) for why CRIU's RPC is the only one.
     pub fn criu(mut self, criu: Criu) -> Self {
-        self.criu = criu;
+        self.config.criu = criu;
         self
     }
     /// Who may ask (default: root only).
     pub fn policy(mut self, policy: Policy) -> Self {
-        self.policy = policy;
+        self.config.policy = policy;
         self
     }
     /// The embedder's own say on who may checkpoint: `f` sees each
@@ -127,7 +100,7 @@ impl Builder {
     where
         F: Fn(&CallerInfo<'_>) -> Result<(), String> + Send + Sync + 'static,
     {
-        self.admit = Some(Admit(Arc::new(f)));
+        self.config.admit = Some(Admit(Arc::new(f)));
         self
     }
     /// `criu swrk` workers kept started ahead of time (default 1; 0 for
@@ -136,18 +109,18 @@ impl Builder {
     /// idle `criu swrk` child of the service. Dumps beyond the ready ones
     /// start their own, as with 0.
     pub fn warm_workers(mut self, n: usize) -> Self {
-        self.warm_workers = n;
+        self.config.warm_workers = n;
         self
     }
     /// Dumps running at once; more are refused as busy (default 8).
     pub fn max_dumps(mut self, n: usize) -> Self {
-        self.max_dumps = n.max(1);
+        self.config.max_dumps = n.max(1);
         self
     }
     /// Dumps one uid may have running at once, so that one user cannot take
     /// every dump slot; more are refused as busy (default 4).
     pub fn max_dumps_per_uid(mut self, n: usize) -> Self {
-        self.max_dumps_per_uid = n.max(1);
+        self.config.max_dumps_per_uid = n.max(1);
         self
     }
     /// Connections open at once; more are refused as busy (default 256).
@@ -161,19 +134,19 @@ impl Builder {
     /// busy rather than run the service out of fds. Raise the limit first
     /// ([`raise_fd_limit`](super::raise_fd_limit)).
     pub fn max_connections(mut self, n: usize) -> Self {
-        self.max_connections = n.max(1);
+        self.config.max_connections = n.max(1);
         self
     }
     /// Connections one uid may have open at once (default 64): a flood of
     /// idle connections from one user leaves room for the others. More are
     /// refused as busy.
     pub fn max_connections_per_uid(mut self, n: usize) -> Self {
-        self.max_connections_per_uid = n.max(1);
+        self.config.max_connections_per_uid = n.max(1);
         self
     }
     /// Time a client has to send its request (default 5 s).
     pub fn request_timeout(mut self, d: Duration) -> Self {
-        self.request_timeout = d;
+        self.config.request_timeout = d;
         self
     }
     /// Time a whole dump may take before it is abandoned (default 300 s).
@@ -188,7 +161,7 @@ impl Builder {
     /// `dump.log`). `tests/adversarial/faults.rs` (`dump_timeout_exceeded`)
     /// checks both cases against real CRIU.
     pub fn dump_timeout(mut self, d: Duration) -> Self {
-        self.dump_timeout = d;
+        self.config.dump_timeout = d;
         self
     }
     /// How long a result waits for its process to ask (default 600 s). A
@@ -196,7 +169,7 @@ impl Builder {
     /// ([`Builder::max_results`], [`Builder::max_results_per_uid`]) push
     /// it out; a process asking after that is told "result expired".
     pub fn result_ttl(mut self, d: Duration) -> Self {
-        self.result_ttl = d;
+        self.config.result_ttl = d;
         self
     }
     /// Finished results kept for their callers at most, in all (default
@@ -204,14 +177,14 @@ impl Builder {
     /// and their callers are told "result expired". A finished result holds
     /// no fd, only its answer.
     pub fn max_results(mut self, n: usize) -> Self {
-        self.max_results = n.max(1);
+        self.config.max_results = n.max(1);
         self
     }
     /// Finished results kept at most per uid (default
     /// [`MAX_RESULTS_PER_UID`](super::MAX_RESULTS_PER_UID)), so that one
     /// user that never collects cannot push out the others' results.
     pub fn max_results_per_uid(mut self, n: usize) -> Self {
-        self.max_results_per_uid = n.max(1);
+        self.config.max_results_per_uid = n.max(1);
         self
     }
     /// Mode of a socket created by [`Builder::bind`] (default 0o600).
@@ -240,7 +213,8 @@ impl Builder {
         self
     }
 
-    /// Creates the socket at `path` (replacing a stale one) and the server.
+    /// Creates the socket at `path` (replacing a stale one) and the server,
+    /// after checking CRIU as [`Builder::listener`] does.
     pub fn bind(self, path: impl AsRef<Path>) -> Result<Server, Error> {
         let path = path.as_ref().to_path_buf();
         remove_stale_socket(&path);
@@ -257,13 +231,20 @@ impl Builder {
         }
         std::fs::set_permissions(&path, std::fs::Permissions::from_mode(self.socket_mode))
             .map_err(perms)?;
-        let mut server = self.listener(listener)?;
+        let mut server = self.listener(listener).inspect_err(|_| {
+            let _ = std::fs::remove_file(&path);
+        })?;
         server.path = Some(path);
         Ok(server)
     }
 
     /// A server on an already bound listener (socket activation, tests).
-    pub fn listener(mut self, listener: UnixListener) -> Result<Server, Error> {
+    ///
+    /// Like [`Builder::bind`], it first checks CRIU (it must run and be 4
+    /// or newer, else [`Error::Criu`]) and makes sure dumps find CRIU's
+    /// kernel-feature cache (see [`kdat`](super::engine::kdat)), as
+    /// `selfdump serve` does; this runs CRIU and blocks meanwhile.
+    pub fn listener(self, listener: UnixListener) -> Result<Server, Error> {
         let key = match &self.key {
             Some(key) => key.clone(),
             None => Key::load_or_create(&self.key_file).map_err(|source| Error::Key {
@@ -271,106 +252,35 @@ impl Builder {
                 source,
             })?,
         };
+        let kdat = prepare_criu(&self.config.criu)?;
         let listener = Async::new(listener).map_err(Error::Accept)?;
-        let max_connections = self.connections_within_fd_limit();
         Ok(Server {
             listener,
             path: None,
-            shared: Arc::new(Shared {
-                jobs: jobs::Jobs::with_caps(
-                    self.result_ttl,
-                    self.max_results,
-                    self.max_results_per_uid,
-                ),
-                key,
-                workers: WorkerPool::new(self.criu.clone(), self.warm_workers),
-                dumps: Arc::new(Semaphore::new(self.max_dumps)),
-                dumps_per_uid: Default::default(),
-                connections_per_uid: Default::default(),
-                connections: Arc::new(Semaphore::new(max_connections)),
-                config: self,
-                stop: Default::default(),
-                tasks: AtomicUsize::new(0),
-                changed: Event::new(),
-            }),
+            shared: Arc::new(Shared::new(self.config, key, kdat)),
         })
-    }
-
-    /// [`Builder::max_connections`] and [`Builder::max_connections_per_uid`],
-    /// lowered to what the fd limit can hold next to the dumps (see there):
-    /// the connections of all and root's own (up to its per-uid limit, at
-    /// most a quarter of the room) must fit.
-    fn connections_within_fd_limit(&mut self) -> usize {
-        /// Fds a connection holds: its socket and the caller's pidfd.
-        const PER_CONNECTION: u64 = 2;
-        /// The listener, the reserve fd, logs, `/proc` reads...
-        const BASE: u64 = 64;
-        /// A dump's fds: CRIU's channel, the images and staging
-        /// directories, the caller's pidfd and socket, files being
-        /// published (a generous bound).
-        const PER_DUMP: u64 = 16;
-        let soft = rustix::process::getrlimit(rustix::process::Resource::Nofile)
-            .current
-            .unwrap_or(u64::MAX);
-        let reserved =
-            BASE + PER_DUMP * self.max_dumps as u64 + PER_CONNECTION * self.warm_workers as u64;
-        let room = soft.saturating_sub(reserved) / PER_CONNECTION;
-        let per_uid = (self.max_connections_per_uid as u64).min(room / 4).max(1) as usize;
-        let all = (self.max_connections as u64)
-            .min(room.saturating_sub(per_uid as u64))
-            .max(1) as usize;
-        if (all, per_uid) != (self.max_connections, self.max_connections_per_uid) {
-            log::warn!(
-                "the fd limit ({soft}) holds only so many connections next to the dumps: \
-                 max_connections lowered from {} to {all}, max_connections_per_uid from {} to \
-                 {per_uid} (raise LimitNOFILE= / `ulimit -n`)",
-                self.max_connections,
-                self.max_connections_per_uid
-            );
-        }
-        self.max_connections_per_uid = per_uid;
-        all
-    }
-
-    /// Runs the embedder's [`Builder::admit`] callback, if any.
-    pub(super) fn embedder_admits(
-        &self,
-        caller: &super::policy::Caller,
-        peer: &peer::Peer,
-    ) -> Result<(), String> {
-        let caller = &CallerInfo {
-            uid: caller.uid(),
-            gid: caller.gids[1],
-            pid: peer.pid,
-            pidfd: std::os::fd::AsFd::as_fd(&peer.pidfd),
-        };
-        let Some(Admit(f)) = &self.admit else {
-            return Ok(());
-        };
-        let verdict = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| f(caller)))
-            .unwrap_or_else(|_| {
-                log::error!("the embedder's admit callback panicked");
-                Err("the service's admission check failed".into())
-            });
-        verdict?;
-        if !peer::is_alive(&caller.pidfd) {
-            return Err("you exited".into());
-        }
-        Ok(())
     }
 }
 
-/// The signature of an embedder's [`Builder::admit`] callback.
-type AdmitFn = dyn Fn(&CallerInfo<'_>) -> Result<(), String> + Send + Sync;
-
-/// The embedder's callback given to [`Builder::admit`].
-#[derive(Clone)]
-struct Admit(Arc<AdmitFn>);
-
-impl std::fmt::Debug for Admit {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("Admit(<callback>)")
+/// What `selfdump serve` and an embedded [`Server`] both do before they
+/// serve: check that CRIU runs and is 4 or newer, then make sure dumps find
+/// its kernel-feature cache ([`kdat`](super::engine::kdat)).
+fn prepare_criu(criu: &Criu) -> Result<KdatCache, Error> {
+    let (major, minor, sub) = async_io::block_on(criu.version()).map_err(|e| {
+        Error::Criu(format!(
+            "{}: {e}; is CRIU >= 4 installed?",
+            criu.path.display()
+        ))
+    })?;
+    if major < 4 {
+        return Err(Error::Criu(format!(
+            "criu {major}.{minor}.{sub} is too old; selfdump needs CRIU 4 or newer"
+        )));
     }
+    log::info!("using {} (CRIU {major}.{minor}.{sub})", criu.path.display());
+    let kdat = kdat::ensure_cache(criu);
+    log::info!("CRIU kernel-feature cache: {kdat:?}");
+    Ok(kdat)
 }
 
 fn remove_stale_socket(path: &Path) {

@@ -112,16 +112,8 @@ fn other_uids() -> Finding {
     }
 }
 
-fn dump_and_restore(criu: &Criu, scratch: &Path) -> Result<Duration, String> {
-    use rustix::process::{Pid, Signal, WaitOptions, kill_process, waitpid};
-    let started = Instant::now();
-    // a fresh directory of root's, reached through its fd: `scratch` (the
-    // temporary directory) is writable by everyone
-    let scratch_dir = super::private_dir::PrivateDir::create_in(scratch, "selfdump-check-")
-        .map_err(|e| e.to_string())?;
-    let dir = scratch_dir.proc_path();
-    rustix::process::set_child_subreaper(Some(rustix::process::getpid()))
-        .map_err(|e| e.to_string())?;
+/// A `sleep 600` in a session of its own: the process the check dumps.
+fn start_sleeper() -> Result<std::process::Child, String> {
     let mut cmd = Command::new("sleep");
     cmd.arg("600")
         .stdin(Stdio::null())
@@ -132,9 +124,20 @@ fn dump_and_restore(criu: &Criu, scratch: &Path) -> Result<Duration, String> {
         use std::os::unix::process::CommandExt;
         cmd.pre_exec(|| rustix::process::setsid().map(drop).map_err(Into::into));
     }
-    let mut child = cmd
-        .spawn()
-        .map_err(|e| format!("cannot start sleep: {e}"))?;
+    cmd.spawn().map_err(|e| format!("cannot start sleep: {e}"))
+}
+
+fn dump_and_restore(criu: &Criu, scratch: &Path) -> Result<Duration, String> {
+    use rustix::process::{Pid, Signal, WaitOptions, kill_process, waitpid};
+    let started = Instant::now();
+    // a fresh directory of root's, reached through its fd: `scratch` (the
+    // temporary directory) is writable by everyone
+    let scratch_dir = super::private_dir::PrivateDir::create_in(scratch, "selfdump-check-")
+        .map_err(|e| e.to_string())?;
+    let dir = scratch_dir.proc_path();
+    rustix::process::set_child_subreaper(Some(rustix::process::getpid()))
+        .map_err(|e| e.to_string())?;
+    let mut child = start_sleeper()?;
     let pid = child.id();
     let run = |args: &[&str]| -> Result<(), String> {
         let o = Command::new(&criu.path)

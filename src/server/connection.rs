@@ -1,14 +1,16 @@
 //! One connection: identify the peer, read one request, answer it.
 
 use super::Shared;
+use super::config::ANSWER_TIMEOUT;
+use super::outcome::Refused;
 use super::peer::Peer;
+use super::slots::UidSlot;
 use crate::proto::{
-    self, FrameError, PROTOCOL_VERSION, Refusal, RefusalKind, Request, Response, read_frame,
-    write_frame,
+    self, FrameError, PROTOCOL_VERSION, RefusalKind, Request, Response, read_frame, write_frame,
 };
 use async_io::{Async, Timer};
 use futures_lite::FutureExt;
-use std::collections::HashMap;
+use std::os::fd::OwnedFd;
 use std::os::unix::net::UnixStream;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -28,7 +30,7 @@ pub(super) async fn refuse_busy(stream: Async<UnixStream>) {
 pub(super) async fn refuse_shutting_down(stream: Async<UnixStream>) {
     let _ = read_frame(&stream)
         .or(async {
-            Timer::after(Duration::from_secs(1)).await;
+            Timer::after(ANSWER_TIMEOUT).await;
             Ok(None)
         })
         .await;
@@ -43,11 +45,9 @@ pub(super) fn shutting_down() -> Response {
     )
 }
 
+/// A refusal as the wire answer ([`Refused`] into [`Response`]).
 pub(super) fn refusal(kind: RefusalKind, message: impl Into<String>) -> Response {
-    Response::Refused(Refusal {
-        kind,
-        message: crate::proto::clip(message.into()),
-    })
+    Refused::new(kind, message).into()
 }
 
 /// Sends one response, best effort: a client that went away loses only its own answer.
@@ -59,7 +59,7 @@ pub(super) async fn send(stream: &Async<UnixStream>, response: &Response) {
             .map_err(|e| e.to_string())
     };
     let limit = async {
-        Timer::after(Duration::from_secs(1)).await;
+        Timer::after(ANSWER_TIMEOUT).await;
         Err("timed out".to_string())
     };
     if let Err(e) = write.or(limit).await {
@@ -83,8 +83,20 @@ pub(super) async fn handle(shared: Arc<Shared>, stream: Async<UnixStream>) {
             return;
         }
     };
+    if let Some((request, fds)) = read_request(&shared, &peer, &stream).await {
+        dispatch(&shared, peer, stream, request, fds).await;
+    }
+}
+
+/// Reads the connection's one request within the request timeout, and
+/// answers what is wrong with it itself (`None` then).
+async fn read_request(
+    shared: &Shared,
+    peer: &Peer,
+    stream: &Async<UnixStream>,
+) -> Option<(Request, Vec<OwnedFd>)> {
     let timeout = shared.config.request_timeout;
-    let read = async { read_frame(&stream).await };
+    let read = async { read_frame(stream).await };
     let limit = async {
         Timer::after(timeout).await;
         Err(FrameError::Io(std::io::Error::new(
@@ -94,22 +106,22 @@ pub(super) async fn handle(shared: Arc<Shared>, stream: Async<UnixStream>) {
     };
     let frame = match read.or(limit).await {
         Ok(Some(frame)) => frame,
-        Ok(None) => return,
+        Ok(None) => return None,
         // the kernel also truncates the fds of a message when the
         // receiver has no fd left for them: that is not the client's fault
-        Err(FrameError::ControlTruncated) if out_of_fds(&stream) => {
+        Err(FrameError::ControlTruncated) if out_of_fds(stream) => {
             rate_limited_warning(format_args!(
                 "pid {}: cannot receive its fds: the service is out of fds",
                 peer.pid
             ));
             let m = "the selfdump service is out of file descriptors; retry later";
-            send(&stream, &refusal(RefusalKind::Busy, m)).await;
-            return;
+            send(stream, &refusal(RefusalKind::Busy, m)).await;
+            return None;
         }
         Err(e) => {
             log::info!("pid {} uid {}: bad request: {e}", peer.pid, peer.uid);
-            send(&stream, &refusal(RefusalKind::BadRequest, e.to_string())).await;
-            return;
+            send(stream, &refusal(RefusalKind::BadRequest, e.to_string())).await;
+            return None;
         }
     };
     if frame.header.version != PROTOCOL_VERSION {
@@ -119,45 +131,61 @@ pub(super) async fn handle(shared: Arc<Shared>, stream: Async<UnixStream>) {
             frame.header.version
         );
         let answer = proto::encode_mismatch_frame(frame.header.version);
-        let _ = write_frame(&stream, &answer, &[])
+        let _ = write_frame(stream, &answer, &[])
             .or(async {
-                Timer::after(Duration::from_secs(1)).await;
+                Timer::after(ANSWER_TIMEOUT).await;
                 Ok(())
             })
             .await;
-        return;
+        return None;
     }
-    let request: Request = match proto::decode_body(frame.header, &frame.body) {
-        Ok(request) => request,
+    match proto::decode_body(frame.header, &frame.body) {
+        Ok(request) => Some((request, frame.fds)),
         Err(e) => {
             log::info!("pid {}: malformed request: {e}", peer.pid);
-            send(&stream, &refusal(RefusalKind::BadRequest, e.to_string())).await;
-            return;
+            send(stream, &refusal(RefusalKind::BadRequest, e.to_string())).await;
+            None
         }
-    };
-    let mut fds = frame.fds;
+    }
+}
+
+/// The one fd a request must carry, or why it is refused (`what` names
+/// the request).
+fn one_fd(mut fds: Vec<OwnedFd>, what: &str) -> Result<OwnedFd, Refused> {
+    if fds.len() != 1 {
+        let e = if fds.is_empty() {
+            FrameError::MissingFd
+        } else {
+            FrameError::UnexpectedFds(fds.len())
+        };
+        return Err(Refused::new(
+            RefusalKind::BadRequest,
+            format!("{what} request: {e}"),
+        ));
+    }
+    Ok(fds.pop().expect("one fd"))
+}
+
+/// Serves a well-formed request.
+async fn dispatch(
+    shared: &Shared,
+    peer: Peer,
+    stream: Async<UnixStream>,
+    request: Request,
+    fds: Vec<OwnedFd>,
+) {
     match request {
         Request::Checkpoint(options) => {
-            if fds.len() != 1 {
-                let e = if fds.is_empty() {
-                    FrameError::MissingFd
-                } else {
-                    FrameError::UnexpectedFds(fds.len())
-                };
-                send(
-                    &stream,
-                    &refusal(RefusalKind::BadRequest, format!("checkpoint request: {e}")),
-                )
-                .await;
-                return;
-            }
+            let dir = match one_fd(fds, "checkpoint") {
+                Ok(dir) => dir,
+                Err(refused) => return send(&stream, &refused.into()).await,
+            };
             if shared.stop.is_requested() {
                 log::info!("pid {}: refused, shutting down", peer.pid);
                 send(&stream, &shutting_down()).await;
                 return;
             }
-            let dir = fds.pop().expect("one fd");
-            super::dump::checkpoint(&shared, peer, stream, options, dir).await;
+            super::dump::checkpoint(shared, peer, stream, options, dir).await;
         }
         Request::Result(job) => {
             if !fds.is_empty() {
@@ -170,34 +198,24 @@ pub(super) async fn handle(shared: Arc<Shared>, stream: Async<UnixStream>) {
                 return;
             }
             let answer = match shared.jobs.claim(job, &peer) {
-                Ok(job) => job.result().await,
-                Err(answer) => answer,
+                Ok(job) => job.result().await.into(),
+                Err(unclaimed) => Response::from(unclaimed),
             };
             send(&stream, &answer).await;
         }
         Request::Restore(request) => {
-            if fds.len() != 1 {
-                let e = if fds.is_empty() {
-                    FrameError::MissingFd
-                } else {
-                    FrameError::UnexpectedFds(fds.len())
-                };
-                let m = format!("restore request: {e}");
-                send(&stream, &refusal(RefusalKind::BadRequest, m)).await;
-                return;
-            }
+            let dir = match one_fd(fds, "restore") {
+                Ok(dir) => dir,
+                Err(refused) => return send(&stream, &refused.into()).await,
+            };
             if shared.stop.is_requested() {
                 send(&stream, &shutting_down()).await;
                 return;
             }
-            let dir = fds.pop().expect("one fd");
-            super::restoring::serve(&shared, peer, stream, request, dir).await;
+            super::restoring::serve(shared, peer, stream, request, dir).await;
         }
     }
 }
-
-/// Open connections or running dumps, per uid.
-pub(super) type UidCounts = Arc<Mutex<HashMap<u32, usize>>>;
 
 /// Takes a connection slot for the peer's uid, right at the accept (before
 /// the connection takes one of the global slots, so that one uid's flood
@@ -206,7 +224,7 @@ pub(super) type UidCounts = Arc<Mutex<HashMap<u32, usize>>>;
 pub(super) fn uid_slot(
     shared: &Shared,
     stream: &Async<UnixStream>,
-) -> Result<Option<UidSlot>, Response> {
+) -> Result<Option<UidSlot>, Refused> {
     let Ok(cred) = super::peer::credentials(stream.get_ref()) else {
         return Ok(None);
     };
@@ -214,52 +232,10 @@ pub(super) fn uid_slot(
     let per_uid = shared.config.max_connections_per_uid;
     match UidSlot::take(&shared.connections_per_uid, uid, per_uid) {
         Some(slot) => Ok(Some(slot)),
-        None => Err(refusal(
-            RefusalKind::Busy,
-            format!(
-                "uid {uid} already has {per_uid} connections open to the selfdump service; \
+        None => Err(Refused::busy(format!(
+            "uid {uid} already has {per_uid} connections open to the selfdump service; \
                  retry later"
-            ),
-        )),
-    }
-}
-
-/// One of a uid's slots (connections or dumps), given back on drop.
-pub(super) struct UidSlot {
-    counts: UidCounts,
-    uid: u32,
-}
-
-impl UidSlot {
-    /// The uid this slot is counted for.
-    pub(super) fn uid(&self) -> u32 {
-        self.uid
-    }
-
-    /// A slot for `uid` if it holds fewer than `max`.
-    pub(super) fn take(counts: &UidCounts, uid: u32, max: usize) -> Option<Self> {
-        let mut counts_now = counts.lock().unwrap_or_else(|e| e.into_inner());
-        let n = counts_now.entry(uid).or_insert(0);
-        if *n >= max {
-            return None;
-        }
-        *n += 1;
-        Some(Self {
-            counts: counts.clone(),
-            uid,
-        })
-    }
-}
-
-impl Drop for UidSlot {
-    fn drop(&mut self) {
-        let mut counts = self.counts.lock().unwrap_or_else(|e| e.into_inner());
-        if let Some(n) = counts.get_mut(&self.uid) {
-            *n -= 1;
-            if *n == 0 {
-                counts.remove(&self.uid);
-            }
-        }
+        ))),
     }
 }
 
@@ -267,7 +243,9 @@ impl Drop for UidSlot {
 /// once every 10 s, saying how many were left out in between.
 fn rate_limited_warning(message: std::fmt::Arguments<'_>) {
     static LAST: Mutex<(Option<std::time::Instant>, u64)> = Mutex::new((None, 0));
-    let mut last = LAST.lock().unwrap_or_else(|e| e.into_inner());
+    let mut last = LAST
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
     match last.0 {
         Some(at) if at.elapsed() < Duration::from_secs(10) => last.1 += 1,
         _ => {

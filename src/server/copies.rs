@@ -202,6 +202,52 @@ pub fn restore_copies(
     let verified = verify_path(dir, settings)?;
     let verify = verify_started.elapsed();
     let meta = verified.meta.clone();
+    copyable(&meta, dir)?;
+    let images = PathBuf::from(format!(
+        "/proc/{}/fd/{}",
+        std::process::id(),
+        std::os::fd::AsRawFd::as_raw_fd(&verified.subdir.dir)
+    ));
+    let base = PrivateDir::open_or_create(Path::new(LOG_DIR)).map_err(|e| RestoreError::Criu {
+        message: format!("no place for the restore logs: {e}"),
+        log: PathBuf::from(LOG_DIR),
+    })?;
+    let started = Instant::now();
+    let (pending, daemons, failed) = start_all(&settings.criu, &images, &meta, copies, lazy, &base);
+    let watchdog = Watchdog::start(
+        settings.deadline.saturating_sub(started.elapsed()),
+        pending.iter().map(|p| p.restore.id()).collect(),
+    );
+    let (running, works, failed) = wait_all(pending, failed, &watchdog, settings.deadline);
+    drop(watchdog);
+    let elapsed = started.elapsed();
+    if let Some(e) = failed {
+        for copy in &running {
+            let _ = copy.signal(Signal::KILL);
+        }
+        for (_, mut child) in daemons {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+        return Err(e);
+    }
+    let kept = pair_daemons(works, daemons);
+    log::info!(
+        "{copies} cop{} running after {elapsed:?} (images verified in {verify:?}){}",
+        if copies == 1 { "y" } else { "ies" },
+        if lazy { " (memory loading lazily)" } else { "" }
+    );
+    Ok(Copies {
+        copies: running,
+        elapsed,
+        verify,
+        daemons: kept,
+        verified,
+    })
+}
+
+/// Copies are made of root's images of a whole pid namespace only.
+fn copyable(meta: &ImageMeta, dir: &Path) -> Result<(), RestoreError> {
     if !meta.pid_namespace {
         return Err(RestoreError::Refused(format!(
             "{}: these images are of a process, not of a whole pid namespace, so each \
@@ -210,26 +256,33 @@ pub fn restore_copies(
             dir.display()
         )));
     }
-    let criu = &settings.criu;
-    let images = PathBuf::from(format!(
-        "/proc/{}/fd/{}",
-        std::process::id(),
-        std::os::fd::AsRawFd::as_raw_fd(&verified.subdir.dir)
-    ));
-    let dir = images.as_path();
-    let base = PrivateDir::open_or_create(Path::new(LOG_DIR)).map_err(|e| RestoreError::Criu {
-        message: format!("no place for the restore logs: {e}"),
-        log: PathBuf::from(LOG_DIR),
-    })?;
-    let started = Instant::now();
-    let mut daemons = Vec::new();
-    let mut pending = Vec::new();
-    let mut failed = None;
-    // All page daemons first, then each restore once its daemon listens:
-    // the daemons start in parallel.
+    if meta.uid != 0 {
+        // copies run CRIU as root, which may only restore root's images
+        // (a non-root checkpoint restores as its owner: `restore::as_owner`)
+        return Err(RestoreError::Refused(format!(
+            "{}: these images are uid {}'s; copies are made of root's checkpoints only",
+            dir.display(),
+            meta.uid
+        )));
+    }
+    Ok(())
+}
+
+/// Every page daemon first, then each restore once its daemon listens (the
+/// daemons start in parallel). Returns the restores started, the daemons
+/// (by copy number) and the first failure.
+fn start_all(
+    criu: &Criu,
+    dir: &Path,
+    meta: &ImageMeta,
+    copies: u32,
+    lazy: bool,
+    base: &PrivateDir,
+) -> (Vec<Pending>, Vec<(usize, Child)>, Option<RestoreError>) {
+    let (mut pending, mut daemons, mut failed) = (Vec::new(), Vec::new(), None);
     let mut prepared = Vec::new();
     for number in 0..copies {
-        match prepare_copy(criu, dir, number, lazy, &base) {
+        match prepare_copy(criu, dir, number, lazy, base) {
             Ok(p) => prepared.push(p),
             Err(e) => {
                 failed = Some(e);
@@ -246,7 +299,7 @@ pub fn restore_copies(
             }
             continue;
         }
-        match launch_copy(criu, dir, &meta, p) {
+        match launch_copy(criu, dir, meta, p) {
             Ok((p, daemon)) => {
                 if let Some(child) = daemon {
                     daemons.push((number as usize, child));
@@ -256,12 +309,19 @@ pub fn restore_copies(
             Err(e) => failed = Some(e),
         }
     }
-    let mut running = Vec::new();
-    let mut works = Vec::new();
-    let watchdog = Watchdog::start(
-        settings.deadline.saturating_sub(started.elapsed()),
-        pending.iter().map(|p| p.restore.id()).collect(),
-    );
+    (pending, daemons, failed)
+}
+
+/// Waits for every restore started; returns the copies running, each
+/// copy's work directory (`None`: kept, with its log, for a failed one)
+/// and the first failure.
+fn wait_all(
+    pending: Vec<Pending>,
+    mut failed: Option<RestoreError>,
+    watchdog: &Watchdog,
+    deadline: Duration,
+) -> (Vec<Copy>, Vec<Option<PrivateDir>>, Option<RestoreError>) {
+    let (mut running, mut works) = (Vec::new(), Vec::new());
     for (number, p) in pending.into_iter().enumerate() {
         let Pending {
             work,
@@ -291,9 +351,8 @@ pub fn restore_copies(
                     .and_then(|l| first_error(&String::from_utf8_lossy(&l)));
                 let message = match (watchdog.fired(), logged) {
                     (true, logged) => format!(
-                        "criu restore did not finish within {:?}; it was killed, with \
+                        "criu restore did not finish within {deadline:?}; it was killed, with \
                          whatever it had restored{}",
-                        settings.deadline,
                         logged.map_or(String::new(), |l| format!(" (it had logged: {l})"))
                     ),
                     (false, Some(l)) => l,
@@ -309,18 +368,12 @@ pub fn restore_copies(
             }
         }
     }
-    drop(watchdog);
-    let elapsed = started.elapsed();
-    if let Some(e) = failed {
-        for copy in &running {
-            let _ = copy.signal(Signal::KILL);
-        }
-        for (_, mut child) in daemons {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
-        return Err(e);
-    }
+    (running, works, failed)
+}
+
+/// Pairs each running copy's work directory with its page daemon (lazy),
+/// which [`Copies::supervise`] watches; the others' work directories go.
+fn pair_daemons(works: Vec<Option<PrivateDir>>, mut daemons: Vec<(usize, Child)>) -> Vec<Daemon> {
     let mut kept = Vec::new();
     for (i, work) in works.into_iter().enumerate() {
         let Some(work) = work else { continue };
@@ -334,18 +387,7 @@ pub fn restore_copies(
             }
         }
     }
-    log::info!(
-        "{copies} cop{} running after {elapsed:?} (images verified in {verify:?}){}",
-        if copies == 1 { "y" } else { "ies" },
-        if lazy { " (memory loading lazily)" } else { "" }
-    );
-    Ok(Copies {
-        copies: running,
-        elapsed,
-        verify,
-        daemons: kept,
-        verified,
-    })
+    kept
 }
 
 /// A copy's work directory and its page daemon (lazy), started.
@@ -419,6 +461,18 @@ fn prepare_copy(
 
 /// Starts copy `number`'s `criu restore` (not waited for), once its page
 /// daemon (lazy) listens; gives the daemon back.
+/// Waits for a page daemon to say it listens (one byte on its status
+/// pipe; EOF if it failed first); a daemon that failed is reaped.
+fn listening(mut child: Child, mut ready: impl Read) -> Result<Child, ()> {
+    let mut byte = [0u8; 1];
+    if ready.read(&mut byte).unwrap_or(0) == 0 {
+        let _ = child.kill();
+        let _ = child.wait();
+        return Err(());
+    }
+    Ok(child)
+}
+
 fn launch_copy(
     criu: &Criu,
     dir: &Path,
@@ -434,20 +488,13 @@ fn launch_copy(
         |what: &str, e: &dyn std::fmt::Display, log: &str| copy_error(number, &work, what, e, log);
     let lazy = daemon.is_some();
     let daemon = match daemon {
-        Some((mut child, mut ready)) => {
-            // one byte once it listens; EOF if it failed first
-            let mut byte = [0u8; 1];
-            if ready.read(&mut byte).unwrap_or(0) == 0 {
-                let _ = child.kill();
-                let _ = child.wait();
-                return Err(failed(
-                    "criu lazy-pages did not start",
-                    &"no ready signal",
-                    "lazy-pages.log",
-                ));
-            }
-            Some(child)
-        }
+        Some((child, ready)) => Some(listening(child, ready).map_err(|()| {
+            failed(
+                "criu lazy-pages did not start",
+                &"no ready signal",
+                "lazy-pages.log",
+            )
+        })?),
         None => None,
     };
     let mut cmd = Command::new(&criu.path);
@@ -464,16 +511,7 @@ fn launch_copy(
     if lazy {
         cmd.arg("--lazy-pages");
     }
-    for (on, flag) in [
-        (meta.shell_job, "--shell-job"),
-        (meta.tcp_established, "--tcp-established"),
-        (meta.file_locks, "--file-locks"),
-        (meta.ext_unix_sk, "--ext-unix-sk"),
-    ] {
-        if on {
-            cmd.arg(flag);
-        }
-    }
+    cmd.args(crate::server::engine::CriuFlags::of(meta).restore_args());
     let restore_id = match &meta.copy_slot {
         Some(key) => {
             let id = copy_record::fresh_id();

@@ -2,27 +2,34 @@
 
 use super::Shared;
 use super::as_caller::CallerCreds;
-use super::connection::{UidSlot, refusal, send};
-use super::engine::{DumpHooks, DumpSpec, EngineError, FrozenVerdict, without_forks};
+use super::config::FROZEN_NOTICE_TIMEOUT;
+use super::connection::send;
+use super::engine::{
+    CriuFlags, DumpHooks, DumpSpec, Dumped, EngineError, FrozenVerdict, without_forks,
+};
 use super::images::{ImageMeta, Published};
+use super::jobs::{Jobs, Running};
 use super::leftovers;
+use super::outcome::{Outcome, Refused};
 use super::peer::Peer;
+use super::pidns::NsInit;
 use super::policy::{Caller, check_dumpable, may_write_dir};
+use super::slots::UidSlot;
 use super::staging::Staging;
 use super::tree::check_frozen_tree;
 use crate::proto::{
-    DumpFailure, DumpOptions, DumpReport, JobId, PROTOCOL_VERSION, RefusalKind, Response,
-    encode_frame, write_frame,
+    DumpOptions, DumpReport, JobId, PROTOCOL_VERSION, RefusalKind, Response, encode_frame,
+    write_frame,
 };
 use async_io::{Async, Timer};
 use futures_lite::FutureExt;
 use std::os::fd::{AsFd, OwnedFd};
 use std::os::unix::net::UnixStream;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 /// Checks a checkpoint request; `Err` is the refusal to send.
-fn admit(shared: &Shared, peer: &Peer, dir: &OwnedFd) -> Result<Caller, Response> {
-    let not_permitted = |m: String| refusal(RefusalKind::NotPermitted, m);
+fn admit(shared: &Shared, peer: &Peer, dir: &OwnedFd) -> Result<Caller, Refused> {
+    let not_permitted = Refused::not_permitted;
     let caller =
         Caller::read(peer).map_err(|e| not_permitted(format!("cannot inspect you: {e}")))?;
     shared.config.policy.admit(&caller).map_err(not_permitted)?;
@@ -30,9 +37,7 @@ fn admit(shared: &Shared, peer: &Peer, dir: &OwnedFd) -> Result<Caller, Response
     // task's euid whatever its dumpability; files turn root's when it is off.
     let proc_file = rustix::fs::stat(format!("/proc/{}/stat", peer.pid))
         .map_err(|e| not_permitted(format!("cannot inspect you: {e}")))?;
-    if !peer.is_alive() {
-        return Err(not_permitted("you exited".into()));
-    }
+    peer.alive_or("you exited").map_err(not_permitted)?;
     // a caller whose main thread exited shows as a zombie but runs on
     // in its other threads: its dumpability is checked all the same
     let as_live = Caller {
@@ -40,9 +45,9 @@ fn admit(shared: &Shared, peer: &Peer, dir: &OwnedFd) -> Result<Caller, Response
         ..caller.clone()
     };
     check_dumpable(&as_live, &proc_file, "the caller").map_err(not_permitted)?;
-    let dir_stat = rustix::fs::fstat(dir)
-        .map_err(|e| refusal(RefusalKind::BadDirectory, format!("images fd: {e}")))?;
-    may_write_dir(&caller, &dir_stat).map_err(|m| refusal(RefusalKind::BadDirectory, m))?;
+    let dir_stat =
+        rustix::fs::fstat(dir).map_err(|e| Refused::bad_directory(format!("images fd: {e}")))?;
+    may_write_dir(&caller, &dir_stat).map_err(Refused::bad_directory)?;
     // Last, the embedder's own policy (`Builder::admit`), if it has one.
     shared
         .config
@@ -51,6 +56,9 @@ fn admit(shared: &Shared, peer: &Peer, dir: &OwnedFd) -> Result<Caller, Response
     Ok(caller)
 }
 
+/// Serves one checkpoint request, by the flow: admit it, reserve what the
+/// dump holds, let CRIU dump with the tree frozen, conclude, deliver the
+/// answer, tidy up.
 pub(super) async fn checkpoint(
     shared: &Shared,
     peer: Peer,
@@ -59,105 +67,29 @@ pub(super) async fn checkpoint(
     dir: OwnedFd,
 ) {
     let received = Instant::now();
-    let caller = match admit(shared, &peer, &dir) {
-        Ok(caller) => caller,
+    let (caller, shell_job, ns_init) = match admit_request(shared, &peer, &dir, options).await {
+        Ok(admitted) => admitted,
+        Err(refused) => {
+            log::info!("pid {} uid {}: refused: {refused:?}", peer.pid, peer.uid);
+            return send(&stream, &refused.into()).await;
+        }
+    };
+    let mut reservation = match Reservation::take(shared, &peer, &caller) {
+        Ok(reservation) => reservation,
+        Err(answer) => return send(&stream, &answer).await,
+    };
+    let job = reservation.job.id;
+    let images_dir = dir.try_clone().ok();
+    let (staging, criu_dir) = match stage(shared, job, &caller, dir).await {
+        Ok(staged) => staged,
         Err(answer) => {
-            log::info!("pid {} uid {}: refused: {answer:?}", peer.pid, peer.uid);
+            reservation.release_job();
             return send(&stream, &answer).await;
         }
     };
-    // A caller in a pid namespace of its own: the whole namespace is dumped,
-    // from its init (`pidns.rs`).
-    let ns_init = match super::pidns::dump_root(&peer, &caller) {
-        Ok(init) => init,
-        Err(m) => {
-            log::info!("pid {} uid {}: refused: {m}", peer.pid, peer.uid);
-            return send(&stream, &refusal(RefusalKind::NotPermitted, m)).await;
-        }
-    };
-    if let Some(Err(m)) = ns_init.as_ref().map(|init| init.check_session()) {
-        return send(&stream, &refusal(RefusalKind::Unsupported, m)).await;
-    }
     let root_pid = ns_init.as_ref().map_or(peer.pid, |init| init.peer.pid);
-    let shell_job = match peer.session_id() {
-        // the namespace's init leads its session, inside the namespace
-        _ if ns_init.is_some() => false,
-        Ok(0) => {
-            let m = "your session leader is outside the service's pid namespace, and CRIU \
-                     cannot dump such a process; start the program in a session of its own \
-                     (`setsid`)";
-            return send(&stream, &refusal(RefusalKind::Unsupported, m)).await;
-        }
-        Ok(sid) => sid != peer.pid,
-        Err(e) => {
-            let m = format!("cannot read your process state: {e}");
-            return send(&stream, &refusal(RefusalKind::NotPermitted, m)).await;
-        }
-    };
-    if options.pre_dump {
-        let answer = refusal(RefusalKind::Unsupported, pre_dump_refusal(shared).await);
-        return send(&stream, &answer).await;
-    }
-    let Some(_permit) = shared.dumps.try_acquire_arc() else {
-        let m = format!(
-            "{} dumps are already running; retry later",
-            shared.config.max_dumps
-        );
-        return send(&stream, &refusal(RefusalKind::Busy, m)).await;
-    };
-    let per_uid = shared.config.max_dumps_per_uid;
-    let Some(_uid_slot) = UidSlot::take(&shared.dumps_per_uid, caller.uid(), per_uid) else {
-        let m = format!(
-            "uid {} already has {} dumps running (the per-uid limit); retry later",
-            caller.uid(),
-            shared.config.max_dumps_per_uid
-        );
-        return send(&stream, &refusal(RefusalKind::Busy, m)).await;
-    };
-    let job = match shared.jobs.start(&peer) {
-        Ok(job) => job,
-        Err(e) => {
-            return send(
-                &stream,
-                &failure(None, format!("cannot start a job: {e}"), None),
-            )
-            .await;
-        }
-    };
-    let images_dir = dir.try_clone().ok();
-    let creds = CallerCreds::of(&caller);
-    let job_id = job.id;
-    let key = shared.key.clone();
-    let staging = match blocking::unblock(move || Staging::create(dir, job_id, creds, key)).await {
-        Ok(staging) => staging,
-        Err(e) => {
-            shared.jobs.remove(job.id);
-            let m = format!("cannot create a directory in the images directory: {e}");
-            return send(&stream, &refusal(RefusalKind::BadDirectory, m)).await;
-        }
-    };
-    // CRIU reaches the staging directory through this fd while `staging`
-    // moves in and out of the file-work threads.
-    let criu_dir = match staging.dir().try_clone_to_owned() {
-        Ok(fd) => fd,
-        Err(e) => {
-            shared.jobs.remove(job.id);
-            return send(
-                &stream,
-                &failure(Some(job.id), format!("cannot start a job: {e}"), None),
-            )
-            .await;
-        }
-    };
-    let spec = DumpSpec {
-        pid: root_pid,
-        images_dir: criu_dir.as_fd(),
-        options,
-        shell_job,
-    };
     log::info!(
-        "job {}: dumping pid {} (uid {}) {options:?} shell_job={shell_job}{}",
-        job.id,
+        "job {job}: dumping pid {} (uid {}) {options:?} shell_job={shell_job}{}",
         peer.pid,
         caller.uid(),
         match &ns_init {
@@ -165,118 +97,320 @@ pub(super) async fn checkpoint(
             None => String::new(),
         }
     );
-    log::debug!("job {}: checks done at {:?}", job.id, received.elapsed());
+    log::debug!("job {job}: checks done at {:?}", received.elapsed());
     let mut hooks = Hooks {
         peer: &peer,
         root: ns_init.as_ref().map(|init| &init.peer),
         copy_slot_fd: options.copy_slot_fd,
         caller: &caller,
-        job: job.id,
-        connection: Some(stream),
-        staging: Some(staging),
+        job,
+        reply: ReplyTo::Connection(stream),
+        staging: Lent(Some(staging)),
         meta: ImageMeta {
-            protocol: PROTOCOL_VERSION,
-            job: job.id,
             pid: root_pid,
-            uid: caller.uid(),
-            shell_job,
-            tcp_established: options.tcp_established,
-            file_locks: options.file_locks,
-            ext_unix_sk: options.ext_unix_sk,
             pid_namespace: ns_init.is_some(),
-            copy_slot: None,
-            gid: caller.gids[1],
-            groups: caller.groups.clone(),
-            ..ImageMeta::default()
+            ..image_meta(&peer, &caller, job, options, shell_job)
         },
         save_before_exit: !options.leave_running,
         saved: None,
     };
-    let dumped = match shared.workers.take() {
-        Ok(worker) => {
-            worker
-                .dump(&spec, shared.config.dump_timeout, &mut hooks)
-                .await
-        }
-        Err(e) => Err(EngineError::Io(e)),
+    let spec = DumpSpec {
+        pid: root_pid,
+        images_dir: criu_dir.as_fd(),
+        options,
+        shell_job,
     };
+    let dumped = freeze(shared, &spec, &mut hooks).await;
     drop(criu_dir);
-    log::debug!("job {}: criu done at {:?}", job.id, received.elapsed());
+    log::debug!("job {job}: criu done at {:?}", received.elapsed());
+    let reply = std::mem::replace(&mut hooks.reply, ReplyTo::Job);
+    let outcome = conclude(hooks, dumped, job, caller.uid(), received).await;
+    log::info!("job {job}: {}", outcome.summary());
+    deliver(&mut reservation, reply, outcome).await;
+    tidy(shared, images_dir, job);
+}
 
+/// Checks a checkpoint request before anything is reserved for it: the
+/// caller ([`admit`]), its pid namespace, its session, the options. `Ok`
+/// carries the caller, whether it is a shell job (it does not lead its
+/// session) and, for a caller in a pid namespace of its own, the
+/// namespace's init (the whole namespace is dumped from it, `pidns.rs`).
+async fn admit_request(
+    shared: &Shared,
+    peer: &Peer,
+    dir: &OwnedFd,
+    options: DumpOptions,
+) -> Result<(Caller, bool, Option<NsInit>), Refused> {
+    let caller = admit(shared, peer, dir)?;
+    let ns_init = super::pidns::dump_root(peer, &caller).map_err(Refused::not_permitted)?;
+    if let Some(Err(m)) = ns_init.as_ref().map(super::pidns::NsInit::check_session) {
+        return Err(Refused::new(RefusalKind::Unsupported, m));
+    }
+    let shell_job = match peer.session_id() {
+        // the namespace's init leads its session, inside the namespace
+        _ if ns_init.is_some() => false,
+        Ok(0) => {
+            let m = "your session leader is outside the service's pid namespace, and CRIU \
+                     cannot dump such a process; start the program in a session of its own \
+                     (`setsid`)";
+            return Err(Refused::new(RefusalKind::Unsupported, m));
+        }
+        Ok(sid) => sid != peer.pid,
+        Err(e) => {
+            let m = format!("cannot read your process state: {e}");
+            return Err(Refused::not_permitted(m));
+        }
+    };
+    if options.pre_dump {
+        let m = pre_dump_refusal(shared).await;
+        return Err(Refused::new(RefusalKind::Unsupported, m));
+    }
+    Ok((caller, shell_job, ns_init))
+}
+
+/// What a dump holds while it runs: a dump slot, one of its uid's slots
+/// and its job. Dropped, it gives them back, and takes the job out of the
+/// table unless the answer went to the job ([`deliver`]).
+struct Reservation<'a> {
+    jobs: &'a Jobs,
+    job: Running,
+    _permit: async_lock::SemaphoreGuardArc,
+    _uid_slot: UidSlot,
+    /// The job is out of the table, or holds the answer its caller
+    /// collects: nothing is left for the drop to do.
+    settled: bool,
+}
+
+impl<'a> Reservation<'a> {
+    /// The slots and the job, or the answer to send instead.
+    fn take(shared: &'a Shared, peer: &Peer, caller: &Caller) -> Result<Self, Response> {
+        let Some(permit) = shared.dumps.try_acquire_arc() else {
+            let m = format!(
+                "{} dumps are already running; retry later",
+                shared.config.max_dumps
+            );
+            return Err(Refused::busy(m).into());
+        };
+        let per_uid = shared.config.max_dumps_per_uid;
+        let Some(uid_slot) = UidSlot::take(&shared.dumps_per_uid, caller.uid(), per_uid) else {
+            let m = format!(
+                "uid {} already has {} dumps running (the per-uid limit); retry later",
+                caller.uid(),
+                shared.config.max_dumps_per_uid
+            );
+            return Err(Refused::busy(m).into());
+        };
+        let job = shared
+            .jobs
+            .start(peer)
+            .map_err(|e| Outcome::failed(None, format!("cannot start a job: {e}")))?;
+        Ok(Self {
+            jobs: &shared.jobs,
+            job,
+            _permit: permit,
+            _uid_slot: uid_slot,
+            settled: false,
+        })
+    }
+
+    /// Takes the job out of the table now: its answer goes to the
+    /// caller's connection, and no one will ask the job for it.
+    fn release_job(&mut self) {
+        self.jobs.remove(self.job.id);
+        self.settled = true;
+    }
+}
+
+impl Drop for Reservation<'_> {
+    fn drop(&mut self) {
+        if !self.settled {
+            self.jobs.remove(self.job.id);
+        }
+    }
+}
+
+/// The job's staging directory in the caller's images directory, and the
+/// fd through which CRIU reaches it (while `Staging` moves in and out of
+/// the file-work threads); or the answer to send instead.
+async fn stage(
+    shared: &Shared,
+    job: JobId,
+    caller: &Caller,
+    dir: OwnedFd,
+) -> Result<(Staging, OwnedFd), Response> {
+    let creds = CallerCreds::of(caller);
+    let key = shared.key.clone();
+    let staging = blocking::unblock(move || Staging::create(dir, job, creds, key))
+        .await
+        .map_err(|e| {
+            Refused::bad_directory(format!(
+                "cannot create a directory in the images directory: {e}"
+            ))
+        })?;
+    let criu_dir = staging
+        .dir()
+        .try_clone_to_owned()
+        .map_err(|e| Outcome::failed(Some(job), format!("cannot start a job: {e}")))?;
+    Ok((staging, criu_dir))
+}
+
+/// What the images record about the dump.
+fn image_meta(
+    peer: &Peer,
+    caller: &Caller,
+    job: JobId,
+    options: DumpOptions,
+    shell_job: bool,
+) -> ImageMeta {
+    let mut meta = ImageMeta {
+        protocol: PROTOCOL_VERSION,
+        job,
+        pid: peer.pid,
+        uid: caller.uid(),
+        gid: caller.gids[1],
+        groups: caller.groups.clone(),
+        ..ImageMeta::default()
+    };
+    CriuFlags::for_dump(&options, shell_job).record(&mut meta);
+    meta
+}
+
+/// CRIU dumps the tree, calling `hooks` while it is frozen.
+async fn freeze(
+    shared: &Shared,
+    spec: &DumpSpec<'_>,
+    hooks: &mut Hooks<'_>,
+) -> Result<Dumped, EngineError> {
+    match shared.workers.take() {
+        Ok(worker) => worker.dump(spec, shared.config.dump_timeout, hooks).await,
+        Err(e) => Err(EngineError::Io(e)),
+    }
+}
+
+/// Publishes the images of a dump that succeeded, or discards what a
+/// failed one left (keeping CRIU's log for the caller): the outcome.
+async fn conclude(
+    hooks: Hooks<'_>,
+    dumped: Result<Dumped, EngineError>,
+    job: JobId,
+    uid: u32,
+    received: Instant,
+) -> Outcome {
     let Hooks {
-        connection,
         staging,
         meta,
         saved,
         ..
     } = hooks;
-    let staging = staging.expect("the hooks give the staging directory back");
-    let answer = match dumped {
-        Ok(dumped) => {
-            let published = blocking::unblock(move || staging.publish(&meta)).await;
-            log::debug!(
-                "job {}: images published at {:?}",
-                job.id,
-                received.elapsed()
-            );
-            match published {
-                Ok(published) => {
-                    let published = saved.unwrap_or_default().and(published);
-                    let stats = published.stats.clone().unwrap_or_default();
-                    Response::Dumped(DumpReport {
-                        job: job.id,
-                        frozen_us: stats.frozen_time.into(),
-                        freezing_us: stats.freezing_time.into(),
-                        memdump_us: stats.memdump_time.into(),
-                        total_us: received.elapsed().as_micros() as u64,
-                        sync_us: published.sync_us,
-                        service_frozen_us: dumped.service_frozen.as_micros() as u64,
-                        pages_written: stats.pages_written,
-                        bytes_written: published.bytes,
-                        processes: published.processes,
-                    })
-                }
-                Err(e) => failure(
-                    Some(job.id),
-                    format!("dump succeeded but saving the images failed: {e}"),
-                    None,
-                ),
-            }
-        }
+    let staging = staging.into_inner();
+    let dumped = match dumped {
+        Ok(dumped) => dumped,
         Err(e) => {
             let (log_file, logged) = blocking::unblock(move || staging.discard()).await;
-            let message = match (&e, logged) {
-                // a capability the service lacks is named first
-                (EngineError::Failed(errmsg), logged) => format!(
-                    "criu dump failed: {}",
-                    super::caps::explain_dump_failure(
-                        logged
-                            .as_deref()
-                            .or(errmsg.as_deref())
-                            .unwrap_or("no error logged"),
-                        caller.uid()
-                    )
-                ),
-                _ => e.to_string(),
+            return Outcome::Failed {
+                job: Some(job),
+                message: failure_message(&e, logged, uid),
+                log_file,
             };
-            failure(Some(job.id), message, log_file)
         }
     };
-    log::info!("job {}: {}", job.id, summary(&answer));
-    match connection {
-        // CRIU failed before the freeze: the caller still waits on this connection.
-        Some(stream) => {
-            shared.jobs.remove(job.id);
-            send(&stream, &answer).await;
+    let published = blocking::unblock(move || staging.publish(&meta)).await;
+    log::debug!("job {job}: images published at {:?}", received.elapsed());
+    match published {
+        Ok(published) => {
+            let published = saved.unwrap_or_default().and(published);
+            let stats = published.stats.clone().unwrap_or_default();
+            Outcome::Dumped(DumpReport {
+                job,
+                frozen_us: stats.frozen_time.into(),
+                freezing_us: stats.freezing_time.into(),
+                memdump_us: stats.memdump_time.into(),
+                total_us: received.elapsed().as_micros() as u64,
+                sync_us: published.sync_us,
+                service_frozen_us: dumped.service_frozen.as_micros() as u64,
+                pages_written: stats.pages_written,
+                bytes_written: published.bytes,
+                processes: published.processes,
+            })
         }
-        None => job.finish(answer),
+        Err(e) => Outcome::failed(
+            Some(job),
+            format!("dump succeeded but saving the images failed: {e}"),
+        ),
     }
-    // after the answer: the next dump finds a worker ready, and what a
-    // service that died left in this directory goes
+}
+
+/// Why a dump failed, for its caller: CRIU's first logged error (`logged`)
+/// or message, with a capability the service lacks named first.
+fn failure_message(e: &EngineError, logged: Option<String>, uid: u32) -> String {
+    match e {
+        EngineError::Failed(errmsg) => format!(
+            "criu dump failed: {}",
+            super::caps::explain_dump_failure(
+                logged
+                    .as_deref()
+                    .or(errmsg.as_deref())
+                    .unwrap_or("no error logged"),
+                uid
+            )
+        ),
+        _ => e.to_string(),
+    }
+}
+
+/// Where a dump's answer goes.
+enum ReplyTo {
+    /// The caller still waits on its connection: CRIU failed before the
+    /// freeze, or the freeze was vetoed.
+    Connection(Async<UnixStream>),
+    /// The connection was closed at the freeze: the caller asks for the
+    /// job's result on a new one.
+    Job,
+}
+
+/// Gives the answer to whoever waits for it.
+async fn deliver(reservation: &mut Reservation<'_>, reply: ReplyTo, outcome: Outcome) {
+    match reply {
+        ReplyTo::Connection(stream) => {
+            reservation.release_job();
+            send(&stream, &outcome.into()).await;
+        }
+        ReplyTo::Job => {
+            reservation.job.finish(outcome);
+            reservation.settled = true;
+        }
+    }
+}
+
+/// After the answer: the next dump finds a worker ready, and what a
+/// service that died left in this directory goes.
+fn tidy(shared: &Shared, images_dir: Option<OwnedFd>, job: JobId) {
     shared.workers.refill();
     if let Some(images_dir) = images_dir {
-        let own = format!("{:016x}", job.id.service);
+        let own = format!("{:016x}", job.service);
         blocking::unblock(move || leftovers::remove_stale_staging(&images_dir, &own)).detach();
+    }
+}
+
+/// A value lent to the file-work threads and given back: the staging
+/// directory between CRIU's notifications.
+struct Lent<T>(Option<T>);
+
+impl<T: Send + 'static> Lent<T> {
+    /// Runs `f` on the value on a file-work thread.
+    async fn with<R: Send + 'static>(&mut self, f: impl FnOnce(&mut T) -> R + Send + 'static) -> R {
+        let mut value = self.0.take().expect("given back after every loan");
+        let (value, r) = blocking::unblock(move || {
+            let r = f(&mut value);
+            (value, r)
+        })
+        .await;
+        self.0 = Some(value);
+        r
+    }
+
+    fn into_inner(self) -> T {
+        self.0.expect("given back after every loan")
     }
 }
 
@@ -289,11 +423,11 @@ struct Hooks<'a> {
     copy_slot_fd: Option<i32>,
     caller: &'a Caller,
     job: JobId,
-    /// The caller's connection, until it is closed at the freeze (kept
-    /// when the freeze is vetoed: the caller then reads the error on it).
-    connection: Option<Async<UnixStream>>,
-    /// Lent to the file-work threads while images are saved.
-    staging: Option<Staging>,
+    /// Where the answer goes: the caller's connection until it is closed
+    /// at the freeze (kept when the freeze is vetoed: the caller then
+    /// reads the error on it), then the job.
+    reply: ReplyTo,
+    staging: Lent<Staging>,
     meta: ImageMeta,
     /// "Exit after dump": CRIU ends the tree after `post-dump`, so the images
     /// are saved before that, or the tree is kept alive.
@@ -303,7 +437,9 @@ struct Hooks<'a> {
 
 impl DumpHooks for Hooks<'_> {
     async fn frozen(&mut self) -> FrozenVerdict {
-        let stream = self.connection.take().expect("the freeze comes once");
+        let ReplyTo::Connection(stream) = std::mem::replace(&mut self.reply, ReplyTo::Job) else {
+            return FrozenVerdict::Veto("criu announced the freeze twice".into());
+        };
         match at_freeze(self.peer, self.root, self.caller, &stream, self.job).await {
             Ok(()) => {
                 self.meta.copy_slot = self
@@ -314,7 +450,7 @@ impl DumpHooks for Hooks<'_> {
             }
             Err(why) => {
                 log::warn!("job {}: vetoed at the freeze: {why}", self.job);
-                self.connection = Some(stream);
+                self.reply = ReplyTo::Connection(stream);
                 FrozenVerdict::Veto(why)
             }
         }
@@ -324,15 +460,8 @@ impl DumpHooks for Hooks<'_> {
         if !self.save_before_exit {
             return FrozenVerdict::Proceed;
         }
-        let mut staging = self.staging.take().expect("staging is home between hooks");
         let meta = self.meta.clone();
-        let (staging, saved) = blocking::unblock(move || {
-            let saved = staging.save(&meta);
-            (staging, saved)
-        })
-        .await;
-        self.staging = Some(staging);
-        match saved {
+        match self.staging.with(move |staging| staging.save(&meta)).await {
             Ok(saved) => {
                 self.saved = Some(saved);
                 FrozenVerdict::Proceed
@@ -358,9 +487,7 @@ async fn at_freeze(
 ) -> Result<(), String> {
     // A whole namespace: every task under its init, the caller among them.
     check_frozen_tree(root.unwrap_or(peer), caller)?;
-    if !peer.is_alive() {
-        return Err("the caller exited while its tree was checked".into());
-    }
+    peer.alive_or("the caller exited while its tree was checked")?;
     let frame = encode_frame(&Response::Frozen(job));
     let write = async {
         write_frame(stream, &frame, &[])
@@ -368,21 +495,13 @@ async fn at_freeze(
             .map_err(|e| e.to_string())
     };
     let limit = async {
-        Timer::after(Duration::from_secs(2)).await;
+        Timer::after(FROZEN_NOTICE_TIMEOUT).await;
         Err("timed out".into())
     };
     write
         .or(limit)
         .await
         .map_err(|e| format!("cannot tell the caller it is frozen: {e}"))
-}
-
-fn failure(job: Option<JobId>, message: String, log_file: Option<String>) -> Response {
-    Response::DumpFailed(DumpFailure {
-        job,
-        message: crate::proto::clip(message),
-        log_file,
-    })
 }
 
 /// Why a pre-dump cannot be done here.
@@ -396,16 +515,5 @@ async fn pre_dump_refusal(shared: &Shared) -> String {
          (CONFIG_MEM_SOFT_DIRTY), which this kernel lacks (`criu check --feature \
          mem_dirty_track` fails); checkpoint without pre_dump"
             .into()
-    }
-}
-
-fn summary(answer: &Response) -> String {
-    match answer {
-        Response::Dumped(r) => format!(
-            "dumped {} process(es), {} bytes, frozen {} us, total {} us",
-            r.processes, r.bytes_written, r.frozen_us, r.total_us
-        ),
-        Response::DumpFailed(f) => format!("failed: {}", f.message),
-        other => format!("{other:?}"),
     }
 }

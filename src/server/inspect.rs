@@ -21,6 +21,7 @@ use super::restore::check_ids_free;
 use prost::Message;
 use serde::Serialize;
 use std::io;
+use std::os::fd::AsFd;
 use std::path::Path;
 
 /// One task of the checkpointed tree.
@@ -89,28 +90,63 @@ pub struct Inspection {
 /// Inspects the images in `dir`; `key` checks the signature.
 pub fn inspect(dir: &Path, key: Option<&Key>) -> io::Result<Inspection> {
     let fd = std::fs::File::open(dir)?;
-    let (meta, signature, manifest) = match read_image(&fd, MANIFEST_FILE) {
-        None => (None, None, None),
-        Some(bytes) => match Manifest::parse_unverified(&bytes) {
-            Err(e) => {
-                let sig = Signature {
-                    key_id: String::new(),
-                    verifies: Some(false),
-                    problem: Some(e.to_string()),
-                };
-                (None, Some(sig), None)
-            }
-            Ok((manifest, ..)) => {
-                let checked = key.map(|k| Manifest::verify(&bytes, k));
-                let sig = Signature {
-                    key_id: manifest.key_id.clone(),
-                    verifies: checked.as_ref().map(Result::is_ok),
-                    problem: checked.and_then(Result::err).map(|e| e.to_string()),
-                };
-                (Some(manifest.meta.clone()), Some(sig), Some(manifest))
-            }
-        },
+    let (signature, manifest) = signature(&fd, key);
+    let (files, bytes, pages) = files(dir, manifest.as_ref())?;
+    let pstree: Vec<PstreeEntry> = read_image(&fd, "pstree.img")
+        .map(|b| {
+            entries(&b)
+                .filter_map(|e| PstreeEntry::decode(e).ok())
+                .collect()
+        })
+        .unwrap_or_default();
+    let tree = pstree.iter().map(|t| task(&fd, t)).collect();
+    let meta = manifest.map(|m| m.meta);
+    let shell_job = meta.as_ref().is_some_and(|m| m.shell_job);
+    // a whole pid namespace restores into a fresh one: no host pid needed
+    let namespace = meta.as_ref().is_some_and(|m| m.pid_namespace);
+    Ok(Inspection {
+        meta,
+        signature,
+        tree,
+        files,
+        bytes,
+        pages,
+        ids_in_use: (!namespace)
+            .then(|| check_ids_free(&pstree, shell_job).err())
+            .flatten()
+            .map(|e| e.to_string()),
+    })
+}
+
+/// The manifest, parsed, and whether it verifies with `key`.
+fn signature(dir: &impl AsFd, key: Option<&Key>) -> (Option<Signature>, Option<Manifest>) {
+    let Some(bytes) = read_image(dir, MANIFEST_FILE) else {
+        return (None, None);
     };
+    match Manifest::parse_unverified(&bytes) {
+        Err(e) => {
+            let sig = Signature {
+                key_id: String::new(),
+                verifies: Some(false),
+                problem: Some(e.to_string()),
+            };
+            (Some(sig), None)
+        }
+        Ok((manifest, ..)) => {
+            let checked = key.map(|k| Manifest::verify(&bytes, k));
+            let sig = Signature {
+                key_id: manifest.key_id.clone(),
+                verifies: checked.as_ref().map(Result::is_ok),
+                problem: checked.and_then(Result::err).map(|e| e.to_string()),
+            };
+            (Some(sig), Some(manifest))
+        }
+    }
+}
+
+/// Every file of `dir` (and those the manifest lists but `dir` lacks),
+/// with its state; the bytes of all, and the pages stored.
+fn files(dir: &Path, manifest: Option<&Manifest>) -> io::Result<(Vec<FileInfo>, u64, u64)> {
     let mut files = Vec::new();
     let (mut bytes, mut pages) = (0, 0);
     for entry in std::fs::read_dir(dir)? {
@@ -125,7 +161,7 @@ pub fn inspect(dir: &Path, key: Option<&Key>) -> io::Result<Inspection> {
         if name.starts_with("pages-") {
             pages += size / 4096;
         }
-        let state = match manifest.as_ref().map(|m| m.file(&name)) {
+        let state = match manifest.map(|m| m.file(&name)) {
             _ if name == MANIFEST_FILE => "manifest",
             _ if unsigned_extra(&name) => "extra",
             Some(Some(f)) if f.size == size && meta.is_file() => "signed",
@@ -149,40 +185,20 @@ pub fn inspect(dir: &Path, key: Option<&Key>) -> io::Result<Inspection> {
         }
     }
     files.sort_by(|a, b| a.name.cmp(&b.name));
-    let pstree: Vec<PstreeEntry> = read_image(&fd, "pstree.img")
-        .map(|b| {
-            entries(&b)
-                .filter_map(|e| PstreeEntry::decode(e).ok())
-                .collect()
-        })
-        .unwrap_or_default();
-    let tree = pstree
-        .iter()
-        .map(|t| Task {
-            pid: t.pid,
-            ppid: t.ppid,
-            pgid: t.pgid,
-            sid: t.sid,
-            threads: t.threads.clone(),
-            command: read_image(&fd, &format!("core-{}.img", t.pid))
-                .and_then(|b| CoreEntry::decode(first_entry(&b)?).ok())
-                .and_then(|c| c.tc?.comm)
-                .unwrap_or_default(),
-        })
-        .collect();
-    let shell_job = meta.as_ref().is_some_and(|m| m.shell_job);
-    // a whole pid namespace restores into a fresh one: no host pid needed
-    let namespace = meta.as_ref().is_some_and(|m| m.pid_namespace);
-    Ok(Inspection {
-        meta,
-        signature,
-        tree,
-        files,
-        bytes,
-        pages,
-        ids_in_use: (!namespace)
-            .then(|| check_ids_free(&pstree, shell_job).err())
-            .flatten()
-            .map(|e| e.to_string()),
-    })
+    Ok((files, bytes, pages))
+}
+
+/// One task of the tree, with its command from its core image.
+fn task(dir: &impl AsFd, t: &PstreeEntry) -> Task {
+    Task {
+        pid: t.pid,
+        ppid: t.ppid,
+        pgid: t.pgid,
+        sid: t.sid,
+        threads: t.threads.clone(),
+        command: read_image(dir, &format!("core-{}.img", t.pid))
+            .and_then(|b| CoreEntry::decode(first_entry(&b)?).ok())
+            .and_then(|c| c.tc?.comm)
+            .unwrap_or_default(),
+    }
 }

@@ -27,8 +27,9 @@
 //! - A query from anyone but the owner is answered exactly as for a job
 //!   that never existed (`UnknownJob`), so job ids cannot be probed.
 
+use super::outcome::{Outcome, Unclaimed};
 use super::peer::Peer;
-use crate::proto::{JobId, Refusal, RefusalKind, Response};
+use crate::proto::JobId;
 use async_lock::OnceCell;
 use std::collections::{HashMap, VecDeque};
 use std::os::fd::{AsFd, OwnedFd};
@@ -41,7 +42,7 @@ pub const MAX_RESULTS_PER_UID: usize = 64;
 /// Default cap on the finished results kept in all.
 pub const MAX_RESULTS: usize = 1024;
 /// Results that went unclaimed and are still answered "result expired".
-pub const MAX_TOMBSTONES: usize = 4096;
+pub(super) const MAX_TOMBSTONES: usize = 4096;
 
 /// What identifies a process for its whole life, without holding an fd.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -58,13 +59,12 @@ impl Owner {
     /// The identity of `peer`, read while its pidfd shows it alive.
     fn of(peer: &Peer) -> std::io::Result<Self> {
         let stat = peer.read_proc("stat")?;
-        let start =
-            crate::procstat::field(&stat, crate::procstat::START_TIME).ok_or_else(|| {
-                std::io::Error::new(
-                    std::io::ErrorKind::InvalidData,
-                    "unreadable /proc/<pid>/stat",
-                )
-            })?;
+        let start = crate::procfs::field(&stat, crate::procfs::START_TIME).ok_or_else(|| {
+            std::io::Error::new(
+                std::io::ErrorKind::InvalidData,
+                "unreadable /proc/<pid>/stat",
+            )
+        })?;
         let ino = rustix::fs::fstat(peer.pidfd.as_fd())?.st_ino;
         Ok(Self {
             pid: peer.pid,
@@ -77,44 +77,48 @@ impl Owner {
     /// Whether the process still runs: a process with its pid and start
     /// time exists (a zombie counts as gone).
     fn is_alive(&self) -> bool {
-        let Ok(stat) = std::fs::read_to_string(format!("/proc/{}/stat", self.pid)) else {
+        let Ok(stat) = crate::procfs::read_of(self.pid, "stat") else {
             return false;
         };
-        crate::procstat::field::<u64>(&stat, crate::procstat::START_TIME) == Some(self.start)
-            && crate::procstat::field::<char>(&stat, crate::procstat::STATE)
+        crate::procfs::field::<u64>(&stat, crate::procfs::START_TIME) == Some(self.start)
+            && crate::procfs::field::<char>(&stat, crate::procfs::STATE)
                 .is_some_and(|s| s != 'Z' && s != 'X')
     }
 }
 
 /// One job: who asked, and (once known) its result.
 #[derive(Debug)]
-pub struct Job {
+pub(super) struct Job {
     /// The job's id.
     pub id: JobId,
     owner: Owner,
     /// The owner's pidfd while the job runs; closed when it finishes.
     owner_pidfd: Mutex<Option<OwnedFd>>,
-    result: OnceCell<(Response, Instant)>,
+    result: OnceCell<(Outcome, Instant)>,
 }
 
 impl Job {
     /// Records the result, wakes whoever waits for it, and closes the
     /// owner's pidfd (a finished job holds no fd).
-    pub fn finish(&self, result: Response) {
+    pub(crate) fn finish(&self, result: Outcome) {
         let _ = self.result.set_blocking((result, Instant::now()));
         self.owner_pidfd
             .lock()
-            .unwrap_or_else(|e| e.into_inner())
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
             .take();
     }
 
     /// Waits for the result.
-    pub async fn result(&self) -> Response {
+    pub(crate) async fn result(&self) -> Outcome {
         self.result.wait().await.0.clone()
     }
 
     fn owner_alive(&self) -> bool {
-        match &*self.owner_pidfd.lock().unwrap_or_else(|e| e.into_inner()) {
+        match &*self
+            .owner_pidfd
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+        {
             Some(pidfd) => super::peer::is_alive(pidfd),
             None => self.owner.is_alive(),
         }
@@ -185,7 +189,7 @@ impl Table {
 
 /// The service's jobs.
 #[derive(Debug)]
-pub struct Jobs {
+pub(super) struct Jobs {
     service: u64,
     next: AtomicU64,
     ttl: Duration,
@@ -198,13 +202,13 @@ impl Jobs {
     /// An empty table whose results live at most `ttl` after the job ends,
     /// with the default caps.
     #[cfg(test)]
-    pub fn new(ttl: Duration) -> Self {
+    pub(super) fn new(ttl: Duration) -> Self {
         Self::with_caps(ttl, MAX_RESULTS, MAX_RESULTS_PER_UID)
     }
 
     /// An empty table keeping at most `max_results` finished results, and
     /// `max_results_per_uid` per uid.
-    pub fn with_caps(ttl: Duration, max_results: usize, max_results_per_uid: usize) -> Self {
+    pub(super) fn with_caps(ttl: Duration, max_results: usize, max_results_per_uid: usize) -> Self {
         let mut seed = [0u8; 8];
         let _ = rustix::rand::getrandom(&mut seed, rustix::rand::GetRandomFlags::empty());
         Self {
@@ -218,7 +222,9 @@ impl Jobs {
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, Table> {
-        self.table.lock().unwrap_or_else(|e| e.into_inner())
+        self.table
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
     /// Starts a job for `owner`, whose pidfd is duplicated to recognise it
@@ -226,7 +232,7 @@ impl Jobs {
     /// oldest finished ones beyond the caps. If the returned handle drops
     /// before [`Job::finish`] (a task that panicked), the job ends as
     /// failed, so its owner is not left waiting for a result.
-    pub fn start(&self, owner: &Peer) -> std::io::Result<Running> {
+    pub(super) fn start(&self, owner: &Peer) -> std::io::Result<Running> {
         let id = JobId {
             service: self.service,
             seq: self.next.fetch_add(1, Ordering::Relaxed),
@@ -248,13 +254,13 @@ impl Jobs {
     }
 
     /// Forgets a job.
-    pub fn remove(&self, id: JobId) {
+    pub(super) fn remove(&self, id: JobId) {
         self.lock().jobs.remove(&id);
     }
 
     /// Whether the live process `pid` has a job whose result it has not
     /// asked for yet (see [`Jobs::awaited`]): a draining server serves it.
-    pub fn awaits_result(&self, pid: i32, grace: Duration) -> bool {
+    pub(super) fn awaits_result(&self, pid: i32, grace: Duration) -> bool {
         let table = self.lock();
         table
             .jobs
@@ -265,7 +271,7 @@ impl Jobs {
     /// Whether some live process has a job running, or ended less than
     /// `grace` ago, whose result it has not asked for yet. Failures told
     /// on the caller's connection are not here: those jobs are removed.
-    pub fn awaited(&self, grace: Duration) -> bool {
+    pub(super) fn awaited(&self, grace: Duration) -> bool {
         let table = self.lock();
         table.jobs.values().any(|j| j.awaited(grace))
     }
@@ -275,8 +281,8 @@ impl Jobs {
     /// anyone but the owner, exactly the answer for a job that never
     /// existed; for the owner of a result dropped unclaimed (a cap or the
     /// TTL), "result expired".
-    pub fn claim(&self, id: JobId, asker: &Peer) -> Result<Arc<Job>, Response> {
-        let unknown = Response::UnknownJob(id);
+    pub(super) fn claim(&self, id: JobId, asker: &Peer) -> Result<Arc<Job>, Unclaimed> {
+        let unknown = Unclaimed::Unknown(id);
         // read before the lock: /proc may be slow
         let Ok(asker) = Owner::of(asker) else {
             return Err(unknown);
@@ -300,14 +306,7 @@ impl Jobs {
         {
             Some(at) => {
                 table.tombstones.remove(at);
-                Err(Response::Refused(Refusal {
-                    kind: RefusalKind::Invalid,
-                    message: format!(
-                        "result expired: the service dropped the result of checkpoint {id} \
-                         before you asked for it (too many unclaimed results, or it waited \
-                         longer than the result TTL); whether that dump succeeded is unknown"
-                    ),
-                }))
+                Err(Unclaimed::Expired(id))
             }
             None => Err(unknown),
         }
@@ -315,7 +314,7 @@ impl Jobs {
 }
 /// A started job, held by the task running it.
 #[derive(Debug)]
-pub struct Running(Arc<Job>);
+pub(super) struct Running(Arc<Job>);
 
 impl std::ops::Deref for Running {
     type Target = Job;
@@ -327,14 +326,11 @@ impl std::ops::Deref for Running {
 impl Drop for Running {
     fn drop(&mut self) {
         if self.0.result.get().is_none() {
-            self.0
-                .finish(Response::DumpFailed(crate::proto::DumpFailure {
-                    job: Some(self.0.id),
-                    message: "the selfdump service failed internally during this dump; \
-                          its images are not usable (the service log says more)"
-                        .into(),
-                    log_file: None,
-                }));
+            self.0.finish(Outcome::failed(
+                Some(self.0.id),
+                "the selfdump service failed internally during this dump; \
+                 its images are not usable (the service log says more)",
+            ));
         }
     }
 }
@@ -342,6 +338,7 @@ impl Drop for Running {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::proto::Response;
     use std::os::unix::net::UnixStream;
 
     /// This test process as a connected caller.
@@ -367,7 +364,7 @@ mod tests {
         let jobs = Jobs::new(GRACE);
         let (peer, _keep) = me();
         let job = jobs.start(&peer).unwrap();
-        job.finish(Response::UnknownJob(job.id));
+        job.finish(Outcome::failed(Some(job.id), "any"));
         assert!(jobs.awaited(GRACE));
         assert!(!jobs.awaited(Duration::ZERO), "grace over");
         jobs.claim(job.id, &peer).unwrap();
@@ -390,7 +387,7 @@ mod tests {
         let (peer, _keep) = me();
         let id = jobs.start(&peer).unwrap().id; // the handle drops here
         let job = jobs.claim(id, &peer).unwrap();
-        match async_io::block_on(job.result()) {
+        match Response::from(async_io::block_on(job.result())) {
             Response::DumpFailed(f) => assert!(f.message.contains("failed internally"), "{f:?}"),
             other => panic!("expected a failure, got {other:?}"),
         }
@@ -405,7 +402,7 @@ mod tests {
             job.owner_pidfd.lock().unwrap().is_some(),
             "running: pidfd held"
         );
-        job.finish(Response::UnknownJob(job.id));
+        job.finish(Outcome::failed(Some(job.id), "any"));
         assert!(job.owner_pidfd.lock().unwrap().is_none(), "finished: no fd");
         assert!(jobs.awaits_result(peer.pid, GRACE), "still known as alive");
         assert!(jobs.claim(job.id, &peer).is_ok());
@@ -418,12 +415,12 @@ mod tests {
         let ids: Vec<JobId> = (0..5)
             .map(|_| {
                 let job = jobs.start(&peer).unwrap();
-                job.finish(Response::UnknownJob(job.id));
+                job.finish(Outcome::failed(Some(job.id), "any"));
                 job.id
             })
             .collect();
         for (n, id) in ids.iter().enumerate() {
-            match jobs.claim(*id, &peer) {
+            match jobs.claim(*id, &peer).map_err(Response::from) {
                 Ok(_) => assert!(n >= 2, "job {n} should have expired"),
                 Err(Response::Refused(r)) => {
                     assert!(n < 2, "job {n} expired too early");
@@ -434,7 +431,7 @@ mod tests {
         }
         // told once; then unknown like any other id
         assert_eq!(
-            jobs.claim(ids[0], &peer).unwrap_err(),
+            Response::from(jobs.claim(ids[0], &peer).unwrap_err()),
             Response::UnknownJob(ids[0])
         );
     }
@@ -444,7 +441,7 @@ mod tests {
         let jobs = Jobs::new(GRACE);
         let (peer, _keep) = me();
         let job = jobs.start(&peer).unwrap();
-        job.finish(Response::UnknownJob(job.id));
+        job.finish(Outcome::failed(Some(job.id), "any"));
         // init: another live process, and no child to start (a fork here
         // would hold copies of other tests' fds, flocks among them)
         let init = rustix::process::Pid::from_raw(1).unwrap();
@@ -456,11 +453,11 @@ mod tests {
         };
         let made_up = JobId { seq: 999, ..job.id };
         assert_eq!(
-            jobs.claim(job.id, &other).unwrap_err(),
+            Response::from(jobs.claim(job.id, &other).unwrap_err()),
             Response::UnknownJob(job.id)
         );
         assert_eq!(
-            jobs.claim(made_up, &other).unwrap_err(),
+            Response::from(jobs.claim(made_up, &other).unwrap_err()),
             Response::UnknownJob(made_up)
         );
         assert!(jobs.claim(job.id, &peer).is_ok(), "the owner still gets it");

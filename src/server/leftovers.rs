@@ -28,7 +28,7 @@ use std::os::fd::AsFd;
 /// Removes the stale staging directories in `parent`, except those named
 /// after jobs of `own_service` (this service's own are live or cleaned up
 /// by their `Drop`). Returns their names.
-pub fn remove_stale_staging(parent: impl AsFd, own_service: &str) -> Vec<String> {
+pub(super) fn remove_stale_staging(parent: impl AsFd, own_service: &str) -> Vec<String> {
     let parent = parent.as_fd();
     let Ok(entries) = Dir::read_from(parent) else {
         return Vec::new();

@@ -79,7 +79,7 @@ impl Peer {
     /// reports the same 0, which rustix's `Pid` cannot hold).
     pub fn session_id(&self) -> io::Result<i32> {
         let stat = self.read_proc("stat")?;
-        crate::procstat::field(&stat, crate::procstat::SESSION).ok_or_else(|| {
+        crate::procfs::field(&stat, crate::procfs::SESSION).ok_or_else(|| {
             io::Error::new(io::ErrorKind::InvalidData, "unreadable /proc/<pid>/stat")
         })
     }
@@ -87,15 +87,24 @@ impl Peer {
     /// Reads `/proc/<pid>/<file>` of the caller; fails if the caller exited
     /// meanwhile (the pid might name another process by now).
     pub fn read_proc(&self, file: &str) -> io::Result<String> {
-        let text = std::fs::read_to_string(format!("/proc/{}/{file}", self.pid))?;
+        let text = crate::procfs::read_of(self.pid, file)?;
         self.checked(text)
     }
 
     fn checked<T>(&self, value: T) -> io::Result<T> {
+        self.alive_or("the caller exited")
+            .map(|()| value)
+            .map_err(|m| io::Error::new(io::ErrorKind::NotFound, m))
+    }
+
+    /// The one "is the caller still there" check: `Err(gone)` once the
+    /// process behind this peer's pidfd has exited (its pid may then name
+    /// another process), so whatever was read about the pid before holds.
+    pub(crate) fn alive_or(&self, gone: &str) -> Result<(), String> {
         if self.is_alive() {
-            Ok(value)
+            Ok(())
         } else {
-            Err(io::Error::new(io::ErrorKind::NotFound, "the caller exited"))
+            Err(gone.to_owned())
         }
     }
 
@@ -107,7 +116,7 @@ impl Peer {
 }
 
 /// True while the process behind `pidfd` has not exited.
-pub fn is_alive(pidfd: &impl AsFd) -> bool {
+pub(super) fn is_alive(pidfd: &impl AsFd) -> bool {
     let mut fds = [PollFd::new(pidfd, PollFlags::IN)];
     match poll(
         &mut fds,

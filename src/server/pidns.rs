@@ -59,24 +59,7 @@ pub(super) fn dump_root(peer: &Peer, caller: &Caller) -> Result<Option<NsInit>, 
              the service's namespace"
         ));
     }
-    // Up the parents while they are in the caller's namespace.
-    let mut top = peer.pid;
-    let mut top_status = status;
-    for _ in 0..MAX_DEPTH {
-        let ppid: i32 = status_field(&top_status, "PPid")
-            .and_then(|p| p.parse().ok())
-            .ok_or("unreadable /proc status while looking for your namespace's init")?;
-        if ppid <= 0 {
-            break;
-        }
-        match pid_ns(&ppid.to_string()) {
-            Ok(ns) if ns == theirs => {}
-            _ => break, // outside the namespace (or gone: then `top` is checked below)
-        }
-        top = ppid;
-        top_status = std::fs::read_to_string(format!("/proc/{top}/status"))
-            .map_err(|e| format!("cannot inspect pid {top} above you: {e}"))?;
-    }
+    let (top, top_status) = top_in_namespace(peer.pid, status, theirs)?;
     let top_nspid = status_field(&top_status, "NSpid").unwrap_or_default();
     if top_nspid.split_whitespace().nth(1) != Some("1") {
         return Err(format!(
@@ -118,6 +101,30 @@ pub(super) fn dump_root(peer: &Peer, caller: &Caller) -> Result<Option<NsInit>, 
             pidfd,
         },
     }))
+}
+
+/// Follows the parents of `pid` (whose `/proc` status is `status`) while
+/// they are in the pid namespace `ns`; returns the last one and its status.
+fn top_in_namespace(pid: i32, status: String, ns: u64) -> Result<(i32, String), String> {
+    // Up the parents while they are in the caller's namespace.
+    let mut top = pid;
+    let mut top_status = status;
+    for _ in 0..MAX_DEPTH {
+        let ppid: i32 = status_field(&top_status, "PPid")
+            .and_then(|p| p.parse().ok())
+            .ok_or("unreadable /proc status while looking for your namespace's init")?;
+        if ppid <= 0 {
+            break;
+        }
+        match pid_ns(&ppid.to_string()) {
+            Ok(found) if found == ns => {}
+            _ => break, // outside the namespace (or gone: then `top` is checked below)
+        }
+        top = ppid;
+        top_status = std::fs::read_to_string(format!("/proc/{top}/status"))
+            .map_err(|e| format!("cannot inspect pid {top} above you: {e}"))?;
+    }
+    Ok((top, top_status))
 }
 
 impl NsInit {

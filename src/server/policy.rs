@@ -146,7 +146,7 @@ impl Policy {
 /// its dumpability protects, and the kernel makes its files root's
 /// whatever it was: the ownership test is skipped for it. Its ids and
 /// capabilities are still checked (they are what it ran with).
-pub fn check_dumpable(caller: &Caller, proc_file: &Stat, what: &str) -> Result<(), String> {
+pub(super) fn check_dumpable(caller: &Caller, proc_file: &Stat, what: &str) -> Result<(), String> {
     let [ruid, ..] = caller.uids;
     if caller.uids.iter().any(|&u| u != ruid) || caller.gids.iter().any(|&g| g != caller.gids[0]) {
         return Err(format!(
@@ -176,7 +176,7 @@ pub fn check_dumpable(caller: &Caller, proc_file: &Stat, what: &str) -> Result<(
 
 /// Whether a caller may create files in a directory, from its mode bits
 /// (the caller needs write and search permission).
-pub fn may_write_dir(caller: &Caller, dir: &Stat) -> Result<(), String> {
+pub(super) fn may_write_dir(caller: &Caller, dir: &Stat) -> Result<(), String> {
     if FileType::from_raw_mode(dir.st_mode) != FileType::Directory {
         return Err("the images fd is not a directory".into());
     }
@@ -225,7 +225,7 @@ const CAP_SYS_PTRACE: u64 = 1 << 19;
 /// The dumpability of a root-owned task cannot be told from `/proc` (its
 /// entries are root's either way); such a task passes when the caller holds
 /// `CAP_SYS_PTRACE` and fails the uid rule otherwise.
-pub fn check_tree_task(
+pub(super) fn check_tree_task(
     caller: &Caller,
     task: &Caller,
     task_proc: &Stat,

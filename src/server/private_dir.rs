@@ -14,7 +14,7 @@ pub const LOG_DIR: &str = "/run/selfdump";
 
 /// A directory only root can write, held open.
 #[derive(Debug)]
-pub struct PrivateDir {
+pub(super) struct PrivateDir {
     fd: OwnedFd,
     shown: PathBuf,
 }
@@ -23,7 +23,7 @@ impl PrivateDir {
     /// Opens `path`, creating it (mode 0700) if missing, and checks that it
     /// is a directory of root's that nobody else can write. Nothing is
     /// followed through a symlink at its last component.
-    pub fn open_or_create(path: &Path) -> io::Result<Self> {
+    pub(super) fn open_or_create(path: &Path) -> io::Result<Self> {
         match rustix::fs::mkdir(path, Mode::RWXU) {
             Ok(()) | Err(rustix::io::Errno::EXIST) => {}
             Err(e) => return Err(with_path(e.into(), path)),
@@ -43,7 +43,7 @@ impl PrivateDir {
 
     /// Creates a fresh, randomly named directory (mode 0700) in `base` and
     /// checks through its fd that it is the one made: root's, 0700, empty.
-    pub fn create_in(base: &Path, prefix: &str) -> io::Result<Self> {
+    pub(super) fn create_in(base: &Path, prefix: &str) -> io::Result<Self> {
         let mut random = [0u8; 8];
         rustix::rand::getrandom(&mut random, rustix::rand::GetRandomFlags::empty())?;
         let path = base.join(format!("{prefix}{:016x}", u64::from_le_bytes(random)));
@@ -64,7 +64,7 @@ impl PrivateDir {
 
     /// The path CRIU (a child process) should use: the verified inode
     /// through this process's fd table.
-    pub fn proc_path(&self) -> PathBuf {
+    pub(super) fn proc_path(&self) -> PathBuf {
         PathBuf::from(format!(
             "/proc/{}/fd/{}",
             std::process::id(),
@@ -73,24 +73,24 @@ impl PrivateDir {
     }
 
     /// The path it was opened at, for messages.
-    pub fn shown(&self) -> &Path {
+    pub(super) fn shown(&self) -> &Path {
         &self.shown
     }
 
     /// Reads a file of the directory (by name, inside a directory only root
     /// can change).
-    pub fn read(&self, name: &str) -> Option<Vec<u8>> {
+    pub(super) fn read(&self, name: &str) -> Option<Vec<u8>> {
         super::images::read_image(&self.fd, name)
     }
 
     /// Removes one file of the directory.
-    pub fn remove(&self, name: &str) -> io::Result<()> {
+    pub(super) fn remove(&self, name: &str) -> io::Result<()> {
         Ok(rustix::fs::unlinkat(&self.fd, name, AtFlags::empty())?)
     }
 
     /// Empties the directory through its fd (one level: CRIU makes no
     /// subdirectories here), then removes it.
-    pub fn remove_all(self) -> io::Result<()> {
+    pub(super) fn remove_all(self) -> io::Result<()> {
         for name in self.names()? {
             self.remove(&name)?;
         }

@@ -6,10 +6,11 @@
 
 use super::Shared;
 use super::as_caller::CallerCreds;
-use super::connection::{UidSlot, refusal, send};
+use super::connection::{refusal, send};
 use super::peer::Peer;
 use super::policy::Caller;
 use super::restore::{RestoreError, RestoreSettings, restore};
+use super::slots::UidSlot;
 use crate::proto::{RefusalKind, Response, RestoreReport, RestoreRequest};
 use async_io::Async;
 use std::os::fd::OwnedFd;

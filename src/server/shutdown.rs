@@ -2,12 +2,10 @@
 //! handle, and when the drain is over (no task runs, and no caller still
 //! has a result to collect: the job table knows those).
 
-use super::Shared;
-use async_io::Async;
 use event_listener::Event;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 /// How long, after its dump ended, a live caller that has not asked for
 /// its result yet may still come back for it before a draining server
@@ -15,43 +13,6 @@ use std::time::{Duration, Instant};
 /// it run, usually before the dump has even ended, so this only covers a
 /// caller slowed down by load (or one that never asks).
 pub(super) const RESULT_GRACE: Duration = Duration::from_secs(3);
-
-impl Shared {
-    /// Counts a connection task until the returned guard drops.
-    pub(super) fn task(self: &Arc<Self>) -> TaskGuard {
-        self.tasks.fetch_add(1, Ordering::SeqCst);
-        TaskGuard(self.clone())
-    }
-
-    /// Whether a caller connecting while the server drains may be coming
-    /// for a result: it has a job whose result it has not asked for yet.
-    pub(super) fn is_expected(&self, stream: &Async<std::os::unix::net::UnixStream>) -> bool {
-        super::peer::credentials(stream.get_ref())
-            .is_ok_and(|cred| self.jobs.awaits_result(cred.pid(), RESULT_GRACE))
-    }
-
-    /// `None` once no task runs and no caller has a result to collect;
-    /// else when to look again at the latest (callers exit, and results
-    /// age, without a notification).
-    pub(super) fn drain_wait(&self) -> Option<Option<Instant>> {
-        let awaited = self.jobs.awaited(RESULT_GRACE);
-        if self.tasks.load(Ordering::SeqCst) == 0 && !awaited {
-            return None;
-        }
-        Some(awaited.then(|| Instant::now() + Duration::from_millis(100)))
-    }
-}
-
-/// One running connection task of a [`Shared`].
-pub(super) struct TaskGuard(Arc<Shared>);
-
-impl Drop for TaskGuard {
-    fn drop(&mut self) {
-        if self.0.tasks.fetch_sub(1, Ordering::SeqCst) == 1 {
-            self.0.changed.notify(usize::MAX);
-        }
-    }
-}
 
 /// The stop request shared by a server and its [`ShutdownHandle`]s.
 #[derive(Debug, Default)]

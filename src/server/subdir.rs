@@ -76,17 +76,7 @@ impl PrivateSubdir {
                 stat.st_uid
             )));
         }
-        // locked before it is root's: an unlocked root-owned staging
-        // directory is a dead service's, for `leftovers` to remove
-        rustix::fs::flock(&dir, rustix::fs::FlockOperation::NonBlockingLockExclusive)?;
-        rustix::fs::fchown(&dir, Some(Uid::ROOT), Some(Gid::ROOT))?;
-        rustix::fs::fchmod(&dir, Mode::RWXU)?;
-        for acl in ["system.posix_acl_access", "system.posix_acl_default"] {
-            match rustix::fs::fremovexattr(&dir, acl) {
-                Ok(()) | Err(rustix::io::Errno::NODATA | rustix::io::Errno::OPNOTSUPP) => {}
-                Err(e) => return Err(e.into()),
-            }
-        }
+        make_roots(&dir)?;
         let subdir = Self {
             parent,
             name,
@@ -160,4 +150,20 @@ impl PrivateSubdir {
             Some(Gid::from_raw(self.creds.gid)),
         )
     }
+}
+
+/// Locks a directory, then makes it root's, mode 0700, without ACLs. The
+/// lock comes first: an unlocked root-owned staging directory is a dead
+/// service's, for `leftovers` to remove.
+fn make_roots(dir: &OwnedFd) -> io::Result<()> {
+    rustix::fs::flock(dir, rustix::fs::FlockOperation::NonBlockingLockExclusive)?;
+    rustix::fs::fchown(dir, Some(Uid::ROOT), Some(Gid::ROOT))?;
+    rustix::fs::fchmod(dir, Mode::RWXU)?;
+    for acl in ["system.posix_acl_access", "system.posix_acl_default"] {
+        match rustix::fs::fremovexattr(dir, acl) {
+            Ok(()) | Err(rustix::io::Errno::NODATA | rustix::io::Errno::OPNOTSUPP) => {}
+            Err(e) => return Err(e.into()),
+        }
+    }
+    Ok(())
 }

@@ -5,7 +5,8 @@
 //! ```no_run
 //! use selfdump::server::{Server, systemd};
 //! # fn main() -> Result<(), Box<dyn std::error::Error>> {
-//! let server = match systemd::listener()? {
+//! // SAFETY: first thing in `main`, before any other thread exists.
+//! let server = match unsafe { systemd::listener() }? {
 //!     Some(listener) => Server::builder().listener(listener)?,
 //!     None => Server::builder().bind("/run/selfdump.sock")?,
 //! };
@@ -24,7 +25,14 @@ const LISTEN_FDS_START: i32 = 3;
 /// The fds passed by socket activation, if `LISTEN_PID` names this process;
 /// empty otherwise. Takes them over: marks them close-on-exec and removes
 /// the `LISTEN_*` variables, so children do not take them for theirs.
-pub fn listen_fds() -> io::Result<Vec<OwnedFd>> {
+///
+/// # Safety
+///
+/// Call it once, before any other thread exists (first thing in `main`):
+/// it removes environment variables, which is unsound while another
+/// thread may read the environment, and it takes ownership of the fds
+/// the variables name, which nothing else in the process may own.
+pub unsafe fn listen_fds() -> io::Result<Vec<OwnedFd>> {
     let pid = std::env::var("LISTEN_PID").ok();
     let count = std::env::var("LISTEN_FDS").ok();
     let ours = pid.and_then(|p| p.trim().parse::<u32>().ok()) == Some(std::process::id());
@@ -37,8 +45,7 @@ pub fn listen_fds() -> io::Result<Vec<OwnedFd>> {
             "LISTEN_PID is set for this process but LISTEN_FDS is not a number",
         )
     })?;
-    // SAFETY: only the environment is touched, before any thread of ours
-    // reads it; the serve command calls this first thing.
+    // SAFETY: no other thread exists yet (this function's contract).
     unsafe {
         std::env::remove_var("LISTEN_PID");
         std::env::remove_var("LISTEN_FDS");
@@ -47,7 +54,8 @@ pub fn listen_fds() -> io::Result<Vec<OwnedFd>> {
     let mut fds = Vec::new();
     for raw in LISTEN_FDS_START..LISTEN_FDS_START.saturating_add(count.max(0)) {
         // SAFETY: by the socket activation protocol, fds 3..3+LISTEN_FDS
-        // are open and handed to this process, which owns them from now on.
+        // are open and handed to this process, which owns them from now on
+        // (nothing else took them: this function's contract).
         let fd = unsafe { OwnedFd::from_raw_fd(raw) };
         rustix::io::fcntl_setfd(&fd, rustix::io::FdFlags::CLOEXEC)?;
         fds.push(fd);
@@ -58,8 +66,13 @@ pub fn listen_fds() -> io::Result<Vec<OwnedFd>> {
 /// The listening unix stream socket passed by socket activation, if any.
 /// Fails if the first passed fd is not one (a `ListenStream=` with a path
 /// in the `.socket` unit); extra fds are closed.
-pub fn listener() -> io::Result<Option<UnixListener>> {
-    let mut fds = listen_fds()?.into_iter();
+///
+/// # Safety
+///
+/// As for [`listen_fds`]: once, before any other thread exists.
+pub unsafe fn listener() -> io::Result<Option<UnixListener>> {
+    // SAFETY: passed on to our caller.
+    let mut fds = unsafe { listen_fds() }?.into_iter();
     let Some(fd) = fds.next() else {
         return Ok(None);
     };

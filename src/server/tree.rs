@@ -2,6 +2,7 @@
 
 use super::peer::Peer;
 use super::policy::{Caller, check_tree_task};
+use crate::procfs;
 
 /// Most tasks a frozen tree may have (a bound on the walk, far above any
 /// real tree).
@@ -12,51 +13,38 @@ const MAX_TREE_TASKS: usize = 1 << 16;
 /// frozen, so nothing in it can fork, exec or change ids meanwhile; the
 /// caller's pidfd is checked before and after, so the pid named it all along.
 pub(super) fn check_frozen_tree(peer: &Peer, caller: &Caller) -> Result<(), String> {
-    if !peer.is_alive() {
-        return Err("the caller exited before its tree was frozen".into());
-    }
+    peer.alive_or("the caller exited before its tree was frozen")?;
     let mut stack = vec![peer.pid];
     let mut seen = std::collections::HashSet::from([peer.pid]);
     let mut checked = 0;
     while let Some(pid) = stack.pop() {
-        let tasks = std::fs::read_dir(format!("/proc/{pid}/task"))
-            .map_err(|e| format!("cannot list the threads of pid {pid}: {e}"))?;
-        for entry in tasks {
-            let entry = entry.map_err(|e| format!("cannot list the threads of pid {pid}: {e}"))?;
-            let Some(tid) = entry
-                .file_name()
-                .to_str()
-                .and_then(|t| t.parse::<i32>().ok())
-            else {
-                continue;
-            };
+        let tasks =
+            procfs::tasks(pid).map_err(|e| format!("cannot list the threads of pid {pid}: {e}"))?;
+        for tid in tasks {
             checked += 1;
             if checked > MAX_TREE_TASKS {
                 return Err(format!("the tree has more than {MAX_TREE_TASKS} tasks"));
             }
-            let dir = format!("/proc/{pid}/task/{tid}");
+            let dir = procfs::task_dir(pid, tid);
             match check_task(caller, &dir, pid, tid, pid == peer.pid) {
                 Ok(()) => {}
                 // gone (reaped) since the listing: it will not be dumped
                 Err(TaskError::Gone) => continue,
                 Err(TaskError::Refused(why)) => return Err(why),
             }
-            let children = match std::fs::read_to_string(format!("{dir}/children")) {
-                Ok(text) => text,
+            let children = match procfs::children(pid, tid) {
+                Ok(children) => children,
                 Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
                 Err(e) => return Err(format!("cannot list the children of task {tid}: {e}")),
             };
-            for child in children.split_whitespace().filter_map(|c| c.parse().ok()) {
+            for child in children {
                 if seen.insert(child) {
                     stack.push(child);
                 }
             }
         }
     }
-    if !peer.is_alive() {
-        return Err("the caller exited while its tree was checked".into());
-    }
-    Ok(())
+    peer.alive_or("the caller exited while its tree was checked")
 }
 
 enum TaskError {
@@ -72,7 +60,7 @@ fn check_task(caller: &Caller, dir: &str, pid: i32, tid: i32, root: bool) -> Res
             TaskError::Refused(format!("cannot inspect {what} of task {tid}: {e}"))
         }
     };
-    let comm = std::fs::read_to_string(format!("{dir}/comm")).map_err(|e| gone_or(e, "comm"))?;
+    let comm = procfs::read(format!("{dir}/comm")).map_err(|e| gone_or(e, "comm"))?;
     let comm = comm.trim_end();
     let what = match (root, pid == tid) {
         (true, true) => format!("the caller (pid {pid}, {comm})"),
@@ -80,8 +68,7 @@ fn check_task(caller: &Caller, dir: &str, pid: i32, tid: i32, root: bool) -> Res
         (false, true) => format!("task pid {pid} ({comm}) in the caller's tree"),
         (false, false) => format!("thread {tid} ({comm}) of pid {pid} in the caller's tree"),
     };
-    let status =
-        std::fs::read_to_string(format!("{dir}/status")).map_err(|e| gone_or(e, "status"))?;
+    let status = procfs::read(format!("{dir}/status")).map_err(|e| gone_or(e, "status"))?;
     let mut task = Caller::parse(&status)
         .ok_or_else(|| TaskError::Refused(format!("unreadable /proc status of {what}")))?;
     // A zombie child has no memory and root's /proc files: it is not

@@ -2,7 +2,8 @@
 //! `/proc/PID/task/*/children`, open fds from `/proc/PID/fd`, the tracer
 //! from `/proc/PID/status`.
 
-use std::io::{self, Read};
+use crate::procfs;
+use std::io;
 use std::path::PathBuf;
 
 /// One open file descriptor of a process in the tree.
@@ -64,14 +65,14 @@ pub(super) fn process_tree(root: i32) -> io::Result<Vec<i32>> {
     while i < tree.len() {
         let pid = tree[i];
         i += 1;
-        let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
+        let Ok(tasks) = procfs::tasks(pid) else {
             continue;
         };
-        for task in tasks.flatten() {
-            let Ok(children) = read_proc(task.path().join("children")) else {
+        for tid in tasks {
+            let Ok(children) = procfs::children(pid, tid) else {
                 continue;
             };
-            for child in children.split_whitespace().filter_map(|c| c.parse().ok()) {
+            for child in children {
                 if !tree.contains(&child) {
                     tree.push(child);
                 }
@@ -83,7 +84,7 @@ pub(super) fn process_tree(root: i32) -> io::Result<Vec<i32>> {
 
 /// The process tracing `pid`, if any.
 pub(super) fn tracer(pid: i32) -> Option<i32> {
-    let status = read_proc(format!("/proc/{pid}/status")).ok()?;
+    let status = procfs::read_of(pid, "status").ok()?;
     let tracer: i32 = status
         .lines()
         .find_map(|l| l.strip_prefix("TracerPid:"))?
@@ -96,13 +97,13 @@ pub(super) fn tracer(pid: i32) -> Option<i32> {
 /// The session id of `pid` as its pid namespace sees it: 0 when the session
 /// leader is outside that namespace.
 pub(super) fn session_id(pid: i32) -> Option<i32> {
-    let stat = read_proc(format!("/proc/{pid}/stat")).ok()?;
-    crate::procstat::field(&stat, crate::procstat::SESSION)
+    let stat = procfs::read_of(pid, "stat").ok()?;
+    procfs::field(&stat, procfs::SESSION)
 }
 
 /// The command name of `pid`, or `?`.
 pub(super) fn comm(pid: i32) -> String {
-    read_proc(format!("/proc/{pid}/comm"))
+    procfs::read_of(pid, "comm")
         .map(|c| c.trim().to_owned())
         .unwrap_or_else(|_| "?".into())
 }
@@ -139,23 +140,4 @@ pub(super) fn holders_of(ino: u64) -> String {
     }
 }
 
-/// A small `/proc` file, read with one big `read` rather than the small
-/// probing reads of `read_to_string` (each of which makes the kernel
-/// generate the file again for some of them).
-pub(super) fn read_proc(path: impl AsRef<std::path::Path>) -> io::Result<String> {
-    let mut file = std::fs::File::open(path)?;
-    let mut buf = vec![0u8; 4096];
-    let mut len = 0;
-    loop {
-        if len == buf.len() {
-            buf.resize(len * 2, 0);
-        }
-        match file.read(&mut buf[len..]) {
-            Ok(0) => break,
-            Ok(n) => len += n,
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-            Err(e) => return Err(e),
-        }
-    }
-    Ok(String::from_utf8_lossy(&buf[..len]).into_owned())
-}
+pub(super) use crate::procfs::read as read_proc;

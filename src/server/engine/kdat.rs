@@ -8,9 +8,15 @@
 //! that dumps (a CRIU in another mount namespace than its target would try to
 //! dump mounts): it runs `criu check` once in a private mount namespace where
 //! `/run` is a directory on the `/dev/shm` tmpfs, so that CRIU writes its
-//! cache there, and installs the file as `/run/criu.kdat`. It does so at
-//! every start (a cache from before a reboot may describe another kernel)
-//! and removes the file when it stops.
+//! cache there, and installs the file as `/run/criu.kdat`. A cache written
+//! since this boot began is valid and left as it is (another service, or
+//! another selfdump, may use it); an older one may describe another kernel
+//! and is replaced.
+//!
+//! Every service that uses the cache holds a shared `flock` on it. At stop
+//! a service removes the cache only if it installed it, the file is still
+//! the one it installed, and no other service holds it: a cache it did not
+//! install, or one still in use, stays.
 
 use super::Criu;
 use rustix::fs::StatFs;
@@ -24,14 +30,60 @@ pub const KDAT_FILE: &str = "/run/criu.kdat";
 const TMPFS_MAGIC: i64 = 0x0102_1994;
 
 /// What [`ensure_cache`] found or did.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug)]
 pub enum KdatCache {
     /// `/run` is a tmpfs: CRIU keeps its cache by itself.
     CriuKeepsIt,
+    /// A cache written since this boot began was there: it is used as it
+    /// is, and never removed by this service.
+    Valid(CacheFile),
     /// The service generated the cache and installed it at [`KDAT_FILE`].
-    Installed,
+    Installed(CacheFile),
     /// No cache: every dump probes the kernel (the reason says why).
     Unavailable(String),
+}
+
+/// The cache file as this service opened it, with a shared `flock` held
+/// on it while the service uses it.
+#[derive(Debug)]
+pub struct CacheFile(std::os::fd::OwnedFd);
+
+impl CacheFile {
+    /// Opens [`KDAT_FILE`] and takes a shared lock on it.
+    fn hold() -> io::Result<Self> {
+        let fd = rustix::fs::open(
+            KDAT_FILE,
+            rustix::fs::OFlags::RDONLY | rustix::fs::OFlags::CLOEXEC,
+            rustix::fs::Mode::empty(),
+        )?;
+        rustix::fs::flock(&fd, rustix::fs::FlockOperation::NonBlockingLockShared)?;
+        Ok(Self(fd))
+    }
+
+    /// Whether [`KDAT_FILE`] is still this file (not replaced since).
+    fn is_current(&self) -> bool {
+        match (rustix::fs::fstat(&self.0), rustix::fs::stat(KDAT_FILE)) {
+            (Ok(ours), Ok(now)) => (ours.st_dev, ours.st_ino) == (now.st_dev, now.st_ino),
+            _ => false,
+        }
+    }
+}
+
+/// Whether the cache at [`KDAT_FILE`] was written since this boot began
+/// (CRIU itself checks only its size and magic, not the kernel).
+fn written_this_boot() -> bool {
+    let Ok(stat) = rustix::fs::stat(KDAT_FILE) else {
+        return false;
+    };
+    boot_time().is_some_and(|boot| stat.st_mtime >= boot)
+}
+
+/// When this boot began, in seconds since the epoch (`btime` in `/proc/stat`).
+fn boot_time() -> Option<i64> {
+    let stat = std::fs::read_to_string("/proc/stat").ok()?;
+    stat.lines()
+        .find_map(|l| l.strip_prefix("btime "))
+        .and_then(|v| v.trim().parse().ok())
 }
 
 fn is_tmpfs(path: &Path) -> bool {
@@ -43,17 +95,34 @@ pub fn ensure_cache(criu: &Criu) -> KdatCache {
     if is_tmpfs(Path::new("/run")) {
         return KdatCache::CriuKeepsIt;
     }
-    match generate(criu) {
-        Ok(()) => KdatCache::Installed,
+    if written_this_boot()
+        && let Ok(held) = CacheFile::hold()
+    {
+        return KdatCache::Valid(held);
+    }
+    match generate(criu).and_then(|()| CacheFile::hold()) {
+        Ok(held) => KdatCache::Installed(held),
         Err(e) => KdatCache::Unavailable(e.to_string()),
     }
 }
 
-/// Removes a cache the service installed (it describes this boot's kernel only).
+/// Removes the cache if this service installed it, it is still the file
+/// installed, and no other service holds it (it describes this boot's
+/// kernel only). A cache found valid, replaced since, or still in use stays.
 pub fn remove_cache(state: &KdatCache) {
-    if *state == KdatCache::Installed {
+    let KdatCache::Installed(held) = state else {
+        return;
+    };
+    // our shared lock becomes exclusive only if no one else holds one
+    let alone = rustix::fs::flock(
+        &held.0,
+        rustix::fs::FlockOperation::NonBlockingLockExclusive,
+    )
+    .is_ok();
+    if alone && held.is_current() {
         let _ = std::fs::remove_file(KDAT_FILE);
     }
+    let _ = rustix::fs::flock(&held.0, rustix::fs::FlockOperation::NonBlockingLockShared);
 }
 
 fn generate(criu: &Criu) -> io::Result<()> {
@@ -91,7 +160,14 @@ fn run_check_with_run_at(criu: &Criu, run_dir: &Path) -> io::Result<()> {
             Ok(())
         });
     }
-    let status = cmd.status()?;
+    let status = {
+        // no caller's connection may be copied into the forked child
+        let _forking = super::swrk::FORK_GUARD
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        cmd.spawn()?
+    }
+    .wait()?;
     log::debug!("criu check for the kdat cache: {status}");
     Ok(())
 }

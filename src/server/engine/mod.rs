@@ -2,24 +2,28 @@
 //! a [`WorkerPool`]), spoken to over CRIU's RPC protocol on a
 //! `SOCK_SEQPACKET` socketpair.
 
+mod flags;
 pub mod kdat;
 mod pool;
 pub mod rpc;
 mod swrk;
 mod worker;
 
-pub use pool::WorkerPool;
+pub(crate) use flags::CriuFlags;
+pub(super) use pool::WorkerPool;
 pub(crate) use swrk::without_forks;
-pub use swrk::{Criu, DumpHooks, DumpSpec, Dumped, EngineError, FrozenVerdict};
+pub use swrk::{
+    Criu, DumpHooks, DumpSpec, Dumped, EngineError, FrozenVerdict, SpawnGuard, spawn_guard,
+};
 pub use worker::Worker;
 
 /// Name of CRIU's log inside the images directory.
-pub const DUMP_LOG: &str = "dump.log";
+pub(super) const DUMP_LOG: &str = "dump.log";
 
 /// The first error line of a CRIU log that matters. CRIU logs a harmless
-/// "Can't setup RLIMIT_NOFILE" error on every run without CAP_SYS_RESOURCE,
+/// "Can't setup `RLIMIT_NOFILE`" error on every run without `CAP_SYS_RESOURCE`,
 /// which CRIU's own `cr_errmsg` then reports even for unrelated failures.
-pub fn first_error(log: &str) -> Option<String> {
+pub(super) fn first_error(log: &str) -> Option<String> {
     log.lines()
         .filter(|l| l.contains("Error (") && !l.contains("RLIMIT_NOFILE"))
         .map(|l| l.split_once("Error (").map_or(l, |(_, rest)| rest))

@@ -13,7 +13,7 @@ use std::sync::{Arc, Mutex};
 /// reaped and skipped; a dump that finds none ready starts its own, as
 /// without a pool.
 #[derive(Debug)]
-pub struct WorkerPool {
+pub(crate) struct WorkerPool {
     criu: Criu,
     size: usize,
     state: Mutex<State>,
@@ -30,7 +30,7 @@ struct State {
 impl WorkerPool {
     /// A pool of at most `size` ready workers running `criu` (0: none, every
     /// dump starts its own). Nothing starts until [`WorkerPool::refill`].
-    pub fn new(criu: Criu, size: usize) -> Arc<Self> {
+    pub(crate) fn new(criu: Criu, size: usize) -> Arc<Self> {
         Arc::new(Self {
             criu,
             size,
@@ -39,11 +39,13 @@ impl WorkerPool {
     }
 
     fn state(&self) -> std::sync::MutexGuard<'_, State> {
-        self.state.lock().unwrap_or_else(|e| e.into_inner())
+        self.state
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
     /// A ready worker if a live one waits, else a freshly started one.
-    pub fn take(&self) -> io::Result<Worker> {
+    pub(crate) fn take(&self) -> io::Result<Worker> {
         loop {
             let Some(mut worker) = self.state().ready.pop() else {
                 return Worker::start(&self.criu);
@@ -57,7 +59,7 @@ impl WorkerPool {
 
     /// Starts workers, on a thread of the `blocking` pool, until `size`
     /// are ready or starting. A failure is logged: dumps then start their own.
-    pub fn refill(self: &Arc<Self>) {
+    pub(crate) fn refill(self: &Arc<Self>) {
         let missing = {
             let mut state = self.state();
             if state.stopped {
@@ -88,7 +90,7 @@ impl WorkerPool {
 
     /// Stops the waiting workers and reaps them, once those being started
     /// are up; no more start.
-    pub async fn stop(&self) {
+    pub(crate) async fn stop(&self) {
         self.state().stopped = true;
         while self.state().starting > 0 {
             async_io::Timer::after(std::time::Duration::from_millis(5)).await;

@@ -3,7 +3,7 @@
 
 use super::rpc::{CriuOpts, CriuReq, CriuResp, req_type};
 use super::swrk::{DumpHooks, DumpSpec, Dumped, EngineError, FORK_GUARD, FrozenVerdict};
-use super::{Criu, DUMP_LOG};
+use super::{Criu, CriuFlags, DUMP_LOG};
 use async_io::{Async, Timer};
 use futures_lite::FutureExt;
 use prost::Message;
@@ -19,12 +19,12 @@ const ABANDON_GRACE: Duration = Duration::from_secs(10);
 ///
 /// [`Criu::dump`] starts one per dump. Starting one ahead of time saves the
 /// exec and CRIU's start-up, which `benches/checkpoint/workers.rs`
-/// measures; the server keeps some ready in a [`WorkerPool`](super::WorkerPool)
+/// measures; the server keeps some ready in a pool
 /// ([`Builder::warm_workers`](crate::server::Builder::warm_workers)).
 ///
 /// ```no_run
 /// # async_io::block_on(async {
-/// use selfdump::server::engine::{Criu, Worker};
+/// use selfdump::server::{Criu, internals::Worker};
 /// let worker = Worker::start(&Criu::default())?;
 /// // ... later, worker.dump(&spec, timeout, &mut hooks).await
 /// # drop(worker);
@@ -74,7 +74,9 @@ impl Worker {
             // `finish`
             .kill_on_drop(false);
         let child = {
-            let _forking = FORK_GUARD.read().unwrap_or_else(|e| e.into_inner());
+            let _forking = FORK_GUARD
+                .read()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
             cmd.spawn().map_err(|e| {
                 io::Error::new(
                     e.kind(),
@@ -215,27 +217,13 @@ impl Worker {
         hooks: &mut impl DumpHooks,
         started: std::time::Instant,
     ) -> Result<Dumped, EngineError> {
-        let opts = CriuOpts {
-            images_dir_fd: spec.images_dir.as_fd().as_raw_fd(),
-            pid: Some(spec.pid),
-            leave_running: Some(spec.options.leave_running),
-            ext_unix_sk: Some(spec.options.ext_unix_sk),
-            tcp_established: Some(spec.options.tcp_established),
-            shell_job: Some(spec.shell_job),
-            file_locks: Some(spec.options.file_locks),
-            log_level: Some(self.log_level),
-            log_file: Some(DUMP_LOG.into()),
-            notify_scripts: Some(true),
-        };
         self.send(&CriuReq {
             r#type: req_type::DUMP,
-            opts: Some(opts),
+            opts: Some(self.dump_opts(spec)),
             ..Default::default()
         })
         .await?;
-        let mut frozen = false;
-        let mut veto = None;
-        let mut dumped = Dumped::default();
+        let mut state = DumpState::default();
         loop {
             let resp = self.recv().await?;
             match resp.r#type {
@@ -246,24 +234,7 @@ impl Worker {
                         spec.pid,
                         started.elapsed()
                     );
-                    let answering = std::time::Instant::now();
-                    let verdict = match script.as_str() {
-                        "query-ext-files" if !frozen => {
-                            frozen = true;
-                            hooks.frozen().await
-                        }
-                        "post-dump" if frozen && veto.is_none() => hooks.images_written().await,
-                        _ => FrozenVerdict::Proceed,
-                    };
-                    if let FrozenVerdict::Veto(why) = verdict {
-                        veto.get_or_insert(why);
-                        self.ack(false).await?;
-                    } else {
-                        self.ack(true).await?;
-                    }
-                    if frozen {
-                        dumped.service_frozen += answering.elapsed();
-                    }
+                    self.answer(&script, hooks, &mut state).await?;
                 }
                 req_type::DUMP => {
                     log::debug!(
@@ -271,20 +242,7 @@ impl Worker {
                         spec.pid,
                         started.elapsed()
                     );
-                    if let Some(why) = veto {
-                        return Err(EngineError::Vetoed(why));
-                    }
-                    if !frozen && resp.success {
-                        return Err(EngineError::Protocol(
-                            "criu finished without the query-ext-files notification (criu < 3.19?)"
-                                .into(),
-                        ));
-                    }
-                    return if resp.success {
-                        Ok(dumped)
-                    } else {
-                        Err(EngineError::Failed(resp.cr_errmsg))
-                    };
+                    return state.result(&resp);
                 }
                 other => {
                     return Err(EngineError::Protocol(format!(
@@ -292,6 +250,81 @@ impl Worker {
                     )));
                 }
             }
+        }
+    }
+
+    /// CRIU's options for dumping `spec`.
+    fn dump_opts(&self, spec: &DumpSpec<'_>) -> CriuOpts {
+        let mut opts = CriuOpts {
+            images_dir_fd: spec.images_dir.as_fd().as_raw_fd(),
+            pid: Some(spec.pid),
+            leave_running: Some(spec.options.leave_running),
+            log_level: Some(self.log_level),
+            log_file: Some(DUMP_LOG.into()),
+            notify_scripts: Some(true),
+            ..CriuOpts::default()
+        };
+        CriuFlags::for_dump(&spec.options, spec.shell_job).apply(&mut opts);
+        opts
+    }
+
+    /// Answers one of CRIU's notifications, calling the hook it is for.
+    async fn answer(
+        &self,
+        script: &str,
+        hooks: &mut impl DumpHooks,
+        state: &mut DumpState,
+    ) -> Result<(), EngineError> {
+        let answering = std::time::Instant::now();
+        let verdict = match script {
+            "query-ext-files" if !state.frozen => {
+                state.frozen = true;
+                hooks.frozen().await
+            }
+            "post-dump" if state.frozen && state.veto.is_none() => hooks.images_written().await,
+            _ => FrozenVerdict::Proceed,
+        };
+        // The clock stops when the answer is decided, not after the send
+        // returns: the send wakes CRIU, which may run on this CPU before
+        // the send returns here, and that time is CRIU's, not the service's.
+        if state.frozen {
+            state.dumped.service_frozen += answering.elapsed();
+        }
+        if let FrozenVerdict::Veto(why) = verdict {
+            state.veto.get_or_insert(why);
+            self.ack(false).await?;
+        } else {
+            self.ack(true).await?;
+        }
+        Ok(())
+    }
+}
+
+/// Where a dump stands between CRIU's messages.
+#[derive(Default)]
+struct DumpState {
+    /// CRIU announced the freeze (`query-ext-files`).
+    frozen: bool,
+    /// A hook's veto, the first one.
+    veto: Option<String>,
+    dumped: Dumped,
+}
+
+impl DumpState {
+    /// The dump's result, from CRIU's final answer.
+    fn result(self, resp: &CriuResp) -> Result<Dumped, EngineError> {
+        if let Some(why) = self.veto {
+            return Err(EngineError::Vetoed(why));
+        }
+        if !self.frozen && resp.success {
+            return Err(EngineError::Protocol(
+                "criu finished without the query-ext-files notification (criu < 3.19?)".into(),
+            ));
+        }
+        if resp.success {
+            Ok(self.dumped)
+        } else {
+            Err(EngineError::Failed(resp.cr_errmsg.clone()))
         }
     }
 }

@@ -7,6 +7,7 @@
 //! CRIU then reads only the verified copy of the images, keeps its log in
 //! a directory of root's, and has a deadline.
 
+mod as_owner;
 mod ids;
 mod verify;
 
@@ -22,7 +23,7 @@ use super::images::ImageMeta;
 use super::manifest::Key;
 use super::private_dir::PrivateDir;
 use std::fmt;
-use std::os::fd::{AsRawFd, OwnedFd};
+use std::os::fd::{AsFd, AsRawFd, OwnedFd};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
@@ -202,97 +203,173 @@ fn open_dir(dir: &Path) -> Result<OwnedFd, RestoreError> {
 fn run_criu(verified: &Verified, settings: &RestoreSettings) -> Result<i32, RestoreError> {
     // CRIU's own files go to a directory of root's: the images directory
     // is the caller's, and root must not create files there by name.
-    let work = PrivateDir::open_or_create(Path::new(LOG_DIR)).map_err(|e| RestoreError::Criu {
+    let no_place = |e: std::io::Error| RestoreError::Criu {
         message: format!("no place for the restore log: {e}"),
         log: PathBuf::from(LOG_DIR),
-    })?;
-    let mut random = [0u8; 4];
-    let _ = rustix::rand::getrandom(&mut random, rustix::rand::GetRandomFlags::empty());
-    let tag = format!(
-        "restore-{}-{:08x}",
-        std::process::id(),
-        u32::from_le_bytes(random)
-    );
-    let (log_name, pid_name) = (format!("{tag}.log"), format!("{tag}.pid"));
-    let log = work.shown().join(&log_name);
+    };
+    let logs = PrivateDir::open_or_create(Path::new(LOG_DIR)).map_err(no_place)?;
+    let meta = &verified.meta;
+    let owner = (meta.uid != 0).then(|| as_owner::Owner {
+        uid: meta.uid,
+        gid: meta.gid,
+        groups: meta.groups.clone(),
+    });
+    // A non-root checkpoint's CRIU runs as its owner (see `as_owner`): a
+    // work directory of its own inside root's LOG_DIR (which it cannot
+    // reach by path), and read access to the verified images, both
+    // reached through inherited fds.
+    let owners_work = match &owner {
+        None => None,
+        Some(o) => Some(owners_work_dir(verified, o).map_err(|e| {
+            RestoreError::Refused(format!("cannot prepare a restore as uid {}: {e}", o.uid))
+        })?),
+    };
+    let work = owners_work.as_ref().unwrap_or(&logs);
+    let files = CriuFiles::new();
     let failed = |message: String| RestoreError::Criu {
         message,
-        log: log.clone(),
+        log: work.shown().join(&files.log),
     };
-    let meta = &verified.meta;
-    let mut cmd = Command::new(&settings.criu.path);
-    cmd.arg("restore")
-        .arg("--images-dir")
-        .arg(format!(
-            "/proc/{}/fd/{}",
-            std::process::id(),
-            verified.subdir.dir.as_raw_fd()
-        ))
-        .arg("--work-dir")
-        .arg(work.proc_path())
-        .arg("--restore-detached")
-        .arg("--pidfile")
-        .arg(&pid_name)
-        .arg("--log-file")
-        .arg(&log_name)
-        .arg(format!("-v{}", settings.criu.log_level))
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null());
-    for (on, flag) in [
-        (meta.shell_job, "--shell-job"),
-        (meta.tcp_established, "--tcp-established"),
-        (meta.file_locks, "--file-locks"),
-        (meta.ext_unix_sk, "--ext-unix-sk"),
-    ] {
-        if on {
-            cmd.arg(flag);
-        }
-    }
-    {
-        use std::os::unix::process::CommandExt;
-        // a group of its own, so that a deadline kills its helpers too
-        cmd.process_group(0);
-    }
-    let started = Instant::now();
-    let mut child = cmd
-        .spawn()
-        .map_err(|e| failed(format!("cannot run {}: {e}", settings.criu.path.display())))?;
-    let status = loop {
-        match child.try_wait() {
-            Ok(Some(status)) => break status,
-            Ok(None) if started.elapsed() < settings.deadline => {
-                std::thread::sleep(Duration::from_millis(2))
-            }
-            _ => {
-                abandon(&child, verified, started);
-                let _ = child.wait();
-                return Err(failed(format!(
-                    "criu restore did not finish within {:?}; it was killed, with whatever \
-                     it had restored",
-                    settings.deadline
-                )));
-            }
-        }
-    };
+    let cmd = criu_command(verified, settings, owner.as_ref(), work, &files);
+    let status = wait_within(cmd, verified, settings).map_err(failed)?;
     let pid = work
-        .read(&pid_name)
+        .read(&files.pid)
         .and_then(|p| String::from_utf8_lossy(&p).trim().parse().ok());
-    let _ = work.remove(&pid_name);
+    let _ = work.remove(&files.pid);
     match pid {
         Some(pid) if status.success() => {
-            let _ = work.remove(&log_name);
+            let _ = work.remove(&files.log);
+            if let Some(dir) = owners_work {
+                let _ = dir.remove_all();
+            }
             Ok(pid)
         }
         _ => {
             let logged = work
-                .read(&log_name)
+                .read(&files.log)
                 .and_then(|l| first_error(&String::from_utf8_lossy(&l)));
             Err(failed(
                 logged.unwrap_or_else(|| format!("criu exited with {status}")),
             ))
         }
     }
+}
+
+/// The names of one restore's log and pid file in CRIU's work directory.
+struct CriuFiles {
+    log: String,
+    pid: String,
+}
+
+impl CriuFiles {
+    fn new() -> Self {
+        let mut random = [0u8; 4];
+        let _ = rustix::rand::getrandom(&mut random, rustix::rand::GetRandomFlags::empty());
+        let tag = format!(
+            "restore-{}-{:08x}",
+            std::process::id(),
+            u32::from_le_bytes(random)
+        );
+        Self {
+            log: format!("{tag}.log"),
+            pid: format!("{tag}.pid"),
+        }
+    }
+}
+
+/// `criu restore` of the verified images, detached, in a process group of
+/// its own; run as `owner` (with `--unprivileged`) when there is one.
+fn criu_command(
+    verified: &Verified,
+    settings: &RestoreSettings,
+    owner: Option<&as_owner::Owner>,
+    work: &PrivateDir,
+    files: &CriuFiles,
+) -> Command {
+    let (images_fd, work_fd) = (verified.subdir.dir.as_raw_fd(), work.as_fd().as_raw_fd());
+    // the owner's CRIU cannot look into this process's fds: it inherits them
+    let fd_path = |fd: i32| match owner {
+        Some(_) => format!("/proc/self/fd/{fd}"),
+        None => format!("/proc/{}/fd/{fd}", std::process::id()),
+    };
+    let mut cmd = Command::new(&settings.criu.path);
+    cmd.arg("restore")
+        .arg("--images-dir")
+        .arg(fd_path(images_fd))
+        .arg("--work-dir")
+        .arg(fd_path(work_fd))
+        .arg("--restore-detached")
+        .arg("--pidfile")
+        .arg(&files.pid)
+        .arg("--log-file")
+        .arg(&files.log)
+        .arg(format!("-v{}", settings.criu.log_level))
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null());
+    if let Some(o) = owner {
+        cmd.arg("--unprivileged");
+        as_owner::run_as(&mut cmd, o, vec![images_fd, work_fd]);
+    }
+    cmd.args(crate::server::engine::CriuFlags::of(&verified.meta).restore_args());
+    use std::os::unix::process::CommandExt;
+    // a group of its own, so that a deadline kills its helpers too
+    cmd.process_group(0);
+    cmd
+}
+
+/// Runs `cmd` until it exits or the deadline passes; past it, CRIU and
+/// what it restored are killed.
+fn wait_within(
+    mut cmd: Command,
+    verified: &Verified,
+    settings: &RestoreSettings,
+) -> Result<std::process::ExitStatus, String> {
+    let started = Instant::now();
+    let mut child = cmd
+        .spawn()
+        .map_err(|e| format!("cannot run {}: {e}", settings.criu.path.display()))?;
+    loop {
+        match child.try_wait() {
+            Ok(Some(status)) => return Ok(status),
+            Ok(None) if started.elapsed() < settings.deadline => {
+                std::thread::sleep(Duration::from_millis(2))
+            }
+            _ => {
+                abandon(&child, verified, started);
+                let _ = child.wait();
+                return Err(format!(
+                    "criu restore did not finish within {:?}; it was killed, with whatever \
+                     it had restored",
+                    settings.deadline
+                ));
+            }
+        }
+    }
+}
+
+/// The owner's CRIU's work directory (fresh, inside root's [`LOG_DIR`],
+/// owned by the owner), after giving the owner read access to the verified
+/// images.
+fn owners_work_dir(verified: &Verified, owner: &as_owner::Owner) -> std::io::Result<PrivateDir> {
+    use rustix::fs::{Gid, Mode, OFlags, Uid};
+    as_owner::grant_read(&verified.subdir.dir, owner.uid, true)?;
+    for name in verified.subdir.names()? {
+        let file = rustix::fs::openat(
+            &verified.subdir.dir,
+            name.as_str(),
+            OFlags::RDONLY | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+            Mode::empty(),
+        )?;
+        as_owner::grant_read(&file, owner.uid, false)?;
+    }
+    let work = PrivateDir::create_in(Path::new(LOG_DIR), "restore-")?;
+    rustix::fs::fchown(
+        &work,
+        Some(Uid::from_raw(owner.uid)),
+        Some(Gid::from_raw(owner.gid)),
+    )?;
+    Ok(work)
 }
 
 /// Kills a CRIU past its deadline, its process group, and the tasks of the

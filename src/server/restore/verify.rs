@@ -79,30 +79,8 @@ pub(crate) fn verify(
     }
     if let Some(m) = &manifest {
         may_restore(&m.meta)?;
-        refuse_non_root(&m.meta)?;
     }
-    let present = list(&images)?;
-    let wanted: Vec<FileDigest> = match &manifest {
-        Some(m) => {
-            for name in &present {
-                if m.file(name).is_none() && !unsigned_extra(name) && name != MANIFEST_FILE {
-                    return Err(RestoreError::Refused(format!(
-                        "{name} is not part of the signed images (added after the dump)"
-                    )));
-                }
-            }
-            m.files.clone()
-        }
-        None => present
-            .iter()
-            .filter(|n| !unsigned_extra(n) && !n.starts_with("selfdump-"))
-            .map(|n| FileDigest {
-                name: n.clone(),
-                size: 0,
-                hash: [0; 32],
-            })
-            .collect(),
-    };
+    let wanted = wanted(&images, manifest.as_ref())?;
     let subdir = PrivateSubdir::create(images, ".selfdump-restore-", creds, |_| {})
         .map_err(|e| RestoreError::Refused(format!("cannot make a private directory: {e}")))?;
     let mut verified = Verified {
@@ -135,25 +113,30 @@ pub(crate) fn verify(
     Ok(verified)
 }
 
-/// CRIU restores as root, and opens the files a checkpoint recorded
-/// (`files.img`) by path, as root, following whatever is at those paths
-/// now. The signature says the paths are the ones dumped, not that they
-/// still lead where they led: the owner of a non-root checkpoint could
-/// since have put a symlink to a file of root's there, and its restored
-/// process would hold root's file open. Until CRIU runs such restores as
-/// the owner (`--unprivileged` with `CAP_CHECKPOINT_RESTORE`, which this
-/// project's machines cannot test: they cannot dump a non-root process),
-/// they are refused.
-fn refuse_non_root(meta: &ImageMeta) -> Result<(), RestoreError> {
-    if meta.uid == 0 {
-        return Ok(());
+/// The files to place: the manifest's, after checking that the directory
+/// holds nothing else but unsigned extras (logs, statistics); without a
+/// manifest, every file but those.
+fn wanted(images: &OwnedFd, manifest: Option<&Manifest>) -> Result<Vec<FileDigest>, RestoreError> {
+    let present = list(images)?;
+    let Some(m) = manifest else {
+        return Ok(present
+            .iter()
+            .filter(|n| !unsigned_extra(n) && !n.starts_with("selfdump-"))
+            .map(|n| FileDigest {
+                name: n.clone(),
+                size: 0,
+                hash: [0; 32],
+            })
+            .collect());
+    };
+    for name in &present {
+        if m.file(name).is_none() && !unsigned_extra(name) && name != MANIFEST_FILE {
+            return Err(RestoreError::Refused(format!(
+                "{name} is not part of the signed images (added after the dump)"
+            )));
+        }
     }
-    Err(RestoreError::Refused(format!(
-        "these images are of a process of uid {}; restoring a non-root checkpoint is not \
-         supported yet: CRIU would reopen the files it recorded as root, through whatever \
-         their owner has put at those paths since",
-        meta.uid
-    )))
+    Ok(m.files.clone())
 }
 
 impl Verified {

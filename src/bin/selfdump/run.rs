@@ -23,6 +23,7 @@
 //! own binary: CRIU refuses to restore when a mapped file changed size, so
 //! images made under one build of `selfdump` need that build on disk.
 
+use crate::{Res, help_requested};
 use async_signal::{Signal, Signals};
 use futures_lite::StreamExt;
 use rustix::process::{Pid, WaitOptions, WaitStatus};
@@ -140,4 +141,53 @@ pub fn init(program: OsString, args: Vec<OsString>) -> Result<ExitCode, String> 
         &format!("{}", program.to_string_lossy()),
     )
     .map_err(|e| e.to_string())
+}
+
+pub(crate) const USAGE: &str = "\
+selfdump run: run a program in a pid namespace of its own
+
+USAGE: selfdump run -- CMD [ARGS]
+
+Starts `selfdump __init` as pid 1 of a new pid namespace, leader of a session
+of its own, and CMD as its child. The init passes SIGTERM, SIGINT, SIGHUP,
+SIGQUIT, SIGUSR1, SIGUSR2, SIGWINCH and SIGALRM on to CMD, reaps orphans,
+and exits with CMD's status (128+N if a signal N ended it); so does this
+command, which passes the same signals on to the init. When CMD calls
+selfdump::checkpoint(), the service dumps the whole namespace, and the
+images restore as many copies at once (`selfdump restore --copies N`).
+
+SIGKILL to this command does not end the namespace (no parent-death signal
+is set: a restored copy's init would get it when CRIU exits); SIGKILL the
+init (this command's child) for that. Needs root (CAP_SYS_ADMIN). The
+namespace shares the host's /proc: inside
+it, getpid() is the namespace's number (CMD is pid 3) while /proc/<pid> is
+the host's; read /proc/self, not /proc/<getpid()>.";
+
+/// `selfdump run -- CMD ARGS` and the init it starts (`__init`).
+pub(crate) fn run_cmd(command: &str, mut parser: lexopt::Parser) -> Res<ExitCode> {
+    use lexopt::Arg::*;
+    let mut words: Vec<std::ffi::OsString> = Vec::new();
+    while let Some(arg) = parser.next()? {
+        if words.is_empty() && help_requested(&arg, USAGE) {
+            return Ok(ExitCode::SUCCESS);
+        }
+        match arg {
+            Value(v) => {
+                // the program and everything after it, verbatim
+                words.push(v);
+                words.extend(parser.raw_args()?);
+            }
+            other => return Err(other.unexpected().into()),
+        }
+    }
+    if words.is_empty() {
+        return Err("run needs a program: selfdump run -- CMD [ARGS]".into());
+    }
+    let program = words.remove(0);
+    let code = if command == "run" {
+        run(program, words)?
+    } else {
+        init(program, words)?
+    };
+    Ok(code)
 }

@@ -1,0 +1,126 @@
+//! `selfdump inspect`: what a checkpoint holds.
+
+use crate::{Res, help_requested};
+use selfdump::server::manifest;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+pub(crate) const USAGE: &str = "\
+selfdump inspect: what a checkpoint holds
+
+USAGE: selfdump inspect [--json] [--key-file PATH] DIR
+
+Shows the tree (pids, commands, threads), the owner, the options, sizes and
+pages, when and by which service the images were made, whether their
+signature verifies and with which key (the key is read when this command can
+read it, as root), and whether their pids are free here. Files are checked
+for presence and size, not hashed (a restore hashes them).
+
+OPTIONS:
+    --json           one JSON object, for scripts
+    --key-file PATH  the signing key [default: /var/lib/selfdump/signing.key]";
+
+pub(crate) fn inspect_cmd(mut parser: lexopt::Parser) -> Res<ExitCode> {
+    use lexopt::Arg::*;
+    let (mut json, mut dir) = (false, None);
+    let mut key_file = PathBuf::from(manifest::DEFAULT_KEY_FILE);
+    while let Some(arg) = parser.next()? {
+        if help_requested(&arg, USAGE) {
+            return Ok(ExitCode::SUCCESS);
+        }
+        match arg {
+            Long("json") => json = true,
+            Long("key-file") => key_file = parser.value()?.into(),
+            Value(v) if dir.is_none() => dir = Some(PathBuf::from(v)),
+            other => return Err(other.unexpected().into()),
+        }
+    }
+    let dir = dir.ok_or("inspect needs the images directory: selfdump inspect DIR")?;
+    let key = manifest::Key::load(&key_file).ok();
+    let report = selfdump::server::inspect::inspect(&dir, key.as_ref())
+        .map_err(|e| format!("{}: {e}", dir.display()))?;
+    if json {
+        println!("{}", serde_json::to_string_pretty(&report)?);
+    } else {
+        print!("{}", describe(&dir, &report));
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn describe(dir: &std::path::Path, r: &selfdump::server::inspect::Inspection) -> String {
+    use std::fmt::Write;
+    let mut out = format!("images:    {}\n", dir.display());
+    let signature = match &r.signature {
+        None => "none (unsigned images: restore only with --trust-unsigned)".to_string(),
+        Some(s) => match (s.verifies, &s.problem) {
+            (Some(true), _) => format!("verifies (key {})", s.key_id),
+            (Some(false), Some(p)) => format!("DOES NOT VERIFY: {p}"),
+            _ => format!(
+                "key {} (not checked: the key is not readable here)",
+                s.key_id
+            ),
+        },
+    };
+    let _ = writeln!(out, "signature: {signature}");
+    if let Some(m) = &r.meta {
+        let _ = writeln!(
+            out,
+            "owner:     uid {} gid {} groups {:?}",
+            m.uid, m.gid, m.groups
+        );
+        let _ = writeln!(
+            out,
+            "made:      job {} on {} (boot {}), {} s after the epoch",
+            m.job, m.host, m.boot_id, m.created_unix
+        );
+        let options: Vec<&str> = [
+            (m.shell_job, "shell-job"),
+            (m.tcp_established, "tcp-established"),
+            (m.file_locks, "file-locks"),
+            (m.ext_unix_sk, "ext-unix-sk"),
+        ]
+        .into_iter()
+        .filter_map(|(on, name)| on.then_some(name))
+        .collect();
+        let _ = writeln!(out, "options:   {}", options.join(" "));
+        if m.pid_namespace {
+            let _ = writeln!(
+                out,
+                "namespace: a whole pid namespace (started with `selfdump run`): each \
+                 restore makes a fresh one; `restore --copies N` starts many at once{}",
+                if m.copy_slot.is_some() {
+                    ", each told its number"
+                } else {
+                    ""
+                }
+            );
+        }
+    }
+    let _ = writeln!(out, "tree:      {} task(s)", r.tree.len());
+    for t in &r.tree {
+        let _ = writeln!(
+            out,
+            "  pid {} ({}) ppid {} pgid {} sid {} threads {:?}",
+            t.pid, t.command, t.ppid, t.pgid, t.sid, t.threads
+        );
+    }
+    let _ = writeln!(out, "size:      {} bytes, {} pages", r.bytes, r.pages);
+    let mut states = std::collections::BTreeMap::<&str, Vec<&str>>::new();
+    for f in &r.files {
+        states.entry(f.state.as_str()).or_default().push(&f.name);
+    }
+    for (state, names) in states {
+        let _ = writeln!(
+            out,
+            "files:     {} {state}: {}",
+            names.len(),
+            names.join(" ")
+        );
+    }
+    let _ = writeln!(
+        out,
+        "pids:      {}",
+        r.ids_in_use.as_deref().unwrap_or("free here")
+    );
+    out
+}

@@ -1,0 +1,84 @@
+//! `selfdump`: serve checkpoints, restore images, check CRIU.
+
+mod check;
+mod inspect;
+mod restore;
+mod run;
+mod serve;
+
+use lexopt::prelude::*;
+use std::process::ExitCode;
+
+const USAGE: &str = "\
+selfdump: let processes checkpoint themselves with CRIU
+
+USAGE:
+    selfdump serve [OPTIONS]      run the checkpoint service (as root)
+    selfdump restore [OPTIONS] DIR  restore images, detached; prints the root pid
+    selfdump run -- CMD [ARGS]    run CMD in a pid namespace of its own (as root), so
+                                  that its checkpoints restore as many copies at once
+    selfdump inspect [OPTIONS] DIR  what a checkpoint holds (--json for scripts)
+    selfdump check [OPTIONS]      is CRIU usable here? (real dump and restore)
+    selfdump check --pid PID      what in process PID would CRIU refuse? (preflight)
+    selfdump help [COMMAND]       this text, or a command's options
+
+Logging: RUST_LOG=info (default), debug, ...";
+
+fn main() -> ExitCode {
+    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info")).init();
+    match run() {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("selfdump: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+pub(crate) type Res<T> = Result<T, Box<dyn std::error::Error>>;
+
+fn run() -> Res<ExitCode> {
+    let mut parser = lexopt::Parser::from_env();
+    let command = match parser.next()? {
+        Some(lexopt::Arg::Value(v)) => v.string()?,
+        Some(lexopt::Arg::Long("help") | lexopt::Arg::Short('h')) | None => {
+            println!("{USAGE}");
+            return Ok(ExitCode::SUCCESS);
+        }
+        Some(other) => return Err(other.unexpected().into()),
+    };
+    match command.as_str() {
+        "serve" => serve::serve(parser),
+        "restore" => restore::restore_cmd(parser),
+        "run" | "__init" => run::run_cmd(&command, parser),
+        "inspect" => inspect::inspect_cmd(parser),
+        "check" => check::check_cmd(parser),
+        "help" => {
+            let topic = parser.next()?.map(|a| match a {
+                lexopt::Arg::Value(v) => v.string().unwrap_or_default(),
+                _ => String::new(),
+            });
+            println!(
+                "{}",
+                match topic.as_deref() {
+                    Some("serve") => serve::USAGE,
+                    Some("restore") => restore::USAGE,
+                    Some("run") => run::USAGE,
+                    Some("inspect") => inspect::USAGE,
+                    Some("check") => check::USAGE,
+                    _ => USAGE,
+                }
+            );
+            Ok(ExitCode::SUCCESS)
+        }
+        other => Err(format!("unknown command {other:?}; see `selfdump help`").into()),
+    }
+}
+
+pub(crate) fn help_requested(arg: &lexopt::Arg<'_>, usage: &str) -> bool {
+    if matches!(arg, lexopt::Arg::Long("help") | lexopt::Arg::Short('h')) {
+        println!("{usage}");
+        return true;
+    }
+    false
+}

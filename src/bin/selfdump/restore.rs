@@ -1,0 +1,183 @@
+//! `selfdump restore`: verify and restore a checkpoint (one, or many copies).
+
+use crate::{Res, help_requested};
+use lexopt::prelude::*;
+use selfdump::server::{Criu, check, manifest, restore};
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+pub(crate) const USAGE: &str = "\
+selfdump restore: restore a checkpoint, detached from this command
+
+USAGE: selfdump restore [OPTIONS] DIR
+       selfdump restore --copies N [--lazy] [OPTIONS] DIR
+
+Verifies the images first: their manifest must be signed with the service's
+key, every file must be as signed (nothing changed, added or removed), and
+every task's credentials must be the recorded owner's; CRIU then reads only
+the verified files. Checks that every pid, session and process group in the
+images is free and names the process holding one that is not. Prints the
+restored root pid.
+
+Images of a whole pid namespace (a program started with `selfdump run`)
+restore into a fresh pid namespace: no pid of theirs needs to be free.
+
+OPTIONS:
+    --criu PATH       criu binary [default: found on PATH or /usr/local/sbin]
+    --wait SECS       wait up to SECS for those ids to be free first (the
+                      previous restored copy still dying or not reaped yet)
+                      [default: 0]
+    --key-file PATH   the signing key [default: /var/lib/selfdump/signing.key]
+    --trust-unsigned  also restore images without a manifest (made by plain
+                      CRIU), unchecked; root only, with a warning
+    --timeout SECS    kill CRIU, and what it restored, past this [default: 60]
+    --socket PATH     the service's socket, for a user who is not root
+                      [default: $SELFDUMP_SOCKET or /run/selfdump.sock]
+    --copies N        start N copies at once (images of a pid namespace only),
+                      each in a fresh pid namespace; prints each root pid, one per
+                      line, in copy order. In copy K, checkpoint() returns
+                      Restored with copy Some(K) and a fresh random restore id.
+                      All or nothing: if one copy fails, the others are killed.
+    --lazy            with --copies: each copy runs before its memory is loaded
+                      (CRIU lazy pages, one page daemon per copy). This command
+                      then stays until every copy's memory is in, holding the
+                      verified images until then. A copy whose daemon dies first
+                      is killed and the reason logged (exit code 1).
+
+Run by a user who is not root, it asks the service (`selfdump serve`) to
+restore the images: the service verifies them the same way and restores
+only the caller's own images (--copies needs root).";
+
+pub(crate) fn restore_cmd(mut parser: lexopt::Parser) -> Res<ExitCode> {
+    use lexopt::Arg::*;
+    let mut criu = Criu {
+        path: check::find_criu(),
+        ..Criu::default()
+    };
+    let mut dir = None;
+    let mut wait = Duration::ZERO;
+    let (mut copies, mut lazy) = (None, false);
+    let mut key_file = PathBuf::from(manifest::DEFAULT_KEY_FILE);
+    let mut trust_unsigned = false;
+    let mut deadline = Duration::from_secs(60);
+    let mut socket = None;
+    while let Some(arg) = parser.next()? {
+        if help_requested(&arg, USAGE) {
+            return Ok(ExitCode::SUCCESS);
+        }
+        match arg {
+            Long("criu") => criu.path = parser.value()?.into(),
+            Long("wait") => wait = Duration::from_secs_f64(parser.value()?.parse()?),
+            Long("copies") => copies = Some(parser.value()?.parse::<u32>()?),
+            Long("lazy") => lazy = true,
+            Long("key-file") => key_file = parser.value()?.into(),
+            Long("trust-unsigned") => trust_unsigned = true,
+            Long("timeout") => deadline = Duration::from_secs_f64(parser.value()?.parse()?),
+            Long("socket") => socket = Some(PathBuf::from(parser.value()?)),
+            Value(v) if dir.is_none() => dir = Some(PathBuf::from(v)),
+            other => return Err(other.unexpected().into()),
+        }
+    }
+    let dir = dir.ok_or("restore needs the images directory: selfdump restore DIR")?;
+    if !rustix::process::geteuid().is_root() {
+        if copies.is_some() {
+            return Err(
+                "--copies restores as root (run it with sudo); the service restores \
+                        one copy for its owner"
+                    .into(),
+            );
+        }
+        // the owner of a checkpoint: through the service, which verifies
+        // the images and that they are the caller's
+        let mut options = selfdump::RestoreOptions::new(&dir);
+        if let Some(socket) = socket {
+            options = options.socket(socket);
+        }
+        if trust_unsigned {
+            options = options.trust_unsigned();
+        }
+        let restored = selfdump::blocking::restore(options)?;
+        println!("{}", restored.pid);
+        log::info!(
+            "the service restored {} as pid {} (verified in {:?}, {:?} in all)",
+            dir.display(),
+            restored.pid,
+            restored.verify,
+            restored.total
+        );
+        return Ok(ExitCode::SUCCESS);
+    }
+    let key = match manifest::Key::load(&key_file) {
+        Ok(key) => Some(key),
+        Err(e) if trust_unsigned => {
+            log::warn!("no signing key ({e}): only unsigned images can be restored");
+            None
+        }
+        Err(e) => return Err(format!("cannot read the signing key: {e}").into()),
+    };
+    if trust_unsigned {
+        log::warn!(
+            "--trust-unsigned: images without a manifest are restored unchecked, as root; \
+             CRIU trusts them completely (credentials, files, namespaces)"
+        );
+    }
+    let settings = restore::RestoreSettings {
+        wait,
+        trust_unsigned,
+        deadline,
+        ..restore::RestoreSettings::new(criu, key)
+    };
+    if lazy && copies.is_none() {
+        return Err("--lazy goes with --copies N (use --copies 1 for one copy)".into());
+    }
+    if let Some(n) = copies {
+        return copies_cmd(&settings, &dir, n, lazy);
+    }
+    let restored = restore::restore_path(&dir, &settings).map_err(|e| match e {
+        e @ restore::RestoreError::IdInUse { .. } if !wait.is_zero() => {
+            format!("after waiting {wait:?}: {e}")
+        }
+        e => e.to_string(),
+    })?;
+    println!("{}", restored.pid);
+    log::info!(
+        "restored {} as pid {} (verified in {:?}, {:?} in all)",
+        dir.display(),
+        restored.pid,
+        restored.verify,
+        restored.total
+    );
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `selfdump restore --copies N [--lazy] DIR`.
+fn copies_cmd(
+    settings: &restore::RestoreSettings,
+    dir: &std::path::Path,
+    n: u32,
+    lazy: bool,
+) -> Res<ExitCode> {
+    use std::io::Write;
+    let copies = selfdump::server::copies::restore_copies(settings, dir, n, lazy)?;
+    let mut out = std::io::stdout().lock();
+    for copy in &copies.copies {
+        writeln!(out, "{}", copy.pid)?;
+    }
+    out.flush()?;
+    drop(out);
+    if !lazy {
+        return Ok(ExitCode::SUCCESS);
+    }
+    let died = copies
+        .supervise()
+        .into_iter()
+        .filter(|(_, pages)| !matches!(pages, selfdump::server::copies::Pages::Loaded(_)))
+        .count();
+    if died > 0 {
+        return Err(
+            format!("{died} lazy cop(y/ies) lost their page daemon and were killed").into(),
+        );
+    }
+    Ok(ExitCode::SUCCESS)
+}
