@@ -1,7 +1,7 @@
 //! Restoring images written by the service (`selfdump restore`, and the
 //! service's own restore for the owner of a checkpoint).
 //!
-//! Every restore verifies before CRIU reads anything ([`verify`]): the
+//! Every restore verifies before CRIU reads anything (`verify.rs`): the
 //! manifest's signature, every file against it (nothing changed, added or
 //! removed), and every task's credentials against the recorded owner.
 //! CRIU then reads only the verified copy of the images, keeps its log in
