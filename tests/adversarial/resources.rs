@@ -236,6 +236,16 @@ pub fn fd_exhaustion(ctx: &mut Ctx) -> String {
     // cut meanwhile (a long request timeout)
     let (socket, mut serve) =
         LimitedServe::start(dir.path(), "exhausted", &["--request-timeout", "60"]);
+    // the limits are fitted to the fd limit as the server starts, after
+    // the socket exists: lower it only once the service serves
+    poll_until(
+        Duration::from_secs(30),
+        Duration::from_millis(10),
+        || match read(&serve.log).contains("serving on") {
+            true => Ok(()),
+            false => Err(format!("the service never served:\n{}", read(&serve.log))),
+        },
+    );
     let before = serve.fds();
     let serve_pid = serve.pid();
     let set_limit = |n: u64| {
