@@ -234,8 +234,13 @@ pub fn fd_exhaustion(ctx: &mut Ctx) -> String {
     // 3. the fds do run out: the soft fd limit of the running service is
     // lowered far below what the flood takes; idle connections are not
     // cut meanwhile (a long request timeout)
-    let (socket, mut serve) =
-        LimitedServe::start(dir.path(), "exhausted", &["--request-timeout", "60"]);
+    // (no warm criu worker: its socket would come and go with the pool's
+    // refills, and the fd count before and after must mean the same)
+    let (socket, mut serve) = LimitedServe::start(
+        dir.path(),
+        "exhausted",
+        &["--request-timeout", "60", "--warm-workers", "0"],
+    );
     // the limits are fitted to the fd limit as the server starts, after
     // the socket exists: lower it only once the service serves
     poll_until(
