@@ -83,6 +83,18 @@ impl Published {
     }
 }
 
+/// The names in a directory (but `.` and `..`), read through its fd.
+pub(crate) fn entry_names(dir: &impl AsFd) -> std::io::Result<Vec<String>> {
+    let mut names = Vec::new();
+    for entry in rustix::fs::Dir::read_from(dir)? {
+        let name = entry?.file_name().to_string_lossy().into_owned();
+        if name != "." && name != ".." {
+            names.push(name);
+        }
+    }
+    Ok(names)
+}
+
 /// Reads a small image file from `dir`, if it is there.
 pub fn read_image(dir: &impl AsFd, name: &str) -> Option<Vec<u8>> {
     let file = rustix::fs::openat(

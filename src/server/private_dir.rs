@@ -4,7 +4,7 @@
 //! verified through its fd, and handed to CRIU as `/proc/<service>/fd/<n>`,
 //! which names the verified inode whatever happens to the path.
 
-use rustix::fs::{AtFlags, Dir, FileType, Mode, OFlags};
+use rustix::fs::{AtFlags, FileType, Mode, OFlags};
 use std::io;
 use std::os::fd::{AsFd, AsRawFd, OwnedFd};
 use std::path::{Path, PathBuf};
@@ -102,14 +102,7 @@ impl PrivateDir {
     }
 
     fn names(&self) -> io::Result<Vec<String>> {
-        let mut names = Vec::new();
-        for entry in Dir::read_from(&self.fd)? {
-            let name = entry?.file_name().to_string_lossy().into_owned();
-            if name != "." && name != ".." {
-                names.push(name);
-            }
-        }
-        Ok(names)
+        super::images::entry_names(&self.fd)
     }
 }
 

@@ -17,7 +17,7 @@
 //!   empty directory.
 
 use super::as_caller::CallerCreds;
-use rustix::fs::{AtFlags, Dir, Gid, Mode, OFlags, Uid};
+use rustix::fs::{AtFlags, Gid, Mode, OFlags, Uid};
 use std::io;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 
@@ -102,15 +102,7 @@ impl PrivateSubdir {
 
     /// Its entries' names.
     pub(crate) fn names(&self) -> io::Result<Vec<String>> {
-        let mut names = Vec::new();
-        for entry in Dir::read_from(&self.dir)? {
-            let entry = entry?;
-            let name = entry.file_name().to_string_lossy().into_owned();
-            if name != "." && name != ".." {
-                names.push(name);
-            }
-        }
-        Ok(names)
+        super::images::entry_names(&self.dir)
     }
 
     /// Removes every entry, through the directory's fd.

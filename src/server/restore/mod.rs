@@ -126,13 +126,7 @@ pub struct Restored {
 /// line), detached, after verifying them; the private directory of
 /// verified images is made there with the directory owner's credentials.
 pub fn restore_path(dir: &Path, settings: &RestoreSettings) -> Result<Restored, RestoreError> {
-    let fd = open_dir(dir)?;
-    let stat = rustix::fs::fstat(&fd).map_err(RestoreError::refused)?;
-    let creds = CallerCreds {
-        uid: stat.st_uid,
-        gid: stat.st_gid,
-        groups: Vec::new(),
-    };
+    let (fd, creds) = open_dir(dir)?;
     restore(fd, settings, creds, |_| Ok(()))
 }
 
@@ -141,13 +135,7 @@ pub fn restore_path(dir: &Path, settings: &RestoreSettings) -> Result<Restored, 
 /// change until the [`Verified`] is dropped (`server::copies` restores many
 /// copies from them).
 pub fn verify_path(dir: &Path, settings: &RestoreSettings) -> Result<Verified, RestoreError> {
-    let fd = open_dir(dir)?;
-    let stat = rustix::fs::fstat(&fd).map_err(RestoreError::refused)?;
-    let creds = CallerCreds {
-        uid: stat.st_uid,
-        gid: stat.st_gid,
-        groups: Vec::new(),
-    };
+    let (fd, creds) = open_dir(dir)?;
     verify(
         fd,
         settings.key.as_ref(),
@@ -190,14 +178,23 @@ pub(crate) fn restore(
     })
 }
 
-/// Opens an images directory given by path (the operator's command line).
-fn open_dir(dir: &Path) -> Result<OwnedFd, RestoreError> {
-    rustix::fs::open(
+/// Opens an images directory given by path (the operator's command line),
+/// with the credentials of its owner, under which the private directory of
+/// verified images is made and removed there.
+fn open_dir(dir: &Path) -> Result<(OwnedFd, CallerCreds), RestoreError> {
+    let fd = rustix::fs::open(
         dir,
         rustix::fs::OFlags::DIRECTORY | rustix::fs::OFlags::RDONLY | rustix::fs::OFlags::CLOEXEC,
         rustix::fs::Mode::empty(),
     )
-    .map_err(|e| RestoreError::Refused(format!("{}: {e}", dir.display())))
+    .map_err(|e| RestoreError::Refused(format!("{}: {e}", dir.display())))?;
+    let stat = rustix::fs::fstat(&fd).map_err(RestoreError::refused)?;
+    let creds = CallerCreds {
+        uid: stat.st_uid,
+        gid: stat.st_gid,
+        groups: Vec::new(),
+    };
+    Ok((fd, creds))
 }
 
 fn run_criu(verified: &Verified, settings: &RestoreSettings) -> Result<i32, RestoreError> {

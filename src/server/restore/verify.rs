@@ -20,14 +20,14 @@
 
 use super::RestoreError;
 use crate::server::engine::rpc::{CoreEntry, PstreeEntry};
-use crate::server::images::{entries, first_entry, read_image};
+use crate::server::images::{entries, entry_names, first_entry, read_image};
 use crate::server::manifest::{
     FileDigest, Key, MANIFEST_FILE, Manifest, hash_file, unsigned_extra,
 };
 use crate::server::subdir::PrivateSubdir;
 use crate::server::{as_caller::CallerCreds, images::ImageMeta};
 use prost::Message;
-use rustix::fs::{AtFlags, Dir, FileType, Mode, OFlags};
+use rustix::fs::{AtFlags, FileType, Mode, OFlags};
 use std::io;
 use std::os::fd::{AsFd, OwnedFd};
 
@@ -227,18 +227,8 @@ impl Verified {
 
 /// The names in a directory, but the service's own private directories.
 fn list(dir: &impl AsFd) -> Result<Vec<String>, RestoreError> {
-    let mut names = Vec::new();
-    let entries = Dir::read_from(dir).map_err(|e| RestoreError::Refused(e.to_string()))?;
-    for entry in entries {
-        let name = entry
-            .map_err(|e| RestoreError::Refused(e.to_string()))?
-            .file_name()
-            .to_string_lossy()
-            .into_owned();
-        if name != "." && name != ".." && !name.starts_with(".selfdump-") {
-            names.push(name);
-        }
-    }
+    let mut names = entry_names(dir).map_err(RestoreError::refused)?;
+    names.retain(|name| !name.starts_with(".selfdump-"));
     Ok(names)
 }
 
