@@ -8,7 +8,6 @@ use common::*;
 use selfdump::server::copies::restore_copies;
 use selfdump::server::manifest::{DEFAULT_KEY_FILE, Key};
 use selfdump::server::restore::RestoreSettings;
-use std::fs::OpenOptions;
 use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
@@ -17,12 +16,7 @@ use std::time::{Duration, Instant};
 fn copies_that_exit_at_once_never_leave_the_restore_hanging() {
     let service = Service::start();
     let images = images_dir();
-    let log = images.path().with_extension("log");
-    let out = OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(&log)
-        .unwrap();
+    let (log, out) = append_log(images.path());
     // the original and every copy exit right after their checkpoint returns
     let status = Command::new(selfdump_bin())
         .args(["run", "--"])

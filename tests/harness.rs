@@ -5,19 +5,13 @@
 mod common;
 
 use common::*;
-use std::fs::OpenOptions;
 use std::process::{Command, Stdio};
 
 #[test]
 fn the_harness_example_warms_once_and_eight_copies_each_measure_and_report() {
     let service = Service::start();
     let images = images_dir();
-    let log = images.path().with_extension("log");
-    let out = OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(&log)
-        .unwrap();
+    let (log, out) = append_log(images.path());
     // 1. warm up and checkpoint, isolated; the original exits after its dump
     let status = Command::new(selfdump_bin())
         .args(["run", "--"])

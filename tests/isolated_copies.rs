@@ -604,12 +604,7 @@ fn a_lazy_copy_whose_page_daemon_dies_is_killed_with_the_reason() {
 fn the_library_twin_starts_a_program_isolated_that_checkpoints_unchanged() {
     let service = Service::start();
     let images = images_dir();
-    let log = images.path().with_extension("log");
-    let out = OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(&log)
-        .unwrap();
+    let (log, out) = append_log(images.path());
     let mut cmd = selfdump::isolate::Isolated::new(example("clone_worker"))
         .args(["--mb", "1", "--secs", "600", "--socket"])
         .arg(&service.socket)

@@ -568,3 +568,15 @@ pub fn checkpoint_and_kill(service: &Service, alloc_mb: u32) -> (tempfile::TempD
     program.kill();
     (images, program)
 }
+
+/// `<images>.log` beside an images directory, opened for append (CRIU
+/// restores append-only files whatever their size): a program's output.
+pub fn append_log(images: &Path) -> (PathBuf, File) {
+    let log = images.with_extension("log");
+    let out = OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(&log)
+        .unwrap();
+    (log, out)
+}
