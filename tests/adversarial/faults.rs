@@ -46,8 +46,8 @@ pub fn criu_killed_mid_dump(ctx: &mut Ctx) -> String {
             wait_for_memdump(images.path());
         }
         // stopped first, so that it is surely still at work when killed
-        let Some(criu) = stop_criu() else {
-            assert!(repeated < 3, "CRIU always finished first");
+        let Some(criu) = stop_criu(program.pid) else {
+            assert!(repeated < 5, "CRIU always finished first");
             repeated += 1;
             program.kill();
             wait_no_criu();
@@ -80,7 +80,11 @@ pub fn criu_killed_mid_dump(ctx: &mut Ctx) -> String {
         assert!(!images.path().join("pstree.img").exists());
         cases.next();
     }
-    format!("never left frozen: {}", said.join(" | "))
+    let repeated = match repeated {
+        0 => String::new(),
+        n => format!(" ({n} attempt(s) repeated: CRIU finished before it could be stopped)"),
+    };
+    format!("never left frozen: {}{repeated}", said.join(" | "))
 }
 
 /// The service dies between the freeze and the result query: the original
@@ -105,8 +109,8 @@ pub fn service_restarted_between_freeze_and_result(ctx: &mut Ctx) -> String {
             wait_for_memdump(images.path());
             // held mid-dump until the service is gone, whatever the
             // machine's speed
-            let Some(criu) = stop_criu() else {
-                assert!(raced < 3, "CRIU always finished first");
+            let Some(criu) = stop_criu(program.pid) else {
+                assert!(raced < 5, "CRIU always finished first");
                 raced += 1;
                 program.kill();
                 wait_no_criu();
@@ -189,9 +193,9 @@ pub fn dump_timeout_exceeded(ctx: &mut Ctx) -> String {
         let asked = std::time::Instant::now();
         let mut program = frozen_caller(&socket, images.path(), 200);
         wait_for_memdump(images.path());
-        let Some(criu) = stop_criu() else {
+        let Some(criu) = stop_criu(program.pid) else {
             // the dump ended before CRIU could be stopped: once more
-            assert!(repeated < 3, "CRIU always finished first");
+            assert!(repeated < 5, "CRIU always finished first");
             repeated += 1;
             program.kill();
             wait_no_criu();
@@ -235,14 +239,40 @@ fn assert_abandoned(line: &str) {
     );
 }
 
-/// Stops (`SIGSTOP`) the one CRIU dumping, if it is still at work; its pid.
-fn stop_criu() -> Option<i32> {
-    let criu = criu_children();
-    let [pid] = criu[..] else { return None };
-    if process_state(pid).is_none_or(|s| s == 'Z') {
+/// Stops (`SIGSTOP`) the CRIU dumping `caller`, if it is still at work;
+/// its pid. The dumping CRIU is found by what it does, not by elimination:
+/// it is the service's criu child that traces the caller (it seized the
+/// tree). A CRIU stopped while it still traces the caller has not let the
+/// tree go, so it has not answered yet: killing it must fail the dump.
+/// `None` when no CRIU holds the caller (not yet, or already done).
+fn stop_criu(caller: i32) -> Option<i32> {
+    let criu = tracer(caller).filter(|pid| all_criu_children().contains(pid))?;
+    if !signal(criu, rustix::process::Signal::STOP) {
         return None;
     }
-    signal(pid, rustix::process::Signal::STOP).then_some(pid)
+    // the stop takes effect at the task's next step: wait for it, then
+    // check that it still held the tree when it stopped
+    let stopped = poll_for(Duration::from_secs(10), || {
+        matches!(process_state(criu), Some('T' | 'Z') | None)
+    });
+    if stopped && process_state(criu) == Some('T') && tracer(caller) == Some(criu) {
+        return Some(criu);
+    }
+    // it finished (or let the tree go) first: let it end normally
+    signal(criu, rustix::process::Signal::CONT);
+    None
+}
+
+/// Polls `done` every 200 µs until it holds or `limit` passes.
+fn poll_for(limit: Duration, mut done: impl FnMut() -> bool) -> bool {
+    let deadline = std::time::Instant::now() + limit;
+    while std::time::Instant::now() < deadline {
+        if done() {
+            return true;
+        }
+        std::thread::sleep(Duration::from_micros(200));
+    }
+    done()
 }
 
 /// The pid tracing `pid` (CRIU, while it holds the tree).

@@ -185,7 +185,8 @@ pub fn waiting_workers() -> Vec<i32> {
         .collect()
 }
 
-fn all_criu_children() -> Vec<i32> {
+/// Every criu child of this process (the service runs in it), waiting or at work.
+pub fn all_criu_children() -> Vec<i32> {
     own_children()
         .into_iter()
         .filter(|(_, _, comm)| comm == "criu")
