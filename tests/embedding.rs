@@ -172,7 +172,16 @@ fn shutdown_mid_dump_finishes_the_dump_and_refuses_newcomers() {
         None,
     );
     first.wait_for("count 1", |l| l == "count 1");
-    std::thread::sleep(Duration::from_millis(500)); // its dump is under way (3 s)
+    // its dump is under way: the service makes the staging directory once
+    // the dump holds its slots, before it starts the (slowed-down) CRIU
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while staging_dirs(first_dir.path()).is_empty() {
+        assert!(
+            Instant::now() < deadline,
+            "the first dump was never admitted"
+        );
+        std::thread::sleep(Duration::from_millis(2));
+    }
     let asked = Instant::now();
     server.stop.shutdown();
     assert!(server.stop.is_shutdown());

@@ -46,9 +46,8 @@ fn wait_for_occurrences(path: &Path, line: &str, n: usize) {
 }
 
 /// Kills `pid` but leaves it a zombie; a thread reaps it after `delay`.
-fn kill_and_reap_later(pid: i32, delay: Duration) -> std::thread::JoinHandle<()> {
-    use rustix::process::{Pid, Signal, kill_process};
-    kill_process(Pid::from_raw(pid).unwrap(), Signal::KILL).unwrap();
+/// Reaps the killed `pid` after `delay`, in the background.
+fn reap_later(pid: i32, delay: Duration) -> std::thread::JoinHandle<()> {
     std::thread::spawn(move || {
         std::thread::sleep(delay);
         kill_and_reap(pid);
@@ -72,10 +71,17 @@ fn the_same_images_restore_again_and_again() {
         let reaper = previous.map(|pid: i32| {
             // A killed copy is a zombie until its parent reaps it: its pid is
             // not free yet, and a plain restore says so.
-            let reaper = kill_and_reap_later(pid, Duration::from_millis(300));
+            // (each step in turn, whatever the machine's speed: killed, a
+            // zombie, refused, and only then reaped, 300 ms on)
+            use rustix::process::{Pid, Signal, kill_process};
+            kill_process(Pid::from_raw(pid).unwrap(), Signal::KILL).unwrap();
+            assert!(
+                poll_for(Duration::from_secs(10), || process_state(pid) == Some('Z')),
+                "the killed copy {pid} never became a zombie"
+            );
             let err = restore(images.path()).expect_err("the zombie still holds the pid");
             assert!(err.contains("a zombie"), "{err}");
-            reaper
+            reap_later(pid, Duration::from_millis(300))
         });
         let started = Instant::now();
         let pid = restore_waiting(images.path(), "10").expect("restore --wait");

@@ -193,7 +193,9 @@ fn a_non_root_checkpoint_restores_as_its_owner_and_its_paths_cannot_reach_roots_
     assert!(e.contains("restore failed"), "{e}");
     // (CRIU killed the task it had begun: at most a zombie, reaped here)
     assert!(
-        process_state(pid).is_none_or(|s| s == 'Z'),
+        poll_for(std::time::Duration::from_secs(10), || {
+            process_state(pid).is_none_or(|s| s == 'Z')
+        }),
         "nothing of it runs"
     );
     kill_and_reap(pid);

@@ -319,9 +319,10 @@ fn a_restore_has_a_deadline() {
         Ok(restored) => panic!("half a page file restored as pid {restored}"),
         Err(e) => assert!(e.contains("criu restore"), "{e}"),
     }
-    std::thread::sleep(std::time::Duration::from_millis(100));
     assert!(
-        process_state(pid).is_none_or(|s| s == 'Z'),
+        poll_for(std::time::Duration::from_secs(10), || {
+            process_state(pid).is_none_or(|s| s == 'Z')
+        }),
         "nothing of the cut images runs"
     );
 }

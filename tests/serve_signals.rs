@@ -7,7 +7,6 @@
 mod common;
 
 use common::*;
-use std::process::Command;
 use std::time::{Duration, Instant};
 
 fn sigterm(pid: u32) {
@@ -41,14 +40,20 @@ fn a_second_sigterm_exits_at_once_and_the_frozen_caller_runs_on() {
         ],
         None,
     );
-    while process_state(program.pid) != Some('t') {
-        assert!(
-            !program.output().contains("checkpoint "),
-            "the dump ended before it could be interrupted: {}",
+    // CRIU holds the caller; it is kept stopped until the service is gone,
+    // so that the dump is surely in flight at both signals, however fast
+    // the machine writes 1 GiB
+    assert!(
+        wait_seized(program.pid, Duration::from_secs(60)),
+        "CRIU never seized the caller: {}",
+        program.output()
+    );
+    let criu = stop_dumping_criu(program.pid).unwrap_or_else(|| {
+        panic!(
+            "the 1 GiB dump ended before it could be interrupted: {}",
             program.output()
-        );
-        std::thread::sleep(Duration::from_millis(1));
-    }
+        )
+    });
 
     sigterm(serve.id());
     wait_for_line(&log, "the drain to start", |l| {
@@ -75,6 +80,9 @@ fn a_second_sigterm_exits_at_once_and_the_frozen_caller_runs_on() {
     assert_eq!(status.code(), Some(1), "{served}");
     assert!(served.contains("again: exiting now"), "{served}");
 
+    // the abandoned CRIU goes on to its next step, finds the service gone
+    // and lets the tree run on
+    signal(criu, rustix::process::Signal::CONT);
     let line = program.outcome_or_state();
     // "unknown" once it was told it is frozen; "closed the connection"
     // when the service went before CRIU's freeze notification reached it
@@ -98,16 +106,13 @@ fn a_second_sigterm_exits_at_once_and_the_frozen_caller_runs_on() {
     // checkpoint into the directory (tests/staging_leftovers.rs).
     if !staging_dirs(images.path()).is_empty() {
         // (once the abandoned CRIU has ended: it may still be writing there)
-        let deadline = Instant::now() + Duration::from_secs(20);
-        while Command::new("pgrep")
-            .args(["-x", "criu"])
-            .status()
-            .unwrap()
-            .success()
-        {
-            assert!(Instant::now() < deadline, "the abandoned criu never ended");
-            std::thread::sleep(Duration::from_millis(20));
-        }
+        assert!(
+            poll_for(Duration::from_secs(20), || !matches!(
+                process_state(criu),
+                Some(s) if s != 'Z'
+            )),
+            "the abandoned criu (pid {criu}) never ended"
+        );
         next_checkpoint_clears_staging(images.path());
     }
 }

@@ -22,35 +22,50 @@ fn staging_left_by_a_killed_service_goes_with_the_next_dump_into_the_directory()
     let dir = tempfile::tempdir().unwrap();
     let socket = dir.path().join("s.sock");
     let mut serve = serve_process(&socket, &dir.path().join("serve.log"));
-    let images = images_dir();
-    let mut killed_caller = Program::start_on(
-        &socket,
-        images.path(),
-        &[
-            "--alloc-mb",
-            "256",
-            "--at",
-            "1",
-            "--until",
-            "400",
-            "--interval-ms",
-            "20",
-        ],
-        None,
-    );
-    // CRIU is writing memory into the staging directory
-    poll("CRIU to write memory", Duration::from_secs(60), || {
-        staging_dirs(images.path()).iter().any(|s| {
-            std::fs::read_dir(images.path().join(s))
-                .map(|d| {
-                    d.flatten()
-                        .any(|f| f.file_name().to_string_lossy().starts_with("pagemap-"))
-                })
-                .unwrap_or(false)
-        })
-    });
+    // CRIU is writing memory into the staging directory, and is stopped
+    // there while it still holds the caller, so the service is killed
+    // mid-dump whatever the machine's speed (once more if the dump won)
+    let mut attempts = 0;
+    let (images, mut killed_caller, criu) = loop {
+        let images = images_dir();
+        let mut caller = Program::start_on(
+            &socket,
+            images.path(),
+            &[
+                "--alloc-mb",
+                "256",
+                "--at",
+                "1",
+                "--until",
+                "400",
+                "--interval-ms",
+                "20",
+            ],
+            None,
+        );
+        poll("CRIU to write memory", Duration::from_secs(60), || {
+            staging_dirs(images.path()).iter().any(|s| {
+                std::fs::read_dir(images.path().join(s))
+                    .map(|d| {
+                        d.flatten()
+                            .any(|f| f.file_name().to_string_lossy().starts_with("pagemap-"))
+                    })
+                    .unwrap_or(false)
+            })
+        });
+        if let Some(criu) = stop_dumping_criu(caller.pid) {
+            break (images, caller, criu);
+        }
+        attempts += 1;
+        assert!(
+            attempts < 5,
+            "the dump always ended before it could be held"
+        );
+        caller.kill();
+    };
     serve.kill().unwrap();
     serve.wait().unwrap();
+    signal(criu, rustix::process::Signal::CONT);
     // its CRIUs notice and end; reap them as their new parent
     poll("the orphaned CRIUs to end", Duration::from_secs(30), || {
         let criu: Vec<_> = own_children()

@@ -46,7 +46,7 @@ pub fn criu_killed_mid_dump(ctx: &mut Ctx) -> String {
             wait_for_memdump(images.path());
         }
         // stopped first, so that it is surely still at work when killed
-        let Some(criu) = stop_criu(program.pid) else {
+        let Some(criu) = stop_dumping_criu(program.pid) else {
             assert!(repeated < 5, "CRIU always finished first");
             repeated += 1;
             program.kill();
@@ -109,7 +109,7 @@ pub fn service_restarted_between_freeze_and_result(ctx: &mut Ctx) -> String {
             wait_for_memdump(images.path());
             // held mid-dump until the service is gone, whatever the
             // machine's speed
-            let Some(criu) = stop_criu(program.pid) else {
+            let Some(criu) = stop_dumping_criu(program.pid) else {
                 assert!(raced < 5, "CRIU always finished first");
                 raced += 1;
                 program.kill();
@@ -190,10 +190,12 @@ pub fn dump_timeout_exceeded(ctx: &mut Ctx) -> String {
     let mut repeated = 0;
     let line = loop {
         let images = images_dir();
-        let asked = std::time::Instant::now();
         let mut program = frozen_caller(&socket, images.path(), 200);
+        // the service's clock started before CRIU seized the caller, so
+        // the deadline has passed by `asked + limit` at the latest
+        let asked = std::time::Instant::now();
         wait_for_memdump(images.path());
-        let Some(criu) = stop_criu(program.pid) else {
+        let Some(criu) = stop_dumping_criu(program.pid) else {
             // the dump ended before CRIU could be stopped: once more
             assert!(repeated < 5, "CRIU always finished first");
             repeated += 1;
@@ -237,59 +239,6 @@ fn assert_abandoned(line: &str) {
         line.contains("exceeded its time limit") && line.contains("it was abandoned"),
         "{line}"
     );
-}
-
-/// Stops (`SIGSTOP`) the CRIU dumping `caller`, if it is still at work;
-/// its pid. The dumping CRIU is found by what it does, not by elimination:
-/// it is the service's criu child that traces the caller (it seized the
-/// tree). A CRIU stopped while it still traces the caller has not let the
-/// tree go, so it has not answered yet: killing it must fail the dump.
-/// `None` when no CRIU holds the caller (not yet, or already done).
-fn stop_criu(caller: i32) -> Option<i32> {
-    let criu = tracer(caller).filter(|pid| all_criu_children().contains(pid))?;
-    if !signal(criu, rustix::process::Signal::STOP) {
-        return None;
-    }
-    // the stop takes effect at the task's next step: wait for it, then
-    // check that it still held the tree when it stopped
-    let stopped = poll_for(Duration::from_secs(10), || {
-        matches!(process_state(criu), Some('T' | 'Z') | None)
-    });
-    if stopped && process_state(criu) == Some('T') && tracer(caller) == Some(criu) {
-        return Some(criu);
-    }
-    // it finished (or let the tree go) first: let it end normally
-    signal(criu, rustix::process::Signal::CONT);
-    None
-}
-
-/// Polls `done` every 200 µs until it holds or `limit` passes.
-fn poll_for(limit: Duration, mut done: impl FnMut() -> bool) -> bool {
-    let deadline = std::time::Instant::now() + limit;
-    while std::time::Instant::now() < deadline {
-        if done() {
-            return true;
-        }
-        std::thread::sleep(Duration::from_micros(200));
-    }
-    done()
-}
-
-/// The pid tracing `pid` (CRIU, while it holds the tree).
-fn tracer(pid: i32) -> Option<i32> {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix("TracerPid:"))?
-        .trim()
-        .parse()
-        .ok()
-        .filter(|&p| p != 0)
-}
-
-/// Sends `sig` to `pid`; whether it was delivered.
-fn signal(pid: i32, sig: rustix::process::Signal) -> bool {
-    rustix::process::kill_process(rustix::process::Pid::from_raw(pid).unwrap(), sig).is_ok()
 }
 
 /// A caller with 256 MiB to dump, counting until `until`, once CRIU has

@@ -113,15 +113,13 @@ pub fn poll_until(limit: Duration, every: Duration, mut check: impl FnMut() -> R
     }
 }
 
-/// Waits until `pid` is stopped by CRIU (ptrace stop), i.e. frozen.
+/// Waits until CRIU holds `pid` (traces it), i.e. frozen: it shows `t`
+/// only around CRIU's parasite, so the state alone can be missed on a
+/// fast machine.
 pub fn wait_frozen(pid: i32) {
-    poll_until(
-        Duration::from_secs(30),
-        Duration::from_micros(200),
-        || match process_state(pid) {
-            Some('t') => Ok(()),
-            _ => Err(format!("pid {pid} never froze")),
-        },
+    assert!(
+        wait_seized(pid, Duration::from_secs(30)),
+        "pid {pid} was never seized by CRIU"
     );
 }
 
@@ -185,8 +183,7 @@ pub fn waiting_workers() -> Vec<i32> {
         .collect()
 }
 
-/// Every criu child of this process (the service runs in it), waiting or at work.
-pub fn all_criu_children() -> Vec<i32> {
+fn all_criu_children() -> Vec<i32> {
     own_children()
         .into_iter()
         .filter(|(_, _, comm)| comm == "criu")

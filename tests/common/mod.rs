@@ -580,3 +580,75 @@ pub fn append_log(images: &Path) -> (PathBuf, File) {
         .unwrap();
     (log, out)
 }
+
+// ---- the CRIU that holds a tree ----
+
+/// The pid tracing `pid`: the CRIU that seized it, from the seize until it
+/// lets the tree go (after its last image is written, before it answers).
+pub fn tracer(pid: i32) -> Option<i32> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("TracerPid:"))?
+        .trim()
+        .parse()
+        .ok()
+        .filter(|&p| p != 0)
+}
+
+/// Sends `sig` to `pid`; whether it was delivered.
+pub fn signal(pid: i32, sig: rustix::process::Signal) -> bool {
+    rustix::process::kill_process(rustix::process::Pid::from_raw(pid).unwrap(), sig).is_ok()
+}
+
+/// Polls `done` every 200 µs until it holds or `limit` passes.
+pub fn poll_for(limit: Duration, mut done: impl FnMut() -> bool) -> bool {
+    let deadline = Instant::now() + limit;
+    while Instant::now() < deadline {
+        if done() {
+            return true;
+        }
+        std::thread::sleep(Duration::from_micros(200));
+    }
+    done()
+}
+
+/// Waits until a CRIU holds `caller` (traces it: from the seize to the
+/// end of the dump, whether the caller shows `t` or runs CRIU's parasite);
+/// `false` if none did within `limit`.
+pub fn wait_seized(caller: i32, limit: Duration) -> bool {
+    poll_for(limit, || {
+        tracer(caller).is_some_and(|t| comm(t).as_deref() == Some("criu"))
+    })
+}
+
+/// Stops (`SIGSTOP`) the CRIU dumping `caller`, if it is still at work,
+/// and returns its pid. The dumping CRIU is found by what it does, not by
+/// elimination: it is the `criu` that traces the caller. Kept only if it
+/// still traces the caller once stopped: it has then not let the tree go,
+/// so it has not answered yet, whatever the machine's speed (killing it
+/// must fail the dump). `None` when no CRIU holds the caller (not yet, or
+/// done): the CRIU is let go on.
+pub fn stop_dumping_criu(caller: i32) -> Option<i32> {
+    use rustix::process::Signal;
+    let criu = tracer(caller).filter(|&t| comm(t).as_deref() == Some("criu"))?;
+    if !signal(criu, Signal::STOP) {
+        return None;
+    }
+    // the stop takes effect at the task's next step
+    let stopped = poll_for(Duration::from_secs(10), || {
+        matches!(process_state(criu), Some('T' | 'Z') | None)
+    });
+    if stopped && process_state(criu) == Some('T') && tracer(caller) == Some(criu) {
+        return Some(criu);
+    }
+    signal(criu, Signal::CONT);
+    None
+}
+
+/// A process's command name.
+pub fn comm(pid: i32) -> Option<String> {
+    std::fs::read_to_string(format!("/proc/{pid}/comm"))
+        .ok()
+        .map(|c| c.trim_end().to_owned())
+}
