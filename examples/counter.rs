@@ -129,11 +129,22 @@ fn main() {
                 None => {
                     let mut cmd =
                         std::process::Command::new(std::env::current_exe().expect("own path"));
-                    cmd.arg("--child").args(&child_args);
+                    cmd.arg("--child")
+                        .args(&child_args)
+                        .stdout(std::process::Stdio::piped());
                     cmd
                 }
             };
-            cmd.spawn().expect("start a child").id()
+            // (never waited for: the children live as long as the counter)
+            #[allow(clippy::zombie_processes)]
+            let mut child = cmd.spawn().expect("start a child");
+            // a child of ours says when its ids and flags are set, so the
+            // checkpoint never races its set-up, however slow the machine
+            if let Some(mut ready) = child.stdout.take() {
+                let mut byte = [0u8];
+                std::io::Read::read_exact(&mut ready, &mut byte).expect("the child's set-up");
+            }
+            child.id()
         })
         .collect();
     say(&format!(
@@ -220,6 +231,20 @@ fn child(args: &[String]) {
     }
     // after the id change, which clears it
     let _ = rustix::process::set_parent_process_death_signal(Some(rustix::process::Signal::KILL));
+    // set up: tell the parent, then let go of the pipe (stdout is /dev/null
+    // from here on, so the dumped child holds no half-closed pipe)
+    let mut out = std::io::stdout().lock();
+    let _ = out.write_all(b"r");
+    let _ = out.flush();
+    drop(out);
+    if let Ok(null) = std::fs::OpenOptions::new().write(true).open("/dev/null") {
+        use std::os::fd::FromRawFd;
+        // SAFETY: fd 1 is open (the pipe written above); it is only
+        // replaced here, and `forget` keeps it from being closed
+        let mut stdout = unsafe { std::os::fd::OwnedFd::from_raw_fd(1) };
+        let _ = rustix::io::dup2(&null, &mut stdout);
+        std::mem::forget(stdout);
+    }
     loop {
         std::thread::sleep(Duration::from_secs(1));
     }
