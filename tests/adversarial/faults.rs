@@ -43,7 +43,7 @@ pub fn criu_killed_mid_dump(ctx: &mut Ctx) -> String {
         let images = images_dir();
         let mut program = frozen_caller(&socket, images.path(), 100);
         if during_memdump {
-            wait_for_memdump(images.path());
+            wait_for_memdump(images.path(), &program);
         }
         // stopped first, so that it is surely still at work when killed
         let Some(criu) = stop_dumping_criu(program.pid) else {
@@ -106,7 +106,7 @@ pub fn service_restarted_between_freeze_and_result(ctx: &mut Ctx) -> String {
             let images = images_dir();
             let mut program = frozen_caller(&socket, images.path(), 100);
             // CRIU writes memory only after the freeze hook sent `Frozen`
-            wait_for_memdump(images.path());
+            wait_for_memdump(images.path(), &program);
             // held mid-dump until the service is gone, whatever the
             // machine's speed
             let Some(criu) = stop_dumping_criu(program.pid) else {
@@ -194,7 +194,7 @@ pub fn dump_timeout_exceeded(ctx: &mut Ctx) -> String {
         // the service's clock started before CRIU seized the caller, so
         // the deadline has passed by `asked + limit` at the latest
         let asked = std::time::Instant::now();
-        wait_for_memdump(images.path());
+        wait_for_memdump(images.path(), &program);
         let Some(criu) = stop_dumping_criu(program.pid) else {
             // the dump ended before CRIU could be stopped: once more
             assert!(repeated < 5, "CRIU always finished first");
@@ -266,9 +266,14 @@ fn thawed_then_cleaned_up(program: &mut Program, images: &Path) {
     assert_no_staging(images);
 }
 
-/// Waits until CRIU writes memory images into the staging directory.
-fn wait_for_memdump(dir: &Path) {
+/// Waits until CRIU writes memory images into the staging directory (or
+/// the dump already ended: a fast machine may be done between two looks;
+/// [`stop_dumping_criu`] then finds no CRIU and the attempt is repeated).
+fn wait_for_memdump(dir: &Path, program: &Program) {
     poll_until(Duration::from_secs(30), Duration::from_micros(500), || {
+        if program.output().contains("checkpoint ") {
+            return Ok(());
+        }
         let staging = std::fs::read_dir(dir)
             .unwrap()
             .flatten()
@@ -284,7 +289,10 @@ fn wait_for_memdump(dir: &Path) {
         if writing {
             return Ok(());
         }
-        Err("criu never wrote memory".into())
+        Err(format!(
+            "criu never wrote memory; the caller said: {}",
+            program.output()
+        ))
     });
 }
 
