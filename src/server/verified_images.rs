@@ -27,6 +27,11 @@ use std::time::{Duration, Instant};
 /// their pages from it until [`Copies::supervise`] returns, so the last
 /// one to go removes it, whichever it is).
 ///
+/// A later checkpoint into the same directory does not change it: the
+/// service renames its new files over the old names, and the verified set
+/// keeps the inodes it verified, so its rounds go on restoring the
+/// checkpoint that was verified. Open the directory again for the new one.
+///
 /// ```no_run
 /// use selfdump::server::copies::VerifiedImages;
 /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
