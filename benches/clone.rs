@@ -2,6 +2,11 @@
 //! behind it, [`restore_copies`]) against plain `criu restore` of the same
 //! images, in turns, in the same run:
 //!
+//! "selfdump, verified once" is a harness's later rounds: one
+//! [`VerifiedImages`] opened (hashed) before the rounds, off the clock,
+//! then [`VerifiedImages::restore_copies`] per round, which re-checks the
+//! verified set without hashing it.
+//!
 //! 1. time to first instruction: from just before the restore begins
 //!    (verification included for selfdump) to the `CLOCK_MONOTONIC` stamp
 //!    the copy writes when it runs again (`examples/clone_stamp.rs`), for a
@@ -16,7 +21,7 @@
 //! of 9, 64 MiB instead of 1 GiB, N up to 8.
 
 use selfdump::server::check::find_criu;
-use selfdump::server::copies::restore_copies;
+use selfdump::server::copies::{Copies, VerifiedImages, restore_copies};
 use selfdump::server::manifest::{DEFAULT_KEY_FILE, Key};
 use selfdump::server::restore::RestoreSettings;
 use selfdump::server::{Criu, Server};
@@ -87,42 +92,66 @@ fn main() {
     if run("first") {
         println!("\n1. time to first instruction (restore begins -> copy's monotonic stamp), ms");
         println!(
-            "{:<9} {:<5} {:>16} {:>16} {:>6} {:>12} {:>14}",
-            "size", "mode", "plain criu", "selfdump", "ratio", "sd verify", "criu in-log"
+            "{:<9} {:<5} {:>16} {:>16} {:>6} {:>16} {:>6} {:>10} {:>10} {:>12}",
+            "size",
+            "mode",
+            "plain criu",
+            "selfdump",
+            "ratio",
+            "verified once",
+            "ratio",
+            "sd verify",
+            "re-check",
+            "criu in-log"
         );
         for &(name, mb) in sizes {
             let image = bench.image(name, mb);
+            let once = VerifiedImages::open(&settings, &image.dir).expect("verify the images");
+            bench.verified(&once, &image, 1, false); // its first round hashes
             for lazy in [false, true] {
                 if lazy && !lazy_ok {
                     continue;
                 }
                 let mut plain = Vec::new();
                 let mut ours = Vec::new();
+                let mut reused = Vec::new();
                 let mut verify = Vec::new();
+                let mut recheck = Vec::new();
                 let mut inlog = Vec::new();
                 for rep in 0..reps {
-                    // alternate who goes first
-                    for turn in 0..2 {
-                        if (turn + rep) % 2 == 0 {
-                            let r = bench.plain(&image, 1, lazy);
-                            plain.push(r.last);
-                            inlog.push(r.criu_log);
-                        } else {
-                            let r = bench.selfdump(&image, 1, lazy);
-                            ours.push(r.last);
-                            verify.push(r.verify);
+                    // rotate who goes first
+                    for turn in 0..3 {
+                        match (turn + rep) % 3 {
+                            0 => {
+                                let r = bench.plain(&image, 1, lazy);
+                                plain.push(r.last);
+                                inlog.push(r.criu_log);
+                            }
+                            1 => {
+                                let r = bench.selfdump(&image, 1, lazy);
+                                ours.push(r.last);
+                                verify.push(r.verify);
+                            }
+                            _ => {
+                                let r = bench.verified(&once, &image, 1, lazy);
+                                reused.push(r.last);
+                                recheck.push(r.verify);
+                            }
                         }
                     }
                 }
-                let (p, o) = (median(&mut plain), median(&mut ours));
+                let (p, o, v) = (median(&mut plain), median(&mut ours), median(&mut reused));
                 println!(
-                    "{:<9} {:<5} {:>16} {:>16} {:>6.2} {:>12.1} {:>14.1}",
+                    "{:<9} {:<5} {:>16} {:>16} {:>6.2} {:>16} {:>6.2} {:>10.1} {:>10.2} {:>12.1}",
                     name,
                     if lazy { "lazy" } else { "full" },
                     format!("{:.1} ({:.1})", p, p90(&mut plain)),
                     format!("{:.1} ({:.1})", o, p90(&mut ours)),
                     o / p,
+                    format!("{:.1} ({:.1})", v, p90(&mut reused)),
+                    v / p,
                     median(&mut verify),
+                    median(&mut recheck),
                     median(&mut inlog),
                 );
             }
@@ -164,9 +193,11 @@ fn main() {
              (copies/s)"
         );
         println!(
-            "{:<5} {:>4} {:>22} {:>22} {:>6} {:>10}",
-            "mode", "N", "plain criu", "selfdump", "ratio", "sd verify"
+            "{:<5} {:>4} {:>22} {:>22} {:>6} {:>22} {:>6} {:>10}",
+            "mode", "N", "plain criu", "selfdump", "ratio", "verified once", "ratio", "sd verify"
         );
+        let once = VerifiedImages::open(&settings, &image.dir).expect("verify the images");
+        bench.verified(&once, &image, 1, false); // its first round hashes
         for lazy in [false, true] {
             if lazy && !lazy_ok {
                 continue;
@@ -174,27 +205,32 @@ fn main() {
             for &n in ns {
                 let mut plain = Vec::new();
                 let mut ours = Vec::new();
+                let mut reused = Vec::new();
                 let mut verify = Vec::new();
                 let reps = if n >= 8 { reps.min(5) } else { reps };
                 for rep in 0..reps {
-                    for turn in 0..2 {
-                        if (turn + rep) % 2 == 0 {
-                            plain.push(bench.plain(&image, n, lazy).last);
-                        } else {
-                            let r = bench.selfdump(&image, n, lazy);
-                            ours.push(r.last);
-                            verify.push(r.verify);
+                    for turn in 0..3 {
+                        match (turn + rep) % 3 {
+                            0 => plain.push(bench.plain(&image, n, lazy).last),
+                            1 => {
+                                let r = bench.selfdump(&image, n, lazy);
+                                ours.push(r.last);
+                                verify.push(r.verify);
+                            }
+                            _ => reused.push(bench.verified(&once, &image, n, lazy).last),
                         }
                     }
                 }
-                let (p, o) = (median(&mut plain), median(&mut ours));
+                let (p, o, v) = (median(&mut plain), median(&mut ours), median(&mut reused));
                 println!(
-                    "{:<5} {:>4} {:>22} {:>22} {:>6.2} {:>10.1}",
+                    "{:<5} {:>4} {:>22} {:>22} {:>6.2} {:>22} {:>6.2} {:>10.1}",
                     if lazy { "lazy" } else { "full" },
                     n,
                     format!("{p:.0} ({:.0}/s)", n as f64 * 1000.0 / p),
                     format!("{o:.0} ({:.0}/s)", n as f64 * 1000.0 / o),
                     o / p,
+                    format!("{v:.0} ({:.0}/s)", n as f64 * 1000.0 / v),
+                    v / p,
                     median(&mut verify),
                 );
             }
@@ -263,6 +299,22 @@ impl Bench<'_> {
         let from = log_len(&image.log);
         let t0 = now_ns();
         let copies = restore_copies(self.settings, &image.dir, n, lazy).expect("restore_copies");
+        self.end(copies, image, from, n, t0)
+    }
+
+    /// A later round of a harness's: `VerifiedImages::restore_copies` from
+    /// images verified (hashed) before, off the clock.
+    fn verified(&self, once: &VerifiedImages, image: &Image, n: u32, lazy: bool) -> Round {
+        let from = log_len(&image.log);
+        let t0 = now_ns();
+        let copies = once
+            .restore_copies(self.settings, n, lazy)
+            .expect("VerifiedImages::restore_copies");
+        self.end(copies, image, from, n, t0)
+    }
+
+    /// Waits for a round's copies to run, then (off the clock) ends them.
+    fn end(&self, copies: Copies, image: &Image, from: usize, n: u32, t0: u128) -> Round {
         let last = wait_stamps(&image.log, from, n as usize, t0);
         let verify = copies.verify.as_secs_f64() * 1000.0;
         // off the clock: end the copies (lazy: their daemons end with them)

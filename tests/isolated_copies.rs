@@ -722,3 +722,150 @@ fn a_process_that_entered_the_namespace_from_outside_is_refused() {
     );
     let _ = nsenter.wait();
 }
+
+/// The `.selfdump-restore-*` directories (verified sets) in `images`.
+fn verified_sets(images: &Path) -> Vec<std::path::PathBuf> {
+    std::fs::read_dir(images)
+        .unwrap()
+        .flatten()
+        .filter(|e| {
+            e.file_name()
+                .to_string_lossy()
+                .starts_with(".selfdump-restore-")
+        })
+        .map(|e| e.path())
+        .collect()
+}
+
+/// One round from `images`: `n` copies, each `Restored` with its memory
+/// intact (its `restored: memory=ok` line), all killed before returning.
+fn round_of_copies(
+    images: &selfdump::server::copies::VerifiedImages,
+    settings: &selfdump::server::restore::RestoreSettings,
+    log: &Path,
+    n: u32,
+    lazy: bool,
+) -> selfdump::server::copies::Copies {
+    let before = lines_with(log, "restored: memory=").len();
+    let copies = images
+        .restore_copies(settings, n, lazy)
+        .expect("a round of copies");
+    assert_eq!(copies.copies.len(), n as usize);
+    let restored = wait_lines(log, "restored: memory=", before + n as usize);
+    let new = &restored[before..];
+    assert!(new.iter().all(|l| l.ends_with("memory=ok")), "{new:#?}");
+    let mut numbers: Vec<u32> = new.iter().map(|l| copy_of(l).0).collect();
+    numbers.sort();
+    assert_eq!(numbers, (0..n).collect::<Vec<_>>(), "{new:#?}");
+    copies
+}
+
+#[test]
+fn images_verified_once_restore_round_after_round_without_hashing_again() {
+    use selfdump::server::copies::VerifiedImages;
+    use selfdump::server::manifest::{DEFAULT_KEY_FILE, Key};
+    use selfdump::server::restore::{RestoreError, RestoreSettings};
+    use std::os::unix::fs::{MetadataExt, PermissionsExt};
+    let (images, log) = isolated_images("8");
+    let settings = RestoreSettings::new(
+        criu(),
+        Some(Key::load(Path::new(DEFAULT_KEY_FILE)).unwrap()),
+    );
+    let verified = VerifiedImages::open(&settings, images.path()).unwrap();
+    assert!(verified.hashed() > 8 << 20, "hashes the pages once");
+    let lazy = lazy_pages_supported();
+    for round in 0..4 {
+        // the last round lazily, where CRIU can
+        let copies = round_of_copies(&verified, &settings, &log, 2, lazy && round == 3);
+        eprintln!(
+            "round {round}: 2 copies running after {:?}, verification {:?}, {} bytes hashed",
+            copies.elapsed, copies.verify, copies.hashed
+        );
+        match round {
+            0 => assert_eq!(
+                copies.hashed,
+                verified.hashed(),
+                "the first round's is open's"
+            ),
+            _ => assert_eq!(copies.hashed, 0, "round {round} hashed the images again"),
+        }
+        for copy in &copies.copies {
+            kill_and_reap(copy.pid);
+        }
+        copies.supervise();
+    }
+    assert_eq!(verified_sets(images.path()).len(), 1, "one verified set");
+
+    // root's checkpoint is hard-linked into the verified set: the files in
+    // the images directory are the same inodes
+    let set = verified_sets(images.path()).pop().unwrap();
+    let linked: Vec<(String, u64)> = std::fs::read_dir(&set)
+        .unwrap()
+        .flatten()
+        .map(|e| {
+            (
+                e.file_name().to_string_lossy().into_owned(),
+                e.metadata().unwrap().ino(),
+            )
+        })
+        .collect();
+    let (name, _) = linked
+        .iter()
+        .find(|(name, ino)| {
+            let original = std::fs::symlink_metadata(images.path().join(name)).unwrap();
+            original.ino() == *ino && original.nlink() >= 2
+        })
+        .unwrap_or_else(|| panic!("no image file is hard-linked: {linked:?}"))
+        .clone();
+    let original = images.path().join(&name);
+    let mode = std::fs::metadata(&original).unwrap().permissions().mode();
+    assert_eq!(mode & 0o022, 0, "{name}: only root writes it ({mode:o})");
+    // a mistake of root's that would let others rewrite verified bytes
+    std::fs::set_permissions(&original, PermissionsExt::from_mode(mode | 0o002)).unwrap();
+    let before = lines_with(&log, "restored: memory=").len();
+    match verified.restore_copies(&settings, 2, false) {
+        Err(RestoreError::Refused(why)) => {
+            assert!(why.contains(&name), "names the file: {why}");
+            assert!(
+                why.contains("changed since the images were verified; verify them again"),
+                "{why}"
+            );
+        }
+        other => panic!("a changed set must be refused: {other:?}"),
+    }
+    // (other tests of this process start CRIUs of their own meanwhile: no
+    // child count here) no copy of these images ran
+    std::thread::sleep(Duration::from_millis(300));
+    assert_eq!(
+        lines_with(&log, "restored: memory=").len(),
+        before,
+        "nothing ran"
+    );
+    // chowned to nobody (its mode back): refused as well
+    std::fs::set_permissions(&original, PermissionsExt::from_mode(mode)).unwrap();
+    std::os::unix::fs::chown(&original, Some(65534), None).unwrap();
+    let refused = verified.restore_copies(&settings, 1, false).unwrap_err();
+    assert!(refused.to_string().contains(&name), "{refused}");
+    drop(verified);
+    assert!(
+        verified_sets(images.path()).is_empty(),
+        "the verified set is removed with its last holder"
+    );
+
+    // a round's copies keep the set while they may need it, even once the
+    // `VerifiedImages` is gone
+    std::os::unix::fs::chown(&original, Some(0), None).unwrap();
+    let verified = VerifiedImages::open(&settings, images.path()).unwrap();
+    let copies = round_of_copies(&verified, &settings, &log, 1, lazy);
+    drop(verified);
+    assert_eq!(
+        verified_sets(images.path()).len(),
+        1,
+        "dropped under the round's copies"
+    );
+    for copy in &copies.copies {
+        kill_and_reap(copy.pid);
+    }
+    copies.supervise();
+    assert!(verified_sets(images.path()).is_empty());
+}

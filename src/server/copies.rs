@@ -1,9 +1,13 @@
 //! Many copies of one image at once (`selfdump restore --copies N`).
 //!
-//! The images are verified once ([`verify_path`]: signature, files,
-//! credentials, as for any restore), and every copy's CRIU reads that one
-//! verified set, root's only, which stays until the last copy no longer
-//! needs it (for lazy copies, until every page is in).
+//! The images are verified once per call ([`verify_path`]: signature,
+//! files, credentials, as for any restore), and every copy's CRIU reads
+//! that one verified set, root's only, which stays until the last copy no
+//! longer needs it (for lazy copies, until every page is in). A harness
+//! that restores the same images round after round verifies them once
+//! with [`VerifiedImages`] and re-checks them cheaply before each round.
+//!
+//! [`verify_path`]: super::restore::verify_path
 //!
 //! Images of a whole pid namespace (a program started with `selfdump run`,
 //! [`ImageMeta::pid_namespace`]) restore into a fresh pid namespace each
@@ -43,13 +47,15 @@ use super::Criu;
 use super::engine::first_error;
 use super::images::ImageMeta;
 use super::private_dir::{LOG_DIR, PrivateDir};
-use super::restore::{RestoreError, RestoreSettings, Verified, verify_path};
+use super::restore::{RestoreError, RestoreSettings, Verified};
+pub use super::verified_images::VerifiedImages;
 use crate::copy_record;
 use rustix::process::{Pid, PidfdFlags, Signal, pidfd_open, pidfd_send_signal};
 use std::io::Read;
 use std::os::fd::OwnedFd;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 /// Most copies one call starts.
@@ -86,18 +92,32 @@ struct Daemon {
     work: PrivateDir,
 }
 
-/// Copies started by [`restore_copies`].
+/// Copies started by [`restore_copies`] or [`VerifiedImages::restore_copies`]
+/// (one round).
 #[derive(Debug)]
 pub struct Copies {
     /// The copies, in order of their numbers.
     pub copies: Vec<Copy>,
     /// From the start of the first restore to the last copy running.
     pub elapsed: Duration,
-    /// Time spent verifying the images (once for all copies).
+    /// Time this round spent verifying the images, once for all its
+    /// copies: the full verification (hashing every file) for
+    /// [`restore_copies`] and for the first round of a [`VerifiedImages`]
+    /// (its [`VerifiedImages::open`], plus the re-check); only the
+    /// re-check, without hashing, for its later rounds.
     pub verify: Duration,
+    /// Bytes of image this round hashed, as counted by the hashing itself
+    /// on the calling thread: every signed byte for [`restore_copies`] and
+    /// a [`VerifiedImages`]' first round, 0 for its later rounds (what a
+    /// harness can check to know it does not pay for hashing again).
+    pub hashed: u64,
     daemons: Vec<Daemon>,
-    /// The verified images, kept while a page daemon may read them.
-    verified: Verified,
+    /// The verified images, kept while a page daemon may read them: shared
+    /// with the [`VerifiedImages`] they came from and with its other
+    /// rounds, and removed when the last of them goes, so dropping the
+    /// `VerifiedImages` while a round's lazy copies still load their
+    /// memory is safe.
+    verified: Arc<Verified>,
 }
 
 /// How a lazy copy's memory loading ended.
@@ -187,22 +207,46 @@ struct Pending {
 /// fresh pid namespace, and returns each root pid. `lazy` restores with
 /// CRIU's lazy pages ([`Copies::supervise`] then waits for the memory).
 /// All or nothing: if one copy fails, those started are killed.
+///
+/// The images are verified (hashed) on every call: this is
+/// [`VerifiedImages::open`] then one [`VerifiedImages::restore_copies`].
+/// A harness restoring the same images round after round keeps a
+/// [`VerifiedImages`] instead and hashes them once.
 pub fn restore_copies(
     settings: &RestoreSettings,
     dir: &Path,
     copies: u32,
     lazy: bool,
 ) -> Result<Copies, RestoreError> {
+    // refused before anything is hashed
+    check_count(copies)?;
+    VerifiedImages::open(settings, dir)?.restore_copies(settings, copies, lazy)
+}
+
+/// `copies` is 1 to [`MAX_COPIES`].
+pub(super) fn check_count(copies: u32) -> Result<(), RestoreError> {
     if copies == 0 || copies > MAX_COPIES {
         return Err(RestoreError::Refused(format!(
             "--copies must be 1 to {MAX_COPIES}"
         )));
     }
-    let verify_started = Instant::now();
-    let verified = verify_path(dir, settings)?;
-    let verify = verify_started.elapsed();
-    let meta = verified.meta.clone();
-    copyable(&meta, dir)?;
+    Ok(())
+}
+
+/// One round of copies from a verified set (checked, and `copies` too, by
+/// the caller): the
+/// [`Copies`] returned hold `verified` until the last page daemon is done.
+/// `verify` is the round's verification time, `rechecked` whether it was
+/// the re-check of a set verified earlier (for the log).
+pub(super) fn start_round(
+    settings: &RestoreSettings,
+    verified: Arc<Verified>,
+    verify: Duration,
+    rechecked: bool,
+    copies: u32,
+    lazy: bool,
+) -> Result<Copies, RestoreError> {
+    let meta = &verified.meta;
     let images = PathBuf::from(format!(
         "/proc/{}/fd/{}",
         std::process::id(),
@@ -213,7 +257,7 @@ pub fn restore_copies(
         log: PathBuf::from(LOG_DIR),
     })?;
     let started = Instant::now();
-    let (pending, daemons, failed) = start_all(&settings.criu, &images, &meta, copies, lazy, &base);
+    let (pending, daemons, failed) = start_all(&settings.criu, &images, meta, copies, lazy, &base);
     let watchdog = Watchdog::start(
         settings.deadline.saturating_sub(started.elapsed()),
         pending.iter().map(|p| p.restore.id()).collect(),
@@ -233,21 +277,27 @@ pub fn restore_copies(
     }
     let kept = pair_daemons(works, daemons);
     log::info!(
-        "{copies} cop{} running after {elapsed:?} (images verified in {verify:?}){}",
+        "{copies} cop{} running after {elapsed:?} (images {} in {verify:?}){}",
         if copies == 1 { "y" } else { "ies" },
+        if rechecked {
+            "verified earlier, re-checked"
+        } else {
+            "verified"
+        },
         if lazy { " (memory loading lazily)" } else { "" }
     );
     Ok(Copies {
         copies: running,
         elapsed,
         verify,
+        hashed: 0, // the caller counts
         daemons: kept,
         verified,
     })
 }
 
 /// Copies are made of root's images of a whole pid namespace only.
-fn copyable(meta: &ImageMeta, dir: &Path) -> Result<(), RestoreError> {
+pub(super) fn copyable(meta: &ImageMeta, dir: &Path) -> Result<(), RestoreError> {
     if !meta.pid_namespace {
         return Err(RestoreError::Refused(format!(
             "{}: these images are of a process, not of a whole pid namespace, so each \

@@ -250,6 +250,7 @@ impl Manifest {
 /// The BLAKE3 hash of an open regular file of `size` bytes, read through
 /// a private mapping on all cores (small files are simply read).
 pub fn hash_file(file: &OwnedFd, size: u64) -> io::Result<[u8; 32]> {
+    HASHED.with(|h| h.set(h.get() + size));
     let mut hasher = blake3::Hasher::new();
     if size < 1 << 20 {
         hasher.update(&read_capped(file, size as usize + 1)?);
@@ -258,6 +259,19 @@ pub fn hash_file(file: &OwnedFd, size: u64) -> io::Result<[u8; 32]> {
         hasher.update_mmap_rayon(&file_path_of(&file)?)?;
     }
     Ok(*hasher.finalize().as_bytes())
+}
+
+thread_local! {
+    /// Bytes [`hash_file`] was asked to hash on this thread.
+    static HASHED: std::cell::Cell<u64> = const { std::cell::Cell::new(0) };
+}
+
+/// Bytes [`hash_file`] has hashed on the calling thread so far: a restore
+/// verifies on its caller's thread, so the difference across one call is
+/// what that call hashed (`copies::Copies::hashed`), whatever other threads
+/// (the service's dumps) hash meanwhile.
+pub(crate) fn hashed_on_this_thread() -> u64 {
+    HASHED.with(std::cell::Cell::get)
 }
 
 /// `/proc/self/fd/N`: blake3's mmap helper takes a path; this one names

@@ -42,6 +42,7 @@ mod staging;
 mod subdir;
 pub mod systemd;
 mod tree;
+mod verified_images;
 
 pub use builder::Builder;
 pub use engine::{Criu, SpawnGuard, spawn_guard};

@@ -43,6 +43,9 @@ pub struct Verified {
     pub key_id: Option<String>,
     /// Bytes hashed (or copied and hashed).
     pub bytes: u64,
+    /// Each file placed in the private directory and its size, as
+    /// verified (what [`Verified::recheck`] compares with).
+    pub(crate) placed: Vec<(String, u64)>,
 }
 
 impl Drop for Verified {
@@ -89,9 +92,12 @@ pub(crate) fn verify(
         tree: Vec::new(),
         key_id: manifest.as_ref().map(|m| m.key_id.clone()),
         bytes: 0,
+        placed: Vec::with_capacity(wanted.len()),
     };
     for file in &wanted {
-        verified.bytes += verified.take(file, manifest.is_some())?;
+        let size = verified.take(file, manifest.is_some())?;
+        verified.bytes += size;
+        verified.placed.push((file.name.clone(), size));
     }
     let pstree = read_image(&verified.subdir.dir, "pstree.img")
         .ok_or_else(|| RestoreError::Refused("no pstree.img".into()))?;
@@ -170,8 +176,7 @@ impl Verified {
                 want.size
             )));
         }
-        let only_root_writes = stat.st_uid == 0 && stat.st_mode & 0o022 == 0;
-        let placed = if only_root_writes {
+        let placed = if only_root_writes(&stat) {
             rustix::fs::linkat(&src, "", &self.subdir.dir, name, AtFlags::EMPTY_PATH)
                 .map_err(|e| io(e.into()))?;
             src
@@ -182,6 +187,78 @@ impl Verified {
             return Err(changed("changed since the dump (its hash differs)"));
         }
         Ok(size)
+    }
+
+    /// Checks, without hashing, that the private directory still holds
+    /// exactly what was verified, for a verified set restored again (a
+    /// harness's rounds, `copies::VerifiedImages`): the same names, each
+    /// still a regular file of the verified size that only root can write
+    /// ([`only_root_writes`]), and the directory itself still root's, 0700.
+    ///
+    /// Why no hash is needed: every file in it is either a copy made by
+    /// root (root's, 0600, in a directory of root's, 0700, that nobody
+    /// else can enter) or a hard link to an inode that only root could
+    /// write when it was hashed (root's checkpoints). Its bytes can then
+    /// change only through root. What root could do by mistake that would
+    /// let someone else write them later (a `chmod o+w` or a `chown` of the
+    /// original file, which is the same inode as the link here) shows in
+    /// the inode's owner and mode, which this checks; a file added or
+    /// removed (by root: nobody else can) shows in the names.
+    pub(crate) fn recheck(&self) -> Result<(), RestoreError> {
+        let changed = |name: &str, why: String| {
+            RestoreError::Refused(format!(
+                "{name} changed since the images were verified; verify them again ({why})"
+            ))
+        };
+        let dir = rustix::fs::fstat(&self.subdir.dir).map_err(RestoreError::refused)?;
+        if dir.st_uid != 0 || dir.st_mode & 0o7777 != 0o700 {
+            return Err(changed(
+                &self.subdir.name,
+                format!(
+                    "the private directory is now uid {}, mode {:o}",
+                    dir.st_uid,
+                    dir.st_mode & 0o7777
+                ),
+            ));
+        }
+        for (name, size) in &self.placed {
+            let stat = match rustix::fs::statat(
+                &self.subdir.dir,
+                name.as_str(),
+                AtFlags::SYMLINK_NOFOLLOW,
+            ) {
+                Ok(stat) => stat,
+                Err(rustix::io::Errno::NOENT) => return Err(changed(name, "removed".into())),
+                Err(e) => return Err(changed(name, e.to_string())),
+            };
+            if FileType::from_raw_mode(stat.st_mode) != FileType::RegularFile {
+                return Err(changed(name, "no longer a regular file".into()));
+            }
+            if stat.st_size as u64 != *size {
+                return Err(changed(
+                    name,
+                    format!("{} bytes, verified {size}", stat.st_size),
+                ));
+            }
+            if !only_root_writes(&stat) {
+                return Err(changed(
+                    name,
+                    format!(
+                        "now uid {}, mode {:o}: not only root can write it",
+                        stat.st_uid,
+                        stat.st_mode & 0o7777
+                    ),
+                ));
+            }
+        }
+        let names = self.subdir.names().map_err(RestoreError::refused)?;
+        if let Some(added) = names
+            .iter()
+            .find(|n| !self.placed.iter().any(|(p, _)| p == *n))
+        {
+            return Err(changed(added, "added".into()));
+        }
+        Ok(())
     }
 
     /// Every task's and thread's credentials are the recorded owner's.
@@ -223,6 +300,17 @@ impl Verified {
         }
         Ok(())
     }
+}
+
+/// Whether only root can write the file of `stat`: root's, and neither
+/// group- nor other-writable. That covers ACLs too: with an access ACL the
+/// mode's group bits are its mask, which bounds every named user and
+/// group entry, so a mask without write leaves write to the owner alone.
+/// Such a file is hard-linked, never copied, into the private directory
+/// ([`Verified::take`]), and [`Verified::recheck`] requires it of every
+/// file there.
+pub(crate) fn only_root_writes(stat: &rustix::fs::Stat) -> bool {
+    stat.st_uid == 0 && stat.st_mode & 0o022 == 0
 }
 
 /// The names in a directory, but the service's own private directories.
