@@ -218,6 +218,8 @@ impl Program {
 impl Drop for Program {
     fn drop(&mut self) {
         self.kill();
+        // (its output is read only while it is held)
+        let _ = std::fs::remove_file(&self.log);
     }
 }
 
