@@ -144,7 +144,7 @@ pub fn service_restarted_between_freeze_and_result(ctx: &mut Ctx) -> String {
         said.push(format!("{case}: {}", short(&line)));
     }
     let last = KillableService::start_at(&socket, |b| b);
-    ctx.adopt(socket, Box::new((last, dir)));
+    ctx.adopt(socket, Box::new((last, dir)), 1);
     let raced = match raced {
         0 => String::new(),
         n => format!(" ({n} attempt(s) repeated: CRIU finished before it could be stopped)"),

@@ -220,7 +220,7 @@ fn first_dump_under_way(
 ) -> (PathBuf, Program, tempfile::TempDir) {
     let (wrap, slow) = slow_criu(2);
     // no worker started ahead: the wrapper's wait must fall in the dump
-    let socket = ctx.service(move |b| limit(allow(&[NOBODY])(b)).criu(slow).warm_workers(0));
+    let socket = ctx.service_cold(move |b| limit(allow(&[NOBODY])(b)).criu(slow));
     ctx.keep.push(Box::new(wrap));
     let first_dir = images_dir();
     let first = Program::start_on(&socket, first_dir.path(), &args(LONG_RUN), None);

@@ -58,26 +58,45 @@ impl Ctx {
         }
     }
 
-    /// Starts the service to attack (default limits, `configure`d).
+    /// Starts the service to attack (default limits, `configure`d, one
+    /// warm CRIU worker).
     pub fn service(&mut self, configure: impl FnOnce(Builder) -> Builder) -> PathBuf {
+        self.start(configure, 1)
+    }
+
+    /// Starts the service to attack with no warm CRIU worker (each dump
+    /// starts its own CRIU).
+    pub fn service_cold(&mut self, configure: impl FnOnce(Builder) -> Builder) -> PathBuf {
+        self.start(|b| configure(b).warm_workers(0), 0)
+    }
+
+    fn start(&mut self, configure: impl FnOnce(Builder) -> Builder, workers: usize) -> PathBuf {
         self.guard = None;
         let service = Service::start_with(configure);
         let socket = service.socket.clone();
-        self.adopt(socket.clone(), Box::new(service));
+        self.adopt(socket.clone(), Box::new(service), workers);
         socket
     }
 
-    /// Takes over a service started by the attack itself.
-    pub fn adopt(&mut self, socket: PathBuf, guard: Box<dyn std::any::Any>) {
+    /// Takes over a service started by the attack itself, which has
+    /// `workers` warm CRIU workers in this process (0 for a service in a
+    /// process of its own: its fds are not this process's).
+    pub fn adopt(&mut self, socket: PathBuf, guard: Box<dyn std::any::Any>, workers: usize) {
         self.socket = Some(socket);
         self.guard = Some(guard);
         std::thread::sleep(Duration::from_millis(20));
-        // the warm criu worker's socket is part of the baseline (a service
-        // started with none waits the full 2 s here)
-        let started = std::time::Instant::now();
-        while support::waiting_workers().is_empty() && started.elapsed() < Duration::from_secs(2) {
-            std::thread::sleep(Duration::from_millis(10));
-        }
+        // the warm criu workers' sockets are part of the baseline: waited
+        // for however slow the machine, never guessed (and an earlier
+        // service's worker must have gone, or it would be counted instead)
+        poll_until(Duration::from_secs(60), Duration::from_millis(10), || {
+            let waiting = support::waiting_workers();
+            match waiting.len() == workers {
+                true => Ok(()),
+                false => Err(format!(
+                    "expected {workers} warm CRIU worker(s) of the service, found {waiting:?}"
+                )),
+            }
+        });
         self.baseline = open_fds();
     }
 }

@@ -267,7 +267,7 @@ pub fn sticky_directory_with_roots_files(ctx: &mut Ctx) -> String {
 pub fn staging_moved_mid_dump(ctx: &mut Ctx) -> String {
     let (wrapper, slow) = slow_criu(2);
     ctx.keep.push(Box::new(wrapper));
-    let socket = ctx.service(|b| allow(&[NOBODY])(b).criu(slow).warm_workers(0));
+    let socket = ctx.service_cold(|b| allow(&[NOBODY])(b).criu(slow));
     let (base, images) = nobody_dir_on_tmpfs();
     let mut program = Program::start_on(
         &socket,

@@ -334,7 +334,7 @@ pub fn fd_exhaustion(ctx: &mut Ctx) -> String {
         short(&meanwhile),
         log.lines().filter(|l| l.contains("WARN")).count(),
     ));
-    ctx.adopt(socket, Box::new((serve, dir)));
+    ctx.adopt(socket, Box::new((serve, dir)), 0);
     format!("survived: {}", said.join(" | "))
 }
 
