@@ -361,9 +361,16 @@ pub fn images_rewritten_while_restoring(ctx: &mut Ctx) -> String {
         assert!(e.contains("pages-1.img changed since the dump"), "{e}");
         file.write_all_at(&vec![1u8; window], start as u64).unwrap();
     }
+    // The owner rewrites 1 MiB of the pages (and back) without pause, and
+    // every other restore happens while it does; in between, it is held
+    // still (the file as signed) for one restore, which must then succeed
+    // intact. So both outcomes come whatever the machine's speed, and no
+    // restore may ever run rewritten bytes.
     let stop = Arc::new(AtomicBool::new(false));
+    let hold = Arc::new(AtomicBool::new(false));
+    let held = Arc::new(AtomicBool::new(false));
     let writer = {
-        let (stop, pages) = (stop.clone(), pages.clone());
+        let (stop, hold, held, pages) = (stop.clone(), hold.clone(), held.clone(), pages.clone());
         as_nobody(move || {
             use std::os::unix::fs::FileExt;
             let file = std::fs::OpenOptions::new()
@@ -372,7 +379,13 @@ pub fn images_rewritten_while_restoring(ctx: &mut Ctx) -> String {
                 .unwrap();
             let (ones, twos) = (vec![1u8; window], vec![2u8; window]);
             let mut writes = 0u64;
-            while !stop.load(Ordering::Relaxed) {
+            while !stop.load(Ordering::SeqCst) {
+                if hold.load(Ordering::SeqCst) {
+                    held.store(true, Ordering::SeqCst);
+                    std::thread::sleep(Duration::from_micros(200));
+                    continue;
+                }
+                held.store(false, Ordering::SeqCst);
                 file.write_all_at(&twos, start as u64).unwrap();
                 file.write_all_at(&ones, start as u64).unwrap();
                 writes += 2;
@@ -380,15 +393,30 @@ pub fn images_rewritten_while_restoring(ctx: &mut Ctx) -> String {
             writes
         })
     };
-    let (mut refused, mut intact) = (0, 0);
+    let (mut refused, mut intact, mut rewriting) = (0, 0, 0);
     let started = Instant::now();
+    let mut while_writing = true;
     while started.elapsed() < Duration::from_secs(20) || refused == 0 || intact == 0 {
         assert!(
             started.elapsed() < Duration::from_secs(90),
             "{refused} refused, {intact} intact"
         );
+        hold.store(!while_writing, Ordering::SeqCst);
+        if while_writing {
+            rewriting += 1;
+        } else {
+            poll_until(
+                Duration::from_secs(10),
+                Duration::from_micros(100),
+                || match held.load(Ordering::SeqCst) {
+                    true => Ok(()),
+                    false => Err("the writer never held still".into()),
+                },
+            );
+        }
         match restore(images.path()) {
             Err(e) => {
+                assert!(while_writing, "refused with the file as signed: {e}");
                 assert!(e.contains("pages-1.img changed since the dump"), "{e}");
                 assert!(
                     process_state(pid).is_none(),
@@ -411,8 +439,13 @@ pub fn images_rewritten_while_restoring(ctx: &mut Ctx) -> String {
                 intact += 1;
             }
         }
+        while_writing = !while_writing;
     }
-    stop.store(true, Ordering::Relaxed);
+    stop.store(true, Ordering::SeqCst);
     let writes = writer.join().unwrap();
-    format!("{writes} rewrites: {refused} restores refused, {intact} restored intact")
+    format!(
+        "{writes} rewrites: {rewriting} restores while rewriting, {refused} refused; {intact} \
+         restored intact (those with the file held as signed, and any that came through the \
+         rewrites unchanged)"
+    )
 }
