@@ -169,13 +169,44 @@ pub(crate) fn restore(
     if !verified.meta.pid_namespace {
         wait_ids_free(&verified.tree, verified.meta.shell_job, settings.wait)?;
     }
-    let pid = run_criu(&verified, settings)?;
+    let pid = match run_criu(&verified, settings) {
+        // a pid or thread id of the images was taken between the check and
+        // CRIU's clone (any process may start meanwhile): checked and tried
+        // once more, as the id is usually that of a short-lived process
+        Err(RestoreError::Criu { message, log })
+            if !verified.meta.pid_namespace && id_taken_meanwhile(&message) =>
+        {
+            log::warn!(
+                "restore: {message} (an id of the images was taken after they were checked; \
+                 see {}): checking the ids again and trying once more",
+                log.display()
+            );
+            wait_ids_free(
+                &verified.tree,
+                verified.meta.shell_job,
+                settings.wait.max(RETRY_WAIT),
+            )?;
+            run_criu(&verified, settings)?
+        }
+        other => other?,
+    };
     Ok(Restored {
         pid,
         uid: verified.meta.uid,
         verify: verify_time,
         total: started.elapsed(),
     })
+}
+
+/// How long a restore whose id was taken meanwhile waits for it again.
+const RETRY_WAIT: Duration = Duration::from_secs(5);
+
+/// Whether CRIU failed because a pid or thread id of the images was in use
+/// when it cloned the task (`EEXIST`), after [`wait_ids_free`] had found
+/// it free.
+fn id_taken_meanwhile(message: &str) -> bool {
+    (message.contains("Can't fork for") && message.contains("File exists"))
+        || message.contains("Unable to create a thread: -17")
 }
 
 /// Opens an images directory given by path (the operator's command line),

@@ -1,0 +1,113 @@
+//! A restore whose pid is taken after the check: `selfdump restore` checks
+//! that the images' ids are free, but any process may take one before
+//! CRIU clones the task (CRIU then fails with "Can't fork for PID: File
+//! exists"). The restore says so, waits for the id again and tries once
+//! more. Alone in its test binary: it steers the kernel's next pid
+//! (`ns_last_pid`), which would disturb tests running beside it.
+
+mod common;
+
+use common::*;
+use std::process::Command;
+use std::time::Duration;
+
+/// The children of `parent`.
+fn own_children_of(parent: i32) -> Vec<i32> {
+    std::fs::read_dir("/proc")
+        .unwrap()
+        .flatten()
+        .filter_map(|p| p.file_name().to_str()?.parse::<i32>().ok())
+        .filter(|&pid| {
+            std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|stat| {
+                stat.rsplit_once(')')
+                    .and_then(|(_, rest)| rest.split_whitespace().nth(1)?.parse::<i32>().ok())
+                    == Some(parent)
+            })
+        })
+        .collect()
+}
+
+/// A process started with `pid` (by `ns_last_pid`), or `None` if another
+/// process took that pid first (tried again by the caller).
+fn squat(pid: i32) -> Option<std::process::Child> {
+    std::fs::write("/proc/sys/kernel/ns_last_pid", (pid - 1).to_string()).ok()?;
+    let mut child = Command::new("sleep").arg("600").spawn().unwrap();
+    if child.id() as i32 == pid {
+        return Some(child);
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+    None
+}
+
+#[test]
+fn a_pid_taken_after_the_check_is_waited_for_and_the_restore_tried_again() {
+    use std::io::BufRead;
+    let service = Service::start();
+    let (images, program) = checkpoint_and_kill(&service, 0);
+    let pid = program.pid;
+    assert!(
+        poll_for(Duration::from_secs(10), || process_state(pid).is_none()),
+        "the original is gone"
+    );
+    // CRIU starts 3 s after the ids were found free: the pid is taken then
+    let (_wrap, slow) = slow_criu(3);
+    let mut restore = Command::new(selfdump_bin())
+        .args(["restore", "--wait", "60", "--criu"])
+        .arg(&slow.path)
+        .arg(images.path())
+        .env("RUST_LOG", "warn")
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    // (the wrapper runs once the ids were checked: a child of the restore
+    // named after its script)
+    let restorer = restore.id() as i32;
+    let mut wrapper = None;
+    assert!(
+        poll_for(Duration::from_secs(30), || {
+            wrapper = own_children_of(restorer)
+                .into_iter()
+                .find(|&child| comm(child).as_deref() == Some("slow-criu"));
+            wrapper.is_some()
+        }),
+        "the restore never started CRIU"
+    );
+    let mut squatter = (0..100).find_map(|_| squat(pid));
+    let Some(squatter) = squatter.as_mut() else {
+        kill_and_reap(wrapper.unwrap());
+        let _ = restore.kill();
+        let _ = restore.wait();
+        eprintln!(
+            "SKIPPED: could not start a process with pid {pid} through ns_last_pid (another \
+             process took it first, or this namespace does not allow it); the retry is not \
+             exercised"
+        );
+        return;
+    };
+    // the first CRIU fails on the taken pid; the restore says it tries again
+    let stderr = std::io::BufReader::new(restore.stderr.take().unwrap());
+    let mut said = String::new();
+    for line in stderr.lines() {
+        let line = line.unwrap();
+        said.push_str(&line);
+        said.push('\n');
+        if line.contains("trying once more") {
+            break;
+        }
+    }
+    assert!(said.contains("trying once more"), "{said}");
+    assert!(said.contains(&format!("{pid}")), "names the pid: {said}");
+    // the pid is freed while the restore waits: the second CRIU restores
+    let _ = squatter.kill();
+    let _ = squatter.wait();
+    let out = restore.wait_with_output().unwrap();
+    assert!(out.status.success(), "{said}");
+    let restored: i32 = String::from_utf8_lossy(&out.stdout).trim().parse().unwrap();
+    assert_eq!(restored, pid);
+    wait_for_line(&program.log, "the restored copy", |l| {
+        l.starts_with("checkpoint restored: ")
+    });
+    kill_and_reap(restored);
+}
