@@ -172,16 +172,7 @@ fn shutdown_mid_dump_finishes_the_dump_and_refuses_newcomers() {
         None,
     );
     first.wait_for("count 1", |l| l == "count 1");
-    // its dump is under way: the service makes the staging directory once
-    // the dump holds its slots, before it starts the (slowed-down) CRIU
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while staging_dirs(first_dir.path()).is_empty() {
-        assert!(
-            Instant::now() < deadline,
-            "the first dump was never admitted"
-        );
-        std::thread::sleep(Duration::from_millis(2));
-    }
+    wait_admitted(first_dir.path()); // its dump is under way
     let asked = Instant::now();
     server.stop.shutdown();
     assert!(server.stop.is_shutdown());

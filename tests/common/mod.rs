@@ -654,3 +654,13 @@ pub fn comm(pid: i32) -> Option<String> {
         .ok()
         .map(|c| c.trim_end().to_owned())
 }
+
+/// Waits until a dump into `images` holds its slots: the service makes the
+/// staging directory then, before it starts CRIU.
+pub fn wait_admitted(images: &Path) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while staging_dirs(images).is_empty() {
+        assert!(Instant::now() < deadline, "the dump was never admitted");
+        std::thread::sleep(Duration::from_millis(2));
+    }
+}
