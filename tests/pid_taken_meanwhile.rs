@@ -30,8 +30,17 @@ fn own_children_of(parent: i32) -> Vec<i32> {
 /// A process started with `pid` (by `ns_last_pid`), or `None` if another
 /// process took that pid first (tried again by the caller).
 fn squat(pid: i32) -> Option<std::process::Child> {
-    std::fs::write("/proc/sys/kernel/ns_last_pid", (pid - 1).to_string()).ok()?;
+    const LAST_PID: &str = "/proc/sys/kernel/ns_last_pid";
+    std::fs::write(LAST_PID, (pid - 1).to_string()).ok()?;
     let mut child = Command::new("sleep").arg("600").spawn().unwrap();
+    // the next ids are the images' thread ids: steer this process's next
+    // threads (and anyone's next process) away from them
+    let pid_max: i32 = read("/proc/sys/kernel/pid_max".as_ref())
+        .trim()
+        .parse()
+        .unwrap();
+    let away = if pid + 200 < pid_max { pid + 200 } else { 300 };
+    let _ = std::fs::write(LAST_PID, away.to_string());
     if child.id() as i32 == pid {
         return Some(child);
     }
@@ -87,24 +96,32 @@ fn a_pid_taken_after_the_check_is_waited_for_and_the_restore_tried_again() {
         return;
     };
     // the first CRIU fails on the taken pid; the restore says it tries again
+    let (lines, said) = std::sync::mpsc::channel();
     let stderr = std::io::BufReader::new(restore.stderr.take().unwrap());
-    let mut said = String::new();
-    for line in stderr.lines() {
-        let line = line.unwrap();
-        said.push_str(&line);
-        said.push('\n');
-        if line.contains("trying once more") {
-            break;
+    let reader = std::thread::spawn(move || {
+        let mut all = String::new();
+        for line in stderr.lines().map_while(Result::ok) {
+            all.push_str(&line);
+            all.push('\n');
+            let _ = lines.send(line);
         }
-    }
-    assert!(said.contains("trying once more"), "{said}");
-    assert!(said.contains(&format!("{pid}")), "names the pid: {said}");
+        all
+    });
+    let warned = said
+        .iter()
+        .find(|l| l.contains("trying once more"))
+        .unwrap_or_default();
     // the pid is freed while the restore waits: the second CRIU restores
     let _ = squatter.kill();
     let _ = squatter.wait();
-    let out = restore.wait_with_output().unwrap();
-    assert!(out.status.success(), "{said}");
-    let restored: i32 = String::from_utf8_lossy(&out.stdout).trim().parse().unwrap();
+    let status = restore.wait().unwrap();
+    let mut out = String::new();
+    std::io::Read::read_to_string(&mut restore.stdout.take().unwrap(), &mut out).unwrap();
+    let all = reader.join().unwrap();
+    assert!(warned.contains("trying once more"), "{all}");
+    assert!(warned.contains(&format!("{pid}")), "names the pid: {all}");
+    assert!(status.success(), "{all}");
+    let restored: i32 = out.trim().parse().unwrap();
     assert_eq!(restored, pid);
     wait_for_line(&program.log, "the restored copy", |l| {
         l.starts_with("checkpoint restored: ")
