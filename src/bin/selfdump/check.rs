@@ -81,22 +81,16 @@ pub(crate) fn check_cmd(mut parser: lexopt::Parser) -> Res<ExitCode> {
     // the first four decide; what follows (dumps of non-root callers) is
     // a note on what works here
     let (core, notes) = findings.split_at(findings.len().min(4));
+    let show = |f: &check::Finding, not_ok: &str| {
+        let mark = if f.ok { "ok  " } else { not_ok };
+        println!("{mark} {:<40} {}", f.what, f.detail);
+    };
     for f in core {
-        println!(
-            "{} {:<40} {}",
-            if f.ok { "ok  " } else { "FAIL" },
-            f.what,
-            f.detail
-        );
+        show(f, "FAIL");
     }
     let ok = core.iter().all(|f| f.ok) && core.len() == 4;
     for f in notes {
-        println!(
-            "{} {:<40} {}",
-            if f.ok { "ok  " } else { "NOTE" },
-            f.what,
-            f.detail
-        );
+        show(f, "NOTE");
     }
     let root_only = notes.iter().any(|f| !f.ok);
     println!(
