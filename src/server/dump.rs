@@ -4,8 +4,10 @@ use super::Shared;
 use super::as_caller::CallerCreds;
 use super::config::FROZEN_NOTICE_TIMEOUT;
 use super::connection::send;
+use super::engine::run_as::RunAs;
 use super::engine::{
-    CriuFlags, DumpHooks, DumpSpec, Dumped, EngineError, FrozenVerdict, without_forks,
+    CriuFlags, DumpHooks, DumpSpec, Dumped, EngineError, FrozenVerdict, NonRootEngine, Worker,
+    without_forks,
 };
 use super::images::{ImageMeta, Published};
 use super::jobs::{Jobs, Running};
@@ -80,7 +82,8 @@ pub(super) async fn checkpoint(
     };
     let job = reservation.job.id;
     let images_dir = dir.try_clone().ok();
-    let (staging, criu_dir) = match stage(shared, job, &caller, dir).await {
+    let as_caller = criu_runs_as_caller(shared, &caller);
+    let (staging, criu_dir) = match stage(shared, job, &caller, dir, as_caller).await {
         Ok(staged) => staged,
         Err(answer) => {
             reservation.release_job();
@@ -89,9 +92,14 @@ pub(super) async fn checkpoint(
     };
     let root_pid = ns_init.as_ref().map_or(peer.pid, |init| init.peer.pid);
     log::info!(
-        "job {job}: dumping pid {} (uid {}) {options:?} shell_job={shell_job}{}",
+        "job {job}: dumping pid {} (uid {}, by {}) {options:?} shell_job={shell_job}{}",
         peer.pid,
         caller.uid(),
+        if as_caller {
+            "a CRIU running as the caller"
+        } else {
+            "root's CRIU"
+        },
         match &ns_init {
             Some(init) => format!(", its whole pid namespace from init pid {}", init.peer.pid),
             None => String::new(),
@@ -120,11 +128,12 @@ pub(super) async fn checkpoint(
         options,
         shell_job,
     };
-    let dumped = freeze(shared, &spec, &mut hooks).await;
+    let criu_as = as_caller.then(|| run_as(&caller));
+    let dumped = freeze(shared, &spec, criu_as.as_ref(), &mut hooks).await;
     drop(criu_dir);
     log::debug!("job {job}: criu done at {:?}", received.elapsed());
     let reply = std::mem::replace(&mut hooks.reply, ReplyTo::Job);
-    let outcome = conclude(hooks, dumped, job, caller.uid(), received).await;
+    let outcome = conclude(hooks, dumped, job, caller.uid(), as_caller, received).await;
     log::info!("job {job}: {}", outcome.summary());
     deliver(&mut reservation, reply, outcome).await;
     tidy(shared, images_dir, job);
@@ -142,6 +151,16 @@ async fn admit_request(
     options: DumpOptions,
 ) -> Result<(Caller, bool, Option<NsInit>), Refused> {
     let caller = admit(shared, peer, dir)?;
+    if caller.uid() != 0
+        && let NonRootEngine::Refused(why) = &shared.non_root
+    {
+        let m = format!(
+            "this service cannot run CRIU as your uid ({why}), and it is set to refuse \
+             non-root checkpoints rather than have root's CRIU dump them (its operator can \
+             allow that: `selfdump serve --non-root-fallback root`)"
+        );
+        return Err(Refused::new(RefusalKind::Unsupported, m));
+    }
     let ns_init = super::pidns::dump_root(peer, &caller).map_err(Refused::not_permitted)?;
     if let Some(Err(m)) = ns_init.as_ref().map(super::pidns::NsInit::check_session) {
         return Err(Refused::new(RefusalKind::Unsupported, m));
@@ -237,16 +256,23 @@ async fn stage(
     job: JobId,
     caller: &Caller,
     dir: OwnedFd,
+    as_caller: bool,
 ) -> Result<(Staging, OwnedFd), Response> {
     let creds = CallerCreds::of(caller);
     let key = shared.key.clone();
-    let staging = blocking::unblock(move || Staging::create(dir, job, creds, key))
-        .await
-        .map_err(|e| {
-            Refused::bad_directory(format!(
-                "cannot create a directory in the images directory: {e}"
-            ))
-        })?;
+    let staging = blocking::unblock(move || {
+        let mut staging = Staging::create(dir, job, creds, key)?;
+        if as_caller {
+            staging.for_criu_as_caller()?;
+        }
+        Ok::<_, std::io::Error>(staging)
+    })
+    .await
+    .map_err(|e| {
+        Refused::bad_directory(format!(
+            "cannot create a directory in the images directory: {e}"
+        ))
+    })?;
     let criu_dir = staging
         .dir()
         .try_clone_to_owned()
@@ -275,13 +301,41 @@ fn image_meta(
     meta
 }
 
-/// CRIU dumps the tree, calling `hooks` while it is frozen.
+/// Whether the caller's tree is dumped by a CRIU that runs as the caller
+/// (see the module docs of `engine`): a non-root caller, where CRIU can.
+fn criu_runs_as_caller(shared: &Shared, caller: &Caller) -> bool {
+    caller.uid() != 0 && matches!(shared.non_root, NonRootEngine::AsCaller(_))
+}
+
+/// Who a CRIU that runs as the caller is: the caller's ids and groups
+/// (admitted callers have all their ids equal).
+fn run_as(caller: &Caller) -> RunAs {
+    RunAs {
+        uid: caller.uid(),
+        gid: caller.gids[1],
+        groups: caller.groups.clone(),
+    }
+}
+
+/// CRIU dumps the tree, calling `hooks` while it is frozen: root's CRIU
+/// (a worker started ahead if one is ready), or one started now as
+/// `criu_as`, inheriting the directory it dumps into.
 async fn freeze(
     shared: &Shared,
     spec: &DumpSpec<'_>,
+    criu_as: Option<&RunAs>,
     hooks: &mut Hooks<'_>,
 ) -> Result<Dumped, EngineError> {
-    match shared.workers.take() {
+    let worker = match criu_as {
+        None => shared.workers.take(),
+        Some(user) => Worker::start_as(
+            &shared.config.criu,
+            user,
+            Some(spec.images_dir),
+            shared.non_root.runtime_dir(),
+        ),
+    };
+    match worker {
         Ok(worker) => worker.dump(spec, shared.config.dump_timeout, hooks).await,
         Err(e) => Err(EngineError::Io(e)),
     }
@@ -294,6 +348,7 @@ async fn conclude(
     dumped: Result<Dumped, EngineError>,
     job: JobId,
     uid: u32,
+    as_caller: bool,
     received: Instant,
 ) -> Outcome {
     let Hooks {
@@ -309,7 +364,7 @@ async fn conclude(
             let (log_file, logged) = blocking::unblock(move || staging.discard()).await;
             return Outcome::Failed {
                 job: Some(job),
-                message: failure_message(&e, logged, uid),
+                message: failure_message(&e, logged, uid, as_caller),
                 log_file,
             };
         }
@@ -341,19 +396,32 @@ async fn conclude(
 }
 
 /// Why a dump failed, for its caller: CRIU's first logged error (`logged`)
-/// or message, with a capability the service lacks named first.
-fn failure_message(e: &EngineError, logged: Option<String>, uid: u32) -> String {
+/// or message, with a capability root's CRIU lacks named first. A CRIU
+/// that ran as the caller (`as_caller`) needs no capability of the
+/// caller's uid; its death or time-out may be the caller's own doing.
+fn failure_message(e: &EngineError, logged: Option<String>, uid: u32, as_caller: bool) -> String {
+    let logged = || {
+        logged
+            .as_deref()
+            .or(match e {
+                EngineError::Failed(errmsg) => errmsg.as_deref(),
+                _ => None,
+            })
+            .unwrap_or("no error logged")
+            .to_owned()
+    };
     match e {
-        EngineError::Failed(errmsg) => format!(
+        EngineError::Failed(_) if as_caller => format!("criu dump failed: {}", logged()),
+        EngineError::Failed(_) => format!(
             "criu dump failed: {}",
-            super::caps::explain_dump_failure(
-                logged
-                    .as_deref()
-                    .or(errmsg.as_deref())
-                    .unwrap_or("no error logged"),
-                uid
-            )
+            super::caps::explain_dump_failure(&logged(), uid)
         ),
+        EngineError::Died | EngineError::Killed(_) | EngineError::TimedOut(_) if as_caller => {
+            format!(
+                "{e}; the CRIU that dumped you ran as your uid {uid}, so any process of that \
+                 uid may signal, stop or limit it (that fails this dump and nothing else)"
+            )
+        }
         _ => e.to_string(),
     }
 }

@@ -9,9 +9,11 @@
 //! `.selfdump-*` entry that is a directory of root's, mode 0700, and that
 //! can be locked, belongs to no running dump. Callers cannot open such a
 //! directory, so they cannot hold its lock, and they cannot create one.
-//! Only its direct entries are removed (a subdirectory means it is not a
-//! staging directory, and it is left alone), through the directory's fd:
-//! nothing is looked up by path below the caller's directory.
+//! Only its direct entries are removed, and those of the caller's directory
+//! a CRIU running as the caller wrote into (`subdir::CALLERS_DIR`, files
+//! only), through the directories' fds: nothing is looked up by path below
+//! the caller's directory. Any other subdirectory means it is not a staging
+//! directory, and it is left alone.
 //!
 //! The directory itself is then removed by name, as root, and stays root's
 //! until then: the CRIU of the dead service may still be writing into it
@@ -21,6 +23,7 @@
 //! directory, and to put one under this name the caller must have had the
 //! right to remove it.
 
+use super::subdir::CALLERS_DIR;
 use rustix::fs::{AtFlags, Dir, FileType, FlockOperation, OFlags};
 use std::io;
 use std::os::fd::AsFd;
@@ -80,11 +83,39 @@ fn remove_if_stale(parent: impl AsFd, name: &str) -> io::Result<bool> {
             continue;
         }
         if entry.file_type() == FileType::Directory {
-            return Ok(false);
+            if file != CALLERS_DIR || !empty_callers_dir(&dir)? {
+                return Ok(false);
+            }
+            rustix::fs::unlinkat(&dir, file.as_str(), AtFlags::REMOVEDIR)?;
+            continue;
         }
         rustix::fs::unlinkat(&dir, file.as_str(), AtFlags::empty())?;
     }
     rustix::fs::unlinkat(parent, name, AtFlags::REMOVEDIR)?;
+    Ok(true)
+}
+
+/// Removes the files of the caller's directory nested in a stale staging
+/// directory (reached through the staging directory's fd, which only root
+/// can change); `false` if it holds anything else than files.
+fn empty_callers_dir(staging: &impl AsFd) -> io::Result<bool> {
+    let dir = rustix::fs::openat(
+        staging,
+        CALLERS_DIR,
+        OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC | OFlags::RDONLY,
+        rustix::fs::Mode::empty(),
+    )?;
+    for entry in Dir::read_from(&dir)? {
+        let entry = entry?;
+        let name = entry.file_name().to_string_lossy().into_owned();
+        if name == "." || name == ".." {
+            continue;
+        }
+        if entry.file_type() == FileType::Directory {
+            return Ok(false);
+        }
+        rustix::fs::unlinkat(&dir, name.as_str(), AtFlags::empty())?;
+    }
     Ok(true)
 }
 
@@ -114,16 +145,29 @@ mod tests {
         std::os::unix::fs::chown(&foreign, Some(65534), None).unwrap();
         let loose = staging_like(parent.path(), ".selfdump-eeee-1");
         std::fs::set_permissions(&loose, std::fs::Permissions::from_mode(0o755)).unwrap();
+        let nested = staging_like(parent.path(), ".selfdump-abab-1");
+        std::fs::create_dir(nested.join("criu")).unwrap();
+        std::fs::write(nested.join("criu/pages-1.img"), b"partial").unwrap();
+        std::os::unix::fs::chown(nested.join("criu"), Some(65534), Some(65534)).unwrap();
+        let other_subdir = staging_like(parent.path(), ".selfdump-acac-1");
+        std::fs::create_dir(other_subdir.join("other")).unwrap();
         let target = staging_like(parent.path(), "elsewhere");
         std::os::unix::fs::symlink(&target, parent.path().join(".selfdump-ffff-1")).unwrap();
         let held = std::fs::File::open(&live).unwrap();
         rustix::fs::flock(&held, FlockOperation::LockExclusive).unwrap();
 
         let dir = std::fs::File::open(parent.path()).unwrap();
-        let removed = remove_stale_staging(&dir, "cccc");
-        assert_eq!(removed, vec![".selfdump-aaaa-1".to_string()]);
-        assert!(!stale.exists());
-        for kept in [&live, &own, &foreign, &loose, &target] {
+        let mut removed = remove_stale_staging(&dir, "cccc");
+        removed.sort();
+        assert_eq!(
+            removed,
+            vec![
+                ".selfdump-aaaa-1".to_string(),
+                ".selfdump-abab-1".to_string()
+            ]
+        );
+        assert!(!stale.exists() && !nested.exists());
+        for kept in [&live, &own, &foreign, &loose, &target, &other_subdir] {
             assert!(kept.join("pages-1.img").exists(), "{kept:?} must stay");
         }
 

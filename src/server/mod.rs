@@ -13,6 +13,7 @@ mod as_caller;
 mod builder;
 pub mod caps;
 pub mod check;
+mod check_non_root;
 mod config;
 mod connection;
 pub mod copies;
@@ -45,7 +46,7 @@ mod tree;
 mod verified_images;
 
 pub use builder::Builder;
-pub use engine::{Criu, SpawnGuard, spawn_guard};
+pub use engine::{Criu, NonRootFallback, SpawnGuard, spawn_guard};
 pub use error::Error;
 pub use jobs::{MAX_RESULTS, MAX_RESULTS_PER_UID};
 pub use policy::{CallerInfo, Policy};
