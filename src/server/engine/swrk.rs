@@ -162,7 +162,9 @@ impl fmt::Display for EngineError {
 /// A signal's name, for messages.
 fn signal_name(signal: i32) -> String {
     match rustix::process::Signal::from_named_raw(signal) {
-        Some(s) => format!("{s:?}").replace("Signal::", "SIG"),
+        Some(s) => format!("{s:?}")
+            .trim_matches('"')
+            .replace("Signal::", "SIG"),
         None => format!("signal {signal}"),
     }
 }
