@@ -4,6 +4,7 @@ use super::Shared;
 use super::as_caller::CallerCreds;
 use super::config::FROZEN_NOTICE_TIMEOUT;
 use super::connection::send;
+use super::dump_failure::failure_message;
 use super::engine::run_as::RunAs;
 use super::engine::{
     CriuFlags, DumpHooks, DumpSpec, Dumped, EngineError, FrozenVerdict, NonRootEngine, Worker,
@@ -133,7 +134,7 @@ pub(super) async fn checkpoint(
     drop(criu_dir);
     log::debug!("job {job}: criu done at {:?}", received.elapsed());
     let reply = std::mem::replace(&mut hooks.reply, ReplyTo::Job);
-    let outcome = conclude(hooks, dumped, job, caller.uid(), as_caller, received).await;
+    let outcome = conclude(hooks, dumped, job, as_caller, received).await;
     log::info!("job {job}: {}", outcome.summary());
     deliver(&mut reservation, reply, outcome).await;
     tidy(shared, images_dir, job);
@@ -347,7 +348,6 @@ async fn conclude(
     hooks: Hooks<'_>,
     dumped: Result<Dumped, EngineError>,
     job: JobId,
-    uid: u32,
     as_caller: bool,
     received: Instant,
 ) -> Outcome {
@@ -355,6 +355,9 @@ async fn conclude(
         staging,
         meta,
         saved,
+        peer,
+        root,
+        caller,
         ..
     } = hooks;
     let staging = staging.into_inner();
@@ -362,9 +365,10 @@ async fn conclude(
         Ok(dumped) => dumped,
         Err(e) => {
             let (log_file, logged) = blocking::unblock(move || staging.discard()).await;
+            let tree = as_caller.then(|| root.unwrap_or(peer));
             return Outcome::Failed {
                 job: Some(job),
-                message: failure_message(&e, logged, uid, as_caller),
+                message: failure_message(&e, logged, caller, tree),
                 log_file,
             };
         }
@@ -392,37 +396,6 @@ async fn conclude(
             Some(job),
             format!("dump succeeded but saving the images failed: {e}"),
         ),
-    }
-}
-
-/// Why a dump failed, for its caller: CRIU's first logged error (`logged`)
-/// or message, with a capability root's CRIU lacks named first. A CRIU
-/// that ran as the caller (`as_caller`) needs no capability of the
-/// caller's uid; its death or time-out may be the caller's own doing.
-fn failure_message(e: &EngineError, logged: Option<String>, uid: u32, as_caller: bool) -> String {
-    let logged = || {
-        logged
-            .as_deref()
-            .or(match e {
-                EngineError::Failed(errmsg) => errmsg.as_deref(),
-                _ => None,
-            })
-            .unwrap_or("no error logged")
-            .to_owned()
-    };
-    match e {
-        EngineError::Failed(_) if as_caller => format!("criu dump failed: {}", logged()),
-        EngineError::Failed(_) => format!(
-            "criu dump failed: {}",
-            super::caps::explain_dump_failure(&logged(), uid)
-        ),
-        EngineError::Died | EngineError::Killed(_) | EngineError::TimedOut(_) if as_caller => {
-            format!(
-                "{e}; the CRIU that dumped you ran as your uid {uid}, so any process of that \
-                 uid may signal, stop or limit it (that fails this dump and nothing else)"
-            )
-        }
-        _ => e.to_string(),
     }
 }
 

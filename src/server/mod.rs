@@ -18,6 +18,7 @@ mod config;
 mod connection;
 pub mod copies;
 mod dump;
+mod dump_failure;
 mod engine;
 mod error;
 pub mod images;
@@ -57,6 +58,7 @@ pub use shutdown::ShutdownHandle;
 /// part of the API, and they change without notice.
 #[doc(hidden)]
 pub mod internals {
+    pub use super::engine::run_as::RunAs;
     pub use super::engine::{
         DumpHooks, DumpSpec, Dumped, EngineError, FrozenVerdict, Worker, kdat, rpc,
     };

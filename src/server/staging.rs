@@ -357,3 +357,7 @@ impl Staging {
 #[cfg(test)]
 #[path = "staging_tests.rs"]
 mod tests;
+
+#[cfg(test)]
+#[path = "staging_as_caller_tests.rs"]
+mod as_caller_tests;

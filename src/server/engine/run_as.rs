@@ -19,10 +19,13 @@ const PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin
 
 /// Who a CRIU runs as.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub(crate) struct RunAs {
-    pub(crate) uid: u32,
-    pub(crate) gid: u32,
-    pub(crate) groups: Vec<u32>,
+pub struct RunAs {
+    /// Its real, effective and saved uid.
+    pub uid: u32,
+    /// Its real, effective and saved gid.
+    pub gid: u32,
+    /// Its supplementary groups.
+    pub groups: Vec<u32>,
 }
 
 /// What a CRIU started [`RunAs`] a user keeps.

@@ -61,7 +61,7 @@ impl Worker {
     /// [`engine`](super)). It inherits `images_dir`, the one directory it
     /// may dump into, and finds CRIU's kernel-feature cache for
     /// unprivileged runs in `runtime_dir` (see [`kdat`](super::kdat)).
-    pub(crate) fn start_as(
+    pub fn start_as(
         criu: &Criu,
         user: &RunAs,
         images_dir: Option<BorrowedFd<'_>>,
