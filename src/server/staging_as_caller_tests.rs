@@ -18,7 +18,10 @@ fn nobody() -> CallerCreds {
 /// A staging directory for nobody's CRIU in a directory of nobody's.
 fn staging() -> Option<(tempfile::TempDir, PathBuf, Staging, Key)> {
     if !rustix::process::geteuid().is_root() {
-        eprintln!("SKIPPED: needs root (staging directories are root's)");
+        crate::test_skip::skip(
+            crate::test_skip::Limit::NotRoot,
+            "staging directories are root's",
+        );
         return None;
     }
     let base = tempfile::tempdir().unwrap();

@@ -3,6 +3,11 @@
 //! kill, reap and restore it. Everything runs against the real CRIU.
 #![allow(dead_code)]
 
+#[path = "../support/skip.rs"]
+pub mod skip;
+#[allow(unused_imports)]
+pub use skip::{Limit, skip};
+
 use selfdump::server::{Builder, Criu, Server, check::find_criu};
 use std::fs::{File, OpenOptions};
 use std::io::Read;
