@@ -1,5 +1,5 @@
-//! 5. What least privilege costs: a non-root checkpoint (its CRIU runs as
-//! the caller, started for the dump) against a root one of the same
+//! Part 5, what least privilege costs: a non-root checkpoint (its CRIU runs
+//! as the caller, started for the dump) against a root one of the same
 //! program, through the service, in turns in one run; root's with a warm
 //! worker (the service's default) and without one (started on demand, as
 //! every non-root CRIU is). Then two parts of the difference, by the

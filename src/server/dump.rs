@@ -83,7 +83,9 @@ pub(super) async fn checkpoint(
     };
     let job = reservation.job.id;
     let images_dir = dir.try_clone().ok();
-    let as_caller = criu_runs_as_caller(shared, &caller);
+    // admitted callers have all their ids equal
+    let criu_as = (shared.non_root).criu_for(caller.uid(), caller.gids[1], &caller.groups);
+    let as_caller = criu_as.is_some();
     let (staging, criu_dir) = match stage(shared, job, &caller, dir, as_caller).await {
         Ok(staged) => staged,
         Err(answer) => {
@@ -129,7 +131,6 @@ pub(super) async fn checkpoint(
         options,
         shell_job,
     };
-    let criu_as = as_caller.then(|| run_as(&caller));
     let dumped = freeze(shared, &spec, criu_as.as_ref(), &mut hooks).await;
     drop(criu_dir);
     log::debug!("job {job}: criu done at {:?}", received.elapsed());
@@ -300,22 +301,6 @@ fn image_meta(
     };
     CriuFlags::for_dump(&options, shell_job).record(&mut meta);
     meta
-}
-
-/// Whether the caller's tree is dumped by a CRIU that runs as the caller
-/// (see the module docs of `engine`): a non-root caller, where CRIU can.
-fn criu_runs_as_caller(shared: &Shared, caller: &Caller) -> bool {
-    caller.uid() != 0 && matches!(shared.non_root, NonRootEngine::AsCaller(_))
-}
-
-/// Who a CRIU that runs as the caller is: the caller's ids and groups
-/// (admitted callers have all their ids equal).
-fn run_as(caller: &Caller) -> RunAs {
-    RunAs {
-        uid: caller.uid(),
-        gid: caller.gids[1],
-        groups: caller.groups.clone(),
-    }
 }
 
 /// CRIU dumps the tree, calling `hooks` while it is frozen: root's CRIU

@@ -56,6 +56,16 @@ impl NonRootEngine {
         }
     }
 
+    /// Who the CRIU that dumps a caller of these ids runs as: the caller
+    /// itself when it is not root and CRIU can run as it; `None` for root's CRIU.
+    pub(crate) fn criu_for(&self, uid: u32, gid: u32, groups: &[u32]) -> Option<RunAs> {
+        (uid != 0 && matches!(self, Self::AsCaller(_))).then(|| RunAs {
+            uid,
+            gid,
+            groups: groups.to_vec(),
+        })
+    }
+
     /// The `XDG_RUNTIME_DIR` of CRIUs run as a caller, when the cache is there.
     pub(crate) fn runtime_dir(&self) -> Option<&'static Path> {
         match self {
