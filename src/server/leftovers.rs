@@ -13,7 +13,8 @@
 //! a CRIU running as the caller wrote into (`subdir::CALLERS_DIR`, files
 //! only), through the directories' fds: nothing is looked up by path below
 //! the caller's directory. Any other subdirectory means it is not a staging
-//! directory, and it is left alone.
+//! directory, and it is left alone, whole (it is looked at before anything
+//! in it is removed).
 //!
 //! The directory itself is then removed by name, as root, and stays root's
 //! until then: the CRIU of the dead service may still be writing into it
@@ -76,47 +77,60 @@ fn remove_if_stale(parent: impl AsFd, name: &str) -> io::Result<bool> {
     if rustix::fs::flock(&dir, FlockOperation::NonBlockingLockExclusive).is_err() {
         return Ok(false); // a running dump's
     }
-    for entry in Dir::read_from(&dir)? {
-        let entry = entry?;
-        let file = entry.file_name().to_string_lossy().into_owned();
-        if file == "." || file == ".." {
-            continue;
-        }
-        if entry.file_type() == FileType::Directory {
-            if file != CALLERS_DIR || !empty_callers_dir(&dir)? {
+    // looked at whole before anything goes: a directory that is not a
+    // staging directory is left as it was
+    let entries = typed_entries(&dir)?;
+    let nested = entries
+        .iter()
+        .any(|(n, t)| *t == FileType::Directory && n == CALLERS_DIR);
+    if entries
+        .iter()
+        .any(|(n, t)| *t == FileType::Directory && n != CALLERS_DIR)
+    {
+        return Ok(false);
+    }
+    let callers = match nested {
+        false => None,
+        true => {
+            let inner = rustix::fs::openat(
+                &dir,
+                CALLERS_DIR,
+                OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC | OFlags::RDONLY,
+                rustix::fs::Mode::empty(),
+            )?;
+            let files = typed_entries(&inner)?;
+            if files.iter().any(|(_, t)| *t == FileType::Directory) {
                 return Ok(false);
             }
-            rustix::fs::unlinkat(&dir, file.as_str(), AtFlags::REMOVEDIR)?;
-            continue;
+            Some((inner, files))
         }
-        rustix::fs::unlinkat(&dir, file.as_str(), AtFlags::empty())?;
+    };
+    if let Some((inner, files)) = callers {
+        for (file, _) in files {
+            rustix::fs::unlinkat(&inner, file.as_str(), AtFlags::empty())?;
+        }
+        rustix::fs::unlinkat(&dir, CALLERS_DIR, AtFlags::REMOVEDIR)?;
+    }
+    for (file, kind) in entries {
+        if kind != FileType::Directory {
+            rustix::fs::unlinkat(&dir, file.as_str(), AtFlags::empty())?;
+        }
     }
     rustix::fs::unlinkat(parent, name, AtFlags::REMOVEDIR)?;
     Ok(true)
 }
 
-/// Removes the files of the caller's directory nested in a stale staging
-/// directory (reached through the staging directory's fd, which only root
-/// can change); `false` if it holds anything else than files.
-fn empty_callers_dir(staging: &impl AsFd) -> io::Result<bool> {
-    let dir = rustix::fs::openat(
-        staging,
-        CALLERS_DIR,
-        OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC | OFlags::RDONLY,
-        rustix::fs::Mode::empty(),
-    )?;
-    for entry in Dir::read_from(&dir)? {
+/// The entries of a directory (but `.` and `..`) with their types.
+fn typed_entries(dir: &impl AsFd) -> io::Result<Vec<(String, FileType)>> {
+    let mut out = Vec::new();
+    for entry in Dir::read_from(dir)? {
         let entry = entry?;
         let name = entry.file_name().to_string_lossy().into_owned();
-        if name == "." || name == ".." {
-            continue;
+        if name != "." && name != ".." {
+            out.push((name, entry.file_type()));
         }
-        if entry.file_type() == FileType::Directory {
-            return Ok(false);
-        }
-        rustix::fs::unlinkat(&dir, name.as_str(), AtFlags::empty())?;
     }
-    Ok(true)
+    Ok(out)
 }
 
 #[cfg(test)]
