@@ -127,6 +127,7 @@ fn the_callers_criu_runs_as_the_caller_with_one_capability_out_of_its_reach() {
     let service = Service::start_with(allow_nobody);
     let images = nobodys_dir();
     let (program, criu) = held_mid_dump(&service.socket, images.path());
+    let held = Held(criu);
 
     let who = identity(criu);
     eprintln!(
@@ -145,7 +146,6 @@ fn the_callers_criu_runs_as_the_caller_with_one_capability_out_of_its_reach() {
     }
     assert_eq!(field("NoNewPrivs"), "1");
 
-    let held = Held(criu);
     let fds = open_fds_of(criu);
     assert!(
         fds.len() >= 4,
