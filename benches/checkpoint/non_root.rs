@@ -142,26 +142,45 @@ pub fn through_the_service(
 }
 
 /// Medians in ms of starting `criu swrk` (the call: fork, ids, exec) as
-/// root and as nobody, `reps` times each in turns.
-pub fn spawn_costs(criu: &Criu, reps: usize) -> (f64, f64) {
+/// root and as nobody, and of spawning `/bin/true` by `fork` (as any
+/// command with a `pre_exec` step is) and by `posix_spawn` (a `vfork`: no
+/// copy of this process's page tables), `reps` times each in turns.
+pub fn spawn_costs(criu: &Criu, reps: usize) -> [f64; 4] {
     let nobody = RunAs {
         uid: NOBODY,
         gid: NOBODY,
         groups: Vec::new(),
     };
-    let (mut root, mut user) = (Vec::new(), Vec::new());
+    let mut samples: [Vec<f64>; 4] = Default::default();
+    let time = |f: &mut dyn FnMut()| {
+        let started = Instant::now();
+        f();
+        ms(started.elapsed())
+    };
+    let true_by_fork = |fork: bool| {
+        let mut cmd = Command::new("/bin/true");
+        if fork {
+            // SAFETY: the closure does nothing
+            unsafe { cmd.pre_exec(|| Ok(())) };
+        }
+        cmd.spawn().unwrap()
+    };
     for _ in 0..reps {
-        let started = Instant::now();
-        let worker = Worker::start(criu).unwrap();
-        root.push(ms(started.elapsed()));
-        drop(worker);
-        let started = Instant::now();
-        let worker = Worker::start_as(criu, &nobody, None, None).unwrap();
-        user.push(ms(started.elapsed()));
-        drop(worker);
+        let mut workers = Vec::new();
+        samples[0].push(time(&mut || workers.push(Worker::start(criu).unwrap())));
+        samples[1].push(time(&mut || {
+            workers.push(Worker::start_as(criu, &nobody, None, None).unwrap())
+        }));
+        let mut children = Vec::new();
+        samples[2].push(time(&mut || children.push(true_by_fork(true))));
+        samples[3].push(time(&mut || children.push(true_by_fork(false))));
+        drop(workers);
+        for mut child in children {
+            let _ = child.wait();
+        }
         std::thread::sleep(Duration::from_millis(20));
     }
-    (median(root), median(user))
+    samples.map(median)
 }
 
 struct NoHooks;
