@@ -65,8 +65,14 @@
 //! peer's `/proc/<pid>/fd`, which is closed to it). No process of the
 //! caller can reach that directory: not by path (the staging directory is
 //! root's, mode 0700), not through CRIU's `/proc` entries (see above). So
-//! the bytes the service hashes and signs once CRIU has exited are the ones
-//! CRIU wrote, as with root's CRIU. The service still treats that
+//! the bytes the service hashes and signs once CRIU has exited (or, with
+//! "exit after dump", while it waits for the service at `post-dump`) are
+//! the ones CRIU wrote, as with root's CRIU. What the caller's processes
+//! can still steer is what CRIU reads from the caller's own tree (its
+//! memory, what its parasite sends back, through a pipe that another
+//! process of the caller's could reach through the frozen task's `/proc`):
+//! the caller's own state, which it controls anyway, as with root's CRIU.
+//! The service still treats that
 //! directory as the caller's (a CRIU the caller subverted could have put
 //! anything there): it accepts only regular files of the caller's with a
 //! single link, opened without following symlinks or blocking, and hashes
