@@ -9,7 +9,10 @@
 //!    frozen time, plus dump throughput and what `syncfs` costs;
 //! 3. concurrency: 1, 2, 4 and 8 processes checkpointing at once;
 //! 0. (first) whether `criu swrk` workers started ahead of time would help
-//!    (`workers.rs`).
+//!    (`workers.rs`);
+//! 5. least privilege: a non-root checkpoint (CRIU runs as the caller)
+//!    against a root one of the same program, tiny and 256 MiB
+//!    (`non_root.rs`).
 //!
 //! Needs root and CRIU >= 4 (scripts/install-criu.sh). Writes a summary to
 //! `target/selfdump-bench/` (JSON lines and an SVG plot of freeze time
@@ -23,6 +26,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+mod non_root;
 mod plot;
 mod workers;
 
@@ -318,10 +322,83 @@ fn main() {
         let _ = std::fs::remove_dir_all(&dir);
         kdat::remove_cache(&cache);
     }
+    // 5. Least privilege: non-root against root, same program.
+    if run("nonroot") {
+        let cache = kdat::ensure_cache(&criu);
+        least_privilege(&criu, &app, reps, quick, &mut results);
+        kdat::remove_cache(&cache);
+    }
     if had_cache {
         let _ = kdat::ensure_cache(&criu);
     }
     println!("\nresults: {}", out_dir.join("results.jsonl").display());
+}
+
+/// Part 5 (see `non_root.rs`).
+fn least_privilege(criu: &Criu, app: &Path, reps: usize, quick: bool, results: &mut Results) {
+    let work = non_root::work_dir();
+    let (warm, cold) = (work.path().join("warm.sock"), work.path().join("cold.sock"));
+    non_root::serve(criu, &warm, 1);
+    non_root::serve(criu, &cold, 0);
+    println!(
+        "\n5. least privilege: the same program checkpointed by root and by uid 65534 (whose \
+         CRIU runs as itself, started for the dump), in turns; median ms in checkpoint()"
+    );
+    println!(
+        "   {:>5} {:>11} {:>11} {:>9} {:>14} {:>14} {:>18}",
+        "MiB",
+        "root warm",
+        "root cold",
+        "non-root",
+        "non-root/warm",
+        "non-root/cold",
+        "frozen root/nr"
+    );
+    for (mib, n) in [(1, reps), (256, if quick { 2 } else { 5 })] {
+        let c = non_root::through_the_service(app, (&warm, &cold), work.path(), mib, n);
+        let (vs_warm, vs_cold) = (c.non_root / c.root_warm, c.non_root / c.root_cold);
+        println!(
+            "   {mib:>5} {:>11.1} {:>11.1} {:>9.1} {vs_warm:>14.2} {vs_cold:>14.2} {:>8.1}/{:<8.1}",
+            c.root_warm, c.root_cold, c.non_root, c.frozen_root_warm, c.frozen_non_root
+        );
+        results.add(
+            &format!("least_privilege_{mib}mib"),
+            &[
+                ("root_warm_ms", c.root_warm),
+                ("root_cold_ms", c.root_cold),
+                ("non_root_ms", c.non_root),
+                ("ratio_non_root_to_root", vs_warm),
+                ("ratio_non_root_to_root_cold", vs_cold),
+            ],
+        );
+    }
+    let [root_spawn, user_spawn, by_fork, by_vfork] = non_root::spawn_costs(criu, reps);
+    println!(
+        "   starting criu swrk (the call: fork, ids, exec): root {root_spawn:.2} ms, as the \
+         caller {user_spawn:.2} ms; /bin/true by fork {by_fork:.2} ms, by posix_spawn \
+         {by_vfork:.2} ms"
+    );
+    println!(
+        "   (a launcher forked ahead, taking the ids at the last moment, would save the fork \
+         and the switch of ids, at most the call minus an exec; not the exec, CRIU's loading \
+         and start-up, which need the ids first)"
+    );
+    let (with, without) = non_root::unprivileged_cache(criu, app, work.path(), reps);
+    println!(
+        "   a 4 MiB dump by a CRIU started as uid 65534: {with:.1} ms with the unprivileged \
+         kernel-feature cache, {without:.1} ms without"
+    );
+    results.add(
+        "least_privilege_parts",
+        &[
+            ("spawn_root_ms", root_spawn),
+            ("spawn_as_caller_ms", user_spawn),
+            ("spawn_true_fork_ms", by_fork),
+            ("spawn_true_posix_spawn_ms", by_vfork),
+            ("unprivileged_with_cache_ms", with),
+            ("unprivileged_without_cache_ms", without),
+        ],
+    );
 }
 
 #[derive(Debug, Clone, Default)]

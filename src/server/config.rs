@@ -4,7 +4,7 @@
 
 use super::jobs;
 use super::peer;
-use super::{CallerInfo, Criu, Policy};
+use super::{CallerInfo, Criu, NonRootFallback, Policy};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -29,6 +29,7 @@ pub(super) struct Config {
     pub(super) criu: Criu,
     pub(super) policy: Policy,
     pub(super) admit: Option<Admit>,
+    pub(super) non_root_fallback: NonRootFallback,
     /// Limits.
     pub(super) max_dumps: usize,
     pub(super) max_dumps_per_uid: usize,
@@ -49,6 +50,7 @@ impl Default for Config {
             criu: Criu::default(),
             policy: Policy::root_only(),
             admit: None,
+            non_root_fallback: NonRootFallback::default(),
             max_dumps: 8,
             max_dumps_per_uid: 4,
             max_connections: 256,

@@ -4,8 +4,11 @@ use super::Shared;
 use super::as_caller::CallerCreds;
 use super::config::FROZEN_NOTICE_TIMEOUT;
 use super::connection::send;
+use super::dump_failure::failure_message;
+use super::engine::run_as::RunAs;
 use super::engine::{
-    CriuFlags, DumpHooks, DumpSpec, Dumped, EngineError, FrozenVerdict, without_forks,
+    CriuFlags, DumpHooks, DumpSpec, Dumped, EngineError, FrozenVerdict, NonRootEngine, Worker,
+    without_forks,
 };
 use super::images::{ImageMeta, Published};
 use super::jobs::{Jobs, Running};
@@ -80,7 +83,10 @@ pub(super) async fn checkpoint(
     };
     let job = reservation.job.id;
     let images_dir = dir.try_clone().ok();
-    let (staging, criu_dir) = match stage(shared, job, &caller, dir).await {
+    // admitted callers have all their ids equal
+    let criu_as = (shared.non_root).criu_for(caller.uid(), caller.gids[1], &caller.groups);
+    let as_caller = criu_as.is_some();
+    let (staging, criu_dir) = match stage(shared, job, &caller, dir, as_caller).await {
         Ok(staged) => staged,
         Err(answer) => {
             reservation.release_job();
@@ -89,9 +95,14 @@ pub(super) async fn checkpoint(
     };
     let root_pid = ns_init.as_ref().map_or(peer.pid, |init| init.peer.pid);
     log::info!(
-        "job {job}: dumping pid {} (uid {}) {options:?} shell_job={shell_job}{}",
+        "job {job}: dumping pid {} (uid {}, by {}) {options:?} shell_job={shell_job}{}",
         peer.pid,
         caller.uid(),
+        if as_caller {
+            "a CRIU running as the caller"
+        } else {
+            "root's CRIU"
+        },
         match &ns_init {
             Some(init) => format!(", its whole pid namespace from init pid {}", init.peer.pid),
             None => String::new(),
@@ -120,11 +131,11 @@ pub(super) async fn checkpoint(
         options,
         shell_job,
     };
-    let dumped = freeze(shared, &spec, &mut hooks).await;
+    let dumped = freeze(shared, &spec, criu_as.as_ref(), &mut hooks).await;
     drop(criu_dir);
     log::debug!("job {job}: criu done at {:?}", received.elapsed());
     let reply = std::mem::replace(&mut hooks.reply, ReplyTo::Job);
-    let outcome = conclude(hooks, dumped, job, caller.uid(), received).await;
+    let outcome = conclude(hooks, dumped, job, as_caller, received).await;
     log::info!("job {job}: {}", outcome.summary());
     deliver(&mut reservation, reply, outcome).await;
     tidy(shared, images_dir, job);
@@ -142,6 +153,16 @@ async fn admit_request(
     options: DumpOptions,
 ) -> Result<(Caller, bool, Option<NsInit>), Refused> {
     let caller = admit(shared, peer, dir)?;
+    if caller.uid() != 0
+        && let NonRootEngine::Refused(why) = &shared.non_root
+    {
+        let m = format!(
+            "this service cannot run CRIU as your uid ({why}), and it is set to refuse \
+             non-root checkpoints rather than have root's CRIU dump them (its operator can \
+             allow that: `selfdump serve --non-root-fallback root`)"
+        );
+        return Err(Refused::new(RefusalKind::Unsupported, m));
+    }
     let ns_init = super::pidns::dump_root(peer, &caller).map_err(Refused::not_permitted)?;
     if let Some(Err(m)) = ns_init.as_ref().map(super::pidns::NsInit::check_session) {
         return Err(Refused::new(RefusalKind::Unsupported, m));
@@ -237,16 +258,23 @@ async fn stage(
     job: JobId,
     caller: &Caller,
     dir: OwnedFd,
+    as_caller: bool,
 ) -> Result<(Staging, OwnedFd), Response> {
     let creds = CallerCreds::of(caller);
     let key = shared.key.clone();
-    let staging = blocking::unblock(move || Staging::create(dir, job, creds, key))
-        .await
-        .map_err(|e| {
-            Refused::bad_directory(format!(
-                "cannot create a directory in the images directory: {e}"
-            ))
-        })?;
+    let staging = blocking::unblock(move || {
+        let mut staging = Staging::create(dir, job, creds, key)?;
+        if as_caller {
+            staging.for_criu_as_caller()?;
+        }
+        Ok::<_, std::io::Error>(staging)
+    })
+    .await
+    .map_err(|e| {
+        Refused::bad_directory(format!(
+            "cannot create a directory in the images directory: {e}"
+        ))
+    })?;
     let criu_dir = staging
         .dir()
         .try_clone_to_owned()
@@ -275,13 +303,25 @@ fn image_meta(
     meta
 }
 
-/// CRIU dumps the tree, calling `hooks` while it is frozen.
+/// CRIU dumps the tree, calling `hooks` while it is frozen: root's CRIU
+/// (a worker started ahead if one is ready), or one started now as
+/// `criu_as`, inheriting the directory it dumps into.
 async fn freeze(
     shared: &Shared,
     spec: &DumpSpec<'_>,
+    criu_as: Option<&RunAs>,
     hooks: &mut Hooks<'_>,
 ) -> Result<Dumped, EngineError> {
-    match shared.workers.take() {
+    let worker = match criu_as {
+        None => shared.workers.take(),
+        Some(user) => Worker::start_as(
+            &shared.config.criu,
+            user,
+            Some(spec.images_dir),
+            shared.non_root.runtime_dir(),
+        ),
+    };
+    match worker {
         Ok(worker) => worker.dump(spec, shared.config.dump_timeout, hooks).await,
         Err(e) => Err(EngineError::Io(e)),
     }
@@ -293,13 +333,16 @@ async fn conclude(
     hooks: Hooks<'_>,
     dumped: Result<Dumped, EngineError>,
     job: JobId,
-    uid: u32,
+    as_caller: bool,
     received: Instant,
 ) -> Outcome {
     let Hooks {
         staging,
         meta,
         saved,
+        peer,
+        root,
+        caller,
         ..
     } = hooks;
     let staging = staging.into_inner();
@@ -307,9 +350,10 @@ async fn conclude(
         Ok(dumped) => dumped,
         Err(e) => {
             let (log_file, logged) = blocking::unblock(move || staging.discard()).await;
+            let tree = as_caller.then(|| root.unwrap_or(peer));
             return Outcome::Failed {
                 job: Some(job),
-                message: failure_message(&e, logged, uid),
+                message: failure_message(&e, logged, caller, tree),
                 log_file,
             };
         }
@@ -337,24 +381,6 @@ async fn conclude(
             Some(job),
             format!("dump succeeded but saving the images failed: {e}"),
         ),
-    }
-}
-
-/// Why a dump failed, for its caller: CRIU's first logged error (`logged`)
-/// or message, with a capability the service lacks named first.
-fn failure_message(e: &EngineError, logged: Option<String>, uid: u32) -> String {
-    match e {
-        EngineError::Failed(errmsg) => format!(
-            "criu dump failed: {}",
-            super::caps::explain_dump_failure(
-                logged
-                    .as_deref()
-                    .or(errmsg.as_deref())
-                    .unwrap_or("no error logged"),
-                uid
-            )
-        ),
-        _ => e.to_string(),
     }
 }
 

@@ -95,15 +95,20 @@ pub(crate) fn entry_names(dir: &impl AsFd) -> std::io::Result<Vec<String>> {
     Ok(names)
 }
 
-/// Reads a small image file from `dir`, if it is there.
+/// Reads a small image file from `dir`, if it is there and a regular file
+/// (never a symlink followed, never a FIFO waited on).
 pub fn read_image(dir: &impl AsFd, name: &str) -> Option<Vec<u8>> {
     let file = rustix::fs::openat(
         dir,
         name,
-        OFlags::RDONLY | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+        OFlags::RDONLY | OFlags::NOFOLLOW | OFlags::CLOEXEC | OFlags::NONBLOCK,
         Mode::empty(),
     )
     .ok()?;
+    let stat = rustix::fs::fstat(&file).ok()?;
+    if rustix::fs::FileType::from_raw_mode(stat.st_mode) != rustix::fs::FileType::RegularFile {
+        return None;
+    }
     let mut out = Vec::new();
     let mut buf = [0u8; 8192];
     loop {

@@ -9,9 +9,12 @@
 //! `.selfdump-*` entry that is a directory of root's, mode 0700, and that
 //! can be locked, belongs to no running dump. Callers cannot open such a
 //! directory, so they cannot hold its lock, and they cannot create one.
-//! Only its direct entries are removed (a subdirectory means it is not a
-//! staging directory, and it is left alone), through the directory's fd:
-//! nothing is looked up by path below the caller's directory.
+//! Only its direct entries are removed, and those of the caller's directory
+//! a CRIU running as the caller wrote into (`subdir::CALLERS_DIR`, files
+//! only), through the directories' fds: nothing is looked up by path below
+//! the caller's directory. Any other subdirectory means it is not a staging
+//! directory, and it is left alone, whole (it is looked at before anything
+//! in it is removed).
 //!
 //! The directory itself is then removed by name, as root, and stays root's
 //! until then: the CRIU of the dead service may still be writing into it
@@ -21,6 +24,7 @@
 //! directory, and to put one under this name the caller must have had the
 //! right to remove it.
 
+use super::subdir::CALLERS_DIR;
 use rustix::fs::{AtFlags, Dir, FileType, FlockOperation, OFlags};
 use std::io;
 use std::os::fd::AsFd;
@@ -73,19 +77,60 @@ fn remove_if_stale(parent: impl AsFd, name: &str) -> io::Result<bool> {
     if rustix::fs::flock(&dir, FlockOperation::NonBlockingLockExclusive).is_err() {
         return Ok(false); // a running dump's
     }
-    for entry in Dir::read_from(&dir)? {
-        let entry = entry?;
-        let file = entry.file_name().to_string_lossy().into_owned();
-        if file == "." || file == ".." {
-            continue;
+    // looked at whole before anything goes: a directory that is not a
+    // staging directory is left as it was
+    let entries = typed_entries(&dir)?;
+    let nested = entries
+        .iter()
+        .any(|(n, t)| *t == FileType::Directory && n == CALLERS_DIR);
+    if entries
+        .iter()
+        .any(|(n, t)| *t == FileType::Directory && n != CALLERS_DIR)
+    {
+        return Ok(false);
+    }
+    let callers = match nested {
+        false => None,
+        true => {
+            let inner = rustix::fs::openat(
+                &dir,
+                CALLERS_DIR,
+                OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC | OFlags::RDONLY,
+                rustix::fs::Mode::empty(),
+            )?;
+            let files = typed_entries(&inner)?;
+            if files.iter().any(|(_, t)| *t == FileType::Directory) {
+                return Ok(false);
+            }
+            Some((inner, files))
         }
-        if entry.file_type() == FileType::Directory {
-            return Ok(false);
+    };
+    if let Some((inner, files)) = callers {
+        for (file, _) in files {
+            rustix::fs::unlinkat(&inner, file.as_str(), AtFlags::empty())?;
         }
-        rustix::fs::unlinkat(&dir, file.as_str(), AtFlags::empty())?;
+        rustix::fs::unlinkat(&dir, CALLERS_DIR, AtFlags::REMOVEDIR)?;
+    }
+    for (file, kind) in entries {
+        if kind != FileType::Directory {
+            rustix::fs::unlinkat(&dir, file.as_str(), AtFlags::empty())?;
+        }
     }
     rustix::fs::unlinkat(parent, name, AtFlags::REMOVEDIR)?;
     Ok(true)
+}
+
+/// The entries of a directory (but `.` and `..`) with their types.
+fn typed_entries(dir: &impl AsFd) -> io::Result<Vec<(String, FileType)>> {
+    let mut out = Vec::new();
+    for entry in Dir::read_from(dir)? {
+        let entry = entry?;
+        let name = entry.file_name().to_string_lossy().into_owned();
+        if name != "." && name != ".." {
+            out.push((name, entry.file_type()));
+        }
+    }
+    Ok(out)
 }
 
 #[cfg(test)]
@@ -116,16 +161,29 @@ mod tests {
         std::os::unix::fs::chown(&foreign, Some(65534), None).unwrap();
         let loose = staging_like(parent.path(), ".selfdump-eeee-1");
         std::fs::set_permissions(&loose, std::fs::Permissions::from_mode(0o755)).unwrap();
+        let nested = staging_like(parent.path(), ".selfdump-abab-1");
+        std::fs::create_dir(nested.join("criu")).unwrap();
+        std::fs::write(nested.join("criu/pages-1.img"), b"partial").unwrap();
+        std::os::unix::fs::chown(nested.join("criu"), Some(65534), Some(65534)).unwrap();
+        let other_subdir = staging_like(parent.path(), ".selfdump-acac-1");
+        std::fs::create_dir(other_subdir.join("other")).unwrap();
         let target = staging_like(parent.path(), "elsewhere");
         std::os::unix::fs::symlink(&target, parent.path().join(".selfdump-ffff-1")).unwrap();
         let held = std::fs::File::open(&live).unwrap();
         rustix::fs::flock(&held, FlockOperation::LockExclusive).unwrap();
 
         let dir = std::fs::File::open(parent.path()).unwrap();
-        let removed = remove_stale_staging(&dir, "cccc");
-        assert_eq!(removed, vec![".selfdump-aaaa-1".to_string()]);
-        assert!(!stale.exists());
-        for kept in [&live, &own, &foreign, &loose, &target] {
+        let mut removed = remove_stale_staging(&dir, "cccc");
+        removed.sort();
+        assert_eq!(
+            removed,
+            vec![
+                ".selfdump-aaaa-1".to_string(),
+                ".selfdump-abab-1".to_string()
+            ]
+        );
+        assert!(!stale.exists() && !nested.exists());
+        for kept in [&live, &own, &foreign, &loose, &target, &other_subdir] {
             assert!(kept.join("pages-1.img").exists(), "{kept:?} must stay");
         }
 

@@ -13,10 +13,12 @@ mod as_caller;
 mod builder;
 pub mod caps;
 pub mod check;
+mod check_non_root;
 mod config;
 mod connection;
 pub mod copies;
 mod dump;
+mod dump_failure;
 mod engine;
 mod error;
 pub mod images;
@@ -45,7 +47,7 @@ mod tree;
 mod verified_images;
 
 pub use builder::Builder;
-pub use engine::{Criu, SpawnGuard, spawn_guard};
+pub use engine::{Criu, NonRootFallback, SpawnGuard, spawn_guard};
 pub use error::Error;
 pub use jobs::{MAX_RESULTS, MAX_RESULTS_PER_UID};
 pub use policy::{CallerInfo, Policy};
@@ -56,6 +58,7 @@ pub use shutdown::ShutdownHandle;
 /// part of the API, and they change without notice.
 #[doc(hidden)]
 pub mod internals {
+    pub use super::engine::run_as::RunAs;
     pub use super::engine::{
         DumpHooks, DumpSpec, Dumped, EngineError, FrozenVerdict, Worker, kdat, rpc,
     };

@@ -9,7 +9,8 @@ use super::as_caller::CallerCreds;
 use super::engine::{DUMP_LOG, rpc};
 use super::images::{ImageMeta, Published, entries, first_entry, read_image};
 use super::manifest::{
-    FileDigest, Key, MANIFEST_FILE, Manifest, create_file, hash_file, unsigned_extra,
+    FileDigest, Key, MANIFEST_FILE, Manifest, create_file, hash_file, hash_file_by_reading,
+    unsigned_extra,
 };
 use super::subdir::PrivateSubdir;
 use crate::proto::JobId;
@@ -39,6 +40,9 @@ pub struct Staging {
     /// What the manifest says, once it is written.
     signed: Option<ImageMeta>,
     finished: bool,
+    /// CRIU runs as the caller and writes into a directory of the
+    /// caller's ([`Staging::for_criu_as_caller`]).
+    criu_as_caller: bool,
 }
 
 impl Drop for Staging {
@@ -82,7 +86,20 @@ impl Staging {
             key,
             signed: None,
             finished: false,
+            criu_as_caller: false,
         })
+    }
+
+    /// Makes the directory CRIU writes into one of the caller's, nested in
+    /// the root-only staging directory (see [`PrivateSubdir::nest_callers_dir`]),
+    /// for a CRIU that runs as the caller. Its files are then taken only if
+    /// they are the caller's regular files with a single link, and hashed
+    /// by reading them, never through a mapping (see the module docs of
+    /// `engine`).
+    pub fn for_criu_as_caller(&mut self) -> io::Result<()> {
+        self.subdir.nest_callers_dir()?;
+        self.criu_as_caller = true;
+        Ok(())
     }
 
     /// The directory CRIU should write into.
@@ -150,7 +167,10 @@ impl Staging {
             let (file, size) = self.hand_over(name)?;
             published.bytes += size;
             if self.signed.is_none() && !unsigned_extra(name) {
-                let hash = hash_file(&file, size)?;
+                let hash = match self.criu_as_caller {
+                    true => hash_file_by_reading(&file, size)?,
+                    false => hash_file(&file, size)?,
+                };
                 files.push(FileDigest {
                     name: name.clone(),
                     size,
@@ -160,7 +180,8 @@ impl Staging {
         }
         // Signed once, with the first save: what CRIU writes later (its
         // log and statistics, with "exit after dump") is not for restores.
-        // Hashed here, while only root can write the files.
+        // Hashed here, while only root (or the caller's CRIU, which has
+        // exited, or with "exit after dump" only waits) can write the files.
         if self.signed.is_none() {
             files.sort_by(|a, b| a.name.cmp(&b.name));
             let manifest = Manifest {
@@ -168,8 +189,8 @@ impl Staging {
                 meta: self.complete(meta),
                 files,
             };
-            create_file(&self.subdir.dir, MANIFEST_FILE, &manifest.sign(&self.key))?;
-            published.bytes += self.hand_over(MANIFEST_FILE)?.1;
+            let created = create_file(&self.subdir.dir, MANIFEST_FILE, &manifest.sign(&self.key))?;
+            published.bytes += self.hand_over_file(created, MANIFEST_FILE, true)?.1;
             names.push(MANIFEST_FILE.to_string());
             self.signed = Some(manifest.meta);
         }
@@ -294,17 +315,40 @@ impl Staging {
             OFlags::RDONLY | OFlags::NOFOLLOW | OFlags::CLOEXEC | OFlags::NONBLOCK,
             Mode::empty(),
         )?;
+        self.hand_over_file(file, name, false)
+    }
+
+    /// [`Self::hand_over`] for an open file; `created_here`: the service
+    /// created it (else CRIU did).
+    fn hand_over_file(
+        &self,
+        file: OwnedFd,
+        name: &str,
+        created_here: bool,
+    ) -> io::Result<(OwnedFd, u64)> {
         let stat = rustix::fs::fstat(&file)?;
         if FileType::from_raw_mode(stat.st_mode) != FileType::RegularFile {
             return Err(io::Error::other(format!(
                 "unexpected non-regular image file {name}"
             )));
         }
-        rustix::fs::fchown(
-            &file,
-            Some(Uid::from_raw(self.subdir.creds.uid)),
-            Some(Gid::from_raw(self.subdir.creds.gid)),
-        )?;
+        let creds = &self.subdir.creds;
+        if self.criu_as_caller && !created_here {
+            // written by the caller's CRIU: the caller's already, and
+            // nothing else may pass for it (root chowns nothing of root's here)
+            if stat.st_uid != creds.uid || stat.st_nlink != 1 {
+                return Err(io::Error::other(format!(
+                    "{name} is not a file the caller's CRIU wrote (owner uid {}, {} links)",
+                    stat.st_uid, stat.st_nlink
+                )));
+            }
+        } else {
+            rustix::fs::fchown(
+                &file,
+                Some(Uid::from_raw(creds.uid)),
+                Some(Gid::from_raw(creds.gid)),
+            )?;
+        }
         rustix::fs::fchmod(&file, Mode::RUSR | Mode::WUSR)?;
         Ok((file, stat.st_size as u64))
     }
@@ -313,3 +357,7 @@ impl Staging {
 #[cfg(test)]
 #[path = "staging_tests.rs"]
 mod tests;
+
+#[cfg(test)]
+#[path = "staging_as_caller_tests.rs"]
+mod as_caller_tests;

@@ -15,6 +15,10 @@
 //!   given back to the caller and removed by name with the caller's
 //!   credentials: if the caller moved it, what is left is the caller's own
 //!   empty directory.
+//! - For a CRIU that runs as the caller ([`PrivateSubdir::nest_callers_dir`]),
+//!   the files are in a directory of the caller's, [`CALLERS_DIR`], made by
+//!   root inside this one (root's, 0700: no process of the caller's reaches
+//!   it by path), and removed by root through this one's fd.
 
 use super::as_caller::CallerCreds;
 use rustix::fs::{AtFlags, Gid, Mode, OFlags, Uid};
@@ -24,13 +28,21 @@ use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 /// `statfs` magic of FUSE filesystems.
 const FUSE_SUPER_MAGIC: i64 = 0x6573_5546;
 
+/// The directory of the caller's nested in a staging directory for a CRIU
+/// that runs as the caller.
+pub(crate) const CALLERS_DIR: &str = "criu";
+
 /// See the module docs.
 #[derive(Debug)]
 pub(crate) struct PrivateSubdir {
     pub(crate) parent: OwnedFd,
     pub(crate) name: String,
+    /// Where the files are: the directory itself, or the caller's
+    /// [`CALLERS_DIR`] in it.
     pub(crate) dir: OwnedFd,
     pub(crate) creds: CallerCreds,
+    /// The directory itself, when `dir` is the caller's nested one.
+    outer: Option<OwnedFd>,
 }
 
 impl PrivateSubdir {
@@ -82,6 +94,7 @@ impl PrivateSubdir {
             name,
             dir,
             creds,
+            outer: None,
         };
         let entries = subdir.names()?;
         if !entries.is_empty() {
@@ -95,9 +108,39 @@ impl PrivateSubdir {
         Ok(subdir)
     }
 
-    /// The directory itself.
+    /// Makes [`CALLERS_DIR`] inside this (still empty) directory, owned by
+    /// the caller, mode 0700, and makes it where the files are: a CRIU that
+    /// runs as the caller writes there. The caller reaches it by no path
+    /// (its parent is root's, mode 0700), so only that CRIU, given its fd,
+    /// can write there.
+    pub(crate) fn nest_callers_dir(&mut self) -> io::Result<()> {
+        if self.outer.is_some() {
+            return Ok(());
+        }
+        rustix::fs::mkdirat(&self.dir, CALLERS_DIR, Mode::RWXU)?;
+        let inner = rustix::fs::openat(
+            &self.dir,
+            CALLERS_DIR,
+            OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC | OFlags::RDONLY,
+            Mode::empty(),
+        )?;
+        rustix::fs::fchown(
+            &inner,
+            Some(Uid::from_raw(self.creds.uid)),
+            Some(Gid::from_raw(self.creds.gid)),
+        )?;
+        self.outer = Some(std::mem::replace(&mut self.dir, inner));
+        Ok(())
+    }
+
+    /// Where the files are (see [`Self::nest_callers_dir`]).
     pub(crate) fn dir(&self) -> BorrowedFd<'_> {
         self.dir.as_fd()
+    }
+
+    /// The directory named `name` in the parent.
+    fn own(&self) -> BorrowedFd<'_> {
+        self.outer.as_ref().unwrap_or(&self.dir).as_fd()
     }
 
     /// Its entries' names.
@@ -122,8 +165,14 @@ impl PrivateSubdir {
     /// `rmdir` only takes an empty directory, and to put one under this
     /// name the caller must have been able to remove it anyway.
     pub(crate) fn remove(&self, nothing_runs_in_it: bool) {
+        if let Some(outer) = &self.outer
+            && let Err(e) = rustix::fs::unlinkat(outer, CALLERS_DIR, AtFlags::REMOVEDIR)
+        {
+            log::warn!("cannot remove {}/{CALLERS_DIR}: {e}", self.name);
+        }
         let rmdir = || rustix::fs::unlinkat(&self.parent, self.name.as_str(), AtFlags::REMOVEDIR);
-        let removed = match nothing_runs_in_it && self.names().is_ok_and(|n| n.is_empty()) {
+        let empty = super::images::entry_names(&self.own()).is_ok_and(|n| n.is_empty());
+        let removed = match nothing_runs_in_it && empty {
             true => self
                 .give_back()
                 .map_err(io::Error::from)
@@ -137,7 +186,7 @@ impl PrivateSubdir {
 
     fn give_back(&self) -> rustix::io::Result<()> {
         rustix::fs::fchown(
-            &self.dir,
+            self.own(),
             Some(Uid::from_raw(self.creds.uid)),
             Some(Gid::from_raw(self.creds.gid)),
         )

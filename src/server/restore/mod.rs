@@ -337,7 +337,7 @@ fn criu_command(
         .stderr(Stdio::null());
     if let Some(o) = owner {
         cmd.arg("--unprivileged");
-        as_owner::run_as(&mut cmd, o, vec![images_fd, work_fd]);
+        as_owner::run_as(&mut cmd, o, &[verified.subdir.dir.as_fd(), work.as_fd()]);
     }
     cmd.args(crate::server::engine::CriuFlags::of(&verified.meta).restore_args());
     use std::os::unix::process::CommandExt;
