@@ -7,6 +7,7 @@ use super::connection::send;
 use super::engine::{
     CriuFlags, DumpHooks, DumpSpec, Dumped, EngineError, FrozenVerdict, without_forks,
 };
+use super::generation;
 use super::images::{ImageMeta, Published};
 use super::jobs::{Jobs, Running};
 use super::leftovers;
@@ -16,10 +17,11 @@ use super::pidns::NsInit;
 use super::policy::{Caller, check_dumpable, may_write_dir};
 use super::slots::UidSlot;
 use super::staging::Staging;
+use super::subdir::check_filesystem;
 use super::tree::check_frozen_tree;
 use crate::proto::{
-    DumpOptions, DumpReport, JobId, PROTOCOL_VERSION, RefusalKind, Response, encode_frame,
-    write_frame,
+    DumpOptions, DumpReport, FrozenNotice, JobId, PROTOCOL_VERSION, RefusalKind, Response,
+    encode_frame, write_frame,
 };
 use async_io::{Async, Timer};
 use futures_lite::FutureExt;
@@ -48,6 +50,10 @@ fn admit(shared: &Shared, peer: &Peer, dir: &OwnedFd) -> Result<Caller, Refused>
     let dir_stat =
         rustix::fs::fstat(dir).map_err(|e| Refused::bad_directory(format!("images fd: {e}")))?;
     may_write_dir(&caller, &dir_stat).map_err(Refused::bad_directory)?;
+    // before anything is made in it: a cgroupfs "directory" makes cgroups
+    check_filesystem(dir).map_err(|e| Refused::bad_directory(e.to_string()))?;
+    generation::read_latest(dir)
+        .map_err(|e| Refused::bad_directory(format!("in the images directory, {e}")))?;
     // Last, the embedder's own policy (`Builder::admit`), if it has one.
     shared
         .config
@@ -105,6 +111,7 @@ pub(super) async fn checkpoint(
         caller: &caller,
         job,
         reply: ReplyTo::Connection(stream),
+        generation: staging.generation().to_owned(),
         staging: Lent(Some(staging)),
         meta: ImageMeta {
             pid: root_pid,
@@ -124,10 +131,11 @@ pub(super) async fn checkpoint(
     drop(criu_dir);
     log::debug!("job {job}: criu done at {:?}", received.elapsed());
     let reply = std::mem::replace(&mut hooks.reply, ReplyTo::Job);
-    let outcome = conclude(hooks, dumped, job, caller.uid(), received).await;
+    let keep = (options.keep as usize).clamp(1, shared.config.max_keep);
+    let outcome = conclude(hooks, dumped, job, keep, received).await;
     log::info!("job {job}: {}", outcome.summary());
     deliver(&mut reservation, reply, outcome).await;
-    tidy(shared, images_dir, job);
+    tidy(shared, images_dir, job, CallerCreds::of(&caller));
 }
 
 /// Checks a checkpoint request before anything is reserved for it: the
@@ -240,7 +248,9 @@ async fn stage(
 ) -> Result<(Staging, OwnedFd), Response> {
     let creds = CallerCreds::of(caller);
     let key = shared.key.clone();
-    let staging = blocking::unblock(move || Staging::create(dir, job, creds, key))
+    let generation = generation::new_name(std::time::SystemTime::now())
+        .map_err(|e| Outcome::failed(Some(job), format!("cannot name a generation: {e}")))?;
+    let staging = blocking::unblock(move || Staging::create(dir, job, creds, key, generation))
         .await
         .map_err(|e| {
             Refused::bad_directory(format!(
@@ -287,41 +297,56 @@ async fn freeze(
     }
 }
 
-/// Publishes the images of a dump that succeeded, or discards what a
-/// failed one left (keeping CRIU's log for the caller): the outcome.
+/// Commits the images of a dump that succeeded as a generation (and lets
+/// older ones go beyond the newest `keep`), or discards what a failed one
+/// left (keeping CRIU's log for the caller): the outcome.
 async fn conclude(
     hooks: Hooks<'_>,
     dumped: Result<Dumped, EngineError>,
     job: JobId,
-    uid: u32,
+    keep: usize,
     received: Instant,
 ) -> Outcome {
     let Hooks {
         staging,
         meta,
         saved,
+        generation,
         ..
     } = hooks;
+    let uid = meta.uid;
     let staging = staging.into_inner();
     let dumped = match dumped {
         Ok(dumped) => dumped,
         Err(e) => {
+            let committed = staging.is_committed();
             let (log_file, logged) = blocking::unblock(move || staging.discard()).await;
+            let mut message = failure_message(&e, logged, uid);
+            if committed {
+                message.push_str(&format!(
+                    " (after the images were committed as generation {generation}, which \
+                     latest names)"
+                ));
+            }
             return Outcome::Failed {
                 job: Some(job),
-                message: failure_message(&e, logged, uid),
+                message,
                 log_file,
             };
         }
     };
-    let published = blocking::unblock(move || staging.publish(&meta)).await;
-    log::debug!("job {job}: images published at {:?}", received.elapsed());
+    let published = blocking::unblock(move || staging.publish(&meta, keep)).await;
+    log::debug!(
+        "job {job}: generation {generation} committed at {:?}",
+        received.elapsed()
+    );
     match published {
         Ok(published) => {
             let published = saved.unwrap_or_default().and(published);
             let stats = published.stats.clone().unwrap_or_default();
             Outcome::Dumped(DumpReport {
                 job,
+                generation,
                 frozen_us: stats.frozen_time.into(),
                 freezing_us: stats.freezing_time.into(),
                 memdump_us: stats.memdump_time.into(),
@@ -335,7 +360,10 @@ async fn conclude(
         }
         Err(e) => Outcome::failed(
             Some(job),
-            format!("dump succeeded but saving the images failed: {e}"),
+            format!(
+                "dump succeeded but committing the images failed: {e}; latest still names the \
+                 previous generation"
+            ),
         ),
     }
 }
@@ -383,12 +411,14 @@ async fn deliver(reservation: &mut Reservation<'_>, reply: ReplyTo, outcome: Out
 }
 
 /// After the answer: the next dump finds a worker ready, and what a
-/// service that died left in this directory goes.
-fn tidy(shared: &Shared, images_dir: Option<OwnedFd>, job: JobId) {
+/// service that died left in this directory goes (the caller's own
+/// leftovers with its credentials, `creds`).
+fn tidy(shared: &Shared, images_dir: Option<OwnedFd>, job: JobId, creds: CallerCreds) {
     shared.workers.refill();
     if let Some(images_dir) = images_dir {
         let own = format!("{:016x}", job.service);
-        blocking::unblock(move || leftovers::remove_stale_staging(&images_dir, &own)).detach();
+        blocking::unblock(move || leftovers::remove_stale(&images_dir, Some(&own), &creds))
+            .detach();
     }
 }
 
@@ -428,6 +458,8 @@ struct Hooks<'a> {
     /// reads the error on it), then the job.
     reply: ReplyTo,
     staging: Lent<Staging>,
+    /// The generation the images become (told the caller at the freeze).
+    generation: String,
     meta: ImageMeta,
     /// "Exit after dump": CRIU ends the tree after `post-dump`, so the images
     /// are saved before that, or the tree is kept alive.
@@ -440,7 +472,11 @@ impl DumpHooks for Hooks<'_> {
         let ReplyTo::Connection(stream) = std::mem::replace(&mut self.reply, ReplyTo::Job) else {
             return FrozenVerdict::Veto("criu announced the freeze twice".into());
         };
-        match at_freeze(self.peer, self.root, self.caller, &stream, self.job).await {
+        let notice = FrozenNotice {
+            job: self.job,
+            generation: self.generation.clone(),
+        };
+        match at_freeze(self.peer, self.root, self.caller, &stream, notice).await {
             Ok(()) => {
                 self.meta.copy_slot = self
                     .copy_slot_fd
@@ -483,12 +519,12 @@ async fn at_freeze(
     root: Option<&Peer>,
     caller: &Caller,
     stream: &Async<UnixStream>,
-    job: JobId,
+    notice: FrozenNotice,
 ) -> Result<(), String> {
     // A whole namespace: every task under its init, the caller among them.
     check_frozen_tree(root.unwrap_or(peer), caller)?;
     peer.alive_or("the caller exited while its tree was checked")?;
-    let frame = encode_frame(&Response::Frozen(job));
+    let frame = encode_frame(&Response::Frozen(notice));
     let write = async {
         write_frame(stream, &frame, &[])
             .await

@@ -94,6 +94,7 @@ async fn run(shared: &Shared, caller: Caller, request: RestoreRequest, dir: Owne
         Ok(r) => Response::Restored(RestoreReport {
             pid: r.pid,
             owner: r.uid,
+            generation: r.generation,
             verify_us: r.verify.as_micros() as u64,
             total_us: r.total.as_micros() as u64,
         }),

@@ -1,11 +1,19 @@
 //! Restoring images written by the service (`selfdump restore`, and the
 //! service's own restore for the owner of a checkpoint).
 //!
+//! What is restored from an images directory `DIR` is the generation
+//! `DIR/latest` names, or the directory itself when it has no `latest`
+//! (a generation named by its path, `DIR/gen-...`, or images made before
+//! generations); see [`generation::resolve`](super::generation). The
+//! generation is held with a shared lock while it is restored, so that
+//! retention does not remove it meanwhile.
+//!
 //! Every restore verifies before CRIU reads anything (`verify.rs`): the
-//! manifest's signature, every file against it (nothing changed, added or
-//! removed), and every task's credentials against the recorded owner.
-//! CRIU then reads only the verified copy of the images, keeps its log in
-//! a directory of root's, and has a deadline.
+//! manifest's signature, every signed file against it (nothing changed or
+//! removed; a file the manifest does not list is ignored, with a warning,
+//! and never reaches CRIU), and every task's credentials against the
+//! recorded owner. CRIU then reads only the verified copy of the images,
+//! keeps its log in a directory of root's, and has a deadline.
 
 mod as_owner;
 mod ids;
@@ -19,6 +27,7 @@ use verify::verify;
 use super::Criu;
 use super::as_caller::CallerCreds;
 use super::engine::first_error;
+use super::generation::resolve;
 use super::images::ImageMeta;
 use super::manifest::Key;
 use super::private_dir::PrivateDir;
@@ -116,28 +125,35 @@ pub struct Restored {
     pub pid: i32,
     /// The images' owner.
     pub uid: u32,
+    /// The generation restored; `None` for images directly in the
+    /// directory given.
+    pub generation: Option<String>,
     /// Time spent verifying the images.
     pub verify: Duration,
     /// Time from the request to CRIU's answer.
     pub total: Duration,
 }
 
-/// Restores the images in the directory at `dir` (an operator's command
-/// line), detached, after verifying them; the private directory of
-/// verified images is made there with the directory owner's credentials.
+/// Restores the checkpoint in the directory at `dir` (an operator's
+/// command line: the generation `latest` names, or `dir` itself; see the
+/// module docs), detached, after verifying it; the private directory of
+/// verified images is made in the generation with the directory owner's
+/// credentials.
 pub fn restore_path(dir: &Path, settings: &RestoreSettings) -> Result<Restored, RestoreError> {
     let (fd, creds) = open_dir(dir)?;
     restore(fd, settings, creds, |_| Ok(()))
 }
 
-/// Verifies the images at `dir` as [`restore_path`] does, without
-/// restoring them: the verified images stay in a directory only root can
-/// change until the [`Verified`] is dropped (`server::copies` restores many
-/// copies from them).
+/// Verifies the checkpoint at `dir` as [`restore_path`] does, without
+/// restoring it: the verified images stay in a directory only root can
+/// change, and the generation is held (retention leaves it), until the
+/// [`Verified`] is dropped (`server::copies` restores many copies from
+/// them).
 pub fn verify_path(dir: &Path, settings: &RestoreSettings) -> Result<Verified, RestoreError> {
     let (fd, creds) = open_dir(dir)?;
+    let resolved = resolve(fd, &creds).map_err(RestoreError::Refused)?;
     verify(
-        fd,
+        resolved,
         settings.key.as_ref(),
         settings.trust_unsigned,
         creds,
@@ -156,8 +172,9 @@ pub(crate) fn restore(
     may_restore: impl FnOnce(&ImageMeta) -> Result<(), RestoreError>,
 ) -> Result<Restored, RestoreError> {
     let started = Instant::now();
+    let resolved = resolve(dir, &creds).map_err(RestoreError::Refused)?;
     let verified = verify(
-        dir,
+        resolved,
         settings.key.as_ref(),
         settings.trust_unsigned,
         creds,
@@ -193,6 +210,7 @@ pub(crate) fn restore(
     Ok(Restored {
         pid,
         uid: verified.meta.uid,
+        generation: verified.generation.clone(),
         verify: verify_time,
         total: started.elapsed(),
     })
