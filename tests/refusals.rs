@@ -205,7 +205,10 @@ fn non_root_caller_in_its_own_directory_is_dumped_when_criu_can() {
         return;
     }
     assert!(line.starts_with("checkpoint continued"), "{line}");
-    for (name, uid, mode) in image_files(images.path()) {
+    for (name, uid, _) in image_files(images.path()) {
+        assert_eq!(uid, NOBODY, "{name}");
+    }
+    for (name, uid, mode) in image_files(&images.path().join("latest")) {
         assert_eq!((uid, mode), (NOBODY, 0o600), "{name}");
     }
 }

@@ -57,6 +57,18 @@ pub(crate) fn name_at(since: Duration, random: u32) -> String {
     )
 }
 
+/// `YYYY-MM-DD HH:MM:SS UTC` of a time in seconds since the epoch.
+pub fn utc(secs: u64) -> String {
+    let (year, month, day) = civil_from_days((secs / 86_400) as i64);
+    let of_day = secs % 86_400;
+    format!(
+        "{year:04}-{month:02}-{day:02} {:02}:{:02}:{:02} UTC",
+        of_day / 3600,
+        of_day / 60 % 60,
+        of_day % 60
+    )
+}
+
 /// Whether `name` is a generation's name, exactly as [`new_name`] makes them.
 pub fn is_generation_name(name: &str) -> bool {
     let Some(rest) = name.strip_prefix(PREFIX) else {
@@ -171,6 +183,7 @@ pub(crate) fn resolve(dir: OwnedFd, open_as: &CallerCreds) -> Result<Resolved, S
         let generation = match opened {
             // retention removed it between the look and the open: look again
             Err(rustix::io::Errno::NOENT) => continue,
+            Err(rustix::io::Errno::ACCESS) => return Err(not_theirs(&dir, &name, open_as)),
             Err(e) => return Err(format!("{LATEST} -> {name}: {e}")),
             Ok(fd) => fd,
         };
@@ -191,6 +204,17 @@ pub(crate) fn resolve(dir: OwnedFd, open_as: &CallerCreds) -> Result<Resolved, S
         "{LATEST} kept changing while it was resolved (generations committed and removed \
          meanwhile); try again"
     ))
+}
+
+/// Why `open_as` may not open generation `name`: whose it is.
+fn not_theirs(dir: &OwnedFd, name: &str, open_as: &CallerCreds) -> String {
+    let owner = rustix::fs::statat(dir, name, AtFlags::SYMLINK_NOFOLLOW)
+        .map_or_else(|e| format!("unknown ({e})"), |s| s.st_uid.to_string());
+    format!(
+        "these images are uid {owner}'s ({LATEST} names {name}, which uid {} may not open); \
+         only their owner or root may restore them",
+        open_as.uid
+    )
 }
 
 /// A directory without `latest` whose only checkpoints are generations
@@ -253,6 +277,7 @@ mod tests {
         for name in [&a, &b, &c] {
             assert!(is_generation_name(name), "{name}");
         }
+        assert_eq!(utc(1_700_000_000), "2023-11-14 22:13:20 UTC");
         let fresh = new_name(SystemTime::now()).unwrap();
         assert!(is_generation_name(&fresh), "{fresh}");
         for not in [

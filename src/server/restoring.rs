@@ -7,6 +7,7 @@
 use super::Shared;
 use super::as_caller::CallerCreds;
 use super::connection::{refusal, send};
+use super::generation::resolve;
 use super::peer::Peer;
 use super::policy::Caller;
 use super::restore::{RestoreError, RestoreSettings, restore};
@@ -78,6 +79,7 @@ async fn run(shared: &Shared, caller: Caller, request: RestoreRequest, dir: Owne
     let requester = caller.uid();
     let creds = CallerCreds::of(&caller);
     let restored = blocking::unblock(move || {
+        let dir = resolve(dir, &creds).map_err(RestoreError::Refused)?;
         restore(dir, &settings, creds, |meta| {
             let owner = meta.uid;
             if requester == 0 || requester == owner {

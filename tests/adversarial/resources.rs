@@ -516,7 +516,7 @@ pub fn zombie_child(ctx: &mut Ctx) -> String {
                 line.starts_with("checkpoint continued") && line.contains("2 processes"),
                 "{line}"
             );
-            assert!(images.path().join("pstree.img").exists());
+            assert!(images.path().join("latest/pstree.img").exists());
             format!("root: dumped with its zombie: {}", short(&line))
         } else if has_cap_sys_resource() {
             assert!(line.starts_with("checkpoint continued"), "{line}");

@@ -9,8 +9,12 @@ pub(crate) const USAGE: &str = "\
 selfdump inspect: what a checkpoint holds
 
 USAGE: selfdump inspect [--json] [--key-file PATH] DIR
+       selfdump inspect [--json] [--key-file PATH] DIR/GENERATION
 
-Shows the tree (pids, commands, threads), the owner, the options, sizes and
+Lists the generations of DIR (each checkpoint is one, DIR/gen-...): when
+each was made, its size, its tree, whether it verifies, and which one
+DIR/latest names. Then, for that one (or for the generation named, or for
+images directly in DIR, made before generations), shows the tree (pids, commands, threads), the owner, the options, sizes and
 pages, when and by which service the images were made, whether their
 signature verifies and with which key (the key is read when this command can
 read it, as root), and whether their pids are free here. Files are checked
@@ -50,6 +54,39 @@ pub(crate) fn inspect_cmd(mut parser: lexopt::Parser) -> Res<ExitCode> {
 fn describe(dir: &std::path::Path, r: &selfdump::server::inspect::Inspection) -> String {
     use std::fmt::Write;
     let mut out = format!("images:    {}\n", dir.display());
+    if !r.generations.is_empty() {
+        let _ = writeln!(out, "generations: {}", r.generations.len());
+        for g in &r.generations {
+            let verifies = match (g.verifies, &g.problem) {
+                (Some(true), _) => "verifies".to_string(),
+                (Some(false), Some(p)) => format!("DOES NOT VERIFY: {p}"),
+                _ => "not checked (the key is not readable here)".to_string(),
+            };
+            let _ = writeln!(
+                out,
+                "  {} {}  {}  {} bytes  {} task(s), root {}  {verifies}",
+                if g.latest { "latest ->" } else { "         " },
+                g.name,
+                g.made.as_deref().unwrap_or("(time unknown)"),
+                g.bytes,
+                g.tasks,
+                g.root
+            );
+        }
+    }
+    match &r.generation {
+        Some(name) => {
+            let _ = writeln!(out, "latest:    {name}");
+        }
+        None if !r.generations.is_empty() => {
+            let _ = writeln!(
+                out,
+                "latest:    none (name a generation: selfdump inspect DIR/GENERATION); below: \
+                 the images directly in DIR, if any"
+            );
+        }
+        None => {}
+    }
     let signature = match &r.signature {
         None => "none (unsigned images: restore only with --trust-unsigned)".to_string(),
         Some(s) => match (s.verifies, &s.problem) {
@@ -70,8 +107,12 @@ fn describe(dir: &std::path::Path, r: &selfdump::server::inspect::Inspection) ->
         );
         let _ = writeln!(
             out,
-            "made:      job {} on {} (boot {}), {} s after the epoch",
-            m.job, m.host, m.boot_id, m.created_unix
+            "made:      job {} on {} (boot {}), {} ({} s after the epoch)",
+            m.job,
+            m.host,
+            m.boot_id,
+            selfdump::server::generation::utc(m.created_unix),
+            m.created_unix
         );
         let options: Vec<&str> = [
             (m.shell_job, "shell-job"),

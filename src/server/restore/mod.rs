@@ -19,7 +19,7 @@ mod as_owner;
 mod ids;
 mod verify;
 
-pub use super::private_dir::LOG_DIR;
+pub use super::private_dir::{KEEP_LEFTOVER_BYTES, KEEP_LEFTOVERS, LOG_DIR};
 pub use ids::{check_ids_free, wait_ids_free};
 pub use verify::Verified;
 use verify::verify;
@@ -27,7 +27,7 @@ use verify::verify;
 use super::Criu;
 use super::as_caller::CallerCreds;
 use super::engine::first_error;
-use super::generation::resolve;
+use super::generation::{Resolved, resolve};
 use super::images::ImageMeta;
 use super::manifest::Key;
 use super::private_dir::PrivateDir;
@@ -140,8 +140,8 @@ pub struct Restored {
 /// verified images is made in the generation with the directory owner's
 /// credentials.
 pub fn restore_path(dir: &Path, settings: &RestoreSettings) -> Result<Restored, RestoreError> {
-    let (fd, creds) = open_dir(dir)?;
-    restore(fd, settings, creds, |_| Ok(()))
+    let (resolved, creds) = open_dir(dir)?;
+    restore(resolved, settings, creds, |_| Ok(()))
 }
 
 /// Verifies the checkpoint at `dir` as [`restore_path`] does, without
@@ -150,8 +150,7 @@ pub fn restore_path(dir: &Path, settings: &RestoreSettings) -> Result<Restored, 
 /// [`Verified`] is dropped (`server::copies` restores many copies from
 /// them).
 pub fn verify_path(dir: &Path, settings: &RestoreSettings) -> Result<Verified, RestoreError> {
-    let (fd, creds) = open_dir(dir)?;
-    let resolved = resolve(fd, &creds).map_err(RestoreError::Refused)?;
+    let (resolved, creds) = open_dir(dir)?;
     verify(
         resolved,
         settings.key.as_ref(),
@@ -161,20 +160,20 @@ pub fn verify_path(dir: &Path, settings: &RestoreSettings) -> Result<Verified, R
     )
 }
 
-/// Restores the images in `dir`, detached, after verifying them. `creds`
-/// are the credentials under which the service works in the images
-/// directory (its owner's, or the requester's); `may_restore` checks the
-/// signed owner against the requester, before anything else is done.
+/// Restores the images in `dir` (resolved: [`resolve`]), detached, after
+/// verifying them. `creds` are the credentials under which the service
+/// works in the images directory (its owner's, or the requester's);
+/// `may_restore` checks the signed owner against the requester, before
+/// anything else is done.
 pub(crate) fn restore(
-    dir: OwnedFd,
+    dir: Resolved,
     settings: &RestoreSettings,
     creds: CallerCreds,
     may_restore: impl FnOnce(&ImageMeta) -> Result<(), RestoreError>,
 ) -> Result<Restored, RestoreError> {
     let started = Instant::now();
-    let resolved = resolve(dir, &creds).map_err(RestoreError::Refused)?;
     let verified = verify(
-        resolved,
+        dir,
         settings.key.as_ref(),
         settings.trust_unsigned,
         creds,
@@ -227,23 +226,35 @@ fn id_taken_meanwhile(message: &str) -> bool {
         || message.contains("Unable to create a thread: -17")
 }
 
-/// Opens an images directory given by path (the operator's command line),
-/// with the credentials of its owner, under which the private directory of
-/// verified images is made and removed there.
-fn open_dir(dir: &Path) -> Result<(OwnedFd, CallerCreds), RestoreError> {
+/// Opens an images directory given by path (the operator's command line)
+/// and resolves what to restore from it (`latest`, opened with the
+/// credentials of the directory's owner), with the credentials of the
+/// generation's owner, under which the private directory of verified
+/// images is made and removed there.
+fn open_dir(dir: &Path) -> Result<(Resolved, CallerCreds), RestoreError> {
     let fd = rustix::fs::open(
         dir,
         rustix::fs::OFlags::DIRECTORY | rustix::fs::OFlags::RDONLY | rustix::fs::OFlags::CLOEXEC,
         rustix::fs::Mode::empty(),
     )
     .map_err(|e| RestoreError::Refused(format!("{}: {e}", dir.display())))?;
-    let stat = rustix::fs::fstat(&fd).map_err(RestoreError::refused)?;
-    let creds = CallerCreds {
+    let resolved = resolve(
+        fd.try_clone().map_err(RestoreError::refused)?,
+        &owner_of(&fd)?,
+    )
+    .map_err(|e| RestoreError::Refused(format!("{}: {e}", dir.display())))?;
+    let creds = owner_of(&resolved.dir)?;
+    Ok((resolved, creds))
+}
+
+/// The credentials of a directory's owner (its uid and gid).
+fn owner_of(dir: &OwnedFd) -> Result<CallerCreds, RestoreError> {
+    let stat = rustix::fs::fstat(dir).map_err(RestoreError::refused)?;
+    Ok(CallerCreds {
         uid: stat.st_uid,
         gid: stat.st_gid,
         groups: Vec::new(),
-    };
-    Ok((fd, creds))
+    })
 }
 
 fn run_criu(verified: &Verified, settings: &RestoreSettings) -> Result<i32, RestoreError> {
@@ -254,6 +265,7 @@ fn run_criu(verified: &Verified, settings: &RestoreSettings) -> Result<i32, Rest
         log: PathBuf::from(LOG_DIR),
     };
     let logs = PrivateDir::open_or_create(Path::new(LOG_DIR)).map_err(no_place)?;
+    logs.prune_leftovers(KEEP_LEFTOVERS, KEEP_LEFTOVER_BYTES);
     let meta = &verified.meta;
     let owner = (meta.uid != 0).then(|| as_owner::Owner {
         uid: meta.uid,
@@ -272,6 +284,11 @@ fn run_criu(verified: &Verified, settings: &RestoreSettings) -> Result<i32, Rest
     };
     let work = owners_work.as_ref().unwrap_or(&logs);
     let files = CriuFiles::new();
+    // in use until this returns (an owner's work directory is, itself)
+    let _log_in_use = match owners_work {
+        None => Some(logs.create_locked(&files.log).map_err(no_place)?),
+        Some(_) => None,
+    };
     let failed = |message: String| RestoreError::Criu {
         message,
         log: work.shown().join(&files.log),

@@ -1,0 +1,117 @@
+//! A program that checkpoints itself again and again into one directory,
+//! its children coming and going between checkpoints, as a long-running
+//! job does. Each checkpoint is a new generation of the directory, and
+//! `latest` names the newest; a copy restored from any of them says which
+//! generation it came from, checks its children are back, and exits.
+//! Start it isolated, so that its copies can run beside it:
+//!
+//! ```text
+//! selfdump run -- checkpoint_loop --images /tmp/loop --count 100 --churn >> /tmp/loop.log &
+//! selfdump restore /tmp/loop        # the generation latest names, any time
+//! grep restored /tmp/loop.log       # "gen I restored GENERATION children K alive K"
+//! ```
+//!
+//! Options: `--images DIR` (required), `--socket PATH`, `--count N`
+//! (checkpoints, default 10), `--churn` (before checkpoint I, keep I mod 4
+//! children: a tree that grows and shrinks, with new pids each time),
+//! `--keep K` (generations to keep), `--exit-after-from I` (from
+//! checkpoint I on, CRIU ends the process after the dump), `--ctl DIR`
+//! (before checkpoint I, wait for the file `DIR/go-I`), `--interval-ms MS`
+//! (pause between checkpoints, default 0).
+//!
+//! Lines: `gen I continued GENERATION PROCESSES`, `gen I restored
+//! GENERATION children K alive A`, `gen I error MESSAGE`, `done`.
+
+use selfdump::{Options, Outcome};
+use std::io::Write;
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+fn say(line: &str) {
+    let mut out = std::io::stdout().lock();
+    let _ = writeln!(out, "{line}");
+    let _ = out.flush();
+}
+
+fn main() {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    if args.first().map(String::as_str) == Some("--child") {
+        loop {
+            std::thread::sleep(Duration::from_secs(3600));
+        }
+    }
+    let value = |name: &str| {
+        args.iter()
+            .position(|a| a == name)
+            .and_then(|i| args.get(i + 1))
+            .cloned()
+    };
+    let number = |name: &str, default: u64| value(name).map_or(default, |v| v.parse().expect(name));
+    let images = value("--images").expect("--images DIR");
+    let churn = args.iter().any(|a| a == "--churn");
+    let exit_after_from = value("--exit-after-from").map(|v| v.parse::<u64>().expect("I"));
+    let ctl = value("--ctl").map(std::path::PathBuf::from);
+    let mut children: Vec<Child> = Vec::new();
+    for i in 1..=number("--count", 10) {
+        if let Some(ctl) = &ctl {
+            let go = ctl.join(format!("go-{i}"));
+            while !go.exists() {
+                std::thread::sleep(Duration::from_millis(5));
+            }
+        }
+        if churn {
+            adjust(&mut children, (i % 4) as usize);
+        }
+        let mut options = Options::new(&images);
+        if let Some(socket) = value("--socket") {
+            options = options.socket(socket);
+        }
+        if let Some(keep) = value("--keep") {
+            options = options.keep(keep.parse().expect("--keep K"));
+        }
+        if exit_after_from.is_some_and(|from| i >= from) {
+            options = options.exit_after_dump();
+        }
+        match selfdump::blocking::checkpoint(options) {
+            Ok(Outcome::Continued(r)) => say(&format!(
+                "gen {i} continued {} {}",
+                r.generation, r.processes
+            )),
+            Ok(Outcome::Restored(info)) => {
+                let alive = children
+                    .iter_mut()
+                    .map(Child::try_wait)
+                    .filter(|waited| matches!(waited, Ok(None)))
+                    .count();
+                say(&format!(
+                    "gen {i} restored {} children {} alive {alive}",
+                    info.generation,
+                    children.len()
+                ));
+                std::process::exit(0);
+            }
+            Err(e) => say(&format!("gen {i} error {e}")),
+        }
+        std::thread::sleep(Duration::from_millis(number("--interval-ms", 0)));
+    }
+    say("done");
+}
+
+/// Ends the oldest children, or starts new ones, until there are `want`.
+fn adjust(children: &mut Vec<Child>, want: usize) {
+    while children.len() > want {
+        let mut oldest = children.remove(0);
+        let _ = oldest.kill();
+        let _ = oldest.wait();
+    }
+    while children.len() < want {
+        let child = Command::new(std::env::current_exe().expect("own path"))
+            .arg("--child")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("start a child");
+        children.push(child);
+    }
+}
