@@ -2,7 +2,8 @@
 //! its children coming and going between checkpoints, as a long-running
 //! job does. Each checkpoint is a new generation of the directory, and
 //! `latest` names the newest; a copy restored from any of them says which
-//! generation it came from, checks its children are back, and exits.
+//! generation it came from and whether its children are back, then waits
+//! to be killed (SIGKILL to its init ends its namespace).
 //! Start it isolated, so that its copies can run beside it:
 //!
 //! ```text
@@ -88,7 +89,11 @@ fn main() {
                     info.generation,
                     children.len()
                 ));
-                std::process::exit(0);
+                // until killed: a copy that exits before CRIU has let go
+                // of it fails its restore (CRIU 4.1.1)
+                loop {
+                    std::thread::sleep(Duration::from_secs(3600));
+                }
             }
             Err(e) => say(&format!("gen {i} error {e}")),
         }

@@ -380,3 +380,7 @@ fn complete(meta: &ImageMeta, source: &impl AsFd) -> ImageMeta {
         ..meta.clone()
     }
 }
+
+#[cfg(test)]
+#[path = "commit_tests.rs"]
+mod tests;

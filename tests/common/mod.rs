@@ -3,6 +3,8 @@
 //! kill, reap and restore it. Everything runs against the real CRIU.
 #![allow(dead_code)]
 
+pub mod looping;
+
 use selfdump::server::{Builder, Criu, Server, check::find_criu};
 use std::fs::{File, OpenOptions};
 use std::io::Read;
