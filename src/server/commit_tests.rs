@@ -156,7 +156,7 @@ fn a_commit_makes_a_whole_generation_of_the_callers_and_switches_latest() {
         .into_iter()
         .filter(|n| n.starts_with(".selfdump-"))
         .collect();
-    assert_eq!(left, [source.name.clone()]);
+    assert_eq!(left, std::slice::from_ref(&source.name));
 }
 
 #[test]

@@ -41,6 +41,9 @@ impl Looping {
     ) -> Self {
         let ctl = tempfile::tempdir().unwrap();
         let mut cmd = Command::new(selfdump_bin());
+        // CRIU's parasite makes `proc.crtools` in the cwd of a namespace's
+        // init it dumps: two dumped from one cwd at once collide (EEXIST)
+        cmd.current_dir(ctl.path());
         cmd.args(["run", "--"])
             .arg(example("checkpoint_loop"))
             .arg("--images")
@@ -80,7 +83,16 @@ impl Looping {
     /// The generation checkpoint `i` committed, from its `continued` line.
     pub fn committed(&self, i: u32) -> String {
         let line = self.outcome(i);
-        assert!(line.contains(" continued "), "checkpoint {i}: {line}");
+        if !line.contains(" continued ") {
+            // what CRIU said, before the directory goes with the panic
+            let log = line
+                .split("(log: ")
+                .nth(1)
+                .map(|l| read(Path::new(l.trim_end_matches(')'))))
+                .unwrap_or_default();
+            let errors: Vec<&str> = log.lines().filter(|l| l.contains("Error")).collect();
+            panic!("checkpoint {i}: {line}\n{}", errors.join("\n"));
+        }
         line.split_whitespace().nth(3).unwrap().to_owned()
     }
 
