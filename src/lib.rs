@@ -97,3 +97,7 @@ pub use client::{
 
 #[cfg(feature = "server")]
 pub mod server;
+
+#[cfg(test)]
+#[path = "../tests/support/skip.rs"]
+mod test_skip;

@@ -213,8 +213,33 @@ impl Drop for Cgroup {
 }
 
 /// Where a cgroup filesystem is mounted here (cgroup2 first), from
-/// `/proc/mounts`.
-fn cgroup_mount() -> Option<std::path::PathBuf> {
+/// `/proc/mounts`; else one mounted for the test (on `scratch`).
+fn cgroup_mount(scratch: &std::path::Path) -> std::path::PathBuf {
+    if let Some(mounted) = mounted_cgroup() {
+        return mounted;
+    }
+    let status = std::process::Command::new("mount")
+        .args(["-t", "cgroup2", "none"])
+        .arg(scratch)
+        .status()
+        .unwrap();
+    assert!(
+        status.success(),
+        "no cgroup filesystem, and none can be mounted"
+    );
+    scratch.to_path_buf()
+}
+
+/// Unmounts what [`cgroup_mount`] mounted, if it did.
+struct Unmount(std::path::PathBuf);
+
+impl Drop for Unmount {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("umount").arg(&self.0).status();
+    }
+}
+
+fn mounted_cgroup() -> Option<std::path::PathBuf> {
     let mounts = std::fs::read_to_string("/proc/mounts").ok()?;
     let of = |kind: &str| {
         mounts.lines().find_map(|l| {
@@ -227,10 +252,9 @@ fn cgroup_mount() -> Option<std::path::PathBuf> {
 
 #[test]
 fn an_images_directory_on_cgroupfs_is_refused_before_anything_is_made() {
-    let Some(root) = cgroup_mount() else {
-        eprintln!("SKIPPED (counted): no cgroup filesystem is mounted here");
-        return;
-    };
+    let scratch = tempfile::tempdir().unwrap();
+    let root = cgroup_mount(scratch.path());
+    let _unmount = (root == scratch.path()).then(|| Unmount(root.clone()));
     let cgroup = Cgroup(root.join(format!("selfdump-test-{}", std::process::id())));
     std::fs::create_dir(&cgroup.0).unwrap();
     let before = image_files(&cgroup.0);

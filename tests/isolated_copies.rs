@@ -438,9 +438,9 @@ fn lazy_pages_supported() -> bool {
         .output()
         .is_ok_and(|o| o.status.success());
     if !ok {
-        eprintln!(
-            "SKIP: `criu check --feature uffd-noncoop` fails here: lazy restores need \
-             userfaultfd for non-cooperative processes"
+        skip(
+            Limit::NoUffd,
+            "`criu check --feature uffd-noncoop` fails: lazy restores are not tested",
         );
     }
     ok

@@ -183,9 +183,9 @@ fn tcp_states_and_ipv6_are_told_apart() {
     );
     assert!(own(&client)[0].fix.contains("closing connection"));
 
-    let Ok(listener6) = std::net::TcpListener::bind("[::1]:0") else {
-        eprintln!("SKIPPED (IPv6 part): no ::1 here");
-        return;
+    let listener6 = match std::net::TcpListener::bind("[::1]:0") {
+        Ok(listener) => listener,
+        Err(e) => return skip(Limit::NoIpv6Loopback, &format!("the IPv6 part: [::1]: {e}")),
     };
     let addr6 = listener6.local_addr().unwrap();
     let client6 = std::net::TcpStream::connect(addr6).unwrap();
@@ -386,10 +386,9 @@ fn a_traced_process_is_refused() {
         .stderr(Stdio::null())
         .spawn()
     else {
-        eprintln!("SKIPPED: strace is not installed");
         let _ = sleeper.kill();
         let _ = sleeper.wait();
-        return;
+        panic!("strace is not installed: scripts/test.sh installs it");
     };
     let traced = wait_until("strace to attach", || {
         std::fs::read_to_string(format!("/proc/{pid}/status"))
@@ -423,8 +422,7 @@ fn an_io_uring_is_refused() {
         .stdout(Stdio::piped())
         .spawn()
     else {
-        eprintln!("SKIPPED: python3 is not installed");
-        return;
+        panic!("python3 is not installed: scripts/test.sh installs it");
     };
     let mut line = String::new();
     std::io::BufRead::read_line(
@@ -437,8 +435,10 @@ fn an_io_uring_is_refused() {
     let _ = python.kill();
     let _ = python.wait();
     if fd < 0 {
-        eprintln!("SKIPPED: io_uring_setup failed here (disabled?)");
-        return;
+        return skip(
+            Limit::NoIoUring,
+            &format!("io_uring_setup returned {fd}: no io_uring to find"),
+        );
     }
     let f = findings
         .iter()

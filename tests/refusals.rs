@@ -197,12 +197,11 @@ fn non_root_caller_in_its_own_directory_is_dumped_when_criu_can() {
                 "only the log, the caller's"
             );
         }
-        eprintln!(
-            "SKIP (partly): this machine lacks CAP_SYS_RESOURCE, so CRIU cannot dump a non-root \
-             process (\"Can't get rlimit\"); checked that the service admitted it and handed \
-             the log to the caller"
+        return skip(
+            Limit::NoCapSysResource,
+            "partly: CRIU cannot dump a non-root process (\"Can't get rlimit\"); checked \
+             that the service admitted it and handed the log to the caller",
         );
-        return;
     }
     assert!(line.starts_with("checkpoint continued"), "{line}");
     for (name, uid, _) in image_files(images.path()) {

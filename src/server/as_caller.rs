@@ -107,8 +107,10 @@ mod tests {
     #[test]
     fn the_kernel_checks_the_callers_permissions_not_roots() {
         if !rustix::process::geteuid().is_root() {
-            eprintln!("SKIPPED: needs root (tests dropping root's file rights)");
-            return;
+            return crate::test_skip::skip(
+                crate::test_skip::Limit::NotRoot,
+                "tests dropping root's file rights",
+            );
         }
         let dir = tempfile::tempdir().unwrap();
         std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();

@@ -21,7 +21,10 @@ fn nobody() -> CallerCreds {
 fn root() -> bool {
     let root = rustix::process::geteuid().is_root();
     if !root {
-        eprintln!("SKIPPED: needs root (the service's side of a commit)");
+        crate::test_skip::skip(
+            crate::test_skip::Limit::NotRoot,
+            "the service's side of a commit runs as root",
+        );
     }
     root
 }

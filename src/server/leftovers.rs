@@ -153,8 +153,10 @@ mod tests {
     #[test]
     fn only_unlocked_root_staging_directories_of_other_services_go() {
         if !rustix::process::geteuid().is_root() {
-            eprintln!("SKIPPED: needs root (staging directories are root's)");
-            return;
+            return crate::test_skip::skip(
+                crate::test_skip::Limit::NotRoot,
+                "staging directories are root's",
+            );
         }
         let parent = tempfile::tempdir().unwrap();
         let stale = staging_like(parent.path(), ".selfdump-aaaa-1");

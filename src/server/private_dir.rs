@@ -264,8 +264,10 @@ mod tests {
     #[test]
     fn restore_leftovers_are_bounded_keeping_the_newest_and_those_in_use() {
         if !rustix::process::geteuid().is_root() {
-            eprintln!("SKIPPED: needs root (a directory of root's)");
-            return;
+            return crate::test_skip::skip(
+                crate::test_skip::Limit::NotRoot,
+                "the restore leftovers' directory is root's",
+            );
         }
         let base = tempfile::tempdir().unwrap();
         let logs = base.path().join("logs");

@@ -43,7 +43,10 @@ fn owner(path: &Path) -> u32 {
 fn root() -> bool {
     let root = rustix::process::geteuid().is_root();
     if !root {
-        eprintln!("SKIPPED: needs root (staging directories are root's)");
+        crate::test_skip::skip(
+            crate::test_skip::Limit::NotRoot,
+            "staging directories are root's",
+        );
     }
     root
 }

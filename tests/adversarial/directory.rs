@@ -121,7 +121,9 @@ pub fn disk_full(ctx: &mut Ctx) -> String {
         .arg(images.path())
         .status();
     if !status.as_ref().is_ok_and(|s| s.success()) {
-        return format!("SKIPPED: cannot mount a tiny tmpfs here ({status:?}), so no full disk");
+        let why = format!("cannot mount a tiny tmpfs ({status:?}), so no full disk");
+        crate::common::skip(crate::common::Limit::NoTmpfsMount, &why);
+        return format!("SKIPPED: {why}");
     }
     struct Unmount(PathBuf);
     impl Drop for Unmount {

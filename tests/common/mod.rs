@@ -4,6 +4,10 @@
 #![allow(dead_code)]
 
 pub mod looping;
+#[path = "../support/skip.rs"]
+pub mod skip;
+#[allow(unused_imports)]
+pub use skip::{Limit, skip};
 
 use selfdump::server::{Builder, Criu, Server, check::find_criu};
 use std::fs::{File, OpenOptions};
