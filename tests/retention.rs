@@ -42,6 +42,7 @@ fn the_newest_are_kept_and_one_being_restored_is_not_removed_under_it() {
         expected.extend(newest);
         assert_eq!(generations(images.path()), expected, "after checkpoint {i}");
         assert_eq!(latest(images.path()).as_ref(), made.last());
+        assert_generations_whole(images.path());
     }
     drop(held);
     looping.go(6);

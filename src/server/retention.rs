@@ -24,9 +24,10 @@
 
 use super::as_caller::CallerCreds;
 use super::generation;
+use super::images::entry_names;
 use super::leftovers;
 use super::subdir::remove_dir_as;
-use rustix::fs::{Mode, OFlags};
+use rustix::fs::{AtFlags, FileType, Mode, OFlags};
 use std::io;
 use std::os::fd::OwnedFd;
 
@@ -73,6 +74,15 @@ fn remove_if_free(parent: &OwnedFd, creds: &CallerCreds, name: &str) -> io::Resu
         return Ok(false);
     }
     leftovers::remove_stale(&dir, None, creds);
+    // a directory in it (a restore's that is not stale) would make the
+    // removal stop half way: the generation is left whole instead
+    if let Some(inner) = entry_names(&dir)?.into_iter().find(|n| {
+        rustix::fs::statat(&dir, n.as_str(), AtFlags::SYMLINK_NOFOLLOW)
+            .is_ok_and(|s| FileType::from_raw_mode(s.st_mode) == FileType::Directory)
+    }) {
+        log::warn!("retention: {name} holds the directory {inner}: kept");
+        return Ok(false);
+    }
     remove_dir_as(creds, parent, name, &dir)?;
     Ok(true)
 }
