@@ -241,3 +241,34 @@ fn pre_dump_is_refused_with_the_reason_this_machine_cannot_do_it() {
     assert!(image_files(images.path()).is_empty(), "nothing ran");
     assert_still_serves(&service);
 }
+
+#[test]
+fn a_latest_of_another_user_in_a_sticky_directory_is_refused_before_the_dump() {
+    let service = service_allowing_nobody();
+    let images = images_dir();
+    std::fs::set_permissions(
+        images.path(),
+        std::os::unix::fs::PermissionsExt::from_mode(0o1777),
+    )
+    .unwrap();
+    // root's checkpoint made it; nobody could not replace it when switching
+    std::os::unix::fs::symlink(
+        "gen-20250101-000000.000000-00000001",
+        images.path().join("latest"),
+    )
+    .unwrap();
+    let (mut program, line) = nobody_checkpoints(&service, images.path(), "2");
+    assert!(
+        line.contains("refused (BadDirectory)")
+            && line
+                .contains("latest in the images directory is uid 0's, and the directory is sticky"),
+        "{line}"
+    );
+    assert!(program.wait().success());
+    let names: Vec<String> = image_files(images.path())
+        .into_iter()
+        .map(|f| f.0)
+        .collect();
+    assert_eq!(names, ["latest"], "nothing made");
+    assert_still_serves(&service);
+}

@@ -1,4 +1,5 @@
-//! One checkpoint request, from the checks to the published images.
+//! One checkpoint request, from the checks to the committed generation
+//! (`commit.rs`) and the answer.
 
 use super::Shared;
 use super::as_caller::CallerCreds;
@@ -54,6 +55,7 @@ fn admit(shared: &Shared, peer: &Peer, dir: &OwnedFd) -> Result<Caller, Refused>
     check_filesystem(dir).map_err(|e| Refused::bad_directory(e.to_string()))?;
     generation::read_latest(dir)
         .map_err(|e| Refused::bad_directory(format!("in the images directory, {e}")))?;
+    generation::may_switch_latest(dir, &dir_stat, caller.uid()).map_err(Refused::bad_directory)?;
     // Last, the embedder's own policy (`Builder::admit`), if it has one.
     shared
         .config

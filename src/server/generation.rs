@@ -11,7 +11,7 @@
 //! a restored copy reads too); a second program checkpointing into the
 //! same directory at the same microsecond gets other random bits.
 //!
-//! Resolving what to restore ([`resolve`]) reads `latest` through the
+//! Resolving what to restore (`resolve`) reads `latest` through the
 //! directory's fd, takes only a single plain name from it, and opens that
 //! with `O_NOFOLLOW | O_DIRECTORY` relative to the same fd, with the
 //! credentials of whoever the restore acts for: nothing is followed
@@ -142,15 +142,39 @@ pub(crate) fn read_latest(dir: &impl AsFd) -> io::Result<Option<String>> {
     Ok(Some(target))
 }
 
+/// Whether uid `uid` may switch `latest` in the directory `dir` (whose
+/// stat is `dir_stat`): in a sticky directory (`/tmp`), only the owner of
+/// `latest` or of the directory may replace it (root may, but the service
+/// switches it as the caller).
+pub(crate) fn may_switch_latest(
+    dir: &impl AsFd,
+    dir_stat: &rustix::fs::Stat,
+    uid: u32,
+) -> Result<(), String> {
+    const STICKY: u32 = 0o1000;
+    let Ok(latest) = rustix::fs::statat(dir, LATEST, AtFlags::SYMLINK_NOFOLLOW) else {
+        return Ok(());
+    };
+    if uid == 0 || dir_stat.st_mode & STICKY == 0 || uid == latest.st_uid || uid == dir_stat.st_uid
+    {
+        return Ok(());
+    }
+    Err(format!(
+        "{LATEST} in the images directory is uid {}'s, and the directory is sticky: uid {uid} \
+         may not replace it; use a directory of your own",
+        latest.st_uid
+    ))
+}
+
 /// What a restore reads: the images directory proper and its generation.
 #[derive(Debug)]
-pub struct Resolved {
+pub(crate) struct Resolved {
     /// The directory holding the image files, held with a shared `flock`.
-    pub dir: OwnedFd,
+    pub(crate) dir: OwnedFd,
     /// The generation's name; `None` for images directly in the directory
     /// that was given (made before generations, by plain CRIU, or a
     /// generation named by its own path).
-    pub generation: Option<String>,
+    pub(crate) generation: Option<String>,
 }
 
 /// How long a restore waits for a generation that another process holds

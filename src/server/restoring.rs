@@ -1,8 +1,10 @@
 //! One restore request: the owner of a checkpoint (or root) asks the
 //! service to restore it, with the images directory as an fd. Same policy
 //! and limits as a dump (a restore takes one of the dump slots); the
-//! images are verified ([`restore`](super::restore)) and their owner must
-//! be the caller unless the caller is root.
+//! generation `latest` names (or the directory itself, see
+//! [`generation`](super::generation)) is opened with the caller's
+//! credentials, its images are verified ([`restore`](super::restore)),
+//! and their owner must be the caller unless the caller is root.
 
 use super::Shared;
 use super::as_caller::CallerCreds;
