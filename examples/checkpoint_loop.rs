@@ -34,46 +34,75 @@ fn say(line: &str) {
     let _ = out.flush();
 }
 
+/// The command line (see the module docs).
+struct Args {
+    images: String,
+    socket: Option<String>,
+    count: u64,
+    churn: bool,
+    keep: Option<u32>,
+    exit_after_from: Option<u64>,
+    ctl: Option<std::path::PathBuf>,
+    interval: Duration,
+}
+
+impl Args {
+    fn parse() -> Self {
+        let args: Vec<String> = std::env::args().skip(1).collect();
+        let value = |name: &str| {
+            args.iter()
+                .position(|a| a == name)
+                .and_then(|i| args.get(i + 1))
+                .cloned()
+        };
+        let number = |name: &str| value(name).map(|v| v.parse::<u64>().expect(name));
+        Self {
+            images: value("--images").expect("--images DIR"),
+            socket: value("--socket"),
+            count: number("--count").unwrap_or(10),
+            churn: args.iter().any(|a| a == "--churn"),
+            keep: number("--keep").map(|k| k as u32),
+            exit_after_from: number("--exit-after-from"),
+            ctl: value("--ctl").map(std::path::PathBuf::from),
+            interval: Duration::from_millis(number("--interval-ms").unwrap_or(0)),
+        }
+    }
+
+    /// The options of checkpoint `i`.
+    fn options(&self, i: u64) -> Options {
+        let mut options = Options::new(&self.images);
+        if let Some(socket) = &self.socket {
+            options = options.socket(socket);
+        }
+        if let Some(keep) = self.keep {
+            options = options.keep(keep);
+        }
+        if self.exit_after_from.is_some_and(|from| i >= from) {
+            options = options.exit_after_dump();
+        }
+        options
+    }
+}
+
 fn main() {
-    let args: Vec<String> = std::env::args().skip(1).collect();
-    if args.first().map(String::as_str) == Some("--child") {
+    if std::env::args().nth(1).as_deref() == Some("--child") {
         loop {
             std::thread::sleep(Duration::from_secs(3600));
         }
     }
-    let value = |name: &str| {
-        args.iter()
-            .position(|a| a == name)
-            .and_then(|i| args.get(i + 1))
-            .cloned()
-    };
-    let number = |name: &str, default: u64| value(name).map_or(default, |v| v.parse().expect(name));
-    let images = value("--images").expect("--images DIR");
-    let churn = args.iter().any(|a| a == "--churn");
-    let exit_after_from = value("--exit-after-from").map(|v| v.parse::<u64>().expect("I"));
-    let ctl = value("--ctl").map(std::path::PathBuf::from);
+    let args = Args::parse();
     let mut children: Vec<Child> = Vec::new();
-    for i in 1..=number("--count", 10) {
-        if let Some(ctl) = &ctl {
+    for i in 1..=args.count {
+        if let Some(ctl) = &args.ctl {
             let go = ctl.join(format!("go-{i}"));
             while !go.exists() {
                 std::thread::sleep(Duration::from_millis(5));
             }
         }
-        if churn {
+        if args.churn {
             adjust(&mut children, (i % 4) as usize);
         }
-        let mut options = Options::new(&images);
-        if let Some(socket) = value("--socket") {
-            options = options.socket(socket);
-        }
-        if let Some(keep) = value("--keep") {
-            options = options.keep(keep.parse().expect("--keep K"));
-        }
-        if exit_after_from.is_some_and(|from| i >= from) {
-            options = options.exit_after_dump();
-        }
-        match selfdump::blocking::checkpoint(options) {
+        match selfdump::blocking::checkpoint(args.options(i)) {
             Ok(Outcome::Continued(r)) => say(&format!(
                 "gen {i} continued {} {}",
                 r.generation, r.processes
@@ -97,7 +126,7 @@ fn main() {
             }
             Err(e) => say(&format!("gen {i} error {e}")),
         }
-        std::thread::sleep(Duration::from_millis(number("--interval-ms", 0)));
+        std::thread::sleep(args.interval);
     }
     say("done");
 }

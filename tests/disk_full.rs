@@ -79,77 +79,82 @@ fn a_full_disk_at_each_phase_leaves_latest_whole_and_the_answer_true() {
     let Some(tmpfs) = Tmpfs::mount() else {
         return skip(Limit::NoTmpfsMount, "no small tmpfs, so no full disk");
     };
-    let mut said = Vec::new();
-    for (n, phase) in PHASES.into_iter().enumerate() {
-        let base = tmpfs.0.path().join(n.to_string());
-        std::fs::create_dir(&base).unwrap();
-        let socket = tmpfs.0.path().join(format!("{n}.sock"));
-        let images = base.join("images");
-        std::fs::create_dir(&images).unwrap();
-        let holds = Holds::new();
-        let logs = tempfile::tempdir().unwrap();
-        let mut serve = serve_with(&socket, &logs.path().join("serve.log"), &[holds.env()]);
-        // its output off the disk that fills
-        let log = logs.path().join("loop.log");
-        let looping = Looping::start_logged(&socket, &images, &log, &["--count", "3"]);
-        looping.go(1);
-        let first = looping.committed(1);
-        let ballast = match phase {
-            None => {
-                let ballast = fill(tmpfs.0.path());
-                looping.go(2);
-                ballast
-            }
-            Some(step) => {
-                holds.hold(step);
-                looping.go(2);
-                holds.wait_held(step);
-                let ballast = fill(tmpfs.0.path());
-                holds.release(step);
-                ballast
-            }
-        };
-        let line = looping.outcome(2);
-        let now = latest(&images).unwrap();
-        let moved = now != first;
-        assert_eq!(
-            line.contains(" continued "),
-            moved,
-            "{phase:?}: the answer ({line}) and latest ({now}) disagree"
-        );
-        if !moved {
-            assert!(
-                line.contains("No space left on device"),
-                "{phase:?}: {line}"
-            );
-        }
-        std::fs::remove_dir_all(&ballast).unwrap();
-        assert_generations_whole(&images);
-        let heard = restore_and_hear(&images, &looping);
-        let i = if moved { 2 } else { 1 };
-        assert!(
-            heard.starts_with(&format!("gen {i} restored {now}")),
-            "{heard}"
-        );
-
-        looping.go(3);
-        let third = looping.committed(3);
-        assert_eq!(latest(&images).as_deref(), Some(third.as_str()));
-        assert_no_leftovers(&images);
-        said.push(format!(
-            "{}: {}",
-            phase.unwrap_or("while CRIU writes"),
-            if moved {
-                "committed"
-            } else {
-                "failed, latest kept"
-            }
-        ));
-        drop(looping);
-        let _ = serve.kill();
-        let _ = serve.wait();
-        reap_orphaned_criu(Duration::from_secs(10));
-        std::fs::remove_dir_all(&base).unwrap();
-    }
+    let said: Vec<String> = PHASES
+        .into_iter()
+        .enumerate()
+        .map(|(n, phase)| {
+            let committed = full_at(tmpfs.0.path(), n, phase);
+            format!(
+                "{}: {}",
+                phase.unwrap_or("while CRIU writes"),
+                if committed {
+                    "committed"
+                } else {
+                    "failed, latest kept"
+                }
+            )
+        })
+        .collect();
     eprintln!("disk full: {}", said.join("; "));
+}
+
+/// The disk fills at `phase` of a second checkpoint into a directory of
+/// the tmpfs at `disk`; whether the second checkpoint was committed.
+fn full_at(disk: &Path, n: usize, phase: Option<&str>) -> bool {
+    let base = disk.join(n.to_string());
+    std::fs::create_dir(&base).unwrap();
+    let socket = disk.join(format!("{n}.sock"));
+    let images = base.join("images");
+    std::fs::create_dir(&images).unwrap();
+    let holds = Holds::new();
+    let logs = tempfile::tempdir().unwrap();
+    let mut serve = serve_with(&socket, &logs.path().join("serve.log"), &[holds.env()]);
+    // its output off the disk that fills
+    let log = logs.path().join("loop.log");
+    let looping = Looping::start_logged(&socket, &images, &log, &["--count", "3"]);
+    looping.go(1);
+    let first = looping.committed(1);
+    if let Some(step) = phase {
+        holds.hold(step);
+        looping.go(2);
+        holds.wait_held(step);
+    }
+    let ballast = fill(disk);
+    match phase {
+        Some(step) => holds.release(step),
+        None => looping.go(2),
+    }
+    let line = looping.outcome(2);
+    let now = latest(&images).unwrap();
+    let moved = now != first;
+    assert_eq!(
+        line.contains(" continued "),
+        moved,
+        "{phase:?}: the answer ({line}) and latest ({now}) disagree"
+    );
+    if !moved {
+        assert!(
+            line.contains("No space left on device"),
+            "{phase:?}: {line}"
+        );
+    }
+    std::fs::remove_dir_all(&ballast).unwrap();
+    assert_generations_whole(&images);
+    let heard = restore_and_hear(&images, &looping);
+    let i = if moved { 2 } else { 1 };
+    assert!(
+        heard.starts_with(&format!("gen {i} restored {now}")),
+        "{heard}"
+    );
+
+    looping.go(3);
+    let third = looping.committed(3);
+    assert_eq!(latest(&images).as_deref(), Some(third.as_str()));
+    assert_no_leftovers(&images);
+    drop(looping);
+    let _ = serve.kill();
+    let _ = serve.wait();
+    reap_orphaned_criu(Duration::from_secs(10));
+    std::fs::remove_dir_all(&base).unwrap();
+    moved
 }

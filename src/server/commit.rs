@@ -175,47 +175,13 @@ impl Sealed {
             subdir.remove(true);
             return Err(e.into());
         }
-        let PrivateSubdir {
-            parent,
-            name: made,
-            dir,
-            creds,
-        } = subdir;
-        let gone_as_caller = |named: &str| {
-            if let Err(e) = remove_dir_as(&creds, &parent, named, &dir) {
-                log::warn!("cannot remove the uncommitted generation {named}: {e}");
-            }
-        };
         let syncing = std::time::Instant::now();
-        if let Err(e) = rustix::fs::syncfs(&dir) {
-            gone_as_caller(&made);
-            return Err(e.into());
-        }
-        hold("synced");
-        let adopted = adopt::prepare(&parent, &creds);
-        let renamed = creds.run(|| {
-            rustix::fs::renameat_with(
-                &parent,
-                made.as_str(),
-                &parent,
-                name,
-                RenameFlags::NOREPLACE,
-            )
-        });
-        if let Err(e) = flatten(renamed) {
-            gone_as_caller(&made);
-            let why = format!("cannot name the generation {name}: {e}");
-            return Err(io::Error::new(e.kind(), why));
-        }
-        hold("renamed");
-        let switched = rustix::fs::fsync(&parent)
-            .map_err(io::Error::from)
-            .and_then(|()| {
-                hold("named");
-                switch_latest(&parent, &creds, name)
-            });
-        if let Err(e) = switched {
-            gone_as_caller(name);
+        let adopted = name_it(&subdir, name)?;
+        let PrivateSubdir {
+            parent, dir, creds, ..
+        } = subdir;
+        if let Err(e) = switch_latest(&parent, &creds, name) {
+            gone_as_caller(&creds, &parent, name, &dir);
             return Err(e);
         }
         hold("switched");
@@ -235,6 +201,47 @@ impl Sealed {
             dir,
             published: std::mem::take(&mut self.published),
         })
+    }
+}
+
+/// Steps 3 to 5 of the module docs for `G` (the caller's by now): synced,
+/// named `name`, the name synced; an old checkpoint directly in the
+/// directory adopted meanwhile. On an error `G` is removed.
+fn name_it(g: &PrivateSubdir, name: &str) -> io::Result<Option<adopt::Adopted>> {
+    let (parent, creds) = (&g.parent, &g.creds);
+    if let Err(e) = rustix::fs::syncfs(&g.dir) {
+        gone_as_caller(creds, parent, &g.name, &g.dir);
+        return Err(e.into());
+    }
+    hold("synced");
+    let adopted = adopt::prepare(parent, creds);
+    let renamed = creds.run(|| {
+        rustix::fs::renameat_with(
+            parent,
+            g.name.as_str(),
+            parent,
+            name,
+            RenameFlags::NOREPLACE,
+        )
+    });
+    if let Err(e) = flatten(renamed) {
+        gone_as_caller(creds, parent, &g.name, &g.dir);
+        let why = format!("cannot name the generation {name}: {e}");
+        return Err(io::Error::new(e.kind(), why));
+    }
+    hold("renamed");
+    if let Err(e) = rustix::fs::fsync(parent) {
+        gone_as_caller(creds, parent, name, &g.dir);
+        return Err(e.into());
+    }
+    hold("named");
+    Ok(adopted)
+}
+
+/// Removes the uncommitted generation `named` (the caller's), as the caller.
+fn gone_as_caller(creds: &CallerCreds, parent: &OwnedFd, named: &str, dir: &OwnedFd) {
+    if let Err(e) = remove_dir_as(creds, parent, named, dir) {
+        log::warn!("cannot remove the uncommitted generation {named}: {e}");
     }
 }
 

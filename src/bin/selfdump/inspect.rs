@@ -54,6 +54,54 @@ pub(crate) fn inspect_cmd(mut parser: lexopt::Parser) -> Res<ExitCode> {
 fn describe(dir: &std::path::Path, r: &selfdump::server::inspect::Inspection) -> String {
     use std::fmt::Write;
     let mut out = format!("images:    {}\n", dir.display());
+    describe_generations(&mut out, r);
+    let signature = match &r.signature {
+        None => "none (unsigned images: restore only with --trust-unsigned)".to_string(),
+        Some(s) => match (s.verifies, &s.problem) {
+            (Some(true), _) => format!("verifies (key {})", s.key_id),
+            (Some(false), Some(p)) => format!("DOES NOT VERIFY: {p}"),
+            _ => format!(
+                "key {} (not checked: the key is not readable here)",
+                s.key_id
+            ),
+        },
+    };
+    let _ = writeln!(out, "signature: {signature}");
+    if let Some(m) = &r.meta {
+        describe_meta(&mut out, m);
+    }
+    let _ = writeln!(out, "tree:      {} task(s)", r.tree.len());
+    for t in &r.tree {
+        let _ = writeln!(
+            out,
+            "  pid {} ({}) ppid {} pgid {} sid {} threads {:?}",
+            t.pid, t.command, t.ppid, t.pgid, t.sid, t.threads
+        );
+    }
+    let _ = writeln!(out, "size:      {} bytes, {} pages", r.bytes, r.pages);
+    let mut states = std::collections::BTreeMap::<&str, Vec<&str>>::new();
+    for f in &r.files {
+        states.entry(f.state.as_str()).or_default().push(&f.name);
+    }
+    for (state, names) in states {
+        let _ = writeln!(
+            out,
+            "files:     {} {state}: {}",
+            names.len(),
+            names.join(" ")
+        );
+    }
+    let _ = writeln!(
+        out,
+        "pids:      {}",
+        r.ids_in_use.as_deref().unwrap_or("free here")
+    );
+    out
+}
+
+/// The generations, and which one is described below.
+fn describe_generations(out: &mut String, r: &selfdump::server::inspect::Inspection) {
+    use std::fmt::Write;
     if !r.generations.is_empty() {
         let _ = writeln!(out, "generations: {}", r.generations.len());
         for g in &r.generations {
@@ -87,81 +135,45 @@ fn describe(dir: &std::path::Path, r: &selfdump::server::inspect::Inspection) ->
         }
         None => {}
     }
-    let signature = match &r.signature {
-        None => "none (unsigned images: restore only with --trust-unsigned)".to_string(),
-        Some(s) => match (s.verifies, &s.problem) {
-            (Some(true), _) => format!("verifies (key {})", s.key_id),
-            (Some(false), Some(p)) => format!("DOES NOT VERIFY: {p}"),
-            _ => format!(
-                "key {} (not checked: the key is not readable here)",
-                s.key_id
-            ),
-        },
-    };
-    let _ = writeln!(out, "signature: {signature}");
-    if let Some(m) = &r.meta {
-        let _ = writeln!(
-            out,
-            "owner:     uid {} gid {} groups {:?}",
-            m.uid, m.gid, m.groups
-        );
-        let _ = writeln!(
-            out,
-            "made:      job {} on {} (boot {}), {} ({} s after the epoch)",
-            m.job,
-            m.host,
-            m.boot_id,
-            selfdump::server::generation::utc(m.created_unix),
-            m.created_unix
-        );
-        let options: Vec<&str> = [
-            (m.shell_job, "shell-job"),
-            (m.tcp_established, "tcp-established"),
-            (m.file_locks, "file-locks"),
-            (m.ext_unix_sk, "ext-unix-sk"),
-        ]
-        .into_iter()
-        .filter_map(|(on, name)| on.then_some(name))
-        .collect();
-        let _ = writeln!(out, "options:   {}", options.join(" "));
-        if m.pid_namespace {
-            let _ = writeln!(
-                out,
-                "namespace: a whole pid namespace (started with `selfdump run`): each \
-                 restore makes a fresh one; `restore --copies N` starts many at once{}",
-                if m.copy_slot.is_some() {
-                    ", each told its number"
-                } else {
-                    ""
-                }
-            );
-        }
-    }
-    let _ = writeln!(out, "tree:      {} task(s)", r.tree.len());
-    for t in &r.tree {
-        let _ = writeln!(
-            out,
-            "  pid {} ({}) ppid {} pgid {} sid {} threads {:?}",
-            t.pid, t.command, t.ppid, t.pgid, t.sid, t.threads
-        );
-    }
-    let _ = writeln!(out, "size:      {} bytes, {} pages", r.bytes, r.pages);
-    let mut states = std::collections::BTreeMap::<&str, Vec<&str>>::new();
-    for f in &r.files {
-        states.entry(f.state.as_str()).or_default().push(&f.name);
-    }
-    for (state, names) in states {
-        let _ = writeln!(
-            out,
-            "files:     {} {state}: {}",
-            names.len(),
-            names.join(" ")
-        );
-    }
+}
+
+/// The owner, when and how the images were made.
+fn describe_meta(out: &mut String, m: &selfdump::server::images::ImageMeta) {
+    use std::fmt::Write;
     let _ = writeln!(
         out,
-        "pids:      {}",
-        r.ids_in_use.as_deref().unwrap_or("free here")
+        "owner:     uid {} gid {} groups {:?}",
+        m.uid, m.gid, m.groups
     );
-    out
+    let _ = writeln!(
+        out,
+        "made:      job {} on {} (boot {}), {} ({} s after the epoch)",
+        m.job,
+        m.host,
+        m.boot_id,
+        selfdump::server::generation::utc(m.created_unix),
+        m.created_unix
+    );
+    let options: Vec<&str> = [
+        (m.shell_job, "shell-job"),
+        (m.tcp_established, "tcp-established"),
+        (m.file_locks, "file-locks"),
+        (m.ext_unix_sk, "ext-unix-sk"),
+    ]
+    .into_iter()
+    .filter_map(|(on, name)| on.then_some(name))
+    .collect();
+    let _ = writeln!(out, "options:   {}", options.join(" "));
+    if m.pid_namespace {
+        let _ = writeln!(
+            out,
+            "namespace: a whole pid namespace (started with `selfdump run`): each \
+             restore makes a fresh one; `restore --copies N` starts many at once{}",
+            if m.copy_slot.is_some() {
+                ", each told its number"
+            } else {
+                ""
+            }
+        );
+    }
 }
