@@ -32,7 +32,33 @@ fn a_tree_that_shrinks_and_grows_restores_from_latest_each_time() {
         );
     }
     assert_generations_whole(images.path());
-    assert_eq!(generations(images.path()).len(), 3, "the default keep");
+    let kept = generations(images.path());
+    assert_eq!(kept.len(), 3, "the default keep");
+
+    // `selfdump inspect` lists them, marks latest, and tells a damaged one
+    let oldest = images.path().join(&kept[0]);
+    let pages = image_files(&oldest)
+        .into_iter()
+        .find(|f| f.0.starts_with("pages-"))
+        .unwrap();
+    std::fs::remove_file(oldest.join(&pages.0)).unwrap();
+    let out = std::process::Command::new(selfdump_bin())
+        .arg("inspect")
+        .arg(images.path())
+        .output()
+        .unwrap();
+    let said = String::from_utf8_lossy(&out.stdout);
+    assert!(said.contains("generations: 3"), "{said}");
+    let line_of = |name: &str| said.lines().find(|l| l.contains(name)).unwrap().to_owned();
+    let oldest_line = line_of(&kept[0]);
+    assert!(
+        oldest_line.contains(&format!("DOES NOT VERIFY: {} missing", pages.0)),
+        "{said}"
+    );
+    let newest = line_of(&kept[2]);
+    assert!(newest.contains("latest ->") && newest.ends_with("verifies"), "{said}");
+    assert!(line_of(&kept[1]).ends_with("verifies"), "{said}");
+    assert!(said.contains("5 task(s), root exe (1)"), "the init, pid 1: {said}");
 }
 
 #[test]
