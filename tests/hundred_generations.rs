@@ -38,7 +38,7 @@ fn a_hundred_generations_restore_from_latest_whenever_asked() {
     wait_for_line(&looping.log, "the hundredth checkpoint", |l| l == "done");
     let last = committed(100);
     assert_eq!(latest(images.path()).as_deref(), Some(last.as_str()));
-    assert_eq!(generations(images.path()).len(), 3, "the default keep");
+    wait_generations(images.path(), |now| now.len() == 3); // the default keep
     assert_generations_whole(images.path());
     let heard = restore_and_hear(images.path(), &looping);
     assert!(

@@ -192,6 +192,10 @@ impl Sealed {
             ))
         })?;
         self.published.sync_us = syncing.elapsed().as_micros() as u64;
+        log::debug!(
+            "{name}: synced, named and switched in {:?}",
+            syncing.elapsed()
+        );
         hold("committed");
         if let Some(adopted) = adopted {
             adopted.finish(&parent, &creds);

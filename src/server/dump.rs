@@ -16,6 +16,7 @@ use super::outcome::{Outcome, Refused};
 use super::peer::Peer;
 use super::pidns::NsInit;
 use super::policy::{Caller, check_dumpable, may_write_dir};
+use super::retention;
 use super::slots::UidSlot;
 use super::staging::Staging;
 use super::subdir::check_filesystem;
@@ -133,11 +134,12 @@ pub(super) async fn checkpoint(
     drop(criu_dir);
     log::debug!("job {job}: criu done at {:?}", received.elapsed());
     let reply = std::mem::replace(&mut hooks.reply, ReplyTo::Job);
-    let keep = (options.keep as usize).clamp(1, shared.config.max_keep);
-    let outcome = conclude(hooks, dumped, job, keep, received).await;
+    let outcome = conclude(hooks, dumped, job, received).await;
+    let keep = matches!(outcome, Outcome::Dumped(_))
+        .then(|| (options.keep as usize).clamp(1, shared.config.max_keep));
     log::info!("job {job}: {}", outcome.summary());
     deliver(&mut reservation, reply, outcome).await;
-    tidy(shared, images_dir, job, CallerCreds::of(&caller));
+    tidy(shared, images_dir, job, CallerCreds::of(&caller), keep);
 }
 
 /// Checks a checkpoint request before anything is reserved for it: the
@@ -299,14 +301,13 @@ async fn freeze(
     }
 }
 
-/// Commits the images of a dump that succeeded as a generation (and lets
-/// older ones go beyond the newest `keep`), or discards what a failed one
-/// left (keeping CRIU's log for the caller): the outcome.
+/// Commits the images of a dump that succeeded as a generation, or
+/// discards what a failed one left (keeping CRIU's log for the caller):
+/// the outcome.
 async fn conclude(
     hooks: Hooks<'_>,
     dumped: Result<Dumped, EngineError>,
     job: JobId,
-    keep: usize,
     received: Instant,
 ) -> Outcome {
     let Hooks {
@@ -337,7 +338,7 @@ async fn conclude(
             };
         }
     };
-    let published = blocking::unblock(move || staging.publish(&meta, keep)).await;
+    let published = blocking::unblock(move || staging.publish(&meta)).await;
     log::debug!(
         "job {job}: generation {generation} committed at {:?}",
         received.elapsed()
@@ -412,15 +413,27 @@ async fn deliver(reservation: &mut Reservation<'_>, reply: ReplyTo, outcome: Out
     }
 }
 
-/// After the answer: the next dump finds a worker ready, and what a
-/// service that died left in this directory goes (the caller's own
-/// leftovers with its credentials, `creds`).
-fn tidy(shared: &Shared, images_dir: Option<OwnedFd>, job: JobId, creds: CallerCreds) {
+/// After the answer (off the caller's time): the next dump finds a worker
+/// ready, generations beyond the newest `keep` go once one was committed
+/// (`retention.rs`), and what a service that died left in this directory
+/// goes (the caller's own leftovers with its credentials, `creds`).
+fn tidy(
+    shared: &Shared,
+    images_dir: Option<OwnedFd>,
+    job: JobId,
+    creds: CallerCreds,
+    keep: Option<usize>,
+) {
     shared.workers.refill();
     if let Some(images_dir) = images_dir {
         let own = format!("{:016x}", job.service);
-        blocking::unblock(move || leftovers::remove_stale(&images_dir, Some(&own), &creds))
-            .detach();
+        blocking::unblock(move || {
+            if let Some(keep) = keep {
+                retention::retain(&images_dir, &creds, keep);
+            }
+            leftovers::remove_stale(&images_dir, Some(&own), &creds)
+        })
+        .detach();
     }
 }
 

@@ -21,13 +21,19 @@
 //!   caller could itself. A restore that was killed leaves its private
 //!   directory of root's inside a generation; it goes first, as any dead
 //!   service's leftover does (`leftovers.rs`).
+//! - A generation is first renamed out of the generations' names, then
+//!   emptied and removed: cut short, the removal leaves a `.selfdump-gone-*`
+//!   directory for the caller's next checkpoint to sweep, never a
+//!   generation with files missing.
+//! - It runs after the caller has its answer (`dump.rs`'s `tidy`): a
+//!   commit's answer does not wait for old generations to be unlinked.
 
 use super::as_caller::CallerCreds;
 use super::generation;
 use super::images::entry_names;
 use super::leftovers;
 use super::subdir::remove_dir_as;
-use rustix::fs::{AtFlags, FileType, Mode, OFlags};
+use rustix::fs::{AtFlags, FileType, Mode, OFlags, RenameFlags};
 use std::io;
 use std::os::fd::OwnedFd;
 
@@ -83,6 +89,15 @@ fn remove_if_free(parent: &OwnedFd, creds: &CallerCreds, name: &str) -> io::Resu
         log::warn!("retention: {name} holds the directory {inner}: kept");
         return Ok(false);
     }
-    remove_dir_as(creds, parent, name, &dir)?;
+    // out of the generations' names first: a removal cut short leaves a
+    // `.selfdump-gone-*` directory (the caller's next checkpoint sweeps
+    // it), never a generation with files missing
+    let mut random = [0u8; 8];
+    rustix::rand::getrandom(&mut random, rustix::rand::GetRandomFlags::empty())?;
+    let gone = format!(".selfdump-gone-{:016x}", u64::from_le_bytes(random));
+    creds.run(|| {
+        rustix::fs::renameat_with(parent, name, parent, gone.as_str(), RenameFlags::NOREPLACE)
+    })??;
+    remove_dir_as(creds, parent, &gone, &dir)?;
     Ok(true)
 }

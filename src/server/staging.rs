@@ -11,7 +11,6 @@ use super::commit::{Committed, seal};
 use super::engine::DUMP_LOG;
 use super::images::{ImageMeta, Published, dump_stats, read_image};
 use super::manifest::Key;
-use super::retention::retain;
 use super::subdir::PrivateSubdir;
 use crate::proto::JobId;
 use rustix::fs::{AtFlags, FileType, Gid, Mode, OFlags, Uid};
@@ -115,12 +114,12 @@ impl Staging {
     }
 
     /// Commits the generation (unless [`Staging::save`] did), adds CRIU's
-    /// log and statistics to it, removes the staging directory, and lets
-    /// older generations go beyond the newest `keep`. On failure (a full
-    /// disk, say) nothing of the dump is left but CRIU's log, handed to the
-    /// caller, and `latest` names what it named. Call it once CRIU has
-    /// exited.
-    pub fn publish(mut self, meta: &ImageMeta, keep: usize) -> io::Result<Published> {
+    /// log and statistics to it, and removes the staging directory. On
+    /// failure (a full disk, say) nothing of the dump is left but CRIU's
+    /// log, handed to the caller, and `latest` names what it named. Call it
+    /// once CRIU has exited. (Older generations go after the answer:
+    /// `retention.rs`.)
+    pub fn publish(mut self, meta: &ImageMeta) -> io::Result<Published> {
         let published = match self.committed.take() {
             Some(committed) => {
                 let bytes = committed.add_extras(self.subdir.dir(), &self.subdir.creds);
@@ -139,7 +138,6 @@ impl Staging {
                 }
             },
         };
-        retain(&self.subdir.parent, &self.subdir.creds, keep);
         self.finished = true;
         self.committed = None; // its lock goes
         self.subdir.empty();

@@ -186,6 +186,20 @@ pub fn generations(images: &Path) -> Vec<String> {
     names
 }
 
+/// Waits (10 s at most) until the generations in `images` are those
+/// `expected` holds (retention runs after a checkpoint's answer).
+pub fn wait_generations(images: &Path, expected: impl Fn(&[String]) -> bool) -> Vec<String> {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let now = generations(images);
+        if expected(&now) {
+            return now;
+        }
+        assert!(Instant::now() < deadline, "generations: {now:?}");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
 /// What `latest` names in `images`.
 pub fn latest(images: &Path) -> Option<String> {
     std::fs::read_link(images.join("latest"))
