@@ -180,7 +180,9 @@ pub struct Report {
     pub freezing: Duration,
     /// From the service receiving the request to the images being on disk.
     pub total: Duration,
-    /// What `syncfs` took of that (CRIU itself never syncs).
+    /// What putting the generation on disk took of that (`syncfs` of its
+    /// files, `fsync` of the directory around its naming and the switch of
+    /// `latest`; CRIU itself never syncs).
     pub sync: Duration,
     /// How much of the frozen time CRIU waited for the service (its checks
     /// and answers); the rest of `frozen` is CRIU's own work.

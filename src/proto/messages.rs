@@ -202,7 +202,8 @@ pub struct DumpReport {
     pub memdump_us: u64,
     /// Microseconds from the service receiving the request to the images being on disk.
     pub total_us: u64,
-    /// Microseconds `syncfs` took to put the images on disk (included in `total_us`).
+    /// Microseconds putting the generation on disk took (`syncfs`, and
+    /// `fsync` of the images directory around the commit; in `total_us`).
     pub sync_us: u64,
     /// Microseconds of the frozen time spent waiting for the service (its
     /// checks and answers at CRIU's notifications); the rest is CRIU's.
