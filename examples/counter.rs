@@ -344,7 +344,8 @@ fn unclaimed(args: &[String]) {
             }
         }
         match answer {
-            Some(Response::Frozen(job)) => {
+            Some(Response::Frozen(notice)) => {
+                let job = notice.job;
                 say(&format!("job {i} {:016x} {}", job.service, job.seq));
                 jobs.push(job);
             }

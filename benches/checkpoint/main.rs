@@ -287,7 +287,7 @@ fn main() {
         let total = m(&disk, |s| s.wall_ms);
         // the app writes checkpoint i into selfdump/<i>: hash the last one's
         let dir = work.path().join("selfdump");
-        let last = dir.join((sign_reps - 1).to_string());
+        let last = dir.join((sign_reps - 1).to_string()).join("latest");
         let mut hashes = Vec::new();
         let mut bytes = 0u64;
         for _ in 0..3 {

@@ -205,6 +205,16 @@ impl Builder {
         self.config.max_results_per_uid = n.max(1);
         self
     }
+    /// Generations a checkpoint may keep in its images directory at most
+    /// (default [`MAX_KEEP`](super::MAX_KEEP)): a caller asking to keep
+    /// more ([`Options::keep`](crate::Options::keep)) keeps this many. Each
+    /// generation is a whole checkpoint (the process's memory), so this
+    /// bounds what one directory of checkpoints takes on disk, in units of
+    /// checkpoints.
+    pub fn max_keep(mut self, n: usize) -> Self {
+        self.config.max_keep = n.max(1);
+        self
+    }
     /// Mode of a socket created by [`Builder::bind`] (default 0o600).
     pub fn socket_mode(mut self, mode: u32) -> Self {
         self.socket_mode = mode;

@@ -1,4 +1,5 @@
-//! One checkpoint request, from the checks to the published images.
+//! One checkpoint request, from the checks to the committed generation
+//! (`commit.rs`) and the answer.
 
 use super::Shared;
 use super::as_caller::CallerCreds;
@@ -10,6 +11,7 @@ use super::engine::{
     CriuFlags, DumpHooks, DumpSpec, Dumped, EngineError, FrozenVerdict, NonRootEngine, Worker,
     without_forks,
 };
+use super::generation;
 use super::images::{ImageMeta, Published};
 use super::jobs::{Jobs, Running};
 use super::leftovers;
@@ -17,12 +19,14 @@ use super::outcome::{Outcome, Refused};
 use super::peer::Peer;
 use super::pidns::NsInit;
 use super::policy::{Caller, check_dumpable, may_write_dir};
+use super::retention;
 use super::slots::UidSlot;
 use super::staging::Staging;
+use super::subdir::check_filesystem;
 use super::tree::check_frozen_tree;
 use crate::proto::{
-    DumpOptions, DumpReport, JobId, PROTOCOL_VERSION, RefusalKind, Response, encode_frame,
-    write_frame,
+    DumpOptions, DumpReport, FrozenNotice, JobId, PROTOCOL_VERSION, RefusalKind, Response,
+    encode_frame, write_frame,
 };
 use async_io::{Async, Timer};
 use futures_lite::FutureExt;
@@ -51,6 +55,11 @@ fn admit(shared: &Shared, peer: &Peer, dir: &OwnedFd) -> Result<Caller, Refused>
     let dir_stat =
         rustix::fs::fstat(dir).map_err(|e| Refused::bad_directory(format!("images fd: {e}")))?;
     may_write_dir(&caller, &dir_stat).map_err(Refused::bad_directory)?;
+    // before anything is made in it: a cgroupfs "directory" makes cgroups
+    check_filesystem(dir).map_err(|e| Refused::bad_directory(e.to_string()))?;
+    generation::read_latest(dir)
+        .map_err(|e| Refused::bad_directory(format!("in the images directory, {e}")))?;
+    generation::may_switch_latest(dir, &dir_stat, caller.uid()).map_err(Refused::bad_directory)?;
     // Last, the embedder's own policy (`Builder::admit`), if it has one.
     shared
         .config
@@ -116,6 +125,7 @@ pub(super) async fn checkpoint(
         caller: &caller,
         job,
         reply: ReplyTo::Connection(stream),
+        generation: staging.generation().to_owned(),
         staging: Lent(Some(staging)),
         meta: ImageMeta {
             pid: root_pid,
@@ -136,9 +146,11 @@ pub(super) async fn checkpoint(
     log::debug!("job {job}: criu done at {:?}", received.elapsed());
     let reply = std::mem::replace(&mut hooks.reply, ReplyTo::Job);
     let outcome = conclude(hooks, dumped, job, as_caller, received).await;
+    let keep = matches!(outcome, Outcome::Dumped(_))
+        .then(|| (options.keep as usize).clamp(1, shared.config.max_keep));
     log::info!("job {job}: {}", outcome.summary());
     deliver(&mut reservation, reply, outcome).await;
-    tidy(shared, images_dir, job);
+    tidy(shared, images_dir, job, CallerCreds::of(&caller), keep);
 }
 
 /// Checks a checkpoint request before anything is reserved for it: the
@@ -262,8 +274,10 @@ async fn stage(
 ) -> Result<(Staging, OwnedFd), Response> {
     let creds = CallerCreds::of(caller);
     let key = shared.key.clone();
+    let generation = generation::new_name(std::time::SystemTime::now())
+        .map_err(|e| Outcome::failed(Some(job), format!("cannot name a generation: {e}")))?;
     let staging = blocking::unblock(move || {
-        let mut staging = Staging::create(dir, job, creds, key)?;
+        let mut staging = Staging::create(dir, job, creds, key, generation)?;
         if as_caller {
             staging.for_criu_as_caller()?;
         }
@@ -327,8 +341,9 @@ async fn freeze(
     }
 }
 
-/// Publishes the images of a dump that succeeded, or discards what a
-/// failed one left (keeping CRIU's log for the caller): the outcome.
+/// Commits the images of a dump that succeeded as a generation, or
+/// discards what a failed one left (keeping CRIU's log for the caller):
+/// the outcome.
 async fn conclude(
     hooks: Hooks<'_>,
     dumped: Result<Dumped, EngineError>,
@@ -343,29 +358,42 @@ async fn conclude(
         peer,
         root,
         caller,
+        generation,
         ..
     } = hooks;
     let staging = staging.into_inner();
     let dumped = match dumped {
         Ok(dumped) => dumped,
         Err(e) => {
+            let committed = staging.is_committed();
             let (log_file, logged) = blocking::unblock(move || staging.discard()).await;
             let tree = as_caller.then(|| root.unwrap_or(peer));
+            let mut message = failure_message(&e, logged, caller, tree);
+            if committed {
+                message.push_str(&format!(
+                    " (after the images were committed as generation {generation}, which \
+                     latest names)"
+                ));
+            }
             return Outcome::Failed {
                 job: Some(job),
-                message: failure_message(&e, logged, caller, tree),
+                message,
                 log_file,
             };
         }
     };
     let published = blocking::unblock(move || staging.publish(&meta)).await;
-    log::debug!("job {job}: images published at {:?}", received.elapsed());
+    log::debug!(
+        "job {job}: generation {generation} committed at {:?}",
+        received.elapsed()
+    );
     match published {
         Ok(published) => {
             let published = saved.unwrap_or_default().and(published);
             let stats = published.stats.clone().unwrap_or_default();
             Outcome::Dumped(DumpReport {
                 job,
+                generation,
                 frozen_us: stats.frozen_time.into(),
                 freezing_us: stats.freezing_time.into(),
                 memdump_us: stats.memdump_time.into(),
@@ -379,7 +407,10 @@ async fn conclude(
         }
         Err(e) => Outcome::failed(
             Some(job),
-            format!("dump succeeded but saving the images failed: {e}"),
+            format!(
+                "dump succeeded but committing the images failed: {e}; latest still names the \
+                 previous generation"
+            ),
         ),
     }
 }
@@ -408,13 +439,27 @@ async fn deliver(reservation: &mut Reservation<'_>, reply: ReplyTo, outcome: Out
     }
 }
 
-/// After the answer: the next dump finds a worker ready, and what a
-/// service that died left in this directory goes.
-fn tidy(shared: &Shared, images_dir: Option<OwnedFd>, job: JobId) {
+/// After the answer (off the caller's time): the next dump finds a worker
+/// ready, generations beyond the newest `keep` go once one was committed
+/// (`retention.rs`), and what a service that died left in this directory
+/// goes (the caller's own leftovers with its credentials, `creds`).
+fn tidy(
+    shared: &Shared,
+    images_dir: Option<OwnedFd>,
+    job: JobId,
+    creds: CallerCreds,
+    keep: Option<usize>,
+) {
     shared.workers.refill();
     if let Some(images_dir) = images_dir {
         let own = format!("{:016x}", job.service);
-        blocking::unblock(move || leftovers::remove_stale_staging(&images_dir, &own)).detach();
+        blocking::unblock(move || {
+            if let Some(keep) = keep {
+                retention::retain(&images_dir, &creds, keep);
+            }
+            leftovers::remove_stale(&images_dir, Some(&own), &creds)
+        })
+        .detach();
     }
 }
 
@@ -454,6 +499,8 @@ struct Hooks<'a> {
     /// reads the error on it), then the job.
     reply: ReplyTo,
     staging: Lent<Staging>,
+    /// The generation the images become (told the caller at the freeze).
+    generation: String,
     meta: ImageMeta,
     /// "Exit after dump": CRIU ends the tree after `post-dump`, so the images
     /// are saved before that, or the tree is kept alive.
@@ -466,7 +513,11 @@ impl DumpHooks for Hooks<'_> {
         let ReplyTo::Connection(stream) = std::mem::replace(&mut self.reply, ReplyTo::Job) else {
             return FrozenVerdict::Veto("criu announced the freeze twice".into());
         };
-        match at_freeze(self.peer, self.root, self.caller, &stream, self.job).await {
+        let notice = FrozenNotice {
+            job: self.job,
+            generation: self.generation.clone(),
+        };
+        match at_freeze(self.peer, self.root, self.caller, &stream, notice).await {
             Ok(()) => {
                 self.meta.copy_slot = self
                     .copy_slot_fd
@@ -509,12 +560,12 @@ async fn at_freeze(
     root: Option<&Peer>,
     caller: &Caller,
     stream: &Async<UnixStream>,
-    job: JobId,
+    notice: FrozenNotice,
 ) -> Result<(), String> {
     // A whole namespace: every task under its init, the caller among them.
     check_frozen_tree(root.unwrap_or(peer), caller)?;
     peer.alive_or("the caller exited while its tree was checked")?;
-    let frame = encode_frame(&Response::Frozen(job));
+    let frame = encode_frame(&Response::Frozen(notice));
     let write = async {
         write_frame(stream, &frame, &[])
             .await

@@ -23,59 +23,80 @@
 //! the filesystem rule all the same: `rmdir` takes only an empty
 //! directory, and to put one under this name the caller must have had the
 //! right to remove it.
+//!
+//! Two more kinds of leftover, of the caller's own, go the same way but
+//! with the caller's credentials, and only when the next checkpoint is the
+//! same uid's: a generation directory given to the caller but not named
+//! yet (`commit.rs`, killed after step 3), and the temporary symlink of a
+//! switch of `latest` (killed after step 6), stale once the generation it
+//! names is unlocked (its committer holds the lock until the switch).
 
-use super::subdir::CALLERS_DIR;
-use rustix::fs::{AtFlags, Dir, FileType, FlockOperation, OFlags};
+use super::as_caller::CallerCreds;
+use super::subdir::{CALLERS_DIR, remove_dir_as};
+use rustix::fs::{AtFlags, Dir, FileType, FlockOperation, Mode, OFlags};
 use std::io;
 use std::os::fd::AsFd;
 
-/// Removes the stale staging directories in `parent`, except those named
-/// after jobs of `own_service` (this service's own are live or cleaned up
-/// by their `Drop`). Returns their names.
-pub(super) fn remove_stale_staging(parent: impl AsFd, own_service: &str) -> Vec<String> {
+/// Removes the stale leftovers in `parent` (see the module docs), except
+/// those named after jobs of `own_service` (this service's own are live
+/// or cleaned up by their `Drop`). `creds` are the caller's. Returns the
+/// names removed.
+pub(super) fn remove_stale(
+    parent: impl AsFd,
+    own_service: Option<&str>,
+    creds: &CallerCreds,
+) -> Vec<String> {
     let parent = parent.as_fd();
     let Ok(entries) = Dir::read_from(parent) else {
         return Vec::new();
     };
-    let own = format!(".selfdump-{own_service}-");
+    let own = own_service.map(|s| format!(".selfdump-{s}-"));
     let mut removed = Vec::new();
     for entry in entries.flatten() {
         let name = entry.file_name().to_string_lossy().into_owned();
-        if !name.starts_with(".selfdump-") || name.starts_with(&own) {
+        if !name.starts_with(".selfdump-") || own.as_ref().is_some_and(|o| name.starts_with(o)) {
             continue;
         }
-        match remove_if_stale(parent, &name) {
+        let gone = if name.starts_with(".selfdump-latest-") {
+            remove_if_stale_symlink(parent, &name, creds)
+        } else {
+            remove_if_stale(parent, &name, creds)
+        };
+        match gone {
             Ok(true) => {
-                log::warn!("removed {name}, the staging directory of a service that died mid-dump");
+                log::warn!("removed {name}, left by a selfdump service or restore that died");
                 removed.push(name);
             }
             Ok(false) => {}
-            Err(e) => log::warn!("cannot remove the stale staging directory {name}: {e}"),
+            Err(e) => log::warn!("cannot remove the stale {name}: {e}"),
         }
     }
     removed
 }
 
-fn remove_if_stale(parent: impl AsFd, name: &str) -> io::Result<bool> {
+fn remove_if_stale(parent: impl AsFd, name: &str, creds: &CallerCreds) -> io::Result<bool> {
     let parent = parent.as_fd();
     let stat = rustix::fs::statat(parent, name, AtFlags::SYMLINK_NOFOLLOW)?;
-    if FileType::from_raw_mode(stat.st_mode) != FileType::Directory
-        || stat.st_uid != 0
-        || stat.st_mode & 0o7777 != 0o700
-    {
+    let roots = stat.st_uid == 0 && stat.st_mode & 0o7777 == 0o700;
+    let callers = stat.st_uid == creds.uid && creds.uid != 0;
+    if FileType::from_raw_mode(stat.st_mode) != FileType::Directory || !(roots || callers) {
         return Ok(false);
     }
     let dir = rustix::fs::openat(
         parent,
         name,
         OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC | OFlags::RDONLY,
-        rustix::fs::Mode::empty(),
+        Mode::empty(),
     )?;
     if rustix::fs::fstat(&dir)?.st_ino != stat.st_ino {
         return Ok(false); // swapped since the look
     }
     if rustix::fs::flock(&dir, FlockOperation::NonBlockingLockExclusive).is_err() {
         return Ok(false); // a running dump's
+    }
+    if callers {
+        remove_dir_as(creds, &parent, name, &dir)?;
+        return Ok(true);
     }
     // looked at whole before anything goes: a directory that is not a
     // staging directory is left as it was
@@ -89,7 +110,7 @@ fn remove_if_stale(parent: impl AsFd, name: &str) -> io::Result<bool> {
     {
         return Ok(false);
     }
-    let callers = match nested {
+    let nested = match nested {
         false => None,
         true => {
             let inner = rustix::fs::openat(
@@ -105,7 +126,7 @@ fn remove_if_stale(parent: impl AsFd, name: &str) -> io::Result<bool> {
             Some((inner, files))
         }
     };
-    if let Some((inner, files)) = callers {
+    if let Some((inner, files)) = nested {
         for (file, _) in files {
             rustix::fs::unlinkat(&inner, file.as_str(), AtFlags::empty())?;
         }
@@ -131,6 +152,34 @@ fn typed_entries(dir: &impl AsFd) -> io::Result<Vec<(String, FileType)>> {
         }
     }
     Ok(out)
+}
+
+/// A `.selfdump-latest-*` symlink of the caller's whose generation is not
+/// locked (or gone): its switch of `latest` died half way. Removed as the
+/// caller.
+fn remove_if_stale_symlink(parent: impl AsFd, name: &str, creds: &CallerCreds) -> io::Result<bool> {
+    let parent = parent.as_fd();
+    let stat = rustix::fs::statat(parent, name, AtFlags::SYMLINK_NOFOLLOW)?;
+    if FileType::from_raw_mode(stat.st_mode) != FileType::Symlink || stat.st_uid != creds.uid {
+        return Ok(false);
+    }
+    let target = rustix::fs::readlinkat(parent, name, Vec::new())?;
+    let target = target.to_string_lossy().into_owned();
+    if !super::generation::is_generation_name(&target) {
+        return Ok(false);
+    }
+    match rustix::fs::openat(
+        parent,
+        target.as_str(),
+        OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC | OFlags::RDONLY,
+        Mode::empty(),
+    ) {
+        Ok(dir) if !super::generation::try_lock_exclusive(dir.as_fd()) => return Ok(false),
+        Ok(_) | Err(rustix::io::Errno::NOENT) => {}
+        Err(e) => return Err(e.into()),
+    }
+    creds.run(|| rustix::fs::unlinkat(parent, name, AtFlags::empty()))??;
+    Ok(true)
 }
 
 #[cfg(test)]
@@ -173,7 +222,12 @@ mod tests {
         rustix::fs::flock(&held, FlockOperation::LockExclusive).unwrap();
 
         let dir = std::fs::File::open(parent.path()).unwrap();
-        let mut removed = remove_stale_staging(&dir, "cccc");
+        let root = CallerCreds {
+            uid: 0,
+            gid: 0,
+            groups: vec![],
+        };
+        let mut removed = remove_stale(&dir, Some("cccc"), &root);
         removed.sort();
         assert_eq!(
             removed,
@@ -189,7 +243,7 @@ mod tests {
 
         drop(held); // its service died
         assert_eq!(
-            remove_stale_staging(&dir, "cccc"),
+            remove_stale(&dir, Some("cccc"), &root),
             vec![".selfdump-bbbb-1".to_string()]
         );
     }

@@ -9,11 +9,13 @@
 //! # }
 //! ```
 
+mod adopt;
 mod as_caller;
 mod builder;
 pub mod caps;
 pub mod check;
 mod check_non_root;
+mod commit;
 mod config;
 mod connection;
 pub mod copies;
@@ -21,6 +23,7 @@ mod dump;
 mod dump_failure;
 mod engine;
 mod error;
+pub mod generation;
 pub mod images;
 pub mod inspect;
 mod jobs;
@@ -35,6 +38,7 @@ mod private_dir;
 #[allow(unreachable_pub)]
 pub mod restore;
 mod restoring;
+mod retention;
 mod shared;
 mod shutdown;
 mod slots;
@@ -43,10 +47,12 @@ mod slots;
 mod staging;
 mod subdir;
 pub mod systemd;
+mod test_hold;
 mod tree;
 mod verified_images;
 
 pub use builder::Builder;
+pub use config::MAX_KEEP;
 pub use engine::{Criu, NonRootFallback, SpawnGuard, spawn_guard};
 pub use error::Error;
 pub use jobs::{MAX_RESULTS, MAX_RESULTS_PER_UID};

@@ -2,6 +2,8 @@
 //! directory of the caller's that the caller cannot reach, and only the
 //! caller's own single-link regular files in it are published.
 use super::*;
+use crate::server::manifest::{MANIFEST_FILE, Manifest};
+use rustix::fs::{Mode, OFlags};
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 
@@ -36,7 +38,8 @@ fn staging() -> Option<(tempfile::TempDir, PathBuf, Staging, Key)> {
     let fd: OwnedFd = std::fs::File::open(&images).unwrap().into();
     let key = Key::generate().unwrap();
     let job = JobId { service: 9, seq: 1 };
-    let mut staging = Staging::create(fd, job, nobody(), key.clone()).unwrap();
+    let generation = crate::server::generation::new_name(std::time::SystemTime::now()).unwrap();
+    let mut staging = Staging::create(fd, job, nobody(), key.clone(), generation).unwrap();
     staging.for_criu_as_caller().unwrap();
     Some((base, images, staging, key))
 }
@@ -93,11 +96,12 @@ fn the_callers_files_are_published_as_they_are_and_signed() {
     write_as_nobody(&staging, DUMP_LOG, b"log\n");
     let published = staging.publish(&ImageMeta::default()).unwrap();
     assert!(published.bytes > 0);
+    let latest = images.join("latest");
     for name in ["pstree.img", DUMP_LOG, MANIFEST_FILE] {
-        assert_eq!(stat(&images.join(name)), (NOBODY, 0o600), "{name}");
+        assert_eq!(stat(&latest.join(name)), (NOBODY, 0o600), "{name}");
     }
     let manifest =
-        Manifest::verify(&std::fs::read(images.join(MANIFEST_FILE)).unwrap(), &key).unwrap();
+        Manifest::verify(&std::fs::read(latest.join(MANIFEST_FILE)).unwrap(), &key).unwrap();
     let digest = manifest.file("pstree.img").unwrap();
     assert_eq!(digest.hash, *blake3::hash(b"tree").as_bytes());
     assert!(staging_names(&images).is_empty(), "staging removed");
@@ -132,9 +136,12 @@ fn a_file_not_the_callers_or_with_another_link_is_refused_and_left_as_it_was() {
             (owner, 0o644),
             "{planted}: left as it was"
         );
-        for name in ["pstree.img", "inventory.img", MANIFEST_FILE] {
-            assert!(!images.join(name).exists(), "{planted}: {name} published");
-        }
+        assert!(!images.join("latest").exists(), "{planted}: published");
+        assert_eq!(
+            std::fs::read_dir(&images).unwrap().count(),
+            0,
+            "{planted}: nothing left in the images directory"
+        );
     }
 }
 

@@ -25,8 +25,62 @@ use rustix::fs::{AtFlags, Gid, Mode, OFlags, Uid};
 use std::io;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 
-/// `statfs` magic of FUSE filesystems.
-const FUSE_SUPER_MAGIC: i64 = 0x6573_5546;
+/// Filesystems an images directory must not be on, by `statfs` magic,
+/// and why. FUSE: its owner's daemon answers every lookup, symlinks
+/// included. The others are not directories of files: a `mkdir` makes a
+/// cgroup, a resource group or a configfs item there, and their files
+/// are the kernel's knobs.
+const REFUSED_FILESYSTEMS: &[(i64, &str)] = &[
+    (
+        0x6573_5546,
+        "a FUSE filesystem, whose owner decides what root's writes reach there",
+    ),
+    (
+        0x0027_e0eb,
+        "cgroup (a pseudo filesystem: a directory there is a cgroup)",
+    ),
+    (
+        0x6367_7270,
+        "cgroup2 (a pseudo filesystem: a directory there is a cgroup)",
+    ),
+    (
+        0x0765_5821,
+        "resctrl (a pseudo filesystem: a directory there is a resource group)",
+    ),
+    (
+        0x6265_6570,
+        "configfs (a pseudo filesystem: a directory there is a kernel object)",
+    ),
+    (0x9fa0, "proc (a pseudo filesystem)"),
+    (0x6265_6572, "sysfs (a pseudo filesystem)"),
+    (0x6462_6720, "debugfs (a pseudo filesystem)"),
+    (0x7472_6163, "tracefs (a pseudo filesystem)"),
+    (0xcafe_4a11, "bpf (a pseudo filesystem)"),
+    (0x7363_6673, "securityfs (a pseudo filesystem)"),
+    (0x6165_676c, "pstore (a pseudo filesystem)"),
+    (0x1cd1, "devpts (a pseudo filesystem)"),
+    (0xde5e_81e4, "efivarfs (a pseudo filesystem)"),
+    (0x4249_4e4d, "binfmt_misc (a pseudo filesystem)"),
+    (0x6573_5543, "fusectl (a pseudo filesystem)"),
+    (0x1980_0202, "mqueue (a pseudo filesystem)"),
+    (0xf97c_ff8c, "selinuxfs (a pseudo filesystem)"),
+    (0x4341_5d53, "smackfs (a pseudo filesystem)"),
+    (0x6e66_7364, "nfsd (a pseudo filesystem)"),
+    (0x6759_6969, "rpc_pipefs (a pseudo filesystem)"),
+];
+
+/// Refuses a directory on a filesystem that is not one of files
+/// ([`REFUSED_FILESYSTEMS`]), with the reason, before anything is made in it.
+pub(crate) fn check_filesystem(dir: &impl AsFd) -> io::Result<()> {
+    let kind = rustix::fs::fstatfs(dir)?.f_type as i64;
+    match REFUSED_FILESYSTEMS.iter().find(|(magic, _)| *magic == kind) {
+        None => Ok(()),
+        Some((_, what)) => Err(io::Error::other(format!(
+            "the images directory is on {what}; use a directory on a local filesystem of \
+             files (ext4, xfs, btrfs, tmpfs, ...)"
+        ))),
+    }
+}
 
 /// The directory of the caller's nested in a staging directory for a CRIU
 /// that runs as the caller.
@@ -55,13 +109,7 @@ impl PrivateSubdir {
         creds: CallerCreds,
         between: impl FnOnce(&str),
     ) -> io::Result<Self> {
-        if rustix::fs::fstatfs(&parent)?.f_type as i64 == FUSE_SUPER_MAGIC {
-            // its owner's daemon answers every lookup, symlinks included
-            return Err(io::Error::other(
-                "the images directory is on a FUSE filesystem, whose owner decides what \
-                 root's writes reach there; use a directory on a local filesystem",
-            ));
-        }
+        check_filesystem(&parent)?;
         let mut random = [0u8; 8];
         rustix::rand::getrandom(&mut random, rustix::rand::GetRandomFlags::empty())?;
         let name = format!("{prefix}{:016x}", u64::from_le_bytes(random));
@@ -184,13 +232,36 @@ impl PrivateSubdir {
         }
     }
 
-    fn give_back(&self) -> rustix::io::Result<()> {
+    /// Gives the directory to the caller (owner and group).
+    pub(crate) fn give_back(&self) -> rustix::io::Result<()> {
         rustix::fs::fchown(
             self.own(),
             Some(Uid::from_raw(self.creds.uid)),
             Some(Gid::from_raw(self.creds.gid)),
         )
     }
+}
+
+/// Removes the directory `name` of `parent` whose fd is `dir`, with
+/// `creds` (its owner's): its entries (files only: a subdirectory makes
+/// the `rmdir` fail, and it stays), then itself, by name. A name the
+/// owner swapped meanwhile gets the owner nothing it could not do itself.
+pub(crate) fn remove_dir_as(
+    creds: &CallerCreds,
+    parent: &(impl AsFd + Sync),
+    name: &str,
+    dir: &(impl AsFd + Sync),
+) -> io::Result<()> {
+    let names = super::images::entry_names(dir)?;
+    creds.run(|| {
+        for entry in &names {
+            if let Err(e) = rustix::fs::unlinkat(dir, entry.as_str(), AtFlags::empty()) {
+                log::warn!("cannot remove {name}/{entry}: {e}");
+            }
+        }
+        rustix::fs::unlinkat(parent, name, AtFlags::REMOVEDIR)
+    })??;
+    Ok(())
 }
 
 /// Locks a directory, then makes it root's, mode 0700, without ACLs. The

@@ -19,8 +19,8 @@ pub fn client_dies_mid_dump(ctx: &mut Ctx) -> String {
     wait_no_criu();
     assert_no_staging(images.path());
     assert!(
-        !images.path().join("pstree.img").exists()
-            || images.path().join("selfdump-manifest").exists(),
+        !images.path().join("latest/pstree.img").exists()
+            || images.path().join("latest/selfdump-manifest").exists(),
         "a partial image set was left"
     );
     let names: Vec<String> = image_files(images.path())
@@ -77,7 +77,7 @@ pub fn criu_killed_mid_dump(ctx: &mut Ctx) -> String {
                 ));
             }
         }
-        assert!(!images.path().join("pstree.img").exists());
+        assert_no_generation(images.path());
         cases.next();
     }
     let repeated = match repeated {
@@ -181,7 +181,7 @@ pub fn dump_timeout_exceeded(ctx: &mut Ctx) -> String {
     let line = outcome(&program);
     assert_abandoned(&line);
     thawed_then_cleaned_up(&mut program, images.path());
-    assert!(!images.path().join("pstree.img").exists());
+    assert_no_generation(images.path());
     said.push(format!("1 ms (before the freeze): {}", short(&line)));
 
     // while frozen
@@ -217,7 +217,7 @@ pub fn dump_timeout_exceeded(ctx: &mut Ctx) -> String {
         let line = outcome(&program);
         assert_abandoned(&line);
         thawed_then_cleaned_up(&mut program, images.path());
-        assert!(!images.path().join("pstree.img").exists());
+        assert_no_generation(images.path());
         break format!(
             "{limit:?} (struck while frozen, CRIU stopped mid-memdump): {}",
             short(&line)

@@ -142,7 +142,7 @@ pub fn dump_is_always_of_the_connecting_pid(ctx: &mut Ctx) -> String {
     assert!(line.starts_with("checkpoint continued"), "{line}");
     assert!(line.ends_with(", 1 processes"), "{line}");
     assert!(program.wait().success());
-    let manifest = std::fs::read(images.path().join("selfdump-manifest")).unwrap();
+    let manifest = std::fs::read(images.path().join("latest/selfdump-manifest")).unwrap();
     let (manifest, ..) = selfdump::server::manifest::Manifest::parse_unverified(&manifest).unwrap();
     assert_eq!(
         manifest.meta.pid, program.pid,
@@ -153,7 +153,7 @@ pub fn dump_is_always_of_the_connecting_pid(ctx: &mut Ctx) -> String {
         vec![program.pid],
         "and only of the caller"
     );
-    let log = std::fs::read_to_string(images.path().join("dump.log")).unwrap();
+    let log = std::fs::read_to_string(images.path().join("latest/dump.log")).unwrap();
     assert_log_dumps_only(&log, program.pid, victim.pid());
     format!("dumped the caller (pid {}) only", program.pid)
 }
@@ -174,7 +174,7 @@ pub fn another_users_process(ctx: &mut Ctx) -> String {
     let line = outcome(&program);
     let victim_pid = victim.pid();
     assert_ne!(process_state(victim_pid), Some('t'));
-    let log = std::fs::read_to_string(images.path().join("dump.log")).unwrap();
+    let log = std::fs::read_to_string(dump_log(images.path())).unwrap();
     assert_log_dumps_only(&log, program.pid, victim_pid);
     assert_runs_on(&program);
     assert!(line.starts_with("checkpoint continued"), "{line}");

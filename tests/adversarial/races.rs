@@ -358,10 +358,13 @@ pub fn images_rewritten_while_restoring(ctx: &mut Ctx) -> String {
     let pid = program.pid;
     program.kill();
     kill_and_reap(pid);
-    for (name, ..) in image_files(images.path()) {
-        std::os::unix::fs::chown(images.path().join(name), Some(NOBODY), Some(NOBODY)).unwrap();
+    // the generation and its files, as a non-root caller's are
+    let generation = images.path().join("latest");
+    std::os::unix::fs::chown(&generation, Some(NOBODY), Some(NOBODY)).unwrap();
+    for (name, ..) in image_files(&generation) {
+        std::os::unix::fs::chown(generation.join(name), Some(NOBODY), Some(NOBODY)).unwrap();
     }
-    let pages = images.path().join("pages-1.img");
+    let pages = generation.join("pages-1.img");
     let bytes = std::fs::read(&pages).unwrap();
     let window = 1 << 20;
     let start = (0..bytes.len() - window)

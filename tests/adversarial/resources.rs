@@ -514,7 +514,7 @@ pub fn zombie_child(ctx: &mut Ctx) -> String {
             line.starts_with("checkpoint continued") && line.contains("2 processes"),
             "uid {uid}: {line}"
         );
-        assert!(images.path().join("pstree.img").exists());
+        assert!(images.path().join("latest/pstree.img").exists());
         let what = format!("uid {uid}: dumped with its zombie: {}", short(&line));
         assert_runs_on(&program);
         assert!(program.wait().success());

@@ -23,6 +23,8 @@ OPTIONS:
     --max-connections-per-uid N  connections of one uid at once [default: 64]
     --request-timeout SECS  time a client has to send its request [default: 5]
     --dump-timeout SECS  kill CRIU after this long [default: 300]
+    --max-keep N         generations a checkpoint may keep in its images
+                         directory; a caller asking more keeps N [default: 16]
     --criu PATH          criu binary [default: found on PATH or /usr/local/sbin]
     --warm-workers N     criu swrk workers kept started ahead for root callers
                          (saves CRIU's start-up, 3-11 ms per dump; 0 for
@@ -111,6 +113,7 @@ pub(crate) fn serve(mut parser: lexopt::Parser) -> Res<ExitCode> {
             Long("dump-timeout") => {
                 builder = builder.dump_timeout(Duration::from_secs(parser.value()?.parse()?))
             }
+            Long("max-keep") => builder = builder.max_keep(parser.value()?.parse()?),
             Long("criu") => criu.path = parser.value()?.into(),
             Long("key-file") => builder = builder.key_file(PathBuf::from(parser.value()?)),
             other => return Err(other.unexpected().into()),
