@@ -220,23 +220,25 @@ pub fn assert_nothing_of_roots(dir: &Path) {
 }
 
 /// A sticky, world-writable directory like `/tmp` (root's, 1777) holding a
-/// root-owned `dump.log` and `pstree.img`: the caller itself may not remove
-/// or replace them, and root (which the sticky bit does not bind) must not
-/// do it for the caller.
+/// root-owned `dump.log` and `pstree.img`, and, once the dump is admitted,
+/// a root-owned `latest`: the caller itself may not remove or replace
+/// them, and root (which the sticky bit does not bind) must not do it for
+/// the caller. The dump reaches the commit (CRIU is slowed, so root's
+/// `latest` is surely there before it), whose switch of `latest`, done as
+/// the caller, fails; root's files stay as they were.
 pub fn sticky_directory_with_roots_files(ctx: &mut Ctx) -> String {
-    let socket = ctx.service(allow(&[NOBODY]));
+    let (wrapper, slow) = slow_criu(1);
+    ctx.keep.push(Box::new(wrapper));
+    let socket = ctx.service_cold(|b| allow(&[NOBODY])(b).criu(slow));
     let images = images_dir();
     std::fs::set_permissions(
         images.path(),
         std::os::unix::fs::PermissionsExt::from_mode(0o1777),
     )
     .unwrap();
-    let roots = ["dump.log", "pstree.img"];
-    let mut before = Vec::new();
-    for name in roots {
-        let path = images.path().join(name);
-        std::fs::write(&path, format!("root's {name}\n")).unwrap();
-        before.push(std::fs::metadata(&path).unwrap().ino());
+    let roots = ["dump.log", "pstree.img", "latest"];
+    for name in &roots[..2] {
+        std::fs::write(images.path().join(name), format!("root's {name}\n")).unwrap();
     }
     let mut program = Program::start_on(
         &socket,
@@ -244,33 +246,66 @@ pub fn sticky_directory_with_roots_files(ctx: &mut Ctx) -> String {
         &args("--at 1 --until 2 --interval-ms 20"),
         Some(NOBODY),
     );
+    // admitted (its staging directory exists), CRIU not started yet
+    poll_until(
+        Duration::from_secs(20),
+        Duration::from_millis(2),
+        || match staging_dirs(images.path()).is_empty() {
+            true => Err("no staging directory appeared".into()),
+            false => Ok(()),
+        },
+    );
+    std::os::unix::fs::symlink("root's latest", images.path().join("latest")).unwrap();
+    let before: Vec<_> = roots
+        .iter()
+        .map(|name| {
+            let meta = std::fs::symlink_metadata(images.path().join(name)).unwrap();
+            (meta.uid(), meta.ino())
+        })
+        .collect();
     let line = outcome(&program);
     assert!(program.wait().success());
-    // CRIU (running as the caller) dumped; publishing then found root's
-    // files at two of its names, and the caller may not replace them
+    // CRIU (running as the caller) dumped; the commit then found root's
+    // latest, which the caller may not replace
     assert!(
-        line.contains("dump succeeded but saving the images failed")
-            && line.contains("uid 65534 may not remove it"),
+        line.contains("committing the images failed")
+            && line.contains("cannot switch latest")
+            && line.contains("uid 65534 may not replace it"),
         "{line}"
     );
-    for (name, ino) in roots.iter().zip(before) {
+    for (name, before) in roots.iter().zip(before) {
         let path = images.path().join(name);
         let meta = std::fs::symlink_metadata(&path).unwrap();
         assert_eq!(
             (meta.uid(), meta.ino()),
-            (0, ino),
+            before,
             "root's {name} was replaced"
         );
-        assert_eq!(read(&path), format!("root's {name}\n"));
     }
+    for name in &roots[..2] {
+        assert_eq!(read(&images.path().join(name)), format!("root's {name}\n"));
+    }
+    let target = std::fs::read_link(images.path().join("latest")).unwrap();
+    assert_eq!(
+        target,
+        Path::new("root's latest"),
+        "root's latest retargeted"
+    );
     for (name, uid, _) in image_files(images.path()) {
         assert!(
             roots.contains(&name.as_str()) || uid == NOBODY,
             "{name} is uid {uid}'s"
         );
         assert!(!name.starts_with(".selfdump-"), "staging left: {name}");
+        assert!(
+            !name.starts_with("gen-"),
+            "uncommitted generation left: {name}"
+        );
     }
-    format!("root's files kept; caller told: {}", short(&line))
+    format!(
+        "reached the commit; root's files and latest kept; caller told: {}",
+        short(&line)
+    )
 }
 
 /// While CRIU starts (slowly), the caller moves the staging directory away
@@ -314,7 +349,7 @@ pub fn staging_moved_mid_dump(ctx: &mut Ctx) -> String {
     // the dump went on through the fds and published into the caller's
     // directory, whatever the staging directory's name became
     assert!(line.starts_with("checkpoint continued"), "{line}");
-    assert!(images.join("pstree.img").exists());
+    assert!(images.join("latest/pstree.img").exists());
     poll_until(
         Duration::from_secs(5),
         Duration::from_millis(20),
