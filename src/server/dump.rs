@@ -130,6 +130,7 @@ pub(super) async fn checkpoint(
         meta: ImageMeta {
             pid: root_pid,
             pid_namespace: ns_init.is_some(),
+            needs: Some(super::host::this_host(&shared.config.criu.path)),
             ..image_meta(&peer, &caller, job, options, shell_job)
         },
         save_before_exit: !options.leave_running,

@@ -62,6 +62,10 @@ pub struct ImageMeta {
     /// name in the images directory). Older images lack it.
     #[serde(default)]
     pub generation: Option<String>,
+    /// What the checkpoint needs of the host that restores it (checked
+    /// before CRIU runs). Older images lack it.
+    #[serde(default)]
+    pub needs: Option<super::host::HostNeeds>,
 }
 
 /// What the published images hold.

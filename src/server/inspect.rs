@@ -21,6 +21,7 @@ use super::engine::rpc::{CoreEntry, PstreeEntry};
 use super::generation::{self, LATEST, read_latest};
 use super::images::{ImageMeta, entries, first_entry, read_image};
 use super::manifest::{Key, MANIFEST_FILE, Manifest, unsigned_extra};
+use super::trust::Trust;
 use super::restore::check_ids_free;
 use prost::Message;
 use serde::Serialize;
@@ -126,6 +127,13 @@ pub struct Inspection {
 /// checkpoint `latest` names (or the images directly in `dir`); `key`
 /// checks the signatures.
 pub fn inspect(dir: &Path, key: Option<&Key>) -> io::Result<Inspection> {
+    inspect_trusted(dir, key.cloned().map(Trust::own).as_ref())
+}
+
+/// [`inspect`], checking signatures with the keys of `trust` (this
+/// host's and those of its trust directory).
+pub fn inspect_trusted(dir: &Path, trust: Option<&Trust>) -> io::Result<Inspection> {
+    let key = trust;
     let top = std::fs::File::open(dir)?;
     let latest = read_latest(&top)?;
     let generations = generation::list(&top)?
@@ -144,7 +152,7 @@ pub fn inspect(dir: &Path, key: Option<&Key>) -> io::Result<Inspection> {
 }
 
 /// One generation at a glance.
-fn summary(dir: &Path, name: &str, latest: bool, key: Option<&Key>) -> GenerationInfo {
+fn summary(dir: &Path, name: &str, latest: bool, key: Option<&Trust>) -> GenerationInfo {
     let path = dir.join(name);
     let mut info = GenerationInfo {
         name: name.to_owned(),
@@ -188,7 +196,7 @@ fn summary(dir: &Path, name: &str, latest: bool, key: Option<&Key>) -> Generatio
 }
 
 /// Inspects the images in `dir` itself.
-fn inspect_images(dir: &Path, key: Option<&Key>) -> io::Result<Inspection> {
+fn inspect_images(dir: &Path, key: Option<&Trust>) -> io::Result<Inspection> {
     let fd = std::fs::File::open(dir)?;
     let (signature, manifest) = signature(&fd, key);
     let (files, bytes, pages) = files(dir, manifest.as_ref())?;
@@ -221,7 +229,7 @@ fn inspect_images(dir: &Path, key: Option<&Key>) -> io::Result<Inspection> {
 }
 
 /// The manifest, parsed, and whether it verifies with `key`.
-fn signature(dir: &impl AsFd, key: Option<&Key>) -> (Option<Signature>, Option<Manifest>) {
+fn signature(dir: &impl AsFd, key: Option<&Trust>) -> (Option<Signature>, Option<Manifest>) {
     let Some(bytes) = read_image(dir, MANIFEST_FILE) else {
         return (None, None);
     };
@@ -235,7 +243,7 @@ fn signature(dir: &impl AsFd, key: Option<&Key>) -> (Option<Signature>, Option<M
             (Some(sig), None)
         }
         Ok((manifest, ..)) => {
-            let checked = key.map(|k| Manifest::verify(&bytes, k));
+            let checked = key.map(|k| Manifest::verify_trusted(&bytes, k));
             let sig = Signature {
                 key_id: manifest.key_id.clone(),
                 verifies: checked.as_ref().map(Result::is_ok),

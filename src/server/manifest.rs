@@ -1,15 +1,23 @@
 //! Signed images. At the end of a dump the service writes a manifest into
 //! the images: every image file's name, size and BLAKE3 hash, and the
-//! dump's facts ([`ImageMeta`]), authenticated with BLAKE3 in keyed mode
-//! under a key only the service can read. A restore checks it before CRIU
-//! reads anything.
+//! dump's facts ([`ImageMeta`]), signed with the service's Ed25519 key. A
+//! restore checks it before CRIU reads anything, with the keys the host
+//! trusts ([`Trust`]: its own, and those of its trust directory).
 //!
-//! Why BLAKE3: one crate gives both the per-file hashes and the keyed MAC
-//! (its keyed mode is a PRF, no HMAC construction needed), it hashes at
-//! several GB/s per core, and it parallelises one large file over all
-//! cores (`rayon`), which the pages of a GiB-sized dump need.
+//! Why BLAKE3 for the files: it hashes at several GB/s per core, and it
+//! parallelises one large file over all cores (`rayon`), which the pages of
+//! a GiB-sized dump need. Why Ed25519 for the manifest: a host that can
+//! check a signature cannot make one, so a fleet can restore a service's
+//! checkpoints without holding its secret.
+//!
+//! The signing key is derived from the service's 32-byte secret ([`Key`],
+//! unchanged since manifests were signed with BLAKE3 in keyed mode).
+//! Manifests signed that old way ([`MAGIC_V1`]) still verify on the host
+//! that holds the secret, and only there: a keyed hash can be checked only
+//! by whoever could also have made it.
 
 use super::images::ImageMeta;
+use super::trust::{PublicKey, Trust};
 use rustix::fs::{Mode, OFlags};
 use serde::{Deserialize, Serialize};
 use std::fmt;
@@ -24,6 +32,13 @@ pub const MANIFEST_FILE: &str = "selfdump-manifest";
 /// otherwise (`--key-file`).
 pub const DEFAULT_KEY_FILE: &str = "/var/lib/selfdump/signing.key";
 
+/// Where [`Key::load_or_create`] writes the public key of the key at
+/// `key_file`: beside it, `.pub` instead of `.key`
+/// (`/var/lib/selfdump/signing.pub`).
+pub fn public_key_file(key_file: &Path) -> PathBuf {
+    key_file.with_extension("pub")
+}
+
 /// Files in an images directory that are not part of the images: CRIU's
 /// logs and statistics. They are neither signed nor given to CRIU on a
 /// restore.
@@ -31,8 +46,16 @@ pub fn unsigned_extra(name: &str) -> bool {
     name.ends_with(".log") || name == "stats-dump" || name == "stats-restore"
 }
 
-const MAGIC: &[u8; 8] = b"SDMANIF1";
+/// Manifests signed with the service's secret as a BLAKE3 key (before
+/// Ed25519): magic, 32-byte tag, body.
+pub const MAGIC_V1: &[u8; 8] = b"SDMANIF1";
+/// Manifests signed with Ed25519: magic, 64-byte signature, body.
+pub const MAGIC_V2: &[u8; 8] = b"SDMANIF2";
 const TAG_LEN: usize = 32;
+const SIGNATURE_LEN: usize = 64;
+/// What an Ed25519 manifest signature covers: this, then the body (so the
+/// key signs nothing that could be mistaken for another message).
+const SIGNED_CONTEXT: &[u8] = b"selfdump manifest v2\0";
 /// Manifests are small (a few hundred bytes per image file).
 const MAX_MANIFEST: usize = 4 << 20;
 
@@ -54,11 +77,27 @@ impl Key {
         Ok(Self(key))
     }
 
-    /// A short public name of the key (a hash of it), shown in manifests
-    /// and by `selfdump inspect`.
+    /// The id of its public key ([`PublicKey::id`]), which manifests name
+    /// and `selfdump inspect` shows.
     pub fn id(&self) -> String {
+        self.public().id()
+    }
+
+    /// The id manifests signed the old way ([`MAGIC_V1`]) name.
+    fn legacy_id(&self) -> String {
         let id = blake3::derive_key("selfdump signing key id v1", &self.0);
         id[..8].iter().map(|b| format!("{b:02x}")).collect()
+    }
+
+    /// The Ed25519 key that signs manifests, derived from the secret.
+    fn signing(&self) -> ed25519_dalek::SigningKey {
+        let seed = blake3::derive_key("selfdump ed25519 signing key v1", &self.0);
+        ed25519_dalek::SigningKey::from_bytes(&seed)
+    }
+
+    /// Its public key, which other hosts trust (`selfdump key public`).
+    pub fn public(&self) -> PublicKey {
+        PublicKey::from_verifying(self.signing().verifying_key())
     }
 
     /// Reads the key at `path`, which must be a regular file of root's that
@@ -92,8 +131,39 @@ impl Key {
     }
 
     /// Loads the key at `path`, or makes one there (and its directory,
-    /// root's, 0700) if there is none yet.
+    /// root's, 0700) if there is none yet; either way its public key is
+    /// written beside it ([`public_key_file`]), for users who cannot read
+    /// the key itself.
     pub fn load_or_create(path: &Path) -> io::Result<Self> {
+        let key = Self::load_or_make(path)?;
+        if let Err(e) = key.write_public(&public_key_file(path)) {
+            log::warn!("cannot write {}: {e}", public_key_file(path).display());
+        }
+        Ok(key)
+    }
+
+    /// Writes the public key to `path` (root's, 0644), unless it is there.
+    fn write_public(&self, path: &Path) -> io::Result<()> {
+        let text = self.public().to_file();
+        if std::fs::read(path).is_ok_and(|t| t == text.as_bytes()) {
+            return Ok(());
+        }
+        let tmp = PathBuf::from(format!("{}.new-{}", path.display(), Self::generate()?.id()));
+        let file = rustix::fs::open(
+            &tmp,
+            OFlags::WRONLY | OFlags::CREATE | OFlags::EXCL | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+            Mode::from_raw_mode(0o644),
+        )?;
+        rustix::fs::fchmod(&file, Mode::from_raw_mode(0o644))?;
+        write_all(&file, text.as_bytes())?;
+        rustix::fs::fsync(&file)?;
+        rustix::fs::rename(&tmp, path).inspect_err(|_| {
+            let _ = rustix::fs::unlink(&tmp);
+        })?;
+        Ok(())
+    }
+
+    fn load_or_make(path: &Path) -> io::Result<Self> {
         match Self::load(path) {
             Err(e) if e.kind() == io::ErrorKind::NotFound => {}
             other => return other,
@@ -155,6 +225,21 @@ pub enum ManifestError {
     Missing,
     /// It cannot be read or parsed.
     Malformed(String),
+    /// It is signed by a key this host does not trust.
+    Untrusted {
+        /// The key it names.
+        theirs: String,
+        /// This host's own key, if it has one.
+        ours: Option<String>,
+        /// The trust directory that was read, if any.
+        dir: Option<PathBuf>,
+    },
+    /// It is signed the old way (a keyed hash), which only the host whose
+    /// secret made it can check, and this host does not hold that secret.
+    Legacy {
+        /// The key it names.
+        theirs: String,
+    },
     /// Its signature does not verify with this key.
     BadSignature {
         /// The key it was checked with.
@@ -173,6 +258,28 @@ impl fmt::Display for ManifestError {
                 f,
                 "{MANIFEST_FILE} is signed by key {theirs}, not by this service's key {ours}"
             ),
+            Self::Untrusted { theirs, ours, dir } => {
+                match ours {
+                    Some(ours) => write!(
+                        f,
+                        "{MANIFEST_FILE} is signed by key {theirs}, not by this service's key \
+                         {ours}"
+                    )?,
+                    None => write!(f, "{MANIFEST_FILE} is signed by key {theirs}")?,
+                }
+                let dir = dir.as_deref().unwrap_or(Path::new(super::trust::DEFAULT_TRUST_DIR));
+                write!(
+                    f,
+                    " nor by a key trusted here: key {theirs} is not trusted on this host; to \
+                     trust it, put its public key (`selfdump key public` on its host) in {}",
+                    dir.display()
+                )
+            }
+            Self::Legacy { theirs } => write!(
+                f,
+                "{MANIFEST_FILE} is signed the old way (a keyed hash, key {theirs}), which only \
+                 the host holding that key can check: restore it there, or take a new checkpoint"
+            ),
             Self::BadSignature { ours, .. } => write!(
                 f,
                 "{MANIFEST_FILE} does not verify with key {ours}: it was changed after the dump"
@@ -182,27 +289,44 @@ impl fmt::Display for ManifestError {
 }
 
 impl Manifest {
-    /// The signed bytes of the manifest, for the file [`MANIFEST_FILE`].
+    /// The signed bytes of the manifest, for the file [`MANIFEST_FILE`]
+    /// (Ed25519, [`MAGIC_V2`]), naming `key` as its signer whatever its
+    /// [`Manifest::key_id`] said.
     pub fn sign(&self, key: &Key) -> Vec<u8> {
+        let named = Self {
+            key_id: key.id(),
+            ..self.clone()
+        };
+        let body = rmp_serde::to_vec_named(&named).expect("a manifest serialises");
+        sign_body(key, body)
+    }
+
+
+    /// The manifest signed the old way ([`MAGIC_V1`]: a keyed hash), as
+    /// services wrote them before Ed25519; for tests of old checkpoints.
+    #[doc(hidden)]
+    pub fn sign_legacy(&self, key: &Key) -> Vec<u8> {
         let body = rmp_serde::to_vec_named(self).expect("a manifest serialises");
-        let mut out = Vec::with_capacity(MAGIC.len() + TAG_LEN + body.len());
-        out.extend_from_slice(MAGIC);
-        out.extend_from_slice(&key.tag(&body));
-        out.extend_from_slice(&body);
-        out
+        [&MAGIC_V1[..], &key.tag(&body), &body].concat()
     }
 
     /// Parses a manifest file without checking its signature (for
     /// `selfdump inspect`, which says whether it verifies separately).
-    pub fn parse_unverified(bytes: &[u8]) -> Result<(Self, [u8; TAG_LEN], &[u8]), ManifestError> {
+    /// Returns the manifest, its signature (or keyed hash) and its body.
+    pub fn parse_unverified(bytes: &[u8]) -> Result<(Self, &[u8], &[u8]), ManifestError> {
         let malformed = |why: &str| ManifestError::Malformed(why.into());
-        let rest = bytes
-            .strip_prefix(MAGIC)
-            .ok_or_else(|| malformed("bad magic"))?;
-        if rest.len() < TAG_LEN {
+        let (rest, seal_len) = match bytes.get(..MAGIC_V1.len()) {
+            Some(m) if m == MAGIC_V1 => (&bytes[MAGIC_V1.len()..], TAG_LEN),
+            Some(m) if m == MAGIC_V2 => (&bytes[MAGIC_V2.len()..], SIGNATURE_LEN),
+            _ => return Err(malformed("bad magic")),
+        };
+        if bytes.len() > MAX_MANIFEST {
+            return Err(malformed("too large"));
+        }
+        if rest.len() < seal_len {
             return Err(malformed("truncated"));
         }
-        let (tag, body) = rest.split_at(TAG_LEN);
+        let (seal, body) = rest.split_at(seal_len);
         let mut de = rmp_serde::Deserializer::new(std::io::Cursor::new(body));
         de.set_max_depth(16);
         let manifest: Self = serde::Deserialize::deserialize(&mut de)
@@ -210,14 +334,43 @@ impl Manifest {
         if de.position() as usize != body.len() {
             return Err(malformed("trailing bytes"));
         }
-        Ok((manifest, tag.try_into().expect("32 bytes"), body))
+        Ok((manifest, seal, body))
     }
 
-    /// Parses and verifies a manifest file.
+    /// Parses and verifies a manifest file signed by `key` (this host's own
+    /// key: either way of signing).
     pub fn verify(bytes: &[u8], key: &Key) -> Result<Self, ManifestError> {
-        let (manifest, tag, body) = Self::parse_unverified(bytes)?;
-        // constant time: blake3's Hash compares in constant time
-        if blake3::Hash::from(tag) != blake3::Hash::from(key.tag(body)) {
+        Self::verify_trusted(bytes, &Trust::own(key.clone()))
+    }
+
+    /// Parses and verifies a manifest file signed by a key of `trust`.
+    pub fn verify_trusted(bytes: &[u8], trust: &Trust) -> Result<Self, ManifestError> {
+        let (manifest, seal, body) = Self::parse_unverified(bytes)?;
+        if bytes.starts_with(MAGIC_V1) {
+            let Some(own) = &trust.own else {
+                return Err(ManifestError::Legacy {
+                    theirs: manifest.key_id,
+                });
+            };
+            let tag: [u8; TAG_LEN] = seal.try_into().expect("32 bytes");
+            // constant time: blake3's Hash compares in constant time
+            if blake3::Hash::from(tag) != blake3::Hash::from(own.tag(body)) {
+                return Err(ManifestError::BadSignature {
+                    ours: own.legacy_id(),
+                    theirs: manifest.key_id,
+                });
+            }
+            return Ok(manifest);
+        }
+        let Some(key) = trust.find(&manifest.key_id) else {
+            return Err(ManifestError::Untrusted {
+                theirs: manifest.key_id,
+                ours: trust.own.as_ref().map(Key::id),
+                dir: trust.dir.clone(),
+            });
+        };
+        let signature: [u8; SIGNATURE_LEN] = seal.try_into().expect("64 bytes");
+        if !key.verify(&[SIGNED_CONTEXT, body].concat(), &signature) {
             return Err(ManifestError::BadSignature {
                 ours: key.id(),
                 theirs: manifest.key_id,
@@ -245,6 +398,13 @@ impl Manifest {
     pub fn file(&self, name: &str) -> Option<&FileDigest> {
         self.files.iter().find(|f| f.name == name)
     }
+}
+
+/// A manifest body as [`Manifest::sign`] writes it, signed by `key`.
+fn sign_body(key: &Key, body: Vec<u8>) -> Vec<u8> {
+    use ed25519_dalek::Signer;
+    let signature = key.signing().sign(&[SIGNED_CONTEXT, &body].concat());
+    [&MAGIC_V2[..], &signature.to_bytes(), &body].concat()
 }
 
 /// The BLAKE3 hash of an open regular file of `size` bytes, read through
@@ -314,7 +474,7 @@ fn file_path_of(file: &std::fs::File) -> io::Result<PathBuf> {
     Ok(PathBuf::from(format!("/proc/self/fd/{}", file.as_raw_fd())))
 }
 
-fn read_capped(file: &impl AsFd, cap: usize) -> io::Result<Vec<u8>> {
+pub(crate) fn read_capped(file: &impl AsFd, cap: usize) -> io::Result<Vec<u8>> {
     let mut out = Vec::new();
     let mut buf = vec![0u8; 64 << 10];
     loop {
@@ -378,10 +538,14 @@ mod tests {
     fn a_manifest_verifies_with_its_key_only() {
         let (key, other) = (Key::generate().unwrap(), Key::generate().unwrap());
         let signed = manifest().sign(&key);
-        assert_eq!(Manifest::verify(&signed, &key).unwrap(), manifest());
+        let named = Manifest {
+            key_id: key.id(),
+            ..manifest()
+        };
+        assert_eq!(Manifest::verify(&signed, &key).unwrap(), named);
         assert!(matches!(
             Manifest::verify(&signed, &other),
-            Err(ManifestError::BadSignature { .. })
+            Err(ManifestError::Untrusted { .. })
         ));
         for at in [0, 9, 40, signed.len() - 1] {
             let mut flipped = signed.clone();
@@ -394,6 +558,60 @@ mod tests {
         let mut longer = signed.clone();
         longer.push(0);
         assert!(Manifest::verify(&longer, &key).is_err());
+    }
+
+    #[test]
+    fn old_manifests_verify_with_the_key_that_made_them_only() {
+        let (key, other) = (Key::generate().unwrap(), Key::generate().unwrap());
+        let mut old = manifest();
+        old.key_id = key.legacy_id();
+        let signed = old.sign_legacy(&key);
+        assert_eq!(Manifest::verify(&signed, &key).unwrap(), old);
+        let e = Manifest::verify(&signed, &other).unwrap_err().to_string();
+        assert!(e.contains(&key.legacy_id()), "{e}");
+        let e = Manifest::verify_trusted(
+            &signed,
+            &Trust {
+                keys: vec![key.public()],
+                ..Trust::default()
+            },
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(e.contains("only the host holding that key"), "{e}");
+    }
+
+    #[test]
+    fn a_manifest_verifies_with_a_trusted_public_key_and_names_an_untrusted_one() {
+        let (key, other) = (Key::generate().unwrap(), Key::generate().unwrap());
+        let mut m = manifest();
+        m.key_id = key.id();
+        let signed = m.sign(&key);
+        let trusting = |keys| Trust {
+            own: Some(other.clone()),
+            keys,
+            dir: None,
+        };
+        assert_eq!(
+            Manifest::verify_trusted(&signed, &trusting(vec![key.public()])).unwrap(),
+            m
+        );
+        let e = Manifest::verify_trusted(&signed, &trusting(vec![]))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains(&format!("key {} is not trusted on this host", key.id())),
+            "{e}"
+        );
+        // a manifest naming a trusted key but signed by another
+        let mut forged = m.clone();
+        forged.key_id = other.id();
+        let forged = sign_body(&key, rmp_serde::to_vec_named(&forged).unwrap());
+        let e = Manifest::verify(&forged, &other).unwrap_err().to_string();
+        assert!(e.contains("it was changed after the dump"), "{e}");
+        let mut signed = signed;
+        signed[20] ^= 1;
+        assert!(Manifest::verify(&signed, &key).is_err());
     }
 
     #[test]

@@ -1,7 +1,7 @@
 //! `selfdump inspect`: what a checkpoint holds.
 
 use crate::{Res, help_requested};
-use selfdump::server::manifest;
+use selfdump::server::{manifest, trust};
 use std::path::PathBuf;
 use std::process::ExitCode;
 
@@ -22,12 +22,14 @@ for presence and size, not hashed (a restore hashes them).
 
 OPTIONS:
     --json           one JSON object, for scripts
-    --key-file PATH  the signing key [default: /var/lib/selfdump/signing.key]";
+    --key-file PATH  this service's key [default: /var/lib/selfdump/signing.key]
+    --trust-dir DIR  other services' public keys [default: /etc/selfdump/trusted.d]";
 
 pub(crate) fn inspect_cmd(mut parser: lexopt::Parser) -> Res<ExitCode> {
     use lexopt::Arg::*;
     let (mut json, mut dir) = (false, None);
     let mut key_file = PathBuf::from(manifest::DEFAULT_KEY_FILE);
+    let mut trust_dir = PathBuf::from(trust::DEFAULT_TRUST_DIR);
     while let Some(arg) = parser.next()? {
         if help_requested(&arg, USAGE) {
             return Ok(ExitCode::SUCCESS);
@@ -35,13 +37,25 @@ pub(crate) fn inspect_cmd(mut parser: lexopt::Parser) -> Res<ExitCode> {
         match arg {
             Long("json") => json = true,
             Long("key-file") => key_file = parser.value()?.into(),
+            Long("trust-dir") => trust_dir = parser.value()?.into(),
             Value(v) if dir.is_none() => dir = Some(PathBuf::from(v)),
             other => return Err(other.unexpected().into()),
         }
     }
     let dir = dir.ok_or("inspect needs the images directory: selfdump inspect DIR")?;
-    let key = manifest::Key::load(&key_file).ok();
-    let report = selfdump::server::inspect::inspect(&dir, key.as_ref())
+    let trust = match trust::Trust::load_host(&key_file, &trust_dir) {
+        Ok(trust) => trust,
+        Err(e) => {
+            log::warn!("trusted keys not read ({e}): checking with this service's key only");
+            trust::Trust {
+                own: manifest::Key::load(&key_file).ok(),
+                ..trust::Trust::default()
+            }
+        }
+    };
+    // no key readable at all: signatures are shown, not checked
+    let trust = (!trust.is_empty()).then_some(trust);
+    let report = selfdump::server::inspect::inspect_trusted(&dir, trust.as_ref())
         .map_err(|e| format!("{}: {e}", dir.display()))?;
     if json {
         println!("{}", serde_json::to_string_pretty(&report)?);

@@ -2,6 +2,7 @@
 
 mod check;
 mod inspect;
+mod key;
 mod restore;
 mod run;
 mod serve;
@@ -20,6 +21,8 @@ USAGE:
     selfdump inspect [OPTIONS] DIR  what a checkpoint holds (--json for scripts)
     selfdump check [OPTIONS]      is CRIU usable here? (real dump and restore)
     selfdump check --pid PID      what in process PID would CRIU refuse? (preflight)
+    selfdump key public           this service's public key, for other hosts' trust
+                                  directories (/etc/selfdump/trusted.d/)
     selfdump help [COMMAND]       this text, or a command's options
 
 Logging: RUST_LOG=info (default), debug, ...";
@@ -53,6 +56,7 @@ fn run() -> Res<ExitCode> {
         "run" | "__init" => run::run_cmd(&command, parser),
         "inspect" => inspect::inspect_cmd(parser),
         "check" => check::check_cmd(parser),
+        "key" => key::key_cmd(parser),
         "help" => {
             let topic = parser.next()?.map(|a| match a {
                 lexopt::Arg::Value(v) => v.string().unwrap_or_default(),
@@ -66,6 +70,7 @@ fn run() -> Res<ExitCode> {
                     Some("run") => run::USAGE,
                     Some("inspect") => inspect::USAGE,
                     Some("check") => check::USAGE,
+                    Some("key") => key::USAGE,
                     _ => USAGE,
                 }
             );

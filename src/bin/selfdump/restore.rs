@@ -2,7 +2,7 @@
 
 use crate::{Res, help_requested};
 use lexopt::prelude::*;
-use selfdump::server::{Criu, check, manifest, restore};
+use selfdump::server::{Criu, check, manifest, restore, trust};
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
@@ -18,8 +18,9 @@ Restores the generation DIR/latest names (each checkpoint into DIR is a
 generation of its own, DIR/gen-...; `selfdump inspect DIR` lists them), or
 the one named, or images directly in DIR (made before generations).
 
-Verifies the images first: their manifest must be signed with the service's
-key, every signed file must be there as signed (nothing changed or removed;
+Verifies the images first: their manifest must be signed with this service's
+key or one of the trust directory, be taken on a host this one can stand in
+for (architecture, CRIU and kernel no newer, CPU features), every signed file must be there as signed (nothing changed or removed;
 a file the manifest does not list is ignored, with a warning, and never
 reaches CRIU), and every task's credentials must be the recorded owner's;
 CRIU then reads only the verified files. Checks that every pid, session and process group in the
@@ -34,7 +35,9 @@ OPTIONS:
     --wait SECS       wait up to SECS for those ids to be free first (the
                       previous restored copy still dying or not reaped yet)
                       [default: 0]
-    --key-file PATH   the signing key [default: /var/lib/selfdump/signing.key]
+    --key-file PATH   this service's key [default: /var/lib/selfdump/signing.key]
+    --trust-dir DIR   public keys of other services whose checkpoints restore
+                      here too [default: /etc/selfdump/trusted.d]
     --trust-unsigned  also restore images without a manifest (made by plain
                       CRIU), unchecked; root only, with a warning
     --timeout SECS    kill CRIU, and what it restored, past this [default: 60]
@@ -65,6 +68,7 @@ pub(crate) fn restore_cmd(mut parser: lexopt::Parser) -> Res<ExitCode> {
     let mut wait = Duration::ZERO;
     let (mut copies, mut lazy) = (None, false);
     let mut key_file = PathBuf::from(manifest::DEFAULT_KEY_FILE);
+    let mut trust_dir = PathBuf::from(trust::DEFAULT_TRUST_DIR);
     let mut trust_unsigned = false;
     let mut deadline = Duration::from_secs(60);
     let mut socket = None;
@@ -78,6 +82,7 @@ pub(crate) fn restore_cmd(mut parser: lexopt::Parser) -> Res<ExitCode> {
             Long("copies") => copies = Some(parser.value()?.parse::<u32>()?),
             Long("lazy") => lazy = true,
             Long("key-file") => key_file = parser.value()?.into(),
+            Long("trust-dir") => trust_dir = parser.value()?.into(),
             Long("trust-unsigned") => trust_unsigned = true,
             Long("timeout") => deadline = Duration::from_secs_f64(parser.value()?.parse()?),
             Long("socket") => socket = Some(PathBuf::from(parser.value()?)),
@@ -123,6 +128,8 @@ pub(crate) fn restore_cmd(mut parser: lexopt::Parser) -> Res<ExitCode> {
         }
         Err(e) => return Err(format!("cannot read the signing key: {e}").into()),
     };
+    let trust = trust::Trust::load(key.clone(), &trust_dir)
+        .map_err(|e| format!("cannot read the trusted keys: {e}"))?;
     if trust_unsigned {
         log::warn!(
             "--trust-unsigned: images without a manifest are restored unchecked, as root; \
@@ -134,7 +141,8 @@ pub(crate) fn restore_cmd(mut parser: lexopt::Parser) -> Res<ExitCode> {
         trust_unsigned,
         deadline,
         ..restore::RestoreSettings::new(criu, key)
-    };
+    }
+    .trusting(trust);
     if lazy && copies.is_none() {
         return Err("--lazy goes with --copies N (use --copies 1 for one copy)".into());
     }

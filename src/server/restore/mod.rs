@@ -30,6 +30,7 @@ use super::engine::first_error;
 use super::generation::{Resolved, resolve};
 use super::images::ImageMeta;
 use super::manifest::Key;
+use super::trust::{PublicKey, Trust};
 use super::private_dir::PrivateDir;
 use std::fmt;
 use std::os::fd::{AsFd, AsRawFd, OwnedFd};
@@ -92,9 +93,14 @@ impl std::error::Error for RestoreError {}
 pub struct RestoreSettings {
     /// The CRIU to run.
     pub criu: Criu,
-    /// The key the images must be signed with (`None`: only with
-    /// `trust_unsigned`).
+    /// This host's key: images signed with it verify (`None` and no
+    /// [`Self::trusted`] keys: only with `trust_unsigned`).
     pub key: Option<Key>,
+    /// Other services' public keys whose images verify too (a host's trust
+    /// directory: [`Trust::load`]).
+    pub trusted: Vec<PublicKey>,
+    /// Where [`Self::trusted`] came from, for messages.
+    pub trust_dir: Option<PathBuf>,
     /// Restore images without a manifest (made by plain CRIU), unchecked.
     pub trust_unsigned: bool,
     /// How long to wait for the images' pids, sessions and groups to be
@@ -111,10 +117,32 @@ impl RestoreSettings {
         Self {
             criu,
             key,
+            trusted: Vec::new(),
+            trust_dir: None,
             trust_unsigned: false,
             wait: Duration::ZERO,
             deadline: Duration::from_secs(60),
         }
+    }
+}
+
+impl RestoreSettings {
+    /// Also trusts the keys of `trust` (its own key, if any, replaces
+    /// [`Self::key`]).
+    pub fn trusting(mut self, trust: Trust) -> Self {
+        self.key = trust.own.or(self.key);
+        self.trusted = trust.keys;
+        self.trust_dir = trust.dir;
+        self
+    }
+
+    /// The keys images may be signed with (`None`: none at all).
+    pub(crate) fn trust(&self) -> Option<Trust> {
+        (self.key.is_some() || !self.trusted.is_empty()).then(|| Trust {
+            own: self.key.clone(),
+            keys: self.trusted.clone(),
+            dir: self.trust_dir.clone(),
+        })
     }
 }
 
@@ -151,13 +179,7 @@ pub fn restore_path(dir: &Path, settings: &RestoreSettings) -> Result<Restored, 
 /// them).
 pub fn verify_path(dir: &Path, settings: &RestoreSettings) -> Result<Verified, RestoreError> {
     let (resolved, creds) = open_dir(dir)?;
-    verify(
-        resolved,
-        settings.key.as_ref(),
-        settings.trust_unsigned,
-        creds,
-        |_| Ok(()),
-    )
+    verify(resolved, settings, creds, |_| Ok(()))
 }
 
 /// Restores the images in `dir` (resolved: [`resolve`]), detached, after
@@ -172,13 +194,7 @@ pub(crate) fn restore(
     may_restore: impl FnOnce(&ImageMeta) -> Result<(), RestoreError>,
 ) -> Result<Restored, RestoreError> {
     let started = Instant::now();
-    let verified = verify(
-        dir,
-        settings.key.as_ref(),
-        settings.trust_unsigned,
-        creds,
-        may_restore,
-    )?;
+    let verified = verify(dir, settings, creds, may_restore)?;
     let verify_time = started.elapsed();
     // images of a whole pid namespace restore into a fresh one: their pids
     // are the namespace's own, never the host's

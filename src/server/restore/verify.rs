@@ -24,9 +24,8 @@ use crate::server::generation::{LATEST, Resolved, is_generation_name};
 use crate::server::images::{
     copy, entries, entry_names, first_entry, only_root_writes, read_image,
 };
-use crate::server::manifest::{
-    FileDigest, Key, MANIFEST_FILE, Manifest, hash_file, unsigned_extra,
-};
+use crate::server::manifest::{FileDigest, MANIFEST_FILE, Manifest, hash_file, unsigned_extra};
+use super::RestoreSettings;
 use crate::server::subdir::PrivateSubdir;
 use crate::server::{as_caller::CallerCreds, images::ImageMeta};
 use prost::Message;
@@ -61,15 +60,15 @@ impl Drop for Verified {
 }
 
 /// Verifies the images in `images` (an open directory, resolved from what
-/// the restorer named, and held) with `key`, or, with `trust_unsigned`,
+/// the restorer named, and held) with the keys `settings` trust, or, with
+/// `settings.trust_unsigned`,
 /// takes images without a manifest as they are.
 /// `creds` makes and removes the private directory (the directory owner's
 /// or the requester's: see [`PrivateSubdir`]); `may_restore` sees the
 /// signed facts first (the owner, to compare with the requester).
 pub(crate) fn verify(
     images: Resolved,
-    key: Option<&Key>,
-    trust_unsigned: bool,
+    settings: &RestoreSettings,
     creds: CallerCreds,
     may_restore: impl FnOnce(&ImageMeta) -> Result<(), RestoreError>,
 ) -> Result<Verified, RestoreError> {
@@ -77,9 +76,10 @@ pub(crate) fn verify(
         dir: images,
         generation,
     } = images;
-    let manifest = match (Manifest::read(&images), key) {
-        (Ok(bytes), Some(key)) => {
-            Some(Manifest::verify(&bytes, key).map_err(RestoreError::refused)?)
+    let trust_unsigned = settings.trust_unsigned;
+    let manifest = match (Manifest::read(&images), settings.trust().as_ref()) {
+        (Ok(bytes), Some(trust)) => {
+            Some(Manifest::verify_trusted(&bytes, trust).map_err(RestoreError::refused)?)
         }
         (Ok(_), None) => None, // unsigned by choice: --trust-unsigned without a key
         (Err(crate::server::manifest::ManifestError::Missing), _) if trust_unsigned => None,
@@ -91,6 +91,9 @@ pub(crate) fn verify(
         ));
     }
     if let Some(m) = &manifest {
+        check_names(m)?;
+        crate::server::host::check(m.meta.needs.as_ref(), &settings.criu.path)
+            .map_err(RestoreError::Refused)?;
         may_restore(&m.meta)?;
     }
     let wanted = wanted(&images, manifest.as_ref())?;
@@ -128,6 +131,17 @@ pub(crate) fn verify(
         }
     }
     Ok(verified)
+}
+
+/// Every file the manifest names is a plain name of the images directory.
+fn check_names(m: &Manifest) -> Result<(), RestoreError> {
+    match m.files.iter().find(|f| !crate::server::host::plain_name(&f.name)) {
+        None => Ok(()),
+        Some(f) => Err(RestoreError::Refused(format!(
+            "{MANIFEST_FILE} names a file {:?}, which is not a plain file name",
+            f.name
+        ))),
+    }
 }
 
 /// The files to place: the manifest's (a file it does not list is

@@ -1,0 +1,58 @@
+//! `selfdump key public`: this service's public key, for other hosts'
+//! trust directories.
+
+use crate::{Res, help_requested};
+use lexopt::prelude::*;
+use selfdump::server::{manifest, trust};
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+pub(crate) const USAGE: &str = "\
+selfdump key: this service's signing key
+
+USAGE: selfdump key public [--key-file PATH]
+       selfdump key id [--key-file PATH]
+
+`public` prints the service's public key in minisign's public-key file
+format: save it as a file ending in .pub in the trust directory of every
+host that should restore this service's checkpoints (root's, writable by
+root alone; default /etc/selfdump/trusted.d/), for example:
+
+    selfdump key public | ssh other-host 'sudo tee /etc/selfdump/trusted.d/this-host.pub'
+
+Those hosts can then check this service's signatures, and not make any:
+the private key never leaves this host. `id` prints the key's id, which
+manifests name as their signer and `selfdump inspect` shows.
+
+Reads the key file (as root), made by `selfdump serve` on its first start.
+
+OPTIONS:
+    --key-file PATH  the signing key [default: /var/lib/selfdump/signing.key]";
+
+pub(crate) fn key_cmd(mut parser: lexopt::Parser) -> Res<ExitCode> {
+    use lexopt::Arg::*;
+    let mut what = None;
+    let mut key_file = PathBuf::from(manifest::DEFAULT_KEY_FILE);
+    while let Some(arg) = parser.next()? {
+        if help_requested(&arg, USAGE) {
+            return Ok(ExitCode::SUCCESS);
+        }
+        match arg {
+            Long("key-file") => key_file = parser.value()?.into(),
+            Value(v) if what.is_none() => what = Some(v.string()?),
+            other => return Err(other.unexpected().into()),
+        }
+    }
+    let public = || -> Res<trust::PublicKey> {
+        let key = manifest::Key::load(&key_file).map_err(|e| {
+            format!("cannot read the signing key (run as root; `selfdump serve` makes it): {e}")
+        })?;
+        Ok(key.public())
+    };
+    match what.as_deref() {
+        Some("public") => print!("{}", public()?.to_file()),
+        Some("id") => println!("{}", public()?.id()),
+        _ => return Err("selfdump key needs `public` or `id`; see `selfdump help key`".into()),
+    }
+    Ok(ExitCode::SUCCESS)
+}
