@@ -47,6 +47,8 @@ pub(super) struct Config {
     pub(super) request_timeout: Duration,
     pub(super) dump_timeout: Duration,
     pub(super) result_ttl: Duration,
+    /// Other services' public keys, for owners' restores.
+    pub(super) trust_dir: std::path::PathBuf,
 }
 
 impl Default for Config {
@@ -67,6 +69,7 @@ impl Default for Config {
             request_timeout: Duration::from_secs(5),
             dump_timeout: Duration::from_secs(300),
             result_ttl: Duration::from_secs(600),
+            trust_dir: super::trust::DEFAULT_TRUST_DIR.into(),
         }
     }
 }

@@ -46,15 +46,80 @@ pub struct HostNeeds {
 /// The x86 features CRIU compares (its instruction list and its FPU bits),
 /// by their `/proc/cpuinfo` names.
 const CHECKED_X86: &[&str] = &[
-    "fpu", "tsc", "cx8", "sep", "cmov", "clflush", "mmx", "fxsr", "sse", "sse2", "syscall",
-    "mmxext", "rdtscp", "3dnowext", "3dnow", "rep_good", "nopl", "pni", "pclmulqdq", "monitor",
-    "ssse3", "cx16", "sse4_1", "sse4_2", "movbe", "popcnt", "aes", "xsave", "avx", "f16c",
-    "rdrand", "abm", "sse4a", "misalignsse", "3dnowprefetch", "xop", "fma4", "tbm", "fsgsbase",
-    "bmi1", "hle", "avx2", "bmi2", "erms", "rtm", "mpx", "avx512f", "avx512dq", "rdseed",
-    "adx", "clflushopt", "avx512pf", "avx512er", "avx512cd", "sha_ni", "avx512bw", "avx512vl",
-    "xsaveopt", "xsavec", "xgetbv1", "avx512vbmi", "avx512_vbmi2", "gfni", "vaes",
-    "vpclmulqdq", "avx512_vnni", "avx512_bitalg", "tme", "avx512_vpopcntdq", "rdpid", "clzero",
-    "avx512_4vnniw", "avx512_4fmaps", "xsaves",
+    "fpu",
+    "tsc",
+    "cx8",
+    "sep",
+    "cmov",
+    "clflush",
+    "mmx",
+    "fxsr",
+    "sse",
+    "sse2",
+    "syscall",
+    "mmxext",
+    "rdtscp",
+    "3dnowext",
+    "3dnow",
+    "rep_good",
+    "nopl",
+    "pni",
+    "pclmulqdq",
+    "monitor",
+    "ssse3",
+    "cx16",
+    "sse4_1",
+    "sse4_2",
+    "movbe",
+    "popcnt",
+    "aes",
+    "xsave",
+    "avx",
+    "f16c",
+    "rdrand",
+    "abm",
+    "sse4a",
+    "misalignsse",
+    "3dnowprefetch",
+    "xop",
+    "fma4",
+    "tbm",
+    "fsgsbase",
+    "bmi1",
+    "hle",
+    "avx2",
+    "bmi2",
+    "erms",
+    "rtm",
+    "mpx",
+    "avx512f",
+    "avx512dq",
+    "rdseed",
+    "adx",
+    "clflushopt",
+    "avx512pf",
+    "avx512er",
+    "avx512cd",
+    "sha_ni",
+    "avx512bw",
+    "avx512vl",
+    "xsaveopt",
+    "xsavec",
+    "xgetbv1",
+    "avx512vbmi",
+    "avx512_vbmi2",
+    "gfni",
+    "vaes",
+    "vpclmulqdq",
+    "avx512_vnni",
+    "avx512_bitalg",
+    "tme",
+    "avx512_vpopcntdq",
+    "rdpid",
+    "clzero",
+    "avx512_4vnniw",
+    "avx512_4fmaps",
+    "xsaves",
 ];
 
 /// This host's facts, with the version of the CRIU at `criu`.
@@ -112,11 +177,7 @@ fn xsave() -> (u64, u32, u32) {
     // `__cpuid_count` is safe since Rust 1.87; older compilers need the block
     #[allow(unused_unsafe)]
     let r = unsafe { core::arch::x86_64::__cpuid_count(0xd, 0) };
-    (
-        u64::from(r.eax) | (u64::from(r.edx) << 32),
-        r.ebx,
-        r.ecx,
-    )
+    (u64::from(r.eax) | (u64::from(r.edx) << 32), r.ebx, r.ecx)
 }
 
 #[cfg(not(target_arch = "x86_64"))]
@@ -192,7 +253,11 @@ pub fn compare(needs: &HostNeeds, here: &HostNeeds) -> Result<(), String> {
         return Err(format!(
             "this host's CRIU is {}, older than the CRIU {} that took the checkpoint (CRIU \
              reads images of its own version and older ones): install CRIU {} or newer",
-            if here.criu.is_empty() { "of unknown version" } else { &here.criu },
+            if here.criu.is_empty() {
+                "of unknown version"
+            } else {
+                &here.criu
+            },
             needs.criu,
             needs.criu
         ));

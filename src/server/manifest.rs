@@ -267,7 +267,9 @@ impl fmt::Display for ManifestError {
                     )?,
                     None => write!(f, "{MANIFEST_FILE} is signed by key {theirs}")?,
                 }
-                let dir = dir.as_deref().unwrap_or(Path::new(super::trust::DEFAULT_TRUST_DIR));
+                let dir = dir
+                    .as_deref()
+                    .unwrap_or(Path::new(super::trust::DEFAULT_TRUST_DIR));
                 write!(
                     f,
                     " nor by a key trusted here: key {theirs} is not trusted on this host; to \
@@ -300,7 +302,6 @@ impl Manifest {
         let body = rmp_serde::to_vec_named(&named).expect("a manifest serialises");
         sign_body(key, body)
     }
-
 
     /// The manifest signed the old way ([`MAGIC_V1`]: a keyed hash), as
     /// services wrote them before Ed25519; for tests of old checkpoints.

@@ -10,6 +10,8 @@
 //! ```
 
 mod adopt;
+#[cfg(feature = "archive")]
+pub mod archive;
 mod as_caller;
 mod builder;
 pub mod caps;
@@ -22,9 +24,9 @@ pub mod copies;
 mod dump;
 mod dump_failure;
 mod engine;
-pub mod host;
 mod error;
 pub mod generation;
+pub mod host;
 pub mod images;
 pub mod inspect;
 mod jobs;
@@ -46,11 +48,13 @@ mod slots;
 // the restore work edits it now: its `pub` items narrow once that merges
 #[allow(unreachable_pub)]
 mod staging;
+#[cfg(feature = "remote")]
+pub mod store;
 mod subdir;
 pub mod systemd;
-pub mod trust;
 mod test_hold;
 mod tree;
+pub mod trust;
 mod verified_images;
 
 pub use builder::Builder;

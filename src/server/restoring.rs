@@ -80,7 +80,11 @@ async fn run(shared: &Shared, caller: Caller, request: RestoreRequest, dir: Owne
     };
     let requester = caller.uid();
     let creds = CallerCreds::of(&caller);
+    let trust_dir = shared.config.trust_dir.clone();
     let restored = blocking::unblock(move || {
+        let trust = crate::server::trust::Trust::load(settings.key.clone(), &trust_dir)
+            .map_err(|e| RestoreError::Refused(format!("the service's trusted keys: {e}")))?;
+        let settings = settings.trusting(trust);
         let dir = resolve(dir, &creds).map_err(RestoreError::Refused)?;
         restore(dir, &settings, creds, |meta| {
             let owner = meta.uid;

@@ -10,6 +10,7 @@ selfdump inspect: what a checkpoint holds
 
 USAGE: selfdump inspect [--json] [--key-file PATH] DIR
        selfdump inspect [--json] [--key-file PATH] DIR/GENERATION
+       selfdump inspect [--json] [--key-file PATH] URL
 
 Lists the generations of DIR (each checkpoint is one, DIR/gen-...): when
 each was made, its size, its tree, whether it verifies, and which one
@@ -55,6 +56,9 @@ pub(crate) fn inspect_cmd(mut parser: lexopt::Parser) -> Res<ExitCode> {
     };
     // no key readable at all: signatures are shown, not checked
     let trust = (!trust.is_empty()).then_some(trust);
+    if dir.to_str().is_some_and(|d| d.contains("://")) {
+        return inspect_url(dir.to_str().unwrap_or_default(), trust.as_ref(), json);
+    }
     let report = selfdump::server::inspect::inspect_trusted(&dir, trust.as_ref())
         .map_err(|e| format!("{}: {e}", dir.display()))?;
     if json {
@@ -63,6 +67,16 @@ pub(crate) fn inspect_cmd(mut parser: lexopt::Parser) -> Res<ExitCode> {
         print!("{}", describe(&dir, &report));
     }
     Ok(ExitCode::SUCCESS)
+}
+
+#[cfg(feature = "remote")]
+fn inspect_url(url: &str, trust: Option<&trust::Trust>, json: bool) -> Res<ExitCode> {
+    crate::store::inspect_url_cmd(url, trust, json)
+}
+
+#[cfg(not(feature = "remote"))]
+fn inspect_url(url: &str, _: Option<&trust::Trust>, _: bool) -> Res<ExitCode> {
+    Err(format!("{url}: this selfdump is built without stores (cargo feature `remote`)").into())
 }
 
 fn describe(dir: &std::path::Path, r: &selfdump::server::inspect::Inspection) -> String {

@@ -1,11 +1,15 @@
 //! `selfdump`: serve checkpoints, restore images, check CRIU.
 
+#[cfg(feature = "archive")]
+mod archive;
 mod check;
 mod inspect;
 mod key;
 mod restore;
 mod run;
 mod serve;
+#[cfg(feature = "remote")]
+mod store;
 
 use lexopt::prelude::*;
 use std::process::ExitCode;
@@ -21,6 +25,11 @@ USAGE:
     selfdump inspect [OPTIONS] DIR  what a checkpoint holds (--json for scripts)
     selfdump check [OPTIONS]      is CRIU usable here? (real dump and restore)
     selfdump check --pid PID      what in process PID would CRIU refuse? (preflight)
+    selfdump push DIR URL         upload a checkpoint to an object store; prints its URL
+    selfdump pull URL DIR         a checkpoint from a store made a local one
+    selfdump restore URL          restore a checkpoint from a store (--copies N, --lazy)
+    selfdump export DIR FILE      a checkpoint as one compressed file, signature inside
+    selfdump import FILE DIR      such a file, checked, made a local checkpoint
     selfdump key public           this service's public key, for other hosts' trust
                                   directories (/etc/selfdump/trusted.d/)
     selfdump help [COMMAND]       this text, or a command's options
@@ -57,6 +66,20 @@ fn run() -> Res<ExitCode> {
         "inspect" => inspect::inspect_cmd(parser),
         "check" => check::check_cmd(parser),
         "key" => key::key_cmd(parser),
+        #[cfg(feature = "remote")]
+        "push" => store::push_cmd(parser),
+        #[cfg(feature = "remote")]
+        "pull" => store::pull_cmd(parser),
+        #[cfg(feature = "archive")]
+        "export" => archive::export_cmd(parser),
+        #[cfg(feature = "archive")]
+        "import" => archive::import_cmd(parser),
+        #[cfg(not(all(feature = "remote", feature = "archive")))]
+        "push" | "pull" | "export" | "import" => Err(format!(
+            "this selfdump is built without `{command}` (cargo feature `remote`, or `archive` \
+             for export/import)"
+        )
+        .into()),
         "help" => {
             let topic = parser.next()?.map(|a| match a {
                 lexopt::Arg::Value(v) => v.string().unwrap_or_default(),
@@ -71,6 +94,12 @@ fn run() -> Res<ExitCode> {
                     Some("inspect") => inspect::USAGE,
                     Some("check") => check::USAGE,
                     Some("key") => key::USAGE,
+                    #[cfg(feature = "remote")]
+                    Some("push") => store::PUSH_USAGE,
+                    #[cfg(feature = "remote")]
+                    Some("pull") => store::PULL_USAGE,
+                    #[cfg(feature = "archive")]
+                    Some("export" | "import") => archive::USAGE,
                     _ => USAGE,
                 }
             );

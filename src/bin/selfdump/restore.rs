@@ -13,6 +13,14 @@ selfdump restore: restore a checkpoint, detached from this command
 USAGE: selfdump restore [OPTIONS] DIR
        selfdump restore [OPTIONS] DIR/GENERATION
        selfdump restore --copies N [--lazy] [OPTIONS] DIR
+       selfdump restore [--copies N [--lazy]] [OPTIONS] URL
+
+A URL is a checkpoint in an object store, as `selfdump push` printed it
+(ROOT/checkpoints/<id>; feature `remote`), restored as root: its signed
+manifest is verified and this host checked before any chunk is fetched;
+chunks are fetched in parallel, each checked against its hash, and kept in
+a root-only cache (--cache-dir) so that copies and later restores fetch
+them once; then the files are assembled and restored as a local checkpoint.
 
 Restores the generation DIR/latest names (each checkpoint into DIR is a
 generation of its own, DIR/gen-...; `selfdump inspect DIR` lists them), or
@@ -41,6 +49,8 @@ OPTIONS:
     --trust-unsigned  also restore images without a manifest (made by plain
                       CRIU), unchecked; root only, with a warning
     --timeout SECS    kill CRIU, and what it restored, past this [default: 60]
+    --cache-dir DIR   the chunk cache, for URLs: root's, 0700 [default:
+                      /var/cache/selfdump]
     --socket PATH     the service's socket, for a user who is not root
                       [default: $SELFDUMP_SOCKET or /run/selfdump.sock]
     --copies N        start N copies at once (images of a pid namespace only),
@@ -72,6 +82,7 @@ pub(crate) fn restore_cmd(mut parser: lexopt::Parser) -> Res<ExitCode> {
     let mut trust_unsigned = false;
     let mut deadline = Duration::from_secs(60);
     let mut socket = None;
+    let mut cache_dir = PathBuf::from("/var/cache/selfdump");
     while let Some(arg) = parser.next()? {
         if help_requested(&arg, USAGE) {
             return Ok(ExitCode::SUCCESS);
@@ -86,11 +97,23 @@ pub(crate) fn restore_cmd(mut parser: lexopt::Parser) -> Res<ExitCode> {
             Long("trust-unsigned") => trust_unsigned = true,
             Long("timeout") => deadline = Duration::from_secs_f64(parser.value()?.parse()?),
             Long("socket") => socket = Some(PathBuf::from(parser.value()?)),
+            Long("cache-dir") => cache_dir = parser.value()?.into(),
             Value(v) if dir.is_none() => dir = Some(PathBuf::from(v)),
             other => return Err(other.unexpected().into()),
         }
     }
     let dir = dir.ok_or("restore needs the images directory: selfdump restore DIR")?;
+    let url = dir
+        .to_str()
+        .filter(|d| d.contains("://"))
+        .map(str::to_owned);
+    if url.is_some() && !rustix::process::geteuid().is_root() {
+        return Err(
+            "restoring from a store needs root (its chunk cache is root's); as the \
+                    checkpoint's owner, `selfdump pull URL DIR` then `selfdump restore DIR`"
+                .into(),
+        );
+    }
     if !rustix::process::geteuid().is_root() {
         if copies.is_some() {
             return Err(
@@ -146,6 +169,9 @@ pub(crate) fn restore_cmd(mut parser: lexopt::Parser) -> Res<ExitCode> {
     if lazy && copies.is_none() {
         return Err("--lazy goes with --copies N (use --copies 1 for one copy)".into());
     }
+    if let Some(url) = url {
+        return restore_url(&settings, &url, copies, lazy, &cache_dir);
+    }
     if let Some(n) = copies {
         return copies_cmd(&settings, &dir, n, lazy);
     }
@@ -167,6 +193,28 @@ pub(crate) fn restore_cmd(mut parser: lexopt::Parser) -> Res<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
+#[cfg(feature = "remote")]
+fn restore_url(
+    settings: &restore::RestoreSettings,
+    url: &str,
+    copies: Option<u32>,
+    lazy: bool,
+    cache_dir: &std::path::Path,
+) -> Res<ExitCode> {
+    crate::store::restore_url_cmd(settings, url, copies, lazy, cache_dir)
+}
+
+#[cfg(not(feature = "remote"))]
+fn restore_url(
+    _: &restore::RestoreSettings,
+    url: &str,
+    _: Option<u32>,
+    _: bool,
+    _: &std::path::Path,
+) -> Res<ExitCode> {
+    Err(format!("{url}: this selfdump is built without stores (cargo feature `remote`)").into())
+}
+
 /// ` (generation NAME)`, or nothing for images directly in the directory.
 fn shown(generation: Option<&str>) -> String {
     generation.map_or(String::new(), |g| format!(" (generation {g})"))
@@ -179,8 +227,14 @@ fn copies_cmd(
     n: u32,
     lazy: bool,
 ) -> Res<ExitCode> {
-    use std::io::Write;
     let copies = selfdump::server::copies::restore_copies(settings, dir, n, lazy)?;
+    print_copies(copies, lazy)
+}
+
+/// Prints each copy's root pid, and with `lazy`, stays until their memory
+/// is in.
+pub(crate) fn print_copies(copies: selfdump::server::copies::Copies, lazy: bool) -> Res<ExitCode> {
+    use std::io::Write;
     let mut out = std::io::stdout().lock();
     for copy in &copies.copies {
         writeln!(out, "{}", copy.pid)?;

@@ -37,7 +37,11 @@ OPTIONS:
                          non-root checkpoints, or dump them with root's CRIU
                          [default: refuse]
     --key-file PATH      the key that signs the images; made on first start
-                         (root's, 0600) [default: /var/lib/selfdump/signing.key]
+                         (root's, 0600) [default: /var/lib/selfdump/signing.key];
+                         its public key is written beside it (signing.pub)
+    --trust-dir DIR      public keys of other services: an owner may restore
+                         their checkpoints through this service too (pulled
+                         from a store) [default: /etc/selfdump/trusted.d]
 
 Stops on SIGTERM or SIGINT after the dumps in flight finish; a second
 signal stops at once (dumps in flight are abandoned: CRIU lets their
@@ -116,6 +120,7 @@ pub(crate) fn serve(mut parser: lexopt::Parser) -> Res<ExitCode> {
             Long("max-keep") => builder = builder.max_keep(parser.value()?.parse()?),
             Long("criu") => criu.path = parser.value()?.into(),
             Long("key-file") => builder = builder.key_file(PathBuf::from(parser.value()?)),
+            Long("trust-dir") => builder = builder.trust_dir(PathBuf::from(parser.value()?)),
             other => return Err(other.unexpected().into()),
         }
     }

@@ -19,13 +19,13 @@
 //! recorded owner's, and a non-root owner's tasks must hold no capability.
 
 use super::RestoreError;
+use super::RestoreSettings;
 use crate::server::engine::rpc::{CoreEntry, PstreeEntry};
 use crate::server::generation::{LATEST, Resolved, is_generation_name};
 use crate::server::images::{
     copy, entries, entry_names, first_entry, only_root_writes, read_image,
 };
 use crate::server::manifest::{FileDigest, MANIFEST_FILE, Manifest, hash_file, unsigned_extra};
-use super::RestoreSettings;
 use crate::server::subdir::PrivateSubdir;
 use crate::server::{as_caller::CallerCreds, images::ImageMeta};
 use prost::Message;
@@ -135,7 +135,11 @@ pub(crate) fn verify(
 
 /// Every file the manifest names is a plain name of the images directory.
 fn check_names(m: &Manifest) -> Result<(), RestoreError> {
-    match m.files.iter().find(|f| !crate::server::host::plain_name(&f.name)) {
+    match m
+        .files
+        .iter()
+        .find(|f| !crate::server::host::plain_name(&f.name))
+    {
         None => Ok(()),
         Some(f) => Err(RestoreError::Refused(format!(
             "{MANIFEST_FILE} names a file {:?}, which is not a plain file name",

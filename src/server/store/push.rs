@@ -1,0 +1,192 @@
+//! Pushing a checkpoint: its files cut into chunks, each compressed and
+//! uploaded unless the store has it, in parallel; the checkpoint object
+//! last. Run by the checkpoint's owner, with the owner's credentials.
+
+use super::format::{self, CHUNK, ChunkRef, StoredFile};
+use super::runtime::{blocking, on_runtime};
+use super::{Error, Store};
+use crate::server::manifest::Manifest;
+use rustix::fs::{FileType, Mode, OFlags};
+use std::os::fd::OwnedFd;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+/// Chunks read, compressed or transferred at once.
+pub(crate) const IN_FLIGHT: usize = 8;
+/// zstd's level: its fastest that still finds the long runs of zeros and
+/// repeated pages that memory is full of.
+const LEVEL: i32 = 1;
+
+/// What [`push`] did.
+#[derive(Debug, Clone)]
+pub struct Pushed {
+    /// The checkpoint's URL, for `selfdump restore URL` and `pull`.
+    pub url: String,
+    /// Its id (the hash of its checkpoint object).
+    pub id: String,
+    /// The generation pushed (`None`: images directly in the directory).
+    pub generation: Option<String>,
+    /// Bytes of its files.
+    pub bytes: u64,
+    /// Its chunks.
+    pub chunks: usize,
+    /// Chunks uploaded (the others were in the store already).
+    pub uploaded_chunks: usize,
+    /// Bytes uploaded (compressed chunks and the checkpoint object).
+    pub uploaded_bytes: u64,
+    /// How long the push took.
+    pub elapsed: Duration,
+}
+
+/// Pushes the checkpoint in `dir` (the generation `latest` names, or the
+/// images in `dir` itself) to the store at `store_url`, and returns its
+/// URL. Runs on the store's own runtime; await it from any executor.
+pub async fn push(dir: &Path, store_url: &str) -> Result<Pushed, Error> {
+    let (dir, url) = (dir.to_path_buf(), store_url.to_owned());
+    on_runtime(async move { push_on_runtime(dir, url).await }).await
+}
+
+async fn push_on_runtime(dir: PathBuf, url: String) -> Result<Pushed, Error> {
+    let started = Instant::now();
+    let store = Store::open(&url, true)?;
+    let (images, generation) = blocking(move || {
+        crate::server::archive::open_checkpoint(&dir).map_err(|e| Error::Local(e.to_string()))
+    })
+    .await?;
+    let images = Arc::new(images);
+    let signed = Manifest::read(&*images).map_err(|e| Error::Local(e.to_string()))?;
+    let (manifest, ..) =
+        Manifest::parse_unverified(&signed).map_err(|e| Error::Local(e.to_string()))?;
+    let mut work = Vec::new();
+    let mut files = Vec::new();
+    for (index, file) in manifest.files.iter().enumerate() {
+        let fd = Arc::new(open_file(&images, &file.name, file.size)?);
+        let count = file.size.div_ceil(CHUNK) as usize;
+        for chunk in 0..count {
+            let len = (file.size - chunk as u64 * CHUNK).min(CHUNK);
+            work.push((index, chunk, fd.clone(), chunk as u64 * CHUNK, len));
+        }
+        files.push(StoredFile {
+            name: file.name.clone(),
+            size: file.size,
+            chunks: Vec::with_capacity(count),
+        });
+    }
+    let mut done: Vec<Vec<Option<ChunkRef>>> = files
+        .iter()
+        .map(|f| vec![None; f.size.div_ceil(CHUNK) as usize])
+        .collect();
+    let (chunks, mut uploaded_chunks, mut uploaded_bytes) = (work.len(), 0, 0);
+    let mut tasks = tokio::task::JoinSet::new();
+    let mut work = work.into_iter();
+    loop {
+        while tasks.len() < IN_FLIGHT
+            && let Some((file, chunk, fd, offset, len)) = work.next()
+        {
+            let store = store.clone();
+            tasks.spawn(async move {
+                let (r, up) = upload(&store, fd, offset, len).await?;
+                Ok::<_, Error>((file, chunk, r, up))
+            });
+        }
+        let Some(finished) = tasks.join_next().await else {
+            break;
+        };
+        let (file, chunk, r, up) = finished.map_err(|e| Error::Local(e.to_string()))??;
+        if up > 0 {
+            uploaded_chunks += 1;
+            uploaded_bytes += up;
+        }
+        done[file][chunk] = Some(r);
+    }
+    for (file, chunks) in files.iter_mut().zip(done) {
+        file.chunks = chunks
+            .into_iter()
+            .map(|c| c.expect("every chunk done"))
+            .collect();
+    }
+    let (object, id) = format::encode(&signed, &files);
+    uploaded_bytes += object.len() as u64;
+    store.put(&format!("checkpoints/{id}"), object).await?;
+    Ok(Pushed {
+        url: store.checkpoint_url(&id),
+        id,
+        generation,
+        bytes: files.iter().map(|f| f.size).sum(),
+        chunks,
+        uploaded_chunks,
+        uploaded_bytes,
+        elapsed: started.elapsed(),
+    })
+}
+
+/// One chunk: read, hashed, and uploaded compressed unless the store has
+/// it. Returns its entry and the bytes uploaded (0: it was there).
+async fn upload(
+    store: &Store,
+    file: Arc<OwnedFd>,
+    offset: u64,
+    len: u64,
+) -> Result<(ChunkRef, u64), Error> {
+    let (data, hash) = blocking(move || {
+        let data = read_at(&file, offset, len as usize)?;
+        let hash = format::hex(blake3::hash(&data).as_bytes());
+        Ok((data, hash))
+    })
+    .await?;
+    let name = format!("chunks/{hash}");
+    let entry = |stored: u64| ChunkRef {
+        hash: hash.clone(),
+        len: len as u32,
+        stored: stored.min(u64::from(u32::MAX)) as u32,
+    };
+    if let Some(size) = store.size(&name).await? {
+        return Ok((entry(size), 0));
+    }
+    let compressed = blocking(move || {
+        zstd::bulk::compress(&data, LEVEL).map_err(|e| Error::Local(format!("zstd: {e}")))
+    })
+    .await?;
+    let stored = compressed.len() as u64;
+    store.put(&name, compressed).await?;
+    Ok((entry(stored), stored))
+}
+
+/// An image file of the checkpoint, which must still be the size signed.
+pub(crate) fn open_file(dir: &OwnedFd, name: &str, size: u64) -> Result<OwnedFd, Error> {
+    let local = |why: String| Error::Local(format!("{name}: {why}"));
+    let file = rustix::fs::openat(
+        dir,
+        name,
+        OFlags::RDONLY | OFlags::NOFOLLOW | OFlags::NONBLOCK | OFlags::CLOEXEC,
+        Mode::empty(),
+    )
+    .map_err(|e| local(e.to_string()))?;
+    let stat = rustix::fs::fstat(&file).map_err(|e| local(e.to_string()))?;
+    if FileType::from_raw_mode(stat.st_mode) != FileType::RegularFile {
+        return Err(local("not a regular file".into()));
+    }
+    if stat.st_size as u64 != size {
+        return Err(local(format!(
+            "{} bytes, signed {size}: changed since the dump",
+            stat.st_size
+        )));
+    }
+    Ok(file)
+}
+
+/// `len` bytes of `file` at `offset` (all of them, or an error).
+pub(crate) fn read_at(file: &OwnedFd, offset: u64, len: usize) -> Result<Vec<u8>, Error> {
+    let mut data = vec![0u8; len];
+    let mut got = 0;
+    while got < len {
+        match rustix::io::pread(file, &mut data[got..], offset + got as u64) {
+            Ok(0) => return Err(Error::Local("a file shrank while it was read".into())),
+            Ok(n) => got += n,
+            Err(rustix::io::Errno::INTR) => {}
+            Err(e) => return Err(Error::Local(e.to_string())),
+        }
+    }
+    Ok(data)
+}
