@@ -239,6 +239,8 @@ pub enum ManifestError {
     Legacy {
         /// The key it names.
         theirs: String,
+        /// This host's key (in the old scheme's naming), if it has one.
+        ours: Option<String>,
     },
     /// Its signature does not verify with this key.
     BadSignature {
@@ -277,10 +279,13 @@ impl fmt::Display for ManifestError {
                     dir.display()
                 )
             }
-            Self::Legacy { theirs } => write!(
+            Self::Legacy { theirs, ours } => write!(
                 f,
                 "{MANIFEST_FILE} is signed the old way (a keyed hash, key {theirs}), which only \
-                 the host holding that key can check: restore it there, or take a new checkpoint"
+                 the host holding that key can check{}: restore it there, or take a new \
+                 checkpoint",
+                ours.as_ref()
+                    .map_or(String::new(), |o| format!(" (this host's key is {o})"))
             ),
             Self::BadSignature { ours, .. } => write!(
                 f,
@@ -351,11 +356,18 @@ impl Manifest {
             let Some(own) = &trust.own else {
                 return Err(ManifestError::Legacy {
                     theirs: manifest.key_id,
+                    ours: None,
                 });
             };
             let tag: [u8; TAG_LEN] = seal.try_into().expect("32 bytes");
             // constant time: blake3's Hash compares in constant time
             if blake3::Hash::from(tag) != blake3::Hash::from(own.tag(body)) {
+                if manifest.key_id != own.legacy_id() {
+                    return Err(ManifestError::Legacy {
+                        theirs: manifest.key_id,
+                        ours: Some(own.legacy_id()),
+                    });
+                }
                 return Err(ManifestError::BadSignature {
                     ours: own.legacy_id(),
                     theirs: manifest.key_id,
@@ -569,7 +581,14 @@ mod tests {
         let signed = old.sign_legacy(&key);
         assert_eq!(Manifest::verify(&signed, &key).unwrap(), old);
         let e = Manifest::verify(&signed, &other).unwrap_err().to_string();
-        assert!(e.contains(&key.legacy_id()), "{e}");
+        assert!(
+            e.contains(&key.legacy_id()) && e.contains("the old way"),
+            "{e}"
+        );
+        let mut changed = signed.clone();
+        *changed.last_mut().unwrap() ^= 1;
+        let e = Manifest::verify(&changed, &key).unwrap_err().to_string();
+        assert!(e.contains("changed after the dump"), "{e}");
         let e = Manifest::verify_trusted(
             &signed,
             &Trust {

@@ -73,10 +73,14 @@ pub(crate) async fn assemble(
         }
         done.made.push((stored.name.clone(), hash, file));
     }
+    // on a failure, the chunks in flight still finish (their writes to
+    // the cache are never cut short), and no other starts
     let mut tasks = tokio::task::JoinSet::new();
     let mut jobs = wanted.into_iter();
+    let mut failed = None;
     loop {
-        while tasks.len() < IN_FLIGHT
+        while failed.is_none()
+            && tasks.len() < IN_FLIGHT
             && let Some((hash, (len, what, targets))) = jobs.next()
         {
             let (store, cache) = (store.clone(), cache.clone());
@@ -85,13 +89,22 @@ pub(crate) async fn assemble(
         let Some(finished) = tasks.join_next().await else {
             break;
         };
-        match finished.map_err(|e| Error::Local(e.to_string()))?? {
-            None => done.chunks_cached += 1,
-            Some(fetched) => {
+        match finished
+            .map_err(|e| Error::Local(e.to_string()))
+            .and_then(|r| r)
+        {
+            Ok(None) => done.chunks_cached += 1,
+            Ok(Some(fetched)) => {
                 done.chunks_fetched += 1;
                 done.bytes_fetched += fetched;
             }
+            Err(e) => {
+                failed.get_or_insert(e);
+            }
         }
+    }
+    if let Some(e) = failed {
+        return Err(e);
     }
     let manifest = rustix::fs::openat(
         &*dir,

@@ -49,6 +49,7 @@ impl Cache {
             max_bytes,
         };
         cache.sweep_work();
+        cache.sweep_temporary();
         Ok(cache)
     }
 
@@ -121,15 +122,18 @@ impl Cache {
     /// held with a shared lock (which the verified restore's own shared
     /// lock goes with) until dropped, then removed.
     pub(crate) fn work_dir(&self) -> io::Result<WorkDir> {
-        let name = format!("restore-{}", temporary_name()?.trim_start_matches(".new-"));
-        rustix::fs::mkdirat(&self.work, name.as_str(), Mode::RWXU)?;
+        // made under a name the sweep leaves, locked, then named
+        let tmp = temporary_name()?;
+        let name = format!("restore-{}", tmp.trim_start_matches(".new-"));
+        rustix::fs::mkdirat(&self.work, tmp.as_str(), Mode::RWXU)?;
         let fd = rustix::fs::openat(
             &self.work,
-            name.as_str(),
+            tmp.as_str(),
             OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC,
             Mode::empty(),
         )?;
         rustix::fs::flock(&fd, FlockOperation::NonBlockingLockShared)?;
+        rustix::fs::renameat(&self.work, tmp.as_str(), &self.work, name.as_str())?;
         Ok(WorkDir {
             path: self.work.shown().join(&name),
             parent: rustix::fs::openat(
@@ -169,6 +173,23 @@ impl Cache {
         removed
     }
 
+    /// Removes temporary files a killed restore left (an hour old: one
+    /// being written now is younger).
+    fn sweep_temporary(&self) {
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs() as i64);
+        for dir in [&self.chunks, &self.files] {
+            for name in crate::server::images::entry_names(dir).unwrap_or_default() {
+                let old = rustix::fs::statat(dir, name.as_str(), AtFlags::SYMLINK_NOFOLLOW)
+                    .is_ok_and(|s| now - s.st_mtime > 3600);
+                if name.starts_with(".new-") && old {
+                    let _ = rustix::fs::unlinkat(dir, name.as_str(), AtFlags::empty());
+                }
+            }
+        }
+    }
+
     /// Removes the work directories no restore holds.
     fn sweep_work(&self) {
         for name in crate::server::images::entry_names(&self.work).unwrap_or_default() {
@@ -180,14 +201,16 @@ impl Cache {
             ) else {
                 continue;
             };
-            // one just made is not locked yet: left to a later sweep
-            let young = rustix::fs::fstat(&dir).is_ok_and(|s| {
+            // one being made is not locked yet: left unless it is old
+            let old = rustix::fs::fstat(&dir).is_ok_and(|s| {
                 let now = std::time::SystemTime::now()
                     .duration_since(std::time::UNIX_EPOCH)
                     .map_or(0, |d| d.as_secs() as i64);
-                now - s.st_mtime < 60
+                now - s.st_mtime > 600
             });
-            if !young && rustix::fs::flock(&dir, FlockOperation::NonBlockingLockExclusive).is_ok() {
+            if (name.starts_with("restore-") || old)
+                && rustix::fs::flock(&dir, FlockOperation::NonBlockingLockExclusive).is_ok()
+            {
                 remove_tree(&self.work, &name, &dir);
             }
         }

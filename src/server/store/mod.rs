@@ -226,9 +226,66 @@ impl Store {
             .map_err(|e| self.failed(name, e))
     }
 
+    /// Removes object `name`.
+    pub(crate) async fn delete(&self, name: &str) -> Result<(), Error> {
+        self.backend
+            .delete(&self.path(name))
+            .await
+            .map_err(|e| self.failed(name, e))
+    }
+
+    /// The names of the objects under `prefix` (relative to the root).
+    pub(crate) async fn list(&self, prefix: &str) -> Result<Vec<String>, Error> {
+        use futures_lite::StreamExt;
+        let mut listed = self.backend.list(Some(&self.path(prefix)));
+        let mut names = Vec::new();
+        while let Some(meta) = listed.next().await {
+            let meta = meta.map_err(|e| self.failed(prefix, e))?;
+            let parts: Vec<_> = meta.location.parts().collect();
+            let skip = self.root.parts().count();
+            let name: Vec<String> = parts[skip..]
+                .iter()
+                .map(|p| p.as_ref().to_owned())
+                .collect();
+            names.push(name.join("/"));
+        }
+        Ok(names)
+    }
+
     /// A checkpoint's URL in this store.
     pub(crate) fn checkpoint_url(&self, id: &str) -> String {
         format!("{}/checkpoints/{id}", self.url)
+    }
+}
+
+/// Direct access to a store's objects, for this crate's tests (tampering
+/// with what was pushed): not part of the API.
+#[doc(hidden)]
+pub mod raw {
+    use super::{Error, Store, runtime::on_runtime};
+
+    /// Object `name` under the store root `root`.
+    pub fn get(root: &str, name: &str) -> Result<Vec<u8>, Error> {
+        let (store, name) = (Store::open(root, true)?, name.to_owned());
+        async_io::block_on(on_runtime(async move { store.get(&name, u64::MAX).await }))
+    }
+
+    /// Writes object `name` under `root`.
+    pub fn put(root: &str, name: &str, bytes: Vec<u8>) -> Result<(), Error> {
+        let (store, name) = (Store::open(root, true)?, name.to_owned());
+        async_io::block_on(on_runtime(async move { store.put(&name, bytes).await }))
+    }
+
+    /// Removes object `name` under `root`.
+    pub fn delete(root: &str, name: &str) -> Result<(), Error> {
+        let (store, name) = (Store::open(root, true)?, name.to_owned());
+        async_io::block_on(on_runtime(async move { store.delete(&name).await }))
+    }
+
+    /// The objects under `root`/`prefix`, relative to `root`.
+    pub fn list(root: &str, prefix: &str) -> Result<Vec<String>, Error> {
+        let (store, prefix) = (Store::open(root, true)?, prefix.to_owned());
+        async_io::block_on(on_runtime(async move { store.list(&prefix).await }))
     }
 }
 
