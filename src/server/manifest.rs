@@ -17,7 +17,8 @@
 //! by whoever could also have made it.
 
 use super::images::ImageMeta;
-use super::trust::{PublicKey, Trust};
+pub use super::key::{Key, public_key_file};
+use super::trust::Trust;
 use rustix::fs::{Mode, OFlags};
 use serde::{Deserialize, Serialize};
 use std::fmt;
@@ -32,13 +33,6 @@ pub const MANIFEST_FILE: &str = "selfdump-manifest";
 /// otherwise (`--key-file`).
 pub const DEFAULT_KEY_FILE: &str = "/var/lib/selfdump/signing.key";
 
-/// Where [`Key::load_or_create`] writes the public key of the key at
-/// `key_file`: beside it, `.pub` instead of `.key`
-/// (`/var/lib/selfdump/signing.pub`).
-pub fn public_key_file(key_file: &Path) -> PathBuf {
-    key_file.with_extension("pub")
-}
-
 /// Files in an images directory that are not part of the images: CRIU's
 /// logs and statistics. They are neither signed nor given to CRIU on a
 /// restore.
@@ -51,150 +45,13 @@ pub fn unsigned_extra(name: &str) -> bool {
 pub const MAGIC_V1: &[u8; 8] = b"SDMANIF1";
 /// Manifests signed with Ed25519: magic, 64-byte signature, body.
 pub const MAGIC_V2: &[u8; 8] = b"SDMANIF2";
-const TAG_LEN: usize = 32;
+pub(crate) const TAG_LEN: usize = 32;
 const SIGNATURE_LEN: usize = 64;
 /// What an Ed25519 manifest signature covers: this, then the body (so the
 /// key signs nothing that could be mistaken for another message).
 const SIGNED_CONTEXT: &[u8] = b"selfdump manifest v2\0";
 /// Manifests are small (a few hundred bytes per image file).
 const MAX_MANIFEST: usize = 4 << 20;
-
-/// The service's signing key: 32 random bytes, root's, mode 0600.
-#[derive(Clone)]
-pub struct Key([u8; 32]);
-
-impl fmt::Debug for Key {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "Key({})", self.id())
-    }
-}
-
-impl Key {
-    /// A fresh random key.
-    pub fn generate() -> io::Result<Self> {
-        let mut key = [0u8; 32];
-        rustix::rand::getrandom(&mut key, rustix::rand::GetRandomFlags::empty())?;
-        Ok(Self(key))
-    }
-
-    /// The id of its public key ([`PublicKey::id`]), which manifests name
-    /// and `selfdump inspect` shows.
-    pub fn id(&self) -> String {
-        self.public().id()
-    }
-
-    /// The id manifests signed the old way ([`MAGIC_V1`]) name.
-    fn legacy_id(&self) -> String {
-        let id = blake3::derive_key("selfdump signing key id v1", &self.0);
-        id[..8].iter().map(|b| format!("{b:02x}")).collect()
-    }
-
-    /// The Ed25519 key that signs manifests, derived from the secret.
-    fn signing(&self) -> ed25519_dalek::SigningKey {
-        let seed = blake3::derive_key("selfdump ed25519 signing key v1", &self.0);
-        ed25519_dalek::SigningKey::from_bytes(&seed)
-    }
-
-    /// Its public key, which other hosts trust (`selfdump key public`).
-    pub fn public(&self) -> PublicKey {
-        PublicKey::from_verifying(self.signing().verifying_key())
-    }
-
-    /// Reads the key at `path`, which must be a regular file of root's that
-    /// nobody else can read (not followed through a symlink).
-    pub fn load(path: &Path) -> io::Result<Self> {
-        let named = |e: io::Error| io::Error::new(e.kind(), format!("{}: {e}", path.display()));
-        let file = rustix::fs::open(
-            path,
-            OFlags::RDONLY | OFlags::NOFOLLOW | OFlags::CLOEXEC,
-            Mode::empty(),
-        )
-        .map_err(|e| named(e.into()))?;
-        let stat = rustix::fs::fstat(&file).map_err(|e| named(e.into()))?;
-        if stat.st_uid != 0 || stat.st_mode & 0o077 != 0 || stat.st_size != 32 {
-            return Err(named(io::Error::other(format!(
-                "a key must be 32 bytes, root's, mode 0600 (found owner {}, mode {:o}, {} bytes)",
-                stat.st_uid,
-                stat.st_mode & 0o7777,
-                stat.st_size
-            ))));
-        }
-        let mut key = [0u8; 32];
-        let mut got = 0;
-        while got < 32 {
-            match rustix::io::read(&file, &mut key[got..]).map_err(|e| named(e.into()))? {
-                0 => return Err(named(io::Error::other("short key file"))),
-                n => got += n,
-            }
-        }
-        Ok(Self(key))
-    }
-
-    /// Loads the key at `path`, or makes one there (and its directory,
-    /// root's, 0700) if there is none yet; either way its public key is
-    /// written beside it ([`public_key_file`]), for users who cannot read
-    /// the key itself.
-    pub fn load_or_create(path: &Path) -> io::Result<Self> {
-        let key = Self::load_or_make(path)?;
-        if let Err(e) = key.write_public(&public_key_file(path)) {
-            log::warn!("cannot write {}: {e}", public_key_file(path).display());
-        }
-        Ok(key)
-    }
-
-    /// Writes the public key to `path` (root's, 0644), unless it is there.
-    fn write_public(&self, path: &Path) -> io::Result<()> {
-        let text = self.public().to_file();
-        if std::fs::read(path).is_ok_and(|t| t == text.as_bytes()) {
-            return Ok(());
-        }
-        let tmp = PathBuf::from(format!("{}.new-{}", path.display(), Self::generate()?.id()));
-        let file = rustix::fs::open(
-            &tmp,
-            OFlags::WRONLY | OFlags::CREATE | OFlags::EXCL | OFlags::NOFOLLOW | OFlags::CLOEXEC,
-            Mode::from_raw_mode(0o644),
-        )?;
-        rustix::fs::fchmod(&file, Mode::from_raw_mode(0o644))?;
-        write_all(&file, text.as_bytes())?;
-        rustix::fs::fsync(&file)?;
-        rustix::fs::rename(&tmp, path).inspect_err(|_| {
-            let _ = rustix::fs::unlink(&tmp);
-        })?;
-        Ok(())
-    }
-
-    fn load_or_make(path: &Path) -> io::Result<Self> {
-        match Self::load(path) {
-            Err(e) if e.kind() == io::ErrorKind::NotFound => {}
-            other => return other,
-        }
-        if let Some(dir) = path.parent() {
-            super::private_dir::PrivateDir::open_or_create(dir)?;
-        }
-        let key = Self::generate()?;
-        // a name of its own per attempt (threads of one process race too)
-        let tmp = PathBuf::from(format!("{}.new-{}", path.display(), Self::generate()?.id()));
-        let file = rustix::fs::open(
-            &tmp,
-            OFlags::WRONLY | OFlags::CREATE | OFlags::EXCL | OFlags::NOFOLLOW | OFlags::CLOEXEC,
-            Mode::RUSR | Mode::WUSR,
-        )?;
-        write_all(&file, &key.0)?;
-        rustix::fs::fsync(&file)?;
-        // another service may have made one meanwhile: keep the first
-        match rustix::fs::link(&tmp, path) {
-            Ok(()) | Err(rustix::io::Errno::EXIST) => {}
-            Err(e) => return Err(e.into()),
-        }
-        let _ = rustix::fs::unlink(&tmp);
-        log::info!("made a new signing key {}", path.display());
-        Self::load(path)
-    }
-
-    fn tag(&self, body: &[u8]) -> [u8; TAG_LEN] {
-        *blake3::keyed_hash(&self.0, body).as_bytes()
-    }
-}
 
 /// One signed image file.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -501,7 +358,7 @@ pub(crate) fn read_capped(file: &impl AsFd, cap: usize) -> io::Result<Vec<u8>> {
     }
 }
 
-fn write_all(file: &impl AsFd, mut bytes: &[u8]) -> io::Result<()> {
+pub(crate) fn write_all(file: &impl AsFd, mut bytes: &[u8]) -> io::Result<()> {
     while !bytes.is_empty() {
         let n = rustix::io::write(file, bytes)?;
         if n == 0 {
@@ -525,120 +382,5 @@ pub(crate) fn create_file(dir: &impl AsFd, name: &str, bytes: &[u8]) -> io::Resu
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::proto::JobId;
-
-    fn manifest() -> Manifest {
-        Manifest {
-            key_id: "k".into(),
-            meta: ImageMeta {
-                protocol: 1,
-                job: JobId { service: 1, seq: 2 },
-                pid: 42,
-                uid: 1000,
-                ..ImageMeta::default()
-            },
-            files: vec![FileDigest {
-                name: "pstree.img".into(),
-                size: 3,
-                hash: [7; 32],
-            }],
-        }
-    }
-
-    #[test]
-    fn a_manifest_verifies_with_its_key_only() {
-        let (key, other) = (Key::generate().unwrap(), Key::generate().unwrap());
-        let signed = manifest().sign(&key);
-        let named = Manifest {
-            key_id: key.id(),
-            ..manifest()
-        };
-        assert_eq!(Manifest::verify(&signed, &key).unwrap(), named);
-        assert!(matches!(
-            Manifest::verify(&signed, &other),
-            Err(ManifestError::Untrusted { .. })
-        ));
-        for at in [0, 9, 40, signed.len() - 1] {
-            let mut flipped = signed.clone();
-            flipped[at] ^= 1;
-            assert!(
-                Manifest::verify(&flipped, &key).is_err(),
-                "byte {at} flipped"
-            );
-        }
-        let mut longer = signed.clone();
-        longer.push(0);
-        assert!(Manifest::verify(&longer, &key).is_err());
-    }
-
-    #[test]
-    fn old_manifests_verify_with_the_key_that_made_them_only() {
-        let (key, other) = (Key::generate().unwrap(), Key::generate().unwrap());
-        let mut old = manifest();
-        old.key_id = key.legacy_id();
-        let signed = old.sign_legacy(&key);
-        assert_eq!(Manifest::verify(&signed, &key).unwrap(), old);
-        let e = Manifest::verify(&signed, &other).unwrap_err().to_string();
-        assert!(
-            e.contains(&key.legacy_id()) && e.contains("the old way"),
-            "{e}"
-        );
-        let mut changed = signed.clone();
-        *changed.last_mut().unwrap() ^= 1;
-        let e = Manifest::verify(&changed, &key).unwrap_err().to_string();
-        assert!(e.contains("changed after the dump"), "{e}");
-        let e = Manifest::verify_trusted(
-            &signed,
-            &Trust {
-                keys: vec![key.public()],
-                ..Trust::default()
-            },
-        )
-        .unwrap_err()
-        .to_string();
-        assert!(e.contains("only the host holding that key"), "{e}");
-    }
-
-    #[test]
-    fn a_manifest_verifies_with_a_trusted_public_key_and_names_an_untrusted_one() {
-        let (key, other) = (Key::generate().unwrap(), Key::generate().unwrap());
-        let mut m = manifest();
-        m.key_id = key.id();
-        let signed = m.sign(&key);
-        let trusting = |keys| Trust {
-            own: Some(other.clone()),
-            keys,
-            dir: None,
-        };
-        assert_eq!(
-            Manifest::verify_trusted(&signed, &trusting(vec![key.public()])).unwrap(),
-            m
-        );
-        let e = Manifest::verify_trusted(&signed, &trusting(vec![]))
-            .unwrap_err()
-            .to_string();
-        assert!(
-            e.contains(&format!("key {} is not trusted on this host", key.id())),
-            "{e}"
-        );
-        // a manifest naming a trusted key but signed by another
-        let mut forged = m.clone();
-        forged.key_id = other.id();
-        let forged = sign_body(&key, rmp_serde::to_vec_named(&forged).unwrap());
-        let e = Manifest::verify(&forged, &other).unwrap_err().to_string();
-        assert!(e.contains("it was changed after the dump"), "{e}");
-        let mut signed = signed;
-        signed[20] ^= 1;
-        assert!(Manifest::verify(&signed, &key).is_err());
-    }
-
-    #[test]
-    fn key_ids_differ_and_hide_the_key() {
-        let key = Key::generate().unwrap();
-        assert_ne!(key.id(), Key::generate().unwrap().id());
-        assert_eq!(key.id().len(), 16);
-        assert!(!format!("{key:?}").contains(&format!("{:02x}", key.0[0]).repeat(2)));
-    }
-}
+#[path = "manifest_tests.rs"]
+mod tests;

@@ -30,6 +30,7 @@ pub mod host;
 pub mod images;
 pub mod inspect;
 mod jobs;
+mod key;
 mod leftovers;
 pub mod manifest;
 mod outcome;

@@ -75,67 +75,9 @@ fn tampering_is_refused_before_criu_runs_naming_the_object() {
         );
         raw::put(&root.url, &format!("checkpoints/{id}"), object.clone()).unwrap();
 
-        // an index naming a file or chunk with `/` or `..`, or an absurd size
-        for (change, expect) in [
-            (0, "which is not a plain file name"),
-            (1, "which is not a plain file name"),
-            (2, "which is not a chunk's hash"),
-            (3, "a chunk holds 1 to"),
-        ] {
-            let mut crafted = files.clone();
-            let pages = crafted
-                .iter_mut()
-                .find(|f| f.name.starts_with("pages-"))
-                .unwrap();
-            match change {
-                0 => pages.name = "../pages-1.img".into(),
-                1 => pages.name = "sub/pages-1.img".into(),
-                2 => pages.chunks[0].hash = "../../etc/shadow".into(),
-                _ => pages.chunks[0].len = u32::MAX,
-            }
-            let crafted_url = put_object(&root.url, &signed, &crafted);
-            refused(&host, &crafted_url, &["checkpoint ", expect]);
-        }
-
-        // signed by a trusted key, but taken on a host with a CPU feature
-        // this one lacks
-        let (mut manifest, ..) = Manifest::parse_unverified(&signed).unwrap();
-        manifest
-            .meta
-            .needs
-            .as_mut()
-            .unwrap()
-            .cpu_flags
-            .push("selfdump_test_feature".into());
-        let elsewhere = put_object(&root.url, &manifest.sign(&other_signer), &files);
-        refused(
-            &host,
-            &elsewhere,
-            &["this host's CPU lacks selfdump_test_feature"],
-        );
-
-        // a flipped byte in a chunk; a chunk overwritten with another; a
-        // chunk missing
+        crafted_objects(&host, &root.url, &signed, &files, &other_signer);
         let chunk = crate::biggest_chunk(&url);
-        let name = format!("chunks/{chunk}");
-        let original = raw::get(&root.url, &name).unwrap();
-        let mut flipped = original.clone();
-        let at = flipped.len() / 2;
-        flipped[at] ^= 1;
-        raw::put(&root.url, &name, flipped).unwrap();
-        refused(&host, &url, &[&name, "damaged or overwritten"]);
-        let another = files
-            .iter()
-            .flat_map(|f| &f.chunks)
-            .find(|c| c.hash != chunk)
-            .unwrap();
-        let replacement = raw::get(&root.url, &format!("chunks/{}", another.hash)).unwrap();
-        raw::put(&root.url, &name, replacement).unwrap();
-        refused(&host, &url, &[&name, "damaged or overwritten"]);
-        raw::delete(&root.url, &name).unwrap();
-        refused(&host, &url, &[&name, "is missing from the store"]);
-        raw::put(&root.url, &name, original).unwrap();
-
+        chunk_cases(&host, &root.url, &url, &files, &chunk);
         if root.kind == "s3" {
             unreachable_mid_restore(&url, &chunk);
         }
@@ -145,6 +87,79 @@ fn tampering_is_refused_before_criu_runs_naming_the_object() {
         assert!(out.status.success(), "{}: {}", root.kind, text(&out));
         kill_and_reap(pids(&out)[0]);
     }
+}
+
+/// Checkpoint objects made from the pushed one: an index naming a file or
+/// chunk with `/` or `..`, or of an absurd size; a manifest signed by a
+/// trusted key that needs a CPU feature this host lacks.
+fn crafted_objects(
+    host: &Host,
+    root: &str,
+    signed: &[u8],
+    files: &[format::StoredFile],
+    other_signer: &Key,
+) {
+    // an index naming a file or chunk with `/` or `..`, or an absurd size
+    for (change, expect) in [
+        (0, "which is not a plain file name"),
+        (1, "which is not a plain file name"),
+        (2, "which is not a chunk's hash"),
+        (3, "a chunk holds 1 to"),
+    ] {
+        let mut crafted = files.to_vec();
+        let pages = crafted
+            .iter_mut()
+            .find(|f| f.name.starts_with("pages-"))
+            .unwrap();
+        match change {
+            0 => pages.name = "../pages-1.img".into(),
+            1 => pages.name = "sub/pages-1.img".into(),
+            2 => pages.chunks[0].hash = "../../etc/shadow".into(),
+            _ => pages.chunks[0].len = u32::MAX,
+        }
+        let crafted_url = put_object(root, signed, &crafted);
+        refused(host, &crafted_url, &["checkpoint ", expect]);
+    }
+
+    // signed by a trusted key, but taken on a host with a CPU feature
+    // this one lacks
+    let (mut manifest, ..) = Manifest::parse_unverified(signed).unwrap();
+    manifest
+        .meta
+        .needs
+        .as_mut()
+        .unwrap()
+        .cpu_flags
+        .push("selfdump_test_feature".into());
+    let elsewhere = put_object(root, &manifest.sign(other_signer), files);
+    refused(
+        host,
+        &elsewhere,
+        &["this host's CPU lacks selfdump_test_feature"],
+    );
+}
+
+/// A flipped byte in a chunk; a chunk overwritten with another; a chunk
+/// missing. The store is repaired after.
+fn chunk_cases(host: &Host, root: &str, url: &str, files: &[format::StoredFile], chunk: &str) {
+    let name = format!("chunks/{chunk}");
+    let original = raw::get(root, &name).unwrap();
+    let mut flipped = original.clone();
+    let at = flipped.len() / 2;
+    flipped[at] ^= 1;
+    raw::put(root, &name, flipped).unwrap();
+    refused(host, url, &[&name, "damaged or overwritten"]);
+    let another = files
+        .iter()
+        .flat_map(|f| &f.chunks)
+        .find(|c| c.hash != chunk)
+        .unwrap();
+    let replacement = raw::get(root, &format!("chunks/{}", another.hash)).unwrap();
+    raw::put(root, &name, replacement).unwrap();
+    refused(host, url, &[&name, "damaged or overwritten"]);
+    raw::delete(root, &name).unwrap();
+    refused(host, url, &[&name, "is missing from the store"]);
+    raw::put(root, &name, original).unwrap();
 }
 
 /// The store stops answering after the checkpoint object was fetched and

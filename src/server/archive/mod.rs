@@ -167,23 +167,10 @@ pub fn import(file: &Path, dir: &Path, trust: &Trust) -> io::Result<Imported> {
     let generation = Generation::start(dir).map_err(|e| named(&dir.display(), e))?;
     crate::server::manifest::create_file(generation.fd(), MANIFEST_FILE, &signed)?;
     for f in &manifest.files {
-        let mut entry = entries
+        let entry = entries
             .next()
             .ok_or_else(|| refused(format!("{} is missing", f.name)))??;
-        expect_entry(&entry, &f.name, Some(f.size)).map_err(refused)?;
-        let out = rustix::fs::openat(
-            generation.fd(),
-            f.name.as_str(),
-            OFlags::WRONLY | OFlags::CREATE | OFlags::EXCL | OFlags::NOFOLLOW | OFlags::CLOEXEC,
-            Mode::RUSR | Mode::WUSR,
-        )?;
-        let copied = io::copy(
-            &mut (&mut entry).take(f.size),
-            &mut std::fs::File::from(out),
-        )?;
-        if copied != f.size {
-            return Err(refused(format!("{} is truncated", f.name)));
-        }
+        unpack(entry, f, generation.fd()).map_err(refused)?;
     }
     if let Some(extra) = entries.next() {
         let extra = extra?;
@@ -199,6 +186,32 @@ pub fn import(file: &Path, dir: &Path, trust: &Trust) -> io::Result<Imported> {
         path,
         bytes: manifest.files.iter().map(|f| f.size).sum(),
     })
+}
+
+/// Writes the entry of the signed file `f` into `dir` (checked against
+/// its name, type and size; its hash is checked once all are in).
+fn unpack(
+    mut entry: tar::Entry<'_, impl Read>,
+    f: &crate::server::manifest::FileDigest,
+    dir: &OwnedFd,
+) -> Result<(), String> {
+    expect_entry(&entry, &f.name, Some(f.size))?;
+    let out = rustix::fs::openat(
+        dir,
+        f.name.as_str(),
+        OFlags::WRONLY | OFlags::CREATE | OFlags::EXCL | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+        Mode::RUSR | Mode::WUSR,
+    )
+    .map_err(|e| format!("{}: {e}", f.name))?;
+    let copied = io::copy(
+        &mut (&mut entry).take(f.size),
+        &mut std::fs::File::from(out),
+    )
+    .map_err(|e| format!("{}: {e}", f.name))?;
+    if copied != f.size {
+        return Err(format!("{} is truncated", f.name));
+    }
+    Ok(())
 }
 
 /// An archive entry must be a regular file named exactly `name` (and of

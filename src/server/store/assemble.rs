@@ -6,8 +6,7 @@
 use super::cache::Cache;
 use super::fetch::{Checkpoint, fetch_chunk};
 use super::format::CHUNK;
-use super::push::IN_FLIGHT;
-use super::runtime::blocking;
+use super::runtime::{blocking, bounded};
 use super::{Error, Store};
 use crate::server::manifest::MANIFEST_FILE;
 use rustix::fs::{AtFlags, Mode, OFlags};
@@ -34,6 +33,10 @@ pub struct Assembled {
 /// Where one chunk goes: a file and an offset.
 type Target = (Arc<OwnedFd>, u64);
 
+/// Each chunk wanted, once, whatever number of places it goes to: its
+/// length, what it is (for messages), where it goes.
+type Wanted = HashMap<String, (u32, String, Vec<Target>)>;
+
 /// Assembles `checkpoint` in the directory `dir` (empty, of whoever
 /// assembles), with `cache` if there is one.
 pub(crate) async fn assemble(
@@ -42,20 +45,55 @@ pub(crate) async fn assemble(
     dir: Arc<OwnedFd>,
     cache: Option<Arc<Cache>>,
 ) -> Result<Assembled, Error> {
-    let local = |what: &str, e: &dyn std::fmt::Display| Error::Local(format!("{what}: {e}"));
+    let (mut done, wanted) = plan(checkpoint, &dir, cache.as_deref())?;
+    let (mut cached, mut fetched, mut bytes) = (0, 0, 0);
+    let start = |(hash, (len, what, targets)): (String, (u32, String, Vec<Target>))| {
+        let (store, cache) = (store.clone(), cache.clone());
+        async move { place(&store, cache, hash, len, what, targets).await }
+    };
+    bounded(wanted, start, |placed| match placed {
+        None => cached += 1,
+        Some(n) => {
+            fetched += 1;
+            bytes += n;
+        }
+    })
+    .await?;
+    (done.chunks_cached, done.chunks_fetched, done.bytes_fetched) = (cached, fetched, bytes);
+    let manifest = rustix::fs::openat(
+        &*dir,
+        MANIFEST_FILE,
+        OFlags::WRONLY | OFlags::CREATE | OFlags::EXCL | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+        Mode::RUSR | Mode::WUSR,
+    )
+    .map_err(|e| local(MANIFEST_FILE, &e))?;
+    super::cache::write_all(&manifest, &checkpoint.signed).map_err(|e| local(MANIFEST_FILE, &e))?;
+    Ok(done)
+}
+
+fn local(what: &str, e: &dyn std::fmt::Display) -> Error {
+    Error::Local(format!("{what}: {e}"))
+}
+
+/// Links the files the cache holds whole into `dir`, creates the others
+/// (sized), and lists the chunks they need.
+fn plan(
+    checkpoint: &Checkpoint,
+    dir: &OwnedFd,
+    cache: Option<&Cache>,
+) -> Result<(Assembled, Wanted), Error> {
     let mut done = Assembled::default();
-    // each chunk once, whatever number of places it goes to
-    let mut wanted: HashMap<String, (u32, String, Vec<Target>)> = HashMap::new();
+    let mut wanted = Wanted::new();
     for (stored, signed) in checkpoint.files.iter().zip(&checkpoint.manifest.files) {
         let hash = super::format::hex(&signed.hash);
-        if let Some(held) = cache.as_ref().and_then(|c| c.file(&hash, signed.size)) {
-            rustix::fs::linkat(&held, "", &*dir, stored.name.as_str(), AtFlags::EMPTY_PATH)
+        if let Some(held) = cache.and_then(|c| c.file(&hash, signed.size)) {
+            rustix::fs::linkat(&held, "", dir, stored.name.as_str(), AtFlags::EMPTY_PATH)
                 .map_err(|e| local(&stored.name, &e))?;
             done.files_cached += 1;
             continue;
         }
         let file = rustix::fs::openat(
-            &*dir,
+            dir,
             stored.name.as_str(),
             OFlags::RDWR | OFlags::CREATE | OFlags::EXCL | OFlags::NOFOLLOW | OFlags::CLOEXEC,
             Mode::RUSR | Mode::WUSR,
@@ -73,48 +111,7 @@ pub(crate) async fn assemble(
         }
         done.made.push((stored.name.clone(), hash, file));
     }
-    // on a failure, the chunks in flight still finish (their writes to
-    // the cache are never cut short), and no other starts
-    let mut tasks = tokio::task::JoinSet::new();
-    let mut jobs = wanted.into_iter();
-    let mut failed = None;
-    loop {
-        while failed.is_none()
-            && tasks.len() < IN_FLIGHT
-            && let Some((hash, (len, what, targets))) = jobs.next()
-        {
-            let (store, cache) = (store.clone(), cache.clone());
-            tasks.spawn(async move { place(&store, cache, hash, len, what, targets).await });
-        }
-        let Some(finished) = tasks.join_next().await else {
-            break;
-        };
-        match finished
-            .map_err(|e| Error::Local(e.to_string()))
-            .and_then(|r| r)
-        {
-            Ok(None) => done.chunks_cached += 1,
-            Ok(Some(fetched)) => {
-                done.chunks_fetched += 1;
-                done.bytes_fetched += fetched;
-            }
-            Err(e) => {
-                failed.get_or_insert(e);
-            }
-        }
-    }
-    if let Some(e) = failed {
-        return Err(e);
-    }
-    let manifest = rustix::fs::openat(
-        &*dir,
-        MANIFEST_FILE,
-        OFlags::WRONLY | OFlags::CREATE | OFlags::EXCL | OFlags::NOFOLLOW | OFlags::CLOEXEC,
-        Mode::RUSR | Mode::WUSR,
-    )
-    .map_err(|e| local(MANIFEST_FILE, &e))?;
-    super::cache::write_all(&manifest, &checkpoint.signed).map_err(|e| local(MANIFEST_FILE, &e))?;
-    Ok(done)
+    Ok((done, wanted))
 }
 
 /// One chunk into its places: copied from the cache, or fetched, checked,

@@ -3,7 +3,7 @@
 //! last. Run by the checkpoint's owner, with the owner's credentials.
 
 use super::format::{self, CHUNK, ChunkRef, StoredFile};
-use super::runtime::{blocking, on_runtime};
+use super::runtime::{blocking, bounded, on_runtime};
 use super::{Error, Store};
 use crate::server::manifest::Manifest;
 use rustix::fs::{FileType, Mode, OFlags};
@@ -12,8 +12,6 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-/// Chunks read, compressed or transferred at once.
-pub(crate) const IN_FLIGHT: usize = 8;
 /// zstd's level: its fastest that still finds the long runs of zeros and
 /// repeated pages that memory is full of.
 const LEVEL: i32 = 1;
@@ -73,39 +71,8 @@ async fn push_on_runtime(dir: PathBuf, url: String) -> Result<Pushed, Error> {
             chunks: Vec::with_capacity(count),
         });
     }
-    let mut done: Vec<Vec<Option<ChunkRef>>> = files
-        .iter()
-        .map(|f| vec![None; f.size.div_ceil(CHUNK) as usize])
-        .collect();
-    let (chunks, mut uploaded_chunks, mut uploaded_bytes) = (work.len(), 0, 0);
-    let mut tasks = tokio::task::JoinSet::new();
-    let mut work = work.into_iter();
-    loop {
-        while tasks.len() < IN_FLIGHT
-            && let Some((file, chunk, fd, offset, len)) = work.next()
-        {
-            let store = store.clone();
-            tasks.spawn(async move {
-                let (r, up) = upload(&store, fd, offset, len).await?;
-                Ok::<_, Error>((file, chunk, r, up))
-            });
-        }
-        let Some(finished) = tasks.join_next().await else {
-            break;
-        };
-        let (file, chunk, r, up) = finished.map_err(|e| Error::Local(e.to_string()))??;
-        if up > 0 {
-            uploaded_chunks += 1;
-            uploaded_bytes += up;
-        }
-        done[file][chunk] = Some(r);
-    }
-    for (file, chunks) in files.iter_mut().zip(done) {
-        file.chunks = chunks
-            .into_iter()
-            .map(|c| c.expect("every chunk done"))
-            .collect();
-    }
+    let chunks = work.len();
+    let (uploaded_chunks, mut uploaded_bytes) = upload_all(&store, &mut files, work).await?;
     let (object, id) = format::encode(&signed, &files);
     uploaded_bytes += object.len() as u64;
     store.put(&format!("checkpoints/{id}"), object).await?;
@@ -119,6 +86,46 @@ async fn push_on_runtime(dir: PathBuf, url: String) -> Result<Pushed, Error> {
         uploaded_bytes,
         elapsed: started.elapsed(),
     })
+}
+
+/// A chunk to push: its file's index, its number, the file, its offset
+/// and length.
+type Job = (usize, usize, Arc<OwnedFd>, u64, u64);
+
+/// Uploads the chunks of `work` the store lacks and fills in each file's
+/// list; returns the chunks and bytes uploaded.
+async fn upload_all(
+    store: &Store,
+    files: &mut [StoredFile],
+    work: Vec<Job>,
+) -> Result<(usize, u64), Error> {
+    let mut done: Vec<Vec<Option<ChunkRef>>> = files
+        .iter()
+        .map(|f| vec![None; f.size.div_ceil(CHUNK) as usize])
+        .collect();
+    let (mut chunks, mut bytes) = (0, 0);
+    let start = |(file, chunk, fd, offset, len): Job| {
+        let store = store.clone();
+        async move {
+            let (entry, up) = upload(&store, fd, offset, len).await?;
+            Ok((file, chunk, entry, up))
+        }
+    };
+    bounded(work, start, |(file, chunk, entry, up)| {
+        if up > 0 {
+            chunks += 1;
+            bytes += up;
+        }
+        done[file][chunk] = Some(entry);
+    })
+    .await?;
+    for (file, listed) in files.iter_mut().zip(done) {
+        file.chunks = listed
+            .into_iter()
+            .map(|c| c.expect("every chunk done"))
+            .collect();
+    }
+    Ok((chunks, bytes))
 }
 
 /// One chunk: read, hashed, and uploaded compressed unless the store has

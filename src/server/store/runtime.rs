@@ -51,3 +51,46 @@ pub(crate) async fn blocking<T: Send + 'static>(
         Err(e) => Err(Error::Local(format!("cancelled: {e}"))),
     }
 }
+
+/// Chunks read, compressed or transferred at once.
+pub(crate) const IN_FLIGHT: usize = 8;
+
+/// Runs a future `start` makes of each job, at most [`IN_FLIGHT`] at once,
+/// on the runtime, handing each result to `each`. After a failure no job
+/// starts, those running finish (a write in flight is never cut short),
+/// and the first error is returned.
+pub(crate) async fn bounded<J, T, F>(
+    jobs: impl IntoIterator<Item = J>,
+    mut start: impl FnMut(J) -> F,
+    mut each: impl FnMut(T),
+) -> Result<(), Error>
+where
+    F: Future<Output = Result<T, Error>> + Send + 'static,
+    T: Send + 'static,
+{
+    let mut tasks = tokio::task::JoinSet::new();
+    let mut jobs = jobs.into_iter();
+    let mut failed = None;
+    loop {
+        while failed.is_none()
+            && tasks.len() < IN_FLIGHT
+            && let Some(job) = jobs.next()
+        {
+            tasks.spawn(start(job));
+        }
+        let Some(finished) = tasks.join_next().await else {
+            break;
+        };
+        match finished {
+            Ok(Ok(value)) => each(value),
+            Ok(Err(e)) => {
+                failed.get_or_insert(e);
+            }
+            Err(e) if e.is_panic() => std::panic::resume_unwind(e.into_panic()),
+            Err(e) => {
+                failed.get_or_insert(Error::Local(format!("cancelled: {e}")));
+            }
+        }
+    }
+    failed.map_or(Ok(()), Err)
+}
