@@ -33,7 +33,12 @@
   systemd integration (`server::systemd`)."
 )]
 //! - `cli` (default, needs both): the `selfdump` binary (`serve`, `restore`,
-//!   `run`, `check`).
+//!   `run`, `check`, `inspect`, `key`).
+//! - `remote` (not default): checkpoints in an object store (S3 and what
+//!   speaks it, GCS, Azure, `file://`): `server::store`, `selfdump push`,
+//!   `pull`, `restore URL`, `inspect URL`. Includes `archive`.
+//! - `archive` (not default): a checkpoint as one compressed file:
+//!   `server::archive`, `selfdump export` and `import`.
 //!
 //! ## Why each dependency is here
 //!
@@ -50,9 +55,20 @@
 //! - `nix` (server): `SO_PEERPIDFD`, which rustix lacks, and the per-thread
 //!   `setfsuid`/`setfsgid` with which the service acts in a caller's
 //!   directory with the caller's rights.
-//! - `blake3` (server): signs the images (keyed mode, a PRF: no HMAC
-//!   construction needed) and hashes their files, on all cores for large
-//!   page files (`rayon`, `mmap`).
+//! - `blake3` (server): hashes the image files, on all cores for large
+//!   page files (`rayon`, `mmap`); derives the Ed25519 key from the
+//!   service's secret; checks manifests signed before Ed25519 (keyed mode).
+//! - `ed25519-dalek` (server, 3.x: 1.x has RUSTSEC-2022-0093): signs the
+//!   manifests, so that hosts that verify cannot sign.
+//! - `base64` (server): public key files in minisign's format.
+//! - `object_store`, `tokio` (remote): one client for S3, GCS, Azure and
+//!   local roots (Apache Arrow's; `opendal` needs a newer Rust, the AWS SDK
+//!   is far heavier), and the runtime its cloud clients need, started by
+//!   the store for itself. Version 0.13, with `ring`: 0.14 builds
+//!   `aws-lc-rs` instead, some 50 s more of CPU on every fresh build.
+//!   `remote` adds about 2 minutes of CPU to a fresh build.
+//! - `zstd`, `tar` (archive): chunks and archives compressed; archives in a
+//!   format every system unpacks.
 //! - `event-listener` (server): wakes a running server when a
 //!   `server::ShutdownHandle` asks it to stop, and its drain when the
 //!   last connection ends (already under `async-lock`; no waker code of
