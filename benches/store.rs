@@ -97,7 +97,12 @@ impl Bench {
         let images = self.work.join(name);
         std::fs::create_dir_all(&images).unwrap();
         let log = self.work.join(format!("{name}.log"));
-        let out = std::fs::File::create(&log).unwrap();
+        // appended to: CRIU restores an append-only file whatever its size
+        let out = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&log)
+            .unwrap();
         let go = self.work.join(format!("{name}.go")).display().to_string();
         let run = Command::new(env!("CARGO_BIN_EXE_selfdump"))
             .args(["run", "--"])

@@ -166,7 +166,12 @@ fn a_pulled_or_imported_checkpoint_restores_as_a_local_one() {
         assert!(out.status.success(), "{what}: {}", text(&out));
         copies.extend(pids(&out));
     }
-    worker.wait_lines("restored: memory=ok", 2);
+    // and through a second service, which trusts the first's key
+    let second = Service::start_with(|b| b.signing_key(host.key.clone()).trust_dir(host.trust()));
+    let options = selfdump::RestoreOptions::new(pulled.path()).socket(&second.socket);
+    let restored = selfdump::blocking::restore(options).expect("the second service restores it");
+    copies.push(restored.pid);
+    worker.wait_lines("restored: memory=ok", 3);
     for pid in copies {
         kill_and_reap(pid);
     }

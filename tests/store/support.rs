@@ -196,6 +196,9 @@ pub fn push(dir: &Path, root: &str) -> String {
 /// checkpointed once into its images directory; stopped on drop.
 pub struct Worker {
     pub images: tempfile::TempDir,
+    /// Its working directory, of its own: CRIU's parasite makes
+    /// `proc.crtools` there, and two dumps at once in one fail.
+    _cwd: tempfile::TempDir,
     pub log: PathBuf,
     run: Child,
 }
@@ -209,7 +212,9 @@ impl Worker {
             .append(true)
             .open(&log)
             .unwrap();
+        let cwd = tempfile::tempdir().unwrap();
         let run = Command::new(selfdump_bin())
+            .current_dir(cwd.path())
             .args(["run", "--"])
             .arg(example("clone_worker"))
             .arg("--images")
@@ -223,7 +228,12 @@ impl Worker {
             .env("RUST_LOG", "warn")
             .spawn()
             .unwrap();
-        let worker = Self { images, log, run };
+        let worker = Self {
+            images,
+            _cwd: cwd,
+            log,
+            run,
+        };
         worker.wait_lines("original continued", 1);
         worker
     }

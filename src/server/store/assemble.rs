@@ -5,7 +5,6 @@
 
 use super::cache::Cache;
 use super::fetch::{Checkpoint, fetch_chunk};
-use super::format::CHUNK;
 use super::runtime::{blocking, bounded};
 use super::{Error, Store};
 use crate::server::manifest::MANIFEST_FILE;
@@ -101,13 +100,15 @@ fn plan(
         .map_err(|e| local(&stored.name, &e))?;
         rustix::fs::ftruncate(&file, stored.size).map_err(|e| local(&stored.name, &e))?;
         let file = Arc::new(file);
+        let mut offset = 0;
         for (i, chunk) in stored.chunks.iter().enumerate() {
             let what = format!("{} chunk {i}", stored.name);
             wanted
                 .entry(chunk.hash.clone())
                 .or_insert_with(|| (chunk.len, what, Vec::new()))
                 .2
-                .push((file.clone(), i as u64 * CHUNK));
+                .push((file.clone(), offset));
+            offset += u64::from(chunk.len);
         }
         done.made.push((stored.name.clone(), hash, file));
     }

@@ -3,11 +3,11 @@
 //!
 //! Under a store's root URL:
 //!
-//! - `chunks/<hash>`: `CHUNK` bytes (the last of a file fewer) of an image
-//!   file, zstd-compressed, named by the BLAKE3 hash of the uncompressed
-//!   bytes. Every file is cut at fixed offsets, so a region of a pages file
-//!   that did not change between two checkpoints keeps its chunks, and they
-//!   are stored once.
+//! - `chunks/<hash>`: up to [`MAX_CHUNK`] bytes of an image file (about
+//!   4.5 MiB on average), zstd-compressed, named by the BLAKE3 hash of the
+//!   uncompressed bytes. Files are cut on page boundaries chosen by content
+//!   (`chunker.rs`), so a region of memory that did not change between two
+//!   checkpoints keeps its chunks, stored once.
 //! - `checkpoints/<id>`: [`MAGIC`], the length (u32, little-endian) and
 //!   bytes of the checkpoint's signed manifest (`selfdump-manifest`,
 //!   verbatim), then a MessagePack index: for each signed file, its
@@ -24,8 +24,7 @@ use serde::{Deserialize, Serialize};
 
 /// Every checkpoint object starts so.
 pub const MAGIC: &[u8; 8] = b"SDSTORE1";
-/// Bytes of an image file per chunk: 4 MiB, a whole number of pages.
-pub const CHUNK: u64 = 4 << 20;
+pub use super::chunker::MAX_CHUNK;
 /// The largest checkpoint object read (its index grows by about 90 bytes
 /// per chunk: 64 MiB indexes some 2.8 TiB).
 pub const MAX_OBJECT: u64 = 64 << 20;
@@ -173,9 +172,9 @@ fn check_chunks(file: &StoredFile) -> Result<(), String> {
                 chunk.hash
             ));
         }
-        if chunk.len == 0 || u64::from(chunk.len) > CHUNK {
+        if chunk.len == 0 || chunk.len as usize > MAX_CHUNK {
             return Err(format!(
-                "{} ({}) claims {} bytes; a chunk holds 1 to {CHUNK}",
+                "{} ({}) claims {} bytes; a chunk holds 1 to {MAX_CHUNK}",
                 what(),
                 chunk.hash,
                 chunk.len

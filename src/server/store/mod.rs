@@ -31,6 +31,7 @@
 
 mod assemble;
 pub mod cache;
+mod chunker;
 mod fetch;
 pub mod format;
 mod push;

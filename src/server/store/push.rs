@@ -2,7 +2,8 @@
 //! uploaded unless the store has it, in parallel; the checkpoint object
 //! last. Run by the checkpoint's owner, with the owner's credentials.
 
-use super::format::{self, CHUNK, ChunkRef, StoredFile};
+use super::chunker::Chunker;
+use super::format::{self, ChunkRef, StoredFile};
 use super::runtime::{blocking, bounded, on_runtime};
 use super::{Error, Store};
 use crate::server::manifest::Manifest;
@@ -56,23 +57,25 @@ async fn push_on_runtime(dir: PathBuf, url: String) -> Result<Pushed, Error> {
     let signed = Manifest::read(&*images).map_err(|e| Error::Local(e.to_string()))?;
     let (manifest, ..) =
         Manifest::parse_unverified(&signed).map_err(|e| Error::Local(e.to_string()))?;
-    let mut work = Vec::new();
+    let mut sources = Vec::new();
     let mut files = Vec::new();
-    for (index, file) in manifest.files.iter().enumerate() {
-        let fd = Arc::new(open_file(&images, &file.name, file.size)?);
-        let count = file.size.div_ceil(CHUNK) as usize;
-        for chunk in 0..count {
-            let len = (file.size - chunk as u64 * CHUNK).min(CHUNK);
-            work.push((index, chunk, fd.clone(), chunk as u64 * CHUNK, len));
-        }
+    for file in &manifest.files {
+        sources.push(Arc::new(open_file(&images, &file.name, file.size)?));
         files.push(StoredFile {
             name: file.name.clone(),
             size: file.size,
-            chunks: Vec::with_capacity(count),
+            chunks: Vec::new(),
         });
     }
-    let chunks = work.len();
-    let (uploaded_chunks, mut uploaded_bytes) = upload_all(&store, &mut files, work).await?;
+    // read in order, cut where the content says, uploaded in parallel
+    let work = sources.into_iter().enumerate().flat_map(|(index, fd)| {
+        let size = files_size(&manifest, index);
+        Chunker::new(fd, size)
+            .enumerate()
+            .map(move |(chunk, data)| (index, chunk, data))
+    });
+    let (chunks, uploaded_chunks, mut uploaded_bytes) =
+        upload_all(&store, &mut files, work).await?;
     let (object, id) = format::encode(&signed, &files);
     uploaded_bytes += object.len() as u64;
     store.put(&format!("checkpoints/{id}"), object).await?;
@@ -88,35 +91,36 @@ async fn push_on_runtime(dir: PathBuf, url: String) -> Result<Pushed, Error> {
     })
 }
 
-/// A chunk to push: its file's index, its number, the file, its offset
-/// and length.
-type Job = (usize, usize, Arc<OwnedFd>, u64, u64);
+/// A chunk to push: its file's index, its number, its bytes (as read).
+type Job = (usize, usize, Result<Vec<u8>, Error>);
 
 /// Uploads the chunks of `work` the store lacks and fills in each file's
-/// list; returns the chunks and bytes uploaded.
+/// list; returns the chunks, and the chunks and bytes uploaded.
 async fn upload_all(
     store: &Store,
     files: &mut [StoredFile],
-    work: Vec<Job>,
-) -> Result<(usize, u64), Error> {
-    let mut done: Vec<Vec<Option<ChunkRef>>> = files
-        .iter()
-        .map(|f| vec![None; f.size.div_ceil(CHUNK) as usize])
-        .collect();
-    let (mut chunks, mut bytes) = (0, 0);
-    let start = |(file, chunk, fd, offset, len): Job| {
+    work: impl Iterator<Item = Job>,
+) -> Result<(usize, usize, u64), Error> {
+    let mut done: Vec<Vec<Option<ChunkRef>>> = vec![Vec::new(); files.len()];
+    let (mut all, mut chunks, mut bytes) = (0, 0, 0);
+    let start = |(file, chunk, data): Job| {
         let store = store.clone();
         async move {
-            let (entry, up) = upload(&store, fd, offset, len).await?;
+            let (entry, up) = upload(&store, data?).await?;
             Ok((file, chunk, entry, up))
         }
     };
     bounded(work, start, |(file, chunk, entry, up)| {
+        all += 1;
         if up > 0 {
             chunks += 1;
             bytes += up;
         }
-        done[file][chunk] = Some(entry);
+        let listed = &mut done[file];
+        if listed.len() <= chunk {
+            listed.resize(chunk + 1, None);
+        }
+        listed[chunk] = Some(entry);
     })
     .await?;
     for (file, listed) in files.iter_mut().zip(done) {
@@ -125,19 +129,18 @@ async fn upload_all(
             .map(|c| c.expect("every chunk done"))
             .collect();
     }
-    Ok((chunks, bytes))
+    Ok((all, chunks, bytes))
 }
 
-/// One chunk: read, hashed, and uploaded compressed unless the store has
-/// it. Returns its entry and the bytes uploaded (0: it was there).
-async fn upload(
-    store: &Store,
-    file: Arc<OwnedFd>,
-    offset: u64,
-    len: u64,
-) -> Result<(ChunkRef, u64), Error> {
+fn files_size(manifest: &Manifest, index: usize) -> u64 {
+    manifest.files[index].size
+}
+
+/// One chunk: hashed, and uploaded compressed unless the store has it.
+/// Returns its entry and the bytes uploaded (0: it was there).
+async fn upload(store: &Store, data: Vec<u8>) -> Result<(ChunkRef, u64), Error> {
+    let len = data.len() as u64;
     let (data, hash) = blocking(move || {
-        let data = read_at(&file, offset, len as usize)?;
         let hash = format::hex(blake3::hash(&data).as_bytes());
         Ok((data, hash))
     })
