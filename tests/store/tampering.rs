@@ -149,6 +149,13 @@ fn chunk_cases(host: &Host, root: &str, url: &str, files: &[format::StoredFile],
     flipped[at] ^= 1;
     raw::put(root, &name, flipped).unwrap();
     refused(host, url, &[&name, "damaged or overwritten"]);
+    // overwritten with other bytes of the same length, well compressed:
+    // only the chunk's hash tells
+    let mut other = zstd::bulk::decompress(&original, 16 << 20).unwrap();
+    other[0] ^= 0xff;
+    raw::put(root, &name, zstd::bulk::compress(&other, 1).unwrap()).unwrap();
+    refused(host, url, &[&name, "does not hash to its name"]);
+    // overwritten with another chunk
     let another = files
         .iter()
         .flat_map(|f| &f.chunks)
