@@ -60,7 +60,22 @@ fn a_checkpoint_restores_as_copies_on_a_host_that_trusts_its_signer() {
         );
         worker.wait_lines("restored: memory=ok", 5);
         assert_eq!(host.cached_chunks(), cached);
-        for pid in copies.into_iter().chain(pids(&lazy)) {
+
+        // one restore (no copies), and what inspect says of it
+        let one = host.selfdump(&["restore", &url]);
+        assert!(one.status.success(), "{}: {}", root.kind, text(&one));
+        worker.wait_lines("restored: memory=ok", 6);
+        let shown = host.selfdump(&["inspect", &url]);
+        assert!(
+            text(&shown).contains(&format!("signature: verifies (key {})", first.id())),
+            "{}",
+            text(&shown)
+        );
+        let json = host.selfdump(&["inspect", "--json", &url]);
+        let value: serde_json::Value = serde_json::from_slice(&json.stdout).expect("JSON");
+        assert_eq!(value["verifies"], true);
+        assert_eq!(value["key_id"], first.id());
+        for pid in copies.into_iter().chain(pids(&lazy)).chain(pids(&one)) {
             kill_and_reap(pid);
         }
     }
@@ -82,6 +97,19 @@ fn key_public_prints_what_a_trust_directory_takes() {
     // and the service wrote the same beside its key, for users who cannot read it
     let beside = std::fs::read_to_string(host.dir.path().join("signing.pub")).unwrap();
     assert_eq!(beside, printed);
+}
+
+#[test]
+fn the_store_commands_have_their_help() {
+    for command in ["push", "pull", "export", "import", "key"] {
+        let out = std::process::Command::new(selfdump_bin())
+            .args(["help", command])
+            .output()
+            .unwrap();
+        let help = String::from_utf8(out.stdout).unwrap();
+        assert!(help.starts_with("selfdump "), "{command}: {help}");
+        assert!(help.contains(command), "{command}: {help}");
+    }
 }
 
 #[test]

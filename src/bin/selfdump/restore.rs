@@ -143,16 +143,27 @@ pub(crate) fn restore_cmd(mut parser: lexopt::Parser) -> Res<ExitCode> {
         );
         return Ok(ExitCode::SUCCESS);
     }
-    let key = match manifest::Key::load(&key_file) {
-        Ok(key) => Some(key),
-        Err(e) if trust_unsigned => {
-            log::warn!("no signing key ({e}): only unsigned images can be restored");
-            None
-        }
-        Err(e) => return Err(format!("cannot read the signing key: {e}").into()),
+    // a host that only restores others' checkpoints needs no key of its own
+    let (key, no_key) = match manifest::Key::load(&key_file) {
+        Ok(key) => (Some(key), None),
+        Err(e) => (None, Some(e)),
     };
     let trust = trust::Trust::load(key.clone(), &trust_dir)
         .map_err(|e| format!("cannot read the trusted keys: {e}"))?;
+    match no_key {
+        Some(e) if trust.is_empty() && !trust_unsigned => {
+            return Err(format!(
+                "cannot read the signing key ({e}), and {} holds no trusted key",
+                trust_dir.display()
+            )
+            .into());
+        }
+        Some(e) if trust.is_empty() => {
+            log::warn!("no signing key ({e}): only unsigned images can be restored")
+        }
+        Some(e) => log::info!("no key of this host's ({e}): checkpoints of trusted keys only"),
+        None => {}
+    }
     if trust_unsigned {
         log::warn!(
             "--trust-unsigned: images without a manifest are restored unchecked, as root; \
