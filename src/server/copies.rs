@@ -247,6 +247,7 @@ pub(super) fn start_round(
     lazy: bool,
 ) -> Result<Copies, RestoreError> {
     let meta = &verified.meta;
+    super::restore::check_criu(meta, &settings.criu)?;
     let images = PathBuf::from(format!(
         "/proc/{}/fd/{}",
         std::process::id(),

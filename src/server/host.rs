@@ -124,26 +124,32 @@ const CHECKED_X86: &[&str] = &[
 
 /// This host's facts, with the version of the CRIU at `criu`.
 pub fn this_host(criu: &Path) -> HostNeeds {
-    static FIXED: OnceLock<HostNeeds> = OnceLock::new();
-    let fixed = FIXED.get_or_init(|| {
-        let (xfeatures, xsave_size, xsave_size_max) = xsave();
-        HostNeeds {
-            arch: std::env::consts::ARCH.to_owned(),
-            kernel: rustix::system::uname()
-                .release()
-                .to_string_lossy()
-                .into_owned(),
-            criu: String::new(),
-            cpu_flags: cpu_flags(),
-            xfeatures,
-            xsave_size,
-            xsave_size_max,
-        }
-    });
     HostNeeds {
         criu: criu_version(criu).unwrap_or_default(),
-        ..fixed.clone()
+        ..this_host_without_criu()
     }
+}
+
+/// This host's facts but CRIU's version (read once).
+fn this_host_without_criu() -> HostNeeds {
+    static FIXED: OnceLock<HostNeeds> = OnceLock::new();
+    FIXED
+        .get_or_init(|| {
+            let (xfeatures, xsave_size, xsave_size_max) = xsave();
+            HostNeeds {
+                arch: std::env::consts::ARCH.to_owned(),
+                kernel: rustix::system::uname()
+                    .release()
+                    .to_string_lossy()
+                    .into_owned(),
+                criu: String::new(),
+                cpu_flags: cpu_flags(),
+                xfeatures,
+                xsave_size,
+                xsave_size_max,
+            }
+        })
+        .clone()
 }
 
 /// The features of the first CPU in `/proc/cpuinfo` (x86's `flags`, or
@@ -226,11 +232,21 @@ fn numbers(version: &str) -> Vec<u64> {
         .collect()
 }
 
-/// Checks the facts of a checkpoint against this host (CRIU at `criu`):
-/// the first thing it lacks, named, with what to do.
-pub fn check(needs: Option<&HostNeeds>, criu: &Path) -> Result<(), String> {
+/// Checks the facts of a checkpoint against this host: its architecture,
+/// kernel and CPU, and with `criu`, the version of the CRIU there (which
+/// runs `criu --version` once per binary). The first thing it lacks,
+/// named, with what to do.
+pub fn check(needs: Option<&HostNeeds>, criu: Option<&Path>) -> Result<(), String> {
     let Some(needs) = needs else { return Ok(()) };
-    compare(needs, &this_host(criu))
+    let here = match criu {
+        Some(criu) => this_host(criu),
+        // the CRIU version is not compared: it is the one recorded
+        None => HostNeeds {
+            criu: needs.criu.clone(),
+            ..this_host_without_criu()
+        },
+    };
+    compare(needs, &here)
 }
 
 /// What `here` lacks of `needs`, if anything.

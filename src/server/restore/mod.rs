@@ -201,6 +201,7 @@ pub(crate) fn restore(
     if !verified.meta.pid_namespace {
         wait_ids_free(&verified.tree, verified.meta.shell_job, settings.wait)?;
     }
+    check_criu(&verified.meta, &settings.criu)?;
     let pid = match run_criu(&verified, settings) {
         // a pid or thread id of the images was taken between the check and
         // CRIU's clone (any process may start meanwhile): checked and tried
@@ -229,6 +230,13 @@ pub(crate) fn restore(
         verify: verify_time,
         total: started.elapsed(),
     })
+}
+
+/// The CRIU that is to restore `meta`'s images is at least as new as the
+/// one that dumped them (the rest of the host was checked with the
+/// manifest).
+pub(crate) fn check_criu(meta: &ImageMeta, criu: &Criu) -> Result<(), RestoreError> {
+    super::host::check(meta.needs.as_ref(), Some(&criu.path)).map_err(RestoreError::Refused)
 }
 
 /// How long a restore whose id was taken meanwhile waits for it again.

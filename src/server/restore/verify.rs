@@ -92,8 +92,9 @@ pub(crate) fn verify(
     }
     if let Some(m) = &manifest {
         check_names(m)?;
-        crate::server::host::check(m.meta.needs.as_ref(), &settings.criu.path)
-            .map_err(RestoreError::Refused)?;
+        // CRIU's version is compared just before it runs (after the ids
+        // are checked), since learning it runs CRIU
+        crate::server::host::check(m.meta.needs.as_ref(), None).map_err(RestoreError::Refused)?;
         may_restore(&m.meta)?;
     }
     let wanted = wanted(&images, manifest.as_ref())?;

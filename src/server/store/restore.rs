@@ -31,7 +31,7 @@ fn prepare(
     let (url_owned, criu) = (url.to_owned(), settings.criu.path.clone());
     let (store, checkpoint) = async_io::block_on(on_runtime(async move {
         let (store, checkpoint) = fetch_verified(&url_owned, &trust).await?;
-        crate::server::host::check(checkpoint.manifest.meta.needs.as_ref(), &criu)
+        crate::server::host::check(checkpoint.manifest.meta.needs.as_ref(), Some(&criu))
             .map_err(|e| Error::Refused(format!("checkpoint {}: {e}", checkpoint.id)))?;
         Ok((store, checkpoint))
     }))?;
