@@ -2,8 +2,8 @@
 //! policy, the limits and the timeouts. [`Builder`](super::Builder) fills
 //! it in; the server only reads it.
 
+use super::conn::peer;
 use super::jobs;
-use super::peer;
 use super::{CallerInfo, Criu, NonRootFallback, Policy};
 use std::sync::Arc;
 use std::time::Duration;
@@ -113,7 +113,7 @@ impl Config {
     /// callback, if any.
     pub(super) fn embedder_admits(
         &self,
-        caller: &super::policy::Caller,
+        caller: &super::caller::policy::Caller,
         peer: &peer::Peer,
     ) -> Result<(), String> {
         let caller = &CallerInfo {

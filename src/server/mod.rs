@@ -9,54 +9,35 @@
 //! # }
 //! ```
 
-mod adopt;
-mod as_caller;
 mod builder;
-pub mod caps;
-pub mod check;
-mod check_non_root;
-mod commit;
+mod caller;
 mod config;
-mod connection;
-pub mod copies;
-mod dump;
-mod dump_failure;
+mod conn;
 mod engine;
 mod error;
-pub mod generation;
+mod fs;
 pub mod images;
-pub mod inspect;
 mod jobs;
-mod leftovers;
-pub mod manifest;
-mod outcome;
-mod peer;
-mod pidns;
-mod policy;
-mod private_dir;
+mod operator;
+mod requests;
 // the restore work adds modules now: their `pub` items narrow once it merges
 #[allow(unreachable_pub)]
 pub mod restore;
-mod restoring;
-mod retention;
 mod shared;
 mod shutdown;
 mod slots;
-// the restore work edits it now: its `pub` items narrow once that merges
-#[allow(unreachable_pub)]
-mod staging;
-mod subdir;
-pub mod systemd;
-mod test_hold;
-mod tree;
-mod verified_images;
 
 pub use builder::Builder;
+pub use caller::caps;
+pub use caller::policy::{CallerInfo, Policy};
 pub use config::MAX_KEEP;
 pub use engine::{Criu, NonRootFallback, SpawnGuard, spawn_guard};
 pub use error::Error;
+pub use fs::generations as generation;
+pub use images::{inspect, manifest};
 pub use jobs::{MAX_RESULTS, MAX_RESULTS_PER_UID};
-pub use policy::{CallerInfo, Policy};
+pub use operator::{check, systemd};
+pub use restore::copies;
 use shared::Shared;
 pub use shutdown::ShutdownHandle;
 
@@ -220,18 +201,16 @@ impl Server {
     fn spawn_connection(&self, executor: &async_executor::Executor<'_>, stream: Async<UnixStream>) {
         if self.shared.stop.is_requested() && !self.shared.is_expected(&stream) {
             // Not counted: the drain does not wait for newcomers.
-            executor
-                .spawn(connection::refuse_shutting_down(stream))
-                .detach();
+            executor.spawn(conn::refuse_shutting_down(stream)).detach();
             return;
         }
         let task = self.shared.task();
-        let uid_slot = match connection::uid_slot(&self.shared, &stream) {
+        let uid_slot = match conn::uid_slot(&self.shared, &stream) {
             Ok(uid_slot) => uid_slot,
             Err(busy) => {
                 executor
                     .spawn(async move {
-                        connection::send(&stream, &busy.into()).await;
+                        conn::send(&stream, &busy.into()).await;
                         drop(task);
                     })
                     .detach();
@@ -245,7 +224,7 @@ impl Server {
         if slot.is_none() && !root {
             executor
                 .spawn(async move {
-                    connection::refuse_busy(stream).await;
+                    conn::refuse_busy(stream).await;
                     drop(task);
                 })
                 .detach();
@@ -254,7 +233,7 @@ impl Server {
         let shared = self.shared.clone();
         executor
             .spawn(async move {
-                connection::handle(shared, stream).await;
+                conn::handle(shared, stream).await;
                 drop(slot);
                 drop(uid_slot);
                 drop(task);
@@ -387,7 +366,7 @@ impl ReserveFd {
         }
         let refused = match listener.accept() {
             Ok((stream, _)) => {
-                let busy = connection::refusal(
+                let busy = conn::refusal(
                     crate::proto::RefusalKind::Busy,
                     "the selfdump service is out of file descriptors; retry later",
                 );

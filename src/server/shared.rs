@@ -91,7 +91,7 @@ impl Shared {
     /// Whether a caller connecting while the server drains may be coming
     /// for a result: it has a job whose result it has not asked for yet.
     pub(super) fn is_expected(&self, stream: &Async<std::os::unix::net::UnixStream>) -> bool {
-        super::peer::credentials(stream.get_ref())
+        super::conn::peer::credentials(stream.get_ref())
             .is_ok_and(|cred| self.jobs.awaits_result(cred.pid(), RESULT_GRACE))
     }
 

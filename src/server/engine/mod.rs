@@ -95,7 +95,7 @@ mod worker;
 pub(crate) use flags::CriuFlags;
 pub(crate) use non_root::NonRootEngine;
 pub use non_root::NonRootFallback;
-pub(super) use pool::WorkerPool;
+pub(crate) use pool::WorkerPool;
 pub(crate) use swrk::without_forks;
 pub use swrk::{
     Criu, DumpHooks, DumpSpec, Dumped, EngineError, FrozenVerdict, SpawnGuard, spawn_guard,
@@ -103,12 +103,12 @@ pub use swrk::{
 pub use worker::Worker;
 
 /// Name of CRIU's log inside the images directory.
-pub(super) const DUMP_LOG: &str = "dump.log";
+pub(crate) const DUMP_LOG: &str = "dump.log";
 
 /// The first error line of a CRIU log that matters. CRIU logs a harmless
 /// "Can't setup `RLIMIT_NOFILE`" error on every run without `CAP_SYS_RESOURCE`,
 /// which CRIU's own `cr_errmsg` then reports even for unrelated failures.
-pub(super) fn first_error(log: &str) -> Option<String> {
+pub(crate) fn first_error(log: &str) -> Option<String> {
     log.lines()
         .filter(|l| l.contains("Error (") && !l.contains("RLIMIT_NOFILE"))
         .map(|l| l.split_once("Error (").map_or(l, |(_, rest)| rest))

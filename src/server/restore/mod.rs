@@ -4,7 +4,7 @@
 //! What is restored from an images directory `DIR` is the generation
 //! `DIR/latest` names, or the directory itself when it has no `latest`
 //! (a generation named by its path, `DIR/gen-...`, or images made before
-//! generations); see [`generation::resolve`](super::generation). The
+//! generations); see [`generation::resolve`](crate::server::fs::generations). The
 //! generation is held with a shared lock while it is restored, so that
 //! retention does not remove it meanwhile.
 //!
@@ -15,22 +15,24 @@
 //! recorded owner. CRIU then reads only the verified copy of the images,
 //! keeps its log in a directory of root's, and has a deadline.
 
+pub mod copies;
+
 mod as_owner;
 mod ids;
 mod verify;
 
-pub use super::private_dir::{KEEP_LEFTOVER_BYTES, KEEP_LEFTOVERS, LOG_DIR};
+pub use crate::server::fs::service_dir::{KEEP_LEFTOVER_BYTES, KEEP_LEFTOVERS, LOG_DIR};
 pub use ids::{check_ids_free, wait_ids_free};
 pub use verify::Verified;
 use verify::verify;
 
-use super::Criu;
-use super::as_caller::CallerCreds;
-use super::engine::first_error;
-use super::generation::{Resolved, resolve};
-use super::images::ImageMeta;
-use super::manifest::Key;
-use super::private_dir::PrivateDir;
+use crate::server::Criu;
+use crate::server::engine::first_error;
+use crate::server::fs::as_caller::CallerCreds;
+use crate::server::fs::generations::{Resolved, resolve};
+use crate::server::fs::service_dir::PrivateDir;
+use crate::server::images::format::ImageMeta;
+use crate::server::images::manifest::Key;
 use std::fmt;
 use std::os::fd::{AsFd, AsRawFd, OwnedFd};
 use std::path::{Path, PathBuf};

@@ -20,15 +20,16 @@
 
 use super::RestoreError;
 use crate::server::engine::rpc::{CoreEntry, PstreeEntry};
-use crate::server::generation::{LATEST, Resolved, is_generation_name};
-use crate::server::images::{
+use crate::server::fs::as_caller::CallerCreds;
+use crate::server::fs::generations::{LATEST, Resolved, is_generation_name};
+use crate::server::fs::root_subdir::PrivateSubdir;
+use crate::server::images::format::ImageMeta;
+use crate::server::images::format::{
     copy, entries, entry_names, first_entry, only_root_writes, read_image,
 };
-use crate::server::manifest::{
+use crate::server::images::manifest::{
     FileDigest, Key, MANIFEST_FILE, Manifest, hash_file, unsigned_extra,
 };
-use crate::server::subdir::PrivateSubdir;
-use crate::server::{as_caller::CallerCreds, images::ImageMeta};
 use prost::Message;
 use rustix::fs::{AtFlags, FileType, Mode, OFlags};
 use std::io;
@@ -82,7 +83,7 @@ pub(crate) fn verify(
             Some(Manifest::verify(&bytes, key).map_err(RestoreError::refused)?)
         }
         (Ok(_), None) => None, // unsigned by choice: --trust-unsigned without a key
-        (Err(crate::server::manifest::ManifestError::Missing), _) if trust_unsigned => None,
+        (Err(crate::server::images::manifest::ManifestError::Missing), _) if trust_unsigned => None,
         (Err(e), _) => return Err(RestoreError::refused(e)),
     };
     if manifest.is_none() && !trust_unsigned {

@@ -1,0 +1,465 @@
+//! Running jobs and their results, kept until the original process asks.
+//!
+//! # What a result costs the service, and for how long
+//!
+//! Nothing held here grows with what clients do:
+//!
+//! - A *running* job holds its owner's pidfd (to tell, at the freeze and
+//!   after, that the pid still names the caller). Running jobs are bounded
+//!   by the dump limits ([`Builder::max_dumps`](crate::server::Builder::max_dumps)).
+//! - A *finished* job holds no fd at all. When its result is recorded the
+//!   pidfd is closed, and the owner is remembered by what identifies a
+//!   process for its whole life without pinning anything: its pid, its
+//!   start time (`/proc/<pid>/stat`, clock ticks since boot) and the inode
+//!   of its pidfd (pidfs, Linux 6.9+, gives each process its own inode;
+//!   on older kernels every pidfd shares one inode and the pid and start
+//!   time decide alone). A later process with the same pid has a later
+//!   start time and another inode, so it is never taken for the owner.
+//! - Finished results are capped per uid ([`Builder::max_results_per_uid`](crate::server::Builder::max_results_per_uid),
+//!   default [`MAX_RESULTS_PER_UID`]) and in all ([`Builder::max_results`](crate::server::Builder::max_results),
+//!   default [`MAX_RESULTS`]). When a new job would pass a cap, the oldest
+//!   finished results go first. Results also go once their owner exited
+//!   (nobody can ask any more) or after the result TTL.
+//! - A result that went before its owner asked leaves a small tombstone
+//!   (id and owner, no fd; at most [`MAX_TOMBSTONES`], oldest dropped
+//!   first), so that the owner is told "result expired", never a false
+//!   success and never the "unknown job" of a restarted service.
+//! - A query from anyone but the owner is answered exactly as for a job
+//!   that never existed (`UnknownJob`), so job ids cannot be probed.
+
+use crate::proto::JobId;
+use crate::server::conn::peer::Peer;
+use crate::server::conn::reply::{Outcome, Unclaimed};
+use async_lock::OnceCell;
+use std::collections::{HashMap, VecDeque};
+use std::os::fd::{AsFd, OwnedFd};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+/// Default cap on the finished results kept for one uid.
+pub const MAX_RESULTS_PER_UID: usize = 64;
+/// Default cap on the finished results kept in all.
+pub const MAX_RESULTS: usize = 1024;
+/// Results that went unclaimed and are still answered "result expired".
+pub(crate) const MAX_TOMBSTONES: usize = 4096;
+
+/// What identifies a process for its whole life, without holding an fd.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Owner {
+    pid: i32,
+    uid: u32,
+    /// Start time in clock ticks after boot (`/proc/<pid>/stat` field 22).
+    start: u64,
+    /// Inode of a pidfd of the process (unique per process on pidfs).
+    ino: u64,
+}
+
+impl Owner {
+    /// The identity of `peer`, read while its pidfd shows it alive.
+    fn of(peer: &Peer) -> std::io::Result<Self> {
+        let stat = peer.read_proc("stat")?;
+        let start = crate::procfs::field(&stat, crate::procfs::START_TIME).ok_or_else(|| {
+            std::io::Error::new(
+                std::io::ErrorKind::InvalidData,
+                "unreadable /proc/<pid>/stat",
+            )
+        })?;
+        let ino = rustix::fs::fstat(peer.pidfd.as_fd())?.st_ino;
+        Ok(Self {
+            pid: peer.pid,
+            uid: peer.uid,
+            start,
+            ino,
+        })
+    }
+
+    /// Whether the process still runs: a process with its pid and start
+    /// time exists (a zombie counts as gone).
+    fn is_alive(&self) -> bool {
+        let Ok(stat) = crate::procfs::read_of(self.pid, "stat") else {
+            return false;
+        };
+        crate::procfs::field::<u64>(&stat, crate::procfs::START_TIME) == Some(self.start)
+            && crate::procfs::field::<char>(&stat, crate::procfs::STATE)
+                .is_some_and(|s| s != 'Z' && s != 'X')
+    }
+}
+
+/// One job: who asked, and (once known) its result.
+#[derive(Debug)]
+pub(crate) struct Job {
+    /// The job's id.
+    pub id: JobId,
+    owner: Owner,
+    /// The owner's pidfd while the job runs; closed when it finishes.
+    owner_pidfd: Mutex<Option<OwnedFd>>,
+    result: OnceCell<(Outcome, Instant)>,
+}
+
+impl Job {
+    /// Records the result, wakes whoever waits for it, and closes the
+    /// owner's pidfd (a finished job holds no fd).
+    pub(crate) fn finish(&self, result: Outcome) {
+        let _ = self.result.set_blocking((result, Instant::now()));
+        self.owner_pidfd
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .take();
+    }
+
+    /// Waits for the result.
+    pub(crate) async fn result(&self) -> Outcome {
+        self.result.wait().await.0.clone()
+    }
+
+    fn owner_alive(&self) -> bool {
+        match &*self
+            .owner_pidfd
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+        {
+            Some(pidfd) => crate::server::conn::peer::is_alive(pidfd),
+            None => self.owner.is_alive(),
+        }
+    }
+
+    fn finished_at(&self) -> Option<Instant> {
+        self.result.get().map(|(_, at)| *at)
+    }
+
+    /// Whether its owner is alive and has not asked for the result, and the
+    /// job either runs or ended less than `grace` ago.
+    fn awaited(&self, grace: Duration) -> bool {
+        self.finished_at().is_none_or(|at| at.elapsed() < grace) && self.owner_alive()
+    }
+
+    fn expired(&self, ttl: Duration) -> bool {
+        match self.finished_at() {
+            // nobody can ask any more once the original is gone
+            Some(at) => at.elapsed() > ttl || !self.owner.is_alive(),
+            None => false,
+        }
+    }
+}
+
+#[derive(Debug, Default)]
+struct Table {
+    jobs: HashMap<JobId, Arc<Job>>,
+    /// Results dropped unclaimed while their owner lived, oldest first.
+    tombstones: VecDeque<(JobId, Owner)>,
+}
+
+impl Table {
+    /// Drops a finished job's result before its owner asked for it.
+    fn expire(&mut self, id: JobId) {
+        if let Some(job) = self.jobs.remove(&id) {
+            log::info!(
+                "job {id}: result of pid {} (uid {}) dropped unclaimed",
+                job.owner.pid,
+                job.owner.uid
+            );
+            if self.tombstones.len() >= MAX_TOMBSTONES {
+                self.tombstones.pop_front();
+            }
+            self.tombstones.push_back((id, job.owner));
+        }
+    }
+
+    /// Expires the oldest finished results among those `matching`, until
+    /// at most `keep` jobs match.
+    fn make_room(&mut self, keep: usize, matching: impl Fn(&Job) -> bool) {
+        let mut finished: Vec<(Instant, JobId)> = Vec::new();
+        let mut count = 0;
+        for job in self.jobs.values().filter(|j| matching(j)) {
+            count += 1;
+            if let Some(at) = job.finished_at() {
+                finished.push((at, job.id));
+            }
+        }
+        if count <= keep {
+            return;
+        }
+        finished.sort_by_key(|&(at, id)| (at, id.seq));
+        for (_, id) in finished.into_iter().take(count - keep) {
+            self.expire(id);
+        }
+    }
+}
+
+/// The service's jobs.
+#[derive(Debug)]
+pub(crate) struct Jobs {
+    service: u64,
+    next: AtomicU64,
+    ttl: Duration,
+    max_results: usize,
+    max_results_per_uid: usize,
+    table: Mutex<Table>,
+}
+
+impl Jobs {
+    /// An empty table whose results live at most `ttl` after the job ends,
+    /// with the default caps.
+    #[cfg(test)]
+    pub(crate) fn new(ttl: Duration) -> Self {
+        Self::with_caps(ttl, MAX_RESULTS, MAX_RESULTS_PER_UID)
+    }
+
+    /// An empty table keeping at most `max_results` finished results, and
+    /// `max_results_per_uid` per uid.
+    pub(crate) fn with_caps(ttl: Duration, max_results: usize, max_results_per_uid: usize) -> Self {
+        let mut seed = [0u8; 8];
+        let _ = rustix::rand::getrandom(&mut seed, rustix::rand::GetRandomFlags::empty());
+        Self {
+            service: u64::from_ne_bytes(seed),
+            next: AtomicU64::new(1),
+            ttl,
+            max_results: max_results.max(1),
+            max_results_per_uid: max_results_per_uid.max(1),
+            table: Mutex::new(Table::default()),
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Table> {
+        self.table
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// Starts a job for `owner`, whose pidfd is duplicated to recognise it
+    /// while the job runs. Makes room first: expired results go, then the
+    /// oldest finished ones beyond the caps. If the returned handle drops
+    /// before [`Job::finish`] (a task that panicked), the job ends as
+    /// failed, so its owner is not left waiting for a result.
+    pub(crate) fn start(&self, owner: &Peer) -> std::io::Result<Running> {
+        let id = JobId {
+            service: self.service,
+            seq: self.next.fetch_add(1, Ordering::Relaxed),
+        };
+        let job = Arc::new(Job {
+            id,
+            owner: Owner::of(owner)?,
+            owner_pidfd: Mutex::new(Some(owner.pidfd.try_clone()?)),
+            result: OnceCell::new(),
+        });
+        let mut table = self.lock();
+        // gone owners: forgotten without a tombstone (nobody can ask)
+        table.jobs.retain(|_, j| !j.expired(self.ttl));
+        let uid = job.owner.uid;
+        table.make_room(self.max_results_per_uid - 1, |j| j.owner.uid == uid);
+        table.make_room(self.max_results - 1, |_| true);
+        table.jobs.insert(id, job.clone());
+        Ok(Running(job))
+    }
+
+    /// Forgets a job.
+    pub(crate) fn remove(&self, id: JobId) {
+        self.lock().jobs.remove(&id);
+    }
+
+    /// Whether the live process `pid` has a job whose result it has not
+    /// asked for yet (see [`Jobs::awaited`]): a draining server serves it.
+    pub(crate) fn awaits_result(&self, pid: i32, grace: Duration) -> bool {
+        let table = self.lock();
+        table
+            .jobs
+            .values()
+            .any(|j| j.owner.pid == pid && j.awaited(grace))
+    }
+
+    /// Whether some live process has a job running, or ended less than
+    /// `grace` ago, whose result it has not asked for yet. Failures told
+    /// on the caller's connection are not here: those jobs are removed.
+    pub(crate) fn awaited(&self, grace: Duration) -> bool {
+        let table = self.lock();
+        table.jobs.values().any(|j| j.awaited(grace))
+    }
+
+    /// The job `id` if `asker` is the process that started it. A result is
+    /// handed out once. `Err` carries the answer to give instead: for
+    /// anyone but the owner, exactly the answer for a job that never
+    /// existed; for the owner of a result dropped unclaimed (a cap or the
+    /// TTL), "result expired".
+    pub(crate) fn claim(&self, id: JobId, asker: &Peer) -> Result<Arc<Job>, Unclaimed> {
+        let unknown = Unclaimed::Unknown(id);
+        // read before the lock: /proc may be slow
+        let Ok(asker) = Owner::of(asker) else {
+            return Err(unknown);
+        };
+        let mut table = self.lock();
+        match table.jobs.get(&id) {
+            Some(job) if job.owner == asker => {
+                if job.finished_at().is_some_and(|at| at.elapsed() > self.ttl) {
+                    table.expire(id);
+                } else {
+                    return Ok(table.jobs.remove(&id).expect("present"));
+                }
+            }
+            Some(_) => return Err(unknown),
+            None => {}
+        }
+        match table
+            .tombstones
+            .iter()
+            .position(|(t, o)| *t == id && *o == asker)
+        {
+            Some(at) => {
+                table.tombstones.remove(at);
+                Err(Unclaimed::Expired(id))
+            }
+            None => Err(unknown),
+        }
+    }
+}
+/// A started job, held by the task running it.
+#[derive(Debug)]
+pub(crate) struct Running(Arc<Job>);
+
+impl std::ops::Deref for Running {
+    type Target = Job;
+    fn deref(&self) -> &Job {
+        &self.0
+    }
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        if self.0.result.get().is_none() {
+            self.0.finish(Outcome::failed(
+                Some(self.0.id),
+                "the selfdump service failed internally during this dump; \
+                 its images are not usable (the service log says more)",
+            ));
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::proto::Response;
+    use std::os::unix::net::UnixStream;
+
+    /// This test process as a connected caller.
+    fn me() -> (Peer, UnixStream) {
+        let (ours, theirs) = UnixStream::pair().unwrap();
+        (Peer::of(&ours).unwrap(), theirs)
+    }
+
+    const GRACE: Duration = Duration::from_secs(60);
+
+    #[test]
+    fn a_running_job_is_awaited_by_its_owner_only() {
+        let jobs = Jobs::new(GRACE);
+        let (peer, _keep) = me();
+        let _job = jobs.start(&peer).unwrap();
+        assert!(jobs.awaited(GRACE));
+        assert!(jobs.awaits_result(peer.pid, GRACE));
+        assert!(!jobs.awaits_result(peer.pid + 1, GRACE));
+    }
+
+    #[test]
+    fn a_finished_job_is_awaited_until_claimed_or_its_grace_is_over() {
+        let jobs = Jobs::new(GRACE);
+        let (peer, _keep) = me();
+        let job = jobs.start(&peer).unwrap();
+        job.finish(Outcome::failed(Some(job.id), "any"));
+        assert!(jobs.awaited(GRACE));
+        assert!(!jobs.awaited(Duration::ZERO), "grace over");
+        jobs.claim(job.id, &peer).unwrap();
+        assert!(!jobs.awaited(GRACE), "claimed");
+    }
+
+    #[test]
+    fn a_job_whose_failure_went_to_the_connection_is_not_awaited() {
+        let jobs = Jobs::new(GRACE);
+        let (peer, _keep) = me();
+        let job = jobs.start(&peer).unwrap();
+        jobs.remove(job.id);
+        assert!(!jobs.awaited(GRACE));
+        assert!(!jobs.awaits_result(peer.pid, GRACE));
+    }
+
+    #[test]
+    fn a_job_dropped_unfinished_ends_as_an_internal_failure() {
+        let jobs = Jobs::new(GRACE);
+        let (peer, _keep) = me();
+        let id = jobs.start(&peer).unwrap().id; // the handle drops here
+        let job = jobs.claim(id, &peer).unwrap();
+        match Response::from(async_io::block_on(job.result())) {
+            Response::DumpFailed(f) => assert!(f.message.contains("failed internally"), "{f:?}"),
+            other => panic!("expected a failure, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn a_finished_job_holds_no_fd() {
+        let jobs = Jobs::new(GRACE);
+        let (peer, _keep) = me();
+        let job = jobs.start(&peer).unwrap();
+        assert!(
+            job.owner_pidfd.lock().unwrap().is_some(),
+            "running: pidfd held"
+        );
+        job.finish(Outcome::failed(Some(job.id), "any"));
+        assert!(job.owner_pidfd.lock().unwrap().is_none(), "finished: no fd");
+        assert!(jobs.awaits_result(peer.pid, GRACE), "still known as alive");
+        assert!(jobs.claim(job.id, &peer).is_ok());
+    }
+
+    #[test]
+    fn the_oldest_results_expire_past_the_cap_and_their_owner_is_told() {
+        let jobs = Jobs::with_caps(GRACE, 100, 3);
+        let (peer, _keep) = me();
+        let ids: Vec<JobId> = (0..5)
+            .map(|_| {
+                let job = jobs.start(&peer).unwrap();
+                job.finish(Outcome::failed(Some(job.id), "any"));
+                job.id
+            })
+            .collect();
+        for (n, id) in ids.iter().enumerate() {
+            match jobs.claim(*id, &peer).map_err(Response::from) {
+                Ok(_) => assert!(n >= 2, "job {n} should have expired"),
+                Err(Response::Refused(r)) => {
+                    assert!(n < 2, "job {n} expired too early");
+                    assert!(r.message.starts_with("result expired"), "{}", r.message);
+                }
+                Err(other) => panic!("{other:?}"),
+            }
+        }
+        // told once; then unknown like any other id
+        assert_eq!(
+            Response::from(jobs.claim(ids[0], &peer).unwrap_err()),
+            Response::UnknownJob(ids[0])
+        );
+    }
+
+    #[test]
+    fn another_process_is_answered_as_for_an_unknown_job() {
+        let jobs = Jobs::new(GRACE);
+        let (peer, _keep) = me();
+        let job = jobs.start(&peer).unwrap();
+        job.finish(Outcome::failed(Some(job.id), "any"));
+        // init: another live process, and no child to start (a fork here
+        // would hold copies of other tests' fds, flocks among them)
+        let init = rustix::process::Pid::from_raw(1).unwrap();
+        let other = Peer {
+            pid: 1,
+            uid: peer.uid,
+            gid: peer.gid,
+            pidfd: rustix::process::pidfd_open(init, rustix::process::PidfdFlags::empty()).unwrap(),
+        };
+        let made_up = JobId { seq: 999, ..job.id };
+        assert_eq!(
+            Response::from(jobs.claim(job.id, &other).unwrap_err()),
+            Response::UnknownJob(job.id)
+        );
+        assert_eq!(
+            Response::from(jobs.claim(made_up, &other).unwrap_err()),
+            Response::UnknownJob(made_up)
+        );
+        assert!(jobs.claim(job.id, &peer).is_ok(), "the owner still gets it");
+    }
+}

@@ -1,0 +1,5 @@
+//! Operator tooling, off the request path.
+
+pub mod check;
+mod check_non_root;
+pub mod systemd;
