@@ -8,15 +8,6 @@ use super::{CallerInfo, Criu, NonRootFallback, Policy};
 use std::sync::Arc;
 use std::time::Duration;
 
-/// How long sending one answer to a client may take, and how long a
-/// connection refused while the server drains has to send its request
-/// (so that it finds the refusal rather than a closed socket).
-pub(super) const ANSWER_TIMEOUT: Duration = Duration::from_secs(1);
-
-/// How long the caller's last frame ("you are frozen") may take to queue
-/// while CRIU holds its tree frozen; past it the dump is vetoed.
-pub(super) const FROZEN_NOTICE_TIMEOUT: Duration = Duration::from_secs(2);
-
 /// How often a draining server looks again whether the callers it waits
 /// for have come for their results (they exit, and results age, without
 /// a notification).

@@ -8,7 +8,6 @@ use super::jobs;
 use super::manifest;
 use super::shutdown::{RESULT_GRACE, Stop};
 use super::slots;
-use async_io::Async;
 use async_lock::Semaphore;
 use event_listener::Event;
 use std::sync::Arc;
@@ -88,23 +87,36 @@ impl Shared {
         TaskGuard(self.clone())
     }
 
-    /// Whether a caller connecting while the server drains may be coming
-    /// for a result: it has a job whose result it has not asked for yet.
-    pub(super) fn is_expected(&self, stream: &Async<std::os::unix::net::UnixStream>) -> bool {
-        super::conn::peer::credentials(stream.get_ref())
-            .is_ok_and(|cred| self.jobs.awaits_result(cred.pid(), RESULT_GRACE))
+    /// Whether process `pid`, connecting while the server drains, may be
+    /// coming for a result: it has a job whose result it has not asked
+    /// for yet.
+    pub(super) fn is_expected(&self, pid: i32) -> bool {
+        self.jobs.awaits_result(pid, RESULT_GRACE)
     }
 
-    /// `None` once no task runs and no caller has a result to collect;
-    /// else when to look again at the latest (callers exit, and results
-    /// age, without a notification).
-    pub(super) fn drain_wait(&self) -> Option<Option<Instant>> {
+    /// Where the drain stands.
+    pub(super) fn drain(&self) -> Drain {
         let awaited = self.jobs.awaited(RESULT_GRACE);
-        if self.tasks.load(Ordering::SeqCst) == 0 && !awaited {
-            return None;
+        match (self.tasks.load(Ordering::SeqCst), awaited) {
+            (0, false) => Drain::Over,
+            (_, false) => Drain::TasksRun,
+            (_, true) => Drain::ResultsAwaited {
+                look_again: Instant::now() + DRAIN_POLL,
+            },
         }
-        Some(awaited.then(|| Instant::now() + DRAIN_POLL))
     }
+}
+
+/// Where the drain of a stopping server stands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Drain {
+    /// No task runs and no caller has a result to collect.
+    Over,
+    /// Tasks run: the last to end notifies [`Shared::changed`].
+    TasksRun,
+    /// Callers still have results to collect; they exit, and results age,
+    /// without a notification, so look again at `look_again` at the latest.
+    ResultsAwaited { look_again: Instant },
 }
 
 /// One running connection task of a [`Shared`].

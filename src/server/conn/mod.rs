@@ -1,252 +1,178 @@
-//! One connection: identify the peer, read one request, answer it.
+//! The only code that touches a client's socket. A [`Connection`] reads the
+//! one request a connection carries and writes every frame the service
+//! sends back; each of those reads and writes has its time limit here,
+//! and nowhere else. The request handlers (`requests/`) never see the
+//! socket: they return what to answer ([`Reply`]), and the one frame sent
+//! in the middle of their work, the "you are frozen" notice at CRIU's
+//! freeze, is [`Connection::tell_frozen`].
 
 pub(crate) mod peer;
 pub(crate) mod reply;
+mod request;
 
-use crate::proto::{
-    self, FrameError, PROTOCOL_VERSION, RefusalKind, Request, Response, read_frame, write_frame,
-};
-use crate::server::Shared;
-use crate::server::config::ANSWER_TIMEOUT;
-use crate::server::conn::peer::Peer;
-use crate::server::conn::reply::Refused;
-use crate::server::slots::UidSlot;
+pub(crate) use peer::Peer;
+pub(crate) use reply::{Outcome, Refused, Reply, Unclaimed};
+pub(crate) use request::Received;
+
+use crate::proto::{self, FrozenNotice, Response, read_frame, write_frame};
+use crate::server::engine::without_forks;
 use async_io::{Async, Timer};
 use futures_lite::FutureExt;
-use std::os::fd::OwnedFd;
+use std::future::Future;
 use std::os::unix::net::UnixStream;
-use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
 
-/// Answers and closes a connection the service has no room for.
-pub(crate) async fn refuse_busy(stream: Async<UnixStream>) {
-    let refusal = refusal(
-        RefusalKind::Busy,
-        "too many connections to the selfdump service; retry later",
-    );
-    send(&stream, &refusal).await;
+/// How long sending one answer to a client may take, and how long a
+/// connection refused while the server drains has to send its request
+/// (so that it finds the refusal rather than a closed socket).
+const ANSWER_TIMEOUT: Duration = Duration::from_secs(1);
+
+/// How long the caller's last frame ("you are frozen") may take to queue
+/// while CRIU holds its tree frozen; past it the dump is vetoed.
+const FROZEN_NOTICE_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// One client connection, from its accept to its close.
+#[derive(Debug)]
+pub(crate) struct Connection {
+    /// `None` once closed at the freeze ([`Connection::tell_frozen`]).
+    stream: Option<Async<UnixStream>>,
 }
 
-/// Refuses a connection that arrives while the server drains. Its request
-/// is read first (for a second at most), so that the client, which writes
-/// it right after connecting, finds the refusal rather than a closed socket.
-pub(crate) async fn refuse_shutting_down(stream: Async<UnixStream>) {
-    let _ = read_frame(&stream)
-        .or(async {
-            Timer::after(ANSWER_TIMEOUT).await;
-            Ok(None)
-        })
-        .await;
-    send(&stream, &shutting_down()).await;
-}
-
-/// What a checkpoint request gets once the server is asked to stop.
-pub(crate) fn shutting_down() -> Response {
-    refusal(
-        RefusalKind::ShuttingDown,
-        "the selfdump service is shutting down; retry against its successor",
-    )
-}
-
-/// A refusal as the wire answer ([`Refused`] into [`Response`]).
-pub(crate) fn refusal(kind: RefusalKind, message: impl Into<String>) -> Response {
-    Refused::new(kind, message).into()
-}
-
-/// Sends one response, best effort: a client that went away loses only its own answer.
-pub(crate) async fn send(stream: &Async<UnixStream>, response: &Response) {
-    let frame = proto::encode_frame(response);
-    let write = async {
-        write_frame(stream, &frame, &[])
-            .await
-            .map_err(|e| e.to_string())
-    };
-    let limit = async {
-        Timer::after(ANSWER_TIMEOUT).await;
-        Err("timed out".to_string())
-    };
-    if let Err(e) = write.or(limit).await {
-        log::debug!("could not answer a client: {e}");
+impl Connection {
+    pub(crate) fn new(stream: Async<UnixStream>) -> Self {
+        Self {
+            stream: Some(stream),
+        }
     }
-}
 
-pub(crate) async fn handle(shared: Arc<Shared>, stream: Async<UnixStream>) {
-    let peer = match Peer::of(stream.get_ref()) {
-        Ok(peer) => peer,
-        Err(e) => {
+    /// The peer's `SO_PEERCRED` alone (no pidfd): enough to count the
+    /// connection against its uid's limits, or to tell whether it may be
+    /// coming for a result.
+    pub(crate) fn credentials(&self) -> std::io::Result<nix::sys::socket::UnixCredentials> {
+        peer::credentials(self.stream()?.get_ref())
+    }
+
+    /// Who is on the other end, from the kernel; `Err` is the refusal to
+    /// send (the failure is logged, at most every 10 s).
+    pub(crate) fn identify(&self) -> Result<Peer, Refused> {
+        let identified = self.stream().and_then(|s| Peer::of(s.get_ref()));
+        identified.map_err(|e| {
             // out of fds, this repeats for every connection: rate-limited
             rate_limited_warning(format_args!("cannot identify a client: {e}"));
             // out of fds or memory: this request's bad luck, not a verdict
-            let kind = if e.kind() == std::io::ErrorKind::ResourceBusy {
-                RefusalKind::Busy
+            let message = format!("cannot identify you: {e}");
+            if e.kind() == std::io::ErrorKind::ResourceBusy {
+                Refused::busy(message)
             } else {
-                RefusalKind::NotPermitted
-            };
-            send(&stream, &refusal(kind, format!("cannot identify you: {e}"))).await;
-            return;
+                Refused::not_permitted(message)
+            }
+        })
+    }
+
+    /// Sends what a handler decided, then closes.
+    pub(crate) async fn deliver(self, reply: Reply) {
+        match reply {
+            Reply::Answer(response) => self.send(response).await,
+            Reply::ThroughJob => {}
         }
-    };
-    if let Some((request, fds)) = read_request(&shared, &peer, &stream).await {
-        dispatch(&shared, peer, stream, request, fds).await;
+    }
+
+    /// Sends a refusal, then closes.
+    pub(crate) async fn refuse(self, refused: Refused) {
+        self.send(refused.into()).await;
+    }
+
+    /// Refuses a connection that arrives while the server drains. Its
+    /// request is read first (for [`ANSWER_TIMEOUT`] at most), so that the
+    /// client, which writes it right after connecting, finds the refusal
+    /// rather than a closed socket.
+    pub(crate) async fn refuse_after_request(self, refused: Refused) {
+        if let Some(stream) = &self.stream {
+            let _ = within(ANSWER_TIMEOUT, read_frame(stream)).await;
+        }
+        self.refuse(refused).await;
+    }
+
+    /// Sends one response, best effort: a client that went away loses only
+    /// its own answer.
+    pub(crate) async fn send(self, response: Response) {
+        self.respond(response).await;
+    }
+
+    /// Sends one response, best effort, and keeps the connection.
+    async fn respond(&self, response: Response) {
+        if let Err(e) = self
+            .write(&proto::encode_frame(&response), ANSWER_TIMEOUT)
+            .await
+        {
+            log::debug!("could not answer a client: {e}");
+        }
+    }
+
+    /// At CRIU's freeze: queues the caller's last frame (`Frozen`), then
+    /// closes the connection, so that CRIU records it half-closed with the
+    /// frame in it (the original and every restored copy read it, then
+    /// EOF). `Err` is why the dump must not go on; the connection then
+    /// stays open, for the error.
+    pub(crate) async fn tell_frozen(&mut self, notice: FrozenNotice) -> Result<(), String> {
+        if self.stream.is_none() {
+            return Err("criu announced the freeze twice".into());
+        }
+        let frame = proto::encode_frame(&Response::Frozen(notice));
+        self.write(&frame, FROZEN_NOTICE_TIMEOUT)
+            .await
+            .map_err(|e| format!("cannot tell the caller it is frozen: {e}"))?;
+        // every copy of the fd must be gone before CRIU collects sockets:
+        // none may be in a child being forked meanwhile
+        let stream = self.stream.take();
+        without_forks(|| drop(stream));
+        Ok(())
+    }
+
+    /// Whether the connection is still open: not closed at the freeze.
+    pub(crate) fn is_open(&self) -> bool {
+        self.stream.is_some()
+    }
+
+    /// Answers a connection accepted while out of fds, at once and without
+    /// blocking (a fresh socket's buffer holds a small frame whole).
+    pub(crate) fn refuse_at_once(stream: &UnixStream, refused: Refused) {
+        let _ = stream.set_nonblocking(true);
+        let frame = proto::encode_frame(&Response::from(refused));
+        let _ = std::io::Write::write(&mut &*stream, &frame);
+    }
+
+    fn stream(&self) -> std::io::Result<&Async<UnixStream>> {
+        self.stream
+            .as_ref()
+            .ok_or_else(|| std::io::Error::from(std::io::ErrorKind::NotConnected))
+    }
+
+    /// Writes one frame within `limit`.
+    async fn write(&self, frame: &[u8], limit: Duration) -> Result<(), String> {
+        let stream = self.stream().map_err(|e| e.to_string())?;
+        match within(limit, write_frame(stream, frame, &[])).await {
+            Some(written) => written.map_err(|e| e.to_string()),
+            None => Err("timed out".into()),
+        }
     }
 }
 
-/// Reads the connection's one request within the request timeout, and
-/// answers what is wrong with it itself (`None` then).
-async fn read_request(
-    shared: &Shared,
-    peer: &Peer,
-    stream: &Async<UnixStream>,
-) -> Option<(Request, Vec<OwnedFd>)> {
-    let timeout = shared.config.request_timeout;
-    let read = async { read_frame(stream).await };
-    let limit = async {
-        Timer::after(timeout).await;
-        Err(FrameError::Io(std::io::Error::new(
-            std::io::ErrorKind::TimedOut,
-            format!("no complete request within {timeout:?}"),
-        )))
-    };
-    let frame = match read.or(limit).await {
-        Ok(Some(frame)) => frame,
-        Ok(None) => return None,
-        // the kernel also truncates the fds of a message when the
-        // receiver has no fd left for them: that is not the client's fault
-        Err(FrameError::ControlTruncated) if out_of_fds(stream) => {
-            rate_limited_warning(format_args!(
-                "pid {}: cannot receive its fds: the service is out of fds",
-                peer.pid
-            ));
-            let m = "the selfdump service is out of file descriptors; retry later";
-            send(stream, &refusal(RefusalKind::Busy, m)).await;
-            return None;
-        }
-        Err(e) => {
-            log::info!("pid {} uid {}: bad request: {e}", peer.pid, peer.uid);
-            send(stream, &refusal(RefusalKind::BadRequest, e.to_string())).await;
-            return None;
-        }
-    };
-    if frame.header.version != PROTOCOL_VERSION {
-        log::info!(
-            "pid {} speaks protocol {}, we speak {PROTOCOL_VERSION}",
-            peer.pid,
-            frame.header.version
-        );
-        let answer = proto::encode_mismatch_frame(frame.header.version);
-        let _ = write_frame(stream, &answer, &[])
-            .or(async {
-                Timer::after(ANSWER_TIMEOUT).await;
-                Ok(())
-            })
-            .await;
-        return None;
-    }
-    match proto::decode_body(frame.header, &frame.body) {
-        Ok(request) => Some((request, frame.fds)),
-        Err(e) => {
-            log::info!("pid {}: malformed request: {e}", peer.pid);
-            send(stream, &refusal(RefusalKind::BadRequest, e.to_string())).await;
+/// `work`, unless `limit` passes first (`None` then).
+async fn within<T>(limit: Duration, work: impl Future<Output = T>) -> Option<T> {
+    async { Some(work.await) }
+        .or(async {
+            Timer::after(limit).await;
             None
-        }
-    }
-}
-
-/// The one fd a request must carry, or why it is refused (`what` names
-/// the request).
-fn one_fd(mut fds: Vec<OwnedFd>, what: &str) -> Result<OwnedFd, Refused> {
-    if fds.len() != 1 {
-        let e = if fds.is_empty() {
-            FrameError::MissingFd
-        } else {
-            FrameError::UnexpectedFds(fds.len())
-        };
-        return Err(Refused::new(
-            RefusalKind::BadRequest,
-            format!("{what} request: {e}"),
-        ));
-    }
-    Ok(fds.pop().expect("one fd"))
-}
-
-/// Serves a well-formed request.
-async fn dispatch(
-    shared: &Shared,
-    peer: Peer,
-    stream: Async<UnixStream>,
-    request: Request,
-    fds: Vec<OwnedFd>,
-) {
-    match request {
-        Request::Checkpoint(options) => {
-            let dir = match one_fd(fds, "checkpoint") {
-                Ok(dir) => dir,
-                Err(refused) => return send(&stream, &refused.into()).await,
-            };
-            if shared.stop.is_requested() {
-                log::info!("pid {}: refused, shutting down", peer.pid);
-                send(&stream, &shutting_down()).await;
-                return;
-            }
-            crate::server::requests::checkpoint::checkpoint(shared, peer, stream, options, dir)
-                .await;
-        }
-        Request::Result(job) => {
-            if !fds.is_empty() {
-                let e = FrameError::UnexpectedFds(fds.len());
-                send(
-                    &stream,
-                    &refusal(RefusalKind::BadRequest, format!("result request: {e}")),
-                )
-                .await;
-                return;
-            }
-            let answer = match shared.jobs.claim(job, &peer) {
-                Ok(job) => job.result().await.into(),
-                Err(unclaimed) => Response::from(unclaimed),
-            };
-            send(&stream, &answer).await;
-        }
-        Request::Restore(request) => {
-            let dir = match one_fd(fds, "restore") {
-                Ok(dir) => dir,
-                Err(refused) => return send(&stream, &refused.into()).await,
-            };
-            if shared.stop.is_requested() {
-                send(&stream, &shutting_down()).await;
-                return;
-            }
-            crate::server::requests::restore::serve(shared, peer, stream, request, dir).await;
-        }
-    }
-}
-
-/// Takes a connection slot for the peer's uid, right at the accept (before
-/// the connection takes one of the global slots, so that one uid's flood
-/// cannot fill them). `Ok(None)` when the peer's uid is unknown: `handle`
-/// then refuses it. `Err` is the refusal to send.
-pub(crate) fn uid_slot(
-    shared: &Shared,
-    stream: &Async<UnixStream>,
-) -> Result<Option<UidSlot>, Refused> {
-    let Ok(cred) = crate::server::conn::peer::credentials(stream.get_ref()) else {
-        return Ok(None);
-    };
-    let uid = cred.uid();
-    let per_uid = shared.config.max_connections_per_uid;
-    match UidSlot::take(&shared.connections_per_uid, uid, per_uid) {
-        Some(slot) => Ok(Some(slot)),
-        None => Err(Refused::busy(format!(
-            "uid {uid} already has {per_uid} connections open to the selfdump service; \
-                 retry later"
-        ))),
-    }
+        })
+        .await
 }
 
 /// Logs a warning that a flood of clients could repeat endlessly at most
 /// once every 10 s, saying how many were left out in between.
 fn rate_limited_warning(message: std::fmt::Arguments<'_>) {
-    static LAST: Mutex<(Option<std::time::Instant>, u64)> = Mutex::new((None, 0));
+    static LAST: Mutex<(Option<Instant>, u64)> = Mutex::new((None, 0));
     let mut last = LAST
         .lock()
         .unwrap_or_else(std::sync::PoisonError::into_inner);
@@ -254,7 +180,7 @@ fn rate_limited_warning(message: std::fmt::Arguments<'_>) {
         Some(at) if at.elapsed() < Duration::from_secs(10) => last.1 += 1,
         _ => {
             let skipped = std::mem::take(&mut last.1);
-            last.0 = Some(std::time::Instant::now());
+            last.0 = Some(Instant::now());
             if skipped > 0 {
                 log::warn!("{message} (and {skipped} like it in the last 10 s)");
             } else {
@@ -262,12 +188,4 @@ fn rate_limited_warning(message: std::fmt::Arguments<'_>) {
             }
         }
     }
-}
-
-/// Whether this process cannot open one more fd (`EMFILE`/`ENFILE`).
-fn out_of_fds(stream: &Async<UnixStream>) -> bool {
-    matches!(
-        rustix::io::fcntl_dupfd_cloexec(stream, 0),
-        Err(rustix::io::Errno::MFILE | rustix::io::Errno::NFILE)
-    )
 }

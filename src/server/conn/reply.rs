@@ -1,5 +1,6 @@
 //! What the service decided, in its own terms: a refusal (kind and
-//! message), how a dump ended, why a result cannot be handed out. They
+//! message), how a dump ended, why a result cannot be handed out, and
+//! what a request handler leaves its connection to send ([`Reply`]). They
 //! become wire [`Response`]s here and nowhere else (the `From` impls).
 
 use crate::proto::{DumpFailure, DumpReport, JobId, Refusal, RefusalKind, Response, clip};
@@ -32,6 +33,35 @@ impl Refused {
     /// A `BadDirectory` refusal.
     pub(crate) fn bad_directory(message: impl Into<String>) -> Self {
         Self::new(RefusalKind::BadDirectory, message)
+    }
+
+    /// A `BadRequest` refusal.
+    pub(crate) fn bad_request(message: impl Into<String>) -> Self {
+        Self::new(RefusalKind::BadRequest, message)
+    }
+
+    /// What a request gets once the server is asked to stop.
+    pub(crate) fn shutting_down() -> Self {
+        Self::new(
+            RefusalKind::ShuttingDown,
+            "the selfdump service is shutting down; retry against its successor",
+        )
+    }
+}
+
+/// What a request handler leaves its connection to send.
+#[derive(Debug)]
+pub(crate) enum Reply {
+    /// Send this, then close.
+    Answer(Response),
+    /// Nothing: the connection was closed at the freeze, and the caller
+    /// collects its answer as the result of its job.
+    ThroughJob,
+}
+
+impl<T: Into<Response>> From<T> for Reply {
+    fn from(answer: T) -> Self {
+        Self::Answer(answer.into())
     }
 }
 

@@ -29,7 +29,7 @@
 
 use crate::proto::JobId;
 use crate::server::conn::peer::Peer;
-use crate::server::conn::reply::{Outcome, Unclaimed};
+use crate::server::conn::{Outcome, Unclaimed};
 use async_lock::OnceCell;
 use std::collections::{HashMap, VecDeque};
 use std::os::fd::{AsFd, OwnedFd};

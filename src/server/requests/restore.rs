@@ -6,36 +6,33 @@
 //! credentials, its images are verified ([`restore`](crate::server::restore)),
 //! and their owner must be the caller unless the caller is root.
 
-use crate::proto::{RefusalKind, Response, RestoreReport, RestoreRequest};
+use crate::proto::{Response, RestoreReport, RestoreRequest};
 use crate::server::Shared;
 use crate::server::caller::policy::Caller;
-use crate::server::conn::peer::Peer;
-use crate::server::conn::{refusal, send};
+use crate::server::conn::{Peer, Refused};
 use crate::server::fs::as_caller::CallerCreds;
 use crate::server::fs::generations::resolve;
 use crate::server::restore::{RestoreError, RestoreSettings, restore};
 use crate::server::slots::UidSlot;
-use async_io::Async;
 use std::os::fd::OwnedFd;
-use std::os::unix::net::UnixStream;
 
+/// Serves one restore request: what its caller is told.
 pub(crate) async fn serve(
     shared: &Shared,
-    peer: Peer,
-    stream: Async<UnixStream>,
+    peer: &Peer,
     request: RestoreRequest,
     dir: OwnedFd,
-) {
-    let answer = match admit(shared, &peer, request) {
-        Err(refused) => refused,
+) -> Response {
+    let answer = match admit(shared, peer, request) {
+        Err(refused) => refused.into(),
         Ok(caller) => run(shared, caller, request, dir).await,
     };
     log::info!("pid {} uid {}: restore: {answer:?}", peer.pid, peer.uid);
-    send(&stream, &answer).await;
+    answer
 }
 
-fn admit(shared: &Shared, peer: &Peer, request: RestoreRequest) -> Result<Caller, Response> {
-    let not_permitted = |m: String| refusal(RefusalKind::NotPermitted, m);
+fn admit(shared: &Shared, peer: &Peer, request: RestoreRequest) -> Result<Caller, Refused> {
+    let not_permitted = Refused::not_permitted;
     let caller =
         Caller::read(peer).map_err(|e| not_permitted(format!("cannot inspect you: {e}")))?;
     shared.config.policy.admit(&caller).map_err(not_permitted)?;
@@ -63,7 +60,7 @@ async fn run(shared: &Shared, caller: Caller, request: RestoreRequest, dir: Owne
             "{} dumps or restores are already running; retry later",
             shared.config.max_dumps
         );
-        return refusal(RefusalKind::Busy, m);
+        return Refused::busy(m).into();
     };
     let per_uid = shared.config.max_dumps_per_uid;
     let Some(_slot) = UidSlot::take(&shared.dumps_per_uid, caller.uid(), per_uid) else {
@@ -71,7 +68,7 @@ async fn run(shared: &Shared, caller: Caller, request: RestoreRequest, dir: Owne
             "uid {} already has {per_uid} dumps or restores running",
             caller.uid()
         );
-        return refusal(RefusalKind::Busy, m);
+        return Refused::busy(m).into();
     };
     let settings = RestoreSettings {
         trust_unsigned: request.trust_unsigned,
@@ -102,8 +99,8 @@ async fn run(shared: &Shared, caller: Caller, request: RestoreRequest, dir: Owne
             verify_us: r.verify.as_micros() as u64,
             total_us: r.total.as_micros() as u64,
         }),
-        Err(RestoreError::Refused(why)) => refusal(RefusalKind::NotPermitted, why),
-        Err(e @ RestoreError::IdInUse { .. }) => refusal(RefusalKind::Busy, e.to_string()),
+        Err(RestoreError::Refused(why)) => Refused::not_permitted(why).into(),
+        Err(e @ RestoreError::IdInUse { .. }) => Refused::busy(e.to_string()).into(),
         Err(e) => Response::RestoreFailed(crate::proto::clip(e.to_string())),
     }
 }
