@@ -1,28 +1,11 @@
 //! Is CRIU usable here? (`selfdump check`)
 
+pub use super::finding::Finding;
+use super::finding::finding;
 use crate::server::Criu;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
-
-/// One line of the verdict.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Finding {
-    /// What was checked.
-    pub what: String,
-    /// Whether it passed.
-    pub ok: bool,
-    /// Details or the fix.
-    pub detail: String,
-}
-
-fn finding(what: &str, ok: bool, detail: impl Into<String>) -> Finding {
-    Finding {
-        what: what.into(),
-        ok,
-        detail: detail.into(),
-    }
-}
 
 /// Finds `criu` on `PATH`, then in `/usr/local/sbin` and `/usr/sbin`.
 pub fn find_criu() -> PathBuf {

@@ -2,11 +2,11 @@
 //! it works, by a tiny dump and restore as uid 65534 run the way the
 //! service runs them.
 
+use super::finding::Finding;
 use crate::server::Criu;
 use crate::server::engine::kdat::{UNPRIVILEGED_DIR, UNPRIVILEGED_FILE};
 use crate::server::engine::run_as::{DUMP_CAPS, Keep, RunAs, cannot_grant};
 use crate::server::fs::service_dir::PrivateDir;
-use crate::server::operator::check::Finding;
 use rustix::fs::{Gid, Mode, OFlags, Uid};
 use rustix::process::{Pid, Signal, WaitOptions};
 use rustix::thread::CapabilitySet;

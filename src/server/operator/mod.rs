@@ -2,4 +2,5 @@
 
 pub mod check;
 mod check_non_root;
+mod finding;
 pub mod systemd;
