@@ -46,7 +46,7 @@ pub use shutdown::ShutdownHandle;
 /// part of the API, and they change without notice.
 #[doc(hidden)]
 pub mod internals {
-    pub use super::engine::run_as::RunAs;
+    pub use super::caller::credentials::Credentials;
     pub use super::engine::{
         DumpHooks, DumpSpec, Dumped, EngineError, FrozenVerdict, Worker, kdat, rpc,
     };

@@ -1,8 +1,9 @@
 //! Fds that are not sockets: `io_uring` instances, deleted files, regular
 //! files written without `O_APPEND`.
 
-use super::tree::{OpenFd, read_proc};
+use super::tree::OpenFd;
 use super::{Finding, Kind, Severity};
+use crate::procfs::{self, PROC};
 
 /// CRIU's default `--ghost-limit`: deleted files up to this size are copied
 /// into the images, bigger ones make the dump fail.
@@ -27,7 +28,7 @@ pub(super) fn check_file(fd: &OpenFd, out: &mut Vec<Finding>) {
     if !link.starts_with('/') || link.starts_with("/memfd:") {
         return; // pipes, anonymous inodes, memfds: CRIU handles them
     }
-    let meta = std::fs::metadata(format!("/proc/{}/fd/{}", fd.pid, fd.fd));
+    let meta = std::fs::metadata(procfs::fd_of(fd.pid, fd.fd));
     let regular = meta.as_ref().is_ok_and(|m| m.is_file());
     if let Some(path) = link.strip_suffix(" (deleted)") {
         if !regular {
@@ -84,7 +85,7 @@ pub(super) fn check_file(fd: &OpenFd, out: &mut Vec<Finding>) {
 
 /// The `flags:` line of `/proc/PID/fdinfo/FD` (octal), 0 when unreadable.
 fn open_flags(fd: &OpenFd) -> u32 {
-    read_proc(format!("/proc/{}/fdinfo/{}", fd.pid, fd.fd))
+    PROC.read(fd.pid, &format!("fdinfo/{}", fd.fd))
         .ok()
         .and_then(|info| {
             info.lines()

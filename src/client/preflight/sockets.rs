@@ -29,7 +29,7 @@ enum Protocol {
 }
 
 fn protocol(fd: &OpenFd) -> Protocol {
-    let path = format!("/proc/{}/fd/{}", fd.pid, fd.fd);
+    let path = crate::procfs::fd_of(fd.pid, fd.fd);
     let mut buf = [0u8; 32];
     let Ok(n) = rustix::fs::getxattr(path, "system.sockprotoname", &mut buf[..]) else {
         return Protocol::Unknown;

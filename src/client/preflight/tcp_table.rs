@@ -2,6 +2,7 @@
 //! reads (the kernel walks its whole connection table again for each
 //! `read`) and only until the inodes looked for are found.
 
+use crate::procfs::PROC;
 use std::collections::{HashMap, HashSet};
 use std::io::Read;
 
@@ -33,7 +34,7 @@ pub(super) fn read(root: i32, wanted: &[(u64, Family)], out: &mut HashMap<u64, T
         if want.is_empty() || !wanted.iter().any(|(_, f)| in_it(*f)) {
             continue;
         }
-        let Ok(mut table) = std::fs::File::open(format!("/proc/{root}/net/{file}")) else {
+        let Ok(mut table) = std::fs::File::open(PROC.path(root, &format!("net/{file}"))) else {
             continue;
         };
         let mut buf = vec![0u8; 256 * 1024];

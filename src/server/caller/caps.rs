@@ -34,7 +34,7 @@ const CAP_SYS_ADMIN: u32 = 21;
 
 /// The effective capabilities of this process (`/proc/self/status`).
 pub fn own_effective() -> Option<u64> {
-    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let status = crate::procfs::PROC.read("self", "status").ok()?;
     let hex = status.lines().find_map(|l| l.strip_prefix("CapEff:"))?;
     u64::from_str_radix(hex.trim(), 16).ok()
 }

@@ -1,6 +1,6 @@
 //! Who may ask for a dump, and whether a caller may be dumped at all.
 
-use crate::server::conn::peer::Peer;
+use super::status::TaskStatus;
 use rustix::fs::{FileType, Stat};
 use std::collections::BTreeSet;
 use std::os::fd::BorrowedFd;
@@ -43,73 +43,6 @@ pub struct Policy {
     pub allow_any: bool,
 }
 
-/// What is known of a caller once its `/proc` status has been read.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Caller {
-    /// Real, effective, saved and filesystem uids.
-    pub uids: [u32; 4],
-    /// Real, effective, saved and filesystem gids.
-    pub gids: [u32; 4],
-    /// Supplementary groups.
-    pub groups: Vec<u32>,
-    /// Effective capability set.
-    pub cap_eff: u64,
-    /// Permitted capability set.
-    pub cap_prm: u64,
-    /// Ambient capability set.
-    pub cap_amb: u64,
-    /// The task is a zombie (it exited and was not reaped yet): it has no
-    /// memory, and its `/proc` files are root's whatever its dumpability.
-    pub zombie: bool,
-}
-
-impl Caller {
-    /// Reads a caller's ids from its `/proc/<pid>/status`.
-    pub fn read(peer: &Peer) -> std::io::Result<Self> {
-        Self::parse(&peer.read_proc("status")?)
-            .ok_or_else(|| std::io::Error::other("unreadable /proc status of the caller"))
-    }
-
-    /// Parses the text of `/proc/<pid>/status`.
-    pub fn parse(status: &str) -> Option<Self> {
-        let field = |name: &str| {
-            status
-                .lines()
-                .find_map(|l| l.strip_prefix(name))
-                .map(|v| v.trim().to_owned())
-        };
-        let ids = |name: &str| -> Option<[u32; 4]> {
-            let v: Vec<u32> = field(name)?
-                .split_whitespace()
-                .map(|x| x.parse().ok())
-                .collect::<Option<_>>()?;
-            v.try_into().ok()
-        };
-        Some(Self {
-            uids: ids("Uid:")?,
-            gids: ids("Gid:")?,
-            groups: field("Groups:")?
-                .split_whitespace()
-                .map(|x| x.parse().ok())
-                .collect::<Option<_>>()?,
-            cap_eff: u64::from_str_radix(&field("CapEff:")?, 16).ok()?,
-            cap_prm: u64::from_str_radix(&field("CapPrm:")?, 16).ok()?,
-            cap_amb: u64::from_str_radix(&field("CapAmb:")?, 16).ok()?,
-            zombie: field("State:")?.starts_with('Z'),
-        })
-    }
-
-    /// The effective uid.
-    pub fn uid(&self) -> u32 {
-        self.uids[1]
-    }
-
-    /// Whether `gid` is one of the caller's groups.
-    pub fn in_group(&self, gid: u32) -> bool {
-        self.gids[1] == gid || self.groups.contains(&gid)
-    }
-}
-
 impl Policy {
     /// Root only.
     pub fn root_only() -> Self {
@@ -117,7 +50,7 @@ impl Policy {
     }
 
     /// Whether this caller may ask at all; the error says why not.
-    pub fn admit(&self, caller: &Caller) -> Result<(), String> {
+    pub(crate) fn admit(&self, caller: &TaskStatus) -> Result<(), String> {
         let uid = caller.uid();
         if self.allow_any
             || uid == 0
@@ -142,23 +75,28 @@ impl Policy {
 /// be a file such as `/proc/<pid>/stat`: the kernel hands a non-dumpable
 /// task's files to root, but never its `/proc/<pid>` directory.
 ///
-/// A zombie (see [`Caller::zombie`]) has no memory, so there is nothing
+/// A zombie (see [`TaskStatus::zombie`]) has no memory, so there is nothing
 /// its dumpability protects, and the kernel makes its files root's
 /// whatever it was: the ownership test is skipped for it. Its ids and
 /// capabilities are still checked (they are what it ran with).
-pub(crate) fn check_dumpable(caller: &Caller, proc_file: &Stat, what: &str) -> Result<(), String> {
-    let [ruid, ..] = caller.uids;
-    if caller.uids.iter().any(|&u| u != ruid) || caller.gids.iter().any(|&g| g != caller.gids[0]) {
+pub(crate) fn check_dumpable(
+    caller: &TaskStatus,
+    proc_file: &Stat,
+    what: &str,
+) -> Result<(), String> {
+    let ruid = caller.uids.real;
+    if !caller.uids.unchanged() || !caller.gids.unchanged() {
         return Err(format!(
             "{what} has changed ids (uids {:?}, gids {:?}; setuid or setgid): not dumpable",
-            caller.uids, caller.gids
+            caller.uids.as_array(),
+            caller.gids.as_array()
         ));
     }
     if ruid != 0 {
         let caps = [
-            ("permitted", caller.cap_prm),
-            ("effective", caller.cap_eff),
-            ("ambient", caller.cap_amb),
+            ("permitted", caller.caps.permitted),
+            ("effective", caller.caps.effective),
+            ("ambient", caller.caps.ambient),
         ];
         if let Some((set, caps)) = caps.into_iter().find(|(_, c)| *c != 0) {
             return Err(format!(
@@ -176,7 +114,7 @@ pub(crate) fn check_dumpable(caller: &Caller, proc_file: &Stat, what: &str) -> R
 
 /// Whether a caller may create files in a directory, from its mode bits
 /// (the caller needs write and search permission).
-pub(crate) fn may_write_dir(caller: &Caller, dir: &Stat) -> Result<(), String> {
+pub(crate) fn may_write_dir(caller: &TaskStatus, dir: &Stat) -> Result<(), String> {
     if FileType::from_raw_mode(dir.st_mode) != FileType::Directory {
         return Err("the images fd is not a directory".into());
     }
@@ -226,33 +164,33 @@ const CAP_SYS_PTRACE: u64 = 1 << 19;
 /// entries are root's either way); such a task passes when the caller holds
 /// `CAP_SYS_PTRACE` and fails the uid rule otherwise.
 pub(crate) fn check_tree_task(
-    caller: &Caller,
-    task: &Caller,
+    caller: &TaskStatus,
+    task: &TaskStatus,
     task_proc: &Stat,
     what: &str,
 ) -> Result<(), String> {
     check_dumpable(task, task_proc, what)?;
-    if caller.cap_eff & CAP_SYS_PTRACE != 0 {
+    if caller.caps.effective & CAP_SYS_PTRACE != 0 {
         return Ok(());
     }
     let uid = caller.uid();
-    if task.uids[..3].iter().any(|&u| u != uid) {
+    if !task.uids.are(uid) {
         return Err(format!(
             "{what} runs as uid {} and the caller as uid {uid}: the caller could not inspect it",
-            task.uids[1]
+            task.uid()
         ));
     }
-    let gid = caller.gids[1];
-    if task.gids[..3].iter().any(|&g| g != gid) {
+    let gid = caller.gid();
+    if !task.gids.are(gid) {
         return Err(format!(
             "{what} runs as gid {} and the caller as gid {gid}: the caller could not inspect it",
-            task.gids[1]
+            task.gid()
         ));
     }
-    if task.cap_prm & !caller.cap_prm != 0 {
+    let lacked = task.caps.permitted & !caller.caps.permitted;
+    if lacked != 0 {
         return Err(format!(
-            "{what} holds capabilities {:#x} that the caller lacks",
-            task.cap_prm & !caller.cap_prm
+            "{what} holds capabilities {lacked:#x} that the caller lacks"
         ));
     }
     Ok(())
@@ -261,15 +199,18 @@ pub(crate) fn check_tree_task(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::server::caller::status::Caps;
 
-    fn status(uids: [u32; 4], gids: [u32; 4], eff: u64, prm: u64) -> Caller {
-        Caller {
-            uids,
-            gids,
+    fn status(uids: [u32; 4], gids: [u32; 4], eff: u64, prm: u64) -> TaskStatus {
+        TaskStatus {
+            uids: uids.into(),
+            gids: gids.into(),
             groups: vec![],
-            cap_eff: eff,
-            cap_prm: prm,
-            cap_amb: 0,
+            caps: Caps {
+                effective: eff,
+                permitted: prm,
+                ambient: 0,
+            },
             zombie: false,
         }
     }
@@ -286,11 +227,15 @@ mod tests {
         let text = "Name:\tx\nUid:\t1\t2\t3\t4\nGid:\t5\t6\t7\t8\nGroups:\t9 10 \n\
                     State:\tZ (zombie)\nCapPrm:\t00000000000000ff\nCapEff:\t000000000000000f\n\
                     CapAmb:\t0000000000000001\n";
-        let c = Caller::parse(text).unwrap();
-        assert_eq!(c.uids, [1, 2, 3, 4]);
-        assert_eq!(c.gids, [5, 6, 7, 8]);
+        let c = TaskStatus::parse(text).unwrap();
+        assert_eq!(c.uids.as_array(), [1, 2, 3, 4]);
+        assert_eq!((c.uids.real, c.uids.effective), (1, 2));
+        assert_eq!(c.gids.as_array(), [5, 6, 7, 8]);
         assert_eq!(c.groups, vec![9, 10]);
-        assert_eq!((c.cap_eff, c.cap_prm, c.cap_amb), (0xf, 0xff, 1));
+        assert_eq!(
+            (c.caps.effective, c.caps.permitted, c.caps.ambient),
+            (0xf, 0xff, 1)
+        );
         assert!(c.zombie);
     }
 
@@ -303,7 +248,9 @@ mod tests {
         let root_task = status([0; 4], [0; 4], all, all);
         let setuid_task = status([65534, 0, 0, 0], [65534; 4], all, all);
         let other_user = status([1000; 4], [1000; 4], 0, 0);
-        let ok = |c: &Caller, t: &Caller, owner| check_tree_task(c, t, &proc_owned_by(owner), "t");
+        let ok = |c: &TaskStatus, t: &TaskStatus, owner| {
+            check_tree_task(c, t, &proc_owned_by(owner), "t")
+        };
         // root may have its dumpable children of any uid, but not setuid or non-dumpable ones
         assert!(ok(&root, &root_task, 0).is_ok());
         assert!(ok(&root, &nobody_task, 65534).is_ok());
@@ -343,9 +290,10 @@ mod tests {
 
     #[test]
     fn a_non_root_caller_with_any_capability_is_refused() {
-        let nobody = |eff, prm, amb| Caller {
-            cap_amb: amb,
-            ..status([65534; 4], [65534; 4], eff, prm)
+        let nobody = |eff, prm, amb| {
+            let mut status = status([65534; 4], [65534; 4], eff, prm);
+            status.caps.ambient = amb;
+            status
         };
         let mine = proc_owned_by(65534);
         assert!(check_dumpable(&nobody(0, 0, 0), &mine, "c").is_ok());
@@ -364,7 +312,7 @@ mod tests {
 
     #[test]
     fn a_zombie_is_not_refused_as_not_dumpable() {
-        let zombie = Caller {
+        let zombie = TaskStatus {
             zombie: true,
             ..status([65534; 4], [65534; 4], 0, 0)
         };
@@ -372,7 +320,7 @@ mod tests {
         // a zombie's /proc files are root's
         assert!(check_tree_task(&nobody, &zombie, &proc_owned_by(0), "z").is_ok());
         // but its ids still count
-        let setuid_zombie = Caller {
+        let setuid_zombie = TaskStatus {
             zombie: true,
             ..status([65534, 0, 0, 0], [65534; 4], 0, 0)
         };

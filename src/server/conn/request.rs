@@ -43,7 +43,7 @@ impl Connection {
         if frame.header.version != PROTOCOL_VERSION {
             log::info!(
                 "pid {} speaks protocol {}, we speak {PROTOCOL_VERSION}",
-                peer.pid,
+                peer.pid(),
                 frame.header.version
             );
             let answer = proto::encode_mismatch_frame(frame.header.version);
@@ -56,7 +56,7 @@ impl Connection {
                 Err(refused) => refused,
             },
             Err(e) => {
-                log::info!("pid {}: malformed request: {e}", peer.pid);
+                log::info!("pid {}: malformed request: {e}", peer.pid());
                 Refused::bad_request(e.to_string())
             }
         };
@@ -72,12 +72,12 @@ impl Connection {
             FrameError::ControlTruncated if self.out_of_fds() => {
                 rate_limited_warning(format_args!(
                     "pid {}: cannot receive its fds: the service is out of fds",
-                    peer.pid
+                    peer.pid()
                 ));
                 Refused::busy("the selfdump service is out of file descriptors; retry later")
             }
             e => {
-                log::info!("pid {} uid {}: bad request: {e}", peer.pid, peer.uid);
+                log::info!("pid {} uid {}: bad request: {e}", peer.pid(), peer.uid);
                 Refused::bad_request(e.to_string())
             }
         };

@@ -2,9 +2,10 @@
 //! the notifications during which the service acts on the frozen tree.
 
 use super::rpc::{CriuOpts, CriuReq, CriuResp, req_type};
-use super::run_as::{DUMP_CAPS, Keep, RunAs};
+use super::run_as::{DUMP_CAPS, Keep};
 use super::swrk::{DumpHooks, DumpSpec, Dumped, EngineError, FORK_GUARD, FrozenVerdict};
 use super::{Criu, CriuFlags, DUMP_LOG};
+use crate::server::caller::credentials::Credentials;
 use async_io::{Async, Timer};
 use futures_lite::FutureExt;
 use prost::Message;
@@ -63,7 +64,7 @@ impl Worker {
     /// unprivileged runs in `runtime_dir` (see [`kdat`](super::kdat)).
     pub fn start_as(
         criu: &Criu,
-        user: &RunAs,
+        user: &Credentials,
         images_dir: Option<BorrowedFd<'_>>,
         runtime_dir: Option<&std::path::Path>,
     ) -> io::Result<Self> {
@@ -340,7 +341,7 @@ impl Worker {
                 "dumps where it was started for"
             );
             opts.images_dir_fd = -1;
-            opts.images_dir = Some(format!("/proc/self/fd/{inherited}"));
+            opts.images_dir = Some(crate::procfs::self_fd(inherited).display().to_string());
             opts.unprivileged = Some(true);
         }
         opts

@@ -5,36 +5,18 @@
 //! and a name the caller swapped in between two system calls gets nothing
 //! the caller could not get by itself.
 //!
-//! [`CallerCreds::run`] is the second way. It runs a closure on a thread of
+//! [`Credentials::run`] is the second way. It runs a closure on a thread of
 //! its own whose *filesystem* ids are the caller's (`setfsuid`, `setfsgid`,
 //! the caller's supplementary groups) and whose effective capability set is
 //! empty. Only the filesystem ids change: the thread's real, effective and
 //! saved uids stay root's, so the caller can neither signal nor ptrace it,
 //! which a full `setresuid` would allow for as long as the thread lives.
 
-use crate::server::caller::policy::Caller;
+use crate::server::caller::credentials::Credentials;
 use rustix::process::{Gid, Uid};
 use std::io;
 
-/// The credentials the kernel should check for a caller's file operations.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub(crate) struct CallerCreds {
-    pub(crate) uid: u32,
-    pub(crate) gid: u32,
-    pub(crate) groups: Vec<u32>,
-}
-
-impl CallerCreds {
-    /// The caller's effective ids and groups (admitted callers have all
-    /// their ids equal).
-    pub(crate) fn of(caller: &Caller) -> Self {
-        Self {
-            uid: caller.uid(),
-            gid: caller.gids[1],
-            groups: caller.groups.clone(),
-        }
-    }
-
+impl Credentials {
     /// Runs `work` with these credentials: on the calling thread for root
     /// (the service's own rights), on a short-lived thread of its own
     /// otherwise. Blocking; call it off the executor.
@@ -96,8 +78,8 @@ mod tests {
     use super::*;
     use std::os::unix::fs::{MetadataExt, PermissionsExt};
 
-    fn nobody() -> CallerCreds {
-        CallerCreds {
+    fn nobody() -> Credentials {
+        Credentials {
             uid: 65534,
             gid: 65534,
             groups: vec![],
@@ -143,7 +125,7 @@ mod tests {
     #[test]
     fn root_runs_in_place() {
         let me = std::thread::current().id();
-        let creds = CallerCreds {
+        let creds = Credentials {
             uid: 0,
             gid: 0,
             groups: vec![],

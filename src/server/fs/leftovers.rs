@@ -31,7 +31,7 @@
 //! switch of `latest` (killed after step 6), stale once the generation it
 //! names is unlocked (its committer holds the lock until the switch).
 
-use crate::server::fs::as_caller::CallerCreds;
+use crate::server::caller::credentials::Credentials;
 use crate::server::fs::root_subdir::{CALLERS_DIR, remove_dir_as};
 use rustix::fs::{AtFlags, Dir, FileType, FlockOperation, Mode, OFlags};
 use std::io;
@@ -44,7 +44,7 @@ use std::os::fd::AsFd;
 pub(crate) fn remove_stale(
     parent: impl AsFd,
     own_service: Option<&str>,
-    creds: &CallerCreds,
+    creds: &Credentials,
 ) -> Vec<String> {
     let parent = parent.as_fd();
     let Ok(entries) = Dir::read_from(parent) else {
@@ -74,7 +74,7 @@ pub(crate) fn remove_stale(
     removed
 }
 
-fn remove_if_stale(parent: impl AsFd, name: &str, creds: &CallerCreds) -> io::Result<bool> {
+fn remove_if_stale(parent: impl AsFd, name: &str, creds: &Credentials) -> io::Result<bool> {
     let parent = parent.as_fd();
     let stat = rustix::fs::statat(parent, name, AtFlags::SYMLINK_NOFOLLOW)?;
     let roots = stat.st_uid == 0 && stat.st_mode & 0o7777 == 0o700;
@@ -157,7 +157,7 @@ fn typed_entries(dir: &impl AsFd) -> io::Result<Vec<(String, FileType)>> {
 /// A `.selfdump-latest-*` symlink of the caller's whose generation is not
 /// locked (or gone): its switch of `latest` died half way. Removed as the
 /// caller.
-fn remove_if_stale_symlink(parent: impl AsFd, name: &str, creds: &CallerCreds) -> io::Result<bool> {
+fn remove_if_stale_symlink(parent: impl AsFd, name: &str, creds: &Credentials) -> io::Result<bool> {
     let parent = parent.as_fd();
     let stat = rustix::fs::statat(parent, name, AtFlags::SYMLINK_NOFOLLOW)?;
     if FileType::from_raw_mode(stat.st_mode) != FileType::Symlink || stat.st_uid != creds.uid {
@@ -224,7 +224,7 @@ mod tests {
         rustix::fs::flock(&held, FlockOperation::LockExclusive).unwrap();
 
         let dir = std::fs::File::open(parent.path()).unwrap();
-        let root = CallerCreds {
+        let root = Credentials {
             uid: 0,
             gid: 0,
             groups: vec![],

@@ -20,7 +20,7 @@
 //!   root inside this one (root's, 0700: no process of the caller's reaches
 //!   it by path), and removed by root through this one's fd.
 
-use crate::server::fs::as_caller::CallerCreds;
+use crate::server::caller::credentials::Credentials;
 use rustix::fs::{AtFlags, Gid, Mode, OFlags, Uid};
 use std::io;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
@@ -94,7 +94,7 @@ pub(crate) struct PrivateSubdir {
     /// Where the files are: the directory itself, or the caller's
     /// [`CALLERS_DIR`] in it.
     pub(crate) dir: OwnedFd,
-    pub(crate) creds: CallerCreds,
+    pub(crate) creds: Credentials,
     /// The directory itself, when `dir` is the caller's nested one.
     outer: Option<OwnedFd>,
 }
@@ -106,7 +106,7 @@ impl PrivateSubdir {
     pub(crate) fn create(
         parent: OwnedFd,
         prefix: &str,
-        creds: CallerCreds,
+        creds: Credentials,
         between: impl FnOnce(&str),
     ) -> io::Result<Self> {
         check_filesystem(&parent)?;
@@ -248,7 +248,7 @@ impl PrivateSubdir {
 /// the `rmdir` fail, and it stays), then itself, by name. A name the
 /// owner swapped meanwhile gets the owner nothing it could not do itself.
 pub(crate) fn remove_dir_as(
-    creds: &CallerCreds,
+    creds: &Credentials,
     parent: &(impl AsFd + Sync),
     name: &str,
     dir: &(impl AsFd + Sync),

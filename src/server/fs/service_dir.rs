@@ -75,11 +75,7 @@ impl PrivateDir {
     /// The path CRIU (a child process) should use: the verified inode
     /// through this process's fd table.
     pub(crate) fn proc_path(&self) -> PathBuf {
-        PathBuf::from(format!(
-            "/proc/{}/fd/{}",
-            std::process::id(),
-            self.fd.as_raw_fd()
-        ))
+        crate::procfs::fd_of(std::process::id(), self.fd.as_raw_fd())
     }
 
     /// The path it was opened at, for messages.

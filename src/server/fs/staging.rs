@@ -7,8 +7,8 @@
 //! [`Staging`] says how each step keeps the filesystem rule.
 
 use crate::proto::JobId;
+use crate::server::caller::credentials::Credentials;
 use crate::server::engine::DUMP_LOG;
-use crate::server::fs::as_caller::CallerCreds;
 use crate::server::fs::generations::commit::{
     Committed, Source, Writer, hand_over, open_written, seal,
 };
@@ -74,7 +74,7 @@ impl Staging {
     pub(crate) fn create(
         parent: OwnedFd,
         job: JobId,
-        creds: CallerCreds,
+        creds: Credentials,
         key: Key,
         generation: String,
     ) -> io::Result<Self> {
@@ -86,7 +86,7 @@ impl Staging {
     fn create_racing(
         parent: OwnedFd,
         job: JobId,
-        creds: CallerCreds,
+        creds: Credentials,
         key: Key,
         generation: String,
         between: impl FnOnce(&str),

@@ -9,8 +9,8 @@ use std::path::{Path, PathBuf};
 
 const NOBODY: u32 = 65534;
 
-fn nobody() -> CallerCreds {
-    CallerCreds {
+fn nobody() -> Credentials {
+    Credentials {
         uid: NOBODY,
         gid: NOBODY,
         groups: vec![],

@@ -311,7 +311,7 @@ pub(crate) fn hashed_on_this_thread() -> u64 {
 /// the open file itself, whatever happens to its name.
 fn file_path_of(file: &std::fs::File) -> io::Result<PathBuf> {
     use std::os::fd::AsRawFd;
-    Ok(PathBuf::from(format!("/proc/self/fd/{}", file.as_raw_fd())))
+    Ok(crate::procfs::self_fd(file.as_raw_fd()))
 }
 
 fn read_capped(file: &impl AsFd, cap: usize) -> io::Result<Vec<u8>> {

@@ -28,11 +28,11 @@
 //!   that never existed (`UnknownJob`), so job ids cannot be probed.
 
 use crate::proto::JobId;
+use crate::server::caller::process::{Identity, Process};
 use crate::server::conn::peer::Peer;
 use crate::server::conn::{Outcome, Unclaimed};
 use async_lock::OnceCell;
 use std::collections::{HashMap, VecDeque};
-use std::os::fd::{AsFd, OwnedFd};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -44,45 +44,21 @@ pub const MAX_RESULTS: usize = 1024;
 /// Results that went unclaimed and are still answered "result expired".
 pub(crate) const MAX_TOMBSTONES: usize = 4096;
 
-/// What identifies a process for its whole life, without holding an fd.
+/// Who started a job: the process, by what identifies it for its whole
+/// life without holding an fd, and its uid (for the per-uid caps).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 struct Owner {
-    pid: i32,
+    process: Identity,
     uid: u32,
-    /// Start time in clock ticks after boot (`/proc/<pid>/stat` field 22).
-    start: u64,
-    /// Inode of a pidfd of the process (unique per process on pidfs).
-    ino: u64,
 }
 
 impl Owner {
-    /// The identity of `peer`, read while its pidfd shows it alive.
+    /// The owner `peer`, read while its pidfd shows it alive.
     fn of(peer: &Peer) -> std::io::Result<Self> {
-        let stat = peer.read_proc("stat")?;
-        let start = crate::procfs::field(&stat, crate::procfs::START_TIME).ok_or_else(|| {
-            std::io::Error::new(
-                std::io::ErrorKind::InvalidData,
-                "unreadable /proc/<pid>/stat",
-            )
-        })?;
-        let ino = rustix::fs::fstat(peer.pidfd.as_fd())?.st_ino;
         Ok(Self {
-            pid: peer.pid,
+            process: peer.process.identity()?,
             uid: peer.uid,
-            start,
-            ino,
         })
-    }
-
-    /// Whether the process still runs: a process with its pid and start
-    /// time exists (a zombie counts as gone).
-    fn is_alive(&self) -> bool {
-        let Ok(stat) = crate::procfs::read_of(self.pid, "stat") else {
-            return false;
-        };
-        crate::procfs::field::<u64>(&stat, crate::procfs::START_TIME) == Some(self.start)
-            && crate::procfs::field::<char>(&stat, crate::procfs::STATE)
-                .is_some_and(|s| s != 'Z' && s != 'X')
     }
 }
 
@@ -92,8 +68,8 @@ pub(crate) struct Job {
     /// The job's id.
     pub id: JobId,
     owner: Owner,
-    /// The owner's pidfd while the job runs; closed when it finishes.
-    owner_pidfd: Mutex<Option<OwnedFd>>,
+    /// The owner, pinned while the job runs; let go when it finishes.
+    owner_pinned: Mutex<Option<Process>>,
     result: OnceCell<(Outcome, Instant)>,
 }
 
@@ -102,7 +78,7 @@ impl Job {
     /// owner's pidfd (a finished job holds no fd).
     pub(crate) fn finish(&self, result: Outcome) {
         let _ = self.result.set_blocking((result, Instant::now()));
-        self.owner_pidfd
+        self.owner_pinned
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
             .take();
@@ -115,12 +91,12 @@ impl Job {
 
     fn owner_alive(&self) -> bool {
         match &*self
-            .owner_pidfd
+            .owner_pinned
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
         {
-            Some(pidfd) => crate::server::conn::peer::is_alive(pidfd),
-            None => self.owner.is_alive(),
+            Some(pinned) => pinned.is_alive(),
+            None => self.owner.process.is_alive(),
         }
     }
 
@@ -137,7 +113,7 @@ impl Job {
     fn expired(&self, ttl: Duration) -> bool {
         match self.finished_at() {
             // nobody can ask any more once the original is gone
-            Some(at) => at.elapsed() > ttl || !self.owner.is_alive(),
+            Some(at) => at.elapsed() > ttl || !self.owner.process.is_alive(),
             None => false,
         }
     }
@@ -156,7 +132,7 @@ impl Table {
         if let Some(job) = self.jobs.remove(&id) {
             log::info!(
                 "job {id}: result of pid {} (uid {}) dropped unclaimed",
-                job.owner.pid,
+                job.owner.process.pid,
                 job.owner.uid
             );
             if self.tombstones.len() >= MAX_TOMBSTONES {
@@ -240,7 +216,7 @@ impl Jobs {
         let job = Arc::new(Job {
             id,
             owner: Owner::of(owner)?,
-            owner_pidfd: Mutex::new(Some(owner.pidfd.try_clone()?)),
+            owner_pinned: Mutex::new(Some(owner.process.try_clone()?)),
             result: OnceCell::new(),
         });
         let mut table = self.lock();
@@ -265,7 +241,7 @@ impl Jobs {
         table
             .jobs
             .values()
-            .any(|j| j.owner.pid == pid && j.awaited(grace))
+            .any(|j| j.owner.process.pid == pid && j.awaited(grace))
     }
 
     /// Whether some live process has a job running, or ended less than
@@ -355,8 +331,8 @@ mod tests {
         let (peer, _keep) = me();
         let _job = jobs.start(&peer).unwrap();
         assert!(jobs.awaited(GRACE));
-        assert!(jobs.awaits_result(peer.pid, GRACE));
-        assert!(!jobs.awaits_result(peer.pid + 1, GRACE));
+        assert!(jobs.awaits_result(peer.pid(), GRACE));
+        assert!(!jobs.awaits_result(peer.pid() + 1, GRACE));
     }
 
     #[test]
@@ -378,7 +354,7 @@ mod tests {
         let job = jobs.start(&peer).unwrap();
         jobs.remove(job.id);
         assert!(!jobs.awaited(GRACE));
-        assert!(!jobs.awaits_result(peer.pid, GRACE));
+        assert!(!jobs.awaits_result(peer.pid(), GRACE));
     }
 
     #[test]
@@ -399,12 +375,18 @@ mod tests {
         let (peer, _keep) = me();
         let job = jobs.start(&peer).unwrap();
         assert!(
-            job.owner_pidfd.lock().unwrap().is_some(),
+            job.owner_pinned.lock().unwrap().is_some(),
             "running: pidfd held"
         );
         job.finish(Outcome::failed(Some(job.id), "any"));
-        assert!(job.owner_pidfd.lock().unwrap().is_none(), "finished: no fd");
-        assert!(jobs.awaits_result(peer.pid, GRACE), "still known as alive");
+        assert!(
+            job.owner_pinned.lock().unwrap().is_none(),
+            "finished: no fd"
+        );
+        assert!(
+            jobs.awaits_result(peer.pid(), GRACE),
+            "still known as alive"
+        );
         assert!(jobs.claim(job.id, &peer).is_ok());
     }
 
@@ -444,12 +426,9 @@ mod tests {
         job.finish(Outcome::failed(Some(job.id), "any"));
         // init: another live process, and no child to start (a fork here
         // would hold copies of other tests' fds, flocks among them)
-        let init = rustix::process::Pid::from_raw(1).unwrap();
         let other = Peer {
-            pid: 1,
             uid: peer.uid,
-            gid: peer.gid,
-            pidfd: rustix::process::pidfd_open(init, rustix::process::PidfdFlags::empty()).unwrap(),
+            process: Process::open(1).unwrap(),
         };
         let made_up = JobId { seq: 999, ..job.id };
         assert_eq!(

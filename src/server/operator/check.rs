@@ -147,7 +147,7 @@ fn dump_and_restore(criu: &Criu, scratch: &Path) -> Result<Duration, String> {
         .and_then(|p| String::from_utf8_lossy(&p).trim().parse().ok())
         .ok_or("criu restore wrote no pid")?;
     let rpid = Pid::from_raw(restored).ok_or("bad restored pid")?;
-    let alive = Path::new(&format!("/proc/{restored}")).exists();
+    let alive = crate::procfs::PROC.exists(restored);
     let _ = kill_process(rpid, Signal::KILL);
     let _ = waitpid(Some(rpid), WaitOptions::empty());
     let _ = scratch_dir.remove_all();

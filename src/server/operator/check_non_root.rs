@@ -3,9 +3,11 @@
 //! service runs them.
 
 use super::finding::Finding;
+use crate::procfs::{self, PROC};
 use crate::server::Criu;
+use crate::server::caller::credentials::Credentials;
 use crate::server::engine::kdat::{UNPRIVILEGED_DIR, UNPRIVILEGED_FILE};
-use crate::server::engine::run_as::{DUMP_CAPS, Keep, RunAs, cannot_grant};
+use crate::server::engine::run_as::{DUMP_CAPS, Keep, cannot_grant};
 use crate::server::fs::service_dir::PrivateDir;
 use rustix::fs::{Gid, Mode, OFlags, Uid};
 use rustix::process::{Pid, Signal, WaitOptions};
@@ -120,11 +122,10 @@ fn dump_and_restore_in(criu: &Criu, dir: &OwnedFd) -> Result<(), String> {
     let restored: i32 = crate::server::images::format::read_image(dir, "restore.pid")
         .and_then(|p| String::from_utf8_lossy(&p).trim().parse().ok())
         .ok_or("criu restore as uid 65534 wrote no pid")?;
-    let alive_as_nobody =
-        std::fs::read_to_string(format!("/proc/{restored}/status")).is_ok_and(|s| {
-            s.lines()
-                .any(|l| l.starts_with("Uid:") && l.contains("65534"))
-        });
+    let alive_as_nobody = PROC.read(restored, "status").is_ok_and(|s| {
+        s.lines()
+            .any(|l| l.starts_with("Uid:") && l.contains("65534"))
+    });
     if let Some(rpid) = Pid::from_raw(restored) {
         let _ = rustix::process::kill_process(rpid, Signal::KILL);
         let _ = rustix::process::waitpid(Some(rpid), WaitOptions::empty());
@@ -168,12 +169,12 @@ fn run(criu: &Criu, dir: &OwnedFd, args: &[&str]) -> Result<(), String> {
     cmd.args(args)
         .arg("--unprivileged")
         .arg("-D")
-        .arg(format!("/proc/self/fd/{}", dir.as_raw_fd()))
+        .arg(procfs::self_fd(dir.as_raw_fd()))
         .arg("-v4")
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(Stdio::null());
-    let nobody = RunAs {
+    let nobody = Credentials {
         uid: NOBODY,
         gid: NOBODY,
         groups: Vec::new(),

@@ -1,6 +1,7 @@
 //! One handler per request kind. Each returns what its caller is told;
 //! none writes to the socket (that is the [`Connection`]'s alone).
 
+pub(crate) mod admission;
 pub(crate) mod checkpoint;
 pub(crate) mod restore;
 pub(crate) mod result;
@@ -23,7 +24,7 @@ pub(crate) async fn serve(shared: Arc<Shared>, mut conn: Connection) {
     match received {
         Received::Checkpoint { options, dir } => {
             if shared.stop.is_requested() {
-                log::info!("pid {}: refused, shutting down", peer.pid);
+                log::info!("pid {}: refused, shutting down", peer.pid());
                 return conn.refuse(Refused::shutting_down()).await;
             }
             let (reply, tidy) = checkpoint::serve(&shared, &peer, &mut conn, options, dir).await;

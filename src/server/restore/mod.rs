@@ -26,9 +26,10 @@ pub use ids::{check_ids_free, wait_ids_free};
 pub use verify::Verified;
 use verify::verify;
 
+use crate::procfs::{self, PROC};
 use crate::server::Criu;
+use crate::server::caller::credentials::Credentials;
 use crate::server::engine::first_error;
-use crate::server::fs::as_caller::CallerCreds;
 use crate::server::fs::generations::{Resolved, resolve};
 use crate::server::fs::service_dir::PrivateDir;
 use crate::server::images::format::ImageMeta;
@@ -170,7 +171,7 @@ pub fn verify_path(dir: &Path, settings: &RestoreSettings) -> Result<Verified, R
 pub(crate) fn restore(
     dir: Resolved,
     settings: &RestoreSettings,
-    creds: CallerCreds,
+    creds: Credentials,
     may_restore: impl FnOnce(&ImageMeta) -> Result<(), RestoreError>,
 ) -> Result<Restored, RestoreError> {
     let started = Instant::now();
@@ -233,7 +234,7 @@ fn id_taken_meanwhile(message: &str) -> bool {
 /// credentials of the directory's owner), with the credentials of the
 /// generation's owner, under which the private directory of verified
 /// images is made and removed there.
-fn open_dir(dir: &Path) -> Result<(Resolved, CallerCreds), RestoreError> {
+fn open_dir(dir: &Path) -> Result<(Resolved, Credentials), RestoreError> {
     let fd = rustix::fs::open(
         dir,
         rustix::fs::OFlags::DIRECTORY | rustix::fs::OFlags::RDONLY | rustix::fs::OFlags::CLOEXEC,
@@ -250,9 +251,9 @@ fn open_dir(dir: &Path) -> Result<(Resolved, CallerCreds), RestoreError> {
 }
 
 /// The credentials of a directory's owner (its uid and gid).
-fn owner_of(dir: &OwnedFd) -> Result<CallerCreds, RestoreError> {
+fn owner_of(dir: &OwnedFd) -> Result<Credentials, RestoreError> {
     let stat = rustix::fs::fstat(dir).map_err(RestoreError::refused)?;
-    Ok(CallerCreds {
+    Ok(Credentials {
         uid: stat.st_uid,
         gid: stat.st_gid,
         groups: Vec::new(),
@@ -269,7 +270,7 @@ fn run_criu(verified: &Verified, settings: &RestoreSettings) -> Result<i32, Rest
     let logs = PrivateDir::open_or_create(Path::new(LOG_DIR)).map_err(no_place)?;
     logs.prune_leftovers(KEEP_LEFTOVERS, KEEP_LEFTOVER_BYTES);
     let meta = &verified.meta;
-    let owner = (meta.uid != 0).then(|| as_owner::Owner {
+    let owner = (meta.uid != 0).then(|| Credentials {
         uid: meta.uid,
         gid: meta.gid,
         groups: meta.groups.clone(),
@@ -347,15 +348,15 @@ impl CriuFiles {
 fn criu_command(
     verified: &Verified,
     settings: &RestoreSettings,
-    owner: Option<&as_owner::Owner>,
+    owner: Option<&Credentials>,
     work: &PrivateDir,
     files: &CriuFiles,
 ) -> Command {
     let (images_fd, work_fd) = (verified.subdir.dir.as_raw_fd(), work.as_fd().as_raw_fd());
     // the owner's CRIU cannot look into this process's fds: it inherits them
     let fd_path = |fd: i32| match owner {
-        Some(_) => format!("/proc/self/fd/{fd}"),
-        None => format!("/proc/{}/fd/{fd}", std::process::id()),
+        Some(_) => procfs::self_fd(fd),
+        None => procfs::fd_of(std::process::id(), fd),
     };
     let mut cmd = Command::new(&settings.criu.path);
     cmd.arg("restore")
@@ -416,7 +417,7 @@ fn wait_within(
 /// The owner's CRIU's work directory (fresh, inside root's [`LOG_DIR`],
 /// owned by the owner), after giving the owner read access to the verified
 /// images.
-fn owners_work_dir(verified: &Verified, owner: &as_owner::Owner) -> std::io::Result<PrivateDir> {
+fn owners_work_dir(verified: &Verified, owner: &Credentials) -> std::io::Result<PrivateDir> {
     use rustix::fs::{Gid, Mode, OFlags, Uid};
     as_owner::grant_read(&verified.subdir.dir, owner.uid, true)?;
     for name in verified.subdir.names()? {
@@ -445,12 +446,13 @@ fn abandon(child: &std::process::Child, verified: &Verified, started: Instant) {
         let _ = rustix::process::kill_process_group(group, Signal::KILL);
     }
     let since_boot = |pid: u32| {
-        std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        PROC.read(pid, "stat")
             .ok()
-            .and_then(|s| crate::procstat::field::<u64>(&s, crate::procstat::START_TIME))
+            .and_then(|s| procfs::field::<u64>(&s, procfs::START_TIME))
     };
     let ticks = rustix::param::clock_ticks_per_second() as f64;
-    let uptime: f64 = std::fs::read_to_string("/proc/uptime")
+    let uptime: f64 = PROC
+        .read_file("uptime")
         .ok()
         .and_then(|u| u.split_whitespace().next()?.parse().ok())
         .unwrap_or(0.0);

@@ -19,8 +19,8 @@
 //! recorded owner's, and a non-root owner's tasks must hold no capability.
 
 use super::RestoreError;
+use crate::server::caller::credentials::Credentials;
 use crate::server::engine::rpc::{CoreEntry, PstreeEntry};
-use crate::server::fs::as_caller::CallerCreds;
 use crate::server::fs::generations::{LATEST, Resolved, is_generation_name};
 use crate::server::fs::root_subdir::PrivateSubdir;
 use crate::server::images::format::ImageMeta;
@@ -71,7 +71,7 @@ pub(crate) fn verify(
     images: Resolved,
     key: Option<&Key>,
     trust_unsigned: bool,
-    creds: CallerCreds,
+    creds: Credentials,
     may_restore: impl FnOnce(&ImageMeta) -> Result<(), RestoreError>,
 ) -> Result<Verified, RestoreError> {
     let Resolved {

@@ -92,7 +92,7 @@ fn written_this_boot(path: &str) -> bool {
 
 /// When this boot began, in seconds since the epoch (`btime` in `/proc/stat`).
 fn boot_time() -> Option<i64> {
-    let stat = std::fs::read_to_string("/proc/stat").ok()?;
+    let stat = crate::procfs::PROC.read_file("stat").ok()?;
     stat.lines()
         .find_map(|l| l.strip_prefix("btime "))
         .and_then(|v| v.trim().parse().ok())

@@ -1,9 +1,10 @@
 //! The kernel-feature cache of CRIUs in unprivileged mode (see the
 //! module docs of [`kdat`](super)).
 
-use super::super::run_as::{DUMP_CAPS, Keep, RunAs};
+use super::super::run_as::{DUMP_CAPS, Keep};
 use super::{CacheFile, KdatCache, install_bytes, is_tmpfs, written_this_boot};
 use crate::server::Criu;
+use crate::server::caller::credentials::Credentials;
 use crate::server::fs::service_dir::PrivateDir;
 use rustix::fs::{Mode, OFlags};
 use std::io;
@@ -71,8 +72,8 @@ fn generate(criu: &Criu) -> io::Result<()> {
 fn run_check_in(criu: &Criu, scratch: &PrivateDir) -> io::Result<Vec<u8>> {
     let user_dir = user_dir_in(scratch)?;
     let fd = user_dir.as_raw_fd();
-    let runtime_dir = format!("/proc/self/fd/{fd}");
-    let user = RunAs {
+    let runtime_dir = crate::procfs::self_fd(fd);
+    let user = Credentials {
         uid: PROBE_UID,
         gid: PROBE_UID,
         groups: Vec::new(),

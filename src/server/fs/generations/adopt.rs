@@ -16,7 +16,7 @@
 //! the adopted generation by its inodes and finishes step 2; images put
 //! in `DIR` by hand once it has a `latest` are left alone.
 
-use crate::server::fs::as_caller::CallerCreds;
+use crate::server::caller::credentials::Credentials;
 use crate::server::fs::generations;
 use crate::server::images::format::entry_names;
 use crate::server::images::manifest::{MANIFEST_FILE, Manifest, unsigned_extra};
@@ -36,7 +36,7 @@ pub(crate) struct Adopted {
 /// Adopts the checkpoint directly in `parent`, if there is one (step 1 of
 /// the module docs). A failure is logged: the old files then stay where
 /// they are, untouched, and the new generation is committed all the same.
-pub(crate) fn prepare(parent: &OwnedFd, creds: &CallerCreds) -> Option<Adopted> {
+pub(crate) fn prepare(parent: &OwnedFd, creds: &Credentials) -> Option<Adopted> {
     match creds.run(|| adopt(parent)) {
         Ok(Ok(adopted)) => adopted,
         Ok(Err(e)) | Err(e) => {
@@ -49,7 +49,7 @@ pub(crate) fn prepare(parent: &OwnedFd, creds: &CallerCreds) -> Option<Adopted> 
 impl Adopted {
     /// Removes the old names of the adopted files from `parent` (step 2),
     /// those that are still links to them.
-    pub(crate) fn finish(self, parent: &OwnedFd, creds: &CallerCreds) {
+    pub(crate) fn finish(self, parent: &OwnedFd, creds: &Credentials) {
         let removed = creds.run(|| {
             for file in &self.files {
                 let inside = format!("{}/{file}", self.name);

@@ -66,8 +66,8 @@
 //! dump"): a generation is always a directory of its own.
 
 use crate::proto::JobId;
+use crate::server::caller::credentials::Credentials;
 use crate::server::engine::rpc;
-use crate::server::fs::as_caller::CallerCreds;
 use crate::server::fs::generations::LATEST;
 use crate::server::fs::generations::adopt;
 use crate::server::fs::root_subdir::{PrivateSubdir, remove_dir_as};
@@ -135,7 +135,7 @@ pub(crate) fn seal(
     parent: &OwnedFd,
     source: Source<'_>,
     job: JobId,
-    creds: &CallerCreds,
+    creds: &Credentials,
     key: &Key,
     meta: &ImageMeta,
     with_extras: bool,
@@ -271,7 +271,7 @@ fn name_it(g: &PrivateSubdir, name: &str) -> io::Result<Option<adopt::Adopted>> 
 }
 
 /// Removes the uncommitted generation `named` (the caller's), as the caller.
-fn gone_as_caller(creds: &CallerCreds, parent: &OwnedFd, named: &str, dir: &OwnedFd) {
+fn gone_as_caller(creds: &Credentials, parent: &OwnedFd, named: &str, dir: &OwnedFd) {
     if let Err(e) = remove_dir_as(creds, parent, named, dir) {
         log::warn!("cannot remove the uncommitted generation {named}: {e}");
     }
@@ -289,7 +289,7 @@ impl Drop for Sealed {
 
 /// Steps 6 and 7: a fresh symlink to `name`, renamed over `latest`, both
 /// as the caller. The symlink is removed again if the switch fails.
-fn switch_latest(parent: &OwnedFd, creds: &CallerCreds, name: &str) -> io::Result<()> {
+fn switch_latest(parent: &OwnedFd, creds: &Credentials, name: &str) -> io::Result<()> {
     let mut random = [0u8; 8];
     rustix::rand::getrandom(&mut random, rustix::rand::GetRandomFlags::empty())?;
     let temporary = format!(".selfdump-latest-{:016x}", u64::from_le_bytes(random));
@@ -321,7 +321,7 @@ impl Committed {
     /// caller through their fds, then linked into the generation as the
     /// caller. What fails is logged; the generation is whole without them.
     /// Returns the bytes added.
-    pub(crate) fn add_extras(&self, source: Source<'_>, creds: &CallerCreds) -> u64 {
+    pub(crate) fn add_extras(&self, source: Source<'_>, creds: &Credentials) -> u64 {
         let mut bytes = 0;
         for name in entry_names(&source.dir).unwrap_or_default() {
             if !unsigned_extra(&name) {
@@ -329,11 +329,11 @@ impl Committed {
             }
             let added = open_written(source, &name, creds).and_then(|(file, size)| {
                 hand_over(&file, creds)?;
-                let path = format!("/proc/self/fd/{}", file.as_raw_fd());
+                let path = crate::procfs::self_fd(file.as_raw_fd());
                 flatten(creds.run(|| {
                     rustix::fs::linkat(
                         rustix::fs::CWD,
-                        path.as_str(),
+                        &path,
                         &self.dir,
                         name.as_str(),
                         AtFlags::SYMLINK_FOLLOW,
@@ -373,7 +373,7 @@ fn open_regular(dir: BorrowedFd<'_>, name: &str) -> io::Result<(OwnedFd, u64)> {
 pub(crate) fn open_written(
     source: Source<'_>,
     name: &str,
-    creds: &CallerCreds,
+    creds: &Credentials,
 ) -> io::Result<(OwnedFd, u64)> {
     let (file, size) = open_regular(source.dir, name)?;
     if source.writer == Writer::CallersCriu {
@@ -397,7 +397,7 @@ fn place(
     source: Source<'_>,
     name: &str,
     dir: &OwnedFd,
-    creds: &CallerCreds,
+    creds: &Credentials,
 ) -> io::Result<(OwnedFd, u64, bool)> {
     let (file, size) = open_written(source, name, creds)?;
     let stat = rustix::fs::fstat(&file)?;
@@ -413,7 +413,7 @@ fn place(
 }
 
 /// Makes a file the caller's, mode 0600 (the images hold its memory).
-pub(crate) fn hand_over(file: &OwnedFd, creds: &CallerCreds) -> io::Result<()> {
+pub(crate) fn hand_over(file: &OwnedFd, creds: &Credentials) -> io::Result<()> {
     rustix::fs::fchown(
         file,
         Some(Uid::from_raw(creds.uid)),
@@ -443,7 +443,8 @@ fn complete(meta: &ImageMeta, source: &impl AsFd) -> ImageMeta {
             .nodename()
             .to_string_lossy()
             .into_owned(),
-        boot_id: std::fs::read_to_string("/proc/sys/kernel/random/boot_id")
+        boot_id: crate::procfs::PROC
+            .read_file("sys/kernel/random/boot_id")
             .unwrap_or_default()
             .trim()
             .to_owned(),

@@ -10,8 +10,8 @@ use std::path::{Path, PathBuf};
 
 const NOBODY: u32 = 65534;
 
-fn nobody() -> CallerCreds {
-    CallerCreds {
+fn nobody() -> Credentials {
+    Credentials {
         uid: NOBODY,
         gid: NOBODY,
         groups: vec![],
@@ -305,7 +305,7 @@ fn the_callers_own_leftovers_go_as_the_caller_unless_held() {
     assert_eq!(removed, [".selfdump-latest-0001".to_string()]);
     assert!(live.exists() && images.join(&name).exists());
     // another uid's leftovers are not this caller's to remove
-    let other = CallerCreds {
+    let other = Credentials {
         uid: 4242,
         gid: 4242,
         groups: vec![],

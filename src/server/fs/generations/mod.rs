@@ -24,7 +24,7 @@ pub(crate) mod adopt;
 pub(crate) mod commit;
 pub(crate) mod retention;
 
-use crate::server::fs::as_caller::CallerCreds;
+use crate::server::caller::credentials::Credentials;
 use crate::server::images::manifest::MANIFEST_FILE;
 use rustix::fs::{AtFlags, FileType, FlockOperation, Mode, OFlags};
 use std::io;
@@ -188,7 +188,7 @@ const LOCK_WAIT: Duration = Duration::from_secs(10);
 /// What to restore from `dir`: the generation `latest` names, or `dir`
 /// itself when it has no `latest` (images directly in it). `open_as`
 /// opens the generation (see the module docs). Held with a shared lock.
-pub(crate) fn resolve(dir: OwnedFd, open_as: &CallerCreds) -> Result<Resolved, String> {
+pub(crate) fn resolve(dir: OwnedFd, open_as: &Credentials) -> Result<Resolved, String> {
     for _ in 0..5 {
         let Some(name) = read_latest(&dir).map_err(|e| e.to_string())? else {
             no_latest_but_generations(&dir)?;
@@ -235,7 +235,7 @@ pub(crate) fn resolve(dir: OwnedFd, open_as: &CallerCreds) -> Result<Resolved, S
 }
 
 /// Why `open_as` may not open generation `name`: whose it is.
-fn not_theirs(dir: &OwnedFd, name: &str, open_as: &CallerCreds) -> String {
+fn not_theirs(dir: &OwnedFd, name: &str, open_as: &Credentials) -> String {
     let owner = rustix::fs::statat(dir, name, AtFlags::SYMLINK_NOFOLLOW)
         .map_or_else(|e| format!("unknown ({e})"), |s| s.st_uid.to_string());
     format!(

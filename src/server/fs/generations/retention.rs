@@ -28,7 +28,7 @@
 //! - It runs after the caller has its answer (`dump.rs`'s `tidy`): a
 //!   commit's answer does not wait for old generations to be unlinked.
 
-use crate::server::fs::as_caller::CallerCreds;
+use crate::server::caller::credentials::Credentials;
 use crate::server::fs::generations;
 use crate::server::fs::leftovers;
 use crate::server::fs::root_subdir::remove_dir_as;
@@ -39,7 +39,7 @@ use std::os::fd::OwnedFd;
 
 /// Removes the generations of `parent` beyond the newest `keep` (at least
 /// one is kept), as the module docs say; returns the names removed.
-pub(crate) fn retain(parent: &OwnedFd, creds: &CallerCreds, keep: usize) -> Vec<String> {
+pub(crate) fn retain(parent: &OwnedFd, creds: &Credentials, keep: usize) -> Vec<String> {
     let mut names = match creds.run(|| generations::list(parent)) {
         Ok(Ok(names)) => names,
         Ok(Err(e)) | Err(e) => {
@@ -63,7 +63,7 @@ pub(crate) fn retain(parent: &OwnedFd, creds: &CallerCreds, keep: usize) -> Vec<
 }
 
 /// Removes generation `name` unless it is locked or `latest` names it.
-fn remove_if_free(parent: &OwnedFd, creds: &CallerCreds, name: &str) -> io::Result<bool> {
+fn remove_if_free(parent: &OwnedFd, creds: &Credentials, name: &str) -> io::Result<bool> {
     let dir = creds.run(|| {
         rustix::fs::openat(
             parent,

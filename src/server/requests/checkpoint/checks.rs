@@ -2,19 +2,22 @@
 //! it: the caller (policy, dumpability), its images directory, its pid
 //! namespace and session, its options, and last the embedder's say.
 
+use crate::procfs::PROC;
 use crate::proto::{DumpOptions, RefusalKind};
 use crate::server::caller::pidns::{self, NsInit};
-use crate::server::caller::policy::{Caller, check_dumpable, may_write_dir};
+use crate::server::caller::policy::{check_dumpable, may_write_dir};
+use crate::server::caller::status::TaskStatus;
 use crate::server::conn::{Peer, Refused};
 use crate::server::engine::NonRootEngine;
 use crate::server::fs::generations;
 use crate::server::fs::root_subdir::check_filesystem;
+use crate::server::requests::admission;
 use crate::server::shared::Shared;
 use std::os::fd::OwnedFd;
 
 /// A checkpoint request that passed every check.
 pub(super) struct Admitted {
-    pub(super) caller: Caller,
+    pub(super) caller: TaskStatus,
     /// The caller does not lead its session: CRIU dumps it as a shell job.
     pub(super) shell_job: bool,
     /// For a caller in a pid namespace of its own: the namespace's init,
@@ -41,8 +44,8 @@ pub(super) async fn admit_request(
         );
         return Err(Refused::new(RefusalKind::Unsupported, m));
     }
-    let ns_init = pidns::dump_root(peer, &caller).map_err(Refused::not_permitted)?;
-    if let Some(Err(m)) = ns_init.as_ref().map(NsInit::check_session) {
+    let ns_init = pidns::dump_root(PROC, &peer.process, &caller).map_err(Refused::not_permitted)?;
+    if let Some(Err(m)) = ns_init.as_ref().map(|init| init.check_session(PROC)) {
         return Err(Refused::new(RefusalKind::Unsupported, m));
     }
     let shell_job = shell_job(peer, ns_init.is_some())?;
@@ -58,35 +61,29 @@ pub(super) async fn admit_request(
 }
 
 /// The caller, if it may ask and be dumped into `dir`.
-fn admit(shared: &Shared, peer: &Peer, dir: &OwnedFd) -> Result<Caller, Refused> {
-    let not_permitted = Refused::not_permitted;
-    let caller =
-        Caller::read(peer).map_err(|e| not_permitted(format!("cannot inspect you: {e}")))?;
-    shared.config.policy.admit(&caller).map_err(not_permitted)?;
-    // Not the `/proc/<pid>` directory: the kernel gives directories the
-    // task's euid whatever its dumpability; files turn root's when it is off.
-    let proc_file = rustix::fs::stat(format!("/proc/{}/stat", peer.pid))
-        .map_err(|e| not_permitted(format!("cannot inspect you: {e}")))?;
-    peer.alive_or("you exited").map_err(not_permitted)?;
-    // a caller whose main thread exited shows as a zombie but runs on
-    // in its other threads: its dumpability is checked all the same
-    let as_live = Caller {
-        zombie: false,
-        ..caller.clone()
-    };
-    check_dumpable(&as_live, &proc_file, "the caller").map_err(not_permitted)?;
-    check_directory(&caller, dir)?;
-    // Last, the embedder's own policy (`Builder::admit`), if it has one.
-    shared
-        .config
-        .embedder_admits(&caller, peer)
-        .map_err(not_permitted)?;
-    Ok(caller)
+fn admit(shared: &Shared, peer: &Peer, dir: &OwnedFd) -> Result<TaskStatus, Refused> {
+    admission::admit(shared, peer, |caller| {
+        let not_permitted = Refused::not_permitted;
+        // Not the `/proc/<pid>` directory: the kernel gives directories the
+        // task's euid whatever its dumpability; files turn root's when it is off.
+        let proc_file = PROC
+            .stat(peer.pid(), "stat")
+            .map_err(|e| not_permitted(format!("cannot inspect you: {e}")))?;
+        peer.process.alive_or("you exited").map_err(not_permitted)?;
+        // a caller whose main thread exited shows as a zombie but runs on
+        // in its other threads: its dumpability is checked all the same
+        let as_live = TaskStatus {
+            zombie: false,
+            ..caller.clone()
+        };
+        check_dumpable(&as_live, &proc_file, "the caller").map_err(not_permitted)?;
+        check_directory(caller, dir)
+    })
 }
 
 /// The images directory: one the caller may write, on a filesystem of
 /// files, whose `latest` (if any) the caller may switch.
-fn check_directory(caller: &Caller, dir: &OwnedFd) -> Result<(), Refused> {
+fn check_directory(caller: &TaskStatus, dir: &OwnedFd) -> Result<(), Refused> {
     let dir_stat =
         rustix::fs::fstat(dir).map_err(|e| Refused::bad_directory(format!("images fd: {e}")))?;
     may_write_dir(caller, &dir_stat).map_err(Refused::bad_directory)?;
@@ -104,14 +101,14 @@ fn shell_job(peer: &Peer, whole_namespace: bool) -> Result<bool, Refused> {
     if whole_namespace {
         return Ok(false);
     }
-    match peer.session_id() {
+    match peer.process.session_id() {
         Ok(0) => {
             let m = "your session leader is outside the service's pid namespace, and CRIU \
                      cannot dump such a process; start the program in a session of its own \
                      (`setsid`)";
             Err(Refused::new(RefusalKind::Unsupported, m))
         }
-        Ok(sid) => Ok(sid != peer.pid),
+        Ok(sid) => Ok(sid != peer.pid()),
         Err(e) => Err(Refused::not_permitted(format!(
             "cannot read your process state: {e}"
         ))),

@@ -5,10 +5,11 @@
 use super::failure::failure_message;
 use super::frozen::Hooks;
 use crate::proto::{DumpReport, JobId};
-use crate::server::caller::policy::Caller;
-use crate::server::conn::{Outcome, Peer};
+use crate::server::caller::credentials::Credentials;
+use crate::server::caller::process::Process;
+use crate::server::caller::status::TaskStatus;
+use crate::server::conn::Outcome;
 use crate::server::engine::{Dumped, EngineError};
-use crate::server::fs::as_caller::CallerCreds;
 use crate::server::fs::generations::retention;
 use crate::server::fs::leftovers;
 use crate::server::fs::staging::Staging;
@@ -40,7 +41,7 @@ pub(super) async fn conclude(
     let staging = staging.into_inner();
     match dumped {
         Err(e) => {
-            let tree = as_caller.then(|| root.unwrap_or(peer));
+            let tree = as_caller.then(|| root.unwrap_or(&peer.process));
             discard(staging, &e, caller, tree, job, generation).await
         }
         Ok(dumped) => {
@@ -71,8 +72,8 @@ pub(super) async fn conclude(
 async fn discard(
     staging: Staging,
     e: &EngineError,
-    caller: &Caller,
-    tree: Option<&Peer>,
+    caller: &TaskStatus,
+    tree: Option<&Process>,
     job: JobId,
     generation: String,
 ) -> Outcome {
@@ -123,7 +124,7 @@ fn report(
 pub(crate) struct Tidy {
     pub(super) images_dir: Option<OwnedFd>,
     pub(super) job: JobId,
-    pub(super) creds: CallerCreds,
+    pub(super) creds: Credentials,
     pub(super) keep: Option<usize>,
 }
 

@@ -1,8 +1,9 @@
 //! Why a dump failed, told to its caller in terms it can act on.
 
-use crate::server::caller::policy::Caller;
+use crate::procfs::PROC;
+use crate::server::caller::process::Process;
+use crate::server::caller::status::TaskStatus;
 use crate::server::caller::tree::check_frozen_tree;
-use crate::server::conn::peer::Peer;
 use crate::server::engine::EngineError;
 
 /// Why a dump failed, for its caller: CRIU's first logged error (`logged`)
@@ -17,8 +18,8 @@ use crate::server::engine::EngineError;
 pub(crate) fn failure_message(
     e: &EngineError,
     logged: Option<String>,
-    caller: &Caller,
-    as_caller: Option<&Peer>,
+    caller: &TaskStatus,
+    as_caller: Option<&Process>,
 ) -> String {
     let uid = caller.uid();
     let logged = logged
@@ -31,7 +32,7 @@ pub(crate) fn failure_message(
         .to_owned();
     match (e, as_caller) {
         (EngineError::Failed(_), Some(root)) if logged.contains("Unseizable") => {
-            match check_frozen_tree(root, caller) {
+            match check_frozen_tree(PROC, root, caller) {
                 Err(why) => format!(
                     "criu dump failed: {why}; the CRIU that dumps you runs as your uid and \
                      could not seize it (criu: {logged})"

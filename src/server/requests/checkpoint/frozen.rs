@@ -2,9 +2,11 @@
 //! the tree, tell the caller, save the images before an "exit after dump"
 //! ends the tree.
 
+use crate::procfs::PROC;
 use crate::proto::{FrozenNotice, JobId};
 use crate::server::caller::pidns;
-use crate::server::caller::policy::Caller;
+use crate::server::caller::process::Process;
+use crate::server::caller::status::TaskStatus;
 use crate::server::caller::tree::check_frozen_tree;
 use crate::server::conn::{Connection, Peer};
 use crate::server::engine::{DumpHooks, FrozenVerdict};
@@ -41,10 +43,10 @@ impl<T: Send + 'static> Lent<T> {
 pub(super) struct Hooks<'a> {
     pub(super) peer: &'a Peer,
     /// The dump's root when it is not the caller: its namespace's init.
-    pub(super) root: Option<&'a Peer>,
+    pub(super) root: Option<&'a Process>,
     /// The caller's copy slot fd (`DumpOptions::copy_slot_fd`).
     pub(super) copy_slot_fd: Option<i32>,
-    pub(super) caller: &'a Caller,
+    pub(super) caller: &'a TaskStatus,
     pub(super) job: JobId,
     /// The caller's connection, closed at the freeze (kept open when the
     /// freeze is vetoed: the caller then reads the error on it).
@@ -98,12 +100,12 @@ impl Hooks<'_> {
     /// half-closed. `Err` is why the dump must not go on.
     async fn at_freeze(&mut self) -> Result<(), String> {
         // A whole namespace: every task under its init, the caller among them.
-        check_frozen_tree(self.root.unwrap_or(self.peer), self.caller)?;
-        self.peer
-            .alive_or("the caller exited while its tree was checked")?;
+        let caller = &self.peer.process;
+        check_frozen_tree(PROC, self.root.unwrap_or(caller), self.caller)?;
+        caller.alive_or("the caller exited while its tree was checked")?;
         let copy_slot = self
             .copy_slot_fd
-            .and_then(|fd| pidns::copy_slot(self.peer, fd));
+            .and_then(|fd| pidns::copy_slot(PROC, caller, fd));
         let notice = FrozenNotice {
             job: self.job,
             generation: self.generation.clone(),

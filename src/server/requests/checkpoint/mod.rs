@@ -12,17 +12,17 @@ mod frozen;
 pub(crate) use conclude::Tidy;
 
 use crate::proto::{DumpOptions, JobId, PROTOCOL_VERSION};
-use crate::server::caller::policy::Caller;
+use crate::server::caller::credentials::Credentials;
+use crate::server::caller::process::Process;
+use crate::server::caller::status::TaskStatus;
 use crate::server::conn::{Connection, Outcome, Peer, Refused, Reply};
-use crate::server::engine::run_as::RunAs;
 use crate::server::engine::{CriuFlags, DumpSpec, Dumped, EngineError, Worker};
-use crate::server::fs::as_caller::CallerCreds;
 use crate::server::fs::generations;
 use crate::server::fs::staging::Staging;
 use crate::server::images::format::ImageMeta;
 use crate::server::jobs::{Jobs, Running};
+use crate::server::requests::admission::RunSlot;
 use crate::server::shared::Shared;
-use crate::server::slots::UidSlot;
 use checks::Admitted;
 use frozen::{Hooks, Lent};
 use std::os::fd::{AsFd, OwnedFd};
@@ -42,7 +42,7 @@ pub(crate) async fn serve(
     let admitted = match checks::admit_request(shared, peer, &dir, options).await {
         Ok(admitted) => admitted,
         Err(refused) => {
-            log::info!("pid {} uid {}: refused: {refused:?}", peer.pid, peer.uid);
+            log::info!("pid {} uid {}: refused: {refused:?}", peer.pid(), peer.uid);
             return (refused.into(), None);
         }
     };
@@ -54,7 +54,7 @@ pub(crate) async fn serve(
     let job = reservation.job.id;
     let images_dir = dir.try_clone().ok();
     // admitted callers have all their ids equal
-    let criu_as = (shared.non_root).criu_for(caller.uid(), caller.gids[1], &caller.groups);
+    let criu_as = shared.non_root.criu_for(&caller.credentials());
     let (staging, criu_dir) = match stage(shared, job, caller, dir, criu_as.is_some()).await {
         Ok(staged) => staged,
         Err(not_started) => {
@@ -76,7 +76,7 @@ pub(crate) async fn serve(
         .then(|| (options.keep as usize).clamp(1, shared.config.max_keep));
     log::info!("job {job}: {}", outcome.summary());
     let reply = reservation.deliver(conn.is_open(), outcome);
-    let creds = CallerCreds::of(caller);
+    let creds = caller.credentials();
     let tidy = Tidy {
         images_dir,
         job,
@@ -113,38 +113,22 @@ impl From<NotStarted> for Reply {
     }
 }
 
-/// What a dump holds while it runs: a dump slot, one of its uid's slots
-/// and its job. Dropped, it gives them back, and takes the job out of the
-/// table unless the answer went to the job ([`Reservation::deliver`]).
+/// What a dump holds while it runs: a CRIU run and its job. Dropped, it
+/// gives them back, and takes the job out of the table unless the answer
+/// went to the job ([`Reservation::deliver`]).
 struct Reservation<'a> {
     jobs: &'a Jobs,
     job: Running,
-    _permit: async_lock::SemaphoreGuardArc,
-    _uid_slot: UidSlot,
+    _run: RunSlot,
     /// The job is out of the table, or holds the answer its caller
     /// collects: nothing is left for the drop to do.
     settled: bool,
 }
 
 impl<'a> Reservation<'a> {
-    /// The slots and the job, or why the dump does not start.
-    fn take(shared: &'a Shared, peer: &Peer, caller: &Caller) -> Result<Self, NotStarted> {
-        let Some(permit) = shared.dumps.try_acquire_arc() else {
-            let m = format!(
-                "{} dumps are already running; retry later",
-                shared.config.max_dumps
-            );
-            return Err(Refused::busy(m).into());
-        };
-        let per_uid = shared.config.max_dumps_per_uid;
-        let Some(uid_slot) = UidSlot::take(&shared.dumps_per_uid, caller.uid(), per_uid) else {
-            let m = format!(
-                "uid {} already has {} dumps running (the per-uid limit); retry later",
-                caller.uid(),
-                shared.config.max_dumps_per_uid
-            );
-            return Err(Refused::busy(m).into());
-        };
+    /// The run and the job, or why the dump does not start.
+    fn take(shared: &'a Shared, peer: &Peer, caller: &TaskStatus) -> Result<Self, NotStarted> {
+        let run = RunSlot::take(shared, caller.uid())?;
         let job = shared
             .jobs
             .start(peer)
@@ -152,8 +136,7 @@ impl<'a> Reservation<'a> {
         Ok(Self {
             jobs: &shared.jobs,
             job,
-            _permit: permit,
-            _uid_slot: uid_slot,
+            _run: run,
             settled: false,
         })
     }
@@ -195,11 +178,11 @@ impl Drop for Reservation<'_> {
 async fn stage(
     shared: &Shared,
     job: JobId,
-    caller: &Caller,
+    caller: &TaskStatus,
     dir: OwnedFd,
     as_caller: bool,
 ) -> Result<(Staging, OwnedFd), NotStarted> {
-    let creds = CallerCreds::of(caller);
+    let creds = caller.credentials();
     let key = shared.key.clone();
     let generation = generations::new_name(std::time::SystemTime::now())
         .map_err(|e| Outcome::failed(Some(job), format!("cannot name a generation: {e}")))?;
@@ -231,7 +214,7 @@ struct Dump<'a> {
     options: DumpOptions,
     job: JobId,
     /// Who the CRIU runs as, when not root: the caller.
-    criu_as: Option<&'a RunAs>,
+    criu_as: Option<&'a Credentials>,
     received: Instant,
 }
 
@@ -244,8 +227,8 @@ impl Dump<'_> {
             shell_job,
             ns_init,
         } = self.admitted;
-        let root = ns_init.as_ref().map(|init| &init.peer);
-        let root_pid = root.map_or(self.peer.pid, |init| init.pid);
+        let root = ns_init.as_ref().map(|init| &init.process);
+        let root_pid = root.map_or(self.peer.pid(), |init| init.pid);
         self.log_start(root);
         let mut meta = self.image_meta(caller);
         CriuFlags::for_dump(&self.options, *shell_job).record(&mut meta);
@@ -300,29 +283,33 @@ impl Dump<'_> {
             ),
         };
         match worker {
-            Ok(worker) => worker.dump(spec, shared.config.dump_timeout, hooks).await,
+            Ok(worker) => {
+                worker
+                    .dump(spec, shared.config.criu_run_timeout, hooks)
+                    .await
+            }
             Err(e) => Err(EngineError::Io(e)),
         }
     }
 
     /// What the images record about the dump, besides its flags and root.
-    fn image_meta(&self, caller: &Caller) -> ImageMeta {
+    fn image_meta(&self, caller: &TaskStatus) -> ImageMeta {
         ImageMeta {
             protocol: PROTOCOL_VERSION,
             job: self.job,
-            pid: self.peer.pid,
+            pid: self.peer.pid(),
             uid: caller.uid(),
-            gid: caller.gids[1],
+            gid: caller.gid(),
             groups: caller.groups.clone(),
             ..ImageMeta::default()
         }
     }
 
-    fn log_start(&self, root: Option<&Peer>) {
+    fn log_start(&self, root: Option<&Process>) {
         let (job, peer) = (self.job, self.peer);
         log::info!(
             "job {job}: dumping pid {} (uid {}, by {}) {:?} shell_job={}{}",
-            peer.pid,
+            peer.pid(),
             self.admitted.caller.uid(),
             match self.criu_as {
                 Some(_) => "a CRIU running as the caller",

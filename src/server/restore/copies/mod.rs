@@ -249,11 +249,10 @@ pub(crate) fn start_round(
     lazy: bool,
 ) -> Result<Copies, RestoreError> {
     let meta = &verified.meta;
-    let images = PathBuf::from(format!(
-        "/proc/{}/fd/{}",
+    let images = crate::procfs::fd_of(
         std::process::id(),
-        std::os::fd::AsRawFd::as_raw_fd(&verified.subdir.dir)
-    ));
+        std::os::fd::AsRawFd::as_raw_fd(&verified.subdir.dir),
+    );
     let base = PrivateDir::open_or_create(Path::new(LOG_DIR)).map_err(|e| RestoreError::Criu {
         message: format!("no place for the restore logs: {e}"),
         log: PathBuf::from(LOG_DIR),
@@ -640,13 +639,11 @@ impl Watchdog {
                 if rustix::event::poll(&mut poll, Some(&zero)) != Ok(0) {
                     continue;
                 }
-                let children = std::fs::read_to_string(format!("/proc/{pid}/task/{pid}/children"))
-                    .unwrap_or_default();
-                let children: Vec<OwnedFd> = children
-                    .split_whitespace()
-                    .filter_map(|c| {
-                        pidfd_open(Pid::from_raw(c.parse().ok()?)?, PidfdFlags::empty()).ok()
-                    })
+                let pid = pid as i32;
+                let children: Vec<OwnedFd> = (crate::procfs::PROC.children(pid, pid))
+                    .unwrap_or_default()
+                    .into_iter()
+                    .filter_map(|c| pidfd_open(Pid::from_raw(c)?, PidfdFlags::empty()).ok())
                     .collect();
                 for child in &children {
                     let _ = pidfd_send_signal(child, Signal::KILL);
