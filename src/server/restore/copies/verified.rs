@@ -9,8 +9,9 @@
 //! only re-checks that it is still as verified (`Verified::recheck`: names,
 //! sizes, owners and modes, no hashing; its doc says why that suffices).
 
+use super::round::{Copies, start_round};
+use super::rules::{check_count, copyable};
 use crate::server::images::manifest::hashed_on_this_thread;
-use crate::server::restore::copies::{Copies, check_count, copyable, start_round};
 use crate::server::restore::{RestoreError, RestoreSettings, Verified, verify_path};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
