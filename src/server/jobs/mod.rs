@@ -27,15 +27,20 @@
 //! - A query from anyone but the owner is answered exactly as for a job
 //!   that never existed (`UnknownJob`), so job ids cannot be probed.
 
+mod job;
+mod table;
+
+pub(crate) use job::Job;
+
 use crate::proto::JobId;
-use crate::server::caller::process::{Identity, Process};
 use crate::server::conn::peer::Peer;
 use crate::server::conn::{Outcome, Unclaimed};
 use async_lock::OnceCell;
-use std::collections::{HashMap, VecDeque};
+use job::Owner;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Duration;
+use table::Table;
 
 /// Default cap on the finished results kept for one uid.
 pub const MAX_RESULTS_PER_UID: usize = 64;
@@ -43,125 +48,6 @@ pub const MAX_RESULTS_PER_UID: usize = 64;
 pub const MAX_RESULTS: usize = 1024;
 /// Results that went unclaimed and are still answered "result expired".
 pub(crate) const MAX_TOMBSTONES: usize = 4096;
-
-/// Who started a job: the process, by what identifies it for its whole
-/// life without holding an fd, and its uid (for the per-uid caps).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-struct Owner {
-    process: Identity,
-    uid: u32,
-}
-
-impl Owner {
-    /// The owner `peer`, read while its pidfd shows it alive.
-    fn of(peer: &Peer) -> std::io::Result<Self> {
-        Ok(Self {
-            process: peer.process.identity()?,
-            uid: peer.uid,
-        })
-    }
-}
-
-/// One job: who asked, and (once known) its result.
-#[derive(Debug)]
-pub(crate) struct Job {
-    /// The job's id.
-    pub id: JobId,
-    owner: Owner,
-    /// The owner, pinned while the job runs; let go when it finishes.
-    owner_pinned: Mutex<Option<Process>>,
-    result: OnceCell<(Outcome, Instant)>,
-}
-
-impl Job {
-    /// Records the result, wakes whoever waits for it, and closes the
-    /// owner's pidfd (a finished job holds no fd).
-    pub(crate) fn finish(&self, result: Outcome) {
-        let _ = self.result.set_blocking((result, Instant::now()));
-        self.owner_pinned
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .take();
-    }
-
-    /// Waits for the result.
-    pub(crate) async fn result(&self) -> Outcome {
-        self.result.wait().await.0.clone()
-    }
-
-    fn owner_alive(&self) -> bool {
-        match &*self
-            .owner_pinned
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-        {
-            Some(pinned) => pinned.is_alive(),
-            None => self.owner.process.is_alive(),
-        }
-    }
-
-    fn finished_at(&self) -> Option<Instant> {
-        self.result.get().map(|(_, at)| *at)
-    }
-
-    /// Whether its owner is alive and has not asked for the result, and the
-    /// job either runs or ended less than `grace` ago.
-    fn awaited(&self, grace: Duration) -> bool {
-        self.finished_at().is_none_or(|at| at.elapsed() < grace) && self.owner_alive()
-    }
-
-    fn expired(&self, ttl: Duration) -> bool {
-        match self.finished_at() {
-            // nobody can ask any more once the original is gone
-            Some(at) => at.elapsed() > ttl || !self.owner.process.is_alive(),
-            None => false,
-        }
-    }
-}
-
-#[derive(Debug, Default)]
-struct Table {
-    jobs: HashMap<JobId, Arc<Job>>,
-    /// Results dropped unclaimed while their owner lived, oldest first.
-    tombstones: VecDeque<(JobId, Owner)>,
-}
-
-impl Table {
-    /// Drops a finished job's result before its owner asked for it.
-    fn expire(&mut self, id: JobId) {
-        if let Some(job) = self.jobs.remove(&id) {
-            log::info!(
-                "job {id}: result of pid {} (uid {}) dropped unclaimed",
-                job.owner.process.pid,
-                job.owner.uid
-            );
-            if self.tombstones.len() >= MAX_TOMBSTONES {
-                self.tombstones.pop_front();
-            }
-            self.tombstones.push_back((id, job.owner));
-        }
-    }
-
-    /// Expires the oldest finished results among those `matching`, until
-    /// at most `keep` jobs match.
-    fn make_room(&mut self, keep: usize, matching: impl Fn(&Job) -> bool) {
-        let mut finished: Vec<(Instant, JobId)> = Vec::new();
-        let mut count = 0;
-        for job in self.jobs.values().filter(|j| matching(j)) {
-            count += 1;
-            if let Some(at) = job.finished_at() {
-                finished.push((at, job.id));
-            }
-        }
-        if count <= keep {
-            return;
-        }
-        finished.sort_by_key(|&(at, id)| (at, id.seq));
-        for (_, id) in finished.into_iter().take(count - keep) {
-            self.expire(id);
-        }
-    }
-}
 
 /// The service's jobs.
 #[derive(Debug)]
@@ -312,133 +198,4 @@ impl Drop for Running {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::proto::Response;
-    use std::os::unix::net::UnixStream;
-
-    /// This test process as a connected caller.
-    fn me() -> (Peer, UnixStream) {
-        let (ours, theirs) = UnixStream::pair().unwrap();
-        (Peer::of(&ours).unwrap(), theirs)
-    }
-
-    const GRACE: Duration = Duration::from_secs(60);
-
-    #[test]
-    fn a_running_job_is_awaited_by_its_owner_only() {
-        let jobs = Jobs::new(GRACE);
-        let (peer, _keep) = me();
-        let _job = jobs.start(&peer).unwrap();
-        assert!(jobs.awaited(GRACE));
-        assert!(jobs.awaits_result(peer.pid(), GRACE));
-        assert!(!jobs.awaits_result(peer.pid() + 1, GRACE));
-    }
-
-    #[test]
-    fn a_finished_job_is_awaited_until_claimed_or_its_grace_is_over() {
-        let jobs = Jobs::new(GRACE);
-        let (peer, _keep) = me();
-        let job = jobs.start(&peer).unwrap();
-        job.finish(Outcome::failed(Some(job.id), "any"));
-        assert!(jobs.awaited(GRACE));
-        assert!(!jobs.awaited(Duration::ZERO), "grace over");
-        jobs.claim(job.id, &peer).unwrap();
-        assert!(!jobs.awaited(GRACE), "claimed");
-    }
-
-    #[test]
-    fn a_job_whose_failure_went_to_the_connection_is_not_awaited() {
-        let jobs = Jobs::new(GRACE);
-        let (peer, _keep) = me();
-        let job = jobs.start(&peer).unwrap();
-        jobs.remove(job.id);
-        assert!(!jobs.awaited(GRACE));
-        assert!(!jobs.awaits_result(peer.pid(), GRACE));
-    }
-
-    #[test]
-    fn a_job_dropped_unfinished_ends_as_an_internal_failure() {
-        let jobs = Jobs::new(GRACE);
-        let (peer, _keep) = me();
-        let id = jobs.start(&peer).unwrap().id; // the handle drops here
-        let job = jobs.claim(id, &peer).unwrap();
-        match Response::from(async_io::block_on(job.result())) {
-            Response::DumpFailed(f) => assert!(f.message.contains("failed internally"), "{f:?}"),
-            other => panic!("expected a failure, got {other:?}"),
-        }
-    }
-
-    #[test]
-    fn a_finished_job_holds_no_fd() {
-        let jobs = Jobs::new(GRACE);
-        let (peer, _keep) = me();
-        let job = jobs.start(&peer).unwrap();
-        assert!(
-            job.owner_pinned.lock().unwrap().is_some(),
-            "running: pidfd held"
-        );
-        job.finish(Outcome::failed(Some(job.id), "any"));
-        assert!(
-            job.owner_pinned.lock().unwrap().is_none(),
-            "finished: no fd"
-        );
-        assert!(
-            jobs.awaits_result(peer.pid(), GRACE),
-            "still known as alive"
-        );
-        assert!(jobs.claim(job.id, &peer).is_ok());
-    }
-
-    #[test]
-    fn the_oldest_results_expire_past_the_cap_and_their_owner_is_told() {
-        let jobs = Jobs::with_caps(GRACE, 100, 3);
-        let (peer, _keep) = me();
-        let ids: Vec<JobId> = (0..5)
-            .map(|_| {
-                let job = jobs.start(&peer).unwrap();
-                job.finish(Outcome::failed(Some(job.id), "any"));
-                job.id
-            })
-            .collect();
-        for (n, id) in ids.iter().enumerate() {
-            match jobs.claim(*id, &peer).map_err(Response::from) {
-                Ok(_) => assert!(n >= 2, "job {n} should have expired"),
-                Err(Response::Refused(r)) => {
-                    assert!(n < 2, "job {n} expired too early");
-                    assert!(r.message.starts_with("result expired"), "{}", r.message);
-                }
-                Err(other) => panic!("{other:?}"),
-            }
-        }
-        // told once; then unknown like any other id
-        assert_eq!(
-            Response::from(jobs.claim(ids[0], &peer).unwrap_err()),
-            Response::UnknownJob(ids[0])
-        );
-    }
-
-    #[test]
-    fn another_process_is_answered_as_for_an_unknown_job() {
-        let jobs = Jobs::new(GRACE);
-        let (peer, _keep) = me();
-        let job = jobs.start(&peer).unwrap();
-        job.finish(Outcome::failed(Some(job.id), "any"));
-        // init: another live process, and no child to start (a fork here
-        // would hold copies of other tests' fds, flocks among them)
-        let other = Peer {
-            uid: peer.uid,
-            process: Process::open(1).unwrap(),
-        };
-        let made_up = JobId { seq: 999, ..job.id };
-        assert_eq!(
-            Response::from(jobs.claim(job.id, &other).unwrap_err()),
-            Response::UnknownJob(job.id)
-        );
-        assert_eq!(
-            Response::from(jobs.claim(made_up, &other).unwrap_err()),
-            Response::UnknownJob(made_up)
-        );
-        assert!(jobs.claim(job.id, &peer).is_ok(), "the owner still gets it");
-    }
-}
+mod tests;
