@@ -83,23 +83,27 @@
 //! owner (`restore/as_owner.rs`), into tasks with the owner's credentials,
 //! and copies are made of root's checkpoints only.
 
+mod criu;
+mod dump;
+mod error;
 mod flags;
+mod forks;
 pub mod kdat;
 mod non_root;
 mod pool;
 pub mod rpc;
 pub(crate) mod run_as;
-mod swrk;
 mod worker;
 
+pub use criu::Criu;
+pub use dump::{DumpHooks, DumpSpec, Dumped, FrozenVerdict};
+pub use error::EngineError;
 pub(crate) use flags::CriuFlags;
+pub(crate) use forks::without_forks;
+pub use forks::{SpawnGuard, spawn_guard};
 pub(crate) use non_root::NonRootEngine;
 pub use non_root::NonRootFallback;
 pub(crate) use pool::WorkerPool;
-pub(crate) use swrk::without_forks;
-pub use swrk::{
-    Criu, DumpHooks, DumpSpec, Dumped, EngineError, FrozenVerdict, SpawnGuard, spawn_guard,
-};
 pub use worker::Worker;
 
 /// Name of CRIU's log inside the images directory.

@@ -174,9 +174,7 @@ fn run_check_with_run_at(criu: &Criu, run_dir: &Path) -> io::Result<()> {
     }
     let status = {
         // no caller's connection may be copied into the forked child
-        let _forking = super::swrk::FORK_GUARD
-            .read()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let _forking = crate::server::engine::spawn_guard();
         cmd.spawn()?
     }
     .wait()?;

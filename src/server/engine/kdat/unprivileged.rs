@@ -95,9 +95,7 @@ fn run_check_in(criu: &Criu, scratch: &PrivateDir) -> io::Result<Vec<u8>> {
     );
     let status = {
         // no caller's connection may be copied into the forked child
-        let _forking = super::super::swrk::FORK_GUARD
-            .read()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let _forking = crate::server::engine::spawn_guard();
         cmd.spawn()?
     }
     .wait()?;

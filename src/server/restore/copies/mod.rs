@@ -42,6 +42,10 @@
 //! came, so the copy is killed at once (SIGKILL to its init ends its whole
 //! namespace) and the reason logged with the daemon's log. The verified
 //! images stay until then (held by [`Copies`]).
+//!
+//! [`ImageMeta::pid_namespace`]: crate::server::images::ImageMeta::pid_namespace
+//! [`ImageMeta::copy_slot`]: crate::server::images::ImageMeta::copy_slot
+//! [`LOG_DIR`]: crate::server::restore::LOG_DIR
 
 mod launch;
 mod round;

@@ -45,7 +45,7 @@ struct Daemon {
     work: PrivateDir,
 }
 
-/// Copies started by [`restore_copies`] or [`VerifiedImages::restore_copies`]
+/// Copies started by [`restore_copies`](super::restore_copies) or [`VerifiedImages::restore_copies`](super::VerifiedImages::restore_copies)
 /// (one round).
 #[derive(Debug)]
 pub struct Copies {
@@ -55,18 +55,18 @@ pub struct Copies {
     pub elapsed: Duration,
     /// Time this round spent verifying the images, once for all its
     /// copies: the full verification (hashing every file) for
-    /// [`restore_copies`] and for the first round of a [`VerifiedImages`]
-    /// (its [`VerifiedImages::open`], plus the re-check); only the
+    /// [`restore_copies`](super::restore_copies) and for the first round of a [`VerifiedImages`](super::VerifiedImages)
+    /// (its [`VerifiedImages::open`](super::VerifiedImages::open), plus the re-check); only the
     /// re-check, without hashing, for its later rounds.
     pub verify: Duration,
     /// Bytes of image this round hashed, as counted by the hashing itself
-    /// on the calling thread: every signed byte for [`restore_copies`] and
-    /// a [`VerifiedImages`]' first round, 0 for its later rounds (what a
+    /// on the calling thread: every signed byte for [`restore_copies`](super::restore_copies) and
+    /// a [`VerifiedImages`](super::VerifiedImages)' first round, 0 for its later rounds (what a
     /// harness can check to know it does not pay for hashing again).
     pub hashed: u64,
     daemons: Vec<Daemon>,
     /// The verified images, kept while a page daemon may read them: shared
-    /// with the [`VerifiedImages`] they came from and with its other
+    /// with the [`VerifiedImages`](super::VerifiedImages) they came from and with its other
     /// rounds, and removed when the last of them goes, so dropping the
     /// `VerifiedImages` while a round's lazy copies still load their
     /// memory is safe.
