@@ -4,6 +4,7 @@
 //! `staging.rs`'s; the generation made of its files, `commit.rs`'s.
 
 use crate::proto::JobId;
+use crate::server::caller::credentials::Credentials;
 use crate::server::engine::rpc;
 use rustix::fs::{Mode, OFlags};
 use serde::{Deserialize, Serialize};
@@ -62,6 +63,17 @@ pub struct ImageMeta {
     /// name in the images directory). Older images lack it.
     #[serde(default)]
     pub generation: Option<String>,
+}
+
+impl ImageMeta {
+    /// The credentials of the dumped process's owner.
+    pub(crate) fn owner(&self) -> Credentials {
+        Credentials {
+            uid: self.uid,
+            gid: self.gid,
+            groups: self.groups.clone(),
+        }
+    }
 }
 
 /// What the published images hold.
