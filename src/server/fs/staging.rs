@@ -9,9 +9,8 @@
 use crate::proto::JobId;
 use crate::server::caller::credentials::Credentials;
 use crate::server::engine::DUMP_LOG;
-use crate::server::fs::generations::commit::{
-    Committed, Source, Writer, hand_over, open_written, seal,
-};
+use crate::server::fs::generations::commit::{Committed, seal};
+use crate::server::fs::generations::files::{Source, Writer, hand_over, open_written};
 use crate::server::fs::root_subdir::PrivateSubdir;
 use crate::server::images::format::{ImageMeta, Published, dump_stats, read_image};
 use crate::server::images::manifest::Key;

@@ -2,6 +2,7 @@
 
 pub(crate) mod format;
 pub mod inspect;
+mod key;
 pub mod manifest;
 
 pub use format::{ImageMeta, Published, entries, read_image};

@@ -2,6 +2,7 @@
 //! root (whose dumps CRIU cannot take on these machines: the files stand
 //! in for what CRIU wrote), in a directory of the caller's.
 use super::*;
+use crate::server::fs::generations::files::Writer;
 use crate::server::fs::generations::retention::retain;
 use crate::server::fs::generations::{self, LATEST, new_name};
 use crate::server::images::manifest::Manifest;

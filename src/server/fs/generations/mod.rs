@@ -22,6 +22,7 @@
 
 pub(crate) mod adopt;
 pub(crate) mod commit;
+pub(crate) mod files;
 pub(crate) mod retention;
 
 use crate::server::caller::credentials::Credentials;
