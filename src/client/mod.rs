@@ -23,7 +23,7 @@ use crate::proto::{
 use async_io::Async;
 use identity::Identity;
 use rustix::fs::{Mode, OFlags};
-use std::os::fd::{AsFd, AsRawFd, BorrowedFd};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -302,22 +302,34 @@ pub async fn checkpoint(options: Options) -> Result<Outcome, Error> {
     drop(stream);
 
     if Identity::current() != before {
-        let (copy, restore_id) = match slot.as_ref().and_then(copy_slot::read) {
-            Some((copy, id)) => (Some(copy), id),
-            None => (None, copy_slot::fresh_id()),
-        };
-        drop(slot);
-        log::debug!("checkpoint {job}: this is a restored copy of {generation} ({copy:?})");
-        return Ok(Outcome::Restored(RestoredInfo {
-            job,
-            images_dir,
-            generation,
-            copy,
-            restore_id,
-        }));
+        return Ok(restored(job, images_dir, generation, slot));
     }
     drop(slot);
-    let stream = connect(&socket).await.map_err(|e| Error::OutcomeUnknown {
+    ask_result(&socket, job, images_dir).await
+}
+
+/// The outcome of a restored copy: its number and restore id from its
+/// copy slot, if the restore filled it.
+fn restored(job: JobId, images_dir: PathBuf, generation: String, slot: Option<OwnedFd>) -> Outcome {
+    let (copy, restore_id) = match slot.as_ref().and_then(copy_slot::read) {
+        Some((copy, id)) => (Some(copy), id),
+        None => (None, copy_slot::fresh_id()),
+    };
+    drop(slot);
+    log::debug!("checkpoint {job}: this is a restored copy of {generation} ({copy:?})");
+    Outcome::Restored(RestoredInfo {
+        job,
+        images_dir,
+        generation,
+        copy,
+        restore_id,
+    })
+}
+
+/// The original, once CRIU let it run: asks the service on a new
+/// connection how the dump of `job` ended.
+async fn ask_result(socket: &Path, job: JobId, images_dir: PathBuf) -> Result<Outcome, Error> {
+    let stream = connect(socket).await.map_err(|e| Error::OutcomeUnknown {
         job,
         reason: format!("cannot ask the service for the result: {e}"),
     })?;

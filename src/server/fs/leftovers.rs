@@ -35,7 +35,7 @@ use crate::server::caller::credentials::Credentials;
 use crate::server::fs::root_subdir::{CALLERS_DIR, remove_dir_as};
 use rustix::fs::{AtFlags, Dir, FileType, FlockOperation, Mode, OFlags};
 use std::io;
-use std::os::fd::AsFd;
+use std::os::fd::{AsFd, OwnedFd};
 
 /// Removes the stale leftovers in `parent` (see the module docs), except
 /// those named after jobs of `own_service` (this service's own are live
@@ -98,29 +98,35 @@ fn remove_if_stale(parent: impl AsFd, name: &str, creds: &Credentials) -> io::Re
         remove_dir_as(creds, &parent, name, &dir)?;
         return Ok(true);
     }
-    // looked at whole before anything goes: a directory that is not a
-    // staging directory is left as it was
-    let entries = typed_entries(&dir)?;
-    let nested = entries
-        .iter()
-        .any(|(n, t)| *t == FileType::Directory && n == CALLERS_DIR);
-    if entries
-        .iter()
-        .any(|(n, t)| *t == FileType::Directory && n != CALLERS_DIR)
-    {
+    if !empty_staging(&dir)? {
         return Ok(false);
     }
-    let nested = match nested {
+    rustix::fs::unlinkat(parent, name, AtFlags::REMOVEDIR)?;
+    Ok(true)
+}
+
+/// The entries of a directory (but `.` and `..`) with their types.
+/// Empties a dead service's staging directory `dir`, through its fd, if
+/// it is one: files, and at most the caller's CRIU's directory of files
+/// ([`CALLERS_DIR`]). Anything else is left as it was (whether it was
+/// emptied). Everything is looked at before anything goes.
+fn empty_staging(dir: &OwnedFd) -> io::Result<bool> {
+    let entries = typed_entries(dir)?;
+    let is_dir = |t: &FileType| *t == FileType::Directory;
+    if entries.iter().any(|(n, t)| is_dir(t) && n != CALLERS_DIR) {
+        return Ok(false);
+    }
+    let nested = match entries.iter().any(|(n, t)| is_dir(t) && n == CALLERS_DIR) {
         false => None,
         true => {
             let inner = rustix::fs::openat(
-                &dir,
+                dir,
                 CALLERS_DIR,
                 OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC | OFlags::RDONLY,
-                rustix::fs::Mode::empty(),
+                Mode::empty(),
             )?;
             let files = typed_entries(&inner)?;
-            if files.iter().any(|(_, t)| *t == FileType::Directory) {
+            if files.iter().any(|(_, t)| is_dir(t)) {
                 return Ok(false);
             }
             Some((inner, files))
@@ -130,18 +136,16 @@ fn remove_if_stale(parent: impl AsFd, name: &str, creds: &Credentials) -> io::Re
         for (file, _) in files {
             rustix::fs::unlinkat(&inner, file.as_str(), AtFlags::empty())?;
         }
-        rustix::fs::unlinkat(&dir, CALLERS_DIR, AtFlags::REMOVEDIR)?;
+        rustix::fs::unlinkat(dir, CALLERS_DIR, AtFlags::REMOVEDIR)?;
     }
     for (file, kind) in entries {
-        if kind != FileType::Directory {
-            rustix::fs::unlinkat(&dir, file.as_str(), AtFlags::empty())?;
+        if !is_dir(&kind) {
+            rustix::fs::unlinkat(dir, file.as_str(), AtFlags::empty())?;
         }
     }
-    rustix::fs::unlinkat(parent, name, AtFlags::REMOVEDIR)?;
     Ok(true)
 }
 
-/// The entries of a directory (but `.` and `..`) with their types.
 fn typed_entries(dir: &impl AsFd) -> io::Result<Vec<(String, FileType)>> {
     let mut out = Vec::new();
     for entry in Dir::read_from(dir)? {

@@ -3,6 +3,7 @@
 pub use super::finding::Finding;
 use super::finding::finding;
 use crate::server::Criu;
+use crate::server::fs::service_dir::PrivateDir;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
@@ -22,53 +23,20 @@ pub fn find_criu() -> PathBuf {
 /// works (a tiny dump and restore as uid 65534).
 pub fn check(criu: &Criu, scratch: &Path) -> Vec<Finding> {
     let mut out = Vec::new();
-    let version = match Command::new(&criu.path).arg("--version").output() {
-        Ok(o) => String::from_utf8_lossy(&o.stdout).into_owned(),
-        Err(e) => {
-            out.push(finding(
-                "criu installed",
-                false,
-                format!("{}: {e}; run scripts/install-criu.sh", criu.path.display()),
-            ));
-            return out;
-        }
-    };
-    out.push(finding(
-        "criu installed",
-        true,
-        criu.path.display().to_string(),
-    ));
-    let major = version
-        .lines()
-        .find_map(|l| l.strip_prefix("Version: "))
-        .and_then(|v| v.split('.').next()?.trim().parse::<u32>().ok());
-    let version_line = version.lines().next().unwrap_or("").trim().to_owned();
-    match major {
-        Some(m) if m >= 4 => out.push(finding("criu version >= 4", true, version_line)),
-        _ => {
-            out.push(finding(
-                "criu version >= 4",
-                false,
-                format!("{version_line}; run scripts/install-criu.sh"),
-            ));
-            return out;
-        }
-    }
-    match Command::new(&criu.path).arg("check").output() {
-        Ok(o) if o.status.success() => out.push(finding("criu check", true, "kernel supported")),
-        Ok(o) => {
-            let err = String::from_utf8_lossy(&o.stderr);
-            let last = err
-                .lines()
-                .rev()
-                .find(|l| !l.trim().is_empty())
-                .unwrap_or("")
-                .to_owned();
-            out.push(finding("criu check", false, last));
-            return out;
-        }
-        Err(e) => {
-            out.push(finding("criu check", false, e.to_string()));
+    // each step only once the one before passed
+    let criu_works = installed(criu)
+        .and_then(|(found, version)| {
+            out.push(found);
+            at_least_4(&version)
+        })
+        .and_then(|recent| {
+            out.push(recent);
+            kernel_supported(criu)
+        });
+    match criu_works {
+        Ok(passed) => out.push(passed),
+        Err(failed) => {
+            out.push(failed);
             return out;
         }
     }
@@ -80,6 +48,51 @@ pub fn check(criu: &Criu, scratch: &Path) -> Vec<Finding> {
         criu, scratch,
     ));
     out
+}
+
+/// Whether CRIU runs at all: the finding and what `criu --version` said.
+fn installed(criu: &Criu) -> Result<(Finding, String), Finding> {
+    match Command::new(&criu.path).arg("--version").output() {
+        Ok(o) => Ok((
+            finding("criu installed", true, criu.path.display().to_string()),
+            String::from_utf8_lossy(&o.stdout).into_owned(),
+        )),
+        Err(e) => Err(finding(
+            "criu installed",
+            false,
+            format!("{}: {e}; run scripts/install-criu.sh", criu.path.display()),
+        )),
+    }
+}
+
+/// Whether `criu --version` said 4 or newer.
+fn at_least_4(version: &str) -> Result<Finding, Finding> {
+    let major = version
+        .lines()
+        .find_map(|l| l.strip_prefix("Version: "))
+        .and_then(|v| v.split('.').next()?.trim().parse::<u32>().ok());
+    let version_line = version.lines().next().unwrap_or("").trim().to_owned();
+    match major {
+        Some(m) if m >= 4 => Ok(finding("criu version >= 4", true, version_line)),
+        _ => Err(finding(
+            "criu version >= 4",
+            false,
+            format!("{version_line}; run scripts/install-criu.sh"),
+        )),
+    }
+}
+
+/// Whether `criu check` passes on this kernel.
+fn kernel_supported(criu: &Criu) -> Result<Finding, Finding> {
+    match Command::new(&criu.path).arg("check").output() {
+        Ok(o) if o.status.success() => Ok(finding("criu check", true, "kernel supported")),
+        Ok(o) => {
+            let err = String::from_utf8_lossy(&o.stderr);
+            let last = err.lines().rev().find(|l| !l.trim().is_empty());
+            Err(finding("criu check", false, last.unwrap_or("")))
+        }
+        Err(e) => Err(finding("criu check", false, e.to_string())),
+    }
 }
 
 /// A `sleep 600` in a session of its own: the process the check dumps.
@@ -97,36 +110,38 @@ fn start_sleeper() -> Result<std::process::Child, String> {
     cmd.spawn().map_err(|e| format!("cannot start sleep: {e}"))
 }
 
+/// Runs `criu ARGS -D DIR`; `Err` says where its log is.
+fn run_criu(criu: &Criu, scratch: &PrivateDir, dir: &Path, args: &[&str]) -> Result<(), String> {
+    let o = Command::new(&criu.path)
+        .args(args)
+        .arg("-D")
+        .arg(dir)
+        .output()
+        .map_err(|e| e.to_string())?;
+    if o.status.success() {
+        Ok(())
+    } else {
+        Err(format!(
+            "criu {} failed (log in {})",
+            args[0],
+            scratch.shown().display()
+        ))
+    }
+}
+
 fn dump_and_restore(criu: &Criu, scratch: &Path) -> Result<Duration, String> {
     use rustix::process::{Pid, Signal, WaitOptions, kill_process, waitpid};
     let started = Instant::now();
     // a fresh directory of root's, reached through its fd: `scratch` (the
     // temporary directory) is writable by everyone
     let scratch_dir =
-        crate::server::fs::service_dir::PrivateDir::create_in(scratch, "selfdump-check-")
-            .map_err(|e| e.to_string())?;
+        PrivateDir::create_in(scratch, "selfdump-check-").map_err(|e| e.to_string())?;
     let dir = scratch_dir.proc_path();
     rustix::process::set_child_subreaper(Some(rustix::process::getpid()))
         .map_err(|e| e.to_string())?;
     let mut child = start_sleeper()?;
     let pid = child.id();
-    let run = |args: &[&str]| -> Result<(), String> {
-        let o = Command::new(&criu.path)
-            .args(args)
-            .arg("-D")
-            .arg(&dir)
-            .output()
-            .map_err(|e| e.to_string())?;
-        if o.status.success() {
-            Ok(())
-        } else {
-            Err(format!(
-                "criu {} failed (log in {})",
-                args[0],
-                scratch_dir.shown().display()
-            ))
-        }
-    };
+    let run = |args: &[&str]| run_criu(criu, &scratch_dir, &dir, args);
     let dumped = run(&["dump", "-t", &pid.to_string(), "-o", "dump.log", "-v4"]);
     if dumped.is_err() {
         let _ = child.kill();

@@ -78,19 +78,7 @@ pub(crate) fn verify(
         dir: images,
         generation,
     } = images;
-    let manifest = match (Manifest::read(&images), key) {
-        (Ok(bytes), Some(key)) => {
-            Some(Manifest::verify(&bytes, key).map_err(RestoreError::refused)?)
-        }
-        (Ok(_), None) => None, // unsigned by choice: --trust-unsigned without a key
-        (Err(crate::server::images::manifest::ManifestError::Missing), _) if trust_unsigned => None,
-        (Err(e), _) => return Err(RestoreError::refused(e)),
-    };
-    if manifest.is_none() && !trust_unsigned {
-        return Err(RestoreError::Refused(
-            "no key to verify the images with".into(),
-        ));
-    }
+    let manifest = signed_manifest(&images, key, trust_unsigned)?;
     if let Some(m) = &manifest {
         may_restore(&m.meta)?;
     }
@@ -135,6 +123,29 @@ pub(crate) fn verify(
 /// ignored, with a warning naming it: nobody can tell when or by whom it
 /// was put there, and CRIU never sees it); without a manifest, every file
 /// but logs and statistics.
+/// The images' manifest, its signature checked with `key`; `None` only
+/// for unsigned images restored on purpose (`trust_unsigned`).
+fn signed_manifest(
+    images: &OwnedFd,
+    key: Option<&Key>,
+    trust_unsigned: bool,
+) -> Result<Option<Manifest>, RestoreError> {
+    let manifest = match (Manifest::read(images), key) {
+        (Ok(bytes), Some(key)) => {
+            Some(Manifest::verify(&bytes, key).map_err(RestoreError::refused)?)
+        }
+        (Ok(_), None) => None, // unsigned by choice: --trust-unsigned without a key
+        (Err(crate::server::images::manifest::ManifestError::Missing), _) if trust_unsigned => None,
+        (Err(e), _) => return Err(RestoreError::refused(e)),
+    };
+    if manifest.is_none() && !trust_unsigned {
+        return Err(RestoreError::Refused(
+            "no key to verify the images with".into(),
+        ));
+    }
+    Ok(manifest)
+}
+
 fn wanted(images: &OwnedFd, manifest: Option<&Manifest>) -> Result<Vec<FileDigest>, RestoreError> {
     let present = list(images)?;
     let Some(m) = manifest else {
