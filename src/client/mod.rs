@@ -31,7 +31,7 @@ use std::time::Duration;
 /// Environment variable naming the service socket.
 pub const SOCKET_ENV: &str = "SELFDUMP_SOCKET";
 /// Socket used when neither the options nor [`SOCKET_ENV`] name one.
-pub const DEFAULT_SOCKET: &str = "/run/selfdump.sock";
+pub use crate::proto::DEFAULT_SOCKET;
 
 /// One process's checkpoints run one at a time: a second live connection in
 /// the tree would make CRIU refuse the dump.

@@ -60,8 +60,8 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
-/// The default socket path.
-pub const DEFAULT_SOCKET: &str = "/run/selfdump.sock";
+/// The default socket path (the client's too).
+pub use crate::proto::DEFAULT_SOCKET;
 
 /// The checkpoint service. It has no runtime of its own: [`Server::run`] is
 /// a future that serves every connection while it is polled.
