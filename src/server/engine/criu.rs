@@ -1,12 +1,6 @@
-//! How to run CRIU, and the questions asked of it outside dumps (its
-//! version, whether it can track memory).
+//! How to run CRIU.
 
-use super::Worker;
-use super::dump::{DumpHooks, DumpSpec, Dumped};
-use super::error::EngineError;
-use super::rpc::{self, CriuReq, CriuResp, req_type};
 use std::path::PathBuf;
-use std::time::Duration;
 
 /// How to run CRIU.
 #[derive(Debug, Clone)]
@@ -22,77 +16,6 @@ impl Default for Criu {
         Self {
             path: PathBuf::from("criu"),
             log_level: 4,
-        }
-    }
-}
-
-impl Criu {
-    /// Dumps `spec.pid`'s tree with a freshly started [`Worker`], calling
-    /// `hooks` while CRIU holds it frozen.
-    pub async fn dump(
-        &self,
-        spec: &DumpSpec<'_>,
-        timeout: Duration,
-        hooks: &mut impl DumpHooks,
-    ) -> Result<Dumped, EngineError> {
-        let started = std::time::Instant::now();
-        let worker = Worker::start(self)?;
-        log::debug!(
-            "criu swrk for pid {} started in {:?}",
-            spec.pid,
-            started.elapsed()
-        );
-        worker.dump(spec, timeout, hooks).await
-    }
-
-    /// Asks CRIU for its version over RPC: (major, minor, sublevel).
-    pub async fn version(&self) -> Result<(i32, i32, i32), EngineError> {
-        Worker::start(self)?.ask_version().await
-    }
-
-    /// Whether CRIU and the kernel can track memory changes (soft-dirty
-    /// bits), which iterative pre-dumps need. Asked once per process.
-    pub async fn can_track_memory(&self) -> bool {
-        static ANSWER: async_lock::OnceCell<bool> = async_lock::OnceCell::new();
-        *ANSWER
-            .get_or_init(|| async { self.supports_mem_track().await.unwrap_or(false) })
-            .await
-    }
-
-    /// Asks CRIU (`FEATURE_CHECK`) whether memory change tracking works here.
-    pub async fn supports_mem_track(&self) -> Result<bool, EngineError> {
-        let resp = self
-            .ask(CriuReq {
-                r#type: req_type::FEATURE_CHECK,
-                features: Some(rpc::CriuFeatures {
-                    mem_track: Some(true),
-                }),
-                ..Default::default()
-            })
-            .await?;
-        Ok(resp.success && resp.features.and_then(|f| f.mem_track).unwrap_or(false))
-    }
-
-    /// One request to a fresh `criu swrk`, and its answer.
-    async fn ask(&self, req: CriuReq) -> Result<CriuResp, EngineError> {
-        Worker::start(self)?.ask(req).await
-    }
-}
-
-impl Worker {
-    /// Asks this worker for CRIU's version (its one request).
-    pub(super) async fn ask_version(self) -> Result<(i32, i32, i32), EngineError> {
-        let resp = self
-            .ask(CriuReq {
-                r#type: req_type::VERSION,
-                ..Default::default()
-            })
-            .await?;
-        match resp.version {
-            Some(v) if resp.success => {
-                Ok((v.major_number, v.minor_number, v.sublevel.unwrap_or(0)))
-            }
-            _ => Err(EngineError::Failed(resp.cr_errmsg)),
         }
     }
 }

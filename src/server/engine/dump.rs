@@ -2,6 +2,7 @@
 //! tree frozen, and the RPC round trips of a [`Worker`] that serves it
 //! (its notifications, during which the hooks act).
 
+use super::criu::Criu;
 use super::error::EngineError;
 use super::rpc::{CriuOpts, CriuReq, CriuResp, req_type};
 use super::worker::Worker;
@@ -219,5 +220,25 @@ impl DumpState {
         } else {
             Err(EngineError::Failed(resp.cr_errmsg.clone()))
         }
+    }
+}
+
+impl Criu {
+    /// Dumps `spec.pid`'s tree with a freshly started [`Worker`], calling
+    /// `hooks` while CRIU holds it frozen.
+    pub async fn dump(
+        &self,
+        spec: &DumpSpec<'_>,
+        timeout: Duration,
+        hooks: &mut impl DumpHooks,
+    ) -> Result<Dumped, EngineError> {
+        let started = std::time::Instant::now();
+        let worker = Worker::start(self)?;
+        log::debug!(
+            "criu swrk for pid {} started in {:?}",
+            spec.pid,
+            started.elapsed()
+        );
+        worker.dump(spec, timeout, hooks).await
     }
 }

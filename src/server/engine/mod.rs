@@ -83,6 +83,7 @@
 //! owner (`restore/as_owner.rs`), into tasks with the owner's credentials,
 //! and copies are made of root's checkpoints only.
 
+mod ask;
 mod criu;
 mod dump;
 mod error;

@@ -15,7 +15,7 @@
 //!   given back to the caller and removed by name with the caller's
 //!   credentials: if the caller moved it, what is left is the caller's own
 //!   empty directory.
-//! - For a CRIU that runs as the caller ([`PrivateSubdir::nest_callers_dir`]),
+//! - For a CRIU that runs as the caller ([`RootSubdir::nest_callers_dir`]),
 //!   the files are in a directory of the caller's, [`CALLERS_DIR`], made by
 //!   root inside this one (root's, 0700: no process of the caller's reaches
 //!   it by path), and removed by root through this one's fd.
@@ -88,7 +88,7 @@ pub(crate) const CALLERS_DIR: &str = "criu";
 
 /// See the module docs.
 #[derive(Debug)]
-pub(crate) struct PrivateSubdir {
+pub(crate) struct RootSubdir {
     pub(crate) parent: OwnedFd,
     pub(crate) name: String,
     /// Where the files are: the directory itself, or the caller's
@@ -99,7 +99,7 @@ pub(crate) struct PrivateSubdir {
     outer: Option<OwnedFd>,
 }
 
-impl PrivateSubdir {
+impl RootSubdir {
     /// Creates `<prefix><random>` inside `parent`, and holds an `flock` on
     /// it while it lives; `between` runs between the `mkdir` and the `open`,
     /// where a caller would swap the name (for tests).

@@ -21,12 +21,12 @@ pub const KEEP_LEFTOVER_BYTES: u64 = 32 << 20;
 
 /// A directory only root can write, held open.
 #[derive(Debug)]
-pub(crate) struct PrivateDir {
+pub(crate) struct ServiceDir {
     fd: OwnedFd,
     shown: PathBuf,
 }
 
-impl PrivateDir {
+impl ServiceDir {
     /// Opens `path`, creating it (mode 0700) if missing, and checks that it
     /// is a directory of root's that nobody else can write. Nothing is
     /// followed through a symlink at its last component.
@@ -216,7 +216,7 @@ impl PrivateDir {
     }
 }
 
-impl AsFd for PrivateDir {
+impl AsFd for ServiceDir {
     fn as_fd(&self) -> std::os::fd::BorrowedFd<'_> {
         self.fd.as_fd()
     }
@@ -267,7 +267,7 @@ mod tests {
         }
         let base = tempfile::tempdir().unwrap();
         let logs = base.path().join("logs");
-        let dir = PrivateDir::open_or_create(&logs).unwrap();
+        let dir = ServiceDir::open_or_create(&logs).unwrap();
         // 10 failed restores' logs, 1 KiB each, the oldest first
         for i in 0..10 {
             let name = format!("restore-{i}.log");
@@ -279,7 +279,7 @@ mod tests {
         std::fs::create_dir(&copy).unwrap();
         std::fs::write(copy.join("restore.log"), vec![b'x'; 8192]).unwrap();
         set_mtime(&copy, 1_005);
-        let running = PrivateDir::create_in(&logs, "copy-").unwrap();
+        let running = ServiceDir::create_in(&logs, "copy-").unwrap();
         set_mtime(running.shown(), 1);
         std::fs::write(logs.join("unrelated"), b"kept").unwrap();
         set_mtime(&logs.join("unrelated"), 1);

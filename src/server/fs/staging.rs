@@ -11,7 +11,7 @@ use crate::server::caller::credentials::Credentials;
 use crate::server::engine::DUMP_LOG;
 use crate::server::fs::generations::commit::{Committed, seal};
 use crate::server::fs::generations::files::{Source, Writer, hand_over, open_written};
-use crate::server::fs::root_subdir::PrivateSubdir;
+use crate::server::fs::root_subdir::RootSubdir;
 use crate::server::images::format::{ImageMeta, Published, dump_stats, read_image};
 use crate::server::images::manifest::Key;
 use rustix::fs::AtFlags;
@@ -25,7 +25,7 @@ use std::os::fd::{BorrowedFd, OwnedFd};
 ///
 /// How each step keeps the filesystem rule (see `as_caller.rs`):
 ///
-/// - made, verified, made root's and removed as a [`PrivateSubdir`]: CRIU
+/// - made, verified, made root's and removed as a [`RootSubdir`]: CRIU
 ///   only ever sees its fd, never its name, and it stays root's for as
 ///   long as CRIU may write there (with "exit after dump", after the
 ///   generation is committed from its files);
@@ -38,7 +38,7 @@ use std::os::fd::{BorrowedFd, OwnedFd};
 ///   `/tmp` stays root's, and the log is not kept).
 #[derive(Debug)]
 pub struct Staging {
-    subdir: PrivateSubdir,
+    subdir: RootSubdir,
     key: Key,
     job: JobId,
     /// The generation this dump becomes.
@@ -67,7 +67,7 @@ impl Drop for Staging {
 
 impl Staging {
     /// Creates `.selfdump-<job>-<random>` inside `parent` (see
-    /// [`PrivateSubdir`]), locked while it lives: a lockable one was left by
+    /// [`RootSubdir`]), locked while it lives: a lockable one was left by
     /// a service that died, and the next dump into `parent` removes it. The
     /// dump becomes generation `generation`.
     pub(crate) fn create(
@@ -90,7 +90,7 @@ impl Staging {
         generation: String,
         between: impl FnOnce(&str),
     ) -> io::Result<Self> {
-        let subdir = PrivateSubdir::create(parent, &format!(".selfdump-{job}-"), creds, between)?;
+        let subdir = RootSubdir::create(parent, &format!(".selfdump-{job}-"), creds, between)?;
         Ok(Self {
             subdir,
             key,
@@ -103,7 +103,7 @@ impl Staging {
     }
 
     /// Makes the directory CRIU writes into one of the caller's, nested in
-    /// the root-only staging directory (see [`PrivateSubdir::nest_callers_dir`]),
+    /// the root-only staging directory (see [`RootSubdir::nest_callers_dir`]),
     /// for a CRIU that runs as the caller. Its files are then taken only if
     /// they are the caller's regular files with a single link, and hashed
     /// by reading them, never through a mapping (see the module docs of

@@ -200,3 +200,15 @@ pub(crate) fn copy(src: &OwnedFd, dir: &impl AsFd, name: &str, size: u64) -> io:
     }
     Ok(dst)
 }
+
+/// Writes all of `bytes` to `file`; a short write is a full disk.
+pub(crate) fn write_all(file: &impl AsFd, mut bytes: &[u8]) -> io::Result<()> {
+    while !bytes.is_empty() {
+        let n = rustix::io::write(file, bytes)?;
+        if n == 0 {
+            return Err(io::Error::new(io::ErrorKind::StorageFull, "short write"));
+        }
+        bytes = &bytes[n..];
+    }
+    Ok(())
+}

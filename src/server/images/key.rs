@@ -1,6 +1,6 @@
 //! The key that signs the images: made once, kept by root.
 
-use super::manifest::write_all;
+use super::format::write_all;
 use rustix::fs::{Mode, OFlags};
 use std::fmt;
 use std::io;
@@ -72,7 +72,7 @@ impl Key {
             other => return other,
         }
         if let Some(dir) = path.parent() {
-            crate::server::fs::service_dir::PrivateDir::open_or_create(dir)?;
+            crate::server::fs::service_dir::ServiceDir::open_or_create(dir)?;
         }
         let key = Self::generate()?;
         // a name of its own per attempt (threads of one process race too)

@@ -11,7 +11,7 @@
 
 pub use super::key::Key;
 use super::key::TAG_LEN;
-use crate::server::images::format::ImageMeta;
+use crate::server::images::format::{ImageMeta, write_all};
 use rustix::fs::{Mode, OFlags};
 use serde::{Deserialize, Serialize};
 use std::fmt;
@@ -237,17 +237,6 @@ fn read_capped(file: &impl AsFd, cap: usize) -> io::Result<Vec<u8>> {
             return Err(io::Error::other("file larger than expected"));
         }
     }
-}
-
-pub(super) fn write_all(file: &impl AsFd, mut bytes: &[u8]) -> io::Result<()> {
-    while !bytes.is_empty() {
-        let n = rustix::io::write(file, bytes)?;
-        if n == 0 {
-            return Err(io::Error::new(io::ErrorKind::StorageFull, "short write"));
-        }
-        bytes = &bytes[n..];
-    }
-    Ok(())
 }
 
 /// Writes `bytes` as a new file `name` (mode 0600) in `dir`.

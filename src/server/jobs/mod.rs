@@ -21,7 +21,7 @@
 //!   finished results go first. Results also go once their owner exited
 //!   (nobody can ask any more) or after the result TTL.
 //! - A result that went before its owner asked leaves a small tombstone
-//!   (id and owner, no fd; at most [`MAX_TOMBSTONES`], oldest dropped
+//!   (id and owner, no fd; at most [`MAX_TOMBSTONES`](table::MAX_TOMBSTONES), oldest dropped
 //!   first), so that the owner is told "result expired", never a false
 //!   success and never the "unknown job" of a restarted service.
 //! - A query from anyone but the owner is answered exactly as for a job
@@ -46,8 +46,6 @@ use table::Table;
 pub const MAX_RESULTS_PER_UID: usize = 64;
 /// Default cap on the finished results kept in all.
 pub const MAX_RESULTS: usize = 1024;
-/// Results that went unclaimed and are still answered "result expired".
-pub(crate) const MAX_TOMBSTONES: usize = 4096;
 
 /// The service's jobs.
 #[derive(Debug)]

@@ -1,11 +1,13 @@
 //! The table of jobs, and of results that went unclaimed.
 
-use super::MAX_TOMBSTONES;
 use super::job::{Job, Owner};
 use crate::proto::JobId;
 use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
 use std::time::Instant;
+
+/// Results that went unclaimed and are still answered "result expired".
+pub(crate) const MAX_TOMBSTONES: usize = 4096;
 
 #[derive(Debug, Default)]
 pub(super) struct Table {

@@ -3,7 +3,7 @@
 pub use super::finding::Finding;
 use super::finding::finding;
 use crate::server::Criu;
-use crate::server::fs::service_dir::PrivateDir;
+use crate::server::fs::service_dir::ServiceDir;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
@@ -111,7 +111,7 @@ fn start_sleeper() -> Result<std::process::Child, String> {
 }
 
 /// Runs `criu ARGS -D DIR`; `Err` says where its log is.
-fn run_criu(criu: &Criu, scratch: &PrivateDir, dir: &Path, args: &[&str]) -> Result<(), String> {
+fn run_criu(criu: &Criu, scratch: &ServiceDir, dir: &Path, args: &[&str]) -> Result<(), String> {
     let o = Command::new(&criu.path)
         .args(args)
         .arg("-D")
@@ -135,7 +135,7 @@ fn dump_and_restore(criu: &Criu, scratch: &Path) -> Result<Duration, String> {
     // a fresh directory of root's, reached through its fd: `scratch` (the
     // temporary directory) is writable by everyone
     let scratch_dir =
-        PrivateDir::create_in(scratch, "selfdump-check-").map_err(|e| e.to_string())?;
+        ServiceDir::create_in(scratch, "selfdump-check-").map_err(|e| e.to_string())?;
     let dir = scratch_dir.proc_path();
     rustix::process::set_child_subreaper(Some(rustix::process::getpid()))
         .map_err(|e| e.to_string())?;

@@ -8,7 +8,7 @@ use crate::server::Criu;
 use crate::server::caller::credentials::Credentials;
 use crate::server::engine::kdat::{UNPRIVILEGED_DIR, UNPRIVILEGED_FILE};
 use crate::server::engine::run_as::{DUMP_CAPS, Keep, cannot_grant};
-use crate::server::fs::service_dir::PrivateDir;
+use crate::server::fs::service_dir::ServiceDir;
 use rustix::fs::{Gid, Mode, OFlags, Uid};
 use rustix::process::{Pid, Signal, WaitOptions};
 use rustix::thread::CapabilitySet;
@@ -59,8 +59,8 @@ pub(crate) fn non_root_callers(criu: &Criu, scratch: &Path) -> Finding {
 
 /// A directory of uid 65534's (0700) in a fresh one of root's (0700)
 /// under `scratch`: CRIU as 65534 reaches it through an inherited fd.
-fn nobodys_dir(scratch: &Path) -> Result<(PrivateDir, OwnedFd), String> {
-    let outer = PrivateDir::create_in(scratch, "selfdump-check-").map_err(|e| e.to_string())?;
+fn nobodys_dir(scratch: &Path) -> Result<(ServiceDir, OwnedFd), String> {
+    let outer = ServiceDir::create_in(scratch, "selfdump-check-").map_err(|e| e.to_string())?;
     let inner = (|| {
         rustix::fs::mkdirat(&outer, "user", Mode::RWXU)?;
         let inner = rustix::fs::openat(

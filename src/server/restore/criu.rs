@@ -4,11 +4,12 @@
 //! deadline.
 
 use super::as_owner;
-use super::{RestoreError, RestoreSettings, Verified};
+use super::settings::{RestoreError, RestoreSettings};
+use super::verify::Verified;
 use crate::procfs::{self, PROC};
 use crate::server::caller::credentials::Credentials;
 use crate::server::engine::first_error;
-use crate::server::fs::service_dir::{KEEP_LEFTOVER_BYTES, KEEP_LEFTOVERS, LOG_DIR, PrivateDir};
+use crate::server::fs::service_dir::{KEEP_LEFTOVER_BYTES, KEEP_LEFTOVERS, LOG_DIR, ServiceDir};
 use std::os::fd::{AsFd, AsRawFd};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
@@ -23,7 +24,7 @@ pub(super) fn run_criu(
         message: format!("no place for the restore log: {e}"),
         log: PathBuf::from(LOG_DIR),
     };
-    let logs = PrivateDir::open_or_create(Path::new(LOG_DIR)).map_err(no_place)?;
+    let logs = ServiceDir::open_or_create(Path::new(LOG_DIR)).map_err(no_place)?;
     logs.prune_leftovers(KEEP_LEFTOVERS, KEEP_LEFTOVER_BYTES);
     let meta = &verified.meta;
     let owner = (meta.uid != 0).then(|| meta.owner());
@@ -101,7 +102,7 @@ fn criu_command(
     verified: &Verified,
     settings: &RestoreSettings,
     owner: Option<&Credentials>,
-    work: &PrivateDir,
+    work: &ServiceDir,
     files: &CriuFiles,
 ) -> Command {
     let (images_fd, work_fd) = (verified.subdir.dir.as_raw_fd(), work.as_fd().as_raw_fd());
@@ -169,7 +170,7 @@ fn wait_within(
 /// The owner's CRIU's work directory (fresh, inside root's [`LOG_DIR`],
 /// owned by the owner), after giving the owner read access to the verified
 /// images.
-fn owners_work_dir(verified: &Verified, owner: &Credentials) -> std::io::Result<PrivateDir> {
+fn owners_work_dir(verified: &Verified, owner: &Credentials) -> std::io::Result<ServiceDir> {
     use rustix::fs::{Gid, Mode, OFlags, Uid};
     as_owner::grant_read(&verified.subdir.dir, owner.uid, true)?;
     for name in verified.subdir.names()? {
@@ -181,7 +182,7 @@ fn owners_work_dir(verified: &Verified, owner: &Credentials) -> std::io::Result<
         )?;
         as_owner::grant_read(&file, owner.uid, false)?;
     }
-    let work = PrivateDir::create_in(Path::new(LOG_DIR), "restore-")?;
+    let work = ServiceDir::create_in(Path::new(LOG_DIR), "restore-")?;
     rustix::fs::fchown(
         &work,
         Some(Uid::from_raw(owner.uid)),

@@ -1,7 +1,7 @@
 //! Restore needs every pid, session and process group of the images free
 //! (CRIU recreates them): these checks name the process holding one.
 
-use super::RestoreError;
+use super::settings::RestoreError;
 use crate::procfs::{self, PROC};
 use crate::server::engine::rpc::PstreeEntry;
 use std::collections::BTreeSet;

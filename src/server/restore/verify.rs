@@ -3,7 +3,7 @@
 //!
 //! The verified bytes and the bytes CRIU reads are kept the same this way:
 //! each image file is opened once (`O_NOFOLLOW`), and its bytes are
-//! hashed from that open file and placed in a [`PrivateSubdir`] of root's
+//! hashed from that open file and placed in a [`RootSubdir`] of root's
 //! (0700, in the images directory, on the same filesystem), which is the
 //! only directory CRIU is given:
 //!
@@ -18,11 +18,11 @@
 //! Then the credentials of every task and thread (`core-*.img`) must be the
 //! recorded owner's, and a non-root owner's tasks must hold no capability.
 
-use super::RestoreError;
+use super::settings::RestoreError;
 use crate::server::caller::credentials::Credentials;
 use crate::server::engine::rpc::{CoreEntry, PstreeEntry};
 use crate::server::fs::generations::{LATEST, Resolved, is_generation_name};
-use crate::server::fs::root_subdir::PrivateSubdir;
+use crate::server::fs::root_subdir::RootSubdir;
 use crate::server::images::format::ImageMeta;
 use crate::server::images::format::{
     copy, entries, entry_names, first_entry, only_root_writes, read_image,
@@ -38,7 +38,7 @@ use std::os::fd::{AsFd, OwnedFd};
 /// Images checked and placed where only root can change them.
 #[derive(Debug)]
 pub struct Verified {
-    pub(crate) subdir: PrivateSubdir,
+    pub(crate) subdir: RootSubdir,
     /// What the manifest says (or, unsigned, what could be guessed).
     pub meta: ImageMeta,
     /// The tasks of the images.
@@ -65,7 +65,7 @@ impl Drop for Verified {
 /// the restorer named, and held) with `key`, or, with `trust_unsigned`,
 /// takes images without a manifest as they are.
 /// `creds` makes and removes the private directory (the directory owner's
-/// or the requester's: see [`PrivateSubdir`]); `may_restore` sees the
+/// or the requester's: see [`RootSubdir`]); `may_restore` sees the
 /// signed facts first (the owner, to compare with the requester).
 pub(crate) fn verify(
     images: Resolved,
@@ -83,7 +83,7 @@ pub(crate) fn verify(
         may_restore(&m.meta)?;
     }
     let wanted = wanted(&images, manifest.as_ref())?;
-    let subdir = PrivateSubdir::create(images, ".selfdump-restore-", creds, |_| {})
+    let subdir = RootSubdir::create(images, ".selfdump-restore-", creds, |_| {})
         .map_err(|e| RestoreError::Refused(format!("cannot make a private directory: {e}")))?;
     let mut verified = Verified {
         subdir,

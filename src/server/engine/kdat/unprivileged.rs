@@ -5,7 +5,7 @@ use super::super::run_as::{DUMP_CAPS, Keep};
 use super::{CacheFile, KdatCache, install_bytes, is_tmpfs, written_this_boot};
 use crate::server::Criu;
 use crate::server::caller::credentials::Credentials;
-use crate::server::fs::service_dir::PrivateDir;
+use crate::server::fs::service_dir::ServiceDir;
 use rustix::fs::{Mode, OFlags};
 use std::io;
 use std::os::fd::{AsFd, AsRawFd, OwnedFd};
@@ -44,8 +44,8 @@ pub fn ensure_unprivileged_cache(criu: &Criu) -> KdatCache {
 
 /// [`UNPRIVILEGED_DIR`], made if missing, checked to be root's and
 /// writable by root alone, and made searchable by everyone.
-fn cache_dir() -> io::Result<PrivateDir> {
-    let dir = PrivateDir::open_or_create(Path::new(UNPRIVILEGED_DIR))?;
+fn cache_dir() -> io::Result<ServiceDir> {
+    let dir = ServiceDir::open_or_create(Path::new(UNPRIVILEGED_DIR))?;
     rustix::fs::fchmod(&dir, Mode::from_raw_mode(0o755))?;
     Ok(dir)
 }
@@ -60,7 +60,7 @@ fn generate(criu: &Criu) -> io::Result<()> {
     if !is_tmpfs(shm) {
         return Err(io::Error::other("/dev/shm is not a tmpfs"));
     }
-    let scratch = PrivateDir::create_in(shm, "selfdump-kdat-")?;
+    let scratch = ServiceDir::create_in(shm, "selfdump-kdat-")?;
     let result = run_check_in(criu, &scratch);
     if let Err(e) = scratch.remove_all() {
         log::warn!("cannot remove the scratch directory of the kdat cache: {e}");
@@ -69,7 +69,7 @@ fn generate(criu: &Criu) -> io::Result<()> {
 }
 
 /// The cache an unprivileged `criu check` wrote into `scratch/user`.
-fn run_check_in(criu: &Criu, scratch: &PrivateDir) -> io::Result<Vec<u8>> {
+fn run_check_in(criu: &Criu, scratch: &ServiceDir) -> io::Result<Vec<u8>> {
     let user_dir = user_dir_in(scratch)?;
     let fd = user_dir.as_raw_fd();
     let runtime_dir = crate::procfs::self_fd(fd);
@@ -120,7 +120,7 @@ fn run_check_in(criu: &Criu, scratch: &PrivateDir) -> io::Result<Vec<u8>> {
 }
 
 /// `scratch/user`, owned by [`PROBE_UID`], mode 0700.
-fn user_dir_in(scratch: &PrivateDir) -> io::Result<OwnedFd> {
+fn user_dir_in(scratch: &ServiceDir) -> io::Result<OwnedFd> {
     rustix::fs::mkdirat(scratch, "user", Mode::RWXU)?;
     let dir = rustix::fs::openat(
         scratch,

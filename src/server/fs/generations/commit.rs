@@ -14,7 +14,7 @@
 //! 1. `dumped`: CRIU's files are complete in its directory (CRIU exited;
 //!    with "exit after dump", at its `post-dump` notification, before it
 //!    ends the tree).
-//! 2. `filled`: a [`PrivateSubdir`] `G` is made in `DIR` (root's, 0700,
+//! 2. `filled`: a [`RootSubdir`] `G` is made in `DIR` (root's, 0700,
 //!    locked) and filled: every file is opened once (`O_NOFOLLOW`), hard
 //!    linked into `G` from its fd (copied when someone else than root could
 //!    write it, and the copy used), hashed, handed to the caller (owner,
@@ -71,7 +71,7 @@ use crate::server::engine::rpc;
 use crate::server::fs::generations::LATEST;
 use crate::server::fs::generations::adopt;
 use crate::server::fs::generations::files::{Source, hand_over, open_written, place};
-use crate::server::fs::root_subdir::{PrivateSubdir, remove_dir_as};
+use crate::server::fs::root_subdir::{RootSubdir, remove_dir_as};
 use crate::server::fs::test_hold::hold;
 use crate::server::images::format::{
     ImageMeta, Published, dump_stats, entries, entry_names, read_image,
@@ -89,7 +89,7 @@ use std::os::fd::{AsFd, AsRawFd, OwnedFd};
 /// after step 2. Dropped uncommitted, it is removed.
 #[derive(Debug)]
 pub(crate) struct Sealed {
-    subdir: Option<PrivateSubdir>,
+    subdir: Option<RootSubdir>,
     /// What was published so far (bytes, CRIU's statistics, tasks).
     pub(crate) published: Published,
     /// What the manifest says.
@@ -120,7 +120,7 @@ pub(crate) fn seal(
 ) -> io::Result<Sealed> {
     let dir_written = source.dir;
     hold("dumped");
-    let subdir = PrivateSubdir::create(
+    let subdir = RootSubdir::create(
         parent.try_clone()?,
         &format!(".selfdump-{job}-"),
         creds.clone(),
@@ -183,7 +183,7 @@ impl Sealed {
         }
         let syncing = std::time::Instant::now();
         let adopted = name_it(&subdir, name)?;
-        let PrivateSubdir {
+        let RootSubdir {
             parent, dir, creds, ..
         } = subdir;
         if let Err(e) = switch_latest(&parent, &creds, name) {
@@ -217,7 +217,7 @@ impl Sealed {
 /// Steps 3 to 5 of the module docs for `G` (the caller's by now): synced,
 /// named `name`, the name synced; an old checkpoint directly in the
 /// directory adopted meanwhile. On an error `G` is removed.
-fn name_it(g: &PrivateSubdir, name: &str) -> io::Result<Option<adopt::Adopted>> {
+fn name_it(g: &RootSubdir, name: &str) -> io::Result<Option<adopt::Adopted>> {
     let (parent, creds) = (&g.parent, &g.creds);
     if let Err(e) = rustix::fs::syncfs(&g.dir) {
         gone_as_caller(creds, parent, &g.name, &g.dir);

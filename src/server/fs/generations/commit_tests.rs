@@ -47,8 +47,8 @@ fn callers_dir() -> (tempfile::TempDir, PathBuf, OwnedFd) {
 
 /// What CRIU would have written: a private directory of root's in the
 /// caller's directory, with a tree of one task and some files.
-fn dumped(parent: &OwnedFd, files: &[(&str, &[u8])]) -> PrivateSubdir {
-    let subdir = PrivateSubdir::create(
+fn dumped(parent: &OwnedFd, files: &[(&str, &[u8])]) -> RootSubdir {
+    let subdir = RootSubdir::create(
         parent.try_clone().unwrap(),
         ".selfdump-t-",
         nobody(),
@@ -78,7 +78,7 @@ fn job() -> JobId {
 }
 
 /// Seals and commits what `source` holds as a new generation.
-fn commit(parent: &OwnedFd, source: &PrivateSubdir, key: &Key) -> io::Result<Committed> {
+fn commit(parent: &OwnedFd, source: &RootSubdir, key: &Key) -> io::Result<Committed> {
     let meta = ImageMeta {
         uid: NOBODY,
         ..ImageMeta::default()

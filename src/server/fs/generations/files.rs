@@ -15,7 +15,7 @@ pub(crate) enum Writer {
     /// Root's CRIU, in root's staging directory.
     Root,
     /// A CRIU running as the caller, in the caller's directory nested in
-    /// root's staging directory (`PrivateSubdir::nest_callers_dir`), which
+    /// root's staging directory (`RootSubdir::nest_callers_dir`), which
     /// no process of the caller's reaches. Its files are still taken as a
     /// hostile CRIU could leave them: only the caller's own regular files
     /// with a single link (nothing of root's or anyone else's may pass for

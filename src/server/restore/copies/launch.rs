@@ -3,7 +3,7 @@
 
 use crate::copy_record;
 use crate::server::Criu;
-use crate::server::fs::service_dir::PrivateDir;
+use crate::server::fs::service_dir::ServiceDir;
 use crate::server::images::format::ImageMeta;
 use crate::server::restore::RestoreError;
 use std::io::Read;
@@ -12,7 +12,7 @@ use std::process::{Child, Command, Stdio};
 
 /// One copy on its way: its work directory and its `criu restore`.
 pub(super) struct Pending {
-    pub(super) work: PrivateDir,
+    pub(super) work: ServiceDir,
     pub(super) restore: Child,
     pub(super) restore_id: Option<u128>,
 }
@@ -26,7 +26,7 @@ pub(super) fn start_all(
     meta: &ImageMeta,
     copies: u32,
     lazy: bool,
-    base: &PrivateDir,
+    base: &ServiceDir,
 ) -> (Vec<Pending>, Vec<(usize, Child)>, Option<RestoreError>) {
     let (mut pending, mut daemons, mut failed) = (Vec::new(), Vec::new(), None);
     let mut prepared = Vec::new();
@@ -64,14 +64,14 @@ pub(super) fn start_all(
 /// A copy's work directory and its page daemon (lazy), started.
 struct Prepared {
     number: u32,
-    work: PrivateDir,
+    work: ServiceDir,
     /// The daemon and the pipe on which it says it listens.
     daemon: Option<(Child, std::fs::File)>,
 }
 
 fn copy_error(
     number: u32,
-    work: &PrivateDir,
+    work: &ServiceDir,
     what: &str,
     e: &dyn std::fmt::Display,
     log: &str,
@@ -89,9 +89,9 @@ fn prepare_copy(
     dir: &Path,
     number: u32,
     lazy: bool,
-    base: &PrivateDir,
+    base: &ServiceDir,
 ) -> Result<Prepared, RestoreError> {
-    let work = PrivateDir::create_in(base.shown(), "copy-").map_err(|e| RestoreError::Criu {
+    let work = ServiceDir::create_in(base.shown(), "copy-").map_err(|e| RestoreError::Criu {
         message: format!("copy {number}: no work directory: {e}"),
         log: base.shown().to_path_buf(),
     })?;

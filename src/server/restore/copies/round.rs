@@ -5,7 +5,7 @@
 use super::launch::{Pending, start_all};
 use super::watchdog::Watchdog;
 use crate::server::engine::first_error;
-use crate::server::fs::service_dir::{KEEP_LEFTOVER_BYTES, KEEP_LEFTOVERS, LOG_DIR, PrivateDir};
+use crate::server::fs::service_dir::{KEEP_LEFTOVER_BYTES, KEEP_LEFTOVERS, LOG_DIR, ServiceDir};
 use crate::server::restore::{RestoreError, RestoreSettings, Verified};
 use rustix::process::{Pid, PidfdFlags, Signal, pidfd_open, pidfd_send_signal};
 use std::os::fd::OwnedFd;
@@ -42,7 +42,7 @@ impl Copy {
 struct Daemon {
     copy: usize,
     child: Child,
-    work: PrivateDir,
+    work: ServiceDir,
 }
 
 /// Copies started by [`restore_copies`](super::restore_copies) or [`VerifiedImages::restore_copies`](super::VerifiedImages::restore_copies)
@@ -167,7 +167,7 @@ pub(crate) fn start_round(
         std::process::id(),
         std::os::fd::AsRawFd::as_raw_fd(&verified.subdir.dir),
     );
-    let base = PrivateDir::open_or_create(Path::new(LOG_DIR)).map_err(|e| RestoreError::Criu {
+    let base = ServiceDir::open_or_create(Path::new(LOG_DIR)).map_err(|e| RestoreError::Criu {
         message: format!("no place for the restore logs: {e}"),
         log: PathBuf::from(LOG_DIR),
     })?;
@@ -220,7 +220,7 @@ fn wait_all(
     mut failed: Option<RestoreError>,
     watchdog: &Watchdog,
     deadline: Duration,
-) -> (Vec<Copy>, Vec<Option<PrivateDir>>, Option<RestoreError>) {
+) -> (Vec<Copy>, Vec<Option<ServiceDir>>, Option<RestoreError>) {
     let (mut running, mut works) = (Vec::new(), Vec::new());
     for (number, p) in pending.into_iter().enumerate() {
         let Pending {
@@ -273,7 +273,7 @@ fn wait_all(
 
 /// Pairs each running copy's work directory with its page daemon (lazy),
 /// which [`Copies::supervise`] watches; the others' work directories go.
-fn pair_daemons(works: Vec<Option<PrivateDir>>, mut daemons: Vec<(usize, Child)>) -> Vec<Daemon> {
+fn pair_daemons(works: Vec<Option<ServiceDir>>, mut daemons: Vec<(usize, Child)>) -> Vec<Daemon> {
     let mut kept = Vec::new();
     for (i, work) in works.into_iter().enumerate() {
         let Some(work) = work else { continue };
