@@ -35,9 +35,9 @@ pub use config::MAX_KEEP;
 pub use engine::{Criu, NonRootFallback, SpawnGuard, spawn_guard};
 pub use error::Error;
 pub use fs::generations as generation;
-pub use images::{inspect, manifest};
+pub use images::manifest;
 pub use jobs::{MAX_RESULTS, MAX_RESULTS_PER_UID};
-pub use operator::{check, systemd};
+pub use operator::{check, inspect, systemd};
 pub use restore::copies;
 use shared::{Drain, Shared};
 pub use shutdown::ShutdownHandle;
@@ -48,8 +48,13 @@ pub use shutdown::ShutdownHandle;
 pub mod internals {
     pub use super::caller::credentials::Credentials;
     pub use super::engine::{
-        DumpHooks, DumpSpec, Dumped, EngineError, FrozenVerdict, Worker, kdat, rpc,
+        DumpHooks, DumpSpec, Dumped, EngineError, FrozenVerdict, Worker, kdat,
     };
+    /// CRIU's RPC messages and the image entries selfdump reads.
+    pub mod rpc {
+        pub use crate::server::engine::rpc::*;
+        pub use crate::server::images::criu_entries::*;
+    }
 }
 
 use async_io::{Async, Timer};

@@ -2,12 +2,13 @@
 //! tree frozen, and the RPC round trips of a [`Worker`] that serves it
 //! (its notifications, during which the hooks act).
 
+use super::CriuFlags;
 use super::criu::Criu;
 use super::error::EngineError;
 use super::rpc::{CriuOpts, CriuReq, CriuResp, req_type};
 use super::worker::Worker;
-use super::{CriuFlags, DUMP_LOG};
 use crate::proto::DumpOptions;
+use crate::server::images::criu_log::DUMP_LOG;
 use async_io::Timer;
 use futures_lite::FutureExt;
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd};

@@ -2,6 +2,7 @@
 
 pub(crate) mod as_caller;
 pub mod generations;
+mod key_file;
 pub(crate) mod leftovers;
 pub(crate) mod root_subdir;
 pub(crate) mod service_dir;

@@ -8,10 +8,10 @@
 
 use crate::proto::JobId;
 use crate::server::caller::credentials::Credentials;
-use crate::server::engine::DUMP_LOG;
 use crate::server::fs::generations::commit::{Committed, seal};
 use crate::server::fs::generations::files::{Source, Writer, hand_over, open_written};
 use crate::server::fs::root_subdir::RootSubdir;
+use crate::server::images::criu_log::{DUMP_LOG, first_error};
 use crate::server::images::format::{ImageMeta, Published, dump_stats, read_image};
 use crate::server::images::manifest::Key;
 use rustix::fs::AtFlags;
@@ -247,7 +247,7 @@ impl Staging {
     /// says it may be given back to the caller first (see [`Self::remove`]).
     fn clean(&self, criu_gone: bool) -> (Option<String>, Option<String>) {
         let first_error = read_image(&self.subdir.dir, DUMP_LOG)
-            .and_then(|log| crate::server::engine::first_error(&String::from_utf8_lossy(&log)));
+            .and_then(|log| first_error(&String::from_utf8_lossy(&log)));
         let mut kept = None;
         for name in self.subdir.names().unwrap_or_default() {
             if name == DUMP_LOG && self.hand_over(&name).is_ok() && self.move_out(&name).is_ok() {

@@ -5,7 +5,7 @@
 
 use crate::proto::JobId;
 use crate::server::caller::credentials::Credentials;
-use crate::server::engine::rpc;
+use crate::server::images::criu_entries;
 use rustix::fs::{Mode, OFlags};
 use serde::{Deserialize, Serialize};
 use std::io;
@@ -84,7 +84,7 @@ pub struct Published {
     /// Microseconds `syncfs` took.
     pub sync_us: u64,
     /// CRIU's own statistics, if it wrote them.
-    pub stats: Option<rpc::DumpStatsEntry>,
+    pub stats: Option<criu_entries::DumpStatsEntry>,
     /// Tasks in the dumped tree.
     pub processes: u32,
 }
@@ -158,10 +158,12 @@ pub(crate) fn first_entry(image: &[u8]) -> Option<&[u8]> {
 }
 
 /// CRIU's statistics of a dump, from its `stats-dump` in `dir`, if there.
-pub(crate) fn dump_stats(dir: &impl AsFd) -> Option<rpc::DumpStatsEntry> {
+pub(crate) fn dump_stats(dir: &impl AsFd) -> Option<criu_entries::DumpStatsEntry> {
     use prost::Message;
     let bytes = read_image(dir, "stats-dump")?;
-    rpc::StatsEntry::decode(first_entry(&bytes)?).ok()?.dump
+    criu_entries::StatsEntry::decode(first_entry(&bytes)?)
+        .ok()?
+        .dump
 }
 
 /// Whether only root can write the file of `stat`: root's, and neither

@@ -1,7 +1,8 @@
 //! What the service adds to a dump's images and reads back from them.
 
+pub(crate) mod criu_entries;
+pub(crate) mod criu_log;
 pub(crate) mod format;
-pub mod inspect;
 mod key;
 pub mod manifest;
 

@@ -197,7 +197,7 @@ fn run(criu: &Criu, dir: &OwnedFd, args: &[&str]) -> Result<(), String> {
     }
     let log = if restore { "restore.log" } else { "dump.log" };
     let first = crate::server::images::format::read_image(dir, log)
-        .and_then(|l| crate::server::engine::first_error(&String::from_utf8_lossy(&l)))
+        .and_then(|l| crate::server::images::criu_log::first_error(&String::from_utf8_lossy(&l)))
         .unwrap_or_else(|| format!("exit {status}"));
     Err(format!("criu {} as uid {NOBODY} failed: {first}", args[0]))
 }

@@ -3,4 +3,5 @@
 pub mod check;
 mod check_non_root;
 mod finding;
+pub mod inspect;
 pub mod systemd;

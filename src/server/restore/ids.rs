@@ -3,7 +3,7 @@
 
 use super::settings::RestoreError;
 use crate::procfs::{self, PROC};
-use crate::server::engine::rpc::PstreeEntry;
+use crate::server::images::criu_entries::PstreeEntry;
 use std::collections::BTreeSet;
 use std::time::{Duration, Instant};
 

@@ -20,9 +20,9 @@
 
 use super::settings::RestoreError;
 use crate::server::caller::credentials::Credentials;
-use crate::server::engine::rpc::{CoreEntry, PstreeEntry};
 use crate::server::fs::generations::{LATEST, Resolved, is_generation_name};
 use crate::server::fs::root_subdir::RootSubdir;
+use crate::server::images::criu_entries::{CoreEntry, PstreeEntry};
 use crate::server::images::format::ImageMeta;
 use crate::server::images::format::{
     copy, entries, entry_names, first_entry, only_root_writes, read_image,

@@ -67,12 +67,12 @@
 
 use crate::proto::JobId;
 use crate::server::caller::credentials::Credentials;
-use crate::server::engine::rpc;
 use crate::server::fs::generations::LATEST;
 use crate::server::fs::generations::adopt;
 use crate::server::fs::generations::files::{Source, hand_over, open_written, place};
 use crate::server::fs::root_subdir::{RootSubdir, remove_dir_as};
 use crate::server::fs::test_hold::hold;
+use crate::server::images::criu_entries;
 use crate::server::images::format::{
     ImageMeta, Published, dump_stats, entries, entry_names, read_image,
 };
@@ -334,7 +334,7 @@ fn complete(meta: &ImageMeta, source: &impl AsFd) -> ImageMeta {
     let pids = read_image(source, "pstree.img")
         .map(|b| {
             entries(&b)
-                .filter_map(|e| rpc::PstreeEntry::decode(e).ok())
+                .filter_map(|e| criu_entries::PstreeEntry::decode(e).ok())
                 .map(|e| e.pid as i32)
                 .collect()
         })

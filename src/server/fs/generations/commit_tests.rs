@@ -55,7 +55,7 @@ fn dumped(parent: &OwnedFd, files: &[(&str, &[u8])]) -> RootSubdir {
         |_| {},
     )
     .unwrap();
-    let pstree = rpc::PstreeEntry {
+    let pstree = criu_entries::PstreeEntry {
         pid: 42,
         ppid: 0,
         pgid: 42,

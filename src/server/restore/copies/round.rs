@@ -4,8 +4,8 @@
 
 use super::launch::{Pending, start_all};
 use super::watchdog::Watchdog;
-use crate::server::engine::first_error;
 use crate::server::fs::service_dir::{KEEP_LEFTOVER_BYTES, KEEP_LEFTOVERS, LOG_DIR, ServiceDir};
+use crate::server::images::criu_log::first_error;
 use crate::server::restore::{RestoreError, RestoreSettings, Verified};
 use rustix::process::{Pid, PidfdFlags, Signal, pidfd_open, pidfd_send_signal};
 use std::os::fd::OwnedFd;

@@ -17,8 +17,8 @@
 //! # Ok::<(), std::io::Error>(())
 //! ```
 
-use crate::server::engine::rpc::{CoreEntry, PstreeEntry};
 use crate::server::fs::generations::{self, LATEST, read_latest};
+use crate::server::images::criu_entries::{CoreEntry, PstreeEntry};
 use crate::server::images::format::{ImageMeta, entries, first_entry, read_image};
 use crate::server::images::manifest::{Key, MANIFEST_FILE, Manifest, unsigned_extra};
 use crate::server::restore::check_ids_free;
