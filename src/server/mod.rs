@@ -1,5 +1,4 @@
-//! The checkpoint service: listener, peer identity, policy, jobs and the
-//! CRIU engine. Embed it with [`Server`], or run `selfdump serve`.
+//! The checkpoint service. Embed it with [`Server`], or run `selfdump serve`.
 //!
 //! ```no_run
 //! use selfdump::server::Server;
@@ -8,6 +7,93 @@
 //! async_io::block_on(server.run())
 //! # }
 //! ```
+//!
+//! # How the service is built
+//!
+//! A root service that dumps whoever asks is only as safe as its least
+//! careful line, so the code is laid out for reading: each folder holds
+//! one concern, named after it, and a request goes through them one way.
+//!
+//! **The service's lifetime and state** are the files here. A [`Builder`]
+//! (`builder.rs`) makes a [`Server`] with its configuration (`config.rs`);
+//! [`Server::run`] accepts connections (`accept.rs`: each gets a task if
+//! the connection limits have room, `slots.rs` counts what each uid holds)
+//! and drains on a stop request (`shutdown.rs`). The tasks share one
+//! `Shared` (`shared.rs`): the configuration, the limits' counters, the
+//! CRIU workers started ahead, and `jobs/`, where a dump's result waits
+//! for the process that asked.
+//!
+//! **`conn/`** is the only code that touches a client's socket. A
+//! `Connection` learns the peer from the kernel (`peer.rs`:
+//! `SO_PEERCRED`, `SO_PEERPIDFD`, never the request), reads its one
+//! request (`request.rs`), and writes every frame the service sends, each
+//! within its time limit. `reply.rs` is what the service says in its own
+//! terms (a refusal, how a dump ended) and how that becomes a frame.
+//!
+//! **`requests/`** has one handler per request kind: `checkpoint/`,
+//! `result.rs`, `restore.rs`. A handler returns what its caller is told;
+//! it never writes to the socket. The one frame sent in the middle of a
+//! handler's work, "you are frozen" at CRIU's freeze, goes through the
+//! connection too (`Connection::tell_frozen`). Checkpoint and restore
+//! share their admission and the reservation of a CRIU run
+//! (`admission.rs`).
+//!
+//! Below the handlers, each folder is used by those above it and uses
+//! only those below it:
+//!
+//! - **`restore/`**: restoring signed images: verify first (`verify.rs`),
+//!   then `criu restore` (`criu.rs`), as the images' owner for a non-root
+//!   checkpoint (`as_owner.rs`); many copies at once (`copies/`).
+//! - **`engine/`**: driving CRIU: one `criu swrk` child per dump
+//!   (`worker.rs`, started ahead by `pool.rs`), spoken to over CRIU's RPC
+//!   (`rpc.rs`), the dump and its freeze hooks (`dump.rs`), as root or as
+//!   the caller (`run_as.rs`, `non_root.rs`), CRIU's kernel-feature cache
+//!   (`kdat/`).
+//! - **`fs/`**: the filesystem rule (below) and all the service does in
+//!   directories: acting as the caller (`as_caller.rs`), root's directory
+//!   inside a caller's (`root_subdir.rs`) and the service's own
+//!   (`service_dir.rs`), the staging directory CRIU dumps into
+//!   (`staging.rs`), generations and their commit, retention and adoption
+//!   (`generations/`), what a dead service left (`leftovers.rs`).
+//! - **`images/`**: what the service adds to CRIU's images and reads back:
+//!   their format and metadata (`format.rs`), CRIU's entries and log, the
+//!   signed manifest and its key.
+//! - **`caller/`**: who asks and whether they may be dumped: credentials,
+//!   the process pinned by its pidfd (`process.rs`) and its `/proc` status
+//!   (`status.rs`), the operator's policy (`policy.rs`), the frozen tree
+//!   (`tree.rs`), a caller's own pid namespace (`pidns.rs`), the
+//!   capabilities CRIU needs (`caps.rs`). Everything it reads of `/proc`
+//!   goes through the crate's one reader (`procfs.rs`), which tests point at
+//!   a directory of their own.
+//!
+//! **`operator/`** is tooling off the request path: `selfdump check`,
+//! `selfdump inspect`, systemd's socket activation and readiness.
+//!
+//! # The two rules everything rests on
+//!
+//! - **The filesystem rule.** In a place the caller can write, the service
+//!   acts with the caller's own credentials (`fs/as_caller.rs`) or through
+//!   an fd it opened itself (`O_NOFOLLOW`) and verified, never through a
+//!   name the caller could change between two calls. Everything under
+//!   `fs/` says how it keeps it.
+//! - **The resource rule.** Nothing a client does, alone or many at once,
+//!   makes the service exit or stop serving root: every wait has a limit
+//!   (`conn/`), every count a cap (`accept.rs`, `requests/admission.rs`,
+//!   `jobs/`), and errors are backed off from, never fatal.
+//!
+//! # A checkpoint, end to end
+//!
+//! `accept.rs` takes the connection's slots and spawns
+//! `requests::serve`, which has the connection identify the peer and read
+//! the request, then hands it to `requests/checkpoint/`: the caller is
+//! checked (`checks.rs`: `caller/`, the images directory), a CRIU run and a
+//! job reserved, a staging directory made (`fs/staging.rs`), and CRIU
+//! dumps (`engine/`). While the tree is frozen, `frozen.rs` checks every
+//! task of it (`caller/tree.rs`), tells the caller it is frozen and closes
+//! its connection. Once CRIU is done, `conclude.rs` commits the images as a
+//! generation (`fs/generations/`) or says why it failed, and the answer
+//! goes to the connection if it is still open, else to the job, which the
+//! original process asks for on a new connection (`requests/result.rs`).
 
 mod accept;
 mod builder;

@@ -56,7 +56,7 @@
 //!   end up there by the service's hand, and the refusal is clearer before
 //!   the freeze than after it;
 //! - the explanation of a failure by a capability the service lacks
-//!   (`caps.rs`) applies only to the root engine: the unprivileged CRIU
+//!   (`caller/caps.rs`) applies only to the root engine: the unprivileged CRIU
 //!   needs no capability of the caller's uid beyond its one.
 //!
 //! Where it writes: into a directory of the caller's (mode 0700) inside

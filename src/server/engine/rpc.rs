@@ -1,6 +1,6 @@
 //! The few messages of CRIU's `images/rpc.proto` that selfdump uses,
 //! declared by hand for prost (the image entries it reads are
-//! `images/entries.rs`'s). Field numbers and types follow CRIU's `.proto`
+//! `images/criu_entries.rs`'s). Field numbers and types follow CRIU's `.proto`
 //! files; everything unused is left out.
 
 #![allow(missing_docs)]

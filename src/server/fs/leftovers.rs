@@ -10,7 +10,7 @@
 //! can be locked, belongs to no running dump. Callers cannot open such a
 //! directory, so they cannot hold its lock, and they cannot create one.
 //! Only its direct entries are removed, and those of the caller's directory
-//! a CRIU running as the caller wrote into (`subdir::CALLERS_DIR`, files
+//! a CRIU running as the caller wrote into (`root_subdir::CALLERS_DIR`, files
 //! only), through the directories' fds: nothing is looked up by path below
 //! the caller's directory. Any other subdirectory means it is not a staging
 //! directory, and it is left alone, whole (it is looked at before anything

@@ -1,7 +1,7 @@
 //! What the service adds to a dump's images and reads back from them: its
 //! own description of the dump, what was published, and CRIU's image
 //! format (entries of protobuf messages). The directory CRIU writes into is
-//! `staging.rs`'s; the generation made of its files, `commit.rs`'s.
+//! `fs/staging.rs`'s; the generation made of its files, `fs/generations/commit.rs`'s.
 
 use crate::proto::JobId;
 use crate::server::caller::credentials::Credentials;

@@ -1,5 +1,7 @@
-//! One handler per request kind. Each returns what its caller is told;
-//! none writes to the socket (that is the [`Connection`]'s alone).
+//! One handler per request kind: `checkpoint/`, `result.rs`, `restore.rs`.
+//! Each returns what its caller is told; none writes to the socket (that
+//! is the [`Connection`]'s alone). Checkpoint and restore share their
+//! admission and the reservation of a CRIU run (`admission.rs`).
 
 pub(crate) mod admission;
 pub(crate) mod checkpoint;

@@ -4,7 +4,7 @@
 //! capped by the operator's [`Builder::max_keep`](crate::server::Builder::max_keep)).
 //!
 //! - Newest means the greatest name (names sort as their times,
-//!   `generation.rs`). Beyond the newest `keep`, a generation is removed
+//!   `generations/mod.rs`). Beyond the newest `keep`, a generation is removed
 //!   unless `latest` names it (two programs committing into one directory
 //!   at once may leave `latest` on the older of their two) or it cannot be
 //!   locked.
@@ -25,7 +25,7 @@
 //!   emptied and removed: cut short, the removal leaves a `.selfdump-gone-*`
 //!   directory for the caller's next checkpoint to sweep, never a
 //!   generation with files missing.
-//! - It runs after the caller has its answer (`dump.rs`'s `tidy`): a
+//! - It runs after the caller has its answer (`requests/checkpoint/conclude.rs`'s `Tidy`): a
 //!   commit's answer does not wait for old generations to be unlinked.
 
 use crate::server::caller::credentials::Credentials;
