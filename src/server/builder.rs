@@ -1,11 +1,15 @@
 //! Configuring a [`Server`]: limits, policy, the embedder's admit callback,
 //! and where it listens.
 
+use super::Server;
+use super::caller::policy::{CallerInfo, Policy};
 use super::config::{Admit, Config};
 use super::engine::NonRootEngine;
 use super::engine::kdat::{self, KdatCache};
+use super::engine::{Criu, NonRootFallback};
+use super::error::Error;
 use super::manifest::{DEFAULT_KEY_FILE, Key};
-use super::{CallerInfo, Criu, Error, NonRootFallback, Policy, Server, Shared};
+use super::shared::Shared;
 use async_io::Async;
 use std::os::unix::fs::PermissionsExt;
 use std::os::unix::net::UnixListener;

@@ -2,8 +2,9 @@
 //! policy, the limits and the timeouts. [`Builder`](super::Builder) fills
 //! it in; the server only reads it.
 
+use super::caller::policy::{CallerInfo, Policy};
+use super::engine::{Criu, NonRootFallback};
 use super::jobs;
-use super::{CallerInfo, Criu, NonRootFallback, Policy};
 use std::sync::Arc;
 use std::time::Duration;
 

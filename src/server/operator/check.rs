@@ -2,7 +2,7 @@
 
 pub use super::finding::Finding;
 use super::finding::finding;
-use crate::server::Criu;
+use crate::server::engine::Criu;
 use crate::server::fs::service_dir::ServiceDir;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};

@@ -4,8 +4,8 @@
 
 use super::finding::Finding;
 use crate::procfs::{self, PROC};
-use crate::server::Criu;
 use crate::server::caller::credentials::Credentials;
+use crate::server::engine::Criu;
 use crate::server::engine::kdat::{UNPRIVILEGED_DIR, UNPRIVILEGED_FILE};
 use crate::server::engine::run_as::{DUMP_CAPS, Keep, cannot_grant};
 use crate::server::fs::service_dir::ServiceDir;

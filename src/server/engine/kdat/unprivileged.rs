@@ -3,8 +3,8 @@
 
 use super::super::run_as::{DUMP_CAPS, Keep};
 use super::{CacheFile, KdatCache, install_bytes, is_tmpfs, written_this_boot};
-use crate::server::Criu;
 use crate::server::caller::credentials::Credentials;
+use crate::server::engine::Criu;
 use crate::server::fs::service_dir::ServiceDir;
 use rustix::fs::{Mode, OFlags};
 use std::io;

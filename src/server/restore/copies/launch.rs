@@ -2,7 +2,7 @@
 //! its `criu restore` with its copy record in the copy slot.
 
 use crate::copy_record;
-use crate::server::Criu;
+use crate::server::engine::Criu;
 use crate::server::fs::service_dir::ServiceDir;
 use crate::server::images::format::ImageMeta;
 use crate::server::restore::RestoreError;
