@@ -3,6 +3,7 @@
 #[cfg(feature = "archive")]
 mod archive;
 mod check;
+mod copies;
 mod inspect;
 mod key;
 mod restore;
@@ -74,10 +75,14 @@ fn run() -> Res<ExitCode> {
         "export" => archive::export_cmd(parser),
         #[cfg(feature = "archive")]
         "import" => archive::import_cmd(parser),
-        #[cfg(not(all(feature = "remote", feature = "archive")))]
-        "push" | "pull" | "export" | "import" => Err(format!(
-            "this selfdump is built without `{command}` (cargo feature `remote`, or `archive` \
-             for export/import)"
+        #[cfg(not(feature = "remote"))]
+        "push" | "pull" => Err(format!(
+            "this selfdump is built without `{command}` (cargo feature `remote`)"
+        )
+        .into()),
+        #[cfg(not(feature = "archive"))]
+        "export" | "import" => Err(format!(
+            "this selfdump is built without `{command}` (cargo feature `archive`)"
         )
         .into()),
         "help" => {

@@ -27,13 +27,14 @@ generation of its own, DIR/gen-...; `selfdump inspect DIR` lists them), or
 the one named, or images directly in DIR (made before generations).
 
 Verifies the images first: their manifest must be signed with this service's
-key or one of the trust directory, be taken on a host this one can stand in
-for (architecture, CRIU and kernel no newer, CPU features), every signed file must be there as signed (nothing changed or removed;
-a file the manifest does not list is ignored, with a warning, and never
-reaches CRIU), and every task's credentials must be the recorded owner's;
-CRIU then reads only the verified files. Checks that every pid, session and process group in the
-images is free and names the process holding one that is not. Prints the
-restored root pid.
+key or one of the trust directory, be taken on a host this one can stand
+in for (architecture, CRIU and kernel no newer, CPU features), every
+signed file must be there as signed (nothing changed or removed; a file
+the manifest does not list is ignored, with a warning, and never reaches
+CRIU), and every task's credentials must be the recorded owner's; CRIU
+then reads only the verified files. Checks that every pid, session and
+process group in the images is free and names the process holding one
+that is not. Prints the restored root pid.
 
 Images of a whole pid namespace (a program started with `selfdump run`)
 restore into a fresh pid namespace: no pid of theirs needs to be free.
@@ -68,125 +69,131 @@ Run by a user who is not root, it asks the service (`selfdump serve`) to
 restore the images: the service verifies them the same way and restores
 only the caller's own images (--copies needs root).";
 
-pub(crate) fn restore_cmd(mut parser: lexopt::Parser) -> Res<ExitCode> {
-    use lexopt::Arg::*;
-    let mut criu = Criu {
-        path: check::find_criu(),
-        ..Criu::default()
-    };
-    let mut dir = None;
-    let mut wait = Duration::ZERO;
-    let (mut copies, mut lazy) = (None, false);
-    let mut key_file = PathBuf::from(manifest::DEFAULT_KEY_FILE);
-    let mut trust_dir = PathBuf::from(trust::DEFAULT_TRUST_DIR);
-    let mut trust_unsigned = false;
-    let mut deadline = Duration::from_secs(60);
-    let mut socket = None;
-    let mut cache_dir = PathBuf::from("/var/cache/selfdump");
-    while let Some(arg) = parser.next()? {
-        if help_requested(&arg, USAGE) {
-            return Ok(ExitCode::SUCCESS);
+/// What `selfdump restore` was asked.
+struct Args {
+    criu: Criu,
+    dir: PathBuf,
+    wait: Duration,
+    copies: Option<u32>,
+    lazy: bool,
+    key_file: PathBuf,
+    trust_dir: PathBuf,
+    trust_unsigned: bool,
+    deadline: Duration,
+    socket: Option<PathBuf>,
+    cache_dir: PathBuf,
+}
+
+impl Args {
+    /// The arguments, or `None` when help was asked for (and printed).
+    fn parse(mut parser: lexopt::Parser) -> Res<Option<Self>> {
+        use lexopt::Arg::*;
+        let mut dir = None;
+        let mut args = Args {
+            criu: Criu {
+                path: check::find_criu(),
+                ..Criu::default()
+            },
+            dir: PathBuf::new(),
+            wait: Duration::ZERO,
+            copies: None,
+            lazy: false,
+            key_file: PathBuf::from(manifest::DEFAULT_KEY_FILE),
+            trust_dir: PathBuf::from(trust::DEFAULT_TRUST_DIR),
+            trust_unsigned: false,
+            deadline: Duration::from_secs(60),
+            socket: None,
+            cache_dir: PathBuf::from("/var/cache/selfdump"),
+        };
+        while let Some(arg) = parser.next()? {
+            if help_requested(&arg, USAGE) {
+                return Ok(None);
+            }
+            match arg {
+                Long("criu") => args.criu.path = parser.value()?.into(),
+                Long("wait") => args.wait = Duration::from_secs_f64(parser.value()?.parse()?),
+                Long("copies") => args.copies = Some(parser.value()?.parse::<u32>()?),
+                Long("lazy") => args.lazy = true,
+                Long("key-file") => args.key_file = parser.value()?.into(),
+                Long("trust-dir") => args.trust_dir = parser.value()?.into(),
+                Long("trust-unsigned") => args.trust_unsigned = true,
+                Long("timeout") => {
+                    args.deadline = Duration::from_secs_f64(parser.value()?.parse()?)
+                }
+                Long("socket") => args.socket = Some(PathBuf::from(parser.value()?)),
+                Long("cache-dir") => args.cache_dir = parser.value()?.into(),
+                Value(v) if dir.is_none() => dir = Some(PathBuf::from(v)),
+                other => return Err(other.unexpected().into()),
+            }
         }
-        match arg {
-            Long("criu") => criu.path = parser.value()?.into(),
-            Long("wait") => wait = Duration::from_secs_f64(parser.value()?.parse()?),
-            Long("copies") => copies = Some(parser.value()?.parse::<u32>()?),
-            Long("lazy") => lazy = true,
-            Long("key-file") => key_file = parser.value()?.into(),
-            Long("trust-dir") => trust_dir = parser.value()?.into(),
-            Long("trust-unsigned") => trust_unsigned = true,
-            Long("timeout") => deadline = Duration::from_secs_f64(parser.value()?.parse()?),
-            Long("socket") => socket = Some(PathBuf::from(parser.value()?)),
-            Long("cache-dir") => cache_dir = parser.value()?.into(),
-            Value(v) if dir.is_none() => dir = Some(PathBuf::from(v)),
-            other => return Err(other.unexpected().into()),
-        }
+        args.dir = dir.ok_or("restore needs the images directory: selfdump restore DIR")?;
+        Ok(Some(args))
     }
-    let dir = dir.ok_or("restore needs the images directory: selfdump restore DIR")?;
-    let url = dir
+
+    /// How root restores here: this host's key (a host that only restores
+    /// others' checkpoints needs none of its own) and the trusted keys.
+    fn settings(self) -> Res<(restore::RestoreSettings, Self)> {
+        let (key, no_key) = match manifest::Key::load(&self.key_file) {
+            Ok(key) => (Some(key), None),
+            Err(e) => (None, Some(e)),
+        };
+        let trust = trust::Trust::load(key.clone(), &self.trust_dir)
+            .map_err(|e| format!("cannot read the trusted keys: {e}"))?;
+        match no_key {
+            Some(e) if trust.is_empty() && !self.trust_unsigned => {
+                return Err(format!(
+                    "cannot read the signing key ({e}), and {} holds no trusted key",
+                    self.trust_dir.display()
+                )
+                .into());
+            }
+            Some(e) if trust.is_empty() => {
+                log::warn!("no signing key ({e}): only unsigned images can be restored")
+            }
+            Some(e) => log::info!("no key of this host's ({e}): checkpoints of trusted keys only"),
+            None => {}
+        }
+        if self.trust_unsigned {
+            log::warn!(
+                "--trust-unsigned: images without a manifest are restored unchecked, as root; \
+                 CRIU trusts them completely (credentials, files, namespaces)"
+            );
+        }
+        let settings = restore::RestoreSettings {
+            wait: self.wait,
+            trust_unsigned: self.trust_unsigned,
+            deadline: self.deadline,
+            ..restore::RestoreSettings::new(self.criu.clone(), key)
+        }
+        .trusting(trust);
+        Ok((settings, self))
+    }
+}
+
+pub(crate) fn restore_cmd(parser: lexopt::Parser) -> Res<ExitCode> {
+    let Some(args) = Args::parse(parser)? else {
+        return Ok(ExitCode::SUCCESS);
+    };
+    let url = args
+        .dir
         .to_str()
         .filter(|d| d.contains("://"))
         .map(str::to_owned);
-    if url.is_some() && !rustix::process::geteuid().is_root() {
-        return Err(
-            "restoring from a store needs root (its chunk cache is root's); as the \
-                    checkpoint's owner, `selfdump pull URL DIR` then `selfdump restore DIR`"
-                .into(),
-        );
-    }
     if !rustix::process::geteuid().is_root() {
-        if copies.is_some() {
-            return Err(
-                "--copies restores as root (run it with sudo); the service restores \
-                        one copy for its owner"
-                    .into(),
-            );
-        }
-        // the owner of a checkpoint: through the service, which verifies
-        // the images and that they are the caller's
-        let mut options = selfdump::RestoreOptions::new(&dir);
-        if let Some(socket) = socket {
-            options = options.socket(socket);
-        }
-        if trust_unsigned {
-            options = options.trust_unsigned();
-        }
-        let restored = selfdump::blocking::restore(options)?;
-        println!("{}", restored.pid);
-        log::info!(
-            "the service restored {}{} as pid {} (verified in {:?}, {:?} in all)",
-            dir.display(),
-            shown(restored.generation.as_deref()),
-            restored.pid,
-            restored.verify,
-            restored.total
-        );
-        return Ok(ExitCode::SUCCESS);
+        return through_service(&args, url.is_some());
     }
-    // a host that only restores others' checkpoints needs no key of its own
-    let (key, no_key) = match manifest::Key::load(&key_file) {
-        Ok(key) => (Some(key), None),
-        Err(e) => (None, Some(e)),
-    };
-    let trust = trust::Trust::load(key.clone(), &trust_dir)
-        .map_err(|e| format!("cannot read the trusted keys: {e}"))?;
-    match no_key {
-        Some(e) if trust.is_empty() && !trust_unsigned => {
-            return Err(format!(
-                "cannot read the signing key ({e}), and {} holds no trusted key",
-                trust_dir.display()
-            )
-            .into());
-        }
-        Some(e) if trust.is_empty() => {
-            log::warn!("no signing key ({e}): only unsigned images can be restored")
-        }
-        Some(e) => log::info!("no key of this host's ({e}): checkpoints of trusted keys only"),
-        None => {}
-    }
-    if trust_unsigned {
-        log::warn!(
-            "--trust-unsigned: images without a manifest are restored unchecked, as root; \
-             CRIU trusts them completely (credentials, files, namespaces)"
-        );
-    }
-    let settings = restore::RestoreSettings {
-        wait,
-        trust_unsigned,
-        deadline,
-        ..restore::RestoreSettings::new(criu, key)
-    }
-    .trusting(trust);
-    if lazy && copies.is_none() {
+    if args.lazy && args.copies.is_none() {
         return Err("--lazy goes with --copies N (use --copies 1 for one copy)".into());
     }
+    let (settings, args) = args.settings()?;
     if let Some(url) = url {
-        return restore_url(&settings, &url, copies, lazy, &cache_dir);
+        return restore_url(&settings, &url, args.copies, args.lazy, &args.cache_dir);
     }
-    if let Some(n) = copies {
-        return copies_cmd(&settings, &dir, n, lazy);
+    if let Some(n) = args.copies {
+        return copies_cmd(&settings, &args.dir, n, args.lazy);
     }
-    let restored = restore::restore_path(&dir, &settings).map_err(|e| match e {
+    let wait = args.wait;
+    let restored = restore::restore_path(&args.dir, &settings).map_err(|e| match e {
         e @ restore::RestoreError::IdInUse { .. } if !wait.is_zero() => {
             format!("after waiting {wait:?}: {e}")
         }
@@ -195,7 +202,44 @@ pub(crate) fn restore_cmd(mut parser: lexopt::Parser) -> Res<ExitCode> {
     println!("{}", restored.pid);
     log::info!(
         "restored {}{} as pid {} (verified in {:?}, {:?} in all)",
-        dir.display(),
+        args.dir.display(),
+        shown(restored.generation.as_deref()),
+        restored.pid,
+        restored.verify,
+        restored.total
+    );
+    Ok(ExitCode::SUCCESS)
+}
+
+/// The owner of a checkpoint, not root: through the service, which
+/// verifies the images and that they are the caller's.
+fn through_service(args: &Args, url: bool) -> Res<ExitCode> {
+    if url {
+        return Err(
+            "restoring from a store needs root (its chunk cache is root's); as the \
+             checkpoint's owner, `selfdump pull URL DIR` then `selfdump restore DIR`"
+                .into(),
+        );
+    }
+    if args.copies.is_some() {
+        return Err(
+            "--copies restores as root (run it with sudo); the service restores one copy \
+             for its owner"
+                .into(),
+        );
+    }
+    let mut options = selfdump::RestoreOptions::new(&args.dir);
+    if let Some(socket) = &args.socket {
+        options = options.socket(socket);
+    }
+    if args.trust_unsigned {
+        options = options.trust_unsigned();
+    }
+    let restored = selfdump::blocking::restore(options)?;
+    println!("{}", restored.pid);
+    log::info!(
+        "the service restored {}{} as pid {} (verified in {:?}, {:?} in all)",
+        args.dir.display(),
         shown(restored.generation.as_deref()),
         restored.pid,
         restored.verify,
@@ -239,31 +283,5 @@ fn copies_cmd(
     lazy: bool,
 ) -> Res<ExitCode> {
     let copies = selfdump::server::copies::restore_copies(settings, dir, n, lazy)?;
-    print_copies(copies, lazy)
-}
-
-/// Prints each copy's root pid, and with `lazy`, stays until their memory
-/// is in.
-pub(crate) fn print_copies(copies: selfdump::server::copies::Copies, lazy: bool) -> Res<ExitCode> {
-    use std::io::Write;
-    let mut out = std::io::stdout().lock();
-    for copy in &copies.copies {
-        writeln!(out, "{}", copy.pid)?;
-    }
-    out.flush()?;
-    drop(out);
-    if !lazy {
-        return Ok(ExitCode::SUCCESS);
-    }
-    let died = copies
-        .supervise()
-        .into_iter()
-        .filter(|(_, pages)| !matches!(pages, selfdump::server::copies::Pages::Loaded(_)))
-        .count();
-    if died > 0 {
-        return Err(
-            format!("{died} lazy cop(y/ies) lost their page daemon and were killed").into(),
-        );
-    }
-    Ok(ExitCode::SUCCESS)
+    crate::copies::print_copies(copies, lazy)
 }

@@ -140,7 +140,7 @@ pub(crate) fn restore_url_cmd(
         fetched.chunks_cached,
         fetched.files_cached
     );
-    crate::restore::print_copies(copies, lazy)
+    crate::copies::print_copies(copies, lazy)
 }
 
 /// `selfdump inspect URL`.

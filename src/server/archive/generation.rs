@@ -4,8 +4,8 @@
 //! checked against the signed manifest, synced, named, and only then
 //! `latest` switched to it, as a service's commit does (`commit.rs`).
 
-use crate::server::generation::{LATEST, is_generation_name, new_name};
-use crate::server::manifest::{MANIFEST_FILE, Manifest, hash_file_by_reading};
+use crate::server::fs::generations::{LATEST, is_generation_name, new_name};
+use crate::server::images::manifest::{MANIFEST_FILE, Manifest, hash_file_by_reading};
 use rustix::fs::{AtFlags, FileType, Mode, OFlags, RenameFlags};
 use std::io;
 use std::os::fd::OwnedFd;
@@ -83,7 +83,8 @@ impl Generation {
                 ));
             }
         }
-        let names = crate::server::images::entry_names(&self.fd).map_err(|e| e.to_string())?;
+        let names =
+            crate::server::images::format::entry_names(&self.fd).map_err(|e| e.to_string())?;
         match names
             .iter()
             .find(|n| *n != MANIFEST_FILE && manifest.file(n).is_none())
@@ -138,7 +139,7 @@ impl Drop for Generation {
         if self.committed {
             return;
         }
-        for name in crate::server::images::entry_names(&self.fd).unwrap_or_default() {
+        for name in crate::server::images::format::entry_names(&self.fd).unwrap_or_default() {
             let _ = rustix::fs::unlinkat(&self.fd, name.as_str(), AtFlags::empty());
         }
         let _ = rustix::fs::unlinkat(&self.parent, self.tmp.as_str(), AtFlags::REMOVEDIR);

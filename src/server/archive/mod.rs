@@ -13,9 +13,9 @@ mod generation;
 
 pub(crate) use generation::Generation;
 
-use crate::server::generation::{lock_shared, read_latest};
-use crate::server::manifest::{MANIFEST_FILE, Manifest};
-use crate::server::trust::Trust;
+use crate::server::fs::generations::{lock_shared, read_latest};
+use crate::server::images::manifest::{MANIFEST_FILE, Manifest};
+use crate::server::images::trust::Trust;
 use rustix::fs::{Mode, OFlags};
 use std::io::{self, Read, Write};
 use std::os::fd::OwnedFd;
@@ -157,7 +157,7 @@ pub fn import(file: &Path, dir: &Path, trust: &Trust) -> io::Result<Imported> {
     if let Some(bad) = manifest
         .files
         .iter()
-        .find(|f| !crate::server::host::plain_name(&f.name))
+        .find(|f| !crate::server::images::format::plain_name(&f.name))
     {
         return Err(refused(format!(
             "its manifest names {:?}, not a plain file name",
@@ -165,7 +165,7 @@ pub fn import(file: &Path, dir: &Path, trust: &Trust) -> io::Result<Imported> {
         )));
     }
     let generation = Generation::start(dir).map_err(|e| named(&dir.display(), e))?;
-    crate::server::manifest::create_file(generation.fd(), MANIFEST_FILE, &signed)?;
+    crate::server::images::manifest::create_file(generation.fd(), MANIFEST_FILE, &signed)?;
     for f in &manifest.files {
         let entry = entries
             .next()
@@ -192,7 +192,7 @@ pub fn import(file: &Path, dir: &Path, trust: &Trust) -> io::Result<Imported> {
 /// its name, type and size; its hash is checked once all are in).
 fn unpack(
     mut entry: tar::Entry<'_, impl Read>,
-    f: &crate::server::manifest::FileDigest,
+    f: &crate::server::images::manifest::FileDigest,
     dir: &OwnedFd,
 ) -> Result<(), String> {
     expect_entry(&entry, &f.name, Some(f.size))?;

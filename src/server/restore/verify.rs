@@ -3,7 +3,7 @@
 //!
 //! The verified bytes and the bytes CRIU reads are kept the same this way:
 //! each image file is opened once (`O_NOFOLLOW`), and its bytes are
-//! hashed from that open file and placed in a [`PrivateSubdir`] of root's
+//! hashed from that open file and placed in a [`RootSubdir`] of root's
 //! (0700, in the images directory, on the same filesystem), which is the
 //! only directory CRIU is given:
 //!
@@ -18,16 +18,21 @@
 //! Then the credentials of every task and thread (`core-*.img`) must be the
 //! recorded owner's, and a non-root owner's tasks must hold no capability.
 
-use super::RestoreError;
-use super::RestoreSettings;
-use crate::server::engine::rpc::{CoreEntry, PstreeEntry};
-use crate::server::generation::{LATEST, Resolved, is_generation_name};
-use crate::server::images::{
+use super::settings::{RestoreError, RestoreSettings};
+use crate::server::caller::credentials::Credentials;
+use crate::server::engine::host;
+use crate::server::fs::generations::{LATEST, Resolved, is_generation_name};
+use crate::server::fs::root_subdir::RootSubdir;
+use crate::server::images::criu_entries::{CoreEntry, PstreeEntry};
+use crate::server::images::format::ImageMeta;
+use crate::server::images::format::plain_name;
+use crate::server::images::format::{
     copy, entries, entry_names, first_entry, only_root_writes, read_image,
 };
-use crate::server::manifest::{FileDigest, MANIFEST_FILE, Manifest, hash_file, unsigned_extra};
-use crate::server::subdir::PrivateSubdir;
-use crate::server::{as_caller::CallerCreds, images::ImageMeta};
+use crate::server::images::manifest::{
+    FileDigest, MANIFEST_FILE, Manifest, ManifestError, hash_file, unsigned_extra,
+};
+use crate::server::images::trust::Trust;
 use prost::Message;
 use rustix::fs::{AtFlags, FileType, Mode, OFlags};
 use std::io;
@@ -36,7 +41,7 @@ use std::os::fd::{AsFd, OwnedFd};
 /// Images checked and placed where only root can change them.
 #[derive(Debug)]
 pub struct Verified {
-    pub(crate) subdir: PrivateSubdir,
+    pub(crate) subdir: RootSubdir,
     /// What the manifest says (or, unsigned, what could be guessed).
     pub meta: ImageMeta,
     /// The tasks of the images.
@@ -61,44 +66,30 @@ impl Drop for Verified {
 
 /// Verifies the images in `images` (an open directory, resolved from what
 /// the restorer named, and held) with the keys `settings` trust, or, with
-/// `settings.trust_unsigned`,
-/// takes images without a manifest as they are.
+/// `settings.trust_unsigned`, takes images without a manifest as they are.
 /// `creds` makes and removes the private directory (the directory owner's
-/// or the requester's: see [`PrivateSubdir`]); `may_restore` sees the
+/// or the requester's: see [`RootSubdir`]); `may_restore` sees the
 /// signed facts first (the owner, to compare with the requester).
 pub(crate) fn verify(
     images: Resolved,
     settings: &RestoreSettings,
-    creds: CallerCreds,
+    creds: Credentials,
     may_restore: impl FnOnce(&ImageMeta) -> Result<(), RestoreError>,
 ) -> Result<Verified, RestoreError> {
     let Resolved {
         dir: images,
         generation,
     } = images;
-    let trust_unsigned = settings.trust_unsigned;
-    let manifest = match (Manifest::read(&images), settings.trust().as_ref()) {
-        (Ok(bytes), Some(trust)) => {
-            Some(Manifest::verify_trusted(&bytes, trust).map_err(RestoreError::refused)?)
-        }
-        (Ok(_), None) => None, // unsigned by choice: --trust-unsigned without a key
-        (Err(crate::server::manifest::ManifestError::Missing), _) if trust_unsigned => None,
-        (Err(e), _) => return Err(RestoreError::refused(e)),
-    };
-    if manifest.is_none() && !trust_unsigned {
-        return Err(RestoreError::Refused(
-            "no key to verify the images with".into(),
-        ));
-    }
+    let manifest = signed_manifest(&images, settings.trust().as_ref(), settings.trust_unsigned)?;
     if let Some(m) = &manifest {
         check_names(m)?;
         // CRIU's version is compared just before it runs (after the ids
         // are checked), since learning it runs CRIU
-        crate::server::host::check(m.meta.needs.as_ref(), None).map_err(RestoreError::Refused)?;
+        host::check(m.meta.needs.as_ref(), None).map_err(RestoreError::Refused)?;
         may_restore(&m.meta)?;
     }
     let wanted = wanted(&images, manifest.as_ref())?;
-    let subdir = PrivateSubdir::create(images, ".selfdump-restore-", creds, |_| {})
+    let subdir = RootSubdir::create(images, ".selfdump-restore-", creds, |_| {})
         .map_err(|e| RestoreError::Refused(format!("cannot make a private directory: {e}")))?;
     let mut verified = Verified {
         subdir,
@@ -134,13 +125,32 @@ pub(crate) fn verify(
     Ok(verified)
 }
 
+/// The images' manifest, its signature checked with the keys of `trust`;
+/// `None` only for unsigned images restored on purpose (`trust_unsigned`).
+fn signed_manifest(
+    images: &OwnedFd,
+    trust: Option<&Trust>,
+    trust_unsigned: bool,
+) -> Result<Option<Manifest>, RestoreError> {
+    let manifest = match (Manifest::read(images), trust) {
+        (Ok(bytes), Some(trust)) => {
+            Some(Manifest::verify_trusted(&bytes, trust).map_err(RestoreError::refused)?)
+        }
+        (Ok(_), None) => None, // unsigned by choice: --trust-unsigned without a key
+        (Err(ManifestError::Missing), _) if trust_unsigned => None,
+        (Err(e), _) => return Err(RestoreError::refused(e)),
+    };
+    if manifest.is_none() && !trust_unsigned {
+        return Err(RestoreError::Refused(
+            "no key to verify the images with".into(),
+        ));
+    }
+    Ok(manifest)
+}
+
 /// Every file the manifest names is a plain name of the images directory.
 fn check_names(m: &Manifest) -> Result<(), RestoreError> {
-    match m
-        .files
-        .iter()
-        .find(|f| !crate::server::host::plain_name(&f.name))
-    {
+    match m.files.iter().find(|f| !plain_name(&f.name)) {
         None => Ok(()),
         Some(f) => Err(RestoreError::Refused(format!(
             "{MANIFEST_FILE} names a file {:?}, which is not a plain file name",

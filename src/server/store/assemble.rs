@@ -7,7 +7,7 @@ use super::cache::Cache;
 use super::fetch::{Checkpoint, fetch_chunk};
 use super::runtime::{blocking, bounded};
 use super::{Error, Store};
-use crate::server::manifest::MANIFEST_FILE;
+use crate::server::images::manifest::MANIFEST_FILE;
 use rustix::fs::{AtFlags, Mode, OFlags};
 use std::collections::HashMap;
 use std::os::fd::OwnedFd;

@@ -14,7 +14,7 @@
 //! Every entry's mtime is its last use; past the cache's size bound the
 //! least recently used go.
 
-use crate::server::private_dir::PrivateDir;
+use crate::server::fs::service_dir::ServiceDir;
 use rustix::fs::{AtFlags, FileType, FlockOperation, Mode, OFlags};
 use std::io;
 use std::os::fd::{AsFd, OwnedFd};
@@ -28,10 +28,10 @@ pub const DEFAULT_CACHE_BYTES: u64 = 16 << 30;
 /// A host's chunk cache (see the module docs).
 #[derive(Debug)]
 pub struct Cache {
-    root: PrivateDir,
-    chunks: PrivateDir,
-    files: PrivateDir,
-    work: PrivateDir,
+    root: ServiceDir,
+    chunks: ServiceDir,
+    files: ServiceDir,
+    work: ServiceDir,
     max_bytes: u64,
 }
 
@@ -39,8 +39,8 @@ impl Cache {
     /// Opens the cache at `dir` (root's, 0700; made if missing), bounded
     /// to `max_bytes`, and removes what dead restores left in `work/`.
     pub fn open(dir: &Path, max_bytes: u64) -> io::Result<Self> {
-        let root = PrivateDir::open_or_create(dir)?;
-        let sub = |name: &str| PrivateDir::open_or_create(&dir.join(name));
+        let root = ServiceDir::open_or_create(dir)?;
+        let sub = |name: &str| ServiceDir::open_or_create(&dir.join(name));
         let cache = Self {
             chunks: sub("chunks")?,
             files: sub("files")?,
@@ -60,7 +60,7 @@ impl Cache {
 
     /// The chunks it holds, by hash.
     pub fn chunk_names(&self) -> io::Result<Vec<String>> {
-        let mut names = crate::server::images::entry_names(&self.chunks)?;
+        let mut names = crate::server::images::format::entry_names(&self.chunks)?;
         names.retain(|n| !n.starts_with('.'));
         Ok(names)
     }
@@ -152,7 +152,7 @@ impl Cache {
     pub fn trim(&self) -> u64 {
         let mut entries = Vec::new();
         for dir in [&self.chunks, &self.files] {
-            for name in crate::server::images::entry_names(dir).unwrap_or_default() {
+            for name in crate::server::images::format::entry_names(dir).unwrap_or_default() {
                 if let Ok(s) = rustix::fs::statat(dir, name.as_str(), AtFlags::SYMLINK_NOFOLLOW) {
                     entries.push((s.st_mtime, s.st_size as u64, dir, name));
                 }
@@ -180,7 +180,7 @@ impl Cache {
             .duration_since(std::time::UNIX_EPOCH)
             .map_or(0, |d| d.as_secs() as i64);
         for dir in [&self.chunks, &self.files] {
-            for name in crate::server::images::entry_names(dir).unwrap_or_default() {
+            for name in crate::server::images::format::entry_names(dir).unwrap_or_default() {
                 let old = rustix::fs::statat(dir, name.as_str(), AtFlags::SYMLINK_NOFOLLOW)
                     .is_ok_and(|s| now - s.st_mtime > 3600);
                 if name.starts_with(".new-") && old {
@@ -192,7 +192,7 @@ impl Cache {
 
     /// Removes the work directories no restore holds.
     fn sweep_work(&self) {
-        for name in crate::server::images::entry_names(&self.work).unwrap_or_default() {
+        for name in crate::server::images::format::entry_names(&self.work).unwrap_or_default() {
             let Ok(dir) = rustix::fs::openat(
                 &self.work,
                 name.as_str(),
@@ -238,7 +238,7 @@ impl Drop for WorkDir {
 /// the files of its subdirectories (a restore's verified directory), then
 /// the directories. What is in use stays.
 fn remove_tree(parent: &impl AsFd, name: &str, dir: &OwnedFd) {
-    for entry in crate::server::images::entry_names(dir).unwrap_or_default() {
+    for entry in crate::server::images::format::entry_names(dir).unwrap_or_default() {
         let Ok(stat) = rustix::fs::statat(dir, entry.as_str(), AtFlags::SYMLINK_NOFOLLOW) else {
             continue;
         };
@@ -253,7 +253,7 @@ fn remove_tree(parent: &impl AsFd, name: &str, dir: &OwnedFd) {
             Mode::empty(),
         ) && rustix::fs::flock(&sub, FlockOperation::NonBlockingLockExclusive).is_ok()
         {
-            for file in crate::server::images::entry_names(&sub).unwrap_or_default() {
+            for file in crate::server::images::format::entry_names(&sub).unwrap_or_default() {
                 let _ = rustix::fs::unlinkat(&sub, file.as_str(), AtFlags::empty());
             }
             let _ = rustix::fs::unlinkat(dir, entry.as_str(), AtFlags::REMOVEDIR);

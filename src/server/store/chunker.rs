@@ -12,7 +12,6 @@
 //! BLAKE3 hash.
 
 use super::Error;
-use super::push::read_at;
 use std::os::fd::OwnedFd;
 use std::sync::Arc;
 
@@ -101,6 +100,21 @@ impl Iterator for Chunker {
             }
         }
     }
+}
+
+/// `len` bytes of `file` at `offset` (all of them, or an error).
+pub(crate) fn read_at(file: &OwnedFd, offset: u64, len: usize) -> Result<Vec<u8>, Error> {
+    let mut data = vec![0u8; len];
+    let mut got = 0;
+    while got < len {
+        match rustix::io::pread(file, &mut data[got..], offset + got as u64) {
+            Ok(0) => return Err(Error::Local("a file shrank while it was read".into())),
+            Ok(n) => got += n,
+            Err(rustix::io::Errno::INTR) => {}
+            Err(e) => return Err(Error::Local(e.to_string())),
+        }
+    }
+    Ok(data)
 }
 
 #[cfg(test)]

@@ -5,8 +5,8 @@
 use super::format::{self, ChunkRef, MAX_OBJECT, StoredFile};
 use super::runtime::{blocking, on_runtime};
 use super::{Error, Store, split_checkpoint_url};
-use crate::server::manifest::Manifest;
-use crate::server::trust::Trust;
+use crate::server::images::manifest::Manifest;
+use crate::server::images::trust::Trust;
 
 /// A checkpoint in a store, as its object describes it.
 #[derive(Debug, Clone)]

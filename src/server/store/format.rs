@@ -18,8 +18,8 @@
 //!   says where to find their bytes, and every chunk is checked against its
 //!   name when fetched, every file against its signed hash when assembled.
 
-use crate::server::host::plain_name;
-use crate::server::manifest::Manifest;
+use crate::server::images::format::plain_name;
+use crate::server::images::manifest::Manifest;
 use serde::{Deserialize, Serialize};
 
 /// Every checkpoint object starts so.
@@ -194,7 +194,7 @@ fn check_chunks(file: &StoredFile) -> Result<(), String> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::server::manifest::FileDigest;
+    use crate::server::images::manifest::FileDigest;
 
     fn manifest(files: &[(&str, u64)]) -> Manifest {
         Manifest {

@@ -6,7 +6,7 @@ use super::chunker::Chunker;
 use super::format::{self, ChunkRef, StoredFile};
 use super::runtime::{blocking, bounded, on_runtime};
 use super::{Error, Store};
-use crate::server::manifest::Manifest;
+use crate::server::images::manifest::Manifest;
 use rustix::fs::{FileType, Mode, OFlags};
 use std::os::fd::OwnedFd;
 use std::path::{Path, PathBuf};
@@ -184,19 +184,4 @@ pub(crate) fn open_file(dir: &OwnedFd, name: &str, size: u64) -> Result<OwnedFd,
         )));
     }
     Ok(file)
-}
-
-/// `len` bytes of `file` at `offset` (all of them, or an error).
-pub(crate) fn read_at(file: &OwnedFd, offset: u64, len: usize) -> Result<Vec<u8>, Error> {
-    let mut data = vec![0u8; len];
-    let mut got = 0;
-    while got < len {
-        match rustix::io::pread(file, &mut data[got..], offset + got as u64) {
-            Ok(0) => return Err(Error::Local("a file shrank while it was read".into())),
-            Ok(n) => got += n,
-            Err(rustix::io::Errno::INTR) => {}
-            Err(e) => return Err(Error::Local(e.to_string())),
-        }
-    }
-    Ok(data)
 }

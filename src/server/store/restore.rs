@@ -7,9 +7,9 @@ use super::fetch::{Checkpoint, fetch_verified};
 use super::runtime::on_runtime;
 use super::{Error, Store};
 use crate::server::archive::Generation;
-use crate::server::copies::{self, Copies};
+use crate::server::images::trust::Trust;
+use crate::server::restore::copies::{self, Copies};
 use crate::server::restore::{RestoreError, RestoreSettings, Restored, restore_path};
-use crate::server::trust::Trust;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
@@ -31,12 +31,12 @@ fn prepare(
     let (url_owned, criu) = (url.to_owned(), settings.criu.path.clone());
     let (store, checkpoint) = async_io::block_on(on_runtime(async move {
         let (store, checkpoint) = fetch_verified(&url_owned, &trust).await?;
-        crate::server::host::check(checkpoint.manifest.meta.needs.as_ref(), Some(&criu))
+        crate::server::engine::host::check(checkpoint.manifest.meta.needs.as_ref(), Some(&criu))
             .map_err(|e| Error::Refused(format!("checkpoint {}: {e}", checkpoint.id)))?;
         Ok((store, checkpoint))
     }))?;
     check(&checkpoint)?;
-    crate::server::test_hold::hold("store-verified");
+    crate::server::fs::test_hold::hold("store-verified");
     let work = cache.work_dir().map_err(|e| {
         Error::Local(format!(
             "{}: no work directory: {e}",
