@@ -514,16 +514,39 @@ fn lazy_copies_run_before_their_memory_is_in_and_get_all_of_it() {
     }
 }
 
-#[test]
-fn a_lazy_copy_whose_page_daemon_dies_is_killed_with_the_reason() {
-    if !lazy_pages_supported() {
-        return;
-    }
-    let (images, _log) = isolated_images("512");
+/// A CRIU whose page daemon (`criu lazy-pages`) the test controls: the
+/// daemon writes its pid to `pid_file`, and is stopped (SIGSTOP: stopped
+/// for certain, or ended) as soon as `criu restore` is done, before the
+/// restore command hears of the copy: from then on it serves no page
+/// until the test lets it go or kills it. Every command is CRIU's own
+/// otherwise.
+fn criu_with_held_page_daemon(pid_file: &Path) -> (tempfile::TempDir, std::path::PathBuf) {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().unwrap();
+    let wrapper = dir.path().join("criu");
+    let script = format!(
+        "#!/bin/sh\n\
+         case \"$1\" in\n\
+         lazy-pages) echo $$ >{pids}.tmp && mv {pids}.tmp {pids}; exec {real} \"$@\" ;;\n\
+         restore) {real} \"$@\"; s=$?; d=$(cat {pids}); kill -STOP $d\n\
+           while grep -qs '^State:.[RSD]' /proc/$d/status; do :; done; exit $s ;;\n\
+         *) exec {real} \"$@\" ;;\n\
+         esac\n",
+        real = criu().path.display(),
+        pids = pid_file.display(),
+    );
+    std::fs::write(&wrapper, script).unwrap();
+    std::fs::set_permissions(&wrapper, PermissionsExt::from_mode(0o755)).unwrap();
+    (dir, wrapper)
+}
+
+/// `selfdump restore --copies 1 --lazy` of `images` through `criu`; the
+/// copy's pid and the running command, or its output if it printed none.
+fn lazy_restore(images: &Path, criu: &Path) -> Result<(i32, std::process::Child), String> {
     let mut restore = Command::new(selfdump_bin())
         .args(["restore", "--copies", "1", "--lazy", "--criu"])
-        .arg(criu().path)
-        .arg(images.path())
+        .arg(criu)
+        .arg(images)
         .env("RUST_LOG", "info")
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
@@ -532,31 +555,40 @@ fn a_lazy_copy_whose_page_daemon_dies_is_killed_with_the_reason() {
     let mut stdout = std::io::BufReader::new(restore.stdout.take().unwrap());
     let mut line = String::new();
     std::io::BufRead::read_line(&mut stdout, &mut line).unwrap();
-    let pid: i32 = line.trim().parse().expect("a pid");
-    // the page daemon: `criu lazy-pages`, a child of the restore command
-    let daemon = std::fs::read_dir("/proc")
-        .unwrap()
-        .flatten()
-        .filter_map(|e| e.file_name().to_str()?.parse::<i32>().ok())
-        .find(|p| {
-            let stat = std::fs::read_to_string(format!("/proc/{p}/stat")).unwrap_or_default();
-            let ppid = stat.rsplit_once(')').and_then(|(_, r)| {
-                r.split_whitespace()
-                    .nth(1)
-                    .and_then(|x| x.parse::<u32>().ok())
-            });
-            let cmdline = std::fs::read(format!("/proc/{p}/cmdline")).unwrap_or_default();
-            ppid == Some(restore.id()) && String::from_utf8_lossy(&cmdline).contains("lazy-pages")
-        });
-    let Some(daemon) = daemon else {
-        // it finished loading 512 MiB before we looked: nothing to kill
-        let out = restore.wait_with_output().unwrap();
-        eprintln!(
-            "SKIP: the page daemon finished before the test could kill it: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        kill_and_reap(pid);
+    match line.trim().parse::<i32>() {
+        Ok(pid) => Ok((pid, restore)),
+        Err(_) => {
+            let out = restore.wait_with_output().unwrap();
+            Err(String::from_utf8_lossy(&out.stderr).into_owned())
+        }
+    }
+}
+
+#[test]
+fn a_lazy_copy_whose_page_daemon_dies_is_killed_with_the_reason() {
+    if !lazy_pages_supported() {
         return;
+    }
+    let (images, _log) = isolated_images("512");
+    let held = tempfile::tempdir().unwrap();
+    let pid_file = held.path().join("daemon.pid");
+    let (_wrapper_dir, wrapper) = criu_with_held_page_daemon(&pid_file);
+    // the daemon is held once the copy is restored, unless it had loaded
+    // every page by then (a fast machine): then once more
+    let mut attempts = 0;
+    let (pid, restore, daemon) = loop {
+        let _ = std::fs::remove_file(&pid_file);
+        let (pid, mut restore) =
+            lazy_restore(images.path(), &wrapper).unwrap_or_else(|e| panic!("no copy: {e}"));
+        let daemon: i32 = read(&pid_file).trim().parse().expect("the daemon's pid");
+        if process_state(daemon) == Some('T') {
+            break (pid, restore, daemon);
+        }
+        // it had ended: the restore ends too
+        attempts += 1;
+        assert!(attempts < 5, "the daemon always loaded every page first");
+        let _ = restore.wait();
+        kill_and_reap(pid);
     };
     rustix::process::kill_process(
         rustix::process::Pid::from_raw(daemon).unwrap(),
@@ -566,12 +598,8 @@ fn a_lazy_copy_whose_page_daemon_dies_is_killed_with_the_reason() {
     let out = restore.wait_with_output().unwrap();
     let stderr = String::from_utf8_lossy(&out.stderr);
     eprintln!("{}", stderr.trim());
-    if stderr.contains("all pages loaded") {
-        eprintln!("SKIP: the page daemon finished before the kill reached it");
-        kill_and_reap(pid);
-        return;
-    }
     assert!(!out.status.success(), "{stderr}");
+    assert!(!stderr.contains("all pages loaded"), "{stderr}");
     assert!(stderr.contains("lazy-pages daemon ended"), "{stderr}");
     assert!(stderr.contains("the copy was killed"), "{stderr}");
     assert!(

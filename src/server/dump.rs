@@ -296,6 +296,7 @@ async fn conclude(
     uid: u32,
     received: Instant,
 ) -> Outcome {
+    let caller_alive = hooks.peer.is_alive();
     let Hooks {
         staging,
         meta,
@@ -309,7 +310,7 @@ async fn conclude(
             let (log_file, logged) = blocking::unblock(move || staging.discard()).await;
             return Outcome::Failed {
                 job: Some(job),
-                message: failure_message(&e, logged, uid),
+                message: failure_message(&e, logged, uid, caller_alive),
                 log_file,
             };
         }
@@ -342,8 +343,17 @@ async fn conclude(
 
 /// Why a dump failed, for its caller: CRIU's first logged error (`logged`)
 /// or message, with a capability the service lacks named first.
-fn failure_message(e: &EngineError, logged: Option<String>, uid: u32) -> String {
+fn failure_message(
+    e: &EngineError,
+    logged: Option<String>,
+    uid: u32,
+    caller_alive: bool,
+) -> String {
     match e {
+        // (its own words say the process was left running)
+        EngineError::Died if !caller_alive => {
+            "criu died in the middle of the dump, and the process is gone too".into()
+        }
         EngineError::Failed(errmsg) => format!(
             "criu dump failed: {}",
             super::caps::explain_dump_failure(

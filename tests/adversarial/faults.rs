@@ -4,35 +4,72 @@
 
 use crate::Ctx;
 use crate::common::*;
+use crate::serve::{ServeProcess, reap_when_done};
 use crate::support::*;
 use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
 use std::time::Duration;
 
-/// The caller is killed while frozen, mid-dump.
+/// The caller is killed (SIGKILL) mid-dump, while CRIU is held stopped in
+/// the middle of writing its memory: it dies for certain before CRIU can
+/// end the dump, whatever the machine's speed. CRIU then fails; the
+/// service concludes the job as failed (its log says so: nobody is left to
+/// ask), publishes nothing and removes its staging directory.
 pub fn client_dies_mid_dump(ctx: &mut Ctx) -> String {
+    capture_service_log();
     let socket = ctx.service(|b| b);
-    let images = images_dir();
-    let mut program = frozen_caller(&socket, images.path(), 600);
-    kill(program.pid);
-    program.kill();
-    wait_no_criu();
-    assert_no_staging(images.path());
+    let mut repeated = 0;
+    let (images, concluded) = loop {
+        let images = images_dir();
+        let mut program = frozen_caller(&socket, images.path(), 600);
+        wait_for_memdump(images.path(), &program);
+        let Some(criu) = stop_dumping_criu(program.pid) else {
+            assert!(repeated < 5, "CRIU always finished first");
+            repeated += 1;
+            program.kill();
+            wait_no_criu();
+            continue;
+        };
+        ctx.reached("CRIU held (SIGSTOP) while writing the frozen caller's memory");
+        let pid = program.pid;
+        kill(pid);
+        // dead (a zombie: its tracer, CRIU, is stopped) before CRIU goes on
+        poll_until(
+            Duration::from_secs(10),
+            Duration::from_millis(2),
+            || match process_state(pid) {
+                Some('Z') | None => Ok(()),
+                state => Err(format!("the killed caller is still {state:?}")),
+            },
+        );
+        ctx.reached("the caller died (SIGKILL) while CRIU held it");
+        signal(criu, rustix::process::Signal::CONT);
+        program.kill();
+        wait_no_criu();
+        break (images, job_conclusion(pid, service_log));
+    };
+    assert!(concluded.starts_with("failed: "), "{concluded}");
     assert!(
-        !images.path().join("pstree.img").exists()
-            || images.path().join("selfdump-manifest").exists(),
-        "a partial image set was left"
+        !concluded.contains("left running"),
+        "the caller is dead, but the service says it runs on: {concluded}"
     );
-    let names: Vec<String> = image_files(images.path())
-        .into_iter()
-        .map(|f| f.0)
-        .collect();
-    format!("survived; the images dir holds {names:?}")
+    ctx.reached(format!("the service concluded: {}", short(&concluded)));
+    assert_no_staging(images.path());
+    assert_no_images(images.path(), 0);
+    format!(
+        "the dump failed and nothing was published; the service said: {}{}",
+        short(&concluded),
+        repeated_note(repeated)
+    )
 }
 
 /// CRIU is killed mid-dump, with the caller frozen: the caller must end up
-/// running and get an error.
+/// running and get an error. Or, when CRIU was killed while its parasite
+/// code ran inside the caller, the caller dies with it (CRIU's limitation
+/// when another process kills it): the service must then say so in its
+/// conclusion of the job, and never report that the process runs on.
 pub fn criu_killed_mid_dump(ctx: &mut Ctx) -> String {
+    capture_service_log();
     let socket = ctx.service(|b| b);
     let mut said = Vec::new();
     // killed as soon as the tree is seized, and while it writes memory
@@ -53,44 +90,65 @@ pub fn criu_killed_mid_dump(ctx: &mut Ctx) -> String {
             wait_no_criu();
             continue;
         };
-        kill(criu);
         let when = if during_memdump {
             "during memdump"
         } else {
             "at the seize"
         };
+        ctx.reached(format!("CRIU held (SIGSTOP) {when}, then killed (SIGKILL)"));
+        kill(criu);
+        let concluded = job_conclusion(program.pid, service_log);
+        assert!(
+            concluded.starts_with("failed: ") && concluded.contains("criu died"),
+            "{concluded}"
+        );
         match outcome_or_death(&program) {
             Some(line) => {
                 assert!(line.starts_with("checkpoint error"), "{line}");
+                assert!(
+                    concluded.contains("left running"),
+                    "the caller runs on, but the service says otherwise: {concluded}"
+                );
                 thawed_then_cleaned_up(&mut program, images.path());
                 said.push(format!("{when}: thawed and told: {}", short(&line)));
             }
             None => {
-                // CRIU killed while its parasite code ran inside the caller
-                // takes the caller with it: CRIU's limitation when another
-                // process kills it. Never left frozen, and cleaned up.
                 program.kill();
                 wait_no_criu();
                 assert_no_staging(images.path());
                 said.push(format!(
-                    "{when}: the caller died with CRIU (its parasite was inside)"
+                    "{when}: the caller died with CRIU (its parasite was inside); the service \
+                     said: {}",
+                    short(&concluded)
                 ));
             }
         }
+        ctx.reached(format!("{when}: the service concluded the job as failed"));
         assert!(!images.path().join("pstree.img").exists());
         cases.next();
     }
-    let repeated = match repeated {
-        0 => String::new(),
-        n => format!(" ({n} attempt(s) repeated: CRIU finished before it could be stopped)"),
-    };
-    format!("never left frozen: {}{repeated}", said.join(" | "))
+    format!(
+        "never left frozen: {}{}",
+        said.join(" | "),
+        repeated_note(repeated)
+    )
 }
 
-/// The service dies between the freeze and the result query: the original
-/// must hear "outcome unknown", never success and never "restored". Twice:
-/// with a new service already listening on the socket when the original
-/// asks (it knows nothing of the job), and with none.
+fn repeated_note(repeated: usize) -> String {
+    match repeated {
+        0 => String::new(),
+        n => format!(" ({n} attempt(s) repeated: CRIU finished before it could be stopped)"),
+    }
+}
+
+/// The service process (`selfdump serve`) is SIGKILLed between the freeze
+/// and the result query, with CRIU held (SIGSTOP) in the middle of
+/// writing memory: no destructor of the service runs. The original must
+/// hear "outcome unknown", never success and never "restored". Twice:
+/// with a new `selfdump serve` started on the same socket path before the
+/// original asks (it knows nothing of the job), and with none. The
+/// killed service's staging directory stays (nothing cleaned it up) and
+/// goes with the next checkpoint into that directory.
 pub fn service_restarted_between_freeze_and_result(ctx: &mut Ctx) -> String {
     let dir = tempfile::Builder::new()
         .prefix("selfdump-sock")
@@ -100,9 +158,15 @@ pub fn service_restarted_between_freeze_and_result(ctx: &mut Ctx) -> String {
     let socket = dir.path().join("selfdump.sock");
     let mut said = Vec::new();
     let mut raced = 0;
-    for restarted_first in [true, false] {
-        let line = loop {
-            let first = KillableService::start_at(&socket, |b| b);
+    for (n, restarted_first) in [true, false].into_iter().enumerate() {
+        let case = if restarted_first {
+            "restarted"
+        } else {
+            "no service"
+        };
+        let log = |i: usize| dir.path().join(format!("serve-{n}-{i}.log"));
+        let (line, images, second) = loop {
+            let mut first = ServeProcess::start(&socket, &log(raced), &[], None);
             let images = images_dir();
             let mut program = frozen_caller(&socket, images.path(), 100);
             // CRIU writes memory only after the freeze hook sent `Frozen`
@@ -113,43 +177,80 @@ pub fn service_restarted_between_freeze_and_result(ctx: &mut Ctx) -> String {
                 assert!(raced < 5, "CRIU always finished first");
                 raced += 1;
                 program.kill();
-                wait_no_criu();
+                drop(first);
                 continue;
             };
+            let killed = first.pid();
+            let (status, orphans) = first.kill9();
+            ctx.reached(format!(
+                "{case}: the service process {killed} killed ({status}) with CRIU held mid-memdump"
+            ));
             let second = restarted_first.then(|| {
-                // the new service takes over the path (atomically: a
-                // rename) while the old one dies
-                let next = dir.path().join("next.sock");
-                let second = KillableService::start_at(&next, |b| b);
-                std::fs::rename(&next, &socket).unwrap();
+                let second = ServeProcess::start(&socket, &log(99), &[], None);
+                assert_ne!(second.pid(), killed);
+                ctx.reached(format!(
+                    "{case}: a new service process {} on the same socket",
+                    second.pid()
+                ));
                 second
             });
-            first.kill();
             signal(criu, rustix::process::Signal::CONT);
             let line = outcome(&program);
             assert_unknown(&line);
             if restarted_first {
                 assert!(line.contains("does not know this job"), "{line}");
             }
-            // the killed service leaves no root-owned staging directory
-            thawed_then_cleaned_up(&mut program, images.path());
-            drop(second);
-            break line;
+            assert_runs_on(&program);
+            program.kill();
+            // the killed service's CRIUs (the held one, its warm worker)
+            // came to this process, a subreaper
+            for orphan in orphans {
+                reap_when_done(orphan);
+            }
+            break (line, images, second);
         };
-        let case = if restarted_first {
-            "restarted"
-        } else {
-            "no service"
-        };
+        let left = staging_dirs(images.path());
+        assert!(!left.is_empty(), "a SIGKILLed service cleaned up?");
+        let next = second.unwrap_or_else(|| ServeProcess::start(&socket, &log(98), &[], None));
+        next_checkpoint_through(&next.socket, images.path());
+        // (removed after the answer)
+        poll_until(
+            Duration::from_secs(10),
+            Duration::from_millis(10),
+            || match staging_dirs(images.path()).is_empty() {
+                true => Ok(()),
+                false => Err(format!(
+                    "the staging {left:?} of the killed service outlived the next checkpoint"
+                )),
+            },
+        );
+        ctx.reached(format!(
+            "{case}: its staging {left:?} removed by the next checkpoint into the directory"
+        ));
         said.push(format!("{case}: {}", short(&line)));
     }
-    let last = KillableService::start_at(&socket, |b| b);
-    ctx.adopt(socket, Box::new((last, dir)), 1);
-    let raced = match raced {
-        0 => String::new(),
-        n => format!(" ({n} attempt(s) repeated: CRIU finished before it could be stopped)"),
-    };
-    format!("original told: {}{raced}", said.join(" | "))
+    let last = ServeProcess::start(&socket, &dir.path().join("last.log"), &[], None);
+    let pid = last.pid();
+    ctx.adopt_process(socket, Box::new((last, dir)), pid, 1);
+    format!(
+        "original told: {}{}",
+        said.join(" | "),
+        repeated_note(raced)
+    )
+}
+
+/// A checkpoint into `images` through the service on `socket`, which
+/// continues.
+fn next_checkpoint_through(socket: &Path, images: &Path) {
+    let mut next = Program::start_on(
+        socket,
+        images,
+        &args("--at 1 --until 2 --interval-ms 20"),
+        None,
+    );
+    let line = outcome(&next);
+    assert!(line.starts_with("checkpoint continued"), "{line}");
+    assert!(next.wait().success());
 }
 
 fn assert_unknown(line: &str) {
@@ -169,6 +270,7 @@ fn assert_unknown(line: &str) {
 /// once used instead, and an idle machine beat the limit.)
 pub fn dump_timeout_exceeded(ctx: &mut Ctx) -> String {
     let mut said = Vec::new();
+    ctx.reached("a 1 ms limit, struck before the freeze");
     // before the freeze
     let socket = ctx.service(|b| b.dump_timeout(Duration::from_millis(1)));
     let images = images_dir();
@@ -190,10 +292,9 @@ pub fn dump_timeout_exceeded(ctx: &mut Ctx) -> String {
     let mut repeated = 0;
     let line = loop {
         let images = images_dir();
+        // before the request: the service's clock starts later
+        let begun = std::time::Instant::now();
         let mut program = frozen_caller(&socket, images.path(), 200);
-        // the service's clock started before CRIU seized the caller, so
-        // the deadline has passed by `asked + limit` at the latest
-        let asked = std::time::Instant::now();
         wait_for_memdump(images.path(), &program);
         let Some(criu) = stop_dumping_criu(program.pid) else {
             // the dump ended before CRIU could be stopped: once more
@@ -203,17 +304,36 @@ pub fn dump_timeout_exceeded(ctx: &mut Ctx) -> String {
             wait_no_criu();
             continue;
         };
-        // past the deadline, with the tree frozen (seized by CRIU, its
-        // parasite inside, not counting) and CRIU stopped
+        ctx.reached("CRIU held (SIGSTOP) mid-memdump, the caller frozen");
+        // the service abandons the dump at the deadline by closing its end
+        // of CRIU's channel: waited for (an event), watching meanwhile
+        // that the tree stays frozen (seized by CRIU, its parasite inside,
+        // not counting)
+        let channel = rpc_channel(criu);
         let counted = program.output().matches("count ").count();
-        std::thread::sleep((limit + Duration::from_millis(500)).saturating_sub(asked.elapsed()));
-        let seized = tracer(program.pid) == Some(criu);
-        let frozen = seized && program.output().matches("count ").count() == counted;
-        signal(criu, rustix::process::Signal::CONT);
+        let mut frozen = true;
+        poll_until(Duration::from_secs(60), Duration::from_millis(1), || {
+            if channel_closed(channel) {
+                return Ok(());
+            }
+            frozen &= tracer(program.pid) == Some(criu)
+                && program.output().matches("count ").count() == counted;
+            Err(format!(
+                "the service never abandoned the dump (past {limit:?})"
+            ))
+        });
+        let abandoned_after = begun.elapsed();
+        assert!(frozen, "the tree thawed while CRIU was stopped");
         assert!(
-            frozen,
-            "the tree was not frozen at the deadline (seized: {seized})"
+            abandoned_after >= limit,
+            "abandoned after {abandoned_after:?}, before the {limit:?} limit"
         );
+        ctx.reached(format!(
+            "the service abandoned the dump (closed CRIU's channel) at its deadline, \
+             {abandoned_after:.1?} after the caller started, the tree frozen until then"
+        ));
+        // CRIU notices, takes its parasite out and lets the tree go
+        signal(criu, rustix::process::Signal::CONT);
         let line = outcome(&program);
         assert_abandoned(&line);
         thawed_then_cleaned_up(&mut program, images.path());
@@ -224,14 +344,40 @@ pub fn dump_timeout_exceeded(ctx: &mut Ctx) -> String {
         );
     };
     said.push(line);
-    let repeated = match repeated {
-        0 => String::new(),
-        n => format!(" ({n} attempt(s) repeated: CRIU finished before it could be stopped)"),
-    };
     format!(
-        "dump abandoned, caller running: {}{repeated}",
-        said.join(" | ")
+        "dump abandoned, caller running: {}{}",
+        said.join(" | "),
+        repeated_note(repeated)
     )
+}
+
+/// The RPC channel of `criu` (a dumping `criu swrk`): its socket whose
+/// peer this process (the service) holds, by inode.
+fn rpc_channel(criu: i32) -> u64 {
+    let peers = crate::fds::socket_peers();
+    let ours: Vec<u64> = crate::fds::raw_fds(std::process::id() as i32)
+        .iter()
+        .filter_map(|(_, t)| crate::fds::socket_inode(&t.to_string_lossy()))
+        .collect();
+    let channel: std::collections::BTreeSet<u64> = crate::fds::raw_fds(criu)
+        .iter()
+        .filter_map(|(_, t)| crate::fds::socket_inode(&t.to_string_lossy()))
+        .filter(|inode| peers.get(inode).is_some_and(|peer| ours.contains(peer)))
+        .collect();
+    assert_eq!(
+        channel.len(),
+        1,
+        "CRIU {criu}'s channels to the service: {channel:?}"
+    );
+    channel.into_iter().next().unwrap()
+}
+
+/// Whether the service closed its end of `channel` (the kernel then
+/// shows its peer as 0, or the socket is gone with CRIU).
+fn channel_closed(channel: u64) -> bool {
+    crate::fds::socket_peers()
+        .get(&channel)
+        .is_none_or(|&peer| peer == 0)
 }
 
 fn assert_abandoned(line: &str) {

@@ -14,15 +14,12 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-/// How long the swap race runs.
-const RACE_FOR: Duration = Duration::from_secs(30);
-
 /// A directory of nobody's on a tmpfs (`/dev/shm`, as every user has),
 /// where renames are fastest, inside a root-owned 0755 base.
 fn nobody_dir_on_tmpfs() -> (tempfile::TempDir, PathBuf) {
     let base = tempfile::Builder::new()
         .prefix("selfdump-race")
-        .tempdir_in("/dev/shm")
+        .tempdir_in(shm_dir())
         .unwrap();
     std::fs::set_permissions(
         base.path(),
@@ -77,7 +74,8 @@ fn as_nobody<T: Send + 'static>(
 /// storm (thousands of exchanges back and forth for as long as the name is
 /// there: it hits the moment between the service's mkdir and open) and one
 /// late exchange at a random moment (CRIU writing, the cleanup), which
-/// leaves the bait under the name. For 30 s.
+/// leaves the bait under the name. For 6 s, or 30 s with
+/// `SELFDUMP_LONG_RACES=1` ([`race_for`]).
 pub fn staging_swap_race(ctx: &mut Ctx) -> String {
     let socket = ctx.service(allow(&[NOBODY]));
     let (base, images) = nobody_dir_on_tmpfs();
@@ -142,7 +140,7 @@ pub fn staging_swap_race(ctx: &mut Ctx) -> String {
     };
     let started = Instant::now();
     let mut outcomes = std::collections::BTreeMap::<String, u32>::new();
-    while started.elapsed() < RACE_FOR {
+    while started.elapsed() < race_for(Duration::from_secs(6), Duration::from_secs(30)) {
         storm.store(!storm.load(Ordering::Relaxed), Ordering::Relaxed);
         let mut program = Program::start_on(
             &socket,
@@ -396,7 +394,8 @@ pub fn images_rewritten_while_restoring(ctx: &mut Ctx) -> String {
     let (mut refused, mut intact, mut rewriting) = (0, 0, 0);
     let started = Instant::now();
     let mut while_writing = true;
-    while started.elapsed() < Duration::from_secs(20) || refused == 0 || intact == 0 {
+    let rewrite_for = race_for(Duration::from_secs(4), Duration::from_secs(20));
+    while started.elapsed() < rewrite_for || refused == 0 || intact == 0 {
         assert!(
             started.elapsed() < Duration::from_secs(90),
             "{refused} refused, {intact} intact"
@@ -443,6 +442,10 @@ pub fn images_rewritten_while_restoring(ctx: &mut Ctx) -> String {
     }
     stop.store(true, Ordering::SeqCst);
     let writes = writer.join().unwrap();
+    ctx.reached(format!(
+        "{rewriting} restores while the owner rewrote the pages ({refused} refused), the others \
+         with them held as signed"
+    ));
     format!(
         "{writes} rewrites: {rewriting} restores while rewriting, {refused} refused; {intact} \
          restored intact (those with the file held as signed, and any that came through the \

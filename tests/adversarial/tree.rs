@@ -34,7 +34,7 @@ pub fn setuid_child_in_tree(ctx: &mut Ctx) -> String {
             && line.contains("setuid"),
         "{line}"
     );
-    after_veto(&mut program, Some(child), images.path(), NOBODY, &line)
+    after_veto(ctx, &mut program, Some(child), images.path(), NOBODY, &line)
 }
 
 /// A root caller whose child dropped to nobody (the kernel marks it
@@ -54,7 +54,7 @@ pub fn privilege_dropped_child_of_root(ctx: &mut Ctx) -> String {
         line.contains(&format!("task pid {child} (counter)")) && line.contains("not dumpable"),
         "{line}"
     );
-    after_veto(&mut program, Some(child), images.path(), 0, &line)
+    after_veto(ctx, &mut program, Some(child), images.path(), 0, &line)
 }
 
 /// A root caller with one thread that switched its own ids to nobody: the
@@ -78,7 +78,7 @@ pub fn thread_of_another_uid(ctx: &mut Ctx) -> String {
         )) && line.contains("not dumpable"),
         "{line}"
     );
-    after_veto(&mut program, None, images.path(), 0, &line)
+    after_veto(ctx, &mut program, None, images.path(), 0, &line)
 }
 
 /// An unprivileged caller with a child that made itself non-dumpable.
@@ -97,7 +97,7 @@ pub fn nondumpable_child_in_tree(ctx: &mut Ctx) -> String {
         line.contains(&format!("task pid {child} (counter)")) && line.contains("not dumpable"),
         "{line}"
     );
-    after_veto(&mut program, Some(child), images.path(), NOBODY, &line)
+    after_veto(ctx, &mut program, Some(child), images.path(), NOBODY, &line)
 }
 
 /// A caller that made itself non-dumpable is refused before CRIU runs.
@@ -117,18 +117,22 @@ pub fn nondumpable_caller(ctx: &mut Ctx) -> String {
     );
     assert!(program.wait().success());
     assert!(image_files(images.path()).is_empty(), "nothing written");
+    ctx.reached("refused at the caller check, before CRIU");
     format!("refused before CRIU: {}", short(&line))
 }
 
 /// After a veto at the freeze: the caller (of `uid`) counts on and ends
 /// well, its `child` is reaped, and no image is left.
 fn after_veto(
+    ctx: &mut Ctx,
     program: &mut Program,
     child: Option<i32>,
     images: &Path,
     uid: u32,
     line: &str,
 ) -> String {
+    assert!(line.contains("dump refused after the freeze"), "{line}");
+    ctx.reached("the freeze: the frozen tree walked, the dump vetoed");
     assert_runs_on(program);
     assert!(program.wait().success());
     if let Some(child) = child {
