@@ -99,7 +99,11 @@ fn start_isolated_with(
                 .collect(),
         ),
     };
+    // each program in a directory of its own: CRIU's parasite makes
+    // `proc.crtools` in the dumped task's working directory, and two dumps
+    // at once in one directory fail ("Can't create a directory (-17)")
     Command::new(program)
+        .current_dir(images)
         .args(pre)
         .arg(example("clone_worker"))
         .arg("--images")
@@ -187,6 +191,17 @@ fn nspid(pid: i32) -> String {
         .unwrap()
         .trim()
         .to_owned()
+}
+
+/// Whether any process is in the pid namespace `ns` (a `/proc/PID/ns/pid`
+/// link's target).
+fn in_namespace_exists(ns: &Path) -> bool {
+    std::fs::read_dir("/proc").unwrap().flatten().any(|e| {
+        e.file_name()
+            .to_str()
+            .is_some_and(|n| n.parse::<u32>().is_ok())
+            && std::fs::read_link(e.path().join("ns/pid")).is_ok_and(|t| t == ns)
+    })
 }
 
 fn alive_ticks(log: &Path, who: &str) -> usize {
@@ -286,25 +301,35 @@ fn eight_copies_of_one_image_run_at_once_each_told_its_number() {
 
     // killing copy 3 (its init: the namespace goes) leaves the others running
     let id3 = copies.iter().find(|c| c.0 == 3).unwrap().1.clone();
+    let namespace3 = std::fs::read_link(format!("/proc/{}/ns/pid", pids[3])).unwrap();
     kill_and_reap(pids[3]);
+    // gone once no process is left in its namespace (the kernel kills them
+    // with their init)
+    assert!(
+        poll_for(Duration::from_secs(10), || !in_namespace_exists(
+            &namespace3
+        )),
+        "copy 3's namespace outlived its init"
+    );
     let dead = format!("copy=3 id={id3}");
-    let before: Vec<usize> = (0..8)
-        .map(|k| {
-            let id = &copies.iter().find(|c| c.0 == k).unwrap().1;
-            alive_ticks(&log, &format!("copy={k} id={id}"))
-        })
-        .collect();
-    std::thread::sleep(Duration::from_millis(600));
     let dead_ticks = alive_ticks(&log, &dead);
-    std::thread::sleep(Duration::from_millis(400));
+    let ticks_of = |k: u32| {
+        let id = &copies.iter().find(|c| c.0 == k).unwrap().1;
+        alive_ticks(&log, &format!("copy={k} id={id}"))
+    };
+    let before: Vec<usize> = (0..8).map(ticks_of).collect();
+    // the others tick on: each twice more, waited for
+    assert!(
+        poll_for(Duration::from_secs(30), || {
+            (0..8)
+                .filter(|&k| k != 3)
+                .all(|k| ticks_of(k) >= before[k as usize] + 2)
+        }),
+        "a copy stopped when copy 3 was killed: ticks {before:?} then {:?}",
+        (0..8).map(ticks_of).collect::<Vec<_>>()
+    );
     assert_eq!(alive_ticks(&log, &dead), dead_ticks, "copy 3 still runs");
     for k in (0..8).filter(|&k| k != 3) {
-        let id = &copies.iter().find(|c| c.0 == k).unwrap().1;
-        let after = alive_ticks(&log, &format!("copy={k} id={id}"));
-        assert!(
-            after > before[k as usize],
-            "copy {k} stopped when copy 3 was killed"
-        );
         assert!(Path::new(&format!("/proc/{}", pids[k as usize])).exists());
     }
     for (k, &pid) in pids.iter().enumerate() {
@@ -795,8 +820,10 @@ fn images_verified_once_restore_round_after_round_without_hashing_again() {
     use selfdump::server::restore::{RestoreError, RestoreSettings};
     use std::os::unix::fs::{MetadataExt, PermissionsExt};
     let (images, log) = isolated_images("8");
+    // (every CRIU it starts is recorded: that none ran is then a fact)
+    let recording = RecordingCriu::new();
     let settings = RestoreSettings::new(
-        criu(),
+        recording.criu.clone(),
         Some(Key::load(Path::new(DEFAULT_KEY_FILE)).unwrap()),
     );
     let verified = VerifiedImages::open(&settings, images.path()).unwrap();
@@ -851,6 +878,7 @@ fn images_verified_once_restore_round_after_round_without_hashing_again() {
     // a mistake of root's that would let others rewrite verified bytes
     std::fs::set_permissions(&original, PermissionsExt::from_mode(mode | 0o002)).unwrap();
     let before = lines_with(&log, "restored: memory=").len();
+    let ran = recording.commands().len();
     match verified.restore_copies(&settings, 2, false) {
         Err(RestoreError::Refused(why)) => {
             assert!(why.contains(&name), "names the file: {why}");
@@ -861,9 +889,13 @@ fn images_verified_once_restore_round_after_round_without_hashing_again() {
         }
         other => panic!("a changed set must be refused: {other:?}"),
     }
-    // (other tests of this process start CRIUs of their own meanwhile: no
-    // child count here) no copy of these images ran
-    std::thread::sleep(Duration::from_millis(300));
+    // no CRIU was started for it (other tests of this process start CRIUs
+    // of their own meanwhile: no child count here), so no copy ran
+    assert_eq!(
+        recording.started_since(ran),
+        Vec::<String>::new(),
+        "a refused round started CRIU"
+    );
     assert_eq!(
         lines_with(&log, "restored: memory=").len(),
         before,
