@@ -350,16 +350,21 @@ fn failure_message(
     caller_alive: bool,
 ) -> String {
     match e {
-        // (its own words say the process was left running)
+        // (their own words say the process runs on)
         EngineError::Died if !caller_alive => {
             "criu died in the middle of the dump, and the process is gone too".into()
         }
+        EngineError::TimedOut(limit) if !caller_alive => format!(
+            "dump exceeded its time limit of {limit:?}; it was abandoned, and the process is gone"
+        ),
         EngineError::Failed(errmsg) => format!(
             "criu dump failed: {}",
             super::caps::explain_dump_failure(
                 logged
                     .as_deref()
-                    .or(errmsg.as_deref())
+                    // (CRIU's own message is the harmless RLIMIT_NOFILE
+                    // line whenever it logged that first: see `first_error`)
+                    .or(errmsg.as_deref().filter(|m| !m.contains("RLIMIT_NOFILE")))
                     .unwrap_or("no error logged"),
                 uid
             )

@@ -92,6 +92,23 @@ fn attack_process(name: &str, attacks: &[(&str, Attack)]) -> ExitCode {
         let service = Service::start();
         assert_still_serves(&service.socket);
     }
+    // on a thread named after the attack: its skips say which it was
+    let verdict = std::thread::Builder::new()
+        .name(name.replace(' ', "_"))
+        .spawn(move || run_attack(attack))
+        .unwrap()
+        .join()
+        .unwrap();
+    verdict.write(&verdict_file);
+    let _ = std::fs::remove_dir_all(crate::support::shm_dir());
+    match verdict.failed {
+        None => ExitCode::SUCCESS,
+        Some(_) => ExitCode::FAILURE,
+    }
+}
+
+/// The attack and the checks after it; its service stopped once done.
+fn run_attack(attack: Attack) -> Verdict {
     let mut ctx = Ctx::default();
     let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
         let said = attack(&mut ctx);
@@ -118,13 +135,7 @@ fn attack_process(name: &str, attacks: &[(&str, Attack)]) -> ExitCode {
             verdict.failed = Some(why);
         }
     }
-    verdict.write(&verdict_file);
-    drop(ctx);
-    let _ = std::fs::remove_dir_all(crate::support::shm_dir());
-    match verdict.failed {
-        None => ExitCode::SUCCESS,
-        Some(_) => ExitCode::FAILURE,
-    }
+    verdict
 }
 
 /// The attacks the command line and `ADVERSARIAL_ONLY` select, in the order
