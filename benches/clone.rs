@@ -431,7 +431,11 @@ impl Bench<'_> {
             status.success() && text.contains("checkpointed"),
             "{name}: {text}"
         );
-        Image { dir, log }
+        // the generation itself: plain `criu restore -D` reads it as it is
+        Image {
+            dir: dir.join("latest"),
+            log,
+        }
     }
 
     /// `restore_copies` (what `selfdump restore --copies N [--lazy]` runs).

@@ -8,7 +8,7 @@
 //! Options: `--images DIR` (required), `--at N` (checkpoint at this count,
 //! default 5), `--until N` (stop after this count, default 30),
 //! `--interval-ms MS` (default 200), `--children K` (start K sleeping
-//! children first), `--exit-after` (let CRIU end the process after the dump),
+//! children first), `--threads T` (start T sleeping threads first), `--exit-after` (let CRIU end the process after the dump),
 //! `--socket PATH`, `--connect PATH` (hold a connection to an outside unix
 //! socket, which makes the dump fail).
 //!
@@ -106,6 +106,13 @@ fn main() {
         });
         let tid = changed.recv().expect("the thread changed ids");
         say(&format!("thread {tid} runs as uid {uid}"));
+    }
+    for _ in 0..number("--threads", 0) {
+        std::thread::spawn(|| {
+            loop {
+                std::thread::sleep(Duration::from_secs(1));
+            }
+        });
     }
     let mut child_args = Vec::new();
     for flag in ["--child-nondumpable", "--child-dumpable"] {
@@ -337,7 +344,8 @@ fn unclaimed(args: &[String]) {
             }
         }
         match answer {
-            Some(Response::Frozen(job)) => {
+            Some(Response::Frozen(notice)) => {
+                let job = notice.job;
                 say(&format!("job {i} {:016x} {}", job.service, job.seq));
                 jobs.push(job);
             }

@@ -36,7 +36,13 @@ fn continued_process_gets_a_report_and_caller_owned_0600_images() {
         program.output()
     );
 
-    let files = image_files(images.path());
+    let top: Vec<String> = image_files(images.path())
+        .into_iter()
+        .map(|f| f.0)
+        .collect();
+    assert_eq!(top.len(), 2, "one generation and latest: {top:?}");
+    assert!(top[0].starts_with("gen-") && top[1] == "latest", "{top:?}");
+    let files = image_files(&images.path().join("latest"));
     let names: Vec<&str> = files.iter().map(|(n, ..)| n.as_str()).collect();
     for expected in [
         "pstree.img",
@@ -178,7 +184,7 @@ fn exit_after_dump_ends_the_original_once_the_images_are_safe() {
         !output.contains("checkpoint continued") && !output.contains("checkpoint error"),
         "{output}"
     );
-    assert!(images.path().join("pstree.img").exists());
+    assert!(images.path().join("latest/pstree.img").exists());
 
     let pid = restore(images.path()).expect("restore");
     program.wait_for("the restored copy", |l| {
@@ -259,5 +265,5 @@ fn restore_names_the_process_holding_a_needed_pid() {
     );
     assert!(err.contains("counter"), "names the holder: {err}");
     program.kill();
-    assert!(Path::new(images.path()).join("pstree.img").exists());
+    assert!(Path::new(images.path()).join("latest/pstree.img").exists());
 }

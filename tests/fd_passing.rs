@@ -163,7 +163,10 @@ fn peer_closing_before_the_first_byte_is_a_clean_end() {
 #[test]
 fn frames_are_read_one_after_another_until_a_clean_end() {
     let (a, b) = async_pair();
-    let first = Response::Frozen(JobId { service: 1, seq: 2 });
+    let first = Response::Frozen(selfdump::proto::FrozenNotice {
+        job: JobId { service: 1, seq: 2 },
+        generation: "gen-20250101-000000.000000-00000001".into(),
+    });
     let second = Response::UnknownJob(JobId { service: 3, seq: 4 });
     async_io::block_on(async {
         write_frame(&a, &encode_frame(&first), &[]).await.unwrap();

@@ -849,11 +849,13 @@ fn images_verified_once_restore_round_after_round_without_hashing_again() {
         }
         copies.supervise();
     }
-    assert_eq!(verified_sets(images.path()).len(), 1, "one verified set");
+    // the verified set is made in the generation `latest` names
+    let generation = images.path().join("latest");
+    assert_eq!(verified_sets(&generation).len(), 1, "one verified set");
 
     // root's checkpoint is hard-linked into the verified set: the files in
     // the images directory are the same inodes
-    let set = verified_sets(images.path()).pop().unwrap();
+    let set = verified_sets(&generation).pop().unwrap();
     let linked: Vec<(String, u64)> = std::fs::read_dir(&set)
         .unwrap()
         .flatten()
@@ -867,12 +869,12 @@ fn images_verified_once_restore_round_after_round_without_hashing_again() {
     let (name, _) = linked
         .iter()
         .find(|(name, ino)| {
-            let original = std::fs::symlink_metadata(images.path().join(name)).unwrap();
+            let original = std::fs::symlink_metadata(generation.join(name)).unwrap();
             original.ino() == *ino && original.nlink() >= 2
         })
         .unwrap_or_else(|| panic!("no image file is hard-linked: {linked:?}"))
         .clone();
-    let original = images.path().join(&name);
+    let original = generation.join(&name);
     let mode = std::fs::metadata(&original).unwrap().permissions().mode();
     assert_eq!(mode & 0o022, 0, "{name}: only root writes it ({mode:o})");
     // a mistake of root's that would let others rewrite verified bytes
@@ -908,7 +910,7 @@ fn images_verified_once_restore_round_after_round_without_hashing_again() {
     assert!(refused.to_string().contains(&name), "{refused}");
     drop(verified);
     assert!(
-        verified_sets(images.path()).is_empty(),
+        verified_sets(&generation).is_empty(),
         "the verified set is removed with its last holder"
     );
 
@@ -919,7 +921,7 @@ fn images_verified_once_restore_round_after_round_without_hashing_again() {
     let copies = round_of_copies(&verified, &settings, &log, 1, lazy);
     drop(verified);
     assert_eq!(
-        verified_sets(images.path()).len(),
+        verified_sets(&generation).len(),
         1,
         "dropped under the round's copies"
     );
@@ -927,5 +929,5 @@ fn images_verified_once_restore_round_after_round_without_hashing_again() {
         kill_and_reap(copy.pid);
     }
     copies.supervise();
-    assert!(verified_sets(images.path()).is_empty());
+    assert!(verified_sets(&generation).is_empty());
 }

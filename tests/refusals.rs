@@ -178,35 +178,26 @@ fn directory_the_caller_cannot_write_is_refused() {
 }
 
 #[test]
-fn non_root_caller_in_its_own_directory_is_dumped_when_criu_can() {
+fn non_root_caller_in_its_own_directory_is_dumped_by_a_criu_of_its_own_uid() {
     let service = service_allowing_nobody();
     let images = images_dir();
     std::os::unix::fs::chown(images.path(), Some(NOBODY), Some(NOBODY)).unwrap();
     let (mut program, line) = nobody_checkpoints(&service, images.path(), "3");
-    assert!(program.wait().success(), "the caller runs on either way");
-    if !has_cap_sys_resource() {
-        // Admitted by the service; CRIU itself cannot dump another uid here.
-        assert!(
-            line.contains("criu dump failed") && line.contains("rlimit"),
-            "{line}"
-        );
-        for (name, uid, mode) in image_files(images.path()) {
-            assert_eq!(
-                (name.as_str(), uid, mode),
-                ("dump.log", NOBODY, 0o600),
-                "only the log, the caller's"
-            );
-        }
-        return skip(
-            Limit::NoCapSysResource,
-            "partly: CRIU cannot dump a non-root process (\"Can't get rlimit\"); checked \
-             that the service admitted it and handed the log to the caller",
-        );
-    }
+    assert!(program.wait().success(), "the caller runs on");
     assert!(line.starts_with("checkpoint continued"), "{line}");
-    for (name, uid, mode) in image_files(images.path()) {
+    for (name, uid, _) in image_files(images.path()) {
+        assert_eq!(uid, NOBODY, "{name}");
+    }
+    let files = image_files(&images.path().join("latest"));
+    assert!(files.iter().any(|f| f.0 == "pstree.img"), "{files:?}");
+    for (name, uid, mode) in files {
         assert_eq!((uid, mode), (NOBODY, 0o600), "{name}");
     }
+    let log = std::fs::read_to_string(images.path().join("latest/dump.log")).unwrap();
+    assert!(
+        log.contains("Loaded kdat cache from /run/selfdump-criu/criu.kdat"),
+        "the unprivileged CRIU found its kernel-feature cache"
+    );
 }
 
 #[test]
@@ -236,5 +227,36 @@ fn pre_dump_is_refused_with_the_reason_this_machine_cannot_do_it() {
         );
     }
     assert!(image_files(images.path()).is_empty(), "nothing ran");
+    assert_still_serves(&service);
+}
+
+#[test]
+fn a_latest_of_another_user_in_a_sticky_directory_is_refused_before_the_dump() {
+    let service = service_allowing_nobody();
+    let images = images_dir();
+    std::fs::set_permissions(
+        images.path(),
+        std::os::unix::fs::PermissionsExt::from_mode(0o1777),
+    )
+    .unwrap();
+    // root's checkpoint made it; nobody could not replace it when switching
+    std::os::unix::fs::symlink(
+        "gen-20250101-000000.000000-00000001",
+        images.path().join("latest"),
+    )
+    .unwrap();
+    let (mut program, line) = nobody_checkpoints(&service, images.path(), "2");
+    assert!(
+        line.contains("refused (BadDirectory)")
+            && line
+                .contains("latest in the images directory is uid 0's, and the directory is sticky"),
+        "{line}"
+    );
+    assert!(program.wait().success());
+    let names: Vec<String> = image_files(images.path())
+        .into_iter()
+        .map(|f| f.0)
+        .collect();
+    assert_eq!(names, ["latest"], "nothing made");
     assert_still_serves(&service);
 }

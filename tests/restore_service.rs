@@ -83,7 +83,7 @@ fn the_service_refuses_what_it_should_not_restore() {
     // unsigned images, trusted: root only
     let unsigned = images_dir();
     std::fs::copy(
-        images.path().join("pstree.img"),
+        images.path().join("latest/pstree.img"),
         unsigned.path().join("pstree.img"),
     )
     .unwrap();
@@ -94,7 +94,7 @@ fn the_service_refuses_what_it_should_not_restore() {
     let tampered = images_dir();
     Command::new("cp")
         .arg("-a")
-        .arg(format!("{}/.", images.path().display()))
+        .arg(format!("{}/latest/.", images.path().display()))
         .arg(tampered.path())
         .status()
         .unwrap();
@@ -122,7 +122,7 @@ fn the_service_refuses_what_it_should_not_restore() {
     let forged = images_dir();
     Command::new("cp")
         .arg("-a")
-        .arg(format!("{}/.", images.path().display()))
+        .arg(format!("{}/latest/.", images.path().display()))
         .arg(forged.path())
         .status()
         .unwrap();

@@ -11,16 +11,23 @@ use selfdump::server::manifest::{DEFAULT_KEY_FILE, Key, MANIFEST_FILE, Manifest}
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-/// A copy of `images` (owners and modes kept) to tamper with.
+/// A copy of the generation `latest` names in `images` (owners and modes
+/// kept), its files directly in a directory, to tamper with.
 fn copy_of(images: &Path) -> tempfile::TempDir {
     let copy = images_dir();
     let status = Command::new("cp")
         .arg("-a")
-        .arg(format!("{}/.", images.display()))
+        .arg(format!("{}/latest/.", images.display()))
         .arg(copy.path())
         .status()
         .unwrap();
     assert!(status.success());
+    // (a generation is 0700, and `cp -a` copied that too)
+    std::fs::set_permissions(
+        copy.path(),
+        std::os::unix::fs::PermissionsExt::from_mode(0o755),
+    )
+    .unwrap();
     copy
 }
 
@@ -56,6 +63,22 @@ fn assert_refused(images: &Path, pid: i32, what: &str) -> String {
         "pid {pid} runs after a refusal"
     );
     error
+}
+
+/// `selfdump restore DIR` that succeeds: the pid, and what it warned.
+fn restore_warning(images: &Path) -> (i32, String) {
+    let out = Command::new(selfdump_bin())
+        .arg("restore")
+        .arg("--criu")
+        .arg(criu().path)
+        .arg(images)
+        .env("RUST_LOG", "warn")
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert!(out.status.success(), "{stderr}");
+    let pid = String::from_utf8_lossy(&out.stdout).trim().parse().unwrap();
+    (pid, stderr)
 }
 
 fn resign(images: &Path, key: &Key, edit: impl FnOnce(&mut Manifest)) {
@@ -104,13 +127,18 @@ fn tampered_images_are_refused_with_the_file_named() {
     let pages = named(copy.path(), "pages-");
     std::fs::remove_file(&pages).unwrap();
     assert_refused(copy.path(), pid, "is missing");
+    // a file the manifest does not list is no tampering anyone can tell
+    // (a note, a log): ignored, named in a warning, never given to CRIU
     let copy = copy_of(images);
     std::fs::write(copy.path().join("extra.img"), b"x").unwrap();
-    assert_refused(
-        copy.path(),
-        pid,
-        "extra.img is not part of the signed images",
+    let (restored, warned) = restore_warning(copy.path());
+    assert!(
+        warned.contains("extra.img is not part of the signed images: ignored"),
+        "{warned}"
     );
+    assert!(!warned.contains("added after the dump"), "{warned}");
+    assert_eq!(restored, pid);
+    kill_and_reap(restored);
     let copy = copy_of(images);
     let elsewhere = tempfile::tempdir().unwrap();
     std::fs::rename(
@@ -129,12 +157,17 @@ fn tampered_images_are_refused_with_the_file_named() {
     let (other, _) = checkpoint_and_kill(&service, 1);
     let copy = copy_of(images);
     std::fs::copy(
-        other.path().join(MANIFEST_FILE),
+        other.path().join("latest").join(MANIFEST_FILE),
         copy.path().join(MANIFEST_FILE),
     )
     .unwrap();
-    // (its tasks' files have other names: the first of ours is "added")
-    assert_refused(copy.path(), pid, "is not part of the signed images");
+    // (its tasks' files have other names: theirs are missing here, and the
+    // files both have differ)
+    let error = assert_refused(copy.path(), pid, "restore refused");
+    assert!(
+        error.contains("is missing") || error.contains("changed since the dump"),
+        "{error}"
+    );
 
     // signed by another key
     let copy = copy_of(images);
@@ -264,8 +297,9 @@ fn inspect_shows_a_checkpoint_at_a_glance() {
     let gone = inspect_json(images.path());
     assert!(gone["ids_in_use"].is_null(), "{gone:#}");
 
-    flip_byte(&images.path().join(MANIFEST_FILE), 10); // in the signature
-    std::fs::write(images.path().join("extra.img"), b"x").unwrap();
+    let generation = images.path().join("latest");
+    flip_byte(&generation.join(MANIFEST_FILE), 10); // in the signature
+    std::fs::write(generation.join("extra.img"), b"x").unwrap();
     let tampered = inspect_json(images.path());
     assert_eq!(tampered["signature"]["verifies"], false);
     let extra = tampered["files"]
@@ -297,7 +331,7 @@ fn a_restore_has_a_deadline() {
     let service = Service::start();
     let (images, program) = checkpoint_and_kill(&service, 4);
     let pid = program.pid;
-    let pages = named(images.path(), "pages-");
+    let pages = named(&images.path().join("latest"), "pages-");
     let size = std::fs::metadata(&pages).unwrap().len();
     std::fs::OpenOptions::new()
         .write(true)
@@ -307,7 +341,7 @@ fn a_restore_has_a_deadline() {
         .unwrap();
     assert_refused(images.path(), pid, "changed since the dump");
 
-    std::fs::remove_file(images.path().join(MANIFEST_FILE)).unwrap();
+    std::fs::remove_file(images.path().join("latest").join(MANIFEST_FILE)).unwrap();
     let started = std::time::Instant::now();
     let mut restore = Command::new(selfdump_bin())
         .args(["restore", "--trust-unsigned", "--timeout", "3", "--criu"])

@@ -42,7 +42,7 @@ fn run(service: &Service, runtime: &str) -> (bool, String) {
     };
     let output = read(&log);
     assert!(
-        images.path().join("pstree.img").exists(),
+        images.path().join("latest/pstree.img").exists(),
         "{runtime}: no images:\n{output}"
     );
     (status.success(), output)

@@ -94,7 +94,7 @@ fn staging_left_by_a_killed_service_goes_with_the_next_dump_into_the_directory()
 
     next_checkpoint_clears_staging(images.path());
     assert!(
-        images.path().join("pstree.img").exists(),
+        images.path().join("latest/pstree.img").exists(),
         "the new dump's images"
     );
 }

@@ -137,7 +137,7 @@ fn serve_takes_the_activated_socket_says_ready_and_checkpoints_through_it() {
         "{output}\nserve:\n{}",
         read(&log)
     );
-    assert!(images.path().join("pstree.img").exists());
+    assert!(images.path().join("latest/pstree.img").exists());
 
     let status = terminate(server);
     assert!(status.success(), "{status:?}\n{}", read(&log));

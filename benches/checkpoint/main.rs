@@ -11,13 +11,16 @@
 //!    frozen time, plus dump throughput and what `syncfs` costs;
 //! 4. concurrency: 1, 2, 4 and 8 processes checkpointing at once;
 //! 5. signing: the images of each checkpoint hashed again, in turns with
-//!    the checkpoints.
+//!    the checkpoints;
+//! 6. least privilege: a non-root checkpoint (CRIU runs as the caller)
+//!    against a root one of the same program, tiny and 256 MiB
+//!    (`non_root.rs`).
 //!
 //! Needs root and CRIU >= 4 (scripts/install-criu.sh). Prints markdown
 //! sections (`support/report.rs`; `scripts/bench.sh` makes BENCHMARKS.md of
 //! them) and writes `target/selfdump-bench/freeze-time.svg`. Run: `cargo
 //! bench --bench checkpoint`; `SELFDUMP_BENCH_ONLY=e2e,freeze` runs only
-//! those parts (e2e, workers, freeze, concurrency, signing);
+//! those parts (e2e, workers, freeze, concurrency, signing, nonroot);
 //! `SELFDUMP_BENCH_QUICK=1` runs fewer rounds and small sizes only.
 
 #[path = "../support/report.rs"]
@@ -33,6 +36,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+mod non_root;
 mod plot;
 mod workers;
 
@@ -103,12 +107,13 @@ fn main() {
     let only = std::env::var("SELFDUMP_BENCH_ONLY").unwrap_or_default();
     let run = |part: &str| only.is_empty() || only.split(',').any(|p| p == part);
     let mut report = Report::new();
-    let parts: [(&str, Part); 5] = [
+    let parts: [(&str, Part); 6] = [
         ("e2e", end_to_end),
         ("workers", warm_workers),
         ("freeze", freeze),
         ("concurrency", concurrency),
         ("signing", signing),
+        ("nonroot", least_privilege),
     ];
     for (name, part) in parts {
         if run(name) {
@@ -363,7 +368,7 @@ fn signing(b: &Bench, report: &mut Report) {
         for _ in 0..reps {
             let disk = selfdump_dumps(&b.app, &b.socket, &dir, mib, 1);
             checkpoints.push(disk[0].wall_ms);
-            let (took, hashed) = hash_images(&dir.join("selfdump/0"));
+            let (took, hashed) = hash_images(&dir.join("selfdump/0/latest"));
             hashes.push(took);
             bytes = hashed;
             let _ = std::fs::remove_dir_all(&dir);
@@ -417,6 +422,75 @@ fn hash_images(dir: &Path) -> (f64, u64) {
         bytes += size;
     }
     (ms(started.elapsed()), bytes)
+}
+
+/// Part 6, least privilege (see `non_root.rs`).
+fn least_privilege(b: &Bench, report: &mut Report) {
+    let work = non_root::work_dir();
+    let (warm, cold) = (work.path().join("warm.sock"), work.path().join("cold.sock"));
+    non_root::serve(&b.criu, &warm, 1);
+    non_root::serve(&b.criu, &cold, 0);
+    let sizes = [(1, b.reps), (256, if b.quick { 2 } else { 5 })];
+    let (rows, parts) = b.with_cache(|| {
+        let rows: Vec<Vec<String>> = sizes
+            .iter()
+            .map(|&(mib, n)| {
+                let c = non_root::through_the_service(&b.app, (&warm, &cold), work.path(), mib, n);
+                vec![
+                    mib.to_string(),
+                    fmt_ms(c.root_warm),
+                    fmt_ms(c.root_cold),
+                    fmt_ms(c.non_root),
+                    ratio(c.non_root / c.root_warm),
+                    ratio(c.non_root / c.root_cold),
+                    format!(
+                        "{} / {}",
+                        fmt_ms(c.frozen_root_warm),
+                        fmt_ms(c.frozen_non_root)
+                    ),
+                ]
+            })
+            .collect();
+        let spawn = non_root::spawn_costs(&b.criu, b.reps);
+        let cache = non_root::unprivileged_cache(&b.criu, &b.app, work.path(), b.reps);
+        (rows, (spawn, cache))
+    });
+    report.section(
+        "Least privilege: a non-root checkpoint against a root one",
+        &format!(
+            "`benches/checkpoint/non_root.rs` (part `nonroot`). The same program (memory \
+             touched twice) checkpoints itself through the service as root and as uid 65534, \
+             in turns, one checkpoint each per round ({} rounds at 1 MiB, {} at 256 MiB), \
+             images on tmpfs; median time in `checkpoint()` as the app sees it. Root's CRIU \
+             comes from a warm worker (the service's default) or is started on demand (a \
+             second service with `warm_workers(0)`); the non-root caller's CRIU runs as the \
+             caller and is always started for its dump (its uid is known only when it asks).",
+            sizes[0].1, sizes[1].1
+        ),
+    );
+    report.table(
+        &[
+            "MiB",
+            "root, warm worker",
+            "root, started on demand",
+            "non-root",
+            "non-root / root (warm)",
+            "non-root / root (on demand)",
+            "CRIU frozen, root / non-root",
+        ],
+        &rows,
+    );
+    let ([root_spawn, user_spawn, by_fork, by_vfork], (with, without)) = parts;
+    report.para(&format!(
+        "- Starting `criu swrk` (the call: fork, ids, exec) took {root_spawn:.2} ms as root and \
+         {user_spawn:.2} ms as the caller; in the same process `/bin/true` took {by_fork:.2} ms \
+         by `fork` and {by_vfork:.2} ms by `posix_spawn`. A launcher forked ahead, taking the \
+         ids at the last moment, could save the fork and the switch of ids, not the exec, \
+         CRIU's loading and its start-up, which need the ids first.\n\
+         - The unprivileged kernel-feature cache: a 4 MiB dump by a CRIU started as uid \
+         65534 took {with:.1} ms with it and {without:.1} ms without (CRIU then probes the \
+         kernel every time)."
+    ));
 }
 
 #[derive(Debug, Clone, Default)]

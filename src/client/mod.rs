@@ -125,6 +125,18 @@ impl Options {
         self
     }
 
+    /// Generations to keep in the images directory, this checkpoint's
+    /// included (default [`DEFAULT_KEEP`](crate::proto::DEFAULT_KEEP); at
+    /// least 1; the service caps it at its operator's limit,
+    /// `selfdump serve --max-keep`). Each checkpoint is a new generation,
+    /// `DIR/gen-...`, which `DIR/latest` names once it is whole; older ones
+    /// go after it is committed, oldest first, except one `latest` still
+    /// names or one being restored.
+    pub fn keep(mut self, generations: u32) -> Self {
+        self.dump.keep = generations.max(1);
+        self
+    }
+
     /// The images directory.
     pub fn images_dir(&self) -> &Path {
         &self.images_dir
@@ -157,15 +169,20 @@ pub enum Outcome {
 pub struct Report {
     /// The job that ran the dump.
     pub job: JobId,
-    /// Where the images are.
+    /// The images directory the checkpoint was asked into.
     pub images_dir: PathBuf,
+    /// The generation committed: the images are in
+    /// `images_dir.join(&generation)`, which `images_dir/latest` names.
+    pub generation: String,
     /// How long the tree was frozen (CRIU's own measure).
     pub frozen: Duration,
     /// How long CRIU took to freeze the tree.
     pub freezing: Duration,
     /// From the service receiving the request to the images being on disk.
     pub total: Duration,
-    /// What `syncfs` took of that (CRIU itself never syncs).
+    /// What putting the generation on disk took of that (`syncfs` of its
+    /// files, `fsync` of the directory around its naming and the switch of
+    /// `latest`; CRIU itself never syncs).
     pub sync: Duration,
     /// How much of the frozen time CRIU waited for the service (its checks
     /// and answers); the rest of `frozen` is CRIU's own work.
@@ -206,8 +223,11 @@ pub struct Report {
 pub struct RestoredInfo {
     /// The job that wrote the images.
     pub job: JobId,
-    /// The directory the images were written to.
+    /// The images directory the checkpoint was asked into.
     pub images_dir: PathBuf,
+    /// The generation this copy was restored from (a directory of that
+    /// name in `images_dir`), as the service named it at the freeze.
+    pub generation: String,
     /// Which copy this is (0, 1, ... N-1) when the restorer started many
     /// copies (`selfdump restore --copies N`); `None` for a restore that
     /// did not say (a plain `selfdump restore`).
@@ -221,7 +241,9 @@ pub struct RestoredInfo {
 /// Checkpoints this process and its children.
 ///
 /// Returns [`Outcome::Continued`] in the original process once the images
-/// are on disk, and [`Outcome::Restored`] in a copy restored from them.
+/// are on disk, committed as a new generation of the images directory
+/// (`DIR/gen-...`, which `DIR/latest` then names), and
+/// [`Outcome::Restored`] in a copy restored from them.
 /// Concurrent calls from one process run one after another. Runs under any
 /// executor (it uses `async-io`'s reactor); [`blocking::checkpoint`] runs
 /// without one, and [`Hooks::checkpoint`] runs resource hooks around it.
@@ -265,8 +287,8 @@ pub async fn checkpoint(options: Options) -> Result<Outcome, Error> {
     let answer = ask(&stream, &request, &[dir.as_fd()]).await;
     drop(dir);
 
-    let job = match answer? {
-        Response::Frozen(job) => job,
+    let (job, generation) = match answer? {
+        Response::Frozen(notice) => (notice.job, notice.generation),
         other => return Err(unexpected(other, &images_dir)),
     };
     // The service closed its end while we were frozen: the frame above was
@@ -285,10 +307,11 @@ pub async fn checkpoint(options: Options) -> Result<Outcome, Error> {
             None => (None, copy_slot::fresh_id()),
         };
         drop(slot);
-        log::debug!("checkpoint {job}: this is a restored copy ({copy:?})");
+        log::debug!("checkpoint {job}: this is a restored copy of {generation} ({copy:?})");
         return Ok(Outcome::Restored(RestoredInfo {
             job,
             images_dir,
+            generation,
             copy,
             restore_id,
         }));
@@ -403,6 +426,7 @@ fn to_report(r: DumpReport, images_dir: PathBuf) -> Report {
     Report {
         job: r.job,
         images_dir,
+        generation: r.generation,
         frozen: Duration::from_micros(r.frozen_us),
         freezing: Duration::from_micros(r.freezing_us),
         total: Duration::from_micros(r.total_us),

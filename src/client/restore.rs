@@ -28,7 +28,10 @@ pub struct RestoreOptions {
 }
 
 impl RestoreOptions {
-    /// Restores the images in `images_dir` (signed by the service).
+    /// Restores the checkpoint in `images_dir` (signed by the service):
+    /// the generation `images_dir/latest` names, or the generation whose
+    /// directory `images_dir` is (`DIR/gen-...`), or images directly in it
+    /// (made before generations).
     pub fn new(images_dir: impl Into<PathBuf>) -> Self {
         Self {
             images_dir: images_dir.into(),
@@ -59,6 +62,9 @@ pub struct Restored {
     pub pid: i32,
     /// The images' owner, whose credentials the restored tasks have.
     pub owner: u32,
+    /// The generation restored (what `latest` named, or the one whose
+    /// directory was given); `None` for images directly in the directory.
+    pub generation: Option<String>,
     /// Time the service spent verifying the images.
     pub verify: Duration,
     /// Time from the service receiving the request to CRIU's answer.
@@ -86,11 +92,13 @@ pub async fn restore(options: RestoreOptions) -> Result<Restored, Error> {
         Response::Restored(RestoreReport {
             pid,
             owner,
+            generation,
             verify_us,
             total_us,
         }) => Ok(Restored {
             pid,
             owner,
+            generation,
             verify: Duration::from_micros(verify_us),
             total: Duration::from_micros(total_us),
         }),

@@ -33,6 +33,10 @@ pub struct RestoreReport {
     pub pid: i32,
     /// The images' owner, whose credentials the restored tasks have.
     pub owner: u32,
+    /// The generation restored (`latest` resolved, or the one named);
+    /// `None` for images directly in the directory (made before
+    /// generations, or by plain CRIU).
+    pub generation: Option<String>,
     /// Microseconds spent verifying the images.
     pub verify_us: u64,
     /// Microseconds from the request to CRIU's answer.
@@ -64,6 +68,22 @@ pub struct DumpOptions {
     /// images' metadata. Absent from older clients.
     #[serde(default)]
     pub copy_slot_fd: Option<i32>,
+    /// Generations to keep in the images directory after this one is
+    /// committed, this one included (at least 1; the service caps it at
+    /// its operator's limit). Older ones go, oldest first, never the one
+    /// `latest` names nor one being restored.
+    #[serde(default = "default_keep")]
+    pub keep: u32,
+}
+
+/// [`DumpOptions::keep`] when the caller does not say: the newest and two
+/// before it, a quarter of an hour of fallbacks for a program that
+/// checkpoints every five minutes, at three times the disk of one
+/// checkpoint.
+pub const DEFAULT_KEEP: u32 = 3;
+
+fn default_keep() -> u32 {
+    DEFAULT_KEEP
 }
 
 impl Default for DumpOptions {
@@ -75,6 +95,7 @@ impl Default for DumpOptions {
             ext_unix_sk: false,
             pre_dump: false,
             copy_slot_fd: None,
+            keep: DEFAULT_KEEP,
         }
     }
 }
@@ -101,8 +122,9 @@ impl fmt::Display for JobId {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Response {
     /// The caller's tree is frozen and the dump goes on; this is the last
-    /// frame on the connection, which the service then closes.
-    Frozen(JobId),
+    /// frame on the connection, which the service then closes. Both the
+    /// original and every copy restored from the images read it.
+    Frozen(FrozenNotice),
     /// The request was refused before anything ran.
     Refused(Refusal),
     /// The job finished and its images are on disk.
@@ -116,6 +138,20 @@ pub enum Response {
     Restored(RestoreReport),
     /// The images verified, but CRIU could not restore them.
     RestoreFailed(String),
+}
+
+/// The last frame of a checkpoint's connection, queued while the tree is
+/// frozen: the original and every restored copy read it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FrozenNotice {
+    /// The job dumping the tree.
+    pub job: JobId,
+    /// The generation the images become once committed: a directory of
+    /// that name inside the images directory, which `latest` then names.
+    /// Decided before the dump, so a copy restored from the images knows
+    /// which generation it came from.
+    pub generation: String,
 }
 
 /// Why a request was refused.
@@ -155,6 +191,9 @@ pub enum RefusalKind {
 pub struct DumpReport {
     /// The job.
     pub job: JobId,
+    /// The generation committed: a directory of that name inside the
+    /// images directory, which `latest` names.
+    pub generation: String,
     /// Microseconds the tree was frozen, from CRIU's own statistics.
     pub frozen_us: u64,
     /// Microseconds CRIU took to freeze the tree.
@@ -163,7 +202,8 @@ pub struct DumpReport {
     pub memdump_us: u64,
     /// Microseconds from the service receiving the request to the images being on disk.
     pub total_us: u64,
-    /// Microseconds `syncfs` took to put the images on disk (included in `total_us`).
+    /// Microseconds putting the generation on disk took (`syncfs`, and
+    /// `fsync` of the images directory around the commit; in `total_us`).
     pub sync_us: u64,
     /// Microseconds of the frozen time spent waiting for the service (its
     /// checks and answers at CRIU's notifications); the rest is CRIU's.

@@ -23,6 +23,6 @@ pub use frame::Header;
 #[doc(hidden)]
 pub use io::{Frame, read_frame, write_frame};
 pub use messages::{
-    DumpFailure, DumpOptions, DumpReport, JobId, MAX_TEXT, Refusal, RefusalKind, Request, Response,
-    RestoreReport, RestoreRequest, clip,
+    DEFAULT_KEEP, DumpFailure, DumpOptions, DumpReport, FrozenNotice, JobId, MAX_TEXT, Refusal,
+    RefusalKind, Request, Response, RestoreReport, RestoreRequest, clip,
 };

@@ -2,9 +2,10 @@
 //! and where it listens.
 
 use super::config::{Admit, Config};
+use super::engine::NonRootEngine;
 use super::engine::kdat::{self, KdatCache};
 use super::manifest::{DEFAULT_KEY_FILE, Key};
-use super::{CallerInfo, Criu, Error, Policy, Server, Shared};
+use super::{CallerInfo, Criu, Error, NonRootFallback, Policy, Server, Shared};
 use async_io::Async;
 use std::os::unix::fs::PermissionsExt;
 use std::os::unix::net::UnixListener;
@@ -46,6 +47,13 @@ use std::time::Duration;
 /// RPC protocol stops there (its `post-dump`/notify round trips); the
 /// command line offers action scripts, which cannot reach the service's
 /// connection or veto the dump.
+///
+/// The CRIU that dumps a root caller runs as root (one may be started
+/// ahead, [`Builder::warm_workers`]); the one that dumps a non-root caller
+/// runs as that caller, with `CAP_CHECKPOINT_RESTORE` as its only
+/// capability, started for its dump. Where it cannot run so, non-root
+/// checkpoints are refused or go to root's CRIU, as
+/// [`Builder::non_root_fallback`] says.
 #[derive(Debug, Clone)]
 #[must_use = "a Builder serves nothing until `bind` or `listener` makes the Server"]
 pub struct Builder {
@@ -103,11 +111,21 @@ impl Builder {
         self.config.admit = Some(Admit(Arc::new(f)));
         self
     }
+    /// What non-root callers get where CRIU cannot run as the caller here
+    /// (default [`NonRootFallback::Refuse`]); where it can, their dumps run
+    /// as themselves whatever this says. The server finds out when it
+    /// starts, by starting a CRIU as uid 65534 (see [`Builder::listener`]).
+    pub fn non_root_fallback(mut self, fallback: NonRootFallback) -> Self {
+        self.config.non_root_fallback = fallback;
+        self
+    }
     /// `criu swrk` workers kept started ahead of time (default 1; 0 for
     /// none). A dump that finds one ready skips CRIU's exec and start-up,
     /// 3–11 ms on the machines of BENCHMARKS.md; each waiting worker is an
     /// idle `criu swrk` child of the service. Dumps beyond the ready ones
-    /// start their own, as with 0.
+    /// start their own, as with 0. They serve root callers: a non-root
+    /// caller's CRIU runs as that caller, whose uid is known only once it
+    /// asks (BENCHMARKS.md measures what that costs).
     pub fn warm_workers(mut self, n: usize) -> Self {
         self.config.warm_workers = n;
         self
@@ -187,6 +205,16 @@ impl Builder {
         self.config.max_results_per_uid = n.max(1);
         self
     }
+    /// Generations a checkpoint may keep in its images directory at most
+    /// (default [`MAX_KEEP`](super::MAX_KEEP)): a caller asking to keep
+    /// more ([`Options::keep`](crate::Options::keep)) keeps this many. Each
+    /// generation is a whole checkpoint (the process's memory), so this
+    /// bounds what one directory of checkpoints takes on disk, in units of
+    /// checkpoints.
+    pub fn max_keep(mut self, n: usize) -> Self {
+        self.config.max_keep = n.max(1);
+        self
+    }
     /// Mode of a socket created by [`Builder::bind`] (default 0o600).
     pub fn socket_mode(mut self, mode: u32) -> Self {
         self.socket_mode = mode;
@@ -242,8 +270,10 @@ impl Builder {
     ///
     /// Like [`Builder::bind`], it first checks CRIU (it must run and be 4
     /// or newer, else [`Error::Criu`]) and makes sure dumps find CRIU's
-    /// kernel-feature cache (see [`kdat`](super::engine::kdat)), as
-    /// `selfdump serve` does; this runs CRIU and blocks meanwhile.
+    /// kernel-feature cache (see [`kdat`](super::engine::kdat)), and
+    /// whether CRIU can run as a non-root caller here (it starts one as uid
+    /// 65534; see [`Builder::non_root_fallback`]), as `selfdump serve`
+    /// does; this runs CRIU and blocks meanwhile.
     pub fn listener(self, listener: UnixListener) -> Result<Server, Error> {
         let key = match &self.key {
             Some(key) => key.clone(),
@@ -253,11 +283,13 @@ impl Builder {
             })?,
         };
         let kdat = prepare_criu(&self.config.criu)?;
+        let non_root = NonRootEngine::decide(&self.config.criu, self.config.non_root_fallback);
+        log::info!("non-root callers: {}", non_root.describe());
         let listener = Async::new(listener).map_err(Error::Accept)?;
         Ok(Server {
             listener,
             path: None,
-            shared: Arc::new(Shared::new(self.config, key, kdat)),
+            shared: Arc::new(Shared::new(self.config, key, kdat, non_root)),
         })
     }
 }

@@ -34,7 +34,9 @@ pub fn find_criu() -> PathBuf {
         .unwrap_or_else(|| PathBuf::from("criu"))
 }
 
-/// Runs every check, stopping at the first that makes the rest pointless.
+/// Runs every check, stopping at the first that makes the rest pointless;
+/// the last says which engine non-root callers get here and whether it
+/// works (a tiny dump and restore as uid 65534).
 pub fn check(criu: &Criu, scratch: &Path) -> Vec<Finding> {
     let mut out = Vec::new();
     let version = match Command::new(&criu.path).arg("--version").output() {
@@ -91,25 +93,8 @@ pub fn check(criu: &Criu, scratch: &Path) -> Vec<Finding> {
         Ok(d) => finding("dump and restore of a tiny process", true, format!("{d:?}")),
         Err(e) => finding("dump and restore of a tiny process", false, e),
     });
-    out.push(other_uids());
+    out.push(super::check_non_root::non_root_callers(criu, scratch));
     out
-}
-
-/// Whether callers of other uids than the service's can be dumped: CRIU
-/// needs capabilities for that which a restricted root may lack.
-fn other_uids() -> Finding {
-    const WHAT: &str = "dumps of non-root callers";
-    match super::caps::own_effective() {
-        None => finding(WHAT, false, "cannot read this process's capabilities"),
-        Some(eff) => match super::caps::other_uids_blocked(eff) {
-            None => finding(WHAT, true, "the service has the capabilities CRIU needs"),
-            Some(why) => finding(
-                WHAT,
-                false,
-                format!("not possible here: {why}; root callers are not affected"),
-            ),
-        },
-    }
 }
 
 /// A `sleep 600` in a session of its own: the process the check dumps.

@@ -4,7 +4,7 @@
 
 use super::jobs;
 use super::peer;
-use super::{CallerInfo, Criu, Policy};
+use super::{CallerInfo, Criu, NonRootFallback, Policy};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -22,6 +22,9 @@ pub(super) const FROZEN_NOTICE_TIMEOUT: Duration = Duration::from_secs(2);
 /// a notification).
 pub(super) const DRAIN_POLL: Duration = Duration::from_millis(100);
 
+/// [`Builder::max_keep`](super::Builder::max_keep) by default.
+pub const MAX_KEEP: usize = 16;
+
 /// The runtime configuration of a server (see the [`Builder`](super::Builder)
 /// setter of each field for its meaning and default).
 #[derive(Debug, Clone)]
@@ -29,6 +32,7 @@ pub(super) struct Config {
     pub(super) criu: Criu,
     pub(super) policy: Policy,
     pub(super) admit: Option<Admit>,
+    pub(super) non_root_fallback: NonRootFallback,
     /// Limits.
     pub(super) max_dumps: usize,
     pub(super) max_dumps_per_uid: usize,
@@ -37,6 +41,8 @@ pub(super) struct Config {
     pub(super) warm_workers: usize,
     pub(super) max_results: usize,
     pub(super) max_results_per_uid: usize,
+    /// Generations a caller may keep per images directory.
+    pub(super) max_keep: usize,
     /// Timeouts.
     pub(super) request_timeout: Duration,
     pub(super) dump_timeout: Duration,
@@ -49,6 +55,7 @@ impl Default for Config {
             criu: Criu::default(),
             policy: Policy::root_only(),
             admit: None,
+            non_root_fallback: NonRootFallback::default(),
             max_dumps: 8,
             max_dumps_per_uid: 4,
             max_connections: 256,
@@ -56,6 +63,7 @@ impl Default for Config {
             warm_workers: 1,
             max_results: jobs::MAX_RESULTS,
             max_results_per_uid: jobs::MAX_RESULTS_PER_UID,
+            max_keep: MAX_KEEP,
             request_timeout: Duration::from_secs(5),
             dump_timeout: Duration::from_secs(300),
             result_ttl: Duration::from_secs(600),

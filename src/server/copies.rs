@@ -46,7 +46,7 @@
 use super::Criu;
 use super::engine::first_error;
 use super::images::ImageMeta;
-use super::private_dir::{LOG_DIR, PrivateDir};
+use super::private_dir::{KEEP_LEFTOVER_BYTES, KEEP_LEFTOVERS, LOG_DIR, PrivateDir};
 use super::restore::{RestoreError, RestoreSettings, Verified};
 pub use super::verified_images::VerifiedImages;
 use crate::copy_record;
@@ -256,6 +256,7 @@ pub(super) fn start_round(
         message: format!("no place for the restore logs: {e}"),
         log: PathBuf::from(LOG_DIR),
     })?;
+    base.prune_leftovers(KEEP_LEFTOVERS, KEEP_LEFTOVER_BYTES);
     let started = Instant::now();
     let (pending, daemons, failed) = start_all(&settings.criu, &images, meta, copies, lazy, &base);
     let watchdog = Watchdog::start(

@@ -1,12 +1,17 @@
-//! One checkpoint request, from the checks to the published images.
+//! One checkpoint request, from the checks to the committed generation
+//! (`commit.rs`) and the answer.
 
 use super::Shared;
 use super::as_caller::CallerCreds;
 use super::config::FROZEN_NOTICE_TIMEOUT;
 use super::connection::send;
+use super::dump_failure::failure_message;
+use super::engine::run_as::RunAs;
 use super::engine::{
-    CriuFlags, DumpHooks, DumpSpec, Dumped, EngineError, FrozenVerdict, without_forks,
+    CriuFlags, DumpHooks, DumpSpec, Dumped, EngineError, FrozenVerdict, NonRootEngine, Worker,
+    without_forks,
 };
+use super::generation;
 use super::images::{ImageMeta, Published};
 use super::jobs::{Jobs, Running};
 use super::leftovers;
@@ -14,12 +19,14 @@ use super::outcome::{Outcome, Refused};
 use super::peer::Peer;
 use super::pidns::NsInit;
 use super::policy::{Caller, check_dumpable, may_write_dir};
+use super::retention;
 use super::slots::UidSlot;
 use super::staging::Staging;
+use super::subdir::check_filesystem;
 use super::tree::check_frozen_tree;
 use crate::proto::{
-    DumpOptions, DumpReport, JobId, PROTOCOL_VERSION, RefusalKind, Response, encode_frame,
-    write_frame,
+    DumpOptions, DumpReport, FrozenNotice, JobId, PROTOCOL_VERSION, RefusalKind, Response,
+    encode_frame, write_frame,
 };
 use async_io::{Async, Timer};
 use futures_lite::FutureExt;
@@ -48,6 +55,11 @@ fn admit(shared: &Shared, peer: &Peer, dir: &OwnedFd) -> Result<Caller, Refused>
     let dir_stat =
         rustix::fs::fstat(dir).map_err(|e| Refused::bad_directory(format!("images fd: {e}")))?;
     may_write_dir(&caller, &dir_stat).map_err(Refused::bad_directory)?;
+    // before anything is made in it: a cgroupfs "directory" makes cgroups
+    check_filesystem(dir).map_err(|e| Refused::bad_directory(e.to_string()))?;
+    generation::read_latest(dir)
+        .map_err(|e| Refused::bad_directory(format!("in the images directory, {e}")))?;
+    generation::may_switch_latest(dir, &dir_stat, caller.uid()).map_err(Refused::bad_directory)?;
     // Last, the embedder's own policy (`Builder::admit`), if it has one.
     shared
         .config
@@ -80,7 +92,10 @@ pub(super) async fn checkpoint(
     };
     let job = reservation.job.id;
     let images_dir = dir.try_clone().ok();
-    let (staging, criu_dir) = match stage(shared, job, &caller, dir).await {
+    // admitted callers have all their ids equal
+    let criu_as = (shared.non_root).criu_for(caller.uid(), caller.gids[1], &caller.groups);
+    let as_caller = criu_as.is_some();
+    let (staging, criu_dir) = match stage(shared, job, &caller, dir, as_caller).await {
         Ok(staged) => staged,
         Err(answer) => {
             reservation.release_job();
@@ -89,9 +104,14 @@ pub(super) async fn checkpoint(
     };
     let root_pid = ns_init.as_ref().map_or(peer.pid, |init| init.peer.pid);
     log::info!(
-        "job {job}: dumping pid {} (uid {}) {options:?} shell_job={shell_job}{}",
+        "job {job}: dumping pid {} (uid {}, by {}) {options:?} shell_job={shell_job}{}",
         peer.pid,
         caller.uid(),
+        if as_caller {
+            "a CRIU running as the caller"
+        } else {
+            "root's CRIU"
+        },
         match &ns_init {
             Some(init) => format!(", its whole pid namespace from init pid {}", init.peer.pid),
             None => String::new(),
@@ -105,6 +125,7 @@ pub(super) async fn checkpoint(
         caller: &caller,
         job,
         reply: ReplyTo::Connection(stream),
+        generation: staging.generation().to_owned(),
         staging: Lent(Some(staging)),
         meta: ImageMeta {
             pid: root_pid,
@@ -120,14 +141,16 @@ pub(super) async fn checkpoint(
         options,
         shell_job,
     };
-    let dumped = freeze(shared, &spec, &mut hooks).await;
+    let dumped = freeze(shared, &spec, criu_as.as_ref(), &mut hooks).await;
     drop(criu_dir);
     log::debug!("job {job}: criu done at {:?}", received.elapsed());
     let reply = std::mem::replace(&mut hooks.reply, ReplyTo::Job);
-    let outcome = conclude(hooks, dumped, job, caller.uid(), received).await;
+    let outcome = conclude(hooks, dumped, job, as_caller, received).await;
+    let keep = matches!(outcome, Outcome::Dumped(_))
+        .then(|| (options.keep as usize).clamp(1, shared.config.max_keep));
     log::info!("job {job}: {}", outcome.summary());
     deliver(&mut reservation, reply, outcome).await;
-    tidy(shared, images_dir, job);
+    tidy(shared, images_dir, job, CallerCreds::of(&caller), keep);
 }
 
 /// Checks a checkpoint request before anything is reserved for it: the
@@ -142,6 +165,16 @@ async fn admit_request(
     options: DumpOptions,
 ) -> Result<(Caller, bool, Option<NsInit>), Refused> {
     let caller = admit(shared, peer, dir)?;
+    if caller.uid() != 0
+        && let NonRootEngine::Refused(why) = &shared.non_root
+    {
+        let m = format!(
+            "this service cannot run CRIU as your uid ({why}), and it is set to refuse \
+             non-root checkpoints rather than have root's CRIU dump them (its operator can \
+             allow that: `selfdump serve --non-root-fallback root`)"
+        );
+        return Err(Refused::new(RefusalKind::Unsupported, m));
+    }
     let ns_init = super::pidns::dump_root(peer, &caller).map_err(Refused::not_permitted)?;
     if let Some(Err(m)) = ns_init.as_ref().map(super::pidns::NsInit::check_session) {
         return Err(Refused::new(RefusalKind::Unsupported, m));
@@ -237,16 +270,25 @@ async fn stage(
     job: JobId,
     caller: &Caller,
     dir: OwnedFd,
+    as_caller: bool,
 ) -> Result<(Staging, OwnedFd), Response> {
     let creds = CallerCreds::of(caller);
     let key = shared.key.clone();
-    let staging = blocking::unblock(move || Staging::create(dir, job, creds, key))
-        .await
-        .map_err(|e| {
-            Refused::bad_directory(format!(
-                "cannot create a directory in the images directory: {e}"
-            ))
-        })?;
+    let generation = generation::new_name(std::time::SystemTime::now())
+        .map_err(|e| Outcome::failed(Some(job), format!("cannot name a generation: {e}")))?;
+    let staging = blocking::unblock(move || {
+        let mut staging = Staging::create(dir, job, creds, key, generation)?;
+        if as_caller {
+            staging.for_criu_as_caller()?;
+        }
+        Ok::<_, std::io::Error>(staging)
+    })
+    .await
+    .map_err(|e| {
+        Refused::bad_directory(format!(
+            "cannot create a directory in the images directory: {e}"
+        ))
+    })?;
     let criu_dir = staging
         .dir()
         .try_clone_to_owned()
@@ -275,25 +317,38 @@ fn image_meta(
     meta
 }
 
-/// CRIU dumps the tree, calling `hooks` while it is frozen.
+/// CRIU dumps the tree, calling `hooks` while it is frozen: root's CRIU
+/// (a worker started ahead if one is ready), or one started now as
+/// `criu_as`, inheriting the directory it dumps into.
 async fn freeze(
     shared: &Shared,
     spec: &DumpSpec<'_>,
+    criu_as: Option<&RunAs>,
     hooks: &mut Hooks<'_>,
 ) -> Result<Dumped, EngineError> {
-    match shared.workers.take() {
+    let worker = match criu_as {
+        None => shared.workers.take(),
+        Some(user) => Worker::start_as(
+            &shared.config.criu,
+            user,
+            Some(spec.images_dir),
+            shared.non_root.runtime_dir(),
+        ),
+    };
+    match worker {
         Ok(worker) => worker.dump(spec, shared.config.dump_timeout, hooks).await,
         Err(e) => Err(EngineError::Io(e)),
     }
 }
 
-/// Publishes the images of a dump that succeeded, or discards what a
-/// failed one left (keeping CRIU's log for the caller): the outcome.
+/// Commits the images of a dump that succeeded as a generation, or
+/// discards what a failed one left (keeping CRIU's log for the caller):
+/// the outcome.
 async fn conclude(
     hooks: Hooks<'_>,
     dumped: Result<Dumped, EngineError>,
     job: JobId,
-    uid: u32,
+    as_caller: bool,
     received: Instant,
 ) -> Outcome {
     let caller_alive = hooks.peer.is_alive();
@@ -301,28 +356,45 @@ async fn conclude(
         staging,
         meta,
         saved,
+        peer,
+        root,
+        caller,
+        generation,
         ..
     } = hooks;
     let staging = staging.into_inner();
     let dumped = match dumped {
         Ok(dumped) => dumped,
         Err(e) => {
+            let committed = staging.is_committed();
             let (log_file, logged) = blocking::unblock(move || staging.discard()).await;
+            let tree = as_caller.then(|| root.unwrap_or(peer));
+            let mut message = failure_message(&e, logged, caller, tree, caller_alive);
+            if committed {
+                message.push_str(&format!(
+                    " (after the images were committed as generation {generation}, which \
+                     latest names)"
+                ));
+            }
             return Outcome::Failed {
                 job: Some(job),
-                message: failure_message(&e, logged, uid, caller_alive),
+                message,
                 log_file,
             };
         }
     };
     let published = blocking::unblock(move || staging.publish(&meta)).await;
-    log::debug!("job {job}: images published at {:?}", received.elapsed());
+    log::debug!(
+        "job {job}: generation {generation} committed at {:?}",
+        received.elapsed()
+    );
     match published {
         Ok(published) => {
             let published = saved.unwrap_or_default().and(published);
             let stats = published.stats.clone().unwrap_or_default();
             Outcome::Dumped(DumpReport {
                 job,
+                generation,
                 frozen_us: stats.frozen_time.into(),
                 freezing_us: stats.freezing_time.into(),
                 memdump_us: stats.memdump_time.into(),
@@ -336,40 +408,11 @@ async fn conclude(
         }
         Err(e) => Outcome::failed(
             Some(job),
-            format!("dump succeeded but saving the images failed: {e}"),
+            format!(
+                "dump succeeded but committing the images failed: {e}; latest still names the \
+                 previous generation"
+            ),
         ),
-    }
-}
-
-/// Why a dump failed, for its caller: CRIU's first logged error (`logged`)
-/// or message, with a capability the service lacks named first.
-fn failure_message(
-    e: &EngineError,
-    logged: Option<String>,
-    uid: u32,
-    caller_alive: bool,
-) -> String {
-    match e {
-        // (their own words say the process runs on)
-        EngineError::Died if !caller_alive => {
-            "criu died in the middle of the dump, and the process is gone too".into()
-        }
-        EngineError::TimedOut(limit) if !caller_alive => format!(
-            "dump exceeded its time limit of {limit:?}; it was abandoned, and the process is gone"
-        ),
-        EngineError::Failed(errmsg) => format!(
-            "criu dump failed: {}",
-            super::caps::explain_dump_failure(
-                logged
-                    .as_deref()
-                    // (CRIU's own message is the harmless RLIMIT_NOFILE
-                    // line whenever it logged that first: see `first_error`)
-                    .or(errmsg.as_deref().filter(|m| !m.contains("RLIMIT_NOFILE")))
-                    .unwrap_or("no error logged"),
-                uid
-            )
-        ),
-        _ => e.to_string(),
     }
 }
 
@@ -397,13 +440,27 @@ async fn deliver(reservation: &mut Reservation<'_>, reply: ReplyTo, outcome: Out
     }
 }
 
-/// After the answer: the next dump finds a worker ready, and what a
-/// service that died left in this directory goes.
-fn tidy(shared: &Shared, images_dir: Option<OwnedFd>, job: JobId) {
+/// After the answer (off the caller's time): the next dump finds a worker
+/// ready, generations beyond the newest `keep` go once one was committed
+/// (`retention.rs`), and what a service that died left in this directory
+/// goes (the caller's own leftovers with its credentials, `creds`).
+fn tidy(
+    shared: &Shared,
+    images_dir: Option<OwnedFd>,
+    job: JobId,
+    creds: CallerCreds,
+    keep: Option<usize>,
+) {
     shared.workers.refill();
     if let Some(images_dir) = images_dir {
         let own = format!("{:016x}", job.service);
-        blocking::unblock(move || leftovers::remove_stale_staging(&images_dir, &own)).detach();
+        blocking::unblock(move || {
+            if let Some(keep) = keep {
+                retention::retain(&images_dir, &creds, keep);
+            }
+            leftovers::remove_stale(&images_dir, Some(&own), &creds)
+        })
+        .detach();
     }
 }
 
@@ -443,6 +500,8 @@ struct Hooks<'a> {
     /// reads the error on it), then the job.
     reply: ReplyTo,
     staging: Lent<Staging>,
+    /// The generation the images become (told the caller at the freeze).
+    generation: String,
     meta: ImageMeta,
     /// "Exit after dump": CRIU ends the tree after `post-dump`, so the images
     /// are saved before that, or the tree is kept alive.
@@ -455,7 +514,11 @@ impl DumpHooks for Hooks<'_> {
         let ReplyTo::Connection(stream) = std::mem::replace(&mut self.reply, ReplyTo::Job) else {
             return FrozenVerdict::Veto("criu announced the freeze twice".into());
         };
-        match at_freeze(self.peer, self.root, self.caller, &stream, self.job).await {
+        let notice = FrozenNotice {
+            job: self.job,
+            generation: self.generation.clone(),
+        };
+        match at_freeze(self.peer, self.root, self.caller, &stream, notice).await {
             Ok(()) => {
                 self.meta.copy_slot = self
                     .copy_slot_fd
@@ -498,12 +561,12 @@ async fn at_freeze(
     root: Option<&Peer>,
     caller: &Caller,
     stream: &Async<UnixStream>,
-    job: JobId,
+    notice: FrozenNotice,
 ) -> Result<(), String> {
     // A whole namespace: every task under its init, the caller among them.
     check_frozen_tree(root.unwrap_or(peer), caller)?;
     peer.alive_or("the caller exited while its tree was checked")?;
-    let frame = encode_frame(&Response::Frozen(job));
+    let frame = encode_frame(&Response::Frozen(notice));
     let write = async {
         write_frame(stream, &frame, &[])
             .await

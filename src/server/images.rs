@@ -1,13 +1,15 @@
 //! What the service adds to a dump's images and reads back from them: its
 //! own description of the dump, what was published, and CRIU's image
 //! format (entries of protobuf messages). The directory CRIU writes into is
-//! `staging.rs`'s.
+//! `staging.rs`'s; the generation made of its files, `commit.rs`'s.
 
 use super::engine::rpc;
 use crate::proto::JobId;
 use rustix::fs::{Mode, OFlags};
 use serde::{Deserialize, Serialize};
+use std::io;
 use std::os::fd::AsFd;
+use std::os::fd::OwnedFd;
 
 /// What the images of one dump are, as the service recorded it in their
 /// signed manifest ([`Manifest`](super::manifest::Manifest)).
@@ -56,6 +58,10 @@ pub struct ImageMeta {
     /// `--inherit-fd`; see `DumpOptions::copy_slot_fd`. Older images lack it.
     #[serde(default)]
     pub copy_slot: Option<String>,
+    /// The generation the images were committed as (a directory of that
+    /// name in the images directory). Older images lack it.
+    #[serde(default)]
+    pub generation: Option<String>,
 }
 
 /// What the published images hold.
@@ -95,15 +101,20 @@ pub(crate) fn entry_names(dir: &impl AsFd) -> std::io::Result<Vec<String>> {
     Ok(names)
 }
 
-/// Reads a small image file from `dir`, if it is there.
+/// Reads a small image file from `dir`, if it is there and a regular file
+/// (never a symlink followed, never a FIFO waited on).
 pub fn read_image(dir: &impl AsFd, name: &str) -> Option<Vec<u8>> {
     let file = rustix::fs::openat(
         dir,
         name,
-        OFlags::RDONLY | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+        OFlags::RDONLY | OFlags::NOFOLLOW | OFlags::CLOEXEC | OFlags::NONBLOCK,
         Mode::empty(),
     )
     .ok()?;
+    let stat = rustix::fs::fstat(&file).ok()?;
+    if rustix::fs::FileType::from_raw_mode(stat.st_mode) != rustix::fs::FileType::RegularFile {
+        return None;
+    }
     let mut out = Vec::new();
     let mut buf = [0u8; 8192];
     loop {
@@ -132,4 +143,48 @@ pub fn entries(image: &[u8]) -> impl Iterator<Item = &[u8]> {
 
 pub(crate) fn first_entry(image: &[u8]) -> Option<&[u8]> {
     entries(image).next()
+}
+
+/// CRIU's statistics of a dump, from its `stats-dump` in `dir`, if there.
+pub(crate) fn dump_stats(dir: &impl AsFd) -> Option<rpc::DumpStatsEntry> {
+    use prost::Message;
+    let bytes = read_image(dir, "stats-dump")?;
+    rpc::StatsEntry::decode(first_entry(&bytes)?).ok()?.dump
+}
+
+/// Whether only root can write the file of `stat`: root's, and neither
+/// group- nor other-writable. That covers ACLs too: with an access ACL the
+/// mode's group bits are its mask, which bounds every named user and
+/// group entry, so a mask without write leaves write to the owner alone.
+/// Such a file is hard-linked, never copied, into the private directory
+/// (`Verified::take`, and a generation's files when it is made), and
+/// `Verified::recheck` requires it of every file there.
+pub(crate) fn only_root_writes(stat: &rustix::fs::Stat) -> bool {
+    stat.st_uid == 0 && stat.st_mode & 0o022 == 0
+}
+
+/// Copies `size` bytes of `src` into a new file `name` of `dir`.
+pub(crate) fn copy(src: &OwnedFd, dir: &impl AsFd, name: &str, size: u64) -> io::Result<OwnedFd> {
+    let dst = rustix::fs::openat(
+        dir,
+        name,
+        OFlags::RDWR | OFlags::CREATE | OFlags::EXCL | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+        Mode::RUSR | Mode::WUSR,
+    )?;
+    let mut done = 0u64;
+    while done < size {
+        let mut off_in = done;
+        let n = rustix::fs::copy_file_range(
+            src,
+            Some(&mut off_in),
+            &dst,
+            None,
+            (size - done) as usize,
+        )?;
+        if n == 0 {
+            return Err(io::Error::other("file shrank while it was copied"));
+        }
+        done += n as u64;
+    }
+    Ok(dst)
 }

@@ -1,5 +1,8 @@
 //! What a checkpoint holds, at a glance (`selfdump inspect DIR`), for
-//! people and scripts (`--json`): the tree, the owner and options, sizes,
+//! people and scripts (`--json`): the generations of the directory (which
+//! one `latest` names, when each was made, its size and tree, whether it
+//! verifies), and for the one `latest` names (or the directory itself, if
+//! it holds images directly): the tree, the owner and options, sizes,
 //! when and by which service it was made, whether its signature verifies
 //! and with which key, and whether its pids are free here.
 //!
@@ -15,6 +18,7 @@
 //! ```
 
 use super::engine::rpc::{CoreEntry, PstreeEntry};
+use super::generation::{self, LATEST, read_latest};
 use super::images::{ImageMeta, entries, first_entry, read_image};
 use super::manifest::{Key, MANIFEST_FILE, Manifest, unsigned_extra};
 use super::restore::check_ids_free;
@@ -49,8 +53,8 @@ pub struct FileInfo {
     /// Its size in bytes.
     pub size: u64,
     /// Its state against the manifest: `signed`, `size differs`, `not
-    /// signed` (added after the dump), `missing`, or `extra` (logs and
-    /// statistics, which are not signed).
+    /// signed` (not part of the images: a restore ignores it), `missing`,
+    /// or `extra` (logs and statistics, which are not signed).
     pub state: String,
 }
 
@@ -66,9 +70,40 @@ pub struct Signature {
     pub problem: Option<String>,
 }
 
+/// One generation of an images directory.
+#[derive(Debug, Clone, Serialize)]
+pub struct GenerationInfo {
+    /// Its name (a directory of the images directory).
+    pub name: String,
+    /// Whether `latest` names it.
+    pub latest: bool,
+    /// When it was made (seconds since the epoch), from its manifest.
+    pub created_unix: Option<u64>,
+    /// The same, readable.
+    pub made: Option<String>,
+    /// Bytes of its files.
+    pub bytes: u64,
+    /// Tasks of its tree.
+    pub tasks: usize,
+    /// Its root task's command and pid, as `command (pid)`.
+    pub root: String,
+    /// Whether it verifies: signed by the key given to [`inspect`] and
+    /// every signed file there with its size (`None`: no key was given).
+    pub verifies: Option<bool>,
+    /// Why not, if it does not.
+    pub problem: Option<String>,
+}
+
 /// What [`inspect`] found.
 #[derive(Debug, Clone, Serialize)]
 pub struct Inspection {
+    /// The generations of the directory, oldest first (empty for a
+    /// directory of images made before generations, or a generation's own
+    /// directory).
+    pub generations: Vec<GenerationInfo>,
+    /// The generation inspected below: the one `latest` names (`None`:
+    /// the directory itself holds the images).
+    pub generation: Option<String>,
     /// The manifest's facts (owner, job, options, time, host), if there is
     /// a readable manifest.
     pub meta: Option<ImageMeta>,
@@ -87,8 +122,73 @@ pub struct Inspection {
     pub ids_in_use: Option<String>,
 }
 
-/// Inspects the images in `dir`; `key` checks the signature.
+/// Inspects the images directory `dir`: its generations, and the
+/// checkpoint `latest` names (or the images directly in `dir`); `key`
+/// checks the signatures.
 pub fn inspect(dir: &Path, key: Option<&Key>) -> io::Result<Inspection> {
+    let top = std::fs::File::open(dir)?;
+    let latest = read_latest(&top)?;
+    let generations = generation::list(&top)?
+        .into_iter()
+        .map(|name| summary(dir, &name, latest.as_deref() == Some(name.as_str()), key))
+        .collect();
+    let images = match &latest {
+        Some(name) => dir.join(name),
+        None => dir.to_path_buf(),
+    };
+    Ok(Inspection {
+        generations,
+        generation: latest,
+        ..inspect_images(&images, key)?
+    })
+}
+
+/// One generation at a glance.
+fn summary(dir: &Path, name: &str, latest: bool, key: Option<&Key>) -> GenerationInfo {
+    let path = dir.join(name);
+    let mut info = GenerationInfo {
+        name: name.to_owned(),
+        latest,
+        created_unix: None,
+        made: None,
+        bytes: 0,
+        tasks: 0,
+        root: String::new(),
+        verifies: None,
+        problem: None,
+    };
+    let inspected = match inspect_images(&path, key) {
+        Ok(inspected) => inspected,
+        Err(e) => {
+            info.verifies = Some(false);
+            info.problem = Some(e.to_string());
+            return info;
+        }
+    };
+    info.created_unix = inspected.meta.as_ref().map(|m| m.created_unix);
+    info.made = info.created_unix.map(generation::utc);
+    info.bytes = inspected.bytes;
+    info.tasks = inspected.tree.len();
+    info.root = inspected
+        .tree
+        .first()
+        .map(|t| format!("{} ({})", t.command, t.pid))
+        .unwrap_or_default();
+    let damaged = inspected
+        .files
+        .iter()
+        .find(|f| f.state == "missing" || f.state == "size differs");
+    (info.verifies, info.problem) = match (&inspected.signature, damaged) {
+        (None, _) => (Some(false), Some("not signed".into())),
+        (Some(s), _) if s.verifies == Some(false) => (Some(false), s.problem.clone()),
+        (_, Some(f)) => (Some(false), Some(format!("{} {}", f.name, f.state))),
+        (Some(s), None) => (s.verifies, None),
+    };
+    info
+}
+
+/// Inspects the images in `dir` itself.
+fn inspect_images(dir: &Path, key: Option<&Key>) -> io::Result<Inspection> {
     let fd = std::fs::File::open(dir)?;
     let (signature, manifest) = signature(&fd, key);
     let (files, bytes, pages) = files(dir, manifest.as_ref())?;
@@ -105,6 +205,8 @@ pub fn inspect(dir: &Path, key: Option<&Key>) -> io::Result<Inspection> {
     // a whole pid namespace restores into a fresh one: no host pid needed
     let namespace = meta.as_ref().is_some_and(|m| m.pid_namespace);
     Ok(Inspection {
+        generations: Vec::new(),
+        generation: None,
         meta,
         signature,
         tree,
@@ -153,7 +255,8 @@ fn files(dir: &Path, manifest: Option<&Manifest>) -> io::Result<(Vec<FileInfo>, 
         let entry = entry?;
         let name = entry.file_name().to_string_lossy().into_owned();
         let meta = entry.path().symlink_metadata()?;
-        if name.starts_with(".selfdump-") || !meta.is_file() && !meta.is_symlink() {
+        if name.starts_with(".selfdump-") || name == LATEST || !meta.is_file() && !meta.is_symlink()
+        {
             continue;
         }
         let size = meta.len();

@@ -9,9 +9,12 @@
 //! `.selfdump-*` entry that is a directory of root's, mode 0700, and that
 //! can be locked, belongs to no running dump. Callers cannot open such a
 //! directory, so they cannot hold its lock, and they cannot create one.
-//! Only its direct entries are removed (a subdirectory means it is not a
-//! staging directory, and it is left alone), through the directory's fd:
-//! nothing is looked up by path below the caller's directory.
+//! Only its direct entries are removed, and those of the caller's directory
+//! a CRIU running as the caller wrote into (`subdir::CALLERS_DIR`, files
+//! only), through the directories' fds: nothing is looked up by path below
+//! the caller's directory. Any other subdirectory means it is not a staging
+//! directory, and it is left alone, whole (it is looked at before anything
+//! in it is removed).
 //!
 //! The directory itself is then removed by name, as root, and stays root's
 //! until then: the CRIU of the dead service may still be writing into it
@@ -20,52 +23,70 @@
 //! the filesystem rule all the same: `rmdir` takes only an empty
 //! directory, and to put one under this name the caller must have had the
 //! right to remove it.
+//!
+//! Two more kinds of leftover, of the caller's own, go the same way but
+//! with the caller's credentials, and only when the next checkpoint is the
+//! same uid's: a generation directory given to the caller but not named
+//! yet (`commit.rs`, killed after step 3), and the temporary symlink of a
+//! switch of `latest` (killed after step 6), stale once the generation it
+//! names is unlocked (its committer holds the lock until the switch).
 
-use rustix::fs::{AtFlags, Dir, FileType, FlockOperation, OFlags};
+use super::as_caller::CallerCreds;
+use super::subdir::{CALLERS_DIR, remove_dir_as};
+use rustix::fs::{AtFlags, Dir, FileType, FlockOperation, Mode, OFlags};
 use std::io;
 use std::os::fd::AsFd;
 
-/// Removes the stale staging directories in `parent`, except those named
-/// after jobs of `own_service` (this service's own are live or cleaned up
-/// by their `Drop`). Returns their names.
-pub(super) fn remove_stale_staging(parent: impl AsFd, own_service: &str) -> Vec<String> {
+/// Removes the stale leftovers in `parent` (see the module docs), except
+/// those named after jobs of `own_service` (this service's own are live
+/// or cleaned up by their `Drop`). `creds` are the caller's. Returns the
+/// names removed.
+pub(super) fn remove_stale(
+    parent: impl AsFd,
+    own_service: Option<&str>,
+    creds: &CallerCreds,
+) -> Vec<String> {
     let parent = parent.as_fd();
     let Ok(entries) = Dir::read_from(parent) else {
         return Vec::new();
     };
-    let own = format!(".selfdump-{own_service}-");
+    let own = own_service.map(|s| format!(".selfdump-{s}-"));
     let mut removed = Vec::new();
     for entry in entries.flatten() {
         let name = entry.file_name().to_string_lossy().into_owned();
-        if !name.starts_with(".selfdump-") || name.starts_with(&own) {
+        if !name.starts_with(".selfdump-") || own.as_ref().is_some_and(|o| name.starts_with(o)) {
             continue;
         }
-        match remove_if_stale(parent, &name) {
+        let gone = if name.starts_with(".selfdump-latest-") {
+            remove_if_stale_symlink(parent, &name, creds)
+        } else {
+            remove_if_stale(parent, &name, creds)
+        };
+        match gone {
             Ok(true) => {
-                log::warn!("removed {name}, the staging directory of a service that died mid-dump");
+                log::warn!("removed {name}, left by a selfdump service or restore that died");
                 removed.push(name);
             }
             Ok(false) => {}
-            Err(e) => log::warn!("cannot remove the stale staging directory {name}: {e}"),
+            Err(e) => log::warn!("cannot remove the stale {name}: {e}"),
         }
     }
     removed
 }
 
-fn remove_if_stale(parent: impl AsFd, name: &str) -> io::Result<bool> {
+fn remove_if_stale(parent: impl AsFd, name: &str, creds: &CallerCreds) -> io::Result<bool> {
     let parent = parent.as_fd();
     let stat = rustix::fs::statat(parent, name, AtFlags::SYMLINK_NOFOLLOW)?;
-    if FileType::from_raw_mode(stat.st_mode) != FileType::Directory
-        || stat.st_uid != 0
-        || stat.st_mode & 0o7777 != 0o700
-    {
+    let roots = stat.st_uid == 0 && stat.st_mode & 0o7777 == 0o700;
+    let callers = stat.st_uid == creds.uid && creds.uid != 0;
+    if FileType::from_raw_mode(stat.st_mode) != FileType::Directory || !(roots || callers) {
         return Ok(false);
     }
     let dir = rustix::fs::openat(
         parent,
         name,
         OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC | OFlags::RDONLY,
-        rustix::fs::Mode::empty(),
+        Mode::empty(),
     )?;
     if rustix::fs::fstat(&dir)?.st_ino != stat.st_ino {
         return Ok(false); // swapped since the look
@@ -73,18 +94,91 @@ fn remove_if_stale(parent: impl AsFd, name: &str) -> io::Result<bool> {
     if rustix::fs::flock(&dir, FlockOperation::NonBlockingLockExclusive).is_err() {
         return Ok(false); // a running dump's
     }
-    for entry in Dir::read_from(&dir)? {
-        let entry = entry?;
-        let file = entry.file_name().to_string_lossy().into_owned();
-        if file == "." || file == ".." {
-            continue;
+    if callers {
+        remove_dir_as(creds, &parent, name, &dir)?;
+        return Ok(true);
+    }
+    // looked at whole before anything goes: a directory that is not a
+    // staging directory is left as it was
+    let entries = typed_entries(&dir)?;
+    let nested = entries
+        .iter()
+        .any(|(n, t)| *t == FileType::Directory && n == CALLERS_DIR);
+    if entries
+        .iter()
+        .any(|(n, t)| *t == FileType::Directory && n != CALLERS_DIR)
+    {
+        return Ok(false);
+    }
+    let nested = match nested {
+        false => None,
+        true => {
+            let inner = rustix::fs::openat(
+                &dir,
+                CALLERS_DIR,
+                OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC | OFlags::RDONLY,
+                rustix::fs::Mode::empty(),
+            )?;
+            let files = typed_entries(&inner)?;
+            if files.iter().any(|(_, t)| *t == FileType::Directory) {
+                return Ok(false);
+            }
+            Some((inner, files))
         }
-        if entry.file_type() == FileType::Directory {
-            return Ok(false);
+    };
+    if let Some((inner, files)) = nested {
+        for (file, _) in files {
+            rustix::fs::unlinkat(&inner, file.as_str(), AtFlags::empty())?;
         }
-        rustix::fs::unlinkat(&dir, file.as_str(), AtFlags::empty())?;
+        rustix::fs::unlinkat(&dir, CALLERS_DIR, AtFlags::REMOVEDIR)?;
+    }
+    for (file, kind) in entries {
+        if kind != FileType::Directory {
+            rustix::fs::unlinkat(&dir, file.as_str(), AtFlags::empty())?;
+        }
     }
     rustix::fs::unlinkat(parent, name, AtFlags::REMOVEDIR)?;
+    Ok(true)
+}
+
+/// The entries of a directory (but `.` and `..`) with their types.
+fn typed_entries(dir: &impl AsFd) -> io::Result<Vec<(String, FileType)>> {
+    let mut out = Vec::new();
+    for entry in Dir::read_from(dir)? {
+        let entry = entry?;
+        let name = entry.file_name().to_string_lossy().into_owned();
+        if name != "." && name != ".." {
+            out.push((name, entry.file_type()));
+        }
+    }
+    Ok(out)
+}
+
+/// A `.selfdump-latest-*` symlink of the caller's whose generation is not
+/// locked (or gone): its switch of `latest` died half way. Removed as the
+/// caller.
+fn remove_if_stale_symlink(parent: impl AsFd, name: &str, creds: &CallerCreds) -> io::Result<bool> {
+    let parent = parent.as_fd();
+    let stat = rustix::fs::statat(parent, name, AtFlags::SYMLINK_NOFOLLOW)?;
+    if FileType::from_raw_mode(stat.st_mode) != FileType::Symlink || stat.st_uid != creds.uid {
+        return Ok(false);
+    }
+    let target = rustix::fs::readlinkat(parent, name, Vec::new())?;
+    let target = target.to_string_lossy().into_owned();
+    if !super::generation::is_generation_name(&target) {
+        return Ok(false);
+    }
+    match rustix::fs::openat(
+        parent,
+        target.as_str(),
+        OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC | OFlags::RDONLY,
+        Mode::empty(),
+    ) {
+        Ok(dir) if !super::generation::try_lock_exclusive(dir.as_fd()) => return Ok(false),
+        Ok(_) | Err(rustix::io::Errno::NOENT) => {}
+        Err(e) => return Err(e.into()),
+    }
+    creds.run(|| rustix::fs::unlinkat(parent, name, AtFlags::empty()))??;
     Ok(true)
 }
 
@@ -116,22 +210,40 @@ mod tests {
         std::os::unix::fs::chown(&foreign, Some(65534), None).unwrap();
         let loose = staging_like(parent.path(), ".selfdump-eeee-1");
         std::fs::set_permissions(&loose, std::fs::Permissions::from_mode(0o755)).unwrap();
+        let nested = staging_like(parent.path(), ".selfdump-abab-1");
+        std::fs::create_dir(nested.join("criu")).unwrap();
+        std::fs::write(nested.join("criu/pages-1.img"), b"partial").unwrap();
+        std::os::unix::fs::chown(nested.join("criu"), Some(65534), Some(65534)).unwrap();
+        let other_subdir = staging_like(parent.path(), ".selfdump-acac-1");
+        std::fs::create_dir(other_subdir.join("other")).unwrap();
         let target = staging_like(parent.path(), "elsewhere");
         std::os::unix::fs::symlink(&target, parent.path().join(".selfdump-ffff-1")).unwrap();
         let held = std::fs::File::open(&live).unwrap();
         rustix::fs::flock(&held, FlockOperation::LockExclusive).unwrap();
 
         let dir = std::fs::File::open(parent.path()).unwrap();
-        let removed = remove_stale_staging(&dir, "cccc");
-        assert_eq!(removed, vec![".selfdump-aaaa-1".to_string()]);
-        assert!(!stale.exists());
-        for kept in [&live, &own, &foreign, &loose, &target] {
+        let root = CallerCreds {
+            uid: 0,
+            gid: 0,
+            groups: vec![],
+        };
+        let mut removed = remove_stale(&dir, Some("cccc"), &root);
+        removed.sort();
+        assert_eq!(
+            removed,
+            vec![
+                ".selfdump-aaaa-1".to_string(),
+                ".selfdump-abab-1".to_string()
+            ]
+        );
+        assert!(!stale.exists() && !nested.exists());
+        for kept in [&live, &own, &foreign, &loose, &target, &other_subdir] {
             assert!(kept.join("pages-1.img").exists(), "{kept:?} must stay");
         }
 
         drop(held); // its service died
         assert_eq!(
-            remove_stale_staging(&dir, "cccc"),
+            remove_stale(&dir, Some("cccc"), &root),
             vec![".selfdump-bbbb-1".to_string()]
         );
     }

@@ -261,6 +261,39 @@ pub fn hash_file(file: &OwnedFd, size: u64) -> io::Result<[u8; 32]> {
     Ok(*hasher.finalize().as_bytes())
 }
 
+/// The BLAKE3 hash of an open regular file of `size` bytes, read with
+/// `pread` (no mapping: a file someone else may truncate meanwhile would
+/// kill a mapping's reader with `SIGBUS`), hashed on all cores a chunk at
+/// a time. A file that is not `size` bytes long any more is an error.
+pub(crate) fn hash_file_by_reading(file: &OwnedFd, size: u64) -> io::Result<[u8; 32]> {
+    const CHUNK: usize = 4 << 20;
+    HASHED.with(|h| h.set(h.get() + size));
+    let mut hasher = blake3::Hasher::new();
+    let mut buf = vec![0u8; CHUNK.min(size as usize + 1)];
+    let mut offset = 0u64;
+    loop {
+        let mut filled = 0;
+        while filled < buf.len() {
+            match rustix::io::pread(file, &mut buf[filled..], offset + filled as u64)? {
+                0 => break,
+                n => filled += n,
+            }
+        }
+        offset += filled as u64;
+        if offset > size {
+            return Err(io::Error::other("file larger than expected"));
+        }
+        hasher.update_rayon(&buf[..filled]);
+        if filled < buf.len() {
+            break;
+        }
+    }
+    if offset != size {
+        return Err(io::Error::other("file shorter than expected"));
+    }
+    Ok(*hasher.finalize().as_bytes())
+}
+
 thread_local! {
     /// Bytes [`hash_file`] was asked to hash on this thread.
     static HASHED: std::cell::Cell<u64> = const { std::cell::Cell::new(0) };

@@ -9,16 +9,21 @@
 //! # }
 //! ```
 
+mod adopt;
 mod as_caller;
 mod builder;
 pub mod caps;
 pub mod check;
+mod check_non_root;
+mod commit;
 mod config;
 mod connection;
 pub mod copies;
 mod dump;
+mod dump_failure;
 mod engine;
 mod error;
+pub mod generation;
 pub mod images;
 pub mod inspect;
 mod jobs;
@@ -33,6 +38,7 @@ mod private_dir;
 #[allow(unreachable_pub)]
 pub mod restore;
 mod restoring;
+mod retention;
 mod shared;
 mod shutdown;
 mod slots;
@@ -41,11 +47,13 @@ mod slots;
 mod staging;
 mod subdir;
 pub mod systemd;
+mod test_hold;
 mod tree;
 mod verified_images;
 
 pub use builder::Builder;
-pub use engine::{Criu, SpawnGuard, spawn_guard};
+pub use config::MAX_KEEP;
+pub use engine::{Criu, NonRootFallback, SpawnGuard, spawn_guard};
 pub use error::Error;
 pub use jobs::{MAX_RESULTS, MAX_RESULTS_PER_UID};
 pub use policy::{CallerInfo, Policy};
@@ -56,6 +64,7 @@ pub use shutdown::ShutdownHandle;
 /// part of the API, and they change without notice.
 #[doc(hidden)]
 pub mod internals {
+    pub use super::engine::run_as::RunAs;
     pub use super::engine::{
         DumpHooks, DumpSpec, Dumped, EngineError, FrozenVerdict, Worker, kdat, rpc,
     };

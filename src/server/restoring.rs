@@ -1,12 +1,15 @@
 //! One restore request: the owner of a checkpoint (or root) asks the
 //! service to restore it, with the images directory as an fd. Same policy
 //! and limits as a dump (a restore takes one of the dump slots); the
-//! images are verified ([`restore`](super::restore)) and their owner must
-//! be the caller unless the caller is root.
+//! generation `latest` names (or the directory itself, see
+//! [`generation`](super::generation)) is opened with the caller's
+//! credentials, its images are verified ([`restore`](super::restore)),
+//! and their owner must be the caller unless the caller is root.
 
 use super::Shared;
 use super::as_caller::CallerCreds;
 use super::connection::{refusal, send};
+use super::generation::resolve;
 use super::peer::Peer;
 use super::policy::Caller;
 use super::restore::{RestoreError, RestoreSettings, restore};
@@ -78,6 +81,7 @@ async fn run(shared: &Shared, caller: Caller, request: RestoreRequest, dir: Owne
     let requester = caller.uid();
     let creds = CallerCreds::of(&caller);
     let restored = blocking::unblock(move || {
+        let dir = resolve(dir, &creds).map_err(RestoreError::Refused)?;
         restore(dir, &settings, creds, |meta| {
             let owner = meta.uid;
             if requester == 0 || requester == owner {
@@ -94,6 +98,7 @@ async fn run(shared: &Shared, caller: Caller, request: RestoreRequest, dir: Owne
         Ok(r) => Response::Restored(RestoreReport {
             pid: r.pid,
             owner: r.uid,
+            generation: r.generation,
             verify_us: r.verify.as_micros() as u64,
             total_us: r.total.as_micros() as u64,
         }),

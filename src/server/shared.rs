@@ -25,8 +25,10 @@ pub(super) struct Shared {
     /// CRIU's kernel-feature cache, as found or installed at start;
     /// removed (if ours and unused) when the server is gone.
     pub(super) kdat: engine::kdat::KdatCache,
-    /// `criu swrk` workers started ahead of time.
+    /// `criu swrk` workers started ahead of time (root's, for root callers).
     pub(super) workers: Arc<engine::WorkerPool>,
+    /// How non-root callers are dumped here.
+    pub(super) non_root: engine::NonRootEngine,
     pub(super) dumps: Arc<Semaphore>,
     /// Dumps running per caller uid.
     pub(super) dumps_per_uid: slots::UidCounts,
@@ -49,12 +51,14 @@ impl Drop for Shared {
 
 impl Shared {
     /// The state of a server configured with `config`, signing with `key`,
-    /// with CRIU's cache as `kdat` found it. The connection limits are
+    /// with CRIU's cache as `kdat` found it, dumping non-root callers as
+    /// `non_root` says. The connection limits are
     /// lowered to what the fd limit holds.
     pub(super) fn new(
         mut config: Config,
         key: manifest::Key,
         kdat: engine::kdat::KdatCache,
+        non_root: engine::NonRootEngine,
     ) -> Self {
         let max_connections = config.connections_within_fd_limit();
         Self {
@@ -66,6 +70,7 @@ impl Shared {
             key,
             kdat,
             workers: engine::WorkerPool::new(config.criu.clone(), config.warm_workers),
+            non_root,
             dumps: Arc::new(Semaphore::new(config.max_dumps)),
             dumps_per_uid: Arc::default(),
             connections_per_uid: Arc::default(),

@@ -1,20 +1,19 @@
 //! The staging directory: CRIU writes into a private directory made inside
 //! the caller's directory, so the caller cannot plant symlinks where root
-//! writes. On success the files are handed to the caller (owner, mode
-//! 0600), moved into the caller's directory and `syncfs`ed; on failure only
-//! CRIU's log is kept, also handed to the caller. [`Staging`] says how each
-//! step keeps the filesystem rule.
+//! writes. On success its files become a generation (`commit.rs`): a
+//! directory of its own in the caller's directory, which `latest` then
+//! names, and older generations go (`retention.rs`). On failure only
+//! CRIU's log is kept, handed to the caller, in the caller's directory.
+//! [`Staging`] says how each step keeps the filesystem rule.
 
 use super::as_caller::CallerCreds;
-use super::engine::{DUMP_LOG, rpc};
-use super::images::{ImageMeta, Published, entries, first_entry, read_image};
-use super::manifest::{
-    FileDigest, Key, MANIFEST_FILE, Manifest, create_file, hash_file, unsigned_extra,
-};
+use super::commit::{Committed, Source, Writer, hand_over, open_written, seal};
+use super::engine::DUMP_LOG;
+use super::images::{ImageMeta, Published, dump_stats, read_image};
+use super::manifest::Key;
 use super::subdir::PrivateSubdir;
 use crate::proto::JobId;
-use prost::Message;
-use rustix::fs::{AtFlags, FileType, Gid, Mode, OFlags, Uid};
+use rustix::fs::AtFlags;
 use std::io;
 use std::os::fd::{BorrowedFd, OwnedFd};
 
@@ -26,19 +25,30 @@ use std::os::fd::{BorrowedFd, OwnedFd};
 /// How each step keeps the filesystem rule (see `as_caller.rs`):
 ///
 /// - made, verified, made root's and removed as a [`PrivateSubdir`]: CRIU
-///   only ever sees its fd, never its name;
-/// - image files are handed to the caller through their fds, then moved
-///   out with `RENAME_NOREPLACE`: root never replaces a name in the
-///   caller's directory. A name already there is unlinked first with the
-///   caller's credentials (so a root-owned `dump.log` in a sticky `/tmp`
-///   stays root's, and the save fails with that reason);
+///   only ever sees its fd, never its name, and it stays root's for as
+///   long as CRIU may write there (with "exit after dump", after the
+///   generation is committed from its files);
+/// - the generation is a directory of its own, made from this one's files
+///   through their fds (see `commit.rs`);
+/// - the log of a failed dump is handed to the caller through its fd,
+///   then moved out with `RENAME_NOREPLACE`: root never replaces a name in
+///   the caller's directory. A name already there is unlinked first with
+///   the caller's credentials (so a root-owned `dump.log` in a sticky
+///   `/tmp` stays root's, and the log is not kept).
 #[derive(Debug)]
 pub struct Staging {
     subdir: PrivateSubdir,
     key: Key,
-    /// What the manifest says, once it is written.
-    signed: Option<ImageMeta>,
+    job: JobId,
+    /// The generation this dump becomes.
+    generation: String,
+    /// The generation, once committed (at `post-dump` with "exit after
+    /// dump", else once CRIU has exited).
+    committed: Option<Committed>,
     finished: bool,
+    /// Who writes the files: root's CRIU, or one running as the caller
+    /// ([`Staging::for_criu_as_caller`]).
+    writer: Writer,
 }
 
 impl Drop for Staging {
@@ -57,14 +67,16 @@ impl Drop for Staging {
 impl Staging {
     /// Creates `.selfdump-<job>-<random>` inside `parent` (see
     /// [`PrivateSubdir`]), locked while it lives: a lockable one was left by
-    /// a service that died, and the next dump into `parent` removes it.
+    /// a service that died, and the next dump into `parent` removes it. The
+    /// dump becomes generation `generation`.
     pub(crate) fn create(
         parent: OwnedFd,
         job: JobId,
         creds: CallerCreds,
         key: Key,
+        generation: String,
     ) -> io::Result<Self> {
-        Self::create_racing(parent, job, creds, key, |_| {})
+        Self::create_racing(parent, job, creds, key, generation, |_| {})
     }
 
     /// [`Staging::create`], with `between` run where a caller would swap
@@ -74,15 +86,31 @@ impl Staging {
         job: JobId,
         creds: CallerCreds,
         key: Key,
+        generation: String,
         between: impl FnOnce(&str),
     ) -> io::Result<Self> {
         let subdir = PrivateSubdir::create(parent, &format!(".selfdump-{job}-"), creds, between)?;
         Ok(Self {
             subdir,
             key,
-            signed: None,
+            job,
+            generation,
+            committed: None,
             finished: false,
+            writer: Writer::Root,
         })
+    }
+
+    /// Makes the directory CRIU writes into one of the caller's, nested in
+    /// the root-only staging directory (see [`PrivateSubdir::nest_callers_dir`]),
+    /// for a CRIU that runs as the caller. Its files are then taken only if
+    /// they are the caller's regular files with a single link, and hashed
+    /// by reading them, never through a mapping (see the module docs of
+    /// `engine`).
+    pub fn for_criu_as_caller(&mut self) -> io::Result<()> {
+        self.subdir.nest_callers_dir()?;
+        self.writer = Writer::CallersCriu;
+        Ok(())
     }
 
     /// The directory CRIU should write into.
@@ -90,132 +118,110 @@ impl Staging {
         self.subdir.dir()
     }
 
-    /// Hands every file to the caller, moves it into the caller's directory,
-    /// syncs the filesystem and removes the staging directory. On failure (a
-    /// full disk, say) nothing of the dump is left but CRIU's log, handed to
-    /// the caller: no partial set of images that could pass for a good one,
-    /// no file of root's. Call it once CRIU has exited.
+    /// What CRIU writes into, and who.
+    fn source(&self) -> Source<'_> {
+        Source {
+            dir: self.subdir.dir(),
+            writer: self.writer,
+        }
+    }
+
+    /// The generation this dump becomes.
+    pub(crate) fn generation(&self) -> &str {
+        &self.generation
+    }
+
+    /// Whether the generation is committed (with "exit after dump", before
+    /// CRIU ended).
+    pub(crate) fn is_committed(&self) -> bool {
+        self.committed.is_some()
+    }
+
+    /// Commits the generation (unless [`Staging::save`] did), adds CRIU's
+    /// log and statistics to it, and removes the staging directory. On
+    /// failure (a full disk, say) nothing of the dump is left but CRIU's
+    /// log, handed to the caller, and `latest` names what it named. Call it
+    /// once CRIU has exited. (Older generations go after the answer:
+    /// `retention.rs`.)
     pub fn publish(mut self, meta: &ImageMeta) -> io::Result<Published> {
-        match self.save(meta) {
-            Ok(published) => {
-                self.finished = true;
-                self.subdir.remove(true);
-                Ok(published)
-            }
-            Err(e) => {
-                self.discard();
-                Err(e)
-            }
-        }
-    }
-
-    /// What [`Staging::publish`] does, but keeping the staging directory for
-    /// files CRIU writes later: with "exit after dump" the images are saved
-    /// this way while the tree is still frozen, before CRIU ends it. It can
-    /// run again; each run reports what it moved. On failure the files it
-    /// moved are removed again (with the caller's credentials: they are the
-    /// caller's files in the caller's directory by then).
-    pub fn save(&mut self, meta: &ImageMeta) -> io::Result<Published> {
-        let mut moved = Vec::new();
-        let saved = self.try_save(meta, &mut moved);
-        if saved.is_err() {
-            let parent = &self.subdir.parent;
-            let undone = self.subdir.creds.run(|| {
-                for name in moved.iter().filter(|n| *n != DUMP_LOG) {
-                    if let Err(e) = rustix::fs::unlinkat(parent, name.as_str(), AtFlags::empty()) {
-                        log::warn!("cannot remove {name} of a failed dump: {e}");
-                    }
+        let published = match self.committed.take() {
+            Some(committed) => {
+                let bytes = committed.add_extras(self.source(), &self.subdir.creds);
+                self.committed = Some(committed);
+                Published {
+                    bytes,
+                    stats: dump_stats(&self.subdir.dir),
+                    ..Default::default()
                 }
-            });
-            if let Err(e) = undone {
-                log::warn!("cannot remove the files of a failed dump: {e}");
             }
-        }
-        saved
-    }
-
-    fn try_save(&mut self, meta: &ImageMeta, moved: &mut Vec<String>) -> io::Result<Published> {
-        let mut published = Published {
-            stats: read_image(&self.subdir.dir, "stats-dump")
-                .and_then(|b| rpc::StatsEntry::decode(first_entry(&b)?).ok())
-                .and_then(|s| s.dump),
-            processes: read_image(&self.subdir.dir, "pstree.img")
-                .map(|b| entries(&b).count() as u32)
-                .unwrap_or(0),
-            ..Default::default()
+            None => match self.commit(meta, true) {
+                Ok(published) => published,
+                Err(e) => {
+                    self.discard();
+                    return Err(e);
+                }
+            },
         };
-        let mut names = self.subdir.names()?;
-        let mut files = Vec::new();
-        for name in &names {
-            let (file, size) = self.hand_over(name)?;
-            published.bytes += size;
-            if self.signed.is_none() && !unsigned_extra(name) {
-                let hash = hash_file(&file, size)?;
-                files.push(FileDigest {
-                    name: name.clone(),
-                    size,
-                    hash,
-                });
-            }
-        }
-        // Signed once, with the first save: what CRIU writes later (its
-        // log and statistics, with "exit after dump") is not for restores.
-        // Hashed here, while only root can write the files.
-        if self.signed.is_none() {
-            files.sort_by(|a, b| a.name.cmp(&b.name));
-            let manifest = Manifest {
-                key_id: self.key.id(),
-                meta: self.complete(meta),
-                files,
-            };
-            create_file(&self.subdir.dir, MANIFEST_FILE, &manifest.sign(&self.key))?;
-            published.bytes += self.hand_over(MANIFEST_FILE)?.1;
-            names.push(MANIFEST_FILE.to_string());
-            self.signed = Some(manifest.meta);
-        }
-        self.move_out(&names, moved)?;
-        let syncing = std::time::Instant::now();
-        rustix::fs::syncfs(&self.subdir.parent)?;
-        published.sync_us = syncing.elapsed().as_micros() as u64;
+        self.finished = true;
+        self.committed = None; // its lock goes
+        self.subdir.empty();
+        self.subdir.remove(true);
         Ok(published)
     }
 
-    /// Moves handed-over files into the caller's directory without ever
+    /// Commits the generation from the files CRIU has written so far, all
+    /// but its log and statistics, which it writes later: with "exit after
+    /// dump" the images are saved this way while the tree is still frozen,
+    /// before CRIU ends it. The staging directory stays root's for what
+    /// CRIU writes next; [`Staging::publish`] adds that to the generation.
+    pub fn save(&mut self, meta: &ImageMeta) -> io::Result<Published> {
+        self.commit(meta, false)
+    }
+
+    fn commit(&mut self, meta: &ImageMeta, with_extras: bool) -> io::Result<Published> {
+        let meta = ImageMeta {
+            generation: Some(self.generation.clone()),
+            ..meta.clone()
+        };
+        let sealed = seal(
+            &self.subdir.parent,
+            self.source(),
+            self.job,
+            &self.subdir.creds,
+            &self.key,
+            &meta,
+            with_extras,
+        )?;
+        let committed = sealed.commit(&self.generation)?;
+        let published = committed.published.clone();
+        self.committed = Some(committed);
+        Ok(published)
+    }
+
+    /// Moves a handed-over file into the caller's directory without ever
     /// replacing a name there as root (see the type's docs).
-    fn move_out(&self, names: &[String], moved: &mut Vec<String>) -> io::Result<()> {
-        let mut taken = Vec::new();
-        for name in names {
-            match self.rename_out(name) {
-                Ok(()) => moved.push(name.clone()),
-                Err(rustix::io::Errno::EXIST) => taken.push(name.clone()),
-                Err(e) => return Err(io::Error::from(e)),
-            }
-        }
-        if taken.is_empty() {
-            return Ok(());
+    fn move_out(&self, name: &str) -> io::Result<()> {
+        match self.rename_out(name) {
+            Err(rustix::io::Errno::EXIST) => {}
+            other => return Ok(other?),
         }
         let parent = &self.subdir.parent;
-        self.subdir.creds.run(|| {
-            taken.iter().try_for_each(|name| {
-                rustix::fs::unlinkat(parent, name.as_str(), AtFlags::empty()).map_err(|e| {
-                    io::Error::other(format!(
-                        "cannot replace {name} in the images directory ({e}): \
-                         uid {} may not remove it",
-                        self.subdir.creds.uid
-                    ))
-                })
-            })
-        })??;
-        for name in taken {
-            self.rename_out(&name).map_err(|e| match e {
-                rustix::io::Errno::EXIST => io::Error::other(format!(
-                    "{name} reappeared in the images directory while the images were saved"
-                )),
-                e => e.into(),
+        self.subdir
+            .creds
+            .run(|| rustix::fs::unlinkat(parent, name, AtFlags::empty()))?
+            .map_err(|e| {
+                io::Error::other(format!(
+                    "cannot replace {name} in the images directory ({e}): uid {} may not \
+                     remove it",
+                    self.subdir.creds.uid
+                ))
             })?;
-            moved.push(name);
-        }
-        Ok(())
+        self.rename_out(name).map_err(|e| match e {
+            rustix::io::Errno::EXIST => io::Error::other(format!(
+                "{name} reappeared in the images directory while the log was kept"
+            )),
+            e => e.into(),
+        })
     }
 
     fn rename_out(&self, name: &str) -> rustix::io::Result<()> {
@@ -243,12 +249,7 @@ impl Staging {
             .and_then(|log| super::engine::first_error(&String::from_utf8_lossy(&log)));
         let mut kept = None;
         for name in self.subdir.names().unwrap_or_default() {
-            if name == DUMP_LOG
-                && self.hand_over(&name).is_ok()
-                && self
-                    .move_out(std::slice::from_ref(&name), &mut Vec::new())
-                    .is_ok()
-            {
+            if name == DUMP_LOG && self.hand_over(&name).is_ok() && self.move_out(&name).is_ok() {
                 kept = Some(name);
             } else if let Err(e) = rustix::fs::unlinkat(&self.subdir.dir, &name, AtFlags::empty()) {
                 log::warn!("cannot remove {name} from {}: {e}", self.subdir.name);
@@ -258,58 +259,19 @@ impl Staging {
         (kept, first_error)
     }
 
-    /// The facts only known once CRIU is done: the tree's pids, the time,
-    /// the host.
-    fn complete(&self, meta: &ImageMeta) -> ImageMeta {
-        let pids = read_image(&self.subdir.dir, "pstree.img")
-            .map(|b| {
-                entries(&b)
-                    .filter_map(|e| rpc::PstreeEntry::decode(e).ok())
-                    .map(|e| e.pid as i32)
-                    .collect()
-            })
-            .unwrap_or_default();
-        ImageMeta {
-            pids,
-            created_unix: std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .map_or(0, |d| d.as_secs()),
-            host: rustix::system::uname()
-                .nodename()
-                .to_string_lossy()
-                .into_owned(),
-            boot_id: std::fs::read_to_string("/proc/sys/kernel/random/boot_id")
-                .unwrap_or_default()
-                .trim()
-                .to_owned(),
-            ..meta.clone()
-        }
-    }
-
-    /// Chowns and chmods one regular file; returns it and its size.
+    /// Hands one file CRIU wrote to the caller (owner, mode 0600); returns
+    /// it and its size.
     fn hand_over(&self, name: &str) -> io::Result<(OwnedFd, u64)> {
-        let file = rustix::fs::openat(
-            &self.subdir.dir,
-            name,
-            OFlags::RDONLY | OFlags::NOFOLLOW | OFlags::CLOEXEC | OFlags::NONBLOCK,
-            Mode::empty(),
-        )?;
-        let stat = rustix::fs::fstat(&file)?;
-        if FileType::from_raw_mode(stat.st_mode) != FileType::RegularFile {
-            return Err(io::Error::other(format!(
-                "unexpected non-regular image file {name}"
-            )));
-        }
-        rustix::fs::fchown(
-            &file,
-            Some(Uid::from_raw(self.subdir.creds.uid)),
-            Some(Gid::from_raw(self.subdir.creds.gid)),
-        )?;
-        rustix::fs::fchmod(&file, Mode::RUSR | Mode::WUSR)?;
-        Ok((file, stat.st_size as u64))
+        let (file, size) = open_written(self.source(), name, &self.subdir.creds)?;
+        hand_over(&file, &self.subdir.creds)?;
+        Ok((file, size))
     }
 }
 
 #[cfg(test)]
 #[path = "staging_tests.rs"]
 mod tests;
+
+#[cfg(test)]
+#[path = "staging_as_caller_tests.rs"]
+mod as_caller_tests;

@@ -1,5 +1,6 @@
 //! `Staging` against a caller that swaps names under it.
 use super::*;
+use rustix::fs::{Mode, OFlags};
 use std::os::unix::fs::MetadataExt;
 use std::path::Path;
 
@@ -28,6 +29,10 @@ fn callers_dir() -> (tempfile::TempDir, std::path::PathBuf, OwnedFd) {
     (base, images, fd)
 }
 
+fn generation() -> String {
+    crate::server::generation::new_name(std::time::SystemTime::now()).unwrap()
+}
+
 fn job() -> JobId {
     JobId { service: 7, seq: 1 }
 }
@@ -53,7 +58,8 @@ fn staging_is_roots_private_and_empty_and_goes_back_to_the_caller() {
         return;
     }
     let (_base, images, fd) = callers_dir();
-    let staging = Staging::create(fd, job(), nobody(), Key::generate().unwrap()).unwrap();
+    let staging =
+        Staging::create(fd, job(), nobody(), Key::generate().unwrap(), generation()).unwrap();
     let stat = rustix::fs::fstat(staging.dir()).unwrap();
     assert_eq!((stat.st_uid, stat.st_mode & 0o7777), (0, 0o700));
     let name = staging.subdir.name.clone();
@@ -81,13 +87,20 @@ fn a_callers_directory_swapped_in_is_refused_and_given_back() {
     let (_base, images, fd) = callers_dir();
     let victim = tempfile::tempdir().unwrap();
     let made = images.join("made");
-    let refused = Staging::create_racing(fd, job(), nobody(), Key::generate().unwrap(), |name| {
-        std::fs::rename(images.join(name), &made).unwrap();
-        std::fs::create_dir(images.join(name)).unwrap();
-        let link = images.join(name).join(DUMP_LOG);
-        std::os::unix::fs::symlink(victim.path().join("x"), &link).unwrap();
-        std::os::unix::fs::chown(images.join(name), Some(NOBODY), Some(NOBODY)).unwrap();
-    })
+    let refused = Staging::create_racing(
+        fd,
+        job(),
+        nobody(),
+        Key::generate().unwrap(),
+        generation(),
+        |name| {
+            std::fs::rename(images.join(name), &made).unwrap();
+            std::fs::create_dir(images.join(name)).unwrap();
+            let link = images.join(name).join(DUMP_LOG);
+            std::os::unix::fs::symlink(victim.path().join("x"), &link).unwrap();
+            std::os::unix::fs::chown(images.join(name), Some(NOBODY), Some(NOBODY)).unwrap();
+        },
+    )
     .unwrap_err();
     assert!(
         refused.to_string().contains("was filled (dump.log)"),
@@ -111,12 +124,19 @@ fn another_users_directory_swapped_in_is_left_alone() {
     }
     let (_base, images, fd) = callers_dir();
     let mut name_seen = String::new();
-    let refused = Staging::create_racing(fd, job(), nobody(), Key::generate().unwrap(), |name| {
-        name_seen = name.to_string();
-        std::fs::rename(images.join(name), images.join("made")).unwrap();
-        std::fs::create_dir(images.join(name)).unwrap();
-        std::os::unix::fs::chown(images.join(name), Some(4242), Some(4242)).unwrap();
-    })
+    let refused = Staging::create_racing(
+        fd,
+        job(),
+        nobody(),
+        Key::generate().unwrap(),
+        generation(),
+        |name| {
+            name_seen = name.to_string();
+            std::fs::rename(images.join(name), images.join("made")).unwrap();
+            std::fs::create_dir(images.join(name)).unwrap();
+            std::os::unix::fs::chown(images.join(name), Some(4242), Some(4242)).unwrap();
+        },
+    )
     .unwrap_err();
     assert!(
         refused
@@ -134,7 +154,8 @@ fn a_caller_that_may_not_write_cannot_stage() {
     }
     let roots = tempfile::tempdir().unwrap();
     let fd: OwnedFd = std::fs::File::open(roots.path()).unwrap().into();
-    let refused = Staging::create(fd, job(), nobody(), Key::generate().unwrap()).unwrap_err();
+    let refused =
+        Staging::create(fd, job(), nobody(), Key::generate().unwrap(), generation()).unwrap_err();
     assert!(
         refused
             .to_string()

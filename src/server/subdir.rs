@@ -15,22 +15,88 @@
 //!   given back to the caller and removed by name with the caller's
 //!   credentials: if the caller moved it, what is left is the caller's own
 //!   empty directory.
+//! - For a CRIU that runs as the caller ([`PrivateSubdir::nest_callers_dir`]),
+//!   the files are in a directory of the caller's, [`CALLERS_DIR`], made by
+//!   root inside this one (root's, 0700: no process of the caller's reaches
+//!   it by path), and removed by root through this one's fd.
 
 use super::as_caller::CallerCreds;
 use rustix::fs::{AtFlags, Gid, Mode, OFlags, Uid};
 use std::io;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 
-/// `statfs` magic of FUSE filesystems.
-const FUSE_SUPER_MAGIC: i64 = 0x6573_5546;
+/// Filesystems an images directory must not be on, by `statfs` magic,
+/// and why. FUSE: its owner's daemon answers every lookup, symlinks
+/// included. The others are not directories of files: a `mkdir` makes a
+/// cgroup, a resource group or a configfs item there, and their files
+/// are the kernel's knobs.
+const REFUSED_FILESYSTEMS: &[(i64, &str)] = &[
+    (
+        0x6573_5546,
+        "a FUSE filesystem, whose owner decides what root's writes reach there",
+    ),
+    (
+        0x0027_e0eb,
+        "cgroup (a pseudo filesystem: a directory there is a cgroup)",
+    ),
+    (
+        0x6367_7270,
+        "cgroup2 (a pseudo filesystem: a directory there is a cgroup)",
+    ),
+    (
+        0x0765_5821,
+        "resctrl (a pseudo filesystem: a directory there is a resource group)",
+    ),
+    (
+        0x6265_6570,
+        "configfs (a pseudo filesystem: a directory there is a kernel object)",
+    ),
+    (0x9fa0, "proc (a pseudo filesystem)"),
+    (0x6265_6572, "sysfs (a pseudo filesystem)"),
+    (0x6462_6720, "debugfs (a pseudo filesystem)"),
+    (0x7472_6163, "tracefs (a pseudo filesystem)"),
+    (0xcafe_4a11, "bpf (a pseudo filesystem)"),
+    (0x7363_6673, "securityfs (a pseudo filesystem)"),
+    (0x6165_676c, "pstore (a pseudo filesystem)"),
+    (0x1cd1, "devpts (a pseudo filesystem)"),
+    (0xde5e_81e4, "efivarfs (a pseudo filesystem)"),
+    (0x4249_4e4d, "binfmt_misc (a pseudo filesystem)"),
+    (0x6573_5543, "fusectl (a pseudo filesystem)"),
+    (0x1980_0202, "mqueue (a pseudo filesystem)"),
+    (0xf97c_ff8c, "selinuxfs (a pseudo filesystem)"),
+    (0x4341_5d53, "smackfs (a pseudo filesystem)"),
+    (0x6e66_7364, "nfsd (a pseudo filesystem)"),
+    (0x6759_6969, "rpc_pipefs (a pseudo filesystem)"),
+];
+
+/// Refuses a directory on a filesystem that is not one of files
+/// ([`REFUSED_FILESYSTEMS`]), with the reason, before anything is made in it.
+pub(crate) fn check_filesystem(dir: &impl AsFd) -> io::Result<()> {
+    let kind = rustix::fs::fstatfs(dir)?.f_type as i64;
+    match REFUSED_FILESYSTEMS.iter().find(|(magic, _)| *magic == kind) {
+        None => Ok(()),
+        Some((_, what)) => Err(io::Error::other(format!(
+            "the images directory is on {what}; use a directory on a local filesystem of \
+             files (ext4, xfs, btrfs, tmpfs, ...)"
+        ))),
+    }
+}
+
+/// The directory of the caller's nested in a staging directory for a CRIU
+/// that runs as the caller.
+pub(crate) const CALLERS_DIR: &str = "criu";
 
 /// See the module docs.
 #[derive(Debug)]
 pub(crate) struct PrivateSubdir {
     pub(crate) parent: OwnedFd,
     pub(crate) name: String,
+    /// Where the files are: the directory itself, or the caller's
+    /// [`CALLERS_DIR`] in it.
     pub(crate) dir: OwnedFd,
     pub(crate) creds: CallerCreds,
+    /// The directory itself, when `dir` is the caller's nested one.
+    outer: Option<OwnedFd>,
 }
 
 impl PrivateSubdir {
@@ -43,13 +109,7 @@ impl PrivateSubdir {
         creds: CallerCreds,
         between: impl FnOnce(&str),
     ) -> io::Result<Self> {
-        if rustix::fs::fstatfs(&parent)?.f_type as i64 == FUSE_SUPER_MAGIC {
-            // its owner's daemon answers every lookup, symlinks included
-            return Err(io::Error::other(
-                "the images directory is on a FUSE filesystem, whose owner decides what \
-                 root's writes reach there; use a directory on a local filesystem",
-            ));
-        }
+        check_filesystem(&parent)?;
         let mut random = [0u8; 8];
         rustix::rand::getrandom(&mut random, rustix::rand::GetRandomFlags::empty())?;
         let name = format!("{prefix}{:016x}", u64::from_le_bytes(random));
@@ -82,6 +142,7 @@ impl PrivateSubdir {
             name,
             dir,
             creds,
+            outer: None,
         };
         let entries = subdir.names()?;
         if !entries.is_empty() {
@@ -95,9 +156,39 @@ impl PrivateSubdir {
         Ok(subdir)
     }
 
-    /// The directory itself.
+    /// Makes [`CALLERS_DIR`] inside this (still empty) directory, owned by
+    /// the caller, mode 0700, and makes it where the files are: a CRIU that
+    /// runs as the caller writes there. The caller reaches it by no path
+    /// (its parent is root's, mode 0700), so only that CRIU, given its fd,
+    /// can write there.
+    pub(crate) fn nest_callers_dir(&mut self) -> io::Result<()> {
+        if self.outer.is_some() {
+            return Ok(());
+        }
+        rustix::fs::mkdirat(&self.dir, CALLERS_DIR, Mode::RWXU)?;
+        let inner = rustix::fs::openat(
+            &self.dir,
+            CALLERS_DIR,
+            OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC | OFlags::RDONLY,
+            Mode::empty(),
+        )?;
+        rustix::fs::fchown(
+            &inner,
+            Some(Uid::from_raw(self.creds.uid)),
+            Some(Gid::from_raw(self.creds.gid)),
+        )?;
+        self.outer = Some(std::mem::replace(&mut self.dir, inner));
+        Ok(())
+    }
+
+    /// Where the files are (see [`Self::nest_callers_dir`]).
     pub(crate) fn dir(&self) -> BorrowedFd<'_> {
         self.dir.as_fd()
+    }
+
+    /// The directory named `name` in the parent.
+    fn own(&self) -> BorrowedFd<'_> {
+        self.outer.as_ref().unwrap_or(&self.dir).as_fd()
     }
 
     /// Its entries' names.
@@ -122,8 +213,14 @@ impl PrivateSubdir {
     /// `rmdir` only takes an empty directory, and to put one under this
     /// name the caller must have been able to remove it anyway.
     pub(crate) fn remove(&self, nothing_runs_in_it: bool) {
+        if let Some(outer) = &self.outer
+            && let Err(e) = rustix::fs::unlinkat(outer, CALLERS_DIR, AtFlags::REMOVEDIR)
+        {
+            log::warn!("cannot remove {}/{CALLERS_DIR}: {e}", self.name);
+        }
         let rmdir = || rustix::fs::unlinkat(&self.parent, self.name.as_str(), AtFlags::REMOVEDIR);
-        let removed = match nothing_runs_in_it && self.names().is_ok_and(|n| n.is_empty()) {
+        let empty = super::images::entry_names(&self.own()).is_ok_and(|n| n.is_empty());
+        let removed = match nothing_runs_in_it && empty {
             true => self
                 .give_back()
                 .map_err(io::Error::from)
@@ -135,13 +232,36 @@ impl PrivateSubdir {
         }
     }
 
-    fn give_back(&self) -> rustix::io::Result<()> {
+    /// Gives the directory to the caller (owner and group).
+    pub(crate) fn give_back(&self) -> rustix::io::Result<()> {
         rustix::fs::fchown(
-            &self.dir,
+            self.own(),
             Some(Uid::from_raw(self.creds.uid)),
             Some(Gid::from_raw(self.creds.gid)),
         )
     }
+}
+
+/// Removes the directory `name` of `parent` whose fd is `dir`, with
+/// `creds` (its owner's): its entries (files only: a subdirectory makes
+/// the `rmdir` fail, and it stays), then itself, by name. A name the
+/// owner swapped meanwhile gets the owner nothing it could not do itself.
+pub(crate) fn remove_dir_as(
+    creds: &CallerCreds,
+    parent: &(impl AsFd + Sync),
+    name: &str,
+    dir: &(impl AsFd + Sync),
+) -> io::Result<()> {
+    let names = super::images::entry_names(dir)?;
+    creds.run(|| {
+        for entry in &names {
+            if let Err(e) = rustix::fs::unlinkat(dir, entry.as_str(), AtFlags::empty()) {
+                log::warn!("cannot remove {name}/{entry}: {e}");
+            }
+        }
+        rustix::fs::unlinkat(parent, name, AtFlags::REMOVEDIR)
+    })??;
+    Ok(())
 }
 
 /// Locks a directory, then makes it root's, mode 0700, without ACLs. The

@@ -22,15 +22,17 @@ use std::time::{Duration, Instant};
 /// without hashing them again.
 ///
 /// The verified files stay in a directory of root's (0700) inside the
-/// images directory, `.selfdump-restore-*`, until this and every
-/// [`Copies`] restored from it are dropped (a round's lazy copies read
-/// their pages from it until [`Copies::supervise`] returns, so the last
-/// one to go removes it, whichever it is).
+/// generation, `.selfdump-restore-*`, until this and every [`Copies`]
+/// restored from it are dropped (a round's lazy copies read their pages
+/// from it until [`Copies::supervise`] returns, so the last one to go
+/// removes it, whichever it is).
 ///
-/// A later checkpoint into the same directory does not change it: the
-/// service renames its new files over the old names, and the verified set
-/// keeps the inodes it verified, so its rounds go on restoring the
-/// checkpoint that was verified. Open the directory again for the new one.
+/// It is of the generation `latest` named when it was opened (or of the
+/// generation whose directory was given). A later checkpoint into the same
+/// directory is a new generation and does not change it, and retention
+/// leaves this one alone while it is held, so its rounds go on restoring
+/// the checkpoint that was verified. Open the directory again for the new
+/// one.
 ///
 /// ```no_run
 /// use selfdump::server::copies::VerifiedImages;
@@ -115,6 +117,12 @@ impl VerifiedImages {
         round.hashed =
             hashed_on_this_thread() - hashed_before + if first { self.hashed } else { 0 };
         Ok(round)
+    }
+
+    /// The generation these were verified from (`None`: images directly
+    /// in the directory given).
+    pub fn generation(&self) -> Option<&str> {
+        self.verified.generation.as_deref()
     }
 
     /// The images directory these were verified from.

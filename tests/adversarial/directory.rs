@@ -58,8 +58,9 @@ pub fn non_directory_images_fd(ctx: &mut Ctx) -> String {
 }
 
 /// Symlinks planted inside the images directory at names CRIU and the
-/// service write: never followed. The directory itself, opened through a
-/// symlink, is fine.
+/// service wrote there before generations: never followed, left alone
+/// (the images go into a generation directory of their own). The
+/// directory itself, opened through a symlink, is fine.
 pub fn symlinks_planted_in_images_dir(ctx: &mut Ctx) -> String {
     let socket = ctx.service(|b| b);
     let victim = Path::new("/etc/selfdump-victim");
@@ -92,17 +93,22 @@ pub fn symlinks_planted_in_images_dir(ctx: &mut Ctx) -> String {
         "the victim was written through a symlink"
     );
     assert!(line.starts_with("checkpoint continued"), "{line}");
-    ctx.reached("the dump published its images over the planted links");
-    for (name, _, mode) in image_files(images.path()) {
-        let meta = std::fs::symlink_metadata(images.path().join(&name)).unwrap();
-        assert!(meta.file_type().is_file(), "{name} is still a link");
+    ctx.reached("the dump committed a generation beside the planted links");
+    let generation = images.path().join("latest");
+    for (name, _, mode) in image_files(&generation) {
+        let meta = std::fs::symlink_metadata(generation.join(&name)).unwrap();
+        assert!(meta.file_type().is_file(), "{name} is a link");
         assert_eq!(mode, 0o600, "{name}");
+    }
+    for name in ["pstree.img", "dump.log"] {
+        let planted = std::fs::read_link(images.path().join(name)).unwrap();
+        assert_eq!(planted, victim, "the planted {name} was left alone");
     }
     let restored = restored_copy(images.path(), &program);
     ctx.reached("the images restored");
     format!(
-        "dumped; planted links replaced, never followed; victim untouched; the images \
-         restore: {}",
+        "dumped into a generation; planted links left alone, never followed; victim \
+         untouched; the images restore: {}",
         short(&restored)
     )
 }

@@ -105,7 +105,8 @@ pub fn criu_killed_mid_dump(ctx: &mut Ctx) -> String {
         kill(criu);
         let concluded = job_conclusion(program.pid, service_log);
         assert!(
-            concluded.starts_with("failed: ") && concluded.contains("criu died"),
+            concluded.starts_with("failed: ")
+                && (concluded.contains("criu died") || concluded.contains("criu was killed")),
             "{concluded}"
         );
         match outcome_or_death(&program) {
@@ -130,7 +131,7 @@ pub fn criu_killed_mid_dump(ctx: &mut Ctx) -> String {
             }
         }
         ctx.reached(format!("{when}: the service concluded the job as failed"));
-        assert!(!images.path().join("pstree.img").exists());
+        assert_no_generation(images.path());
         cases.next();
     }
     format!(
@@ -289,7 +290,7 @@ pub fn dump_timeout_exceeded(ctx: &mut Ctx) -> String {
     let line = outcome(&program);
     assert_abandoned(&line);
     thawed_then_cleaned_up(&mut program, images.path());
-    assert!(!images.path().join("pstree.img").exists());
+    assert_no_generation(images.path());
     said.push(format!("1 ms (before the freeze): {}", short(&line)));
 
     // while frozen
@@ -343,7 +344,7 @@ pub fn dump_timeout_exceeded(ctx: &mut Ctx) -> String {
         let line = outcome(&program);
         assert_abandoned(&line);
         thawed_then_cleaned_up(&mut program, images.path());
-        assert!(!images.path().join("pstree.img").exists());
+        assert_no_generation(images.path());
         break format!(
             "{limit:?} (struck while frozen, CRIU stopped mid-memdump): {}",
             short(&line)

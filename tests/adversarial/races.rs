@@ -88,7 +88,9 @@ pub fn staging_swap_race(ctx: &mut Ctx) -> String {
         as_nobody(move || {
             use rustix::fs::inotify;
             let dir = std::fs::File::open(&images).unwrap();
-            let watch = inotify::init(inotify::CreateFlags::NONBLOCK).unwrap();
+            let watch =
+                inotify::init(inotify::CreateFlags::NONBLOCK | inotify::CreateFlags::CLOEXEC)
+                    .unwrap();
             inotify::add_watch(&watch, &images, inotify::WatchFlags::CREATE).unwrap();
             let mut buf = [std::mem::MaybeUninit::uninit(); 4096];
             let mut events = inotify::Reader::new(&watch, &mut buf);
@@ -165,6 +167,18 @@ pub fn staging_swap_race(ctx: &mut Ctx) -> String {
     swapper.join().unwrap();
     let swaps = swaps.load(Ordering::Relaxed);
     assert!(swaps > 1000, "the race hardly ran: {swaps} swaps");
+    // the attack reached its target: dumps (by a CRIU running as the
+    // caller) got as far as publishing while the swapper ran
+    let dumped: u32 = outcomes
+        .iter()
+        .filter(|(kind, _)| kind.ends_with(": dumped"))
+        .map(|(_, n)| n)
+        .sum();
+    assert!(dumped > 0, "no dump got as far as publishing: {outcomes:?}");
+    ctx.reached(format!(
+        "{dumped} of {} checkpoints published while the swapper exchanged names ({swaps} swaps)",
+        outcomes.values().sum::<u32>()
+    ));
     assert_nothing_of_roots(&images);
     ctx.keep.push(Box::new(base));
     format!(
@@ -180,8 +194,6 @@ fn classify(line: &str) -> String {
     for (needle, kind) in [
         ("was replaced", "swap detected"),
         ("was filled", "swap detected"),
-        ("rlimit", "criu needs CAP_SYS_RESOURCE"),
-        ("CAP_SYS_RESOURCE", "criu needs CAP_SYS_RESOURCE"),
     ] {
         if line.contains(needle) {
             return kind.into();
@@ -210,23 +222,25 @@ pub fn assert_nothing_of_roots(dir: &Path) {
 }
 
 /// A sticky, world-writable directory like `/tmp` (root's, 1777) holding a
-/// root-owned `dump.log` and `pstree.img`: the caller itself may not remove
-/// or replace them, and root (which the sticky bit does not bind) must not
-/// do it for the caller.
+/// root-owned `dump.log` and `pstree.img`, and, once the dump is admitted,
+/// a root-owned `latest`: the caller itself may not remove or replace
+/// them, and root (which the sticky bit does not bind) must not do it for
+/// the caller. The dump reaches the commit (CRIU is slowed, so root's
+/// `latest` is surely there before it), whose switch of `latest`, done as
+/// the caller, fails; root's files stay as they were.
 pub fn sticky_directory_with_roots_files(ctx: &mut Ctx) -> String {
-    let socket = ctx.service(allow(&[NOBODY]));
+    let (wrapper, slow) = slow_criu(1);
+    ctx.keep.push(Box::new(wrapper));
+    let socket = ctx.service_cold(|b| allow(&[NOBODY])(b).criu(slow));
     let images = images_dir();
     std::fs::set_permissions(
         images.path(),
         std::os::unix::fs::PermissionsExt::from_mode(0o1777),
     )
     .unwrap();
-    let roots = ["dump.log", "pstree.img"];
-    let mut before = Vec::new();
-    for name in roots {
-        let path = images.path().join(name);
-        std::fs::write(&path, format!("root's {name}\n")).unwrap();
-        before.push(std::fs::metadata(&path).unwrap().ino());
+    let roots = ["dump.log", "pstree.img", "latest"];
+    for name in &roots[..2] {
+        std::fs::write(images.path().join(name), format!("root's {name}\n")).unwrap();
     }
     let mut program = Program::start_on(
         &socket,
@@ -234,27 +248,67 @@ pub fn sticky_directory_with_roots_files(ctx: &mut Ctx) -> String {
         &args("--at 1 --until 2 --interval-ms 20"),
         Some(NOBODY),
     );
+    // admitted (its staging directory exists), CRIU not started yet
+    poll_until(
+        Duration::from_secs(20),
+        Duration::from_millis(2),
+        || match staging_dirs(images.path()).is_empty() {
+            true => Err("no staging directory appeared".into()),
+            false => Ok(()),
+        },
+    );
+    std::os::unix::fs::symlink("root's latest", images.path().join("latest")).unwrap();
+    let before: Vec<_> = roots
+        .iter()
+        .map(|name| {
+            let meta = std::fs::symlink_metadata(images.path().join(name)).unwrap();
+            (meta.uid(), meta.ino())
+        })
+        .collect();
     let line = outcome(&program);
     assert!(program.wait().success());
-    assert!(!line.starts_with("checkpoint continued"), "{line}");
-    for (name, ino) in roots.iter().zip(before) {
+    // CRIU (running as the caller) dumped; the commit then found root's
+    // latest, which the caller may not replace
+    assert!(
+        line.contains("committing the images failed")
+            && line.contains("cannot switch latest")
+            && line.contains("uid 65534 may not replace it"),
+        "{line}"
+    );
+    ctx.reached("the caller's CRIU dumped; the commit met root's latest and stopped there");
+    for (name, before) in roots.iter().zip(before) {
         let path = images.path().join(name);
         let meta = std::fs::symlink_metadata(&path).unwrap();
         assert_eq!(
             (meta.uid(), meta.ino()),
-            (0, ino),
+            before,
             "root's {name} was replaced"
         );
-        assert_eq!(read(&path), format!("root's {name}\n"));
     }
+    for name in &roots[..2] {
+        assert_eq!(read(&images.path().join(name)), format!("root's {name}\n"));
+    }
+    let target = std::fs::read_link(images.path().join("latest")).unwrap();
+    assert_eq!(
+        target,
+        Path::new("root's latest"),
+        "root's latest retargeted"
+    );
     for (name, uid, _) in image_files(images.path()) {
         assert!(
             roots.contains(&name.as_str()) || uid == NOBODY,
             "{name} is uid {uid}'s"
         );
         assert!(!name.starts_with(".selfdump-"), "staging left: {name}");
+        assert!(
+            !name.starts_with("gen-"),
+            "uncommitted generation left: {name}"
+        );
     }
-    format!("root's files kept; caller told: {}", short(&line))
+    format!(
+        "reached the commit; root's files and latest kept; caller told: {}",
+        short(&line)
+    )
 }
 
 /// While CRIU starts (slowly), the caller moves the staging directory away
@@ -295,6 +349,11 @@ pub fn staging_moved_mid_dump(ctx: &mut Ctx) -> String {
     }
     let line = outcome(&program);
     assert!(program.wait().success());
+    // the dump went on through the fds and published into the caller's
+    // directory, whatever the staging directory's name became
+    assert!(line.starts_with("checkpoint continued"), "{line}");
+    assert!(images.join("latest/pstree.img").exists());
+    ctx.reached("the staging directory moved away mid-dump; the dump committed all the same");
     poll_until(
         Duration::from_secs(5),
         Duration::from_millis(20),
@@ -321,8 +380,9 @@ pub fn staging_moved_mid_dump(ctx: &mut Ctx) -> String {
 /// before the restores, over and over, while the operator restores: each
 /// restore is refused (the hash differs) or restores the signed bytes (the
 /// copy's memory is intact), never the rewritten ones. The images are made
-/// the caller's (as a non-root caller's are; dumps of non-root callers
-/// need CAP_SYS_RESOURCE), so the restore copies them before hashing.
+/// the caller's, as a non-root caller's are, while they stay root's
+/// checkpoint (restored by root's CRIU), so the restore copies them before
+/// hashing.
 pub fn images_rewritten_while_restoring(ctx: &mut Ctx) -> String {
     let socket = ctx.service(|b| b);
     let images = images_dir();
@@ -337,10 +397,13 @@ pub fn images_rewritten_while_restoring(ctx: &mut Ctx) -> String {
     let pid = program.pid;
     program.kill();
     kill_and_reap(pid);
-    for (name, ..) in image_files(images.path()) {
-        std::os::unix::fs::chown(images.path().join(name), Some(NOBODY), Some(NOBODY)).unwrap();
+    // the generation and its files, as a non-root caller's are
+    let generation = images.path().join("latest");
+    std::os::unix::fs::chown(&generation, Some(NOBODY), Some(NOBODY)).unwrap();
+    for (name, ..) in image_files(&generation) {
+        std::os::unix::fs::chown(generation.join(name), Some(NOBODY), Some(NOBODY)).unwrap();
     }
-    let pages = images.path().join("pages-1.img");
+    let pages = generation.join("pages-1.img");
     let bytes = std::fs::read(&pages).unwrap();
     let window = 1 << 20;
     let start = (0..bytes.len() - window)

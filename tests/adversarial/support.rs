@@ -152,6 +152,27 @@ pub fn assert_runs_on(program: &Program) {
     assert_ne!(process_state(program.pid), Some('t'), "left frozen");
 }
 
+/// CRIU's log of the last dump into `dir`: in the generation `latest`
+/// names after a success, else (a failure's) directly in `dir`.
+pub fn dump_log(dir: &Path) -> std::path::PathBuf {
+    match dir.join("latest").exists() {
+        true => dir.join("latest/dump.log"),
+        false => dir.join("dump.log"),
+    }
+}
+
+/// No checkpoint was committed into `dir`: no `latest`, no generation, no
+/// images directly in it.
+pub fn assert_no_generation(dir: &Path) {
+    let names: Vec<String> = image_files(dir).into_iter().map(|f| f.0).collect();
+    assert!(
+        !names
+            .iter()
+            .any(|n| n == "latest" || n.starts_with("gen-") || n == "pstree.img"),
+        "a checkpoint was committed: {names:?}"
+    );
+}
+
 /// No image was left behind, and nothing root's: at most the caller's log.
 pub fn assert_no_images(dir: &Path, caller: u32) {
     for (name, uid, _) in image_files(dir) {

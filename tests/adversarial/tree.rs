@@ -8,8 +8,10 @@ use crate::support::*;
 use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
 
-/// A caller whose child runs a setuid-root binary: the frozen tree is
-/// checked and the dump vetoed, naming the task.
+/// A caller (uid nobody) whose child runs a setuid-root binary: the CRIU
+/// that dumps it runs as nobody, and the kernel refuses it the seize of
+/// that child, before the freeze (so before the service's own check of the
+/// frozen tree); the service then checks the tree and names the task.
 pub fn setuid_child_in_tree(ctx: &mut Ctx) -> String {
     let socket = ctx.service(allow(&[NOBODY]));
     let bin = tempfile::Builder::new()
@@ -28,13 +30,26 @@ pub fn setuid_child_in_tree(ctx: &mut Ctx) -> String {
     let mut program = Program::start_on(&socket, images.path(), &counter_args, Some(NOBODY));
     let child = program.children()[0];
     let line = outcome(&program);
+    assert_refused_by_criu_as_caller(&line, &format!("task pid {child} (suid-sleep)"), "setuid");
+    ctx.reached("refused by the caller's own CRIU, which could not seize the task (before the freeze); the task named");
+    let said = after_veto(ctx, &mut program, Some(child), images.path(), NOBODY, &line);
+    said.replace(
+        "vetoed at the freeze",
+        "refused by its CRIU before the freeze",
+    )
+}
+
+/// The CRIU running as the caller could not seize a task, and the answer
+/// names it (`task`) and why (`why`).
+fn assert_refused_by_criu_as_caller(line: &str, task: &str, why: &str) {
     assert!(
-        line.contains("dump refused after the freeze")
-            && line.contains(&format!("task pid {child} (suid-sleep)"))
-            && line.contains("setuid"),
+        line.contains("criu dump failed: ")
+            && line.contains(task)
+            && line.contains(why)
+            && line.contains("runs as your uid and could not seize it")
+            && line.contains("Unseizable"),
         "{line}"
     );
-    after_veto(ctx, &mut program, Some(child), images.path(), NOBODY, &line)
 }
 
 /// A root caller whose child dropped to nobody (the kernel marks it
@@ -81,7 +96,8 @@ pub fn thread_of_another_uid(ctx: &mut Ctx) -> String {
     after_veto(ctx, &mut program, None, images.path(), 0, &line)
 }
 
-/// An unprivileged caller with a child that made itself non-dumpable.
+/// An unprivileged caller with a child that made itself non-dumpable: as
+/// with a setuid child, its CRIU (nobody's) may not seize it.
 pub fn nondumpable_child_in_tree(ctx: &mut Ctx) -> String {
     let socket = ctx.service(allow(&[NOBODY]));
     let images = dir_of(NOBODY);
@@ -93,9 +109,14 @@ pub fn nondumpable_child_in_tree(ctx: &mut Ctx) -> String {
     );
     let child = program.children()[0];
     let line = outcome(&program);
-    assert!(
-        line.contains(&format!("task pid {child} (counter)")) && line.contains("not dumpable"),
-        "{line}"
+    assert_refused_by_criu_as_caller(
+        &line,
+        &format!("task pid {child} (counter)"),
+        "not dumpable",
+    );
+    ctx.reached(
+        "refused by the caller's own CRIU, which could not seize the task (before the freeze); \
+         the task named",
     );
     after_veto(ctx, &mut program, Some(child), images.path(), NOBODY, &line)
 }
@@ -131,8 +152,9 @@ fn after_veto(
     uid: u32,
     line: &str,
 ) -> String {
-    assert!(line.contains("dump refused after the freeze"), "{line}");
-    ctx.reached("the freeze: the frozen tree walked, the dump vetoed");
+    if line.contains("dump refused after the freeze") {
+        ctx.reached("the freeze: the frozen tree walked, the dump vetoed");
+    }
     assert_runs_on(program);
     assert!(program.wait().success());
     if let Some(child) = child {

@@ -3,6 +3,7 @@
 //! kill, reap and restore it. Everything runs against the real CRIU.
 #![allow(dead_code)]
 
+pub mod looping;
 #[path = "../support/skip.rs"]
 pub mod skip;
 #[allow(unused_imports)]

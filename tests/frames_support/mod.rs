@@ -3,7 +3,8 @@
 
 use proptest::prelude::*;
 use selfdump::proto::{
-    DumpFailure, DumpOptions, DumpReport, Header, JobId, Refusal, RefusalKind, Request, Response,
+    DumpFailure, DumpOptions, DumpReport, FrozenNotice, Header, JobId, Refusal, RefusalKind,
+    Request, Response,
 };
 
 /// A frame of `version` around `body`, whatever the body holds.
@@ -37,13 +38,16 @@ fn job_id() -> impl Strategy<Value = JobId> {
 }
 
 fn dump_options() -> impl Strategy<Value = DumpOptions> {
-    (any::<[bool; 5]>(), any::<Option<i32>>()).prop_map(|(b, slot)| DumpOptions {
-        leave_running: b[0],
-        tcp_established: b[1],
-        file_locks: b[2],
-        ext_unix_sk: b[3],
-        pre_dump: b[4],
-        copy_slot_fd: slot,
+    (any::<[bool; 5]>(), any::<Option<i32>>(), any::<u32>()).prop_map(|(b, slot, keep)| {
+        DumpOptions {
+            leave_running: b[0],
+            tcp_established: b[1],
+            file_locks: b[2],
+            ext_unix_sk: b[3],
+            pre_dump: b[4],
+            copy_slot_fd: slot,
+            keep,
+        }
     })
 }
 
@@ -68,12 +72,14 @@ fn refusal_kind() -> impl Strategy<Value = RefusalKind> {
 
 pub fn response() -> impl Strategy<Value = Response> {
     prop_oneof![
-        job_id().prop_map(Response::Frozen),
+        (job_id(), text())
+            .prop_map(|(job, generation)| Response::Frozen(FrozenNotice { job, generation })),
         (refusal_kind(), text())
             .prop_map(|(kind, message)| Response::Refused(Refusal { kind, message })),
-        (job_id(), any::<[u64; 8]>(), any::<u32>()).prop_map(|(job, n, processes)| {
-            Response::Dumped(DumpReport {
+        (job_id(), any::<[u64; 8]>(), any::<u32>(), text()).prop_map(
+            |(job, n, processes, generation)| Response::Dumped(DumpReport {
                 job,
+                generation,
                 frozen_us: n[0],
                 freezing_us: n[1],
                 memdump_us: n[2],
@@ -84,7 +90,7 @@ pub fn response() -> impl Strategy<Value = Response> {
                 service_frozen_us: n[7],
                 processes,
             })
-        }),
+        ),
         (prop::option::of(job_id()), text(), prop::option::of(text())).prop_map(
             |(job, message, log_file)| Response::DumpFailed(DumpFailure {
                 job,

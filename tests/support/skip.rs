@@ -40,10 +40,6 @@ pub enum Limit {
     /// Root lacks CAP_SYS_RESOURCE here (a container's bounding set), so a
     /// root CRIU cannot dump another uid's process ("Can't get rlimit").
     NoCapSysResource,
-    /// The bounding set lacks CAP_CHECKPOINT_RESTORE or CAP_SYS_PTRACE (a
-    /// container's, or a kernel before 5.9), so no unprivileged CRIU can
-    /// be given what it needs to dump a process of its own uid.
-    NoCapCheckpointRestore,
 }
 
 impl Limit {
@@ -57,7 +53,6 @@ impl Limit {
             Self::NoPidNamespace => "no-pid-namespace",
             Self::NoTmpfsMount => "no-tmpfs-mount",
             Self::NoCapSysResource => "no-cap-sys-resource",
-            Self::NoCapCheckpointRestore => "no-cap-checkpoint-restore",
         }
     }
 }

@@ -14,7 +14,9 @@ USAGE: selfdump check [--criu PATH] [--scratch DIR]
 
 Without --pid: checks that criu is installed, is version 4 or newer, passes
 `criu check`, and can really dump and restore a tiny process (in DIR,
-default /tmp).
+default /tmp); then says which engine non-root callers get here (a CRIU
+running as the caller, tried by a dump and restore as uid 65534, or else
+`selfdump serve`'s --non-root-fallback).
 
 With --pid: lists what in process PID and its children would make CRIU
 refuse the dump or fail the restore (connections to unix sockets outside

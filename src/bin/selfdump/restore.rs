@@ -11,12 +11,18 @@ pub(crate) const USAGE: &str = "\
 selfdump restore: restore a checkpoint, detached from this command
 
 USAGE: selfdump restore [OPTIONS] DIR
+       selfdump restore [OPTIONS] DIR/GENERATION
        selfdump restore --copies N [--lazy] [OPTIONS] DIR
 
+Restores the generation DIR/latest names (each checkpoint into DIR is a
+generation of its own, DIR/gen-...; `selfdump inspect DIR` lists them), or
+the one named, or images directly in DIR (made before generations).
+
 Verifies the images first: their manifest must be signed with the service's
-key, every file must be as signed (nothing changed, added or removed), and
-every task's credentials must be the recorded owner's; CRIU then reads only
-the verified files. Checks that every pid, session and process group in the
+key, every signed file must be there as signed (nothing changed or removed;
+a file the manifest does not list is ignored, with a warning, and never
+reaches CRIU), and every task's credentials must be the recorded owner's;
+CRIU then reads only the verified files. Checks that every pid, session and process group in the
 images is free and names the process holding one that is not. Prints the
 restored root pid.
 
@@ -100,8 +106,9 @@ pub(crate) fn restore_cmd(mut parser: lexopt::Parser) -> Res<ExitCode> {
         let restored = selfdump::blocking::restore(options)?;
         println!("{}", restored.pid);
         log::info!(
-            "the service restored {} as pid {} (verified in {:?}, {:?} in all)",
+            "the service restored {}{} as pid {} (verified in {:?}, {:?} in all)",
             dir.display(),
+            shown(restored.generation.as_deref()),
             restored.pid,
             restored.verify,
             restored.total
@@ -142,13 +149,19 @@ pub(crate) fn restore_cmd(mut parser: lexopt::Parser) -> Res<ExitCode> {
     })?;
     println!("{}", restored.pid);
     log::info!(
-        "restored {} as pid {} (verified in {:?}, {:?} in all)",
+        "restored {}{} as pid {} (verified in {:?}, {:?} in all)",
         dir.display(),
+        shown(restored.generation.as_deref()),
         restored.pid,
         restored.verify,
         restored.total
     );
     Ok(ExitCode::SUCCESS)
+}
+
+/// ` (generation NAME)`, or nothing for images directly in the directory.
+fn shown(generation: Option<&str>) -> String {
+    generation.map_or(String::new(), |g| format!(" (generation {g})"))
 }
 
 /// `selfdump restore --copies N [--lazy] DIR`.

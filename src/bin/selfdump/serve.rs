@@ -2,7 +2,7 @@
 
 use crate::{Res, help_requested};
 use lexopt::prelude::*;
-use selfdump::server::{Criu, Policy, Server, check};
+use selfdump::server::{Criu, NonRootFallback, Policy, Server, check};
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
@@ -23,9 +23,19 @@ OPTIONS:
     --max-connections-per-uid N  connections of one uid at once [default: 64]
     --request-timeout SECS  time a client has to send its request [default: 5]
     --dump-timeout SECS  kill CRIU after this long [default: 300]
+    --max-keep N         generations a checkpoint may keep in its images
+                         directory; a caller asking more keeps N [default: 16]
     --criu PATH          criu binary [default: found on PATH or /usr/local/sbin]
-    --warm-workers N     criu swrk workers kept started ahead (saves CRIU's
-                         start-up, 3-11 ms per dump; 0 for none) [default: 1]
+    --warm-workers N     criu swrk workers kept started ahead for root callers
+                         (saves CRIU's start-up, 3-11 ms per dump; 0 for
+                         none) [default: 1]
+    --non-root-fallback refuse|root
+                         a non-root caller's dump runs CRIU as that caller
+                         (CAP_CHECKPOINT_RESTORE only); where the kernel or
+                         this service cannot start it so (Linux < 5.9, a
+                         bounding set without CAP_CHECKPOINT_RESTORE), refuse
+                         non-root checkpoints, or dump them with root's CRIU
+                         [default: refuse]
     --key-file PATH      the key that signs the images; made on first start
                          (root's, 0600) [default: /var/lib/selfdump/signing.key]
 
@@ -76,6 +86,19 @@ pub(crate) fn serve(mut parser: lexopt::Parser) -> Res<ExitCode> {
             }
             Long("allow-any") => policy.allow_any = true,
             Long("warm-workers") => builder = builder.warm_workers(parser.value()?.parse()?),
+            Long("non-root-fallback") => {
+                let fallback = match parser.value()?.string()?.as_str() {
+                    "refuse" => NonRootFallback::Refuse,
+                    "root" => NonRootFallback::RootEngine,
+                    other => {
+                        return Err(format!(
+                            "--non-root-fallback wants `refuse` or `root`, not `{other}`"
+                        )
+                        .into());
+                    }
+                };
+                builder = builder.non_root_fallback(fallback);
+            }
             Long("max-dumps") => builder = builder.max_dumps(parser.value()?.parse()?),
             Long("max-dumps-per-uid") => {
                 builder = builder.max_dumps_per_uid(parser.value()?.parse()?)
@@ -90,6 +113,7 @@ pub(crate) fn serve(mut parser: lexopt::Parser) -> Res<ExitCode> {
             Long("dump-timeout") => {
                 builder = builder.dump_timeout(Duration::from_secs(parser.value()?.parse()?))
             }
+            Long("max-keep") => builder = builder.max_keep(parser.value()?.parse()?),
             Long("criu") => criu.path = parser.value()?.into(),
             Long("key-file") => builder = builder.key_file(PathBuf::from(parser.value()?)),
             other => return Err(other.unexpected().into()),

@@ -17,6 +17,15 @@
 //! a service removes the cache only if it installed it, the file is still
 //! the one it installed, and no other service holds it: a cache it did not
 //! install, or one still in use, stays.
+//!
+//! A CRIU in unprivileged mode (the dumps of non-root callers) looks for
+//! its cache in `$XDG_RUNTIME_DIR` instead, never in `/run`, and probes less
+//! than root's (no network or cgroup probes), so it needs a cache of its own
+//! ([`ensure_unprivileged_cache`]): made by an unprivileged `criu check`, kept
+//! in [`UNPRIVILEGED_DIR`] (root's, mode 0755, the file 0644), which the
+//! service gives its unprivileged CRIUs as `XDG_RUNTIME_DIR`. They can read
+//! it and cannot change it (one that finds no valid cache probes, then
+//! fails to save one there, harmlessly).
 
 use super::Criu;
 use rustix::fs::StatFs;
@@ -46,33 +55,36 @@ pub enum KdatCache {
 /// The cache file as this service opened it, with a shared `flock` held
 /// on it while the service uses it.
 #[derive(Debug)]
-pub struct CacheFile(std::os::fd::OwnedFd);
+pub struct CacheFile {
+    fd: std::os::fd::OwnedFd,
+    path: &'static str,
+}
 
 impl CacheFile {
-    /// Opens [`KDAT_FILE`] and takes a shared lock on it.
-    fn hold() -> io::Result<Self> {
+    /// Opens the cache at `path` and takes a shared lock on it.
+    fn hold(path: &'static str) -> io::Result<Self> {
         let fd = rustix::fs::open(
-            KDAT_FILE,
+            path,
             rustix::fs::OFlags::RDONLY | rustix::fs::OFlags::CLOEXEC,
             rustix::fs::Mode::empty(),
         )?;
         rustix::fs::flock(&fd, rustix::fs::FlockOperation::NonBlockingLockShared)?;
-        Ok(Self(fd))
+        Ok(Self { fd, path })
     }
 
-    /// Whether [`KDAT_FILE`] is still this file (not replaced since).
+    /// Whether its path still names this file (not replaced since).
     fn is_current(&self) -> bool {
-        match (rustix::fs::fstat(&self.0), rustix::fs::stat(KDAT_FILE)) {
+        match (rustix::fs::fstat(&self.fd), rustix::fs::stat(self.path)) {
             (Ok(ours), Ok(now)) => (ours.st_dev, ours.st_ino) == (now.st_dev, now.st_ino),
             _ => false,
         }
     }
 }
 
-/// Whether the cache at [`KDAT_FILE`] was written since this boot began
-/// (CRIU itself checks only its size and magic, not the kernel).
-fn written_this_boot() -> bool {
-    let Ok(stat) = rustix::fs::stat(KDAT_FILE) else {
+/// Whether the cache at `path` was written since this boot began (CRIU
+/// itself checks only its size and magic, not the kernel).
+fn written_this_boot(path: &str) -> bool {
+    let Ok(stat) = rustix::fs::stat(path) else {
         return false;
     };
     boot_time().is_some_and(|boot| stat.st_mtime >= boot)
@@ -95,12 +107,12 @@ pub fn ensure_cache(criu: &Criu) -> KdatCache {
     if is_tmpfs(Path::new("/run")) {
         return KdatCache::CriuKeepsIt;
     }
-    if written_this_boot()
-        && let Ok(held) = CacheFile::hold()
+    if written_this_boot(KDAT_FILE)
+        && let Ok(held) = CacheFile::hold(KDAT_FILE)
     {
         return KdatCache::Valid(held);
     }
-    match generate(criu).and_then(|()| CacheFile::hold()) {
+    match generate(criu).and_then(|()| CacheFile::hold(KDAT_FILE)) {
         Ok(held) => KdatCache::Installed(held),
         Err(e) => KdatCache::Unavailable(e.to_string()),
     }
@@ -115,14 +127,14 @@ pub fn remove_cache(state: &KdatCache) {
     };
     // our shared lock becomes exclusive only if no one else holds one
     let alone = rustix::fs::flock(
-        &held.0,
+        &held.fd,
         rustix::fs::FlockOperation::NonBlockingLockExclusive,
     )
     .is_ok();
     if alone && held.is_current() {
-        let _ = std::fs::remove_file(KDAT_FILE);
+        let _ = std::fs::remove_file(held.path);
     }
-    let _ = rustix::fs::flock(&held.0, rustix::fs::FlockOperation::NonBlockingLockShared);
+    let _ = rustix::fs::flock(&held.fd, rustix::fs::FlockOperation::NonBlockingLockShared);
 }
 
 fn generate(criu: &Criu) -> io::Result<()> {
@@ -179,9 +191,22 @@ fn install(generated: &Path) -> io::Result<()> {
             format!("criu wrote no cache ({}: {e})", generated.display()),
         )
     })?;
-    let tmp = PathBuf::from(format!("{KDAT_FILE}.selfdump-{}", std::process::id()));
-    std::fs::write(&tmp, bytes)?;
-    std::fs::rename(&tmp, KDAT_FILE).inspect_err(|_| {
-        let _ = std::fs::remove_file(&tmp);
-    })
+    install_bytes(&bytes, KDAT_FILE)
 }
+
+/// Installs a cache at `path` (in a directory only root can write), whole
+/// or not at all, readable by everyone.
+fn install_bytes(bytes: &[u8], path: &str) -> io::Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    let tmp = PathBuf::from(format!("{path}.selfdump-{}", std::process::id()));
+    std::fs::write(&tmp, bytes)?;
+    std::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(0o644))
+        .and_then(|()| std::fs::rename(&tmp, path))
+        .inspect_err(|_| {
+            let _ = std::fs::remove_file(&tmp);
+        })
+}
+
+#[path = "kdat_unprivileged.rs"]
+mod unprivileged;
+pub use unprivileged::{UNPRIVILEGED_DIR, UNPRIVILEGED_FILE, ensure_unprivileged_cache};

@@ -34,6 +34,11 @@ pub struct CriuOpts {
     pub log_file: Option<String>,
     #[prost(bool, optional, tag = "12")]
     pub notify_scripts: Option<bool>,
+    #[prost(bool, optional, tag = "67")]
+    pub unprivileged: Option<bool>,
+    /// Used by CRIU only when `images_dir_fd` is -1.
+    #[prost(string, optional, tag = "68")]
+    pub images_dir: Option<String>,
 }
 
 #[derive(Clone, PartialEq, prost::Message)]

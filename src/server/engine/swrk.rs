@@ -127,6 +127,8 @@ pub enum EngineError {
     TimedOut(Duration),
     /// CRIU died in the middle of the dump (killed, or it crashed).
     Died,
+    /// CRIU was killed by this signal in the middle of the dump.
+    Killed(i32),
 }
 
 impl fmt::Display for EngineError {
@@ -147,6 +149,40 @@ impl fmt::Display for EngineError {
                 f,
                 "criu died in the middle of the dump; the process was left running"
             ),
+            Self::Killed(signal) => write!(
+                f,
+                "criu was killed by signal {signal} ({}) in the middle of the dump; the \
+                 process was left running",
+                signal_name(*signal)
+            ),
+        }
+    }
+}
+
+/// A signal's name, for messages.
+fn signal_name(signal: i32) -> String {
+    match rustix::process::Signal::from_named_raw(signal) {
+        Some(s) => format!("{s:?}")
+            .trim_matches('"')
+            .replace("Signal::", "SIG"),
+        None => format!("signal {signal}"),
+    }
+}
+
+impl Worker {
+    /// Asks this worker for CRIU's version (its one request).
+    pub(super) async fn ask_version(self) -> Result<(i32, i32, i32), EngineError> {
+        let resp = self
+            .ask(CriuReq {
+                r#type: req_type::VERSION,
+                ..Default::default()
+            })
+            .await?;
+        match resp.version {
+            Some(v) if resp.success => {
+                Ok((v.major_number, v.minor_number, v.sublevel.unwrap_or(0)))
+            }
+            _ => Err(EngineError::Failed(resp.cr_errmsg)),
         }
     }
 }
@@ -178,18 +214,7 @@ impl Criu {
 
     /// Asks CRIU for its version over RPC: (major, minor, sublevel).
     pub async fn version(&self) -> Result<(i32, i32, i32), EngineError> {
-        let resp = self
-            .ask(CriuReq {
-                r#type: req_type::VERSION,
-                ..Default::default()
-            })
-            .await?;
-        match resp.version {
-            Some(v) if resp.success => {
-                Ok((v.major_number, v.minor_number, v.sublevel.unwrap_or(0)))
-            }
-            _ => Err(EngineError::Failed(resp.cr_errmsg)),
-        }
+        Worker::start(self)?.ask_version().await
     }
 
     /// Whether CRIU and the kernel can track memory changes (soft-dirty

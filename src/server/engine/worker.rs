@@ -2,6 +2,7 @@
 //! the notifications during which the service acts on the frozen tree.
 
 use super::rpc::{CriuOpts, CriuReq, CriuResp, req_type};
+use super::run_as::{DUMP_CAPS, Keep, RunAs};
 use super::swrk::{DumpHooks, DumpSpec, Dumped, EngineError, FORK_GUARD, FrozenVerdict};
 use super::{Criu, CriuFlags, DUMP_LOG};
 use async_io::{Async, Timer};
@@ -10,6 +11,7 @@ use prost::Message;
 use rustix::net::{AddressFamily, SendFlags, SocketFlags, SocketType};
 use std::io;
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd, RawFd};
+use std::os::unix::process::ExitStatusExt;
 use std::time::Duration;
 
 /// How long CRIU gets to abandon a dump by itself before it is killed.
@@ -36,11 +38,63 @@ pub struct Worker {
     sock: Async<OwnedFd>,
     child: async_process::Child,
     log_level: i32,
+    /// Set when CRIU runs as a user (see [`Worker::start_as`]).
+    as_user: Option<AsUser>,
+}
+
+/// A CRIU that runs as a user: the fd number at which it inherited the
+/// directory it dumps into.
+#[derive(Debug, Clone, Copy)]
+struct AsUser {
+    images_dir: Option<RawFd>,
 }
 
 impl Worker {
-    /// Starts `criu swrk`; it waits for its one request.
+    /// Starts `criu swrk` as root (the service's own rights); it waits for
+    /// its one request.
     pub fn start(criu: &Criu) -> io::Result<Self> {
+        Self::spawn(criu, None, |_, _| {})
+    }
+
+    /// Starts `criu swrk` as `user`, holding [`DUMP_CAPS`] only, in
+    /// CRIU's unprivileged mode (see the module docs of
+    /// [`engine`](super)). It inherits `images_dir`, the one directory it
+    /// may dump into, and finds CRIU's kernel-feature cache for
+    /// unprivileged runs in `runtime_dir` (see [`kdat`](super::kdat)).
+    pub fn start_as(
+        criu: &Criu,
+        user: &RunAs,
+        images_dir: Option<BorrowedFd<'_>>,
+        runtime_dir: Option<&std::path::Path>,
+    ) -> io::Result<Self> {
+        let as_user = AsUser {
+            images_dir: images_dir.map(|fd| fd.as_raw_fd()),
+        };
+        Self::spawn(criu, Some(as_user), |cmd, channel| {
+            let fds: Vec<BorrowedFd<'_>> = [Some(channel)]
+                .into_iter()
+                .chain([images_dir])
+                .flatten()
+                .collect();
+            user.apply(
+                cmd,
+                Keep {
+                    caps: DUMP_CAPS,
+                    confine: true,
+                    fds: &fds,
+                    runtime_dir,
+                },
+            );
+        })
+    }
+
+    /// Starts `criu swrk` on one end of a new socketpair, after `configure`
+    /// had its say on the command (given the end CRIU inherits).
+    fn spawn(
+        criu: &Criu,
+        as_user: Option<AsUser>,
+        configure: impl FnOnce(&mut std::process::Command, BorrowedFd<'_>),
+    ) -> io::Result<Self> {
         let (ours, theirs) = rustix::net::socketpair(
             AddressFamily::UNIX,
             SocketType::SEQPACKET,
@@ -50,6 +104,7 @@ impl Worker {
         let child_fd: RawFd = theirs.as_raw_fd();
         let mut cmd = std::process::Command::new(&criu.path);
         cmd.arg("swrk").arg(child_fd.to_string());
+        configure(&mut cmd, theirs.as_fd());
         // SAFETY: the closure only makes raw fcntl and setpgid calls, which
         // are async-signal-safe, on an fd that exists in the child.
         unsafe {
@@ -89,7 +144,13 @@ impl Worker {
             sock: Async::new(ours)?,
             child,
             log_level: criu.log_level,
+            as_user,
         })
+    }
+
+    /// The pid of the `criu swrk` child.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
     }
 
     async fn send(&self, req: &CriuReq) -> io::Result<()> {
@@ -149,7 +210,7 @@ impl Worker {
     /// only if it has not within [`ABANDON_GRACE`], it is killed, with the
     /// helpers it forked (its process group; the caller's tree is in none of
     /// CRIU's).
-    pub(super) async fn finish(mut self, abandon: bool) {
+    pub(super) async fn finish(mut self, abandon: bool) -> Option<std::process::ExitStatus> {
         drop(self.sock);
         if abandon {
             let exited = async {
@@ -162,7 +223,7 @@ impl Worker {
             })
             .await;
             if exited {
-                return;
+                return self.child.status().await.ok();
             }
             log::warn!(
                 "criu {} did not stop within {ABANDON_GRACE:?} of its dump being abandoned; killing it",
@@ -175,7 +236,7 @@ impl Worker {
                 let _ = self.child.kill();
             }
         }
-        let _ = self.child.status().await;
+        self.child.status().await.ok()
     }
 }
 
@@ -202,7 +263,11 @@ impl Worker {
                 | EngineError::Protocol(_)
                 | EngineError::Died)
         );
-        self.finish(criu_may_run).await;
+        let status = self.finish(criu_may_run).await;
+        let result = match (result, status.and_then(|s| s.signal())) {
+            (Err(EngineError::Died), Some(signal)) => Err(EngineError::Killed(signal)),
+            (result, _) => result,
+        };
         log::debug!(
             "criu swrk for pid {} reaped at {:?}",
             spec.pid,
@@ -265,6 +330,19 @@ impl Worker {
             ..CriuOpts::default()
         };
         CriuFlags::for_dump(&spec.options, spec.shell_job).apply(&mut opts);
+        if let Some(user) = self.as_user {
+            // CRIU resolves `images_dir_fd` in its RPC peer's `/proc/<pid>/fd`,
+            // which is the service's and closed to a CRIU running as a user:
+            // it gets the directory it inherited, by its own fd path
+            let inherited = user.images_dir.unwrap_or(-1);
+            debug_assert_eq!(
+                inherited, opts.images_dir_fd,
+                "dumps where it was started for"
+            );
+            opts.images_dir_fd = -1;
+            opts.images_dir = Some(format!("/proc/self/fd/{inherited}"));
+            opts.unprivileged = Some(true);
+        }
         opts
     }
 

@@ -17,55 +17,36 @@
 //! and the owner gets read access to the verified files (a POSIX ACL
 //! entry for its uid alone), never write access.
 
-use rustix::process::{Gid, Uid};
-use rustix::thread::{CapabilitySet, CapabilitySets};
+use crate::server::engine::kdat::{UNPRIVILEGED_DIR, UNPRIVILEGED_FILE};
+use crate::server::engine::run_as::{Keep, RunAs};
+use rustix::thread::CapabilitySet;
 use std::io;
-use std::os::fd::{AsFd, BorrowedFd, RawFd};
+use std::os::fd::{AsFd, BorrowedFd};
+use std::path::Path;
 use std::process::Command;
 
 /// Who the owner's CRIU runs as.
-#[derive(Debug, Clone)]
-pub(super) struct Owner {
-    pub(super) uid: u32,
-    pub(super) gid: u32,
-    pub(super) groups: Vec<u32>,
-}
+pub(super) type Owner = RunAs;
 
 /// The only capabilities the owner's CRIU holds.
 const CAPS: CapabilitySet = CapabilitySet::CHECKPOINT_RESTORE.union(CapabilitySet::SETPCAP);
 
 /// Makes `cmd` run as `owner` with only [`CAPS`], ambient, keeping the
-/// fds `inherit` open across the exec.
-pub(super) fn run_as(cmd: &mut Command, owner: &Owner, inherit: Vec<RawFd>) {
-    use std::os::unix::process::CommandExt;
-    let groups: Vec<Gid> = owner.groups.iter().map(|g| Gid::from_raw(*g)).collect();
-    let (uid, gid) = (Uid::from_raw(owner.uid), Gid::from_raw(owner.gid));
-    // SAFETY: between fork and exec only raw system calls run (rustix
-    // makes them directly), on fds that exist in the child; no allocation.
-    unsafe {
-        cmd.pre_exec(move || {
-            for &fd in &inherit {
-                rustix::io::fcntl_setfd(BorrowedFd::borrow_raw(fd), rustix::io::FdFlags::empty())?;
-            }
-            rustix::thread::set_thread_groups(&groups)?;
-            rustix::thread::set_thread_res_gid(gid, gid, gid)?;
-            rustix::thread::set_keep_capabilities(true)?;
-            rustix::thread::set_thread_res_uid(uid, uid, uid)?;
-            rustix::thread::set_capabilities(
-                None,
-                CapabilitySets {
-                    effective: CAPS,
-                    permitted: CAPS,
-                    inheritable: CAPS,
-                },
-            )?;
-            for cap in [CapabilitySet::CHECKPOINT_RESTORE, CapabilitySet::SETPCAP] {
-                rustix::thread::configure_capability_in_ambient_set(cap, true)?;
-            }
-            rustix::thread::set_keep_capabilities(false)?;
-            Ok(())
-        });
-    }
+/// fds `inherit` open across the exec; it finds the kernel-feature cache
+/// of unprivileged CRIUs if a service made one (see
+/// [`kdat`](crate::server::engine::kdat)).
+pub(super) fn run_as(cmd: &mut Command, owner: &Owner, inherit: &[BorrowedFd<'_>]) {
+    let cache = Path::new(UNPRIVILEGED_FILE).exists();
+    owner.apply(
+        cmd,
+        Keep {
+            caps: CAPS,
+            // its restored tasks inherit the bounding set and no_new_privs
+            confine: false,
+            fds: inherit,
+            runtime_dir: cache.then(|| Path::new(UNPRIVILEGED_DIR)),
+        },
+    );
 }
 
 /// Lets `uid` read (and, for a directory, search) a file of root's,

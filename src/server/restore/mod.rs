@@ -1,17 +1,25 @@
 //! Restoring images written by the service (`selfdump restore`, and the
 //! service's own restore for the owner of a checkpoint).
 //!
+//! What is restored from an images directory `DIR` is the generation
+//! `DIR/latest` names, or the directory itself when it has no `latest`
+//! (a generation named by its path, `DIR/gen-...`, or images made before
+//! generations); see [`generation::resolve`](super::generation). The
+//! generation is held with a shared lock while it is restored, so that
+//! retention does not remove it meanwhile.
+//!
 //! Every restore verifies before CRIU reads anything (`verify.rs`): the
-//! manifest's signature, every file against it (nothing changed, added or
-//! removed), and every task's credentials against the recorded owner.
-//! CRIU then reads only the verified copy of the images, keeps its log in
-//! a directory of root's, and has a deadline.
+//! manifest's signature, every signed file against it (nothing changed or
+//! removed; a file the manifest does not list is ignored, with a warning,
+//! and never reaches CRIU), and every task's credentials against the
+//! recorded owner. CRIU then reads only the verified copy of the images,
+//! keeps its log in a directory of root's, and has a deadline.
 
 mod as_owner;
 mod ids;
 mod verify;
 
-pub use super::private_dir::LOG_DIR;
+pub use super::private_dir::{KEEP_LEFTOVER_BYTES, KEEP_LEFTOVERS, LOG_DIR};
 pub use ids::{check_ids_free, wait_ids_free};
 pub use verify::Verified;
 use verify::verify;
@@ -19,6 +27,7 @@ use verify::verify;
 use super::Criu;
 use super::as_caller::CallerCreds;
 use super::engine::first_error;
+use super::generation::{Resolved, resolve};
 use super::images::ImageMeta;
 use super::manifest::Key;
 use super::private_dir::PrivateDir;
@@ -116,28 +125,34 @@ pub struct Restored {
     pub pid: i32,
     /// The images' owner.
     pub uid: u32,
+    /// The generation restored; `None` for images directly in the
+    /// directory given.
+    pub generation: Option<String>,
     /// Time spent verifying the images.
     pub verify: Duration,
     /// Time from the request to CRIU's answer.
     pub total: Duration,
 }
 
-/// Restores the images in the directory at `dir` (an operator's command
-/// line), detached, after verifying them; the private directory of
-/// verified images is made there with the directory owner's credentials.
+/// Restores the checkpoint in the directory at `dir` (an operator's
+/// command line: the generation `latest` names, or `dir` itself; see the
+/// module docs), detached, after verifying it; the private directory of
+/// verified images is made in the generation with the directory owner's
+/// credentials.
 pub fn restore_path(dir: &Path, settings: &RestoreSettings) -> Result<Restored, RestoreError> {
-    let (fd, creds) = open_dir(dir)?;
-    restore(fd, settings, creds, |_| Ok(()))
+    let (resolved, creds) = open_dir(dir)?;
+    restore(resolved, settings, creds, |_| Ok(()))
 }
 
-/// Verifies the images at `dir` as [`restore_path`] does, without
-/// restoring them: the verified images stay in a directory only root can
-/// change until the [`Verified`] is dropped (`server::copies` restores many
-/// copies from them).
+/// Verifies the checkpoint at `dir` as [`restore_path`] does, without
+/// restoring it: the verified images stay in a directory only root can
+/// change, and the generation is held (retention leaves it), until the
+/// [`Verified`] is dropped (`server::copies` restores many copies from
+/// them).
 pub fn verify_path(dir: &Path, settings: &RestoreSettings) -> Result<Verified, RestoreError> {
-    let (fd, creds) = open_dir(dir)?;
+    let (resolved, creds) = open_dir(dir)?;
     verify(
-        fd,
+        resolved,
         settings.key.as_ref(),
         settings.trust_unsigned,
         creds,
@@ -145,12 +160,13 @@ pub fn verify_path(dir: &Path, settings: &RestoreSettings) -> Result<Verified, R
     )
 }
 
-/// Restores the images in `dir`, detached, after verifying them. `creds`
-/// are the credentials under which the service works in the images
-/// directory (its owner's, or the requester's); `may_restore` checks the
-/// signed owner against the requester, before anything else is done.
+/// Restores the images in `dir` (resolved: [`resolve`]), detached, after
+/// verifying them. `creds` are the credentials under which the service
+/// works in the images directory (its owner's, or the requester's);
+/// `may_restore` checks the signed owner against the requester, before
+/// anything else is done.
 pub(crate) fn restore(
-    dir: OwnedFd,
+    dir: Resolved,
     settings: &RestoreSettings,
     creds: CallerCreds,
     may_restore: impl FnOnce(&ImageMeta) -> Result<(), RestoreError>,
@@ -193,6 +209,7 @@ pub(crate) fn restore(
     Ok(Restored {
         pid,
         uid: verified.meta.uid,
+        generation: verified.generation.clone(),
         verify: verify_time,
         total: started.elapsed(),
     })
@@ -209,23 +226,35 @@ fn id_taken_meanwhile(message: &str) -> bool {
         || message.contains("Unable to create a thread: -17")
 }
 
-/// Opens an images directory given by path (the operator's command line),
-/// with the credentials of its owner, under which the private directory of
-/// verified images is made and removed there.
-fn open_dir(dir: &Path) -> Result<(OwnedFd, CallerCreds), RestoreError> {
+/// Opens an images directory given by path (the operator's command line)
+/// and resolves what to restore from it (`latest`, opened with the
+/// credentials of the directory's owner), with the credentials of the
+/// generation's owner, under which the private directory of verified
+/// images is made and removed there.
+fn open_dir(dir: &Path) -> Result<(Resolved, CallerCreds), RestoreError> {
     let fd = rustix::fs::open(
         dir,
         rustix::fs::OFlags::DIRECTORY | rustix::fs::OFlags::RDONLY | rustix::fs::OFlags::CLOEXEC,
         rustix::fs::Mode::empty(),
     )
     .map_err(|e| RestoreError::Refused(format!("{}: {e}", dir.display())))?;
-    let stat = rustix::fs::fstat(&fd).map_err(RestoreError::refused)?;
-    let creds = CallerCreds {
+    let resolved = resolve(
+        fd.try_clone().map_err(RestoreError::refused)?,
+        &owner_of(&fd)?,
+    )
+    .map_err(|e| RestoreError::Refused(format!("{}: {e}", dir.display())))?;
+    let creds = owner_of(&resolved.dir)?;
+    Ok((resolved, creds))
+}
+
+/// The credentials of a directory's owner (its uid and gid).
+fn owner_of(dir: &OwnedFd) -> Result<CallerCreds, RestoreError> {
+    let stat = rustix::fs::fstat(dir).map_err(RestoreError::refused)?;
+    Ok(CallerCreds {
         uid: stat.st_uid,
         gid: stat.st_gid,
         groups: Vec::new(),
-    };
-    Ok((fd, creds))
+    })
 }
 
 fn run_criu(verified: &Verified, settings: &RestoreSettings) -> Result<i32, RestoreError> {
@@ -236,6 +265,7 @@ fn run_criu(verified: &Verified, settings: &RestoreSettings) -> Result<i32, Rest
         log: PathBuf::from(LOG_DIR),
     };
     let logs = PrivateDir::open_or_create(Path::new(LOG_DIR)).map_err(no_place)?;
+    logs.prune_leftovers(KEEP_LEFTOVERS, KEEP_LEFTOVER_BYTES);
     let meta = &verified.meta;
     let owner = (meta.uid != 0).then(|| as_owner::Owner {
         uid: meta.uid,
@@ -254,6 +284,11 @@ fn run_criu(verified: &Verified, settings: &RestoreSettings) -> Result<i32, Rest
     };
     let work = owners_work.as_ref().unwrap_or(&logs);
     let files = CriuFiles::new();
+    // in use until this returns (an owner's work directory is, itself)
+    let _log_in_use = match owners_work {
+        None => Some(logs.create_locked(&files.log).map_err(no_place)?),
+        Some(_) => None,
+    };
     let failed = |message: String| RestoreError::Criu {
         message,
         log: work.shown().join(&files.log),
@@ -337,7 +372,7 @@ fn criu_command(
         .stderr(Stdio::null());
     if let Some(o) = owner {
         cmd.arg("--unprivileged");
-        as_owner::run_as(&mut cmd, o, vec![images_fd, work_fd]);
+        as_owner::run_as(&mut cmd, o, &[verified.subdir.dir.as_fd(), work.as_fd()]);
     }
     cmd.args(crate::server::engine::CriuFlags::of(&verified.meta).restore_args());
     use std::os::unix::process::CommandExt;

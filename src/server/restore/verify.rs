@@ -20,7 +20,10 @@
 
 use super::RestoreError;
 use crate::server::engine::rpc::{CoreEntry, PstreeEntry};
-use crate::server::images::{entries, entry_names, first_entry, read_image};
+use crate::server::generation::{LATEST, Resolved, is_generation_name};
+use crate::server::images::{
+    copy, entries, entry_names, first_entry, only_root_writes, read_image,
+};
 use crate::server::manifest::{
     FileDigest, Key, MANIFEST_FILE, Manifest, hash_file, unsigned_extra,
 };
@@ -41,6 +44,8 @@ pub struct Verified {
     pub tree: Vec<PstreeEntry>,
     /// The key that signed them (`None`: trusted unsigned).
     pub key_id: Option<String>,
+    /// Their generation (`None`: images directly in the directory given).
+    pub generation: Option<String>,
     /// Bytes hashed (or copied and hashed).
     pub bytes: u64,
     /// Each file placed in the private directory and its size, as
@@ -55,18 +60,23 @@ impl Drop for Verified {
     }
 }
 
-/// Verifies the images in `images` (an open directory) with `key`, or,
-/// with `trust_unsigned`, takes images without a manifest as they are.
+/// Verifies the images in `images` (an open directory, resolved from what
+/// the restorer named, and held) with `key`, or, with `trust_unsigned`,
+/// takes images without a manifest as they are.
 /// `creds` makes and removes the private directory (the directory owner's
 /// or the requester's: see [`PrivateSubdir`]); `may_restore` sees the
 /// signed facts first (the owner, to compare with the requester).
 pub(crate) fn verify(
-    images: OwnedFd,
+    images: Resolved,
     key: Option<&Key>,
     trust_unsigned: bool,
     creds: CallerCreds,
     may_restore: impl FnOnce(&ImageMeta) -> Result<(), RestoreError>,
 ) -> Result<Verified, RestoreError> {
+    let Resolved {
+        dir: images,
+        generation,
+    } = images;
     let manifest = match (Manifest::read(&images), key) {
         (Ok(bytes), Some(key)) => {
             Some(Manifest::verify(&bytes, key).map_err(RestoreError::refused)?)
@@ -91,6 +101,7 @@ pub(crate) fn verify(
         meta: ImageMeta::default(),
         tree: Vec::new(),
         key_id: manifest.as_ref().map(|m| m.key_id.clone()),
+        generation,
         bytes: 0,
         placed: Vec::with_capacity(wanted.len()),
     };
@@ -119,9 +130,10 @@ pub(crate) fn verify(
     Ok(verified)
 }
 
-/// The files to place: the manifest's, after checking that the directory
-/// holds nothing else but unsigned extras (logs, statistics); without a
-/// manifest, every file but those.
+/// The files to place: the manifest's (a file it does not list is
+/// ignored, with a warning naming it: nobody can tell when or by whom it
+/// was put there, and CRIU never sees it); without a manifest, every file
+/// but logs and statistics.
 fn wanted(images: &OwnedFd, manifest: Option<&Manifest>) -> Result<Vec<FileDigest>, RestoreError> {
     let present = list(images)?;
     let Some(m) = manifest else {
@@ -137,9 +149,10 @@ fn wanted(images: &OwnedFd, manifest: Option<&Manifest>) -> Result<Vec<FileDiges
     };
     for name in &present {
         if m.file(name).is_none() && !unsigned_extra(name) && name != MANIFEST_FILE {
-            return Err(RestoreError::Refused(format!(
-                "{name} is not part of the signed images (added after the dump)"
-            )));
+            log::warn!(
+                "{name} is not part of the signed images: ignored (the restore never gives it \
+                 to CRIU)"
+            );
         }
     }
     Ok(m.files.clone())
@@ -302,46 +315,13 @@ impl Verified {
     }
 }
 
-/// Whether only root can write the file of `stat`: root's, and neither
-/// group- nor other-writable. That covers ACLs too: with an access ACL the
-/// mode's group bits are its mask, which bounds every named user and
-/// group entry, so a mask without write leaves write to the owner alone.
-/// Such a file is hard-linked, never copied, into the private directory
-/// ([`Verified::take`]), and [`Verified::recheck`] requires it of every
-/// file there.
-pub(crate) fn only_root_writes(stat: &rustix::fs::Stat) -> bool {
-    stat.st_uid == 0 && stat.st_mode & 0o022 == 0
-}
-
-/// The names in a directory, but the service's own private directories.
+/// The names in a directory, but the service's own private directories
+/// and, in a directory holding images from before generations, its
+/// generations and `latest`.
 fn list(dir: &impl AsFd) -> Result<Vec<String>, RestoreError> {
     let mut names = entry_names(dir).map_err(RestoreError::refused)?;
-    names.retain(|name| !name.starts_with(".selfdump-"));
+    names.retain(|name| {
+        !name.starts_with(".selfdump-") && name != LATEST && !is_generation_name(name)
+    });
     Ok(names)
-}
-
-/// Copies `size` bytes of `src` into a new file `name` of `dir`.
-fn copy(src: &OwnedFd, dir: &impl AsFd, name: &str, size: u64) -> io::Result<OwnedFd> {
-    let dst = rustix::fs::openat(
-        dir,
-        name,
-        OFlags::RDWR | OFlags::CREATE | OFlags::EXCL | OFlags::NOFOLLOW | OFlags::CLOEXEC,
-        Mode::RUSR | Mode::WUSR,
-    )?;
-    let mut done = 0u64;
-    while done < size {
-        let mut off_in = done;
-        let n = rustix::fs::copy_file_range(
-            src,
-            Some(&mut off_in),
-            &dst,
-            None,
-            (size - done) as usize,
-        )?;
-        if n == 0 {
-            return Err(io::Error::other("file shrank while it was copied"));
-        }
-        done += n as u64;
-    }
-    Ok(dst)
 }
