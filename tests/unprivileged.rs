@@ -59,8 +59,9 @@ fn status_field(pid: i32, field: &str) -> String {
         .to_owned()
 }
 
-/// Every file in `dir` is nobody's, mode 0600, and the manifest, signed
-/// with the service's key, names nobody and the tree's pids.
+/// Every file of the generation `dir/latest` names is nobody's, mode
+/// 0600, and the manifest, signed with the service's key, names nobody
+/// and the tree's pids.
 fn assert_nobodys_signed_images(dir: &Path, pids: &[i32]) {
     // the service removes its staging directory right after answering
     assert!(
@@ -69,6 +70,7 @@ fn assert_nobodys_signed_images(dir: &Path, pids: &[i32]) {
         "staging left: {:?}",
         staging_dirs(dir)
     );
+    let dir = &dir.join("latest");
     let files = image_files(dir);
     assert!(files.iter().any(|f| f.0 == "pstree.img"), "{files:?}");
     for (name, uid, mode) in &files {
@@ -178,7 +180,7 @@ fn exit_after_dump_as_nobody_and_a_change_after_signing_is_refused() {
     assert_nobodys_signed_images(images.path(), &[program.pid]);
 
     // the owner changes a page after signing: refused, nothing runs
-    let pages = images.path().join("pages-1.img");
+    let pages = images.path().join("latest/pages-1.img");
     let signed = std::fs::read(&pages).unwrap();
     let mut changed = signed.clone();
     let last = changed.len() - 1;
