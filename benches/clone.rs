@@ -213,7 +213,7 @@ fn first_instruction(bench: &Bench, report: &mut Report) {
             let (p, o, v) = s.medians();
             worst = worst.max(o / p).max(v / p);
             if mb == 0 && !lazy {
-                tiny = o.max(v);
+                tiny = o;
             }
             if mb == 256 && lazy {
                 lazy256 = v;
@@ -300,7 +300,7 @@ fn copies_at_once(bench: &Bench, report: &mut Report) {
             let mut s = Samples::measure(bench, &image, &once, n, lazy, reps);
             let (p, o, v) = s.medians();
             if n == 16 {
-                sixteen.push((lazy, o.min(v)));
+                sixteen.push((lazy, v));
             }
             rows.push(vec![
                 if lazy { "lazy" } else { "full" }.into(),

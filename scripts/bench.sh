@@ -35,10 +35,12 @@ else
     dest=BENCHMARKS.md
 fi
 started=$(date +%s)
+load_before=$(cut -d' ' -f1 /proc/loadavg)
 for bench in protocol checkpoint clone preflight; do
     cargo bench "${args[@]}" --bench "$bench" >"$out/$bench.out"
 done
 took=$(( ($(date +%s) - started + 59) / 60 ))
+load_after=$(cut -d' ' -f1 /proc/loadavg)
 cpu=$(sed -n 's/^model name[[:space:]]*: //p' /proc/cpuinfo | head -1)
 criu="CRIU $(criu --version 2>/dev/null | sed -n 's/^Version: //p')"
 {
@@ -47,7 +49,8 @@ criu="CRIU $(criu --version 2>/dev/null | sed -n 's/^Version: //p')"
     echo "What one run of every bench printed: \`sudo scripts/bench.sh\` runs them and"
     echo "writes this file; nothing in it comes from elsewhere. This run: $(date -u +'%Y-%m-%d %H:%M') UTC,"
     echo "$(nproc) CPUs ($cpu), $(free -g | awk '/^Mem:/{print $2}') GiB, Linux $(uname -r), $criu,"
-    echo "images on ext4 (\`/var/tmp\`) unless said otherwise, as root; it took about $took min."
+    echo "images on ext4 (\`/var/tmp\`) unless said otherwise, as root; it took about $took min;"
+    echo "the load average was $load_before when it began and $load_after when it ended."
     echo
     echo "These machines are shared VMs whose speed drifts, at times by a factor of two"
     echo "from one minute to the next. So every comparison is measured in turns (the"
