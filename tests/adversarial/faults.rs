@@ -81,64 +81,76 @@ pub fn criu_killed_mid_dump(ctx: &mut Ctx) -> String {
     // killed as soon as the tree is seized, and while it writes memory
     // (the parasite is in the caller then)
     let mut repeated = 0;
-    let mut cases = vec![false, true].into_iter().peekable();
-    while let Some(&during_memdump) = cases.peek() {
-        let images = images_dir();
-        let mut program = frozen_caller(&socket, images.path(), 100);
-        if during_memdump {
-            wait_for_memdump(images.path(), &program);
-        }
-        // stopped first, so that it is surely still at work when killed
-        let Some(criu) = stop_dumping_criu(program.pid) else {
+    for during_memdump in [false, true] {
+        let told = loop {
+            if let Some(told) = kill_held_criu(ctx, &socket, during_memdump) {
+                break told;
+            }
             assert!(repeated < 5, "CRIU always finished first");
             repeated += 1;
-            program.kill();
-            wait_no_criu();
-            continue;
         };
-        let when = if during_memdump {
-            "during memdump"
-        } else {
-            "at the seize"
-        };
-        ctx.reached(format!("CRIU held (SIGSTOP) {when}, then killed (SIGKILL)"));
-        kill(criu);
-        let concluded = job_conclusion(program.pid, service_log);
-        assert!(
-            concluded.starts_with("failed: ")
-                && (concluded.contains("criu died") || concluded.contains("criu was killed")),
-            "{concluded}"
-        );
-        match outcome_or_death(&program) {
-            Some(line) => {
-                assert!(line.starts_with("checkpoint error"), "{line}");
-                assert!(
-                    concluded.contains("left running"),
-                    "the caller runs on, but the service says otherwise: {concluded}"
-                );
-                thawed_then_cleaned_up(&mut program, images.path());
-                said.push(format!("{when}: thawed and told: {}", short(&line)));
-            }
-            None => {
-                program.kill();
-                wait_no_criu();
-                assert_no_staging(images.path());
-                said.push(format!(
-                    "{when}: the caller died with CRIU (its parasite was inside); the service \
-                     said: {}",
-                    short(&concluded)
-                ));
-            }
-        }
-        ctx.reached(format!("{when}: the service concluded the job as failed"));
-        assert_no_generation(images.path());
-        cases.next();
+        said.push(told);
     }
     format!(
         "never left frozen: {}{}",
         said.join(" | "),
         repeated_note(repeated)
     )
+}
+
+/// One round of [`criu_killed_mid_dump`]: the CRIU dumping a caller is
+/// held, then killed, at the seize or `during_memdump`; what the caller
+/// and the service said, or `None` when CRIU finished before it could be
+/// held (to be tried again).
+fn kill_held_criu(ctx: &mut Ctx, socket: &Path, during_memdump: bool) -> Option<String> {
+    let images = images_dir();
+    let mut program = frozen_caller(socket, images.path(), 100);
+    if during_memdump {
+        wait_for_memdump(images.path(), &program);
+    }
+    // stopped first, so that it is surely still at work when killed
+    let Some(criu) = stop_dumping_criu(program.pid) else {
+        program.kill();
+        wait_no_criu();
+        return None;
+    };
+    let when = if during_memdump {
+        "during memdump"
+    } else {
+        "at the seize"
+    };
+    ctx.reached(format!("CRIU held (SIGSTOP) {when}, then killed (SIGKILL)"));
+    kill(criu);
+    let concluded = job_conclusion(program.pid, service_log);
+    assert!(
+        concluded.starts_with("failed: ")
+            && (concluded.contains("criu died") || concluded.contains("criu was killed")),
+        "{concluded}"
+    );
+    let told = match outcome_or_death(&program) {
+        Some(line) => {
+            assert!(line.starts_with("checkpoint error"), "{line}");
+            assert!(
+                concluded.contains("left running"),
+                "the caller runs on, but the service says otherwise: {concluded}"
+            );
+            thawed_then_cleaned_up(&mut program, images.path());
+            format!("{when}: thawed and told: {}", short(&line))
+        }
+        None => {
+            program.kill();
+            wait_no_criu();
+            assert_no_staging(images.path());
+            format!(
+                "{when}: the caller died with CRIU (its parasite was inside); the service \
+                 said: {}",
+                short(&concluded)
+            )
+        }
+    };
+    ctx.reached(format!("{when}: the service concluded the job as failed"));
+    assert_no_generation(images.path());
+    Some(told)
 }
 
 fn repeated_note(repeated: usize) -> String {
@@ -173,67 +185,14 @@ pub fn service_restarted_between_freeze_and_result(ctx: &mut Ctx) -> String {
         };
         let log = |i: usize| dir.path().join(format!("serve-{n}-{i}.log"));
         let (line, images, second) = loop {
-            let mut first = ServeProcess::start(&socket, &log(raced), &[], None);
-            let images = images_dir();
-            let mut program = frozen_caller(&socket, images.path(), 100);
-            // CRIU writes memory only after the freeze hook sent `Frozen`
-            wait_for_memdump(images.path(), &program);
-            // held mid-dump until the service is gone, whatever the
-            // machine's speed
-            let Some(criu) = stop_dumping_criu(program.pid) else {
-                assert!(raced < 5, "CRIU always finished first");
-                raced += 1;
-                program.kill();
-                drop(first);
-                continue;
-            };
-            let killed = first.pid();
-            let (status, orphans) = first.kill9();
-            ctx.reached(format!(
-                "{case}: the service process {killed} killed ({status}) with CRIU held mid-memdump"
-            ));
-            let second = restarted_first.then(|| {
-                let second = ServeProcess::start(&socket, &log(99), &[], None);
-                assert_ne!(second.pid(), killed);
-                ctx.reached(format!(
-                    "{case}: a new service process {} on the same socket",
-                    second.pid()
-                ));
-                second
-            });
-            signal(criu, rustix::process::Signal::CONT);
-            let line = outcome(&program);
-            assert_unknown(&line);
-            if restarted_first {
-                assert!(line.contains("does not know this job"), "{line}");
+            if let Some(killed) = kill_service_mid_dump(ctx, &socket, case, restarted_first, &log) {
+                break killed;
             }
-            assert_runs_on(&program);
-            program.kill();
-            // the killed service's CRIUs (the held one, its warm worker)
-            // came to this process, a subreaper
-            for orphan in orphans {
-                reap_when_done(orphan);
-            }
-            break (line, images, second);
+            assert!(raced < 5, "CRIU always finished first");
+            raced += 1;
         };
-        let left = staging_dirs(images.path());
-        assert!(!left.is_empty(), "a SIGKILLed service cleaned up?");
         let next = second.unwrap_or_else(|| ServeProcess::start(&socket, &log(98), &[], None));
-        next_checkpoint_through(&next.socket, images.path());
-        // (removed after the answer)
-        poll_until(
-            Duration::from_secs(10),
-            Duration::from_millis(10),
-            || match staging_dirs(images.path()).is_empty() {
-                true => Ok(()),
-                false => Err(format!(
-                    "the staging {left:?} of the killed service outlived the next checkpoint"
-                )),
-            },
-        );
-        ctx.reached(format!(
-            "{case}: its staging {left:?} removed by the next checkpoint into the directory"
-        ));
+        staging_goes_with_the_next_checkpoint(ctx, case, &next.socket, images.path());
         said.push(format!("{case}: {}", short(&line)));
     }
     let last = ServeProcess::start(&socket, &dir.path().join("last.log"), &[], None);
@@ -244,6 +203,81 @@ pub fn service_restarted_between_freeze_and_result(ctx: &mut Ctx) -> String {
         said.join(" | "),
         repeated_note(raced)
     )
+}
+
+/// One round of [`service_restarted_between_freeze_and_result`]: a
+/// `selfdump serve` on `socket` is SIGKILLed with CRIU held mid-memdump,
+/// another started on the socket if `restarted_first`, and the original
+/// told: its line, its images and the new service; `None` when CRIU
+/// finished before it could be held (to be tried again).
+fn kill_service_mid_dump(
+    ctx: &mut Ctx,
+    socket: &Path,
+    case: &str,
+    restarted_first: bool,
+    log: &dyn Fn(usize) -> std::path::PathBuf,
+) -> Option<(String, tempfile::TempDir, Option<ServeProcess>)> {
+    let mut first = ServeProcess::start(socket, &log(0), &[], None);
+    let images = images_dir();
+    let mut program = frozen_caller(socket, images.path(), 100);
+    // CRIU writes memory only after the freeze hook sent `Frozen`
+    wait_for_memdump(images.path(), &program);
+    // held mid-dump until the service is gone, whatever the machine's speed
+    let Some(criu) = stop_dumping_criu(program.pid) else {
+        program.kill();
+        return None;
+    };
+    let killed = first.pid();
+    let (status, orphans) = first.kill9();
+    ctx.reached(format!(
+        "{case}: the service process {killed} killed ({status}) with CRIU held mid-memdump"
+    ));
+    let second = restarted_first.then(|| {
+        let second = ServeProcess::start(socket, &log(99), &[], None);
+        assert_ne!(second.pid(), killed);
+        ctx.reached(format!(
+            "{case}: a new service process {} on the same socket",
+            second.pid()
+        ));
+        second
+    });
+    signal(criu, rustix::process::Signal::CONT);
+    let line = outcome(&program);
+    assert_unknown(&line);
+    if restarted_first {
+        assert!(line.contains("does not know this job"), "{line}");
+    }
+    assert_runs_on(&program);
+    program.kill();
+    // the killed service's CRIUs (the held one, its warm worker) came to
+    // this process, a subreaper
+    for orphan in orphans {
+        reap_when_done(orphan);
+    }
+    Some((line, images, second))
+}
+
+/// The staging directory a SIGKILLed service left in `images` stays
+/// (nothing cleaned it up) until the next checkpoint into the directory,
+/// through the service on `socket`, removes it.
+fn staging_goes_with_the_next_checkpoint(ctx: &mut Ctx, case: &str, socket: &Path, images: &Path) {
+    let left = staging_dirs(images);
+    assert!(!left.is_empty(), "a SIGKILLed service cleaned up?");
+    next_checkpoint_through(socket, images);
+    // (removed after the answer)
+    poll_until(
+        Duration::from_secs(10),
+        Duration::from_millis(10),
+        || match staging_dirs(images).is_empty() {
+            true => Ok(()),
+            false => Err(format!(
+                "the staging {left:?} of the killed service outlived the next checkpoint"
+            )),
+        },
+    );
+    ctx.reached(format!(
+        "{case}: its staging {left:?} removed by the next checkpoint into the directory"
+    ));
 }
 
 /// A checkpoint into `images` through the service on `socket`, which
@@ -298,57 +332,12 @@ pub fn dump_timeout_exceeded(ctx: &mut Ctx) -> String {
     let socket = ctx.service(|b| b.dump_timeout(limit));
     let mut repeated = 0;
     let line = loop {
-        let images = images_dir();
-        // before the request: the service's clock starts later
-        let begun = std::time::Instant::now();
-        let mut program = frozen_caller(&socket, images.path(), 200);
-        wait_for_memdump(images.path(), &program);
-        let Some(criu) = stop_dumping_criu(program.pid) else {
-            // the dump ended before CRIU could be stopped: once more
-            assert!(repeated < 5, "CRIU always finished first");
-            repeated += 1;
-            program.kill();
-            wait_no_criu();
-            continue;
-        };
-        ctx.reached("CRIU held (SIGSTOP) mid-memdump, the caller frozen");
-        // the service abandons the dump at the deadline by closing its end
-        // of CRIU's channel: waited for (an event), watching meanwhile
-        // that the tree stays frozen (seized by CRIU, its parasite inside,
-        // not counting)
-        let channel = rpc_channel(criu);
-        let counted = program.output().matches("count ").count();
-        let mut frozen = true;
-        poll_until(Duration::from_secs(60), Duration::from_millis(1), || {
-            if channel_closed(channel) {
-                return Ok(());
-            }
-            frozen &= tracer(program.pid) == Some(criu)
-                && program.output().matches("count ").count() == counted;
-            Err(format!(
-                "the service never abandoned the dump (past {limit:?})"
-            ))
-        });
-        let abandoned_after = begun.elapsed();
-        assert!(frozen, "the tree thawed while CRIU was stopped");
-        assert!(
-            abandoned_after >= limit,
-            "abandoned after {abandoned_after:?}, before the {limit:?} limit"
-        );
-        ctx.reached(format!(
-            "the service abandoned the dump (closed CRIU's channel) at its deadline, \
-             {abandoned_after:.1?} after the caller started, the tree frozen until then"
-        ));
-        // CRIU notices, takes its parasite out and lets the tree go
-        signal(criu, rustix::process::Signal::CONT);
-        let line = outcome(&program);
-        assert_abandoned(&line);
-        thawed_then_cleaned_up(&mut program, images.path());
-        assert_no_generation(images.path());
-        break format!(
-            "{limit:?} (struck while frozen, CRIU stopped mid-memdump): {}",
-            short(&line)
-        );
+        if let Some(line) = time_out_while_frozen(ctx, &socket, limit) {
+            break line;
+        }
+        // the dump ended before CRIU could be stopped: once more
+        assert!(repeated < 5, "CRIU always finished first");
+        repeated += 1;
     };
     said.push(line);
     format!(
@@ -385,6 +374,61 @@ fn channel_closed(channel: u64) -> bool {
     crate::fds::socket_peers()
         .get(&channel)
         .is_none_or(|&peer| peer == 0)
+}
+
+/// The dump time limit strikes while the tree is frozen for certain: CRIU
+/// is held (SIGSTOP) in the middle of writing the frozen caller's memory
+/// until the service abandons the dump, then let go on. The caller's
+/// answer, or `None` when CRIU finished before it could be held.
+fn time_out_while_frozen(ctx: &mut Ctx, socket: &Path, limit: Duration) -> Option<String> {
+    let images = images_dir();
+    // before the request: the service's clock starts later
+    let begun = std::time::Instant::now();
+    let mut program = frozen_caller(socket, images.path(), 200);
+    wait_for_memdump(images.path(), &program);
+    let Some(criu) = stop_dumping_criu(program.pid) else {
+        program.kill();
+        wait_no_criu();
+        return None;
+    };
+    ctx.reached("CRIU held (SIGSTOP) mid-memdump, the caller frozen");
+    // the service abandons the dump at the deadline by closing its end
+    // of CRIU's channel: waited for (an event), watching meanwhile
+    // that the tree stays frozen (seized by CRIU, its parasite inside,
+    // not counting)
+    let channel = rpc_channel(criu);
+    let counted = program.output().matches("count ").count();
+    let mut frozen = true;
+    poll_until(Duration::from_secs(60), Duration::from_millis(1), || {
+        if channel_closed(channel) {
+            return Ok(());
+        }
+        frozen &= tracer(program.pid) == Some(criu)
+            && program.output().matches("count ").count() == counted;
+        Err(format!(
+            "the service never abandoned the dump (past {limit:?})"
+        ))
+    });
+    let abandoned_after = begun.elapsed();
+    assert!(frozen, "the tree thawed while CRIU was stopped");
+    assert!(
+        abandoned_after >= limit,
+        "abandoned after {abandoned_after:?}, before the {limit:?} limit"
+    );
+    ctx.reached(format!(
+        "the service abandoned the dump (closed CRIU's channel) at its deadline, \
+         {abandoned_after:.1?} after the caller started, the tree frozen until then"
+    ));
+    // CRIU notices, takes its parasite out and lets the tree go
+    signal(criu, rustix::process::Signal::CONT);
+    let line = outcome(&program);
+    assert_abandoned(&line);
+    thawed_then_cleaned_up(&mut program, images.path());
+    assert_no_generation(images.path());
+    Some(format!(
+        "{limit:?} (struck while frozen, CRIU stopped mid-memdump): {}",
+        short(&line)
+    ))
 }
 
 fn assert_abandoned(line: &str) {

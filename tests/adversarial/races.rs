@@ -347,6 +347,20 @@ pub fn staging_moved_mid_dump(ctx: &mut Ctx) -> String {
         }
     });
     let name = staging[0].clone();
+    // moved once the service is done with the name (it has started CRIU,
+    // slowed by its wrapper): before that, a loaded machine let the move
+    // fall in the making of the directory, which the service then refuses
+    poll_until(
+        Duration::from_secs(20),
+        Duration::from_millis(2),
+        || match own_children()
+            .iter()
+            .any(|(_, _, comm)| comm == "slow-criu")
+        {
+            true => Ok(()),
+            false => Err("the service never started its (slow) CRIU".into()),
+        },
+    );
     let moved = images.join("moved");
     {
         let (images, name, moved) = (images.clone(), name.clone(), moved.clone());

@@ -246,19 +246,25 @@ fn coordinate(
             continue;
         }
         std::thread::sleep(Duration::from_millis(20));
-        let mut i = 0;
-        while i < running.len() {
-            match finished(&mut running[i]) {
-                Some(done) => {
-                    let run = running.remove(i);
-                    report(&run, &done);
-                    results.push((run.name, done));
-                }
-                None => i += 1,
-            }
-        }
+        collect_finished(&mut running, &mut results);
     }
     summary(&results, total, jobs, began.elapsed())
+}
+
+/// Moves the attacks whose processes ended from `running` to `results`,
+/// reporting each.
+fn collect_finished(running: &mut Vec<Running>, results: &mut Vec<(&'static str, Done)>) {
+    let mut i = 0;
+    while i < running.len() {
+        match finished(&mut running[i]) {
+            Some(done) => {
+                let run = running.remove(i);
+                report(&run, &done);
+                results.push((run.name, done));
+            }
+            None => i += 1,
+        }
+    }
 }
 
 fn spawn(name: &'static str, work: &Path, index: usize) -> Running {
