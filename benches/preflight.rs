@@ -58,37 +58,51 @@ fn main() {
              must do), then with a TCP listener and a connection open."
         ),
     );
-    let us = |d: Duration| format!("{:.1}", d.as_secs_f64() * 1e6);
-    let ratio = |d: Duration| report::ratio(d.as_secs_f64() / baseline.as_secs_f64());
-    report.table(
-        &["call", "findings", "median µs", "ratio to the baseline"],
+    table(
+        &mut report,
+        baseline,
         &[
-            vec![
-                "read `/proc/self/status` (baseline)".into(),
-                "".into(),
-                us(baseline),
-                "1.00".into(),
-            ],
-            vec![
-                "`preflight()`".into(),
-                findings.to_string(),
-                us(plain),
-                ratio(plain),
-            ],
-            vec![
-                "`preflight()`, TCP listener and connection".into(),
-                tcp_findings.to_string(),
-                us(with_tcp),
-                ratio(with_tcp),
-            ],
+            ("`preflight()`", findings, plain),
+            (
+                "`preflight()`, TCP listener and connection",
+                tcp_findings,
+                with_tcp,
+            ),
         ],
     );
     report.target(
         &format!("a median under {TARGET:?}"),
         plain.max(with_tcp) < TARGET,
-        &format!("at most {} µs", us(plain.max(with_tcp))),
+        &format!("at most {} µs", micros(plain.max(with_tcp))),
     );
     report.finish();
+}
+
+fn micros(d: Duration) -> String {
+    format!("{:.1}", d.as_secs_f64() * 1e6)
+}
+
+/// The table: the baseline, then each call with its findings and median.
+fn table(report: &mut Report, baseline: Duration, calls: &[(&str, usize, Duration)]) {
+    let ratio = |d: Duration| report::ratio(d.as_secs_f64() / baseline.as_secs_f64());
+    let mut rows = vec![vec![
+        "read `/proc/self/status` (baseline)".into(),
+        "".into(),
+        micros(baseline),
+        "1.00".into(),
+    ]];
+    for (call, findings, median) in calls {
+        rows.push(vec![
+            call.to_string(),
+            findings.to_string(),
+            micros(*median),
+            ratio(*median),
+        ]);
+    }
+    report.table(
+        &["call", "findings", "median µs", "ratio to the baseline"],
+        &rows,
+    );
 }
 
 fn median_of(samples: usize, mut f: impl FnMut()) -> Duration {

@@ -70,22 +70,14 @@ fn main() {
              setting, median; ratio = service time per request / echo time."
         ),
     );
-    let not_a_dir = &not_a_dir;
     let mut rows = Vec::new();
     let (mut worst_ratio, mut best_rate) = (0f64, 0f64);
     for clients in [1usize, 2, 4] {
-        let mut echo_rates = Vec::new();
-        let mut service_rates = Vec::new();
-        for _ in 0..rounds {
-            echo_rates.push(rate(clients, round, || {
-                drop(round_trip(&echo_socket, &request, not_a_dir.as_fd()))
-            }));
-            service_rates.push(rate(clients, round, || {
-                drop(round_trip(&service_socket, &request, not_a_dir.as_fd()))
-            }));
-        }
-        let echo = report::median(&mut echo_rates);
-        let service = report::median(&mut service_rates);
+        let (request, not_a_dir) = (&request, &not_a_dir);
+        let to = |socket: &Path| drop(round_trip(socket, request, not_a_dir.as_fd()));
+        let (echo, service) = in_turns(clients, round, rounds, &|| to(&echo_socket), &|| {
+            to(&service_socket)
+        });
         worst_ratio = worst_ratio.max(echo / service);
         best_rate = best_rate.max(service);
         rows.push(vec![
@@ -136,6 +128,26 @@ fn echo_server(listener: UnixListener) {
         let _ = stream.write_all(&header);
         let _ = stream.write_all(&body);
     }
+}
+
+/// Median requests per second of `echo` and of `service`, `rounds` rounds
+/// of each in turns.
+fn in_turns(
+    clients: usize,
+    round: Duration,
+    rounds: usize,
+    echo: &(impl Fn() + Sync),
+    service: &(impl Fn() + Sync),
+) -> (f64, f64) {
+    let (mut echo_rates, mut service_rates) = (Vec::new(), Vec::new());
+    for _ in 0..rounds {
+        echo_rates.push(rate(clients, round, echo));
+        service_rates.push(rate(clients, round, service));
+    }
+    (
+        report::median(&mut echo_rates),
+        report::median(&mut service_rates),
+    )
 }
 
 /// Requests per second with `clients` threads each running `request` in a
