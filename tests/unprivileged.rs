@@ -59,9 +59,9 @@ fn status_field(pid: i32, field: &str) -> String {
         .to_owned()
 }
 
-/// Every file of the generation `dir/latest` names is nobody's, mode
-/// 0600, and the manifest, signed with the service's key, names nobody
-/// and the tree's pids.
+/// Every file of the generation `latest` names in `dir` is nobody's, mode
+/// 0600, and the manifest, signed with the service's key, names nobody and
+/// the tree's pids.
 fn assert_nobodys_signed_images(dir: &Path, pids: &[i32]) {
     // the service removes its staging directory right after answering
     assert!(
@@ -70,15 +70,18 @@ fn assert_nobodys_signed_images(dir: &Path, pids: &[i32]) {
         "staging left: {:?}",
         staging_dirs(dir)
     );
-    let dir = &dir.join("latest");
-    let files = image_files(dir);
+    let generation = dir.join("latest");
+    let files = image_files(&generation);
     assert!(files.iter().any(|f| f.0 == "pstree.img"), "{files:?}");
     for (name, uid, mode) in &files {
         assert_eq!((*uid, *mode), (NOBODY, 0o600), "{name}");
     }
     let key = Key::load(Path::new(DEFAULT_KEY_FILE)).unwrap();
-    let manifest =
-        Manifest::verify(&std::fs::read(dir.join(MANIFEST_FILE)).unwrap(), &key).unwrap();
+    let manifest = Manifest::verify(
+        &std::fs::read(generation.join(MANIFEST_FILE)).unwrap(),
+        &key,
+    )
+    .unwrap();
     assert_eq!((manifest.meta.uid, manifest.meta.gid), (NOBODY, NOBODY));
     let mut recorded = manifest.meta.pids.clone();
     recorded.sort();
