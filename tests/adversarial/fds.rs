@@ -41,19 +41,16 @@ pub fn fds_of(pid: i32) -> Vec<Fd> {
     fds
 }
 
-/// The fds of `now` that `before` did not have, by identity; worker links
-/// count as equal when there are as many (their numbers may move).
+/// The fds of `now` that `before` did not have, by identity. Links to
+/// waiting warm workers are left out: a worker that served a dump is
+/// replaced by a new one, with new fds, and the service holds one or two
+/// per worker (its socket, and a pidfd once the worker was first waited
+/// on); they lead to live waiting workers, whose number is checked apart.
 pub fn new_fds(before: &[Fd], now: &[Fd]) -> Vec<Fd> {
-    let links = |fds: &[Fd]| fds.iter().filter(|f| f.what == WORKER_LINK).count();
-    let mut extra: Vec<Fd> = now
-        .iter()
+    now.iter()
         .filter(|f| f.what != WORKER_LINK && !before.contains(f))
         .cloned()
-        .collect();
-    if links(now) > links(before) {
-        extra.extend(now.iter().filter(|f| f.what == WORKER_LINK).cloned());
-    }
-    extra
+        .collect()
 }
 
 /// `(fd, target)` of each open fd of `pid` (this process's reading of
