@@ -12,10 +12,15 @@
 //!
 //! The program (`examples/store_app.rs`) holds memory about as
 //! compressible as a program's: each page half pseudo-random, half zeros.
-//! Needs root, CRIU and the local SeaweedFS: `scripts/bench-store.sh`
-//! starts it and runs this. `SELFDUMP_BENCH_QUICK=1`: 128 MiB and 64 MiB,
-//! 1 round, 3 generations.
+//! Needs root, CRIU and the local SeaweedFS: `scripts/bench.sh` (and
+//! `scripts/bench-store.sh`, this bench alone) starts it and runs this.
+//! `SELFDUMP_BENCH_QUICK=1`: 32 MiB and 16 MiB, 1 round, 3 generations.
+//! Prints its section of BENCHMARKS.md (`support/report.rs`).
 
+#[path = "support/report.rs"]
+mod report;
+
+use report::{Report, median, quick};
 use selfdump::server::check::find_criu;
 use selfdump::server::copies::restore_copies;
 use selfdump::server::manifest::{DEFAULT_KEY_FILE, Key};
@@ -26,6 +31,18 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
+
+/// What this run measured, for the report.
+#[derive(Default)]
+struct Figures {
+    push: Vec<Vec<String>>,
+    push_ratio: f64,
+    second: Vec<Vec<String>>,
+    second_share: f64,
+    stored: Vec<Vec<String>>,
+    restore: Vec<Vec<String>>,
+    warm_ratio: f64,
+}
 
 fn main() {
     if std::env::args().any(|a| a == "--list") {
@@ -40,9 +57,8 @@ fn main() {
         rustix::process::geteuid().is_root(),
         "the store bench restores: run it as root"
     );
-    let quick = std::env::var_os("SELFDUMP_BENCH_QUICK").is_some();
-    let (big, small, rounds, gens) = if quick {
-        (128, 64, 1, 3)
+    let (big, small, rounds, gens) = if quick() {
+        (32, 16, 1, 3)
     } else {
         (1024, 256, 3, 10)
     };
@@ -57,24 +73,89 @@ fn main() {
     let socket = work.path().join("selfdump.sock");
     let server = Server::builder().criu(criu.clone()).bind(&socket).unwrap();
     std::thread::spawn(move || async_io::block_on(server.run()));
-    let run = format!("{s3}/bench-{:08x}", std::process::id());
     let bench = Bench {
-        app: build_app(),
+        app: report::example("store_app"),
         socket,
         work: work.path().to_path_buf(),
-        root: run,
+        root: format!("{s3}/bench-{:08x}", std::process::id()),
     };
-    println!(
-        "store bench: {rounds} round(s) in turns, medians; {big} MiB push, {small} MiB restore"
-    );
-    push_rows(&bench, big, rounds, gens);
+    let mut figures = Figures::default();
+    push_rows(&bench, big, rounds, gens, &mut figures);
     let key = Key::load(Path::new(DEFAULT_KEY_FILE)).expect("the service's key");
-    restore_rows(
-        &bench,
-        &RestoreSettings::new(criu, Some(key)),
-        small,
-        rounds.max(3),
+    let settings = RestoreSettings::new(criu, Some(key));
+    restore_rows(&bench, &settings, small, rounds.max(3), &mut figures);
+    write_report(&figures, big, small, rounds, gens);
+}
+
+fn write_report(f: &Figures, big: usize, small: usize, rounds: usize, gens: usize) {
+    let mut report = Report::new();
+    report.section(
+        "Beyond one machine: the store",
+        &format!(
+            "`benches/store.rs`, against the local SeaweedFS (`weed mini` on loopback, which \
+             `scripts/bench.sh` starts and stops). The program (`examples/store_app.rs`, \
+             started with `selfdump run`) holds memory about as compressible as a program's: \
+             each 4 KiB page half pseudo-random bytes, half zeros. Pushes, uploads and \
+             restores run in turns, {rounds} round(s) ({} for restores), medians. Chunks are \
+             cut on page boundaries chosen by content (about 4.5 MiB), compressed with zstd \
+             level 1, 8 transfers at once; the baseline uploads each file as a plain object \
+             in 8 MiB parts, 8 at once (`object_store`'s multipart upload).",
+            rounds.max(3)
+        ),
     );
+    report.subsection(
+        &format!("Push of a {big} MiB checkpoint against plain objects"),
+        "Time from the call to the checkpoint's URL; the bytes sent.",
+    );
+    report.table(&["", "time (s)", "MiB/s", "uploaded (MiB)"], &f.push);
+    report.target(
+        "chunking and compression pay for themselves (push time at most the plain upload's)",
+        f.push_ratio <= 1.0,
+        &format!("ratio {:.2}", f.push_ratio),
+    );
+    report.subsection(
+        "A second push after 10 % of the memory changed",
+        "A contiguous region rewritten between the checkpoints; the second push uploads \
+         the chunks the store lacks. Cuts chosen by content keep the unchanged regions' \
+         chunks even when what precedes them grew (cuts at fixed offsets would not).",
+    );
+    report.table(
+        &[
+            "push",
+            "uploaded (MiB)",
+            "chunks uploaded / all",
+            "time (s)",
+        ],
+        &f.second,
+    );
+    report.target(
+        "the second push uploads at most 15 % of the first's bytes",
+        f.second_share <= 15.0,
+        &format!("{:.1} %", f.second_share),
+    );
+    restore_and_stored(&mut report, f, small, big, gens);
+    report.finish();
+}
+
+fn restore_and_stored(report: &mut Report, f: &Figures, small: usize, big: usize, gens: usize) {
+    report.subsection(
+        &format!("Restore of a {small} MiB checkpoint"),
+        "One copy (`restore --copies 1`), from the start of the call until the copy runs; \
+         the store on the same host. Cold: fetch, check and cache every chunk, assemble the \
+         files, then the verified restore. Warm: the cache keeps the whole files a restore \
+         verified (hard links, by their signed hash), so a later restore links them.",
+    );
+    report.table(&["", "time (ms)", "ratio to local"], &f.restore);
+    report.target(
+        "a warm restore at most 1.1× a local one",
+        f.warm_ratio <= 1.1,
+        &format!("{:.2}×", f.warm_ratio),
+    );
+    report.subsection(
+        &format!("Bytes stored for {gens} generations"),
+        &format!("10 % of the {big} MiB changed before each, against {gens} full copies."),
+    );
+    report.table(&["", "MiB"], &f.stored);
 }
 
 struct Bench {
@@ -166,16 +247,11 @@ fn secs(t: Instant) -> f64 {
     t.elapsed().as_secs_f64()
 }
 
-fn median(v: &mut [f64]) -> f64 {
-    v.sort_by(|a, b| a.total_cmp(b));
-    v[v.len() / 2]
-}
-
 fn mib(bytes: u64) -> f64 {
     bytes as f64 / (1 << 20) as f64
 }
 
-fn push_rows(bench: &Bench, size: usize, rounds: usize, gens: usize) {
+fn push_rows(bench: &Bench, size: usize, rounds: usize, gens: usize, f: &mut Figures) {
     let app = bench.start("push", size);
     app.checkpoint(0);
     let files = app.files();
@@ -200,30 +276,32 @@ fn push_rows(bench: &Bench, size: usize, rounds: usize, gens: usize) {
         }
     }
     let (p, o) = (median(&mut plain), median(&mut ours));
-    println!(
-        "\n1. push of a {size} MiB checkpoint ({:.0} MiB of files) to the local SeaweedFS",
-        mib(bytes)
-    );
-    println!("| | time (s) | MiB/s | uploaded (MiB) |\n|---|---|---|---|");
-    println!(
-        "| plain objects (multipart) | {p:.2} | {:.0} | {:.0} |",
-        mib(bytes) / p,
-        mib(bytes)
-    );
-    println!(
-        "| selfdump push (chunks, zstd) | {o:.2} | {:.0} | {:.0} |",
-        mib(bytes) / o,
-        mib(uploaded)
-    );
-    println!(
-        "| ratio | {:.2} | | {:.2} |",
-        o / p,
-        uploaded as f64 / bytes as f64
-    );
-    generations(bench, &app, bytes, gens);
+    let total = mib(bytes);
+    f.push = vec![
+        vec![
+            format!("plain objects (multipart, {total:.0} MiB of files)"),
+            format!("{p:.2}"),
+            format!("{:.0}", total / p),
+            format!("{total:.0}"),
+        ],
+        vec![
+            "`selfdump push` (chunks, zstd)".into(),
+            format!("{o:.2}"),
+            format!("{:.0}", total / o),
+            format!("{:.0}", mib(uploaded)),
+        ],
+        vec![
+            "ratio".into(),
+            format!("**{:.2}**", o / p),
+            String::new(),
+            format!("{:.2}", uploaded as f64 / bytes as f64),
+        ],
+    ];
+    f.push_ratio = o / p;
+    generations(bench, &app, gens, f);
 }
 
-fn generations(bench: &Bench, app: &App, bytes: u64, gens: usize) {
+fn generations(bench: &Bench, app: &App, gens: usize, f: &mut Figures) {
     let root = format!("{}/gens", bench.root);
     let mut uploads = Vec::new();
     let mut full = 0;
@@ -250,35 +328,44 @@ fn generations(bench: &Bench, app: &App, bytes: u64, gens: usize) {
         .map(|(_, s)| s)
         .sum();
     let (first, second) = (uploads[0], uploads[1]);
-    println!("\n2. a second push after 10 % of the memory changed");
-    println!("| push | uploaded (MiB) | chunks uploaded / all | time (s) |\n|---|---|---|---|");
-    for (label, u) in [("first", first), ("second", second)] {
-        println!(
-            "| {label} | {:.1} | {} / {} | {:.2} |",
-            mib(u.0),
-            u.1,
-            u.2,
-            u.3.as_secs_f64()
-        );
-    }
-    println!(
-        "| second / first | {:.1} % | | |",
-        100.0 * second.0 as f64 / first.0 as f64
-    );
-    println!(
-        "\n4. bytes stored for {gens} generations (10 % changed each) against {gens} full copies"
-    );
-    println!("| | MiB |\n|---|---|");
-    println!("| {gens} full copies | {:.0} |", mib(full));
-    println!(
-        "| the store (chunks and checkpoint objects) | {:.0} |",
-        mib(stored)
-    );
-    println!("| ratio | {:.3} |", stored as f64 / full as f64);
-    let _ = bytes;
+    f.second = [("first", first), ("second", second)]
+        .iter()
+        .map(|(label, u)| {
+            vec![
+                (*label).into(),
+                format!("{:.1}", mib(u.0)),
+                format!("{} / {}", u.1, u.2),
+                format!("{:.2}", u.3.as_secs_f64()),
+            ]
+        })
+        .collect();
+    f.second_share = 100.0 * second.0 as f64 / first.0 as f64;
+    f.second.push(vec![
+        "second / first".into(),
+        format!("**{:.1} %**", f.second_share),
+        String::new(),
+        String::new(),
+    ]);
+    f.stored = vec![
+        vec![format!("{gens} full copies"), format!("{:.0}", mib(full))],
+        vec![
+            "the store (chunks and checkpoint objects)".into(),
+            format!("{:.0}", mib(stored)),
+        ],
+        vec![
+            "ratio".into(),
+            format!("**{:.3}**", stored as f64 / full as f64),
+        ],
+    ];
 }
 
-fn restore_rows(bench: &Bench, settings: &RestoreSettings, size: usize, rounds: usize) {
+fn restore_rows(
+    bench: &Bench,
+    settings: &RestoreSettings,
+    size: usize,
+    rounds: usize,
+    f: &mut Figures,
+) {
     let app = bench.start("restore", size);
     app.checkpoint(0);
     let root = format!("{}/restore", bench.root);
@@ -314,22 +401,29 @@ fn restore_rows(bench: &Bench, settings: &RestoreSettings, size: usize, rounds: 
         let _ = std::fs::remove_dir_all(&cache_dir);
     }
     let (l, c, w) = (median(&mut local), median(&mut cold), median(&mut warm));
-    println!("\n3. restore of a {size} MiB checkpoint (one copy, until it runs)");
-    println!("| | time (ms) | ratio to local |\n|---|---|---|");
-    println!(
-        "| local (`restore --copies 1 DIR`) | {:.0} | 1.00 |",
-        l * 1e3
-    );
-    println!(
-        "| from the store, cold cache | {:.0} | {:.2} |",
-        c * 1e3,
-        c / l
-    );
-    println!(
-        "| from the store, warm cache | {:.0} | {:.2} |",
-        w * 1e3,
-        w / l
-    );
+    f.restore = restore_table(l, c, w);
+    f.warm_ratio = w / l;
+}
+
+/// The restore table: local, cold and warm (seconds).
+fn restore_table(l: f64, c: f64, w: f64) -> Vec<Vec<String>> {
+    vec![
+        vec![
+            "local (`restore --copies 1 DIR`)".into(),
+            format!("{:.0}", l * 1e3),
+            "1.00".into(),
+        ],
+        vec![
+            "from the store, cold cache".into(),
+            format!("{:.0}", c * 1e3),
+            format!("{:.2}", c / l),
+        ],
+        vec![
+            "from the store, warm cache".into(),
+            format!("{:.0}", w * 1e3),
+            format!("**{:.2}**", w / l),
+        ],
+    ]
 }
 
 /// Ends a round's copies.
@@ -338,18 +432,4 @@ fn end(copies: selfdump::server::copies::Copies) {
         let _ = copy.signal(rustix::process::Signal::KILL);
     }
     copies.supervise();
-}
-
-fn build_app() -> PathBuf {
-    let status = Command::new(env!("CARGO"))
-        .args(["build", "--quiet", "--release", "--example", "store_app"])
-        .current_dir(env!("CARGO_MANIFEST_DIR"))
-        .status()
-        .unwrap();
-    assert!(status.success());
-    let target = std::env::var_os("CARGO_TARGET_DIR").map_or_else(
-        || PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("target"),
-        PathBuf::from,
-    );
-    target.join("release/examples/store_app")
 }
