@@ -4,12 +4,14 @@
 //! ([`Outcome::Restored`]).
 
 pub mod blocking;
+mod connect;
 mod copy_slot;
 mod error;
 pub mod hooks;
 mod identity;
 pub mod preflight;
 mod restore;
+mod result;
 
 pub use error::Error;
 pub use hooks::{HookError, HookFailure, Hooks, Phase, Resource};
@@ -21,6 +23,7 @@ use crate::proto::{
     write_frame,
 };
 use async_io::Async;
+use connect::connect;
 use identity::Identity;
 use rustix::fs::{Mode, OFlags};
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd};
@@ -178,6 +181,11 @@ pub struct Report {
     pub frozen: Duration,
     /// How long CRIU took to freeze the tree.
     pub freezing: Duration,
+    /// How long CRIU took to collect the memory pages, the tree frozen
+    /// (CRIU's own measure; part of `frozen`).
+    pub memdump: Duration,
+    /// How long CRIU took to write the pages out (CRIU's own measure).
+    pub memwrite: Duration,
     /// From the service receiving the request to the images being on disk.
     pub total: Duration,
     /// What putting the generation on disk took of that (`syncfs` of its
@@ -189,6 +197,8 @@ pub struct Report {
     pub service_frozen: Duration,
     /// Bytes of image files.
     pub bytes_written: u64,
+    /// Memory pages CRIU looked at.
+    pub pages_scanned: u64,
     /// Memory pages written.
     pub pages_written: u64,
     /// Processes in the dumped tree.
@@ -317,29 +327,7 @@ pub async fn checkpoint(options: Options) -> Result<Outcome, Error> {
         }));
     }
     drop(slot);
-    let stream = connect(&socket).await.map_err(|e| Error::OutcomeUnknown {
-        job,
-        reason: format!("cannot ask the service for the result: {e}"),
-    })?;
-    match ask(&stream, &encode_frame(&Request::Result(job)), &[]).await {
-        Ok(Response::Dumped(report)) => Ok(Outcome::Continued(to_report(report, images_dir))),
-        Ok(Response::UnknownJob(job)) => Err(Error::OutcomeUnknown {
-            job,
-            reason: "the service does not know this job (it restarted, or the result expired)"
-                .into(),
-        }),
-        // "result expired": the service dropped the result unclaimed
-        Ok(Response::Refused(r)) => Err(Error::OutcomeUnknown {
-            job,
-            reason: r.message,
-        }),
-        Ok(other) => Err(unexpected(other, &images_dir)),
-        Err(Error::Protocol(e)) => Err(Error::OutcomeUnknown {
-            job,
-            reason: format!("the service did not answer the result query: {e}"),
-        }),
-        Err(e) => Err(e),
-    }
+    result::result(&socket, job, images_dir).await
 }
 
 /// Fails with the findings that stop a checkpoint at `options`' level; logs the rest.
@@ -365,15 +353,6 @@ fn run_preflight(options: &Options) -> Result<(), Error> {
     } else {
         Err(Error::Preflight(stop))
     }
-}
-
-async fn connect(socket: &Path) -> Result<Async<UnixStream>, Error> {
-    Async::<UnixStream>::connect(socket)
-        .await
-        .map_err(|source| Error::NoService {
-            socket: socket.to_path_buf(),
-            source,
-        })
 }
 
 /// Sends a request and reads the answer. A service that refuses a client
@@ -429,10 +408,13 @@ fn to_report(r: DumpReport, images_dir: PathBuf) -> Report {
         generation: r.generation,
         frozen: Duration::from_micros(r.frozen_us),
         freezing: Duration::from_micros(r.freezing_us),
+        memdump: Duration::from_micros(r.memdump_us),
+        memwrite: Duration::from_micros(r.memwrite_us),
         total: Duration::from_micros(r.total_us),
         sync: Duration::from_micros(r.sync_us),
         service_frozen: Duration::from_micros(r.service_frozen_us),
         bytes_written: r.bytes_written,
+        pages_scanned: r.pages_scanned,
         pages_written: r.pages_written,
         processes: r.processes,
     }

@@ -12,7 +12,8 @@
 //! # Ok(()) }
 //! ```
 
-use super::{Error, ask, connect, default_socket};
+use super::connect::connect;
+use super::{Error, ask, default_socket};
 use crate::proto::{FrameError, Request, Response, RestoreReport, RestoreRequest, encode_frame};
 use rustix::fs::{Mode, OFlags};
 use std::os::fd::AsFd;
@@ -84,7 +85,13 @@ pub async fn restore(options: RestoreOptions) -> Result<Restored, Error> {
         source: e.into(),
     })?;
     let socket = options.socket.clone().unwrap_or_else(default_socket);
-    let stream = connect(&socket).await?;
+    let stream = connect(&socket).await.map_err(|e| match e {
+        Error::Refused { kind, message } => Error::Restore {
+            kind: Some(kind),
+            message,
+        },
+        e => e,
+    })?;
     let request = Request::Restore(RestoreRequest {
         trust_unsigned: options.trust_unsigned,
     });

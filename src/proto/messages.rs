@@ -103,8 +103,18 @@ impl Default for DumpOptions {
 /// Names one dump: the service instance that ran it and its sequence number.
 /// A restarted service has a new `service` value, so it can tell that it
 /// never ran an old job.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
+///
+/// On the wire (MessagePack) it is the two numbers. In a human-readable
+/// format (JSON: `selfdump inspect --json`) it is the string it displays
+/// as, `SERVICE-SEQ` with the service in hex: a `u64` above 2^53 is not a
+/// number every JSON reader keeps exact.
+///
+/// ```
+/// let job: selfdump::proto::JobId = "3cd8044016212a2b-1".parse().unwrap();
+/// assert_eq!(job.service, 0x3cd8044016212a2b);
+/// assert_eq!(job.to_string(), "3cd8044016212a2b-1");
+/// ```
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash)]
 pub struct JobId {
     /// Random per service start.
     pub service: u64,
@@ -118,6 +128,51 @@ impl fmt::Display for JobId {
     }
 }
 
+impl std::str::FromStr for JobId {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let bad = || format!("{s:?} is not a job id (SERVICE-SEQ, the service in hex)");
+        let (service, seq) = s.split_once('-').ok_or_else(bad)?;
+        Ok(Self {
+            service: u64::from_str_radix(service, 16).map_err(|_| bad())?,
+            seq: seq.parse().map_err(|_| bad())?,
+        })
+    }
+}
+
+/// [`JobId`] as it travels: its two numbers.
+#[derive(Serialize, Deserialize)]
+#[serde(rename = "JobId", deny_unknown_fields)]
+struct JobIdFields {
+    service: u64,
+    seq: u64,
+}
+
+impl Serialize for JobId {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        if s.is_human_readable() {
+            return s.collect_str(self);
+        }
+        JobIdFields {
+            service: self.service,
+            seq: self.seq,
+        }
+        .serialize(s)
+    }
+}
+
+impl<'de> Deserialize<'de> for JobId {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        if d.is_human_readable() {
+            let text = String::deserialize(d)?;
+            return text.parse().map_err(serde::de::Error::custom);
+        }
+        let JobIdFields { service, seq } = JobIdFields::deserialize(d)?;
+        Ok(Self { service, seq })
+    }
+}
+
 /// What the service answers.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Response {
@@ -127,8 +182,9 @@ pub enum Response {
     Frozen(FrozenNotice),
     /// The request was refused before anything ran.
     Refused(Refusal),
-    /// The job finished and its images are on disk.
-    Dumped(DumpReport),
+    /// The job finished and its images are on disk (boxed: the largest
+    /// answer by far, and the rarest).
+    Dumped(Box<DumpReport>),
     /// The dump failed; the caller's process was left running.
     DumpFailed(DumpFailure),
     /// The service knows nothing of this job (it may have restarted, or the
@@ -198,8 +254,11 @@ pub struct DumpReport {
     pub frozen_us: u64,
     /// Microseconds CRIU took to freeze the tree.
     pub freezing_us: u64,
-    /// Microseconds CRIU spent dumping memory.
+    /// Microseconds CRIU spent dumping memory (collecting the pages, the
+    /// tree frozen).
     pub memdump_us: u64,
+    /// Microseconds CRIU spent writing the pages out.
+    pub memwrite_us: u64,
     /// Microseconds from the service receiving the request to the images being on disk.
     pub total_us: u64,
     /// Microseconds putting the generation on disk took (`syncfs`, and
@@ -208,6 +267,8 @@ pub struct DumpReport {
     /// Microseconds of the frozen time spent waiting for the service (its
     /// checks and answers at CRIU's notifications); the rest is CRIU's.
     pub service_frozen_us: u64,
+    /// Memory pages CRIU looked at.
+    pub pages_scanned: u64,
     /// Memory pages CRIU wrote.
     pub pages_written: u64,
     /// Bytes of image files written.

@@ -75,13 +75,12 @@ pub fn check(criu: &Criu, scratch: &Path) -> Vec<Finding> {
         Ok(o) if o.status.success() => out.push(finding("criu check", true, "kernel supported")),
         Ok(o) => {
             let err = String::from_utf8_lossy(&o.stderr);
-            let last = err
-                .lines()
-                .rev()
-                .find(|l| !l.trim().is_empty())
-                .unwrap_or("")
-                .to_owned();
-            out.push(finding("criu check", false, last));
+            let last = err.lines().rev().find(|l| !l.trim().is_empty());
+            // CRIU says some things (a missing capability) on stdout
+            let said = String::from_utf8_lossy(&o.stdout);
+            let first_said = said.lines().find(|l| !l.trim().is_empty());
+            let detail = last.or(first_said).unwrap_or("(criu said nothing)");
+            out.push(finding("criu check", false, detail.trim()));
             return out;
         }
         Err(e) => {

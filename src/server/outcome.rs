@@ -84,7 +84,7 @@ impl Outcome {
 impl From<Outcome> for Response {
     fn from(o: Outcome) -> Self {
         match o {
-            Outcome::Dumped(report) => Response::Dumped(report),
+            Outcome::Dumped(report) => Response::Dumped(Box::new(report)),
             Outcome::Failed {
                 job,
                 message,

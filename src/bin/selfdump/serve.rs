@@ -1,11 +1,10 @@
 //! `selfdump serve`: the checkpoint service.
 
-use crate::{Res, help_requested};
-use lexopt::prelude::*;
+use crate::cli::{Res, at_least_one, seconds, usage, value};
+use crate::{help_requested, need_root};
 use selfdump::server::{Criu, NonRootFallback, Policy, Server, check};
 use std::path::PathBuf;
 use std::process::ExitCode;
-use std::time::Duration;
 
 pub(crate) const USAGE: &str = "\
 selfdump serve: run the checkpoint service
@@ -50,11 +49,17 @@ fd 3 instead of binding --socket (socket activation; see
 systemd/selfdump.socket), and sends READY=1 to $NOTIFY_SOCKET once it serves
 (Type=notify; see systemd/selfdump.service).";
 
-pub(crate) fn serve(mut parser: lexopt::Parser) -> Res<ExitCode> {
+/// What the command line asks for.
+struct Settings {
+    socket: PathBuf,
+    builder: selfdump::server::Builder,
+    policy: Policy,
+    criu: Criu,
+}
+
+/// Reads the options; `None` when the help was asked for.
+fn settings(mut parser: lexopt::Parser) -> Res<Option<Settings>> {
     use lexopt::Arg::*;
-    // First, before any thread exists: it edits the environment.
-    // SAFETY: no other thread exists yet, and nothing took fds 3.. before.
-    let activated = unsafe { selfdump::server::systemd::listener() }?;
     let mut socket = std::env::var_os("SELFDUMP_SOCKET")
         .map(PathBuf::from)
         .unwrap_or_else(|| PathBuf::from(selfdump::server::DEFAULT_SOCKET));
@@ -66,59 +71,109 @@ pub(crate) fn serve(mut parser: lexopt::Parser) -> Res<ExitCode> {
     };
     while let Some(arg) = parser.next()? {
         if help_requested(&arg, USAGE) {
-            return Ok(ExitCode::SUCCESS);
+            return Ok(None);
         }
-        match arg {
-            Long("socket") => socket = parser.value()?.into(),
-            Long("socket-mode") => {
-                builder = builder.socket_mode(u32::from_str_radix(&parser.value()?.string()?, 8)?)
+        builder = match arg {
+            Long("socket") => {
+                socket = parser.value()?.into();
+                builder
             }
+            Long("socket-mode") => builder.socket_mode(socket_mode(&mut parser)?),
             Long("socket-owner") => {
-                let v = parser.value()?.string()?;
-                let (u, g) = v.split_once(':').ok_or("--socket-owner wants UID:GID")?;
-                builder = builder.socket_owner(u.parse()?, g.parse()?);
+                let v: String = value(&mut parser, "socket-owner")?;
+                let owner = v
+                    .split_once(':')
+                    .and_then(|(u, g)| Some((u.parse().ok()?, g.parse().ok()?)));
+                let (u, g) = owner.ok_or_else(|| {
+                    usage(format!("--socket-owner wants UID:GID (numbers), not {v:?}"))
+                })?;
+                builder.socket_owner(u, g)
             }
             Long("allow-uid") => {
-                policy.allow_uids.insert(parser.value()?.parse()?);
+                policy.allow_uids.insert(value(&mut parser, "allow-uid")?);
+                builder
             }
             Long("allow-gid") => {
-                policy.allow_gids.insert(parser.value()?.parse()?);
+                policy.allow_gids.insert(value(&mut parser, "allow-gid")?);
+                builder
             }
-            Long("allow-any") => policy.allow_any = true,
-            Long("warm-workers") => builder = builder.warm_workers(parser.value()?.parse()?),
-            Long("non-root-fallback") => {
-                let fallback = match parser.value()?.string()?.as_str() {
-                    "refuse" => NonRootFallback::Refuse,
-                    "root" => NonRootFallback::RootEngine,
-                    other => {
-                        return Err(format!(
-                            "--non-root-fallback wants `refuse` or `root`, not `{other}`"
-                        )
-                        .into());
-                    }
-                };
-                builder = builder.non_root_fallback(fallback);
+            Long("allow-any") => {
+                policy.allow_any = true;
+                builder
             }
-            Long("max-dumps") => builder = builder.max_dumps(parser.value()?.parse()?),
+            Long("warm-workers") => builder.warm_workers(value(&mut parser, "warm-workers")?),
+            Long("non-root-fallback") => builder.non_root_fallback(fallback(&mut parser)?),
+            Long("max-dumps") => builder.max_dumps(at_least_one(&mut parser, "max-dumps")?),
             Long("max-dumps-per-uid") => {
-                builder = builder.max_dumps_per_uid(parser.value()?.parse()?)
+                builder.max_dumps_per_uid(at_least_one(&mut parser, "max-dumps-per-uid")?)
             }
-            Long("max-connections") => builder = builder.max_connections(parser.value()?.parse()?),
-            Long("max-connections-per-uid") => {
-                builder = builder.max_connections_per_uid(parser.value()?.parse()?)
+            Long("max-connections") => {
+                builder.max_connections(at_least_one(&mut parser, "max-connections")?)
             }
+            Long("max-connections-per-uid") => builder
+                .max_connections_per_uid(at_least_one(&mut parser, "max-connections-per-uid")?),
             Long("request-timeout") => {
-                builder = builder.request_timeout(Duration::from_secs(parser.value()?.parse()?))
+                builder.request_timeout(seconds(&mut parser, "request-timeout", false)?)
             }
             Long("dump-timeout") => {
-                builder = builder.dump_timeout(Duration::from_secs(parser.value()?.parse()?))
+                builder.dump_timeout(seconds(&mut parser, "dump-timeout", false)?)
             }
-            Long("max-keep") => builder = builder.max_keep(parser.value()?.parse()?),
-            Long("criu") => criu.path = parser.value()?.into(),
-            Long("key-file") => builder = builder.key_file(PathBuf::from(parser.value()?)),
+            Long("max-keep") => builder.max_keep(at_least_one(&mut parser, "max-keep")?),
+            Long("criu") => {
+                criu.path = parser.value()?.into();
+                builder
+            }
+            Long("key-file") => builder.key_file(PathBuf::from(parser.value()?)),
             other => return Err(other.unexpected().into()),
-        }
+        };
     }
+    Ok(Some(Settings {
+        socket,
+        builder,
+        policy,
+        criu,
+    }))
+}
+
+/// `--socket-mode OCTAL`: permission bits only.
+fn socket_mode(parser: &mut lexopt::Parser) -> Res<u32> {
+    let v: String = value(parser, "socket-mode")?;
+    match u32::from_str_radix(&v, 8) {
+        Ok(mode) if mode <= 0o777 => Ok(mode),
+        _ => Err(usage(format!(
+            "--socket-mode wants permission bits in octal (600, 660, 666), not {v:?}"
+        ))),
+    }
+}
+
+/// `--non-root-fallback refuse|root`.
+fn fallback(parser: &mut lexopt::Parser) -> Res<NonRootFallback> {
+    match value::<String>(parser, "non-root-fallback")?.as_str() {
+        "refuse" => Ok(NonRootFallback::Refuse),
+        "root" => Ok(NonRootFallback::RootEngine),
+        other => Err(usage(format!(
+            "--non-root-fallback wants `refuse` or `root`, not `{other}`"
+        ))),
+    }
+}
+
+pub(crate) fn serve(parser: lexopt::Parser) -> Res<ExitCode> {
+    // First, before any thread exists: it edits the environment.
+    // SAFETY: no other thread exists yet, and nothing took fds 3.. before.
+    let activated = unsafe { selfdump::server::systemd::listener() }?;
+    let Some(Settings {
+        socket,
+        builder,
+        policy,
+        criu,
+    }) = settings(parser)?
+    else {
+        return Ok(ExitCode::SUCCESS);
+    };
+    need_root(
+        "selfdump serve must run as root: it reads the caller's identity from the kernel, \
+         starts CRIU for each dump and signs the images with a key only root can read",
+    )?;
     // Room for connections and dumps: systemd's default soft limit is 1024.
     match selfdump::server::raise_fd_limit() {
         Ok(n) => log::info!("fd limit: {n}"),
@@ -137,50 +192,56 @@ pub(crate) fn serve(mut parser: lexopt::Parser) -> Res<ExitCode> {
                 server
             }
         };
-        let signals =
-            async_signal::Signals::new([async_signal::Signal::Term, async_signal::Signal::Int])?;
-        // Ready once the signals are ours: a stop request from now on is
-        // handled (finish the dumps in flight), not fatal.
-        match selfdump::server::systemd::notify("READY=1") {
-            Ok(true) => log::debug!("told the service manager READY=1"),
-            Ok(false) => {}
-            Err(e) => log::warn!("cannot notify the service manager: {e}"),
-        }
-        // The handle, not `run_until`'s future: this is what an embedder
-        // wires to its own stop request.
-        let stop = server.shutdown_handle();
-        let on_signal = async move {
-            use futures_lite::StreamExt;
-            let mut signals = signals;
-            if let Some(Ok(signal)) = signals.next().await {
-                log::info!(
-                    "received {signal:?}: refusing new checkpoints, finishing dumps in flight, \
-                     then exiting"
-                );
-            }
-            let _ = selfdump::server::systemd::notify("STOPPING=1");
-            stop.shutdown();
-            // `run` returns once drained. A second signal stops waiting:
-            // dropping `run` closes the channels of the CRIUs in flight,
-            // which then let their trees run on, and removes their staging
-            // directories; their callers learn they have no checkpoint.
-            if let Some(Ok(signal)) = signals.next().await {
-                log::warn!(
-                    "received {signal:?} again: exiting now; dumps in flight are abandoned \
-                     (their processes run on, their callers are told the outcome is unknown)"
-                );
-                return Ok(false);
-            }
-            std::future::pending().await
-        };
-        use futures_lite::FutureExt;
-        let drained = async { server.run().await.map(|()| true) }
-            .or(on_signal)
-            .await;
-        if !drained? {
-            return Err("stopped by a second signal before the dumps in flight finished".into());
-        }
-        Ok::<_, Box<dyn std::error::Error>>(())
+        until_signalled(server).await
     })?;
     Ok(ExitCode::SUCCESS)
+}
+
+/// Serves until SIGTERM or SIGINT, then until the dumps in flight are
+/// done (or a second signal).
+async fn until_signalled(server: Server) -> Res<()> {
+    let signals =
+        async_signal::Signals::new([async_signal::Signal::Term, async_signal::Signal::Int])?;
+    // Ready once the signals are ours: a stop request from now on is
+    // handled (finish the dumps in flight), not fatal.
+    match selfdump::server::systemd::notify("READY=1") {
+        Ok(true) => log::debug!("told the service manager READY=1"),
+        Ok(false) => {}
+        Err(e) => log::warn!("cannot notify the service manager: {e}"),
+    }
+    // The handle, not `run_until`'s future: this is what an embedder
+    // wires to its own stop request.
+    let stop = server.shutdown_handle();
+    let on_signal = async move {
+        use futures_lite::StreamExt;
+        let mut signals = signals;
+        if let Some(Ok(signal)) = signals.next().await {
+            log::info!(
+                "received {signal:?}: refusing new checkpoints, finishing dumps in flight, \
+                 then exiting"
+            );
+        }
+        let _ = selfdump::server::systemd::notify("STOPPING=1");
+        stop.shutdown();
+        // `run` returns once drained. A second signal stops waiting:
+        // dropping `run` closes the channels of the CRIUs in flight,
+        // which then let their trees run on, and removes their staging
+        // directories; their callers learn they have no checkpoint.
+        if let Some(Ok(signal)) = signals.next().await {
+            log::warn!(
+                "received {signal:?} again: exiting now; dumps in flight are abandoned \
+                 (their processes run on, their callers are told the outcome is unknown)"
+            );
+            return Ok(false);
+        }
+        std::future::pending().await
+    };
+    use futures_lite::FutureExt;
+    let drained = async { server.run().await.map(|()| true) }
+        .or(on_signal)
+        .await;
+    if !drained? {
+        return Err("stopped by a second signal before the dumps in flight finished".into());
+    }
+    Ok(())
 }

@@ -60,6 +60,23 @@ impl Drop for Verified {
     }
 }
 
+/// Why images without a manifest are refused: not a checkpoint at all
+/// (no CRIU images either), or images made by plain CRIU.
+fn unsigned(images: &impl AsFd) -> String {
+    let criu_made = rustix::fs::statat(images, "inventory.img", AtFlags::SYMLINK_NOFOLLOW).is_ok();
+    if criu_made {
+        format!(
+            "no {MANIFEST_FILE}: these CRIU images were not made by a selfdump service, so \
+             nothing vouches for them; `selfdump restore --trust-unsigned` restores them \
+             unchecked (root only)"
+        )
+    } else {
+        "not a checkpoint: no generation named `latest`, no CRIU images (inventory.img) and \
+         no selfdump manifest here (`selfdump inspect DIR` shows what a directory holds)"
+            .into()
+    }
+}
+
 /// Verifies the images in `images` (an open directory, resolved from what
 /// the restorer named, and held) with `key`, or, with `trust_unsigned`,
 /// takes images without a manifest as they are.
@@ -83,6 +100,9 @@ pub(crate) fn verify(
         }
         (Ok(_), None) => None, // unsigned by choice: --trust-unsigned without a key
         (Err(crate::server::manifest::ManifestError::Missing), _) if trust_unsigned => None,
+        (Err(crate::server::manifest::ManifestError::Missing), _) => {
+            return Err(RestoreError::Refused(unsigned(&images)));
+        }
         (Err(e), _) => return Err(RestoreError::refused(e)),
     };
     if manifest.is_none() && !trust_unsigned {
