@@ -16,7 +16,7 @@
 //!
 //! Needs root and CRIU >= 4 (scripts/install-criu.sh). Writes a summary to
 //! `target/selfdump-bench/` (JSON lines and an SVG plot of freeze time
-//! against memory size). Run: `cargo bench --bench checkpoint`.
+//! against memory size). Run: `cargo bench --features cli --bench checkpoint`.
 //! `SELFDUMP_BENCH_QUICK=1` runs fewer repetitions and skips 1 GiB.
 
 use selfdump::server::internals::kdat;
