@@ -23,7 +23,13 @@ refuse the dump or fail the restore (connections to unix sockets outside
 the tree, TCP connections, deleted files, files written without O_APPEND,
 io_uring, a tracer), each with its fd and what to do: the same preflight
 that selfdump::checkpoint() runs. --tcp-established and --ext-unix-sk say
-the dump will use those options. Exits 1 if CRIU would refuse the dump.";
+the dump will use those options. Each finding names the pid and fd; the
+fix for a kind of finding is said once.
+
+EXIT CODES: 0 CRIU can dump and restore here (with --pid: nothing it would
+refuse); 1 it cannot, the first FAIL says why, or not run as root (with
+--pid: CRIU would refuse the process, or there is no such process); 2 a
+usage error.";
 
 /// `selfdump check --pid PID`: the preflight of another process.
 fn check_pid(preflight: selfdump::preflight::Preflight) -> Res<ExitCode> {

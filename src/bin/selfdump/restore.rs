@@ -53,7 +53,11 @@ OPTIONS:
 
 Run by a user who is not root, it asks the service (`selfdump serve`) to
 restore the images: the service verifies them the same way and restores
-only the caller's own images (--copies needs root).";
+only the caller's own images (--copies needs root).
+
+EXIT CODES: 0 restored (the pids are printed); 1 refused (not a checkpoint,
+unsigned, changed since the dump, its ids in use) or CRIU failed, and with
+--lazy a copy that lost its page daemon; 2 a usage error.";
 
 /// What the command line asks for.
 struct Args {

@@ -47,7 +47,11 @@ Under systemd (or any manager that speaks its protocols): with LISTEN_PID set
 to this process and LISTEN_FDS >= 1, serves on the listening socket passed as
 fd 3 instead of binding --socket (socket activation; see
 systemd/selfdump.socket), and sends READY=1 to $NOTIFY_SOCKET once it serves
-(Type=notify; see systemd/selfdump.service).";
+(Type=notify; see systemd/selfdump.service).
+
+EXIT CODES: 0 stopped by SIGTERM or SIGINT once the dumps in flight were
+done; 1 could not start (not root, the socket, CRIU, the key), or a second
+signal abandoned the dumps in flight; 2 a usage error.";
 
 /// What the command line asks for.
 struct Settings {
