@@ -55,28 +55,96 @@ fn a_usage_error_exits_2_and_points_at_the_commands_help() {
     // (args, what the message must name, the help it points at)
     let cases: &[(&[&str], &str, &str)] = &[
         (&[], "USAGE", ""),
-        (&["frobnicate"], "unknown command \"frobnicate\"", "`selfdump help`"),
-        (&["help", "nonsense"], "no command \"nonsense\"", "`selfdump help`"),
+        (
+            &["frobnicate"],
+            "unknown command \"frobnicate\"",
+            "`selfdump help`",
+        ),
+        (
+            &["help", "nonsense"],
+            "no command \"nonsense\"",
+            "`selfdump help`",
+        ),
         (&["--bogus"], "--bogus", "`selfdump help`"),
-        (&["restore", "--copies", "abc", "/tmp"], "--copies \"abc\"", "`selfdump help restore`"),
-        (&["restore", "--copies", "0", "/tmp"], "--copies must be at least 1", "help restore"),
-        (&["restore", "--timeout", "0", "/tmp"], "--timeout must be more than 0", "help restore"),
-        (&["restore", "--wait", "-1", "/tmp"], "--wait -1", "help restore"),
-        (&["restore", "--lazy", "/tmp"], "--lazy goes with --copies", "help restore"),
+        (
+            &["restore", "--copies", "abc", "/tmp"],
+            "--copies \"abc\"",
+            "`selfdump help restore`",
+        ),
+        (
+            &["restore", "--copies", "0", "/tmp"],
+            "--copies must be at least 1",
+            "help restore",
+        ),
+        (
+            &["restore", "--timeout", "0", "/tmp"],
+            "--timeout must be more than 0",
+            "help restore",
+        ),
+        (
+            &["restore", "--wait", "-1", "/tmp"],
+            "--wait -1",
+            "help restore",
+        ),
+        (
+            &["restore", "--lazy", "/tmp"],
+            "--lazy goes with --copies",
+            "help restore",
+        ),
         (&["restore"], "which images?", "help restore"),
         (&["inspect"], "which images?", "help inspect"),
         (&["inspect", "--bogus", "/tmp"], "--bogus", "help inspect"),
         (&["check", "--pid", "abc"], "--pid \"abc\"", "help check"),
-        (&["check", "--pid", "0"], "--pid wants a process id", "help check"),
-        (&["serve", "--max-dumps", "0"], "--max-dumps must be at least 1", "help serve"),
-        (&["serve", "--max-keep", "0"], "--max-keep must be at least 1", "help serve"),
-        (&["serve", "--max-connections", "0"], "--max-connections must be", "help serve"),
-        (&["serve", "--max-dumps-per-uid", "0"], "--max-dumps-per-uid must", "help serve"),
-        (&["serve", "--dump-timeout", "0"], "--dump-timeout must be more", "help serve"),
-        (&["serve", "--request-timeout", "x"], "--request-timeout \"x\"", "help serve"),
-        (&["serve", "--socket-mode", "999"], "--socket-mode wants", "help serve"),
-        (&["serve", "--socket-owner", "root"], "--socket-owner wants UID:GID", "help serve"),
-        (&["serve", "--allow-uid", "bob"], "--allow-uid \"bob\"", "help serve"),
+        (
+            &["check", "--pid", "0"],
+            "--pid wants a process id",
+            "help check",
+        ),
+        (
+            &["serve", "--max-dumps", "0"],
+            "--max-dumps must be at least 1",
+            "help serve",
+        ),
+        (
+            &["serve", "--max-keep", "0"],
+            "--max-keep must be at least 1",
+            "help serve",
+        ),
+        (
+            &["serve", "--max-connections", "0"],
+            "--max-connections must be",
+            "help serve",
+        ),
+        (
+            &["serve", "--max-dumps-per-uid", "0"],
+            "--max-dumps-per-uid must",
+            "help serve",
+        ),
+        (
+            &["serve", "--dump-timeout", "0"],
+            "--dump-timeout must be more",
+            "help serve",
+        ),
+        (
+            &["serve", "--request-timeout", "x"],
+            "--request-timeout \"x\"",
+            "help serve",
+        ),
+        (
+            &["serve", "--socket-mode", "999"],
+            "--socket-mode wants",
+            "help serve",
+        ),
+        (
+            &["serve", "--socket-owner", "root"],
+            "--socket-owner wants UID:GID",
+            "help serve",
+        ),
+        (
+            &["serve", "--allow-uid", "bob"],
+            "--allow-uid \"bob\"",
+            "help serve",
+        ),
     ];
     for (args, names, help) in cases {
         let out = selfdump(args);
@@ -156,7 +224,10 @@ fn serve_as_non_root_says_it_needs_root_and_leaves_the_key_alone() {
     let said = stderr(&out);
     assert_eq!(out.status.code(), Some(1), "{said}");
     assert!(said.contains("must run as root"), "{said}");
-    assert!(!said.contains("remove"), "never advise removing the key: {said}");
+    assert!(
+        !said.contains("remove"),
+        "never advise removing the key: {said}"
+    );
     assert!(!socket.exists(), "nothing was bound");
 }
 

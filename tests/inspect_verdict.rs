@@ -122,7 +122,9 @@ fn a_checkpoint_is_restorable_once_its_ids_are_free_and_inspect_says_so() {
     let out = inspect(&["--json"], images.path());
     assert_eq!(out.status.code(), Some(0));
     let json: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
-    let job = json["meta"]["job"].as_str().expect("the job id as a string");
+    let job = json["meta"]["job"]
+        .as_str()
+        .expect("the job id as a string");
     let job: selfdump::proto::JobId = job.parse().unwrap();
     assert!(text.contains(&job.to_string()), "the same job: {text}");
     assert_eq!(json["verdict"]["restorable"], true, "{json:#}");
@@ -130,7 +132,10 @@ fn a_checkpoint_is_restorable_once_its_ids_are_free_and_inspect_says_so() {
     let stats = &json["stats"];
     let written = stats["pages_written"].as_u64().unwrap();
     assert!(written > 0, "{stats}");
-    assert!(stats["pages_scanned"].as_u64().unwrap() >= written, "{stats}");
+    assert!(
+        stats["pages_scanned"].as_u64().unwrap() >= written,
+        "{stats}"
+    );
     assert!(stats["frozen_us"].as_u64().unwrap() > 0, "{stats}");
 
     // without the key, the signature cannot be checked: it cannot tell
@@ -170,7 +175,9 @@ fn damaged_or_unsigned_images_are_not_restorable_and_inspect_says_why() {
     let (code, text) = said(&inspect(&[], cut.path()));
     assert_eq!(code, Some(1), "{text}");
     assert!(
-        verdict(&text).starts_with(&format!("{pages} changed since the dump (4096 bytes, signed ")),
+        verdict(&text).starts_with(&format!(
+            "{pages} changed since the dump (4096 bytes, signed "
+        )),
         "{text}"
     );
 
