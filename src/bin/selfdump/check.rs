@@ -94,9 +94,8 @@ pub(crate) fn check_cmd(mut parser: lexopt::Parser) -> Res<ExitCode> {
 /// `selfdump check`: can CRIU dump and restore here?
 fn check_machine(criu: &Criu, scratch: &std::path::Path) -> Res<ExitCode> {
     need_root(
-        "selfdump check needs root: `criu check` and the dump and restore of a tiny \
-         process it tries need CAP_SYS_ADMIN (`selfdump check --pid PID` does not, for \
-         your own processes)",
+        "`criu check` and the dump and restore of a tiny process it tries need \
+         CAP_SYS_ADMIN (`selfdump check --pid PID` does not, for your own processes)",
     )?;
     let findings = check::check(criu, scratch);
     // the first four decide; what follows (dumps of non-root callers) is

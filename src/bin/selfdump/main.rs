@@ -151,11 +151,16 @@ pub(crate) fn help_requested(arg: &lexopt::Arg<'_>, usage: &str) -> bool {
     false
 }
 
-/// Fails unless this process runs as root, saying what `what` needs root for.
-pub(crate) fn need_root(what: &str) -> Res<()> {
+/// Fails unless this process runs as root, saying `why` the command
+/// needs it.
+pub(crate) fn need_root(why: &str) -> Res<()> {
     let euid = rustix::process::geteuid();
     if euid.is_root() {
         return Ok(());
     }
-    Err(format!("{what} (this is uid {}; run it with sudo)", euid.as_raw()).into())
+    Err(format!(
+        "needs root: {why} (this is uid {}; run it with sudo)",
+        euid.as_raw()
+    )
+    .into())
 }

@@ -175,8 +175,8 @@ pub(crate) fn serve(parser: lexopt::Parser) -> Res<ExitCode> {
         return Ok(ExitCode::SUCCESS);
     };
     need_root(
-        "selfdump serve must run as root: it reads the caller's identity from the kernel, \
-         starts CRIU for each dump and signs the images with a key only root can read",
+        "the service reads each caller's identity from the kernel, starts CRIU for its \
+         dump and signs the images with a key only root can read",
     )?;
     // Room for connections and dumps: systemd's default soft limit is 1024.
     match selfdump::server::raise_fd_limit() {
