@@ -61,9 +61,20 @@ fn a_client_the_sockets_mode_keeps_out_hears_the_service_runs_and_what_to_do() {
     );
 }
 
+/// A `selfdump serve` of this test, killed when the test ends (passed or
+/// not): it must not outlive the test holding its output.
+struct Serving(Child);
+
+impl Drop for Serving {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
 /// `selfdump serve` on `socket` with the holds of `holds`, root held to
 /// two connections, idle ones kept for two minutes.
-fn serve_two_connections(socket: &Path, log: &Path, holds: &Holds) -> Child {
+fn serve_two_connections(socket: &Path, log: &Path, holds: &Holds) -> Serving {
     let (name, value) = holds.env();
     let serve = Command::new(selfdump_bin())
         .args(["serve", "--max-connections-per-uid", "2"])
@@ -74,9 +85,11 @@ fn serve_two_connections(socket: &Path, log: &Path, holds: &Holds) -> Child {
         .env(name, value)
         .env("RUST_LOG", "info")
         .stdin(Stdio::null())
+        .stdout(Stdio::null())
         .stderr(File::create(log).unwrap())
         .spawn()
         .unwrap();
+    let serve = Serving(serve);
     let deadline = Instant::now() + Duration::from_secs(20);
     while !socket.exists() {
         assert!(Instant::now() < deadline, "no service: {}", read(log));
@@ -93,7 +106,7 @@ fn a_service_that_stays_busy_for_the_result_is_a_refusal_to_retry() {
     let images = dir.path().join("images");
     std::fs::create_dir(&images).unwrap();
     let holds = Holds::new();
-    let mut serve = serve_two_connections(&socket, &dir.path().join("serve.log"), &holds);
+    let _serve = serve_two_connections(&socket, &dir.path().join("serve.log"), &holds);
     // root's first connection, idle; the checkpoint's is the second
     let _idle = UnixStream::connect(&socket).unwrap();
     holds.hold("dumped");
@@ -118,8 +131,6 @@ fn a_service_that_stays_busy_for_the_result_is_a_refusal_to_retry() {
     );
     assert!(!line.contains("unknown"), "{line}");
     program.wait();
-    let _ = serve.kill();
-    let _ = serve.wait();
 }
 
 #[test]
