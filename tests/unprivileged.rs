@@ -59,8 +59,9 @@ fn status_field(pid: i32, field: &str) -> String {
         .to_owned()
 }
 
-/// Every file in `dir` is nobody's, mode 0600, and the manifest, signed
-/// with the service's key, names nobody and the tree's pids.
+/// Every file of the generation `latest` names in `dir` is nobody's, mode
+/// 0600, and the manifest, signed with the service's key, names nobody and
+/// the tree's pids.
 fn assert_nobodys_signed_images(dir: &Path, pids: &[i32]) {
     // the service removes its staging directory right after answering
     assert!(
@@ -69,14 +70,18 @@ fn assert_nobodys_signed_images(dir: &Path, pids: &[i32]) {
         "staging left: {:?}",
         staging_dirs(dir)
     );
-    let files = image_files(dir);
+    let generation = dir.join("latest");
+    let files = image_files(&generation);
     assert!(files.iter().any(|f| f.0 == "pstree.img"), "{files:?}");
     for (name, uid, mode) in &files {
         assert_eq!((*uid, *mode), (NOBODY, 0o600), "{name}");
     }
     let key = Key::load(Path::new(DEFAULT_KEY_FILE)).unwrap();
-    let manifest =
-        Manifest::verify(&std::fs::read(dir.join(MANIFEST_FILE)).unwrap(), &key).unwrap();
+    let manifest = Manifest::verify(
+        &std::fs::read(generation.join(MANIFEST_FILE)).unwrap(),
+        &key,
+    )
+    .unwrap();
     assert_eq!((manifest.meta.uid, manifest.meta.gid), (NOBODY, NOBODY));
     let mut recorded = manifest.meta.pids.clone();
     recorded.sort();
@@ -178,7 +183,7 @@ fn exit_after_dump_as_nobody_and_a_change_after_signing_is_refused() {
     assert_nobodys_signed_images(images.path(), &[program.pid]);
 
     // the owner changes a page after signing: refused, nothing runs
-    let pages = images.path().join("pages-1.img");
+    let pages = images.path().join("latest/pages-1.img");
     let signed = std::fs::read(&pages).unwrap();
     let mut changed = signed.clone();
     let last = changed.len() - 1;
