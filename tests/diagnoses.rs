@@ -134,6 +134,36 @@ fn a_service_that_stays_busy_for_the_result_is_a_refusal_to_retry() {
 }
 
 #[test]
+fn a_service_busy_for_a_while_answers_the_result_once_it_has_room() {
+    become_subreaper();
+    let dir = images_dir();
+    let socket = dir.path().join("s.sock");
+    let log = dir.path().join("serve.log");
+    let images = dir.path().join("images");
+    std::fs::create_dir(&images).unwrap();
+    let holds = Holds::new();
+    let _serve = serve_two_connections(&socket, &log, &holds);
+    let idle = UnixStream::connect(&socket).unwrap();
+    holds.hold("dumped");
+    let mut program = Program::start_on(
+        &socket,
+        &images,
+        &["--at", "1", "--until", "1", "--interval-ms", "10"],
+        None,
+    );
+    holds.wait_held("dumped");
+    // the caller asked for its result, and was refused as busy
+    wait_for_line(&log, "a busy refusal", |l| {
+        l.contains("a connection refused (busy)")
+    });
+    drop(idle);
+    holds.release("dumped");
+    let line = program.outcome_or_state();
+    assert!(line.starts_with("checkpoint continued"), "{line}");
+    program.wait();
+}
+
+#[test]
 fn a_restore_that_fails_on_a_log_written_without_append_says_why() {
     let service = Service::start();
     let images = images_dir();

@@ -86,6 +86,30 @@ fn default_keep() -> u32 {
     DEFAULT_KEEP
 }
 
+/// For logs: what the dump does, in CRIU's words (`keep 3, leave
+/// running, tcp-established`).
+impl fmt::Display for DumpOptions {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let end = if self.leave_running {
+            "leave running"
+        } else {
+            "exit after the dump"
+        };
+        write!(f, "keep {}, {end}", self.keep)?;
+        for (on, name) in [
+            (self.tcp_established, "tcp-established"),
+            (self.file_locks, "file-locks"),
+            (self.ext_unix_sk, "ext-unix-sk"),
+            (self.pre_dump, "pre-dump"),
+        ] {
+            if on {
+                write!(f, ", {name}")?;
+            }
+        }
+        Ok(())
+    }
+}
+
 impl Default for DumpOptions {
     fn default() -> Self {
         Self {
@@ -239,6 +263,21 @@ pub enum RefusalKind {
     Invalid,
     /// This machine, or this version of the service, cannot do what was asked.
     Unsupported,
+}
+
+/// For logs and messages: `not permitted`, `busy`, ...
+impl fmt::Display for RefusalKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Self::BadRequest => "bad request",
+            Self::NotPermitted => "not permitted",
+            Self::BadDirectory => "bad directory",
+            Self::Busy => "busy",
+            Self::ShuttingDown => "shutting down",
+            Self::Invalid => "invalid",
+            Self::Unsupported => "unsupported",
+        })
+    }
 }
 
 /// What a finished dump took.

@@ -17,11 +17,26 @@ use std::time::Duration;
 
 /// Answers and closes a connection the service has no room for.
 pub(super) async fn refuse_busy(stream: Async<UnixStream>) {
-    let refusal = refusal(
-        RefusalKind::Busy,
-        "too many connections to the selfdump service; retry later",
+    let busy = Refused::busy("too many connections to the selfdump service; retry later");
+    refuse_at_accept(stream, busy).await;
+}
+
+/// Answers and closes a connection refused as it was accepted (busy);
+/// logged, at most once every 10 s: a flood would repeat it endlessly.
+pub(super) async fn refuse_at_accept(stream: Async<UnixStream>, refused: Refused) {
+    rate_limited(
+        &AT_ACCEPT,
+        format_args!("a connection {refused} (the service is at its limits)"),
     );
-    send(&stream, &refusal).await;
+    send(&stream, &refused.into()).await;
+}
+
+/// Sends `response` to `peer`, and logs it with who asked (`what`: the
+/// request).
+async fn answer(stream: &Async<UnixStream>, peer: &Peer, what: &str, response: &Response) {
+    let (level, said) = super::outcome::logged(response);
+    log::log!(level, "pid {} uid {}: {what} {said}", peer.pid, peer.uid);
+    send(stream, response).await;
 }
 
 /// Refuses a connection that arrives while the server drains. Its request
@@ -34,6 +49,10 @@ pub(super) async fn refuse_shutting_down(stream: Async<UnixStream>) {
             Ok(None)
         })
         .await;
+    rate_limited(
+        &AT_ACCEPT,
+        format_args!("a connection refused (shutting down): the service drains"),
+    );
     send(&stream, &shutting_down()).await;
 }
 
@@ -178,39 +197,35 @@ async fn dispatch(
         Request::Checkpoint(options) => {
             let dir = match one_fd(fds, "checkpoint") {
                 Ok(dir) => dir,
-                Err(refused) => return send(&stream, &refused.into()).await,
+                Err(refused) => {
+                    return answer(&stream, &peer, "checkpoint", &refused.into()).await;
+                }
             };
             if shared.stop.is_requested() {
-                log::info!("pid {}: refused, shutting down", peer.pid);
-                send(&stream, &shutting_down()).await;
-                return;
+                return answer(&stream, &peer, "checkpoint", &shutting_down()).await;
             }
             super::dump::checkpoint(shared, peer, stream, options, dir).await;
         }
         Request::Result(job) => {
+            let what = format!("result of job {job}:");
             if !fds.is_empty() {
                 let e = FrameError::UnexpectedFds(fds.len());
-                send(
-                    &stream,
-                    &refusal(RefusalKind::BadRequest, format!("result request: {e}")),
-                )
-                .await;
-                return;
+                let refused = refusal(RefusalKind::BadRequest, format!("result request: {e}"));
+                return answer(&stream, &peer, &what, &refused).await;
             }
-            let answer = match shared.jobs.claim(job, &peer) {
+            let result = match shared.jobs.claim(job, &peer) {
                 Ok(job) => job.result().await.into(),
                 Err(unclaimed) => Response::from(unclaimed),
             };
-            send(&stream, &answer).await;
+            answer(&stream, &peer, &what, &result).await;
         }
         Request::Restore(request) => {
             let dir = match one_fd(fds, "restore") {
                 Ok(dir) => dir,
-                Err(refused) => return send(&stream, &refused.into()).await,
+                Err(refused) => return answer(&stream, &peer, "restore", &refused.into()).await,
             };
             if shared.stop.is_requested() {
-                send(&stream, &shutting_down()).await;
-                return;
+                return answer(&stream, &peer, "restore", &shutting_down()).await;
             }
             super::restoring::serve(shared, peer, stream, request, dir).await;
         }
@@ -239,11 +254,24 @@ pub(super) fn uid_slot(
     }
 }
 
-/// Logs a warning that a flood of clients could repeat endlessly at most
-/// once every 10 s, saying how many were left out in between.
+/// When a rate-limited warning was last logged, and how many were left
+/// out since.
+type Limiter = Mutex<(Option<std::time::Instant>, u64)>;
+/// Clients the service could not identify or receive from.
+static CLIENTS: Limiter = Mutex::new((None, 0));
+/// Connections refused as they were accepted.
+static AT_ACCEPT: Limiter = Mutex::new((None, 0));
+
+/// Logs a warning about a client that a flood of clients could repeat
+/// endlessly, at most once every 10 s.
 fn rate_limited_warning(message: std::fmt::Arguments<'_>) {
-    static LAST: Mutex<(Option<std::time::Instant>, u64)> = Mutex::new((None, 0));
-    let mut last = LAST
+    rate_limited(&CLIENTS, message);
+}
+
+/// Logs a warning at most once every 10 s per `limiter`, saying how many
+/// were left out in between.
+fn rate_limited(limiter: &Limiter, message: std::fmt::Arguments<'_>) {
+    let mut last = limiter
         .lock()
         .unwrap_or_else(std::sync::PoisonError::into_inner);
     match last.0 {

@@ -82,13 +82,22 @@ pub(super) async fn checkpoint(
     let (caller, shell_job, ns_init) = match admit_request(shared, &peer, &dir, options).await {
         Ok(admitted) => admitted,
         Err(refused) => {
-            log::info!("pid {} uid {}: refused: {refused:?}", peer.pid, peer.uid);
+            log::info!("pid {} uid {}: checkpoint {refused}", peer.pid, peer.uid);
             return send(&stream, &refused.into()).await;
         }
     };
     let mut reservation = match Reservation::take(shared, &peer, &caller) {
         Ok(reservation) => reservation,
-        Err(answer) => return send(&stream, &answer).await,
+        Err(answer) => {
+            let (level, said) = super::outcome::logged(&answer);
+            log::log!(
+                level,
+                "pid {} uid {}: checkpoint {said}",
+                peer.pid,
+                peer.uid
+            );
+            return send(&stream, &answer).await;
+        }
     };
     let job = reservation.job.id;
     let images_dir = dir.try_clone().ok();
@@ -99,19 +108,23 @@ pub(super) async fn checkpoint(
         Ok(staged) => staged,
         Err(answer) => {
             reservation.release_job();
+            let (level, said) = super::outcome::logged(&answer);
+            log::log!(level, "job {job}: pid {}: {said}", peer.pid);
             return send(&stream, &answer).await;
         }
     };
     let root_pid = ns_init.as_ref().map_or(peer.pid, |init| init.peer.pid);
     log::info!(
-        "job {job}: dumping pid {} (uid {}, by {}) {options:?} shell_job={shell_job}{}",
+        "job {job}: dumping pid {} (uid {}) into {}, by {}; {options}{}{}",
         peer.pid,
         caller.uid(),
+        images_dir.as_ref().map_or("?".into(), shown_path),
         if as_caller {
             "a CRIU running as the caller"
         } else {
             "root's CRIU"
         },
+        if shell_job { ", shell job" } else { "" },
         match &ns_init {
             Some(init) => format!(", its whole pid namespace from init pid {}", init.peer.pid),
             None => String::new(),
@@ -148,7 +161,11 @@ pub(super) async fn checkpoint(
     let outcome = conclude(hooks, dumped, job, as_caller, received).await;
     let keep = matches!(outcome, Outcome::Dumped(_))
         .then(|| (options.keep as usize).clamp(1, shared.config.max_keep));
-    log::info!("job {job}: {}", outcome.summary());
+    let level = match outcome {
+        Outcome::Dumped(_) => log::Level::Info,
+        Outcome::Failed { .. } => log::Level::Warn,
+    };
+    log::log!(level, "job {job}: {}", outcome.summary());
     deliver(&mut reservation, reply, outcome).await;
     tidy(shared, images_dir, job, CallerCreds::of(&caller), keep);
 }
@@ -415,6 +432,16 @@ async fn conclude(
             ),
         ),
     }
+}
+
+/// The path an fd of a directory was opened at, for the service log only
+/// (never acted on: the caller can rename it at any moment).
+fn shown_path(dir: &OwnedFd) -> String {
+    use std::os::fd::AsRawFd;
+    std::fs::read_link(format!("/proc/self/fd/{}", dir.as_raw_fd())).map_or_else(
+        |_| "an unnamed directory".into(),
+        |p| p.display().to_string(),
+    )
 }
 
 /// Where a dump's answer goes.

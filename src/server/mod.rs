@@ -231,7 +231,7 @@ impl Server {
             Err(busy) => {
                 executor
                     .spawn(async move {
-                        connection::send(&stream, &busy.into()).await;
+                        connection::refuse_at_accept(stream, busy).await;
                         drop(task);
                     })
                     .detach();

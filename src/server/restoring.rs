@@ -30,7 +30,8 @@ pub(super) async fn serve(
         Err(refused) => refused,
         Ok(caller) => run(shared, caller, request, dir).await,
     };
-    log::info!("pid {} uid {}: restore: {answer:?}", peer.pid, peer.uid);
+    let (level, said) = super::outcome::logged(&answer);
+    log::log!(level, "pid {} uid {}: restore {said}", peer.pid, peer.uid);
     send(&stream, &answer).await;
 }
 

@@ -221,8 +221,8 @@ async fn until_signalled(server: Server) -> Res<()> {
         let mut signals = signals;
         if let Some(Ok(signal)) = signals.next().await {
             log::info!(
-                "received {signal:?}: refusing new checkpoints, finishing dumps in flight, \
-                 then exiting"
+                "received {}: refusing new checkpoints, finishing dumps in flight, then exiting",
+                name(signal)
             );
         }
         let _ = selfdump::server::systemd::notify("STOPPING=1");
@@ -233,8 +233,9 @@ async fn until_signalled(server: Server) -> Res<()> {
         // directories; their callers learn they have no checkpoint.
         if let Some(Ok(signal)) = signals.next().await {
             log::warn!(
-                "received {signal:?} again: exiting now; dumps in flight are abandoned \
-                 (their processes run on, their callers are told the outcome is unknown)"
+                "received {} again: exiting now; dumps in flight are abandoned \
+                 (their processes run on, their callers are told the outcome is unknown)",
+                name(signal)
             );
             return Ok(false);
         }
@@ -248,4 +249,13 @@ async fn until_signalled(server: Server) -> Res<()> {
         return Err("stopped by a second signal before the dumps in flight finished".into());
     }
     Ok(())
+}
+
+/// `SIGTERM`, `SIGINT`: a signal as the service log names it.
+fn name(signal: async_signal::Signal) -> &'static str {
+    match signal {
+        async_signal::Signal::Term => "SIGTERM",
+        async_signal::Signal::Int => "SIGINT",
+        _ => "a signal",
+    }
 }
