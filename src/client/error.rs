@@ -103,23 +103,7 @@ impl fmt::Display for Error {
                 uid,
                 service_listens,
                 source,
-            } => {
-                let socket = socket.display();
-                if *service_listens {
-                    write!(
-                        f,
-                        "the selfdump service at {socket} runs, but uid {uid} may not connect"
-                    )?;
-                } else {
-                    write!(f, "uid {uid} may not connect to {socket}")?;
-                }
-                write!(
-                    f,
-                    " ({source}); the operator can open the socket to it (`selfdump serve \
-                     --socket-mode 666`, or `--socket-owner 0:GID --socket-mode 660` for a \
-                     group of its) and admit it (`--allow-uid {uid}` or `--allow-gid GID`)"
-                )
-            }
+            } => socket_denied(f, socket, *uid, *service_listens, source),
             Self::Refused { kind, message } => {
                 write!(f, "checkpoint refused ({kind:?}): {message}")
             }
@@ -161,6 +145,31 @@ impl fmt::Display for Error {
             Self::Hook(failure) => write!(f, "{failure}"),
         }
     }
+}
+
+/// [`Error::SocketDenied`]: who is kept out, and what the operator can do.
+fn socket_denied(
+    f: &mut fmt::Formatter<'_>,
+    socket: &std::path::Path,
+    uid: u32,
+    service_listens: bool,
+    source: &io::Error,
+) -> fmt::Result {
+    let socket = socket.display();
+    if service_listens {
+        write!(
+            f,
+            "the selfdump service at {socket} runs, but uid {uid} may not connect"
+        )?;
+    } else {
+        write!(f, "uid {uid} may not connect to {socket}")?;
+    }
+    write!(
+        f,
+        " ({source}); the operator can open the socket to it (`selfdump serve --socket-mode \
+         666`, or `--socket-owner 0:GID --socket-mode 660` for a group of its) and admit it \
+         (`--allow-uid {uid}` or `--allow-gid GID`)"
+    )
 }
 
 impl Error {

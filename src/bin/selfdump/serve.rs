@@ -2,7 +2,7 @@
 
 use crate::cli::{Res, at_least_one, seconds, usage, value};
 use crate::{help_requested, need_root};
-use selfdump::server::{Criu, NonRootFallback, Policy, Server, check};
+use selfdump::server::{Builder, Criu, NonRootFallback, Policy, Server, check};
 use std::path::PathBuf;
 use std::process::ExitCode;
 
@@ -56,7 +56,7 @@ signal abandoned the dumps in flight; 2 a usage error.";
 /// What the command line asks for.
 struct Settings {
     socket: PathBuf,
-    builder: selfdump::server::Builder,
+    builder: Builder,
     policy: Policy,
     criu: Criu,
 }
@@ -77,59 +77,22 @@ fn settings(mut parser: lexopt::Parser) -> Res<Option<Settings>> {
         if help_requested(&arg, USAGE) {
             return Ok(None);
         }
-        builder = match arg {
-            Long("socket") => {
-                socket = parser.value()?.into();
-                builder
-            }
-            Long("socket-mode") => builder.socket_mode(socket_mode(&mut parser)?),
-            Long("socket-owner") => {
-                let v: String = value(&mut parser, "socket-owner")?;
-                let owner = v
-                    .split_once(':')
-                    .and_then(|(u, g)| Some((u.parse().ok()?, g.parse().ok()?)));
-                let (u, g) = owner.ok_or_else(|| {
-                    usage(format!("--socket-owner wants UID:GID (numbers), not {v:?}"))
-                })?;
-                builder.socket_owner(u, g)
-            }
+        match arg {
+            Long("socket") => socket = parser.value()?.into(),
             Long("allow-uid") => {
                 policy.allow_uids.insert(value(&mut parser, "allow-uid")?);
-                builder
             }
             Long("allow-gid") => {
                 policy.allow_gids.insert(value(&mut parser, "allow-gid")?);
-                builder
             }
-            Long("allow-any") => {
-                policy.allow_any = true;
-                builder
+            Long("allow-any") => policy.allow_any = true,
+            Long("criu") => criu.path = parser.value()?.into(),
+            Long(name) => {
+                let name = name.to_owned();
+                builder = builder_option(builder, &name, &mut parser)?;
             }
-            Long("warm-workers") => builder.warm_workers(value(&mut parser, "warm-workers")?),
-            Long("non-root-fallback") => builder.non_root_fallback(fallback(&mut parser)?),
-            Long("max-dumps") => builder.max_dumps(at_least_one(&mut parser, "max-dumps")?),
-            Long("max-dumps-per-uid") => {
-                builder.max_dumps_per_uid(at_least_one(&mut parser, "max-dumps-per-uid")?)
-            }
-            Long("max-connections") => {
-                builder.max_connections(at_least_one(&mut parser, "max-connections")?)
-            }
-            Long("max-connections-per-uid") => builder
-                .max_connections_per_uid(at_least_one(&mut parser, "max-connections-per-uid")?),
-            Long("request-timeout") => {
-                builder.request_timeout(seconds(&mut parser, "request-timeout", false)?)
-            }
-            Long("dump-timeout") => {
-                builder.dump_timeout(seconds(&mut parser, "dump-timeout", false)?)
-            }
-            Long("max-keep") => builder.max_keep(at_least_one(&mut parser, "max-keep")?),
-            Long("criu") => {
-                criu.path = parser.value()?.into();
-                builder
-            }
-            Long("key-file") => builder.key_file(PathBuf::from(parser.value()?)),
             other => return Err(other.unexpected().into()),
-        };
+        }
     }
     Ok(Some(Settings {
         socket,
@@ -137,6 +100,35 @@ fn settings(mut parser: lexopt::Parser) -> Res<Option<Settings>> {
         policy,
         criu,
     }))
+}
+
+/// The options that set the server's builder (limits, times, the socket's
+/// mode and owner, the key).
+fn builder_option(builder: Builder, name: &str, parser: &mut lexopt::Parser) -> Res<Builder> {
+    Ok(match name {
+        "socket-mode" => builder.socket_mode(socket_mode(parser)?),
+        "socket-owner" => {
+            let v: String = value(parser, "socket-owner")?;
+            let owner = v
+                .split_once(':')
+                .and_then(|(u, g)| Some((u.parse().ok()?, g.parse().ok()?)));
+            let (u, g) = owner.ok_or_else(|| {
+                usage(format!("--socket-owner wants UID:GID (numbers), not {v:?}"))
+            })?;
+            builder.socket_owner(u, g)
+        }
+        "warm-workers" => builder.warm_workers(value(parser, name)?),
+        "non-root-fallback" => builder.non_root_fallback(fallback(parser)?),
+        "max-dumps" => builder.max_dumps(at_least_one(parser, name)?),
+        "max-dumps-per-uid" => builder.max_dumps_per_uid(at_least_one(parser, name)?),
+        "max-connections" => builder.max_connections(at_least_one(parser, name)?),
+        "max-connections-per-uid" => builder.max_connections_per_uid(at_least_one(parser, name)?),
+        "request-timeout" => builder.request_timeout(seconds(parser, name, false)?),
+        "dump-timeout" => builder.dump_timeout(seconds(parser, name, false)?),
+        "max-keep" => builder.max_keep(at_least_one(parser, name)?),
+        "key-file" => builder.key_file(PathBuf::from(parser.value()?)),
+        _ => return Err(usage(format!("invalid option '--{name}'"))),
+    })
 }
 
 /// `--socket-mode OCTAL`: permission bits only.

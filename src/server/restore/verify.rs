@@ -60,6 +60,31 @@ impl Drop for Verified {
     }
 }
 
+/// The verified manifest of `images`; `None` for images taken unsigned
+/// (`trust_unsigned`).
+fn manifest_of(
+    images: &impl AsFd,
+    key: Option<&Key>,
+    trust_unsigned: bool,
+) -> Result<Option<Manifest>, RestoreError> {
+    use crate::server::manifest::ManifestError::Missing;
+    let manifest = match (Manifest::read(images), key) {
+        (Ok(bytes), Some(key)) => {
+            Some(Manifest::verify(&bytes, key).map_err(RestoreError::refused)?)
+        }
+        (Ok(_), None) => None, // unsigned by choice: --trust-unsigned without a key
+        (Err(Missing), _) if trust_unsigned => None,
+        (Err(Missing), _) => return Err(RestoreError::Refused(unsigned(images))),
+        (Err(e), _) => return Err(RestoreError::refused(e)),
+    };
+    if manifest.is_none() && !trust_unsigned {
+        return Err(RestoreError::Refused(
+            "no key to verify the images with".into(),
+        ));
+    }
+    Ok(manifest)
+}
+
 /// Why images without a manifest are refused: not a checkpoint at all
 /// (no CRIU images either), or images made by plain CRIU.
 fn unsigned(images: &impl AsFd) -> String {
@@ -94,22 +119,7 @@ pub(crate) fn verify(
         dir: images,
         generation,
     } = images;
-    let manifest = match (Manifest::read(&images), key) {
-        (Ok(bytes), Some(key)) => {
-            Some(Manifest::verify(&bytes, key).map_err(RestoreError::refused)?)
-        }
-        (Ok(_), None) => None, // unsigned by choice: --trust-unsigned without a key
-        (Err(crate::server::manifest::ManifestError::Missing), _) if trust_unsigned => None,
-        (Err(crate::server::manifest::ManifestError::Missing), _) => {
-            return Err(RestoreError::Refused(unsigned(&images)));
-        }
-        (Err(e), _) => return Err(RestoreError::refused(e)),
-    };
-    if manifest.is_none() && !trust_unsigned {
-        return Err(RestoreError::Refused(
-            "no key to verify the images with".into(),
-        ));
-    }
+    let manifest = manifest_of(&images, key, trust_unsigned)?;
     if let Some(m) = &manifest {
         may_restore(&m.meta)?;
     }
