@@ -91,9 +91,8 @@ fn unsigned(images: &impl AsFd) -> String {
     let criu_made = rustix::fs::statat(images, "inventory.img", AtFlags::SYMLINK_NOFOLLOW).is_ok();
     if criu_made {
         format!(
-            "no {MANIFEST_FILE}: these CRIU images were not made by a selfdump service, so \
-             nothing vouches for them; `selfdump restore --trust-unsigned` restores them \
-             unchecked (root only)"
+            "no {MANIFEST_FILE}: these CRIU images are not signed (not made by a selfdump \
+             service); `selfdump restore --trust-unsigned` restores them unchecked (root only)"
         )
     } else {
         "not a checkpoint: no generation named `latest`, no CRIU images (inventory.img) and \
