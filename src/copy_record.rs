@@ -1,5 +1,5 @@
 //! The one line a restorer gives each copy through its copy slot (see
-//! `client/copy_slot.rs` and `server/copies.rs`): its number and restore id.
+//! `client/copy_slot.rs` and `server/restore/copies/`): its number and restore id.
 
 /// First word of a record.
 const RECORD_TAG: &str = "selfdump-copy-v1";

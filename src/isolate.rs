@@ -97,10 +97,9 @@ impl Isolated {
 /// Whether this process runs in a pid namespace other than its `/proc`'s
 /// (as under `selfdump run`): then `getpid()` and `/proc/self` disagree.
 pub fn in_own_pid_namespace() -> bool {
-    std::fs::read_link("/proc/self")
-        .ok()
-        .and_then(|p| p.to_str().and_then(|p| p.parse::<i32>().ok()))
-        .is_some_and(|proc_pid| proc_pid != rustix::process::getpid().as_raw_nonzero().get())
+    crate::procfs::PROC
+        .own_pid()
+        .is_ok_and(|proc_pid| proc_pid != rustix::process::getpid().as_raw_nonzero().get())
 }
 
 #[cfg(test)]

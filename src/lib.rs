@@ -95,9 +95,6 @@
 mod copy_record;
 #[cfg(any(feature = "client", feature = "server"))]
 mod procfs;
-/// The `/proc/<pid>/stat` fields, under their former name (the restore code).
-#[cfg(feature = "server")]
-use procfs as procstat;
 pub mod proto;
 
 #[cfg(feature = "client")]

@@ -1,4 +1,4 @@
-//! A commit cut short at each of its steps (`server/commit.rs` lists them):
+//! A commit cut short at each of its steps (`server/fs/generations/commit.rs` lists them):
 //! the service SIGKILLed there, or CRIU killed there while the service
 //! commits at its `post-dump` notification ("exit after dump"). After each,
 //! `latest` names a whole generation that restores (the previous one, or
@@ -16,7 +16,7 @@ use std::path::PathBuf;
 use std::process::Child;
 use std::time::Duration;
 
-/// The steps of a commit, in order (the holds of `server/commit.rs`).
+/// The steps of a commit, in order (the holds of `server/fs/generations/commit.rs`).
 const STEPS: [&str; 8] = [
     "dumped",
     "filled",

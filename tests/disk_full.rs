@@ -13,7 +13,7 @@ use common::*;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-/// The steps of a commit where the disk fills (`server/commit.rs`), and
+/// The steps of a commit where the disk fills (`server/fs/generations/commit.rs`), and
 /// `None`: before the dump, while CRIU writes.
 const PHASES: [Option<&str>; 8] = [
     None,

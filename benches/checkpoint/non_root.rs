@@ -10,7 +10,7 @@
 use super::{Sample, m, median, ms, parse};
 use selfdump::proto::DumpOptions;
 use selfdump::server::internals::{
-    DumpHooks, DumpSpec, FrozenVerdict, RunAs, Worker, kdat::UNPRIVILEGED_DIR,
+    Credentials, DumpHooks, DumpSpec, FrozenVerdict, Worker, kdat::UNPRIVILEGED_DIR,
 };
 use selfdump::server::{Criu, Policy, Server};
 use std::io::{BufRead, BufReader, Write};
@@ -146,7 +146,7 @@ pub fn through_the_service(
 /// command with a `pre_exec` step is) and by `posix_spawn` (a `vfork`: no
 /// copy of this process's page tables), `reps` times each in turns.
 pub fn spawn_costs(criu: &Criu, reps: usize) -> [f64; 4] {
-    let nobody = RunAs {
+    let nobody = Credentials {
         uid: NOBODY,
         gid: NOBODY,
         groups: Vec::new(),
@@ -210,7 +210,7 @@ pub fn unprivileged_cache(criu: &Criu, app: &Path, work: &Path, reps: usize) -> 
     BufReader::new(idle.stdout.take().unwrap())
         .read_line(&mut ready)
         .unwrap();
-    let nobody = RunAs {
+    let nobody = Credentials {
         uid: NOBODY,
         gid: NOBODY,
         groups: Vec::new(),

@@ -1,23 +1,14 @@
-//! Connecting to the service, and what a failed connect means for the
-//! user: no service there, a service this uid may not reach, or a service
-//! too busy to take one more connection.
+//! What a failed connect to the service means for the user: no service
+//! there, a service this uid may not reach, or a service too busy to take
+//! one more connection.
 
 use super::Error;
 use crate::proto::RefusalKind;
-use async_io::Async;
 use std::io;
-use std::os::unix::net::UnixStream;
 use std::path::Path;
 
-/// Connects to the service at `socket`.
-pub(super) async fn connect(socket: &Path) -> Result<Async<UnixStream>, Error> {
-    Async::<UnixStream>::connect(socket)
-        .await
-        .map_err(|source| failed(socket, source))
-}
-
 /// The error a failed `connect` to `socket` is.
-fn failed(socket: &Path, source: io::Error) -> Error {
+pub(super) fn failed(socket: &Path, source: io::Error) -> Error {
     use rustix::io::Errno;
     match Errno::from_io_error(&source) {
         // the socket's mode (or a directory on the way) keeps this uid out

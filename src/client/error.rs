@@ -1,4 +1,4 @@
-use super::hooks::HookFailure;
+use super::Outcome;
 use super::preflight::Finding;
 use crate::proto::{FrameError, JobId, RefusalKind};
 use std::fmt;
@@ -217,6 +217,59 @@ impl From<FrameError> for Error {
                 service: theirs,
             },
             e => Self::Protocol(e),
+        }
+    }
+}
+
+/// What a hook returns when it fails.
+pub type HookError = Box<dyn std::error::Error + Send + Sync + 'static>;
+
+/// Which hook failed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Phase {
+    /// [`Resource::before_checkpoint`](crate::Resource::before_checkpoint): nothing was dumped.
+    BeforeCheckpoint,
+    /// [`Resource::after_restore`](crate::Resource::after_restore): this is a restored copy.
+    AfterRestore,
+    /// [`Resource::after_continue`](crate::Resource::after_continue): this is the original process.
+    AfterContinue,
+}
+
+impl fmt::Display for Phase {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Self::BeforeCheckpoint => "before-checkpoint",
+            Self::AfterRestore => "after-restore",
+            Self::AfterContinue => "after-continue",
+        })
+    }
+}
+
+/// The hooks that failed in one phase, and what the checkpoint did.
+#[derive(Debug)]
+pub struct HookFailure {
+    /// The phase.
+    pub phase: Phase,
+    /// Each failing resource's name and error, in the order they ran.
+    pub failures: Vec<(String, HookError)>,
+    /// What the checkpoint returned, when it ran and succeeded: a failed
+    /// `after_restore` still happens in a restored copy, and the caller
+    /// must know that.
+    pub outcome: Option<Box<Outcome>>,
+}
+
+impl fmt::Display for HookFailure {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for (i, (name, error)) in self.failures.iter().enumerate() {
+            if i > 0 {
+                f.write_str("; ")?;
+            }
+            write!(f, "{} hook of {name:?} failed: {error}", self.phase)?;
+        }
+        match self.phase {
+            Phase::BeforeCheckpoint => f.write_str(" (nothing was dumped)"),
+            Phase::AfterRestore => f.write_str(" (in a restored copy)"),
+            Phase::AfterContinue => f.write_str(" (in the original process)"),
         }
     }
 }

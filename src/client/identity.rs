@@ -2,6 +2,7 @@
 //! new task: its start time changes, and so does its pidfd inode (pidfs,
 //! Linux 6.9+); on another host, the boot id changes too.
 
+use crate::procfs::PROC;
 use rustix::process::{PidfdFlags, getpid, pidfd_open};
 
 /// This process's identity as the kernel sees it.
@@ -15,13 +16,12 @@ pub(crate) struct Identity {
 impl Identity {
     pub(crate) fn current() -> Self {
         Self {
-            boot_id: std::fs::read_to_string("/proc/sys/kernel/random/boot_id")
+            boot_id: PROC
+                .read_file("sys/kernel/random/boot_id")
                 .unwrap_or_default()
                 .trim()
                 .to_owned(),
-            start_time: std::fs::read_to_string("/proc/self/stat")
-                .ok()
-                .and_then(|s| start_time(&s)),
+            start_time: PROC.read("self", "stat").ok().and_then(|s| start_time(&s)),
             pidfd_inode: pidfd_open(getpid(), PidfdFlags::empty())
                 .and_then(|fd| rustix::fs::fstat(&fd))
                 .ok()

@@ -12,8 +12,9 @@
 //! # Ok(()) }
 //! ```
 
-use super::connect::connect;
-use super::{Error, ask, default_socket};
+use super::Error;
+use super::options::default_socket;
+use super::wire::{ask, connect};
 use crate::proto::{FrameError, Request, Response, RestoreReport, RestoreRequest, encode_frame};
 use rustix::fs::{Mode, OFlags};
 use std::os::fd::AsFd;

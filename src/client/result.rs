@@ -5,8 +5,8 @@
 //! stays busy past that makes the checkpoint fail, and then as a refusal
 //! to retry, never as an outcome unknown.
 
-use super::connect::connect;
-use super::{Error, Outcome, ask, to_report, unexpected};
+use super::wire::{ask, connect, unexpected};
+use super::{Error, Outcome, Report};
 use crate::proto::{JobId, RefusalKind, Request, Response, encode_frame};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
@@ -72,8 +72,8 @@ async fn ask_once(socket: &Path, job: JobId, images_dir: &Path) -> Result<Outcom
         }
     };
     match ask(&stream, &encode_frame(&Request::Result(job)), &[]).await {
-        Ok(Response::Dumped(report)) => Ok(Outcome::Continued(to_report(
-            *report,
+        Ok(Response::Dumped(report)) => Ok(Outcome::Continued(Report::of(
+            report,
             images_dir.to_path_buf(),
         ))),
         Ok(Response::UnknownJob(job)) => Err(Error::OutcomeUnknown {

@@ -206,9 +206,8 @@ pub enum Response {
     Frozen(FrozenNotice),
     /// The request was refused before anything ran.
     Refused(Refusal),
-    /// The job finished and its images are on disk (boxed: the largest
-    /// answer by far, and the rarest).
-    Dumped(Box<DumpReport>),
+    /// The job finished and its images are on disk.
+    Dumped(DumpReport),
     /// The dump failed; the caller's process was left running.
     DumpFailed(DumpFailure),
     /// The service knows nothing of this job (it may have restarted, or the

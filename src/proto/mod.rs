@@ -11,6 +11,11 @@ mod frame;
 mod io;
 mod messages;
 
+/// Where the service listens unless told otherwise, and where the client
+/// connects unless told otherwise (`SELFDUMP_SOCKET`, the options): one
+/// path, for both sides.
+pub const DEFAULT_SOCKET: &str = "/run/selfdump.sock";
+
 pub use frame::{
     FrameError, HEADER_LEN, MAGIC, MAX_BODY, MAX_FDS, PROTOCOL_VERSION, decode_body, encode_frame,
     encode_mismatch_frame,

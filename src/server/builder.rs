@@ -1,11 +1,15 @@
 //! Configuring a [`Server`]: limits, policy, the embedder's admit callback,
 //! and where it listens.
 
+use super::Server;
+use super::caller::policy::{CallerInfo, Policy};
 use super::config::{Admit, Config};
 use super::engine::NonRootEngine;
 use super::engine::kdat::{self, KdatCache};
+use super::engine::{Criu, NonRootFallback};
+use super::error::Error;
 use super::manifest::{DEFAULT_KEY_FILE, Key};
-use super::{CallerInfo, Criu, Error, NonRootFallback, Policy, Server, Shared};
+use super::shared::Shared;
 use async_io::Async;
 use std::os::unix::fs::PermissionsExt;
 use std::os::unix::net::UnixListener;
@@ -131,14 +135,20 @@ impl Builder {
         self
     }
     /// Dumps running at once; more are refused as busy (default 8).
+    ///
+    /// Restores asked of the service count too: a dump and a restore each
+    /// run one CRIU and hold the same resources (fds, memory, a CRIU
+    /// process), so they share this limit. The name stays what embedders
+    /// and `selfdump serve --max-dumps` already use.
     pub fn max_dumps(mut self, n: usize) -> Self {
-        self.config.max_dumps = n.max(1);
+        self.config.max_criu_runs = n.max(1);
         self
     }
     /// Dumps one uid may have running at once, so that one user cannot take
-    /// every dump slot; more are refused as busy (default 4).
+    /// every dump slot; more are refused as busy (default 4). Its restores
+    /// count too, as for [`Builder::max_dumps`].
     pub fn max_dumps_per_uid(mut self, n: usize) -> Self {
-        self.config.max_dumps_per_uid = n.max(1);
+        self.config.max_criu_runs_per_uid = n.max(1);
         self
     }
     /// Connections open at once; more are refused as busy (default 256).
@@ -178,8 +188,11 @@ impl Builder {
     /// gets a `DumpFailed` error and no images are kept (only the caller's
     /// `dump.log`). `tests/adversarial/faults.rs` (`dump_timeout_exceeded`)
     /// checks both cases against real CRIU.
+    ///
+    /// A restore asked of the service has the same time (its CRIU is
+    /// killed past it, with what it had restored, and the caller told so).
     pub fn dump_timeout(mut self, d: Duration) -> Self {
-        self.config.dump_timeout = d;
+        self.config.criu_run_timeout = d;
         self
     }
     /// How long a result waits for its process to ask (default 600 s). A

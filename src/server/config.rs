@@ -2,25 +2,16 @@
 //! policy, the limits and the timeouts. [`Builder`](super::Builder) fills
 //! it in; the server only reads it.
 
+use super::caller::policy::{CallerInfo, Policy};
+use super::engine::{Criu, NonRootFallback};
 use super::jobs;
-use super::peer;
-use super::{CallerInfo, Criu, NonRootFallback, Policy};
 use std::sync::Arc;
 use std::time::Duration;
-
-/// How long sending one answer to a client may take, and how long a
-/// connection refused while the server drains has to send its request
-/// (so that it finds the refusal rather than a closed socket).
-pub(super) const ANSWER_TIMEOUT: Duration = Duration::from_secs(1);
-
-/// How long the caller's last frame ("you are frozen") may take to queue
-/// while CRIU holds its tree frozen; past it the dump is vetoed.
-pub(super) const FROZEN_NOTICE_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// How often a draining server looks again whether the callers it waits
 /// for have come for their results (they exit, and results age, without
 /// a notification).
-pub(super) const DRAIN_POLL: Duration = Duration::from_millis(100);
+pub(crate) const DRAIN_POLL: Duration = Duration::from_millis(100);
 
 /// [`Builder::max_keep`](super::Builder::max_keep) by default.
 pub const MAX_KEEP: usize = 16;
@@ -28,25 +19,28 @@ pub const MAX_KEEP: usize = 16;
 /// The runtime configuration of a server (see the [`Builder`](super::Builder)
 /// setter of each field for its meaning and default).
 #[derive(Debug, Clone)]
-pub(super) struct Config {
-    pub(super) criu: Criu,
-    pub(super) policy: Policy,
-    pub(super) admit: Option<Admit>,
-    pub(super) non_root_fallback: NonRootFallback,
-    /// Limits.
-    pub(super) max_dumps: usize,
-    pub(super) max_dumps_per_uid: usize,
-    pub(super) max_connections: usize,
-    pub(super) max_connections_per_uid: usize,
-    pub(super) warm_workers: usize,
-    pub(super) max_results: usize,
-    pub(super) max_results_per_uid: usize,
+pub(crate) struct Config {
+    pub(crate) criu: Criu,
+    pub(crate) policy: Policy,
+    pub(crate) admit: Option<Admit>,
+    pub(crate) non_root_fallback: NonRootFallback,
+    /// Limits. A CRIU run is a dump or a restore
+    /// ([`Builder::max_dumps`](super::Builder::max_dumps) sets it).
+    pub(crate) max_criu_runs: usize,
+    pub(crate) max_criu_runs_per_uid: usize,
+    pub(crate) max_connections: usize,
+    pub(crate) max_connections_per_uid: usize,
+    pub(crate) warm_workers: usize,
+    pub(crate) max_results: usize,
+    pub(crate) max_results_per_uid: usize,
     /// Generations a caller may keep per images directory.
-    pub(super) max_keep: usize,
+    pub(crate) max_keep: usize,
     /// Timeouts.
-    pub(super) request_timeout: Duration,
-    pub(super) dump_timeout: Duration,
-    pub(super) result_ttl: Duration,
+    pub(crate) request_timeout: Duration,
+    /// The time a dump or a restore may take
+    /// ([`Builder::dump_timeout`](super::Builder::dump_timeout) sets it).
+    pub(crate) criu_run_timeout: Duration,
+    pub(crate) result_ttl: Duration,
 }
 
 impl Default for Config {
@@ -56,8 +50,8 @@ impl Default for Config {
             policy: Policy::root_only(),
             admit: None,
             non_root_fallback: NonRootFallback::default(),
-            max_dumps: 8,
-            max_dumps_per_uid: 4,
+            max_criu_runs: 8,
+            max_criu_runs_per_uid: 4,
             max_connections: 256,
             max_connections_per_uid: 64,
             warm_workers: 1,
@@ -65,7 +59,7 @@ impl Default for Config {
             max_results_per_uid: jobs::MAX_RESULTS_PER_UID,
             max_keep: MAX_KEEP,
             request_timeout: Duration::from_secs(5),
-            dump_timeout: Duration::from_secs(300),
+            criu_run_timeout: Duration::from_secs(300),
             result_ttl: Duration::from_secs(600),
         }
     }
@@ -77,7 +71,7 @@ impl Config {
     /// lowered to what the fd limit can hold next to the dumps (see there):
     /// the connections of all and root's own (up to its per-uid limit, at
     /// most a quarter of the room) must fit.
-    pub(super) fn connections_within_fd_limit(&mut self) -> usize {
+    pub(crate) fn connections_within_fd_limit(&mut self) -> usize {
         /// Fds a connection holds: its socket and the caller's pidfd.
         const PER_CONNECTION: u64 = 2;
         /// The listener, the reserve fd, logs, `/proc` reads...
@@ -90,7 +84,7 @@ impl Config {
             .current
             .unwrap_or(u64::MAX);
         let reserved =
-            BASE + PER_DUMP * self.max_dumps as u64 + PER_CONNECTION * self.warm_workers as u64;
+            BASE + PER_DUMP * self.max_criu_runs as u64 + PER_CONNECTION * self.warm_workers as u64;
         let room = soft.saturating_sub(reserved) / PER_CONNECTION;
         let per_uid = (self.max_connections_per_uid as u64).min(room / 4).max(1) as usize;
         let all = (self.max_connections as u64)
@@ -108,39 +102,14 @@ impl Config {
         self.max_connections_per_uid = per_uid;
         all
     }
-
-    /// Runs the embedder's [`Builder::admit`](super::Builder::admit)
-    /// callback, if any.
-    pub(super) fn embedder_admits(
-        &self,
-        caller: &super::policy::Caller,
-        peer: &peer::Peer,
-    ) -> Result<(), String> {
-        let caller = &CallerInfo {
-            uid: caller.uid(),
-            gid: caller.gids[1],
-            pid: peer.pid,
-            pidfd: std::os::fd::AsFd::as_fd(&peer.pidfd),
-        };
-        let Some(Admit(f)) = &self.admit else {
-            return Ok(());
-        };
-        let verdict = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| f(caller)))
-            .unwrap_or_else(|_| {
-                log::error!("the embedder's admit callback panicked");
-                Err("the service's admission check failed".into())
-            });
-        verdict?;
-        peer.alive_or("you exited")
-    }
 }
 
 /// The signature of an embedder's [`Builder::admit`](super::Builder::admit) callback.
-pub(super) type AdmitFn = dyn Fn(&CallerInfo<'_>) -> Result<(), String> + Send + Sync;
+pub(crate) type AdmitFn = dyn Fn(&CallerInfo<'_>) -> Result<(), String> + Send + Sync;
 
 /// The embedder's callback given to [`Builder::admit`](super::Builder::admit).
 #[derive(Clone)]
-pub(super) struct Admit(pub(super) Arc<AdmitFn>);
+pub(crate) struct Admit(pub(crate) Arc<AdmitFn>);
 
 impl std::fmt::Debug for Admit {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {

@@ -1,5 +1,4 @@
-//! The checkpoint service: listener, peer identity, policy, jobs and the
-//! CRIU engine. Embed it with [`Server`], or run `selfdump serve`.
+//! The checkpoint service. Embed it with [`Server`], or run `selfdump serve`.
 //!
 //! ```no_run
 //! use selfdump::server::Server;
@@ -8,78 +7,152 @@
 //! async_io::block_on(server.run())
 //! # }
 //! ```
+//!
+//! # How the service is built
+//!
+//! A root service that dumps whoever asks is only as safe as its least
+//! careful line, so the code is laid out for reading: each folder holds
+//! one concern, named after it, and a request goes through them one way.
+//!
+//! **The service's lifetime and state** are the files here. A [`Builder`]
+//! (`builder.rs`) makes a [`Server`] with its configuration (`config.rs`);
+//! [`Server::run`] accepts connections (`accept.rs`: each gets a task if
+//! the connection limits have room, `slots.rs` counts what each uid holds)
+//! and drains on a stop request (`shutdown.rs`). The tasks share one
+//! `Shared` (`shared.rs`): the configuration, the limits' counters, the
+//! CRIU workers started ahead, and `jobs/`, where a dump's result waits
+//! for the process that asked.
+//!
+//! **`conn/`** is the only code that touches a client's socket. A
+//! `Connection` learns the peer from the kernel (`peer.rs`:
+//! `SO_PEERCRED`, `SO_PEERPIDFD`, never the request), reads its one
+//! request (`request.rs`), and writes every frame the service sends, each
+//! within its time limit. `reply.rs` is what the service says in its own
+//! terms (a refusal, how a dump ended) and how that becomes a frame.
+//!
+//! **`requests/`** has one handler per request kind: `checkpoint/`,
+//! `result.rs`, `restore.rs`. A handler returns what its caller is told;
+//! it never writes to the socket. The one frame sent in the middle of a
+//! handler's work, "you are frozen" at CRIU's freeze, goes through the
+//! connection too (`Connection::tell_frozen`). Checkpoint and restore
+//! share their admission and the reservation of a CRIU run
+//! (`admission.rs`).
+//!
+//! Below the handlers, each folder is used by those above it and uses
+//! only those below it:
+//!
+//! - **`restore/`**: restoring signed images: verify first (`verify.rs`),
+//!   then `criu restore` (`criu.rs`), as the images' owner for a non-root
+//!   checkpoint (`as_owner.rs`); many copies at once (`copies/`).
+//! - **`engine/`**: driving CRIU: one `criu swrk` child per dump
+//!   (`worker.rs`, started ahead by `pool.rs`), spoken to over CRIU's RPC
+//!   (`rpc.rs`), the dump and its freeze hooks (`dump.rs`), as root or as
+//!   the caller (`run_as.rs`, `non_root.rs`), CRIU's kernel-feature cache
+//!   (`kdat/`).
+//! - **`fs/`**: the filesystem rule (below) and all the service does in
+//!   directories: acting as the caller (`as_caller.rs`), root's directory
+//!   inside a caller's (`root_subdir.rs`) and the service's own
+//!   (`service_dir.rs`), the staging directory CRIU dumps into
+//!   (`staging.rs`), generations and their commit, retention and adoption
+//!   (`generations/`), what a dead service left (`leftovers.rs`).
+//! - **`images/`**: what the service adds to CRIU's images and reads back:
+//!   their format and metadata (`format.rs`), CRIU's entries and log, the
+//!   signed manifest and its key.
+//! - **`caller/`**: who asks and whether they may be dumped: credentials,
+//!   the process pinned by its pidfd (`process.rs`) and its `/proc` status
+//!   (`status.rs`), the operator's policy (`policy.rs`), the frozen tree
+//!   (`tree.rs`), a caller's own pid namespace (`pidns.rs`), the
+//!   capabilities CRIU needs (`caps.rs`). Everything it reads of `/proc`
+//!   goes through the crate's one reader (`procfs.rs`), which tests point at
+//!   a directory of their own.
+//!
+//! **`operator/`** is tooling off the request path: `selfdump check`,
+//! `selfdump inspect`, systemd's socket activation and readiness.
+//!
+//! # The two rules everything rests on
+//!
+//! - **The filesystem rule.** In a place the caller can write, the service
+//!   acts with the caller's own credentials (`fs/as_caller.rs`) or through
+//!   an fd it opened itself (`O_NOFOLLOW`) and verified, never through a
+//!   name the caller could change between two calls. Everything under
+//!   `fs/` says how it keeps it.
+//! - **The resource rule.** Nothing a client does, alone or many at once,
+//!   makes the service exit or stop serving root: every wait has a limit
+//!   (`conn/`), every count a cap (`accept.rs`, `requests/admission.rs`,
+//!   `jobs/`), and errors are backed off from, never fatal.
+//!
+//! # A checkpoint, end to end
+//!
+//! `accept.rs` takes the connection's slots and spawns
+//! `requests::serve`, which has the connection identify the peer and read
+//! the request, then hands it to `requests/checkpoint/`: the caller is
+//! checked (`checks.rs`: `caller/`, the images directory), a CRIU run and a
+//! job reserved, a staging directory made (`fs/staging.rs`), and CRIU
+//! dumps (`engine/`). While the tree is frozen, `frozen.rs` checks every
+//! task of it (`caller/tree.rs`), tells the caller it is frozen and closes
+//! its connection. Once CRIU is done, `conclude.rs` commits the images as a
+//! generation (`fs/generations/`) or says why it failed, and the answer
+//! goes to the connection if it is still open, else to the job, which the
+//! original process asks for on a new connection (`requests/result.rs`).
 
-mod adopt;
-mod as_caller;
+mod accept;
 mod builder;
-pub mod caps;
-pub mod check;
-mod check_non_root;
-mod commit;
+mod caller;
 mod config;
-mod connection;
-pub mod copies;
-mod dump;
-mod dump_failure;
+mod conn;
 mod engine;
 mod error;
-pub mod generation;
+mod fs;
 pub mod images;
-pub mod inspect;
 mod jobs;
-mod leftovers;
-pub mod manifest;
-mod outcome;
-mod peer;
-mod pidns;
-mod policy;
-mod private_dir;
+mod operator;
+mod requests;
 // the restore work adds modules now: their `pub` items narrow once it merges
 #[allow(unreachable_pub)]
 pub mod restore;
-mod restoring;
-mod retention;
 mod shared;
 mod shutdown;
 mod slots;
-// the restore work edits it now: its `pub` items narrow once that merges
-#[allow(unreachable_pub)]
-mod staging;
-mod subdir;
-pub mod systemd;
-mod test_hold;
-mod tree;
-mod verified_images;
 
 pub use builder::Builder;
+pub use caller::caps;
+pub use caller::policy::{CallerInfo, Policy};
 pub use config::MAX_KEEP;
 pub use engine::{Criu, NonRootFallback, SpawnGuard, spawn_guard};
 pub use error::Error;
+pub use fs::generations as generation;
+pub use images::manifest;
 pub use jobs::{MAX_RESULTS, MAX_RESULTS_PER_UID};
-pub use policy::{CallerInfo, Policy};
-use shared::Shared;
+pub use operator::{check, inspect, systemd};
+pub use restore::copies;
+use shared::{Drain, Shared};
 pub use shutdown::ShutdownHandle;
 
 /// The service's internals, for this crate's benches and tests only: not
 /// part of the API, and they change without notice.
 #[doc(hidden)]
 pub mod internals {
-    pub use super::engine::run_as::RunAs;
+    pub use super::caller::credentials::Credentials;
     pub use super::engine::{
-        DumpHooks, DumpSpec, Dumped, EngineError, FrozenVerdict, Worker, kdat, rpc,
+        DumpHooks, DumpSpec, Dumped, EngineError, FrozenVerdict, Worker, kdat,
     };
+    /// CRIU's RPC messages and the image entries selfdump reads.
+    pub mod rpc {
+        pub use crate::server::engine::rpc::*;
+        pub use crate::server::images::criu_entries::*;
+    }
 }
 
 use async_io::{Async, Timer};
 use futures_lite::FutureExt;
 use std::future::Future;
-use std::os::unix::net::{UnixListener, UnixStream};
+use std::os::unix::net::UnixListener;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
-/// The default socket path.
-pub const DEFAULT_SOCKET: &str = "/run/selfdump.sock";
+/// The default socket path (the client's too).
+pub use crate::proto::DEFAULT_SOCKET;
 
 /// The checkpoint service. It has no runtime of its own: [`Server::run`] is
 /// a future that serves every connection while it is polled.
@@ -146,13 +219,13 @@ impl Server {
             loop {
                 // listen first: a change between the look and the wait still wakes us
                 let listener = self.shared.changed.listen();
-                match self.shared.drain_wait() {
-                    None => break,
-                    Some(None) => listener.await,
-                    Some(Some(at)) => {
+                match self.shared.drain() {
+                    Drain::Over => break,
+                    Drain::TasksRun => listener.await,
+                    Drain::ResultsAwaited { look_again } => {
                         listener
                             .or(async {
-                                Timer::at(at).await;
+                                Timer::at(look_again).await;
                             })
                             .await;
                     }
@@ -176,162 +249,6 @@ impl Server {
         }
         result
     }
-
-    /// Accepts connections and spawns their tasks on `executor`, until the
-    /// listener is gone ([`listener_gone`]); other accept errors are
-    /// backed off from ([`AcceptBackoff`]). Once a stop is requested, only callers that may be
-    /// coming for a dump's result are served; the others are refused.
-    async fn accept_loop(
-        &self,
-        executor: &async_executor::Executor<'_>,
-    ) -> Result<std::convert::Infallible, Error> {
-        let mut backoff = AcceptBackoff::default();
-        let mut reserve = ReserveFd::new();
-        loop {
-            // Let the tasks spawned so far run (refusals close their fds at
-            // once): a backlog of thousands of connections must not be
-            // accepted in one go before any of them is answered. Here, not
-            // after the accept: this loop may be dropped at any await, and
-            // an accepted connection must reach its task with none between.
-            futures_lite::future::yield_now().await;
-            let stream = match self.listener.accept().await {
-                Ok((stream, _)) => {
-                    backoff.reset();
-                    stream
-                }
-                Err(e) if listener_gone(&e) => return Err(Error::Accept(e)),
-                Err(e) => {
-                    backoff.log(&e);
-                    // out of fds: answer the oldest waiting connection
-                    // "busy" rather than leave it (and all behind it) hanging
-                    if !reserve.refuse_one(self.listener.get_ref()) {
-                        backoff.wait().await;
-                    }
-                    continue;
-                }
-            };
-            self.spawn_connection(executor, stream);
-        }
-    }
-
-    /// Gives an accepted connection its task on `executor`: served if the
-    /// limits have room for it (and, once a stop is requested, if its
-    /// caller may be coming for a dump's result), else refused.
-    fn spawn_connection(&self, executor: &async_executor::Executor<'_>, stream: Async<UnixStream>) {
-        if self.shared.stop.is_requested() && !self.shared.is_expected(&stream) {
-            // Not counted: the drain does not wait for newcomers.
-            executor
-                .spawn(connection::refuse_shutting_down(stream))
-                .detach();
-            return;
-        }
-        let task = self.shared.task();
-        let uid_slot = match connection::uid_slot(&self.shared, &stream) {
-            Ok(uid_slot) => uid_slot,
-            Err(busy) => {
-                executor
-                    .spawn(async move {
-                        connection::refuse_at_accept(stream, busy).await;
-                        drop(task);
-                    })
-                    .detach();
-                return;
-            }
-        };
-        // root is not held to the global cap (only to its per-uid one):
-        // no flood of other users keeps it out
-        let slot = self.shared.connections.try_acquire_arc();
-        let root = uid_slot.as_ref().is_some_and(|s| s.uid() == 0);
-        if slot.is_none() && !root {
-            executor
-                .spawn(async move {
-                    connection::refuse_busy(stream).await;
-                    drop(task);
-                })
-                .detach();
-            return;
-        }
-        let shared = self.shared.clone();
-        executor
-            .spawn(async move {
-                connection::handle(shared, stream).await;
-                drop(slot);
-                drop(uid_slot);
-                drop(task);
-            })
-            .detach();
-    }
-}
-
-/// Whether an `accept` error means the listening socket itself is unusable
-/// (closed, not a socket, not listening): only then does the accept loop
-/// end. Everything else (`EMFILE`, `ENFILE`, `ENOMEM`, `ENOBUFS`,
-/// `ECONNABORTED`, `EPROTO`, `EPERM`, ...) passes: clients can cause it,
-/// and it must not stop the service (the resource rule).
-fn listener_gone(e: &std::io::Error) -> bool {
-    use rustix::io::Errno;
-    let errno = e.raw_os_error().map(Errno::from_raw_os_error);
-    matches!(errno, Some(Errno::BADF | Errno::INVAL | Errno::NOTSOCK))
-}
-
-/// The pause after a failed `accept`: 50 ms, doubling to 1 s while the
-/// failures go on, back to none after a success. Without it a listener
-/// with a pending connection that cannot be accepted (no fd left) would
-/// spin. Logged at most once every 10 s, with the count since.
-#[derive(Debug)]
-struct AcceptBackoff {
-    delay: std::time::Duration,
-    failures: u64,
-    last_log: Option<std::time::Instant>,
-}
-
-impl Default for AcceptBackoff {
-    fn default() -> Self {
-        Self {
-            delay: Self::FIRST,
-            failures: 0,
-            last_log: None,
-        }
-    }
-}
-
-impl AcceptBackoff {
-    const FIRST: std::time::Duration = std::time::Duration::from_millis(50);
-    const MAX: std::time::Duration = std::time::Duration::from_secs(1);
-    const LOG_EVERY: std::time::Duration = std::time::Duration::from_secs(10);
-
-    /// Logs a failure, at most once every [`Self::LOG_EVERY`].
-    fn log(&mut self, e: &std::io::Error) {
-        self.failures += 1;
-        if self
-            .last_log
-            .is_none_or(|at| at.elapsed() >= Self::LOG_EVERY)
-        {
-            log::warn!(
-                "accepting a connection failed ({e}; {} time(s) since the last message); \
-                 retrying in {:?}{}",
-                self.failures,
-                self.delay,
-                if e.raw_os_error() == Some(rustix::io::Errno::MFILE.raw_os_error()) {
-                    " (out of fds: raise LimitNOFILE= / `ulimit -n`)"
-                } else {
-                    ""
-                }
-            );
-            self.last_log = Some(std::time::Instant::now());
-            self.failures = 0;
-        }
-    }
-
-    /// Waits before the next try, longer each time.
-    async fn wait(&mut self) {
-        Timer::after(self.delay).await;
-        self.delay = (self.delay * 2).min(Self::MAX);
-    }
-
-    fn reset(&mut self) {
-        self.delay = Self::FIRST;
-    }
 }
 
 /// Raises this process's soft `RLIMIT_NOFILE` to its hard limit and
@@ -354,51 +271,4 @@ pub fn raise_fd_limit() -> std::io::Result<u64> {
         )?;
     }
     Ok(getrlimit(Resource::Nofile).current.unwrap_or(u64::MAX))
-}
-
-/// One fd held in reserve for when `accept` fails for lack of fds
-/// (`EMFILE`, `ENFILE`): given up, it makes room to accept the oldest
-/// waiting connection and answer it "busy" at once (then it is taken
-/// back). Without it, every connection waiting in the backlog (a root
-/// caller's among a flood) would hang until fds come free.
-#[derive(Debug)]
-struct ReserveFd(Option<std::os::fd::OwnedFd>);
-
-impl ReserveFd {
-    fn new() -> Self {
-        Self(Self::open())
-    }
-
-    fn open() -> Option<std::os::fd::OwnedFd> {
-        rustix::fs::open(
-            "/dev/null",
-            rustix::fs::OFlags::RDONLY | rustix::fs::OFlags::CLOEXEC,
-            rustix::fs::Mode::empty(),
-        )
-        .ok()
-    }
-
-    /// With the reserve fd closed, accepts one connection and answers it
-    /// "busy"; whether one was. Never blocks (the listener is non-blocking).
-    fn refuse_one(&mut self, listener: &UnixListener) -> bool {
-        if self.0.take().is_none() {
-            self.0 = Self::open();
-            return false;
-        }
-        let refused = match listener.accept() {
-            Ok((stream, _)) => {
-                let busy = connection::refusal(
-                    crate::proto::RefusalKind::Busy,
-                    "the selfdump service is out of file descriptors; retry later",
-                );
-                let _ = stream.set_nonblocking(true);
-                // a fresh socket's buffer holds this small frame whole
-                let _ = std::io::Write::write(&mut &stream, &crate::proto::encode_frame(&busy));
-                true
-            }
-            Err(_) => false,
-        };
-        self.0 = Self::open();
-        refused
-    }
 }

@@ -8,7 +8,6 @@ use super::jobs;
 use super::manifest;
 use super::shutdown::{RESULT_GRACE, Stop};
 use super::slots;
-use async_io::Async;
 use async_lock::Semaphore;
 use event_listener::Event;
 use std::sync::Arc;
@@ -17,30 +16,31 @@ use std::time::Instant;
 
 /// State shared by all connections.
 #[derive(Debug)]
-pub(super) struct Shared {
-    pub(super) config: Config,
-    pub(super) jobs: jobs::Jobs,
+pub(crate) struct Shared {
+    pub(crate) config: Config,
+    pub(crate) jobs: jobs::Jobs,
     /// Signs the images.
-    pub(super) key: manifest::Key,
+    pub(crate) key: manifest::Key,
     /// CRIU's kernel-feature cache, as found or installed at start;
     /// removed (if ours and unused) when the server is gone.
-    pub(super) kdat: engine::kdat::KdatCache,
+    pub(crate) kdat: engine::kdat::KdatCache,
     /// `criu swrk` workers started ahead of time (root's, for root callers).
-    pub(super) workers: Arc<engine::WorkerPool>,
+    pub(crate) workers: Arc<engine::WorkerPool>,
     /// How non-root callers are dumped here.
-    pub(super) non_root: engine::NonRootEngine,
-    pub(super) dumps: Arc<Semaphore>,
-    /// Dumps running per caller uid.
-    pub(super) dumps_per_uid: slots::UidCounts,
-    pub(super) connections: Arc<Semaphore>,
+    pub(crate) non_root: engine::NonRootEngine,
+    /// CRIU runs (dumps and restores) under way.
+    pub(crate) criu_runs: Arc<Semaphore>,
+    /// CRIU runs under way per caller uid.
+    pub(crate) criu_runs_per_uid: slots::UidCounts,
+    pub(crate) connections: Arc<Semaphore>,
     /// Connections open per peer uid.
-    pub(super) connections_per_uid: slots::UidCounts,
+    pub(crate) connections_per_uid: slots::UidCounts,
     /// Set once the server is asked to stop.
-    pub(super) stop: Arc<Stop>,
+    pub(crate) stop: Arc<Stop>,
     /// Connection tasks (and refusals being sent) not finished yet.
-    pub(super) tasks: AtomicUsize,
+    pub(crate) tasks: AtomicUsize,
     /// Notified when `tasks` drops to zero.
-    pub(super) changed: Event,
+    pub(crate) changed: Event,
 }
 
 impl Drop for Shared {
@@ -54,7 +54,7 @@ impl Shared {
     /// with CRIU's cache as `kdat` found it, dumping non-root callers as
     /// `non_root` says. The connection limits are
     /// lowered to what the fd limit holds.
-    pub(super) fn new(
+    pub(crate) fn new(
         mut config: Config,
         key: manifest::Key,
         kdat: engine::kdat::KdatCache,
@@ -71,8 +71,8 @@ impl Shared {
             kdat,
             workers: engine::WorkerPool::new(config.criu.clone(), config.warm_workers),
             non_root,
-            dumps: Arc::new(Semaphore::new(config.max_dumps)),
-            dumps_per_uid: Arc::default(),
+            criu_runs: Arc::new(Semaphore::new(config.max_criu_runs)),
+            criu_runs_per_uid: Arc::default(),
             connections_per_uid: Arc::default(),
             connections: Arc::new(Semaphore::new(max_connections)),
             config,
@@ -83,32 +83,45 @@ impl Shared {
     }
 
     /// Counts a connection task until the returned guard drops.
-    pub(super) fn task(self: &Arc<Self>) -> TaskGuard {
+    pub(crate) fn task(self: &Arc<Self>) -> TaskGuard {
         self.tasks.fetch_add(1, Ordering::SeqCst);
         TaskGuard(self.clone())
     }
 
-    /// Whether a caller connecting while the server drains may be coming
-    /// for a result: it has a job whose result it has not asked for yet.
-    pub(super) fn is_expected(&self, stream: &Async<std::os::unix::net::UnixStream>) -> bool {
-        super::peer::credentials(stream.get_ref())
-            .is_ok_and(|cred| self.jobs.awaits_result(cred.pid(), RESULT_GRACE))
+    /// Whether process `pid`, connecting while the server drains, may be
+    /// coming for a result: it has a job whose result it has not asked
+    /// for yet.
+    pub(crate) fn is_expected(&self, pid: i32) -> bool {
+        self.jobs.awaits_result(pid, RESULT_GRACE)
     }
 
-    /// `None` once no task runs and no caller has a result to collect;
-    /// else when to look again at the latest (callers exit, and results
-    /// age, without a notification).
-    pub(super) fn drain_wait(&self) -> Option<Option<Instant>> {
+    /// Where the drain stands.
+    pub(crate) fn drain(&self) -> Drain {
         let awaited = self.jobs.awaited(RESULT_GRACE);
-        if self.tasks.load(Ordering::SeqCst) == 0 && !awaited {
-            return None;
+        match (self.tasks.load(Ordering::SeqCst), awaited) {
+            (0, false) => Drain::Over,
+            (_, false) => Drain::TasksRun,
+            (_, true) => Drain::ResultsAwaited {
+                look_again: Instant::now() + DRAIN_POLL,
+            },
         }
-        Some(awaited.then(|| Instant::now() + DRAIN_POLL))
     }
 }
 
+/// Where the drain of a stopping server stands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Drain {
+    /// No task runs and no caller has a result to collect.
+    Over,
+    /// Tasks run: the last to end notifies [`Shared::changed`].
+    TasksRun,
+    /// Callers still have results to collect; they exit, and results age,
+    /// without a notification, so look again at `look_again` at the latest.
+    ResultsAwaited { look_again: Instant },
+}
+
 /// One running connection task of a [`Shared`].
-pub(super) struct TaskGuard(Arc<Shared>);
+pub(crate) struct TaskGuard(Arc<Shared>);
 
 impl Drop for TaskGuard {
     fn drop(&mut self) {

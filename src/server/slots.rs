@@ -8,6 +8,7 @@ use std::sync::{Arc, Mutex};
 pub(super) type UidCounts = Arc<Mutex<HashMap<u32, usize>>>;
 
 /// One of a uid's slots (connections or dumps), given back on drop.
+#[derive(Debug)]
 pub(super) struct UidSlot {
     counts: UidCounts,
     uid: u32,

@@ -271,7 +271,7 @@ pub fn reap_orphaned_criu(within: Duration) {
 }
 
 /// The test holds of a `selfdump serve` built with `test-hooks`
-/// (`server/test_hold.rs`).
+/// (`server/fs/test_hold.rs`).
 pub struct Holds(tempfile::TempDir);
 
 impl Holds {

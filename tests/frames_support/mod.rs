@@ -77,7 +77,7 @@ pub fn response() -> impl Strategy<Value = Response> {
         (refusal_kind(), text())
             .prop_map(|(kind, message)| Response::Refused(Refusal { kind, message })),
         (job_id(), any::<[u64; 10]>(), any::<u32>(), text()).prop_map(
-            |(job, n, processes, generation)| Response::Dumped(Box::new(DumpReport {
+            |(job, n, processes, generation)| Response::Dumped(DumpReport {
                 job,
                 generation,
                 frozen_us: n[0],
@@ -91,7 +91,7 @@ pub fn response() -> impl Strategy<Value = Response> {
                 memwrite_us: n[8],
                 pages_scanned: n[9],
                 processes,
-            }))
+            })
         ),
         (prop::option::of(job_id()), text(), prop::option::of(text())).prop_map(
             |(job, message, log_file)| Response::DumpFailed(DumpFailure {

@@ -115,17 +115,7 @@ pub(super) fn ask(
         SocketFlags::CLOEXEC,
         Some(netlink::SOCK_DIAG),
     )?;
-    let flags = NLM_F_REQUEST | if dump { NLM_F_DUMP } else { 0 };
-    let mut msg = Vec::new();
-    for (seq, body) in requests.iter().enumerate() {
-        msg.extend_from_slice(&(16 + body.len() as u32).to_ne_bytes());
-        msg.extend_from_slice(&SOCK_DIAG_BY_FAMILY.to_ne_bytes());
-        msg.extend_from_slice(&flags.to_ne_bytes());
-        msg.extend_from_slice(&(seq as u32).to_ne_bytes());
-        msg.extend_from_slice(&0u32.to_ne_bytes()); // port id: the kernel
-        msg.extend_from_slice(body);
-    }
-    send(&sock, &msg, SendFlags::empty())?;
+    send(&sock, &framed(requests, dump), SendFlags::empty())?;
 
     let mut left = requests.len();
     let mut buf = vec![0u8; 64 * 1024];
@@ -162,6 +152,21 @@ pub(super) fn ask(
         }
     }
     Ok(())
+}
+
+/// `requests` as netlink messages, numbered from 0.
+fn framed(requests: &[Vec<u8>], dump: bool) -> Vec<u8> {
+    let flags = NLM_F_REQUEST | if dump { NLM_F_DUMP } else { 0 };
+    let mut msg = Vec::new();
+    for (seq, body) in requests.iter().enumerate() {
+        msg.extend_from_slice(&(16 + body.len() as u32).to_ne_bytes());
+        msg.extend_from_slice(&SOCK_DIAG_BY_FAMILY.to_ne_bytes());
+        msg.extend_from_slice(&flags.to_ne_bytes());
+        msg.extend_from_slice(&(seq as u32).to_ne_bytes());
+        msg.extend_from_slice(&0u32.to_ne_bytes()); // port id: the kernel
+        msg.extend_from_slice(body);
+    }
+    msg
 }
 
 fn u16_at(b: &[u8], i: usize) -> u16 {

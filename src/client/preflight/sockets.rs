@@ -3,7 +3,7 @@
 //! connections.
 
 use super::diag::{self, UnixSocket};
-use super::tcp::{self, TcpFd, TcpSocket};
+use super::tcp::{self, Family, TcpFd, TcpSocket};
 use super::tree::{OpenFd, holders_of};
 use super::{Finding, Kind, Preflight, Severity};
 use std::collections::{BTreeSet, HashMap};
@@ -22,24 +22,22 @@ pub(super) struct Sockets {
 /// A socket's protocol family, as far as preflight cares.
 enum Protocol {
     Unix,
-    Tcp {
-        v6: bool,
-    },
+    Tcp(Family),
     Other,
     /// The kernel did not say (the fd closed meanwhile, say): try both.
     Unknown,
 }
 
 fn protocol(fd: &OpenFd) -> Protocol {
-    let path = format!("/proc/{}/fd/{}", fd.pid, fd.fd);
+    let path = crate::procfs::fd_of(fd.pid, fd.fd);
     let mut buf = [0u8; 32];
     let Ok(n) = rustix::fs::getxattr(path, "system.sockprotoname", &mut buf[..]) else {
         return Protocol::Unknown;
     };
     match buf[..n].split(|&b| b == 0).next().unwrap_or_default() {
         name if name.starts_with(b"UNIX") => Protocol::Unix,
-        b"TCP" => Protocol::Tcp { v6: false },
-        b"TCPv6" => Protocol::Tcp { v6: true },
+        b"TCP" => Protocol::Tcp(Family::Ipv4),
+        b"TCPv6" => Protocol::Tcp(Family::Ipv6),
         _ => Protocol::Other,
     }
 }
@@ -53,15 +51,15 @@ impl Sockets {
             let Some(ino) = fd.socket else { continue };
             match protocol(fd) {
                 Protocol::Unix => unix.push(ino),
-                Protocol::Tcp { v6 } => tcp.push(TcpFd {
-                    fd,
-                    ino,
-                    v6: Some(v6),
-                }),
+                Protocol::Tcp(family) => tcp.push(TcpFd { fd, ino, family }),
                 Protocol::Other => {}
                 Protocol::Unknown => {
                     unix.push(ino);
-                    tcp.push(TcpFd { fd, ino, v6: None });
+                    tcp.push(TcpFd {
+                        fd,
+                        ino,
+                        family: Family::Unknown,
+                    });
                 }
             }
         }

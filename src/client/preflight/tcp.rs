@@ -27,19 +27,13 @@ const AF_INET: u8 = 2;
 const AF_INET6: u8 = 10;
 const IPPROTO_TCP: u8 = 6;
 
-/// A TCP socket: its state (`TCP_ESTABLISHED` = 1, ...) and addresses.
-#[derive(Debug, Clone)]
-pub(super) struct TcpSocket {
-    pub(super) state: u8,
-    pub(super) local: String,
-    pub(super) remote: String,
-}
+pub(super) use tcp_table::{Family, TcpSocket};
 
-/// A TCP socket fd of the tree; `v6` is `None` when its family is unknown.
+/// A TCP socket fd of the tree.
 pub(super) struct TcpFd<'a> {
     pub(super) fd: &'a OpenFd,
     pub(super) ino: u64,
-    pub(super) v6: Option<bool>,
+    pub(super) family: Family,
 }
 
 /// The state and addresses of each of `fds`, by inode (those the kernel
@@ -82,7 +76,8 @@ pub(super) fn tcp_sockets(root: i32, fds: &[TcpFd<'_>]) -> HashMap<u64, TcpSocke
         }
     }
     if !left.is_empty() {
-        tcp_table::read(root, &left, &mut out);
+        let wanted: Vec<(u64, Family)> = left.iter().map(|f| (f.ino, f.family)).collect();
+        tcp_table::read(root, &wanted, &mut out);
     }
     out
 }

@@ -2,19 +2,39 @@
 //! reads (the kernel walks its whole connection table again for each
 //! `read`) and only until the inodes looked for are found.
 
-use super::tcp::{TcpFd, TcpSocket};
+use crate::procfs::PROC;
 use std::collections::{HashMap, HashSet};
 use std::io::Read;
 
+/// A TCP socket: its state (`TCP_ESTABLISHED` = 1, ...) and addresses.
+#[derive(Debug, Clone)]
+pub(super) struct TcpSocket {
+    pub(super) state: u8,
+    pub(super) local: String,
+    pub(super) remote: String,
+}
+
+/// The address family of a TCP socket, which says in which table it is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Family {
+    /// `/proc/net/tcp`.
+    Ipv4,
+    /// `/proc/net/tcp6`.
+    Ipv6,
+    /// Not known: in either.
+    Unknown,
+}
+
 /// Reads `/proc/ROOT/net/tcp{,6}` (only the ones needed) in big reads,
-/// until every inode of `fds` is found.
-pub(super) fn read(root: i32, fds: &[&TcpFd<'_>], out: &mut HashMap<u64, TcpSocket>) {
-    let mut want: HashSet<u64> = fds.iter().map(|f| f.ino).collect();
-    for (file, v6) in [("tcp", false), ("tcp6", true)] {
-        if want.is_empty() || !fds.iter().any(|f| f.v6.is_none_or(|x| x == v6)) {
+/// until every socket of `wanted` (inode, family) is found.
+pub(super) fn read(root: i32, wanted: &[(u64, Family)], out: &mut HashMap<u64, TcpSocket>) {
+    let mut want: HashSet<u64> = wanted.iter().map(|(ino, _)| *ino).collect();
+    for (file, family) in [("tcp", Family::Ipv4), ("tcp6", Family::Ipv6)] {
+        let in_it = |f: Family| f == family || f == Family::Unknown;
+        if want.is_empty() || !wanted.iter().any(|(_, f)| in_it(*f)) {
             continue;
         }
-        let Ok(mut table) = std::fs::File::open(format!("/proc/{root}/net/{file}")) else {
+        let Ok(mut table) = std::fs::File::open(PROC.path(root, &format!("net/{file}"))) else {
             continue;
         };
         let mut buf = vec![0u8; 256 * 1024];

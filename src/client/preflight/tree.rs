@@ -2,7 +2,7 @@
 //! `/proc/PID/task/*/children`, open fds from `/proc/PID/fd`, the tracer
 //! from `/proc/PID/status`.
 
-use crate::procfs;
+use crate::procfs::{self, PROC};
 use std::io;
 use std::path::PathBuf;
 
@@ -21,12 +21,8 @@ pub(super) struct OpenFd {
 /// only for the regular files that need their flags).
 pub(super) fn open_fds(pid: i32) -> io::Result<Vec<OpenFd>> {
     let mut out = Vec::new();
-    for entry in std::fs::read_dir(format!("/proc/{pid}/fd"))? {
-        let Ok(entry) = entry else { continue };
-        let Some(fd) = entry.file_name().to_str().and_then(|n| n.parse().ok()) else {
-            continue;
-        };
-        let Ok(target) = std::fs::read_link(entry.path()) else {
+    for fd in PROC.fds(pid)? {
+        let Ok(target) = PROC.read_link(pid, &format!("fd/{fd}")) else {
             continue; // closed meanwhile
         };
         let socket = target
@@ -50,26 +46,24 @@ pub(super) fn open_fds(pid: i32) -> io::Result<Vec<OpenFd>> {
 /// `/proc/<pid>` and every pid read from `/proc` are the host's: the tree
 /// is walked in `/proc`'s numbers throughout.
 pub(super) fn own_pid() -> i32 {
-    std::fs::read_link("/proc/self")
-        .ok()
-        .and_then(|p| p.to_str().and_then(|p| p.parse().ok()))
-        .unwrap_or_else(|| rustix::process::getpid().as_raw_nonzero().get())
+    PROC.own_pid()
+        .unwrap_or_else(|_| rustix::process::getpid().as_raw_nonzero().get())
 }
 
 /// `root` and its descendants (every thread's children).
 pub(super) fn process_tree(root: i32) -> io::Result<Vec<i32>> {
-    std::fs::metadata(format!("/proc/{root}"))
+    PROC.stat(root, "")
         .map_err(|e| io::Error::new(e.kind(), format!("process {root}: {e}")))?;
     let mut tree = vec![root];
     let mut i = 0;
     while i < tree.len() {
         let pid = tree[i];
         i += 1;
-        let Ok(tasks) = procfs::tasks(pid) else {
+        let Ok(tasks) = PROC.tasks(pid) else {
             continue;
         };
         for tid in tasks {
-            let Ok(children) = procfs::children(pid, tid) else {
+            let Ok(children) = PROC.children(pid, tid) else {
                 continue;
             };
             for child in children {
@@ -84,7 +78,7 @@ pub(super) fn process_tree(root: i32) -> io::Result<Vec<i32>> {
 
 /// The process tracing `pid`, if any.
 pub(super) fn tracer(pid: i32) -> Option<i32> {
-    let status = procfs::read_of(pid, "status").ok()?;
+    let status = PROC.read(pid, "status").ok()?;
     let tracer: i32 = status
         .lines()
         .find_map(|l| l.strip_prefix("TracerPid:"))?
@@ -97,13 +91,13 @@ pub(super) fn tracer(pid: i32) -> Option<i32> {
 /// The session id of `pid` as its pid namespace sees it: 0 when the session
 /// leader is outside that namespace.
 pub(super) fn session_id(pid: i32) -> Option<i32> {
-    let stat = procfs::read_of(pid, "stat").ok()?;
+    let stat = PROC.read(pid, "stat").ok()?;
     procfs::field(&stat, procfs::SESSION)
 }
 
 /// The command name of `pid`, or `?`.
 pub(super) fn comm(pid: i32) -> String {
-    procfs::read_of(pid, "comm")
+    PROC.read(pid, "comm")
         .map(|c| c.trim().to_owned())
         .unwrap_or_else(|_| "?".into())
 }
@@ -113,20 +107,18 @@ pub(super) fn comm(pid: i32) -> String {
 pub(super) fn holders_of(ino: u64) -> String {
     let want = PathBuf::from(format!("socket:[{ino}]"));
     let mut found = Vec::new();
-    let Ok(procs) = std::fs::read_dir("/proc") else {
+    let Ok(pids) = PROC.pids() else {
         return String::new();
     };
-    for p in procs.flatten() {
-        let Some(pid) = p.file_name().to_str().and_then(|n| n.parse::<i32>().ok()) else {
+    for pid in pids {
+        let Ok(fds) = PROC.fds(pid) else {
             continue;
         };
-        let Ok(fds) = std::fs::read_dir(p.path().join("fd")) else {
-            continue;
+        let holds = |fd: i32| {
+            PROC.read_link(pid, &format!("fd/{fd}"))
+                .is_ok_and(|t| t == want)
         };
-        if fds
-            .flatten()
-            .any(|fd| std::fs::read_link(fd.path()).is_ok_and(|t| t == want))
-        {
+        if fds.into_iter().any(holds) {
             found.push(format!("pid {pid} ({})", comm(pid)));
         }
         if found.len() >= 3 {
@@ -139,5 +131,3 @@ pub(super) fn holders_of(ino: u64) -> String {
         format!(" by {}", found.join(", "))
     }
 }
-
-pub(super) use crate::procfs::read as read_proc;

@@ -6,7 +6,7 @@
 
 use super::rpc::CriuOpts;
 use crate::proto::DumpOptions;
-use crate::server::images::ImageMeta;
+use crate::server::images::format::ImageMeta;
 
 /// The dump options that must match between a dump and its restore.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]

@@ -56,7 +56,7 @@
 //!   end up there by the service's hand, and the refusal is clearer before
 //!   the freeze than after it;
 //! - the explanation of a failure by a capability the service lacks
-//!   (`caps.rs`) applies only to the root engine: the unprivileged CRIU
+//!   (`caller/caps.rs`) applies only to the root engine: the unprivileged CRIU
 //!   needs no capability of the caller's uid beyond its one.
 //!
 //! Where it writes: into a directory of the caller's (mode 0700) inside
@@ -83,57 +83,26 @@
 //! owner (`restore/as_owner.rs`), into tasks with the owner's credentials,
 //! and copies are made of root's checkpoints only.
 
+mod ask;
+mod criu;
+mod dump;
+mod error;
 mod flags;
+mod forks;
 pub mod kdat;
 mod non_root;
 mod pool;
-pub mod rpc;
+pub(crate) mod rpc;
 pub(crate) mod run_as;
-mod swrk;
 mod worker;
 
+pub use criu::Criu;
+pub use dump::{DumpHooks, DumpSpec, Dumped, FrozenVerdict};
+pub use error::EngineError;
 pub(crate) use flags::CriuFlags;
+pub(crate) use forks::without_forks;
+pub use forks::{SpawnGuard, spawn_guard};
 pub(crate) use non_root::NonRootEngine;
 pub use non_root::NonRootFallback;
-pub(super) use pool::WorkerPool;
-pub(crate) use swrk::without_forks;
-pub use swrk::{
-    Criu, DumpHooks, DumpSpec, Dumped, EngineError, FrozenVerdict, SpawnGuard, spawn_guard,
-};
+pub(crate) use pool::WorkerPool;
 pub use worker::Worker;
-
-/// Name of CRIU's log inside the images directory.
-pub(super) const DUMP_LOG: &str = "dump.log";
-
-/// The first error line of a CRIU log that matters. CRIU logs a harmless
-/// "Can't setup `RLIMIT_NOFILE`" error on every run without `CAP_SYS_RESOURCE`,
-/// which CRIU's own `cr_errmsg` then reports even for unrelated failures.
-pub(super) fn first_error(log: &str) -> Option<String> {
-    log.lines()
-        .filter(|l| l.contains("Error (") && !l.contains("RLIMIT_NOFILE"))
-        .map(|l| l.split_once("Error (").map_or(l, |(_, rest)| rest))
-        .map(|rest| {
-            rest.split_once("): ")
-                .map_or(rest, |(_, msg)| msg)
-                .trim()
-                .to_owned()
-        })
-        .next()
-}
-
-#[cfg(test)]
-mod tests {
-    use super::first_error;
-
-    #[test]
-    fn first_error_skips_the_rlimit_line() {
-        let log = "(00.08) Error (criu/util.c:1533): rlimit: Can't setup RLIMIT_NOFILE for self: Operation not permitted\n\
-                   (00.09)  1: Error (criu/files-reg.c:2175): File tmp/x has bad size 149 (expect 46)\n\
-                   (00.10) Error (criu/cr-restore.c:2320): Restoring FAILED.\n";
-        assert_eq!(
-            first_error(log).as_deref(),
-            Some("File tmp/x has bad size 149 (expect 46)")
-        );
-        assert_eq!(first_error("all fine\n"), None);
-    }
-}

@@ -3,8 +3,9 @@
 //! the module docs of [`engine`](super)), else the operator's fallback.
 
 use super::kdat::{self, KdatCache, UNPRIVILEGED_DIR};
-use super::run_as::{DUMP_CAPS, RunAs, cannot_grant};
+use super::run_as::{DUMP_CAPS, cannot_grant};
 use super::{Criu, Worker};
+use crate::server::caller::credentials::Credentials;
 use std::path::Path;
 
 /// What non-root callers get where CRIU cannot run as the caller (a kernel
@@ -58,12 +59,8 @@ impl NonRootEngine {
 
     /// Who the CRIU that dumps a caller of these ids runs as: the caller
     /// itself when it is not root and CRIU can run as it; `None` for root's CRIU.
-    pub(crate) fn criu_for(&self, uid: u32, gid: u32, groups: &[u32]) -> Option<RunAs> {
-        (uid != 0 && matches!(self, Self::AsCaller(_))).then(|| RunAs {
-            uid,
-            gid,
-            groups: groups.to_vec(),
-        })
+    pub(crate) fn criu_for(&self, caller: &Credentials) -> Option<Credentials> {
+        (caller.uid != 0 && matches!(self, Self::AsCaller(_))).then(|| caller.clone())
     }
 
     /// The `XDG_RUNTIME_DIR` of CRIUs run as a caller, when the cache is there.
@@ -103,7 +100,7 @@ impl Drop for NonRootEngine {
 
 /// Starts `criu swrk` as uid 65534 with [`DUMP_CAPS`] and asks its version.
 fn try_as_user(criu: &Criu) -> Result<(), String> {
-    let nobody = RunAs {
+    let nobody = Credentials {
         uid: 65534,
         gid: 65534,
         groups: Vec::new(),

@@ -5,6 +5,7 @@
 //! the restore of a non-root checkpoint (`restore/as_owner.rs`) both start
 //! their CRIU this way.
 
+use crate::server::caller::credentials::Credentials;
 use rustix::process::{Gid, Uid};
 use rustix::thread::{CapabilitySet, CapabilitySets};
 use std::os::fd::{BorrowedFd, RawFd};
@@ -17,18 +18,7 @@ pub(crate) const DUMP_CAPS: CapabilitySet = CapabilitySet::CHECKPOINT_RESTORE;
 /// paths selfdump uses, but a helper it might start finds the usual ones).
 const PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
 
-/// Who a CRIU runs as.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct RunAs {
-    /// Its real, effective and saved uid.
-    pub uid: u32,
-    /// Its real, effective and saved gid.
-    pub gid: u32,
-    /// Its supplementary groups.
-    pub groups: Vec<u32>,
-}
-
-/// What a CRIU started [`RunAs`] a user keeps.
+/// What a CRIU started as a user ([`Credentials::apply`]) keeps.
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct Keep<'a> {
     /// Its capabilities: effective, permitted, inheritable and ambient.
@@ -45,7 +35,7 @@ pub(crate) struct Keep<'a> {
     pub(crate) runtime_dir: Option<&'a std::path::Path>,
 }
 
-impl RunAs {
+impl Credentials {
     /// Makes `cmd` run as this user, keeping `keep`. The environment is
     /// cleared (the service's may hold secrets, and `HOME` would make CRIU
     /// read the user's own CRIU configuration file).
@@ -122,7 +112,8 @@ fn cut_bounding_set(caps: CapabilitySet, last_cap: u32) -> std::io::Result<()> {
 
 /// The highest capability number this kernel knows.
 fn last_capability() -> u32 {
-    std::fs::read_to_string("/proc/sys/kernel/cap_last_cap")
+    crate::procfs::PROC
+        .read_file("sys/kernel/cap_last_cap")
         .ok()
         .and_then(|s| s.trim().parse().ok())
         .unwrap_or(40)

@@ -1,17 +1,18 @@
-//! One `criu swrk` child and the dump it serves: the RPC round trips and
-//! the notifications during which the service acts on the frozen tree.
+//! One `criu swrk` child: started (as root, or as a user), spoken to over
+//! its seqpacket socket, and finished. The dump it serves is `dump.rs`'s.
 
-use super::rpc::{CriuOpts, CriuReq, CriuResp, req_type};
-use super::run_as::{DUMP_CAPS, Keep, RunAs};
-use super::swrk::{DumpHooks, DumpSpec, Dumped, EngineError, FORK_GUARD, FrozenVerdict};
-use super::{Criu, CriuFlags, DUMP_LOG};
+use super::Criu;
+use super::error::EngineError;
+use super::forks::FORK_GUARD;
+use super::rpc::{CriuReq, CriuResp, req_type};
+use super::run_as::{DUMP_CAPS, Keep};
+use crate::server::caller::credentials::Credentials;
 use async_io::{Async, Timer};
 use futures_lite::FutureExt;
 use prost::Message;
 use rustix::net::{AddressFamily, SendFlags, SocketFlags, SocketType};
 use std::io;
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd, RawFd};
-use std::os::unix::process::ExitStatusExt;
 use std::time::Duration;
 
 /// How long CRIU gets to abandon a dump by itself before it is killed.
@@ -37,16 +38,16 @@ const ABANDON_GRACE: Duration = Duration::from_secs(10);
 pub struct Worker {
     sock: Async<OwnedFd>,
     child: async_process::Child,
-    log_level: i32,
+    pub(super) log_level: i32,
     /// Set when CRIU runs as a user (see [`Worker::start_as`]).
-    as_user: Option<AsUser>,
+    pub(super) as_user: Option<AsUser>,
 }
 
 /// A CRIU that runs as a user: the fd number at which it inherited the
 /// directory it dumps into.
 #[derive(Debug, Clone, Copy)]
-struct AsUser {
-    images_dir: Option<RawFd>,
+pub(super) struct AsUser {
+    pub(super) images_dir: Option<RawFd>,
 }
 
 impl Worker {
@@ -63,7 +64,7 @@ impl Worker {
     /// unprivileged runs in `runtime_dir` (see [`kdat`](super::kdat)).
     pub fn start_as(
         criu: &Criu,
-        user: &RunAs,
+        user: &Credentials,
         images_dir: Option<BorrowedFd<'_>>,
         runtime_dir: Option<&std::path::Path>,
     ) -> io::Result<Self> {
@@ -153,7 +154,7 @@ impl Worker {
         self.child.id()
     }
 
-    async fn send(&self, req: &CriuReq) -> io::Result<()> {
+    pub(super) async fn send(&self, req: &CriuReq) -> io::Result<()> {
         let buf = req.encode_to_vec();
         self.sock
             .write_with(|s| Ok(rustix::net::send(s, &buf, SendFlags::NOSIGNAL)?))
@@ -161,7 +162,7 @@ impl Worker {
         Ok(())
     }
 
-    async fn recv(&self) -> Result<CriuResp, EngineError> {
+    pub(super) async fn recv(&self) -> Result<CriuResp, EngineError> {
         let mut buf = vec![0u8; 64 * 1024];
         let n = self
             .sock
@@ -177,7 +178,7 @@ impl Worker {
         CriuResp::decode(&buf[..n]).map_err(|e| EngineError::Protocol(e.to_string()))
     }
 
-    async fn ack(&self, ok: bool) -> io::Result<()> {
+    pub(super) async fn ack(&self, ok: bool) -> io::Result<()> {
         self.send(&CriuReq {
             r#type: req_type::NOTIFY,
             notify_success: Some(ok),
@@ -237,172 +238,5 @@ impl Worker {
             }
         }
         self.child.status().await.ok()
-    }
-}
-
-impl Worker {
-    /// Dumps `spec.pid`'s tree, calling `hooks` while CRIU holds it frozen;
-    /// kills CRIU if it takes longer than `timeout`.
-    pub async fn dump(
-        self,
-        spec: &DumpSpec<'_>,
-        timeout: Duration,
-        hooks: &mut impl DumpHooks,
-    ) -> Result<Dumped, EngineError> {
-        let started = std::time::Instant::now();
-        let run = self.run_dump(spec, hooks, started);
-        let limit = async {
-            Timer::after(timeout).await;
-            Err(EngineError::TimedOut(timeout))
-        };
-        let result = run.or(limit).await;
-        let criu_may_run = matches!(
-            result,
-            Err(EngineError::TimedOut(_)
-                | EngineError::Io(_)
-                | EngineError::Protocol(_)
-                | EngineError::Died)
-        );
-        let status = self.finish(criu_may_run).await;
-        let result = match (result, status.and_then(|s| s.signal())) {
-            (Err(EngineError::Died), Some(signal)) => Err(EngineError::Killed(signal)),
-            (result, _) => result,
-        };
-        log::debug!(
-            "criu swrk for pid {} reaped at {:?}",
-            spec.pid,
-            started.elapsed()
-        );
-        result
-    }
-
-    async fn run_dump(
-        &self,
-        spec: &DumpSpec<'_>,
-        hooks: &mut impl DumpHooks,
-        started: std::time::Instant,
-    ) -> Result<Dumped, EngineError> {
-        self.send(&CriuReq {
-            r#type: req_type::DUMP,
-            opts: Some(self.dump_opts(spec)),
-            ..Default::default()
-        })
-        .await?;
-        let mut state = DumpState::default();
-        loop {
-            let resp = self.recv().await?;
-            match resp.r#type {
-                req_type::NOTIFY => {
-                    let script = resp.notify.and_then(|n| n.script).unwrap_or_default();
-                    log::debug!(
-                        "criu notification {script:?} for pid {} at {:?}",
-                        spec.pid,
-                        started.elapsed()
-                    );
-                    self.answer(&script, hooks, &mut state).await?;
-                }
-                req_type::DUMP => {
-                    log::debug!(
-                        "criu result for pid {} at {:?}",
-                        spec.pid,
-                        started.elapsed()
-                    );
-                    return state.result(&resp);
-                }
-                other => {
-                    return Err(EngineError::Protocol(format!(
-                        "unexpected response type {other}"
-                    )));
-                }
-            }
-        }
-    }
-
-    /// CRIU's options for dumping `spec`.
-    fn dump_opts(&self, spec: &DumpSpec<'_>) -> CriuOpts {
-        let mut opts = CriuOpts {
-            images_dir_fd: spec.images_dir.as_fd().as_raw_fd(),
-            pid: Some(spec.pid),
-            leave_running: Some(spec.options.leave_running),
-            log_level: Some(self.log_level),
-            log_file: Some(DUMP_LOG.into()),
-            notify_scripts: Some(true),
-            ..CriuOpts::default()
-        };
-        CriuFlags::for_dump(&spec.options, spec.shell_job).apply(&mut opts);
-        if let Some(user) = self.as_user {
-            // CRIU resolves `images_dir_fd` in its RPC peer's `/proc/<pid>/fd`,
-            // which is the service's and closed to a CRIU running as a user:
-            // it gets the directory it inherited, by its own fd path
-            let inherited = user.images_dir.unwrap_or(-1);
-            debug_assert_eq!(
-                inherited, opts.images_dir_fd,
-                "dumps where it was started for"
-            );
-            opts.images_dir_fd = -1;
-            opts.images_dir = Some(format!("/proc/self/fd/{inherited}"));
-            opts.unprivileged = Some(true);
-        }
-        opts
-    }
-
-    /// Answers one of CRIU's notifications, calling the hook it is for.
-    async fn answer(
-        &self,
-        script: &str,
-        hooks: &mut impl DumpHooks,
-        state: &mut DumpState,
-    ) -> Result<(), EngineError> {
-        let answering = std::time::Instant::now();
-        let verdict = match script {
-            "query-ext-files" if !state.frozen => {
-                state.frozen = true;
-                hooks.frozen().await
-            }
-            "post-dump" if state.frozen && state.veto.is_none() => hooks.images_written().await,
-            _ => FrozenVerdict::Proceed,
-        };
-        // The clock stops when the answer is decided, not after the send
-        // returns: the send wakes CRIU, which may run on this CPU before
-        // the send returns here, and that time is CRIU's, not the service's.
-        if state.frozen {
-            state.dumped.service_frozen += answering.elapsed();
-        }
-        if let FrozenVerdict::Veto(why) = verdict {
-            state.veto.get_or_insert(why);
-            self.ack(false).await?;
-        } else {
-            self.ack(true).await?;
-        }
-        Ok(())
-    }
-}
-
-/// Where a dump stands between CRIU's messages.
-#[derive(Default)]
-struct DumpState {
-    /// CRIU announced the freeze (`query-ext-files`).
-    frozen: bool,
-    /// A hook's veto, the first one.
-    veto: Option<String>,
-    dumped: Dumped,
-}
-
-impl DumpState {
-    /// The dump's result, from CRIU's final answer.
-    fn result(self, resp: &CriuResp) -> Result<Dumped, EngineError> {
-        if let Some(why) = self.veto {
-            return Err(EngineError::Vetoed(why));
-        }
-        if !self.frozen && resp.success {
-            return Err(EngineError::Protocol(
-                "criu finished without the query-ext-files notification (criu < 3.19?)".into(),
-            ));
-        }
-        if resp.success {
-            Ok(self.dumped)
-        } else {
-            Err(EngineError::Failed(resp.cr_errmsg.clone()))
-        }
     }
 }

@@ -17,16 +17,14 @@
 //! and the owner gets read access to the verified files (a POSIX ACL
 //! entry for its uid alone), never write access.
 
+use crate::server::caller::credentials::Credentials;
 use crate::server::engine::kdat::{UNPRIVILEGED_DIR, UNPRIVILEGED_FILE};
-use crate::server::engine::run_as::{Keep, RunAs};
+use crate::server::engine::run_as::Keep;
 use rustix::thread::CapabilitySet;
 use std::io;
 use std::os::fd::{AsFd, BorrowedFd};
 use std::path::Path;
 use std::process::Command;
-
-/// Who the owner's CRIU runs as.
-pub(super) type Owner = RunAs;
 
 /// The only capabilities the owner's CRIU holds.
 const CAPS: CapabilitySet = CapabilitySet::CHECKPOINT_RESTORE.union(CapabilitySet::SETPCAP);
@@ -35,7 +33,7 @@ const CAPS: CapabilitySet = CapabilitySet::CHECKPOINT_RESTORE.union(CapabilitySe
 /// fds `inherit` open across the exec; it finds the kernel-feature cache
 /// of unprivileged CRIUs if a service made one (see
 /// [`kdat`](crate::server::engine::kdat)).
-pub(super) fn run_as(cmd: &mut Command, owner: &Owner, inherit: &[BorrowedFd<'_>]) {
+pub(super) fn run_as(cmd: &mut Command, owner: &Credentials, inherit: &[BorrowedFd<'_>]) {
     let cache = Path::new(UNPRIVILEGED_FILE).exists();
     owner.apply(
         cmd,

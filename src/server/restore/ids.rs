@@ -1,11 +1,10 @@
 //! Restore needs every pid, session and process group of the images free
 //! (CRIU recreates them): these checks name the process holding one.
 
-use super::RestoreError;
-use crate::procstat;
-use crate::server::engine::rpc::PstreeEntry;
+use super::settings::RestoreError;
+use crate::procfs::{self, PROC};
+use crate::server::images::criu_entries::PstreeEntry;
 use std::collections::BTreeSet;
-use std::path::Path;
 use std::time::{Duration, Instant};
 
 /// Checks that every pid, session id and process group id of the images is
@@ -20,7 +19,7 @@ pub fn check_ids_free(tree: &[PstreeEntry], shell_job: bool) -> Result<(), Resto
         .flat_map(|t| std::iter::once(t.pid).chain(t.threads.iter().copied()))
         .collect();
     for &pid in &pids {
-        if Path::new(&format!("/proc/{pid}")).exists() {
+        if PROC.exists(pid) {
             return Err(RestoreError::IdInUse {
                 what: "pid",
                 id: pid,
@@ -50,34 +49,24 @@ pub fn check_ids_free(tree: &[PstreeEntry], shell_job: bool) -> Result<(), Resto
 
 /// A live process whose session or process group is `id`.
 fn member_of(what: &str, id: u32) -> Option<u32> {
-    for entry in std::fs::read_dir("/proc").ok()?.flatten() {
-        let Some(pid) = entry
-            .file_name()
-            .to_str()
-            .and_then(|n| n.parse::<u32>().ok())
-        else {
-            continue;
-        };
-        let Ok(stat) = std::fs::read_to_string(entry.path().join("stat")) else {
-            continue;
-        };
-        let field = if what == "session" {
-            procstat::SESSION
-        } else {
-            procstat::PGRP
-        };
-        if procstat::field::<u32>(&stat, field) == Some(id) {
-            return Some(pid);
-        }
-    }
-    None
+    let field = if what == "session" {
+        procfs::SESSION
+    } else {
+        procfs::PGRP
+    };
+    PROC.pids().ok()?.into_iter().find_map(|pid| {
+        let stat = PROC.read(pid, "stat").ok()?;
+        let pid = u32::try_from(pid).ok()?;
+        (procfs::field::<u32>(&stat, field) == Some(id)).then_some(pid)
+    })
 }
 
 fn describe(pid: u32) -> String {
-    let name = std::fs::read_to_string(format!("/proc/{pid}/comm")).unwrap_or_default();
-    let state = std::fs::read_to_string(format!("/proc/{pid}/stat"))
+    let name = PROC.read(pid, "comm").unwrap_or_default();
+    let state = PROC
+        .read(pid, "stat")
         .ok()
-        .and_then(|s| procstat::field::<String>(&s, procstat::STATE))
+        .and_then(|s| procfs::field::<String>(&s, procfs::STATE))
         .unwrap_or_default();
     let zombie = if state == "Z" { ", a zombie" } else { "" };
     format!("process {pid} ({}{zombie})", name.trim())

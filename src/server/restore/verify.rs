@@ -3,7 +3,7 @@
 //!
 //! The verified bytes and the bytes CRIU reads are kept the same this way:
 //! each image file is opened once (`O_NOFOLLOW`), and its bytes are
-//! hashed from that open file and placed in a [`PrivateSubdir`] of root's
+//! hashed from that open file and placed in a [`RootSubdir`] of root's
 //! (0700, in the images directory, on the same filesystem), which is the
 //! only directory CRIU is given:
 //!
@@ -18,17 +18,18 @@
 //! Then the credentials of every task and thread (`core-*.img`) must be the
 //! recorded owner's, and a non-root owner's tasks must hold no capability.
 
-use super::RestoreError;
-use crate::server::engine::rpc::{CoreEntry, PstreeEntry};
-use crate::server::generation::{LATEST, Resolved, is_generation_name};
-use crate::server::images::{
+use super::settings::RestoreError;
+use crate::server::caller::credentials::Credentials;
+use crate::server::fs::generations::{LATEST, Resolved, is_generation_name};
+use crate::server::fs::root_subdir::RootSubdir;
+use crate::server::images::criu_entries::{CoreEntry, PstreeEntry};
+use crate::server::images::format::ImageMeta;
+use crate::server::images::format::{
     copy, entries, entry_names, first_entry, only_root_writes, read_image,
 };
-use crate::server::manifest::{
+use crate::server::images::manifest::{
     FileDigest, Key, MANIFEST_FILE, Manifest, hash_file, unsigned_extra,
 };
-use crate::server::subdir::PrivateSubdir;
-use crate::server::{as_caller::CallerCreds, images::ImageMeta};
 use prost::Message;
 use rustix::fs::{AtFlags, FileType, Mode, OFlags};
 use std::io;
@@ -37,7 +38,7 @@ use std::os::fd::{AsFd, OwnedFd};
 /// Images checked and placed where only root can change them.
 #[derive(Debug)]
 pub struct Verified {
-    pub(crate) subdir: PrivateSubdir,
+    pub(crate) subdir: RootSubdir,
     /// What the manifest says (or, unsigned, what could be guessed).
     pub meta: ImageMeta,
     /// The tasks of the images.
@@ -60,70 +61,29 @@ impl Drop for Verified {
     }
 }
 
-/// The verified manifest of `images`; `None` for images taken unsigned
-/// (`trust_unsigned`).
-fn manifest_of(
-    images: &impl AsFd,
-    key: Option<&Key>,
-    trust_unsigned: bool,
-) -> Result<Option<Manifest>, RestoreError> {
-    use crate::server::manifest::ManifestError::Missing;
-    let manifest = match (Manifest::read(images), key) {
-        (Ok(bytes), Some(key)) => {
-            Some(Manifest::verify(&bytes, key).map_err(RestoreError::refused)?)
-        }
-        (Ok(_), None) => None, // unsigned by choice: --trust-unsigned without a key
-        (Err(Missing), _) if trust_unsigned => None,
-        (Err(Missing), _) => return Err(RestoreError::Refused(unsigned(images))),
-        (Err(e), _) => return Err(RestoreError::refused(e)),
-    };
-    if manifest.is_none() && !trust_unsigned {
-        return Err(RestoreError::Refused(
-            "no key to verify the images with".into(),
-        ));
-    }
-    Ok(manifest)
-}
-
-/// Why images without a manifest are refused: not a checkpoint at all
-/// (no CRIU images either), or images made by plain CRIU.
-fn unsigned(images: &impl AsFd) -> String {
-    let criu_made = rustix::fs::statat(images, "inventory.img", AtFlags::SYMLINK_NOFOLLOW).is_ok();
-    if criu_made {
-        format!(
-            "no {MANIFEST_FILE}: these CRIU images are not signed (not made by a selfdump \
-             service); `selfdump restore --trust-unsigned` restores them unchecked (root only)"
-        )
-    } else {
-        "not a checkpoint: no generation named `latest`, no CRIU images (inventory.img) and \
-         no selfdump manifest here (`selfdump inspect DIR` shows what a directory holds)"
-            .into()
-    }
-}
-
 /// Verifies the images in `images` (an open directory, resolved from what
 /// the restorer named, and held) with `key`, or, with `trust_unsigned`,
 /// takes images without a manifest as they are.
 /// `creds` makes and removes the private directory (the directory owner's
-/// or the requester's: see [`PrivateSubdir`]); `may_restore` sees the
+/// or the requester's: see [`RootSubdir`]); `may_restore` sees the
 /// signed facts first (the owner, to compare with the requester).
 pub(crate) fn verify(
     images: Resolved,
     key: Option<&Key>,
     trust_unsigned: bool,
-    creds: CallerCreds,
+    creds: Credentials,
     may_restore: impl FnOnce(&ImageMeta) -> Result<(), RestoreError>,
 ) -> Result<Verified, RestoreError> {
     let Resolved {
         dir: images,
         generation,
     } = images;
-    let manifest = manifest_of(&images, key, trust_unsigned)?;
+    let manifest = signed_manifest(&images, key, trust_unsigned)?;
     if let Some(m) = &manifest {
         may_restore(&m.meta)?;
     }
     let wanted = wanted(&images, manifest.as_ref())?;
-    let subdir = PrivateSubdir::create(images, ".selfdump-restore-", creds, |_| {})
+    let subdir = RootSubdir::create(images, ".selfdump-restore-", creds, |_| {})
         .map_err(|e| RestoreError::Refused(format!("cannot make a private directory: {e}")))?;
     let mut verified = Verified {
         subdir,
@@ -163,6 +123,47 @@ pub(crate) fn verify(
 /// ignored, with a warning naming it: nobody can tell when or by whom it
 /// was put there, and CRIU never sees it); without a manifest, every file
 /// but logs and statistics.
+/// The images' manifest, its signature checked with `key`; `None` only
+/// for unsigned images restored on purpose (`trust_unsigned`).
+fn signed_manifest(
+    images: &OwnedFd,
+    key: Option<&Key>,
+    trust_unsigned: bool,
+) -> Result<Option<Manifest>, RestoreError> {
+    use crate::server::images::manifest::ManifestError::Missing;
+    let manifest = match (Manifest::read(images), key) {
+        (Ok(bytes), Some(key)) => {
+            Some(Manifest::verify(&bytes, key).map_err(RestoreError::refused)?)
+        }
+        (Ok(_), None) => None, // unsigned by choice: --trust-unsigned without a key
+        (Err(Missing), _) if trust_unsigned => None,
+        (Err(Missing), _) => return Err(RestoreError::Refused(unsigned(images))),
+        (Err(e), _) => return Err(RestoreError::refused(e)),
+    };
+    if manifest.is_none() && !trust_unsigned {
+        return Err(RestoreError::Refused(
+            "no key to verify the images with".into(),
+        ));
+    }
+    Ok(manifest)
+}
+
+/// Why images without a manifest are refused: not a checkpoint at all
+/// (no CRIU images either), or images made by plain CRIU.
+fn unsigned(images: &impl AsFd) -> String {
+    let criu_made = rustix::fs::statat(images, "inventory.img", AtFlags::SYMLINK_NOFOLLOW).is_ok();
+    if criu_made {
+        format!(
+            "no {MANIFEST_FILE}: these CRIU images are not signed (not made by a selfdump \
+             service); `selfdump restore --trust-unsigned` restores them unchecked (root only)"
+        )
+    } else {
+        "not a checkpoint: no generation named `latest`, no CRIU images (inventory.img) and \
+         no selfdump manifest here (`selfdump inspect DIR` shows what a directory holds)"
+            .into()
+    }
+}
+
 fn wanted(images: &OwnedFd, manifest: Option<&Manifest>) -> Result<Vec<FileDigest>, RestoreError> {
     let present = list(images)?;
     let Some(m) = manifest else {
