@@ -37,6 +37,24 @@ pub fn spawn_guard() -> SpawnGuard {
     }
 }
 
+/// Spawns `cmd` holding the [`spawn_guard`] from fork to exec only (never
+/// while the child runs: a freeze would wait for it). Every child the
+/// service starts goes through here.
+pub(crate) fn spawn(cmd: &mut std::process::Command) -> std::io::Result<std::process::Child> {
+    let _forking = spawn_guard();
+    cmd.spawn()
+}
+
+/// [`spawn`], then waits for the child's exit and output (stdin null,
+/// stdout and stderr captured, as `Command::output` does).
+pub(crate) fn output(cmd: &mut std::process::Command) -> std::io::Result<std::process::Output> {
+    use std::process::Stdio;
+    cmd.stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    spawn(cmd)?.wait_with_output()
+}
+
 /// Runs `f` so that no child is between fork and exec meanwhile.
 pub(crate) fn without_forks<T>(f: impl FnOnce() -> T) -> T {
     let _guard = FORK_GUARD

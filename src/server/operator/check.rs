@@ -2,7 +2,7 @@
 
 pub use super::finding::Finding;
 use super::finding::finding;
-use crate::server::engine::Criu;
+use crate::server::engine::{Criu, output, spawn};
 use crate::server::fs::service_dir::ServiceDir;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
@@ -52,7 +52,7 @@ pub fn check(criu: &Criu, scratch: &Path) -> Vec<Finding> {
 
 /// Whether CRIU runs at all: the finding and what `criu --version` said.
 fn installed(criu: &Criu) -> Result<(Finding, String), Finding> {
-    match Command::new(&criu.path).arg("--version").output() {
+    match output(Command::new(&criu.path).arg("--version")) {
         Ok(o) => Ok((
             finding("criu installed", true, criu.path.display().to_string()),
             String::from_utf8_lossy(&o.stdout).into_owned(),
@@ -84,7 +84,7 @@ fn at_least_4(version: &str) -> Result<Finding, Finding> {
 
 /// Whether `criu check` passes on this kernel.
 fn kernel_supported(criu: &Criu) -> Result<Finding, Finding> {
-    match Command::new(&criu.path).arg("check").output() {
+    match output(Command::new(&criu.path).arg("check")) {
         Ok(o) if o.status.success() => Ok(finding("criu check", true, "kernel supported")),
         Ok(o) => {
             let err = String::from_utf8_lossy(&o.stderr);
@@ -111,16 +111,12 @@ fn start_sleeper() -> Result<std::process::Child, String> {
         use std::os::unix::process::CommandExt;
         cmd.pre_exec(|| rustix::process::setsid().map(drop).map_err(Into::into));
     }
-    cmd.spawn().map_err(|e| format!("cannot start sleep: {e}"))
+    spawn(&mut cmd).map_err(|e| format!("cannot start sleep: {e}"))
 }
 
 /// Runs `criu ARGS -D DIR`; `Err` says where its log is.
 fn run_criu(criu: &Criu, scratch: &ServiceDir, dir: &Path, args: &[&str]) -> Result<(), String> {
-    let o = Command::new(&criu.path)
-        .args(args)
-        .arg("-D")
-        .arg(dir)
-        .output()
+    let o = output(Command::new(&criu.path).args(args).arg("-D").arg(dir))
         .map_err(|e| e.to_string())?;
     if o.status.success() {
         Ok(())

@@ -153,7 +153,7 @@ fn start_sleeper() -> Result<std::process::Child, String> {
     unsafe {
         cmd.pre_exec(|| rustix::process::setsid().map(drop).map_err(Into::into));
     }
-    cmd.spawn().map_err(|e| format!("cannot start sleep: {e}"))
+    crate::server::engine::spawn(&mut cmd).map_err(|e| format!("cannot start sleep: {e}"))
 }
 
 /// `criu ARGS --unprivileged -D <dir> -v4` as uid 65534, as the service
@@ -189,8 +189,8 @@ fn run(criu: &Criu, dir: &OwnedFd, args: &[&str]) -> Result<(), String> {
             runtime_dir: cache.then(|| Path::new(UNPRIVILEGED_DIR)),
         },
     );
-    let status = cmd
-        .status()
+    let status = crate::server::engine::spawn(&mut cmd)
+        .and_then(|mut child| child.wait())
         .map_err(|e| format!("cannot run {}: {e}", criu.path.display()))?;
     if status.success() {
         return Ok(());

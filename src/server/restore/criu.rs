@@ -145,8 +145,7 @@ fn wait_within(
     settings: &RestoreSettings,
 ) -> Result<std::process::ExitStatus, String> {
     let started = Instant::now();
-    let mut child = cmd
-        .spawn()
+    let mut child = crate::server::engine::spawn(&mut cmd)
         .map_err(|e| format!("cannot run {}: {e}", settings.criu.path.display()))?;
     loop {
         match child.try_wait() {

@@ -184,12 +184,8 @@ fn run_check_with_run_at(criu: &Criu, run_dir: &Path) -> io::Result<()> {
             Ok(())
         });
     }
-    let status = {
-        // no caller's connection may be copied into the forked child
-        let _forking = crate::server::engine::spawn_guard();
-        cmd.spawn()?
-    }
-    .wait()?;
+    // no caller's connection may be copied into the forked child
+    let status = crate::server::engine::spawn(&mut cmd)?.wait()?;
     log::debug!("criu check for the kdat cache: {status}");
     Ok(())
 }

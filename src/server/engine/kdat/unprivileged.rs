@@ -93,12 +93,8 @@ fn run_check_in(criu: &Criu, scratch: &ServiceDir) -> io::Result<Vec<u8>> {
             runtime_dir: Some(Path::new(&runtime_dir)),
         },
     );
-    let status = {
-        // no caller's connection may be copied into the forked child
-        let _forking = crate::server::engine::spawn_guard();
-        cmd.spawn()?
-    }
-    .wait()?;
+    // no caller's connection may be copied into the forked child
+    let status = crate::server::engine::spawn(&mut cmd)?.wait()?;
     log::debug!("unprivileged criu check for the kdat cache: {status}");
     let bytes =
         crate::server::images::format::read_image(&user_dir, "criu.kdat").ok_or_else(|| {

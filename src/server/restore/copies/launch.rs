@@ -109,7 +109,7 @@ fn prepare_copy(
             .stdin(Stdio::null())
             .stdout(Stdio::from(status))
             .stderr(Stdio::null());
-        let child = cmd.spawn().map_err(|e| {
+        let child = crate::server::engine::spawn(&mut cmd).map_err(|e| {
             copy_error(
                 number,
                 &work,
@@ -192,8 +192,7 @@ fn launch_copy(
             None
         }
     };
-    let restore = cmd
-        .spawn()
+    let restore = crate::server::engine::spawn(&mut cmd)
         .map_err(|e| failed("cannot run criu restore", &e, "restore.log"))?;
     Ok((
         Pending {
