@@ -351,16 +351,46 @@ fn a_restore_has_a_deadline() {
 
     std::fs::remove_file(images.path().join("latest").join(MANIFEST_FILE)).unwrap();
     let started = std::time::Instant::now();
-    let result = restore_with(images.path(), &["--trust-unsigned", "--timeout", "3"]);
+    let mut restore = Command::new(selfdump_bin())
+        .args(["restore", "--trust-unsigned", "--timeout", "3", "--criu"])
+        .arg(criu().path)
+        .arg(images.path())
+        .env("RUST_LOG", "warn")
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let ended = poll_for(std::time::Duration::from_secs(20), || {
+        restore.try_wait().unwrap().is_some()
+    });
     let took = started.elapsed();
+    if !ended {
+        // (with its CRIU, in a process group of its own)
+        let children = format!("/proc/{}/task/{}/children", restore.id(), restore.id());
+        for criu in read(Path::new(&children)).split_whitespace() {
+            let group = rustix::process::Pid::from_raw(criu.parse().unwrap()).unwrap();
+            let _ = rustix::process::kill_process_group(group, rustix::process::Signal::KILL);
+        }
+        let _ = restore.kill();
+    }
+    let out = restore.wait_with_output().unwrap();
     assert!(
-        took < std::time::Duration::from_secs(20),
-        "the deadline held: {took:?}"
+        ended,
+        "the restore still ran after {took:?}: its deadline never fired"
     );
+    let result = match out.status.success() {
+        true => Ok(String::from_utf8_lossy(&out.stdout).into_owned()),
+        false => Err(String::from_utf8_lossy(&out.stderr).into_owned()),
+    };
     match result {
         Ok(restored) => panic!("half a page file restored as pid {restored}"),
-        Err(e) => assert!(e.contains("criu restore"), "{e}"),
+        // the deadline ended it, not some quicker failure of CRIU's
+        Err(e) => assert!(e.contains("criu restore did not finish within 3s"), "{e}"),
     }
+    assert!(
+        took >= std::time::Duration::from_secs(3),
+        "ended after {took:?}, before its deadline"
+    );
     assert!(
         poll_for(std::time::Duration::from_secs(10), || {
             process_state(pid).is_none_or(|s| s == 'Z')

@@ -27,6 +27,7 @@ pub(super) async fn conclude(
     as_caller: bool,
     received: Instant,
 ) -> Outcome {
+    let caller_alive = hooks.peer.process.is_alive();
     let Hooks {
         staging,
         meta,
@@ -42,7 +43,7 @@ pub(super) async fn conclude(
     match dumped {
         Err(e) => {
             let tree = as_caller.then(|| root.unwrap_or(&peer.process));
-            discard(staging, &e, caller, tree, job, generation).await
+            discard(staging, &e, caller, tree, job, generation, caller_alive).await
         }
         Ok(dumped) => {
             let published = blocking::unblock(move || staging.publish(&meta)).await;
@@ -78,10 +79,11 @@ async fn discard(
     tree: Option<&Process>,
     job: JobId,
     generation: String,
+    caller_alive: bool,
 ) -> Outcome {
     let committed = staging.is_committed();
     let (log_file, logged) = blocking::unblock(move || staging.discard()).await;
-    let mut message = failure_message(e, logged, caller, tree);
+    let mut message = failure_message(e, logged, caller, tree, caller_alive);
     if committed {
         message.push_str(&format!(
             " (after the images were committed as generation {generation}, which latest names)"
