@@ -61,8 +61,8 @@ fn a_tree_that_shrinks_and_grows_restores_from_latest_each_time() {
     );
     assert!(line_of(&kept[1]).ends_with("verifies"), "{said}");
     assert!(
-        said.contains("5 task(s), root exe (1)"),
-        "the init, pid 1: {said}"
+        said.contains("5 tasks, root selfdump-init (1)"),
+        "the init, pid 1, by its own name: {said}"
     );
 }
 

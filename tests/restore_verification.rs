@@ -235,18 +235,23 @@ fn tampered_images_are_refused_with_the_file_named() {
 
 use std::os::unix::process::CommandExt;
 
+/// `selfdump inspect --json`, whose exit code says what its verdict says
+/// (0 restorable here, 1 not, 3 cannot tell).
 fn inspect_json(images: &Path) -> serde_json::Value {
     let out = Command::new(selfdump_bin())
         .args(["inspect", "--json"])
         .arg(images)
         .output()
         .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    serde_json::from_slice(&out.stdout).unwrap()
+    let found: serde_json::Value = serde_json::from_slice(&out.stdout)
+        .unwrap_or_else(|e| panic!("{e}: {}", String::from_utf8_lossy(&out.stderr)));
+    let code = match found["verdict"]["restorable"].as_bool() {
+        Some(true) => 0,
+        Some(false) => 1,
+        None => 3,
+    };
+    assert_eq!(out.status.code(), Some(code), "{found:#}");
+    found
 }
 
 #[test]
@@ -288,6 +293,7 @@ fn inspect_shows_a_checkpoint_at_a_glance() {
         .as_str()
         .expect("the original still runs");
     assert!(in_use.contains(&program.pid.to_string()), "{in_use}");
+    assert_eq!(live["verdict"]["restorable"], false, "{live:#}");
 
     let children = program.children();
     program.kill();
@@ -296,12 +302,14 @@ fn inspect_shows_a_checkpoint_at_a_glance() {
     }
     let gone = inspect_json(images.path());
     assert!(gone["ids_in_use"].is_null(), "{gone:#}");
+    assert_eq!(gone["verdict"]["restorable"], true, "{gone:#}");
 
     let generation = images.path().join("latest");
     flip_byte(&generation.join(MANIFEST_FILE), 10); // in the signature
     std::fs::write(generation.join("extra.img"), b"x").unwrap();
     let tampered = inspect_json(images.path());
     assert_eq!(tampered["signature"]["verifies"], false);
+    assert_eq!(tampered["verdict"]["restorable"], false, "{tampered:#}");
     let extra = tampered["files"]
         .as_array()
         .unwrap()

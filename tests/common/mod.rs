@@ -109,7 +109,7 @@ pub fn example(name: &str) -> PathBuf {
             return;
         }
         let status = Command::new(env!("CARGO"))
-            .args(["build", "--quiet", "--examples"])
+            .args(["build", "--quiet", "--examples", "--features", "cli"])
             .current_dir(env!("CARGO_MANIFEST_DIR"))
             .status()
             .expect("run cargo");

@@ -3,8 +3,10 @@
 //! one `latest` names, when each was made, its size and tree, whether it
 //! verifies), and for the one `latest` names (or the directory itself, if
 //! it holds images directly): the tree, the owner and options, sizes,
-//! when and by which service it was made, whether its signature verifies
-//! and with which key, and whether its pids are free here.
+//! when and by which service it was made, CRIU's statistics of the dump,
+//! whether its signature verifies and with which key, whether its pids
+//! are free here; and the verdict: would `selfdump restore` restore it
+//! here now, and if not, why.
 //!
 //! Inspecting reads the images as they are; it checks the manifest's
 //! signature and each file's presence and size, but does not hash the
@@ -13,13 +15,15 @@
 //! ```no_run
 //! use selfdump::server::inspect::inspect;
 //! let report = inspect(std::path::Path::new("/var/lib/myapp/images"), None)?;
-//! println!("{} tasks, signed: {:?}", report.tree.len(), report.signature);
+//! println!("{} tasks: {}", report.tree.len(), report.verdict.summary);
 //! # Ok::<(), std::io::Error>(())
 //! ```
 
+mod verdict;
+
 use crate::server::fs::generations::{self, LATEST, read_latest};
 use crate::server::images::criu_entries::{CoreEntry, PstreeEntry};
-use crate::server::images::format::{ImageMeta, entries, first_entry, read_image};
+use crate::server::images::format::{ImageMeta, dump_stats, entries, first_entry, read_image};
 use crate::server::images::manifest::{Key, MANIFEST_FILE, Manifest, unsigned_extra};
 use crate::server::restore::check_ids_free;
 use prost::Message;
@@ -27,6 +31,8 @@ use serde::Serialize;
 use std::io;
 use std::os::fd::AsFd;
 use std::path::Path;
+pub use verdict::Verdict;
+use verdict::verdict;
 
 /// One task of the checkpointed tree.
 #[derive(Debug, Clone, Serialize)]
@@ -56,6 +62,25 @@ pub struct FileInfo {
     /// signed` (not part of the images: a restore ignores it), `missing`,
     /// or `extra` (logs and statistics, which are not signed).
     pub state: String,
+    /// Its size as signed, if the manifest lists it.
+    pub signed_size: Option<u64>,
+}
+
+/// CRIU's own statistics of the dump (its `stats-dump` file).
+#[derive(Debug, Clone, Serialize)]
+pub struct CriuStats {
+    /// Microseconds CRIU took to freeze the tree.
+    pub freezing_us: u64,
+    /// Microseconds the tree was frozen.
+    pub frozen_us: u64,
+    /// Microseconds CRIU took to collect the memory pages.
+    pub memdump_us: u64,
+    /// Microseconds CRIU took to write them out.
+    pub memwrite_us: u64,
+    /// Memory pages CRIU looked at.
+    pub pages_scanned: u64,
+    /// Memory pages it wrote.
+    pub pages_written: u64,
 }
 
 /// The signature of the images.
@@ -120,6 +145,13 @@ pub struct Inspection {
     /// Which process holds a pid, session or group of the tree here, if
     /// one does (`None`: a restore here finds them free).
     pub ids_in_use: Option<String>,
+    /// CRIU's statistics of the dump, if it left them.
+    pub stats: Option<CriuStats>,
+    /// A file of the images this process could not read, and why (the
+    /// images are their owner's, mode 0600).
+    pub unreadable: Option<String>,
+    /// Whether it restores here.
+    pub verdict: Verdict,
 }
 
 /// Inspects the images directory `dir`: its generations, and the
@@ -136,11 +168,13 @@ pub fn inspect(dir: &Path, key: Option<&Key>) -> io::Result<Inspection> {
         Some(name) => dir.join(name),
         None => dir.to_path_buf(),
     };
-    Ok(Inspection {
+    let mut found = Inspection {
         generations,
         generation: latest,
         ..inspect_images(&images, key)?
-    })
+    };
+    found.verdict = verdict(&found);
+    Ok(found)
 }
 
 /// One generation at a glance.
@@ -200,6 +234,7 @@ fn inspect_images(dir: &Path, key: Option<&Key>) -> io::Result<Inspection> {
         })
         .unwrap_or_default();
     let tree = pstree.iter().map(|t| task(&fd, t)).collect();
+    let unreadable = unreadable(&fd, &files);
     let meta = manifest.map(|m| m.meta);
     let shell_job = meta.as_ref().is_some_and(|m| m.shell_job);
     // a whole pid namespace restores into a fresh one: no host pid needed
@@ -213,11 +248,38 @@ fn inspect_images(dir: &Path, key: Option<&Key>) -> io::Result<Inspection> {
         files,
         bytes,
         pages,
-        ids_in_use: (!namespace)
+        ids_in_use: (!namespace && !pstree.is_empty())
             .then(|| check_ids_free(&pstree, shell_job).err())
             .flatten()
             .map(|e| e.to_string()),
+        stats: dump_stats(&fd).map(|s| CriuStats {
+            freezing_us: s.freezing_time.into(),
+            frozen_us: s.frozen_time.into(),
+            memdump_us: s.memdump_time.into(),
+            memwrite_us: s.memwrite_time.into(),
+            pages_scanned: s.pages_scanned,
+            pages_written: s.pages_written,
+        }),
+        unreadable,
+        verdict: Verdict {
+            restorable: None,
+            summary: String::new(),
+        },
     })
+}
+
+/// The first file CRIU needs that this process cannot open, and why.
+fn unreadable(dir: &impl AsFd, files: &[FileInfo]) -> Option<String> {
+    use rustix::fs::{Mode, OFlags};
+    let needed = [MANIFEST_FILE, "inventory.img", "pstree.img"];
+    files
+        .iter()
+        .filter(|f| needed.contains(&f.name.as_str()) && f.state != "missing")
+        .find_map(|f| {
+            let flags = OFlags::RDONLY | OFlags::NOFOLLOW | OFlags::CLOEXEC | OFlags::NONBLOCK;
+            let e = rustix::fs::openat(dir, f.name.as_str(), flags, Mode::empty()).err()?;
+            Some(format!("{}: {}", f.name, std::io::Error::from(e)))
+        })
 }
 
 /// The manifest, parsed, and whether it verifies with `key`.
@@ -264,6 +326,7 @@ fn files(dir: &Path, manifest: Option<&Manifest>) -> io::Result<(Vec<FileInfo>, 
         if name.starts_with("pages-") {
             pages += size / 4096;
         }
+        let signed = manifest.and_then(|m| m.file(&name));
         let state = match manifest.map(|m| m.file(&name)) {
             _ if name == MANIFEST_FILE => "manifest",
             _ if unsigned_extra(&name) => "extra",
@@ -276,6 +339,7 @@ fn files(dir: &Path, manifest: Option<&Manifest>) -> io::Result<(Vec<FileInfo>, 
             name,
             size,
             state: state.into(),
+            signed_size: signed.map(|f| f.size),
         });
     }
     for missing in manifest.iter().flat_map(|m| &m.files) {
@@ -284,6 +348,7 @@ fn files(dir: &Path, manifest: Option<&Manifest>) -> io::Result<(Vec<FileInfo>, 
                 name: missing.name.clone(),
                 size: 0,
                 state: "missing".into(),
+                signed_size: Some(missing.size),
             });
         }
     }
