@@ -2,23 +2,9 @@
 //! restore the checkpoint here, now; and if not, why (or why this user
 //! cannot tell).
 
-use super::Inspection;
-use serde::Serialize;
+use super::report::{Inspection, Verdict};
 
-/// Whether `selfdump restore` would restore the inspected checkpoint
-/// here, now, in one line.
-#[derive(Debug, Clone, Serialize)]
-pub struct Verdict {
-    /// `Some(true)`: it would (as far as sizes and the signature tell: a
-    /// restore also hashes every file); `Some(false)`: it would not;
-    /// `None`: this user cannot tell (the key or the images are not
-    /// readable here).
-    pub restorable: Option<bool>,
-    /// Why, or what to do, for a person.
-    pub summary: String,
-}
-
-/// The verdict on what [`inspect`] found.
+/// The verdict on what [`inspect`](super::inspect) found.
 pub(super) fn verdict(found: &Inspection) -> Verdict {
     let (restorable, summary) = match why_not(found) {
         Some((restorable, why)) => (restorable, why),
