@@ -7,6 +7,7 @@
 //! CRIU's own statistics.
 
 mod common;
+use common::Guarded;
 
 use common::looping::Holds;
 use common::*;
@@ -51,7 +52,7 @@ fn a_client_the_sockets_mode_keeps_out_hears_the_service_runs_and_what_to_do() {
         .env("RUST_LOG", "warn")
         .uid(NOBODY)
         .gid(NOBODY)
-        .output()
+        .output_guarded()
         .unwrap();
     let said = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(1), "{said}");
@@ -87,7 +88,7 @@ fn serve_two_connections(socket: &Path, log: &Path, holds: &Holds) -> Serving {
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(File::create(log).unwrap())
-        .spawn()
+        .spawn_guarded()
         .unwrap();
     let serve = Serving(serve);
     let deadline = Instant::now() + Duration::from_secs(20);
@@ -179,7 +180,7 @@ fn a_restore_that_fails_on_a_log_written_without_append_says_why() {
         .stdin(Stdio::null())
         .stdout(out.try_clone().unwrap())
         .stderr(out)
-        .spawn()
+        .spawn_guarded()
         .unwrap();
     let line = wait_for_line(&log, "the checkpoint", |l| l.starts_with("checkpoint "));
     // the log grows past the size it was dumped with
@@ -223,7 +224,7 @@ fn check_pid_says_each_fix_once() {
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(Stdio::null())
-        .spawn()
+        .spawn_guarded()
         .unwrap();
     let pid = child.id();
     let deadline = Instant::now() + Duration::from_secs(10);
@@ -235,7 +236,7 @@ fn check_pid_says_each_fix_once() {
     let out = Command::new(selfdump_bin())
         .args(["check", "--pid", &pid.to_string()])
         .env("RUST_LOG", "warn")
-        .output()
+        .output_guarded()
         .unwrap();
     let _ = child.kill();
     let _ = child.wait();

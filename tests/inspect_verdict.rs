@@ -6,6 +6,7 @@
 //! verdict as a field). A restore of what is not a checkpoint says so.
 
 mod common;
+use common::Guarded;
 
 use common::*;
 use selfdump::server::manifest::MANIFEST_FILE;
@@ -19,7 +20,7 @@ fn inspect(args: &[&str], dir: &Path) -> Output {
         .args(args)
         .arg(dir)
         .env("RUST_LOG", "warn")
-        .output()
+        .output_guarded()
         .unwrap()
 }
 
@@ -48,7 +49,7 @@ fn copy_of(images: &Path) -> tempfile::TempDir {
         .arg("-a")
         .arg(format!("{}/latest/.", images.display()))
         .arg(copy.path())
-        .status()
+        .status_guarded()
         .unwrap();
     assert!(status.success());
     std::fs::set_permissions(
@@ -149,7 +150,7 @@ fn a_checkpoint_is_restorable_once_its_ids_are_free_and_inspect_says_so() {
         .arg(images.path())
         .uid(65534)
         .gid(65534)
-        .output()
+        .output_guarded()
         .unwrap();
     let (code, text) = said(&out);
     assert_eq!(code, Some(3), "{text}");

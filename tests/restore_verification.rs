@@ -5,6 +5,7 @@
 //! named, and nothing of it runs.
 
 mod common;
+use common::Guarded;
 
 use common::*;
 use selfdump::server::manifest::{DEFAULT_KEY_FILE, Key, MANIFEST_FILE, Manifest};
@@ -19,7 +20,7 @@ fn copy_of(images: &Path) -> tempfile::TempDir {
         .arg("-a")
         .arg(format!("{}/latest/.", images.display()))
         .arg(copy.path())
-        .status()
+        .status_guarded()
         .unwrap();
     assert!(status.success());
     // (a generation is 0700, and `cp -a` copied that too)
@@ -73,7 +74,7 @@ fn restore_warning(images: &Path) -> (i32, String) {
         .arg(criu().path)
         .arg(images)
         .env("RUST_LOG", "warn")
-        .output()
+        .output_guarded()
         .unwrap();
     let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
     assert!(out.status.success(), "{stderr}");
@@ -211,7 +212,7 @@ fn tampered_images_are_refused_with_the_file_named() {
         .arg(&service.socket)
         .arg(copy.path())
         .uid(65534)
-        .output()
+        .output_guarded()
         .unwrap();
     assert!(!as_nobody.status.success());
     let said = String::from_utf8_lossy(&as_nobody.stderr);
@@ -241,7 +242,7 @@ fn inspect_json(images: &Path) -> serde_json::Value {
     let out = Command::new(selfdump_bin())
         .args(["inspect", "--json"])
         .arg(images)
-        .output()
+        .output_guarded()
         .unwrap();
     let found: serde_json::Value = serde_json::from_slice(&out.stdout)
         .unwrap_or_else(|e| panic!("{e}: {}", String::from_utf8_lossy(&out.stderr)));
@@ -321,7 +322,7 @@ fn inspect_shows_a_checkpoint_at_a_glance() {
     let human = Command::new(selfdump_bin())
         .arg("inspect")
         .arg(images.path())
-        .output()
+        .output_guarded()
         .unwrap();
     let human = String::from_utf8_lossy(&human.stdout);
     assert!(
@@ -358,7 +359,7 @@ fn a_restore_has_a_deadline() {
         .env("RUST_LOG", "warn")
         .stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::piped())
-        .spawn()
+        .spawn_guarded()
         .unwrap();
     let ended = poll_for(std::time::Duration::from_secs(20), || {
         restore.try_wait().unwrap().is_some()
