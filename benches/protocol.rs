@@ -8,7 +8,7 @@
 //! at the directory check, so no dump runs. That refusal is the only
 //! shortcut, and it is named as such in the output.
 //!
-//! Run: `cargo bench --bench protocol` (as root, like the service).
+//! Run: `cargo bench --features server --bench protocol` (as root, like the service).
 
 #[path = "support/report.rs"]
 mod report;

@@ -6,6 +6,7 @@
 //! shows that the deadline is what ends it.
 
 mod common;
+use common::Guarded;
 
 use common::*;
 use selfdump::server::copies::restore_copies;
@@ -36,7 +37,7 @@ fn checkpointed_clone_stamp(service: &Service, exit: bool) -> tempfile::TempDir 
         .stdin(Stdio::null())
         .stdout(out.try_clone().unwrap())
         .stderr(out)
-        .status()
+        .status_guarded()
         .unwrap();
     assert!(status.success(), "{}", read(&log));
     images

@@ -3,6 +3,7 @@
 //! real CRIU, as root.
 
 mod common;
+use common::Guarded;
 
 use async_io::Async;
 use common::*;
@@ -260,7 +261,7 @@ fn shutdown_of_an_idle_server_returns_at_once() {
 fn supervisor_example_runs_and_exits_zero() {
     let out = Command::new(example("supervisor"))
         .stdin(Stdio::null())
-        .output()
+        .output_guarded()
         .unwrap();
     let stdout = String::from_utf8_lossy(&out.stdout);
     let stderr = String::from_utf8_lossy(&out.stderr);
@@ -294,7 +295,7 @@ fn supervisor_example_stops_on_sigterm() {
         .stdin(Stdio::null())
         .stdout(file.try_clone().unwrap())
         .stderr(file)
-        .spawn()
+        .spawn_guarded()
         .unwrap();
     wait_for_line(&log, "the supervisor to hold", |l| {
         l == "supervisor: holding until SIGTERM"

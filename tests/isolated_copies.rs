@@ -3,6 +3,7 @@
 //! copies at once, each told its number and a fresh restore id.
 
 mod common;
+use common::Guarded;
 
 use common::*;
 
@@ -115,7 +116,7 @@ fn start_isolated_with(
         .stdout(out.try_clone().unwrap())
         .stderr(out)
         .env("RUST_LOG", "warn")
-        .spawn()
+        .spawn_guarded()
         .expect("start selfdump run")
 }
 
@@ -126,7 +127,7 @@ fn restore_copies(images: &Path, n: u32) -> Vec<i32> {
         .arg(criu().path)
         .arg(images)
         .env("RUST_LOG", "info")
-        .output()
+        .output_guarded()
         .unwrap();
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(out.status.success(), "restore --copies failed: {stderr}");
@@ -242,7 +243,7 @@ fn a_program_started_with_selfdump_run_checkpoints_its_whole_namespace() {
     let out = Command::new(selfdump_bin())
         .arg("inspect")
         .arg(images.path())
-        .output()
+        .output_guarded()
         .unwrap();
     let shown = String::from_utf8_lossy(&out.stdout);
     assert!(
@@ -448,7 +449,7 @@ fn a_namespace_whose_init_is_not_the_callers_own_is_refused() {
         .args(["--mb", "1", "--secs", "5"])
         .stdout(out.try_clone().unwrap())
         .stderr(out)
-        .spawn()
+        .spawn_guarded()
         .unwrap());
     let line = wait_lines(&log, "original error", 1).pop().unwrap();
     assert!(line.contains("the init of your pid namespace"), "{line}");
@@ -460,7 +461,7 @@ fn a_namespace_whose_init_is_not_the_callers_own_is_refused() {
 fn lazy_pages_supported() -> bool {
     let ok = Command::new(criu().path)
         .args(["check", "--feature", "uffd-noncoop"])
-        .output()
+        .output_guarded()
         .is_ok_and(|o| o.status.success());
     if !ok {
         skip(
@@ -504,7 +505,7 @@ fn lazy_copies_run_before_their_memory_is_in_and_get_all_of_it() {
         .env("RUST_LOG", "info")
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
-        .spawn()
+        .spawn_guarded()
         .unwrap();
     let mut stdout = std::io::BufReader::new(restore.stdout.take().unwrap());
     let mut pids = Vec::new();
@@ -575,7 +576,7 @@ fn lazy_restore(images: &Path, criu: &Path) -> Result<(i32, std::process::Child)
         .env("RUST_LOG", "info")
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
-        .spawn()
+        .spawn_guarded()
         .unwrap();
     let mut stdout = std::io::BufReader::new(restore.stdout.take().unwrap());
     let mut line = String::new();
@@ -669,7 +670,7 @@ fn the_library_twin_starts_a_program_isolated_that_checkpoints_unchanged() {
         .stdin(Stdio::null())
         .stdout(out.try_clone().unwrap())
         .stderr(out)
-        .spawn()
+        .spawn_guarded()
         .unwrap());
     let line = wait_lines(&log, "original c", 1).pop().unwrap();
     assert!(line.starts_with("original continued"), "{line}");
@@ -721,7 +722,7 @@ fn copies_of_images_of_a_single_process_are_refused_saying_why() {
         .args(["restore", "--copies", "2", "--criu"])
         .arg(criu().path)
         .arg(images.path())
-        .output()
+        .output_guarded()
         .unwrap();
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success());
@@ -765,7 +766,7 @@ fn a_process_that_entered_the_namespace_from_outside_is_refused() {
         .args(["--mb", "1", "--secs", "1"])
         .stdout(out.try_clone().unwrap())
         .stderr(out)
-        .spawn()
+        .spawn_guarded()
         .unwrap();
     let line = wait_lines(&entered_log, "original ", 2).pop().unwrap();
     assert!(line.starts_with("original error"), "{line}");

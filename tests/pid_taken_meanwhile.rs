@@ -6,6 +6,7 @@
 //! (`ns_last_pid`), which would disturb tests running beside it.
 
 mod common;
+use common::Guarded;
 
 use common::*;
 use std::process::Command;
@@ -33,7 +34,7 @@ fn squat(pid: i32) -> Option<std::process::Child> {
     const LAST_PID: &str = "/proc/sys/kernel/ns_last_pid";
     std::fs::write(LAST_PID, (pid - 1).to_string())
         .unwrap_or_else(|e| panic!("root cannot steer the next pid ({LAST_PID}: {e})"));
-    let mut child = Command::new("sleep").arg("600").spawn().unwrap();
+    let mut child = Command::new("sleep").arg("600").spawn_guarded().unwrap();
     // the next ids are the images' thread ids: steer this process's next
     // threads (and anyone's next process) away from them
     let pid_max: i32 = read("/proc/sys/kernel/pid_max".as_ref())
@@ -69,7 +70,7 @@ fn a_pid_taken_after_the_check_is_waited_for_and_the_restore_tried_again() {
         .env("RUST_LOG", "warn")
         .stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::piped())
-        .spawn()
+        .spawn_guarded()
         .unwrap();
     // (the wrapper runs once the ids were checked: a child of the restore
     // named after its script)

@@ -19,7 +19,7 @@
 //! Needs root and CRIU >= 4 (scripts/install-criu.sh). Prints markdown
 //! sections (`support/report.rs`; `scripts/bench.sh` makes BENCHMARKS.md of
 //! them) and writes `target/selfdump-bench/freeze-time.svg`. Run: `cargo
-//! bench --bench checkpoint`; `SELFDUMP_BENCH_ONLY=e2e,freeze` runs only
+//! bench --features cli --bench checkpoint`; `SELFDUMP_BENCH_ONLY=e2e,freeze` runs only
 //! those parts (e2e, workers, freeze, concurrency, signing, nonroot);
 //! `SELFDUMP_BENCH_QUICK=1` runs fewer rounds and small sizes only.
 

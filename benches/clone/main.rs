@@ -17,7 +17,7 @@
 //!    timestamps) against its wall time (exec, start-up, kerndat).
 //!
 //! Needs root and CRIU >= 4 with userfaultfd for the lazy rows. Run:
-//! `cargo bench --bench clone`. `SELFDUMP_BENCH_QUICK=1`: 3 rounds instead
+//! `cargo bench --features cli --bench clone`. `SELFDUMP_BENCH_QUICK=1`: 3 rounds instead
 //! of 9, 64 MiB instead of 1 GiB, N up to 8.
 
 #[path = "../support/report.rs"]

@@ -3,6 +3,7 @@
 //! the names CRIU writes, and a full disk.
 
 use crate::Ctx;
+use crate::common::Guarded;
 use crate::common::*;
 use crate::support::*;
 use selfdump::proto::RefusalKind;
@@ -133,7 +134,7 @@ pub fn disk_full(ctx: &mut Ctx) -> String {
     let status = std::process::Command::new("mount")
         .args(["-t", "tmpfs", "-o", "size=64k,mode=0755", "tmpfs"])
         .arg(images.path())
-        .status();
+        .status_guarded();
     if !status.as_ref().is_ok_and(|s| s.success()) {
         let why = format!("cannot mount a tiny tmpfs ({status:?}), so no full disk");
         return ctx.skip(Limit::NoTmpfsMount, &why);
@@ -142,7 +143,9 @@ pub fn disk_full(ctx: &mut Ctx) -> String {
     struct Unmount(PathBuf);
     impl Drop for Unmount {
         fn drop(&mut self) {
-            let _ = std::process::Command::new("umount").arg(&self.0).status();
+            let _ = std::process::Command::new("umount")
+                .arg(&self.0)
+                .status_guarded();
         }
     }
     let _unmount = Unmount(images.path().to_path_buf());

@@ -3,6 +3,7 @@
 //! service is this process (a `Service` in a thread) or a `selfdump serve`
 //! of its own; the checks read `/proc/<pid>` of whichever it is.
 
+use crate::common::Guarded;
 use crate::common::*;
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::PathBuf;
@@ -100,7 +101,7 @@ fn pidfd_target(pid: i32, fd: i32) -> Option<i32> {
 pub fn socket_peers() -> BTreeMap<u64, u64> {
     let out = std::process::Command::new("ss")
         .args(["-xanH"])
-        .output()
+        .output_guarded()
         .expect("ss (iproute2; scripts/install-test-tools.sh installs it)");
     String::from_utf8_lossy(&out.stdout)
         .lines()

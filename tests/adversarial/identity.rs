@@ -3,6 +3,7 @@
 //! another user) running next to the caller.
 
 use crate::Ctx;
+use crate::common::Guarded;
 use crate::common::*;
 use crate::support::*;
 use async_io::Async;
@@ -80,7 +81,7 @@ pub fn recycled_pid(ctx: &mut Ctx) -> String {
             Ok(())
         });
     }
-    let mut caller = cmd.spawn().unwrap();
+    let mut caller = cmd.spawn_guarded().unwrap();
     let pid = caller.id() as i32;
     let pidfd = pidfd_open(Pid::from_raw(pid).unwrap(), PidfdFlags::empty()).unwrap();
     let conn = UnixStream::from(pidfd_getfd(&pidfd, 0, PidfdGetfdFlags::empty()).unwrap());
@@ -94,7 +95,7 @@ pub fn recycled_pid(ctx: &mut Ctx) -> String {
         std::fs::write("/proc/sys/kernel/ns_last_pid", (pid - 1).to_string()).unwrap();
         let mut v = std::process::Command::new("sleep")
             .arg("600")
-            .spawn()
+            .spawn_guarded()
             .unwrap();
         if v.id() as i32 == pid {
             victim = Some(v);
@@ -212,7 +213,7 @@ fn wait_accepted(conn: &UnixStream) {
     poll_until(Duration::from_secs(30), Duration::from_millis(2), || {
         let out = std::process::Command::new("ss")
             .args(["-xanH"])
-            .output()
+            .output_guarded()
             .unwrap();
         let peer = String::from_utf8_lossy(&out.stdout).lines().find_map(|l| {
             let w: Vec<&str> = l.split_whitespace().collect();
@@ -238,7 +239,7 @@ impl Victim {
         Self(
             std::process::Command::new("sleep")
                 .arg("600")
-                .spawn()
+                .spawn_guarded()
                 .unwrap(),
         )
     }

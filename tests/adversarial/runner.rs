@@ -5,6 +5,7 @@
 //! `ADVERSARIAL_VERDICT` names. Each attack process gets a `$TMPDIR` of its
 //! own, so the check for root's leftovers looks at its attack's files only.
 
+use crate::common::Guarded;
 use crate::common::*;
 use crate::ctx::{Ctx, after_attack, assert_still_serves};
 use std::io::Write;
@@ -286,7 +287,7 @@ fn spawn(name: &'static str, work: &Path, index: usize) -> Running {
         .stdout(out.try_clone().unwrap())
         .stderr(out)
         .process_group(0)
-        .spawn()
+        .spawn_guarded()
         .expect("start an attack process");
     Running {
         name,

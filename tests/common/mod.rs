@@ -3,9 +3,12 @@
 //! kill, reap and restore it. Everything runs against the real CRIU.
 #![allow(dead_code)]
 
+pub mod guarded;
 pub mod looping;
 #[path = "../support/skip.rs"]
 pub mod skip;
+#[allow(unused_imports)]
+pub use guarded::Guarded;
 #[allow(unused_imports)]
 pub use skip::{Limit, skip};
 
@@ -23,7 +26,7 @@ pub fn criu() -> Criu {
     let path = find_criu();
     let out = Command::new(&path)
         .arg("--version")
-        .output()
+        .output_guarded()
         .unwrap_or_else(|e| {
             panic!(
                 "criu not found ({e}): run scripts/install-criu.sh (the README's test command does)"
@@ -109,9 +112,9 @@ pub fn example(name: &str) -> PathBuf {
             return;
         }
         let status = Command::new(env!("CARGO"))
-            .args(["build", "--quiet", "--examples"])
+            .args(["build", "--quiet", "--examples", "--features", "cli"])
             .current_dir(env!("CARGO_MANIFEST_DIR"))
-            .status()
+            .status_guarded()
             .expect("run cargo");
         assert!(status.success(), "cargo build --examples failed");
     });
@@ -187,7 +190,7 @@ impl Program {
                     .find(|l| l.starts_with("TracerPid"))
                     .map(str::to_owned)
             });
-            let criu = Command::new("pgrep").args(["-a", "criu"]).output();
+            let criu = Command::new("pgrep").args(["-a", "criu"]).output_guarded();
             panic!(
                 "no outcome within 60 s; the program's state: {:?}, waiting in {:?}, {tracer:?}; \
                  criu processes: {:?}; output:\n{}",
@@ -284,7 +287,7 @@ pub fn restore_with(images: &Path, extra: &[&str]) -> Result<i32, String> {
         .arg(criu().path)
         .arg(images)
         .env("RUST_LOG", "warn")
-        .output()
+        .output_guarded()
         .unwrap();
     let stdout = String::from_utf8_lossy(&out.stdout);
     if out.status.success() {
@@ -357,7 +360,7 @@ impl Program {
             use std::os::unix::process::CommandExt;
             cmd.uid(uid).gid(uid);
         }
-        let child = cmd.spawn().expect("start counter");
+        let child = cmd.spawn_guarded().expect("start counter");
         let pid = child.id() as i32;
         Self {
             child: Some(child),
@@ -510,7 +513,7 @@ pub fn serve_process(socket: &Path, log: &Path) -> Child {
         .env("RUST_LOG", "info")
         .stdin(Stdio::null())
         .stderr(File::create(log).unwrap())
-        .spawn()
+        .spawn_guarded()
         .unwrap();
     let deadline = Instant::now() + Duration::from_secs(20);
     while !socket.exists() {

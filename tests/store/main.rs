@@ -1,9 +1,9 @@
 //! Checkpoints in an object store, against the real CRIU and a real S3
 //! server (the local SeaweedFS `scripts/test.sh` starts) and `file://`
 //! roots: a checkpoint taken by one service restores, as many copies, on a
-//! "host" with another key, a trust directory holding only the first's
-//! public key and its own empty cache; every kind of tampering is refused
-//! before CRIU runs, naming the object (`tampering.rs`).
+//! "host" that holds only the first's public key (in its trust directory;
+//! no key of its own) and its own empty cache; every kind of tampering is
+//! refused before CRIU runs, naming the object (`tampering.rs`).
 
 #[path = "../common/mod.rs"]
 mod common;
@@ -25,8 +25,9 @@ fn a_checkpoint_restores_as_copies_on_a_host_that_trusts_its_signer() {
             url.starts_with(&format!("{}/checkpoints/", root.url)),
             "{url}"
         );
+        // a host that holds only the first's public key: no key of its own
         let host = Host::trusting(&[first.public()]);
-        assert_ne!(host.key.id(), first.id());
+        host.forget_own_key();
 
         let out = host.selfdump(&["restore", "--copies", "3", &url]);
         assert!(out.status.success(), "{}: {}", root.kind, text(&out));
@@ -109,6 +110,18 @@ fn the_store_commands_have_their_help() {
         let help = String::from_utf8(out.stdout).unwrap();
         assert!(help.starts_with("selfdump "), "{command}: {help}");
         assert!(help.contains(command), "{command}: {help}");
+        assert!(help.contains("EXIT CODES"), "{command}: {help}");
+        // without its arguments: a usage error, pointing at the help
+        let bare = std::process::Command::new(selfdump_bin())
+            .arg(command)
+            .output()
+            .unwrap();
+        let said = String::from_utf8_lossy(&bare.stderr);
+        assert_eq!(bare.status.code(), Some(2), "{command}: {said}");
+        assert!(
+            said.contains(&format!("see `selfdump help {command}`")),
+            "{command}: {said}"
+        );
     }
 }
 

@@ -88,6 +88,13 @@ impl Host {
         host
     }
 
+    /// Removes this host's own key (and its public key beside it): the
+    /// host then holds the public keys of its trust directory alone.
+    pub fn forget_own_key(&self) {
+        std::fs::remove_file(self.key_file()).unwrap();
+        std::fs::remove_file(self.dir.path().join("signing.pub")).unwrap();
+    }
+
     pub fn key_file(&self) -> PathBuf {
         self.dir.path().join("signing.key")
     }

@@ -1,6 +1,7 @@
 //! `selfdump export` and `import` (feature `archive`).
 
-use crate::{Res, help_requested};
+use crate::cli::{Res, out, usage};
+use crate::help_requested;
 use lexopt::prelude::*;
 use selfdump::server::{archive, manifest, trust};
 use std::path::{Path, PathBuf};
@@ -24,12 +25,17 @@ DIR that DIR/latest names, with your own rights.
 
 OPTIONS (import):
     --key-file PATH  this service's key [default: /var/lib/selfdump/signing.key]
-    --trust-dir DIR  other services' public keys [default: /etc/selfdump/trusted.d]";
+    --trust-dir DIR  other services' public keys [default: /etc/selfdump/trusted.d]
+
+EXIT CODES: 0 done (the path written is printed); 1 refused or failed (the
+file or entry named); 2 a usage error.";
 
 pub(crate) fn export_cmd(parser: lexopt::Parser) -> Res<ExitCode> {
-    let (_, _, [dir, file]) = two_values(parser, "export needs DIR and FILE")?;
+    let Some((_, _, [dir, file])) = two_values(parser, "which? selfdump export DIR FILE")? else {
+        return Ok(ExitCode::SUCCESS);
+    };
     let exported = archive::export(Path::new(&dir), Path::new(&file))?;
-    println!("{file}");
+    out(&file)?;
     log::info!(
         "exported {dir}{}: {} bytes into {} bytes",
         exported
@@ -42,23 +48,28 @@ pub(crate) fn export_cmd(parser: lexopt::Parser) -> Res<ExitCode> {
 }
 
 pub(crate) fn import_cmd(parser: lexopt::Parser) -> Res<ExitCode> {
-    let (key_file, trust_dir, [file, dir]) = two_values(parser, "import needs FILE and DIR")?;
+    let Some((key_file, trust_dir, [file, dir])) =
+        two_values(parser, "which? selfdump import FILE DIR")?
+    else {
+        return Ok(ExitCode::SUCCESS);
+    };
     let trust = trust::Trust::load_host(&key_file, &trust_dir)?;
     let imported = archive::import(Path::new(&file), Path::new(&dir), &trust)?;
-    println!("{}", imported.path.display());
+    out(imported.path.display())?;
     Ok(ExitCode::SUCCESS)
 }
 
 type Parsed = (PathBuf, PathBuf, [String; 2]);
 
-fn two_values(mut parser: lexopt::Parser, missing: &str) -> Res<Parsed> {
+/// The options and the two values; `None` when the help was asked for.
+fn two_values(mut parser: lexopt::Parser, missing: &str) -> Res<Option<Parsed>> {
     use lexopt::Arg::*;
     let mut key_file = PathBuf::from(manifest::DEFAULT_KEY_FILE);
     let mut trust_dir = PathBuf::from(trust::DEFAULT_TRUST_DIR);
     let mut values = Vec::new();
     while let Some(arg) = parser.next()? {
         if help_requested(&arg, USAGE) {
-            std::process::exit(0);
+            return Ok(None);
         }
         match arg {
             Long("key-file") => key_file = parser.value()?.into(),
@@ -67,6 +78,6 @@ fn two_values(mut parser: lexopt::Parser, missing: &str) -> Res<Parsed> {
             other => return Err(other.unexpected().into()),
         }
     }
-    let values = <[String; 2]>::try_from(values).map_err(|_| missing.to_owned())?;
-    Ok((key_file, trust_dir, values))
+    let values = <[String; 2]>::try_from(values).map_err(|_| usage(missing))?;
+    Ok(Some((key_file, trust_dir, values)))
 }

@@ -1,6 +1,6 @@
 //! What `selfdump restore --copies N` prints, from a directory or a URL.
 
-use crate::Res;
+use crate::cli::Res;
 use std::process::ExitCode;
 
 /// Prints each copy's root pid, and with `lazy`, stays until their memory

@@ -1,7 +1,8 @@
 //! `selfdump key public`: this service's public key, for other hosts'
 //! trust directories.
 
-use crate::{Res, help_requested};
+use crate::cli::{Res, out, usage};
+use crate::help_requested;
 use lexopt::prelude::*;
 use selfdump::server::{manifest, trust};
 use std::path::PathBuf;
@@ -27,7 +28,9 @@ manifests name as their signer and `selfdump inspect` shows.
 Reads the key file (as root), made by `selfdump serve` on its first start.
 
 OPTIONS:
-    --key-file PATH  the signing key [default: /var/lib/selfdump/signing.key]";
+    --key-file PATH  the signing key [default: /var/lib/selfdump/signing.key]
+
+EXIT CODES: 0 printed; 1 the key cannot be read; 2 a usage error.";
 
 pub(crate) fn key_cmd(mut parser: lexopt::Parser) -> Res<ExitCode> {
     use lexopt::Arg::*;
@@ -50,9 +53,10 @@ pub(crate) fn key_cmd(mut parser: lexopt::Parser) -> Res<ExitCode> {
         Ok(key.public())
     };
     match what.as_deref() {
-        Some("public") => print!("{}", public()?.to_file()),
-        Some("id") => println!("{}", public()?.id()),
-        _ => return Err("selfdump key needs `public` or `id`; see `selfdump help key`".into()),
+        Some("public") => out(public()?.to_file().trim_end())?,
+        Some("id") => out(public()?.id())?,
+        Some(other) => return Err(usage(format!("no `key {other}`: `public` or `id`"))),
+        None => return Err(usage("which? selfdump key public (or id)")),
     }
     Ok(ExitCode::SUCCESS)
 }

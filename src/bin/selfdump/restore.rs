@@ -1,7 +1,8 @@
-//! `selfdump restore`: verify and restore a checkpoint (one, or many copies).
+//! `selfdump restore`: verify and restore a checkpoint (one, or many
+//! copies), from a directory or, with feature `remote`, a store's URL.
 
-use crate::{Res, help_requested};
-use lexopt::prelude::*;
+use crate::cli::{Res, at_least_one, out, seconds, usage};
+use crate::help_requested;
 use selfdump::server::{Criu, check, manifest, restore, trust};
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -67,9 +68,15 @@ OPTIONS:
 
 Run by a user who is not root, it asks the service (`selfdump serve`) to
 restore the images: the service verifies them the same way and restores
-only the caller's own images (--copies needs root).";
+only the caller's own images (--copies needs root).
 
-/// What `selfdump restore` was asked.
+EXIT CODES: 0 restored (the pids are printed); 1 refused (not a checkpoint,
+unsigned, signed by a key not trusted here, changed since the dump, taken on
+a host this one cannot stand in for, its ids in use; from a store: damaged,
+missing or unreachable, naming the object) or CRIU failed, and with --lazy a
+copy that lost its page daemon; 2 a usage error.";
+
+/// What the command line asks for.
 struct Args {
     criu: Criu,
     dir: PathBuf,
@@ -84,55 +91,66 @@ struct Args {
     cache_dir: PathBuf,
 }
 
-impl Args {
-    /// The arguments, or `None` when help was asked for (and printed).
-    fn parse(mut parser: lexopt::Parser) -> Res<Option<Self>> {
-        use lexopt::Arg::*;
-        let mut dir = None;
-        let mut args = Args {
-            criu: Criu {
-                path: check::find_criu(),
-                ..Criu::default()
-            },
-            dir: PathBuf::new(),
-            wait: Duration::ZERO,
-            copies: None,
-            lazy: false,
-            key_file: PathBuf::from(manifest::DEFAULT_KEY_FILE),
-            trust_dir: PathBuf::from(trust::DEFAULT_TRUST_DIR),
-            trust_unsigned: false,
-            deadline: Duration::from_secs(60),
-            socket: None,
-            cache_dir: PathBuf::from("/var/cache/selfdump"),
-        };
-        while let Some(arg) = parser.next()? {
-            if help_requested(&arg, USAGE) {
-                return Ok(None);
-            }
-            match arg {
-                Long("criu") => args.criu.path = parser.value()?.into(),
-                Long("wait") => args.wait = Duration::from_secs_f64(parser.value()?.parse()?),
-                Long("copies") => args.copies = Some(parser.value()?.parse::<u32>()?),
-                Long("lazy") => args.lazy = true,
-                Long("key-file") => args.key_file = parser.value()?.into(),
-                Long("trust-dir") => args.trust_dir = parser.value()?.into(),
-                Long("trust-unsigned") => args.trust_unsigned = true,
-                Long("timeout") => {
-                    args.deadline = Duration::from_secs_f64(parser.value()?.parse()?)
-                }
-                Long("socket") => args.socket = Some(PathBuf::from(parser.value()?)),
-                Long("cache-dir") => args.cache_dir = parser.value()?.into(),
-                Value(v) if dir.is_none() => dir = Some(PathBuf::from(v)),
-                other => return Err(other.unexpected().into()),
-            }
+/// Reads the options; `None` when the help was asked for.
+fn args(mut parser: lexopt::Parser) -> Res<Option<Args>> {
+    use lexopt::Arg::*;
+    let mut a = Args {
+        criu: Criu {
+            path: check::find_criu(),
+            ..Criu::default()
+        },
+        dir: PathBuf::new(),
+        wait: Duration::ZERO,
+        copies: None,
+        lazy: false,
+        key_file: PathBuf::from(manifest::DEFAULT_KEY_FILE),
+        trust_dir: PathBuf::from(trust::DEFAULT_TRUST_DIR),
+        trust_unsigned: false,
+        deadline: Duration::from_secs(60),
+        socket: None,
+        cache_dir: PathBuf::from("/var/cache/selfdump"),
+    };
+    let mut dir = None;
+    while let Some(arg) = parser.next()? {
+        if help_requested(&arg, USAGE) {
+            return Ok(None);
         }
-        args.dir = dir.ok_or("restore needs the images directory: selfdump restore DIR")?;
-        Ok(Some(args))
+        match arg {
+            Long("criu") => a.criu.path = parser.value()?.into(),
+            Long("wait") => a.wait = seconds(&mut parser, "wait", true)?,
+            Long("copies") => a.copies = Some(at_least_one(&mut parser, "copies")?),
+            Long("lazy") => a.lazy = true,
+            Long("key-file") => a.key_file = parser.value()?.into(),
+            Long("trust-dir") => a.trust_dir = parser.value()?.into(),
+            Long("trust-unsigned") => a.trust_unsigned = true,
+            Long("timeout") => a.deadline = seconds(&mut parser, "timeout", false)?,
+            Long("socket") => a.socket = Some(PathBuf::from(parser.value()?)),
+            Long("cache-dir") => a.cache_dir = parser.value()?.into(),
+            Value(v) if dir.is_none() => dir = Some(PathBuf::from(v)),
+            other => return Err(other.unexpected().into()),
+        }
+    }
+    a.dir = dir.ok_or_else(|| usage("which images? selfdump restore DIR (or URL)"))?;
+    if a.lazy && a.copies.is_none() {
+        return Err(usage(
+            "--lazy goes with --copies N (use --copies 1 for one copy)",
+        ));
+    }
+    Ok(Some(a))
+}
+
+impl Args {
+    /// The checkpoint's URL, when it names one in a store.
+    fn url(&self) -> Option<String> {
+        self.dir
+            .to_str()
+            .filter(|d| d.contains("://"))
+            .map(str::to_owned)
     }
 
     /// How root restores here: this host's key (a host that only restores
     /// others' checkpoints needs none of its own) and the trusted keys.
-    fn settings(self) -> Res<(restore::RestoreSettings, Self)> {
+    fn settings(&self) -> Res<restore::RestoreSettings> {
         let (key, no_key) = match manifest::Key::load(&self.key_file) {
             Ok(key) => (Some(key), None),
             Err(e) => (None, Some(e)),
@@ -159,50 +177,42 @@ impl Args {
                  CRIU trusts them completely (credentials, files, namespaces)"
             );
         }
-        let settings = restore::RestoreSettings {
+        Ok(restore::RestoreSettings {
             wait: self.wait,
             trust_unsigned: self.trust_unsigned,
             deadline: self.deadline,
             ..restore::RestoreSettings::new(self.criu.clone(), key)
         }
-        .trusting(trust);
-        Ok((settings, self))
+        .trusting(trust))
     }
 }
 
 pub(crate) fn restore_cmd(parser: lexopt::Parser) -> Res<ExitCode> {
-    let Some(args) = Args::parse(parser)? else {
+    let Some(a) = args(parser)? else {
         return Ok(ExitCode::SUCCESS);
     };
-    let url = args
-        .dir
-        .to_str()
-        .filter(|d| d.contains("://"))
-        .map(str::to_owned);
+    let url = a.url();
     if !rustix::process::geteuid().is_root() {
-        return through_service(&args, url.is_some());
+        return through_the_service(a, url.is_some());
     }
-    if args.lazy && args.copies.is_none() {
-        return Err("--lazy goes with --copies N (use --copies 1 for one copy)".into());
-    }
-    let (settings, args) = args.settings()?;
+    let settings = a.settings()?;
     if let Some(url) = url {
-        return restore_url(&settings, &url, args.copies, args.lazy, &args.cache_dir);
+        return restore_url(&settings, &url, a.copies, a.lazy, &a.cache_dir);
     }
-    if let Some(n) = args.copies {
-        return copies_cmd(&settings, &args.dir, n, args.lazy);
+    if let Some(n) = a.copies {
+        return copies_cmd(&settings, &a.dir, n, a.lazy);
     }
-    let wait = args.wait;
-    let restored = restore::restore_path(&args.dir, &settings).map_err(|e| match e {
+    let wait = a.wait;
+    let restored = restore::restore_path(&a.dir, &settings).map_err(|e| match e {
         e @ restore::RestoreError::IdInUse { .. } if !wait.is_zero() => {
             format!("after waiting {wait:?}: {e}")
         }
         e => e.to_string(),
     })?;
-    println!("{}", restored.pid);
+    out(restored.pid)?;
     log::info!(
         "restored {}{} as pid {} (verified in {:?}, {:?} in all)",
-        args.dir.display(),
+        a.dir.display(),
         shown(restored.generation.as_deref()),
         restored.pid,
         restored.verify,
@@ -211,35 +221,37 @@ pub(crate) fn restore_cmd(parser: lexopt::Parser) -> Res<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-/// The owner of a checkpoint, not root: through the service, which
+/// The owner of a checkpoint restores it through the service, which
 /// verifies the images and that they are the caller's.
-fn through_service(args: &Args, url: bool) -> Res<ExitCode> {
+fn through_the_service(a: Args, url: bool) -> Res<ExitCode> {
     if url {
+        return Err(format!(
+            "needs root: restoring from a store fills the host's root-only chunk cache (this \
+             is uid {}; run it with sudo, or, as the checkpoint's owner, `selfdump pull URL \
+             DIR` then `selfdump restore DIR`)",
+            rustix::process::geteuid().as_raw()
+        )
+        .into());
+    }
+    if a.copies.is_some() {
         return Err(
-            "restoring from a store needs root (its chunk cache is root's); as the \
-             checkpoint's owner, `selfdump pull URL DIR` then `selfdump restore DIR`"
+            "--copies restores as root (run it with sudo); the service restores \
+                    one copy for its owner"
                 .into(),
         );
     }
-    if args.copies.is_some() {
-        return Err(
-            "--copies restores as root (run it with sudo); the service restores one copy \
-             for its owner"
-                .into(),
-        );
-    }
-    let mut options = selfdump::RestoreOptions::new(&args.dir);
-    if let Some(socket) = &args.socket {
+    let mut options = selfdump::RestoreOptions::new(&a.dir);
+    if let Some(socket) = a.socket {
         options = options.socket(socket);
     }
-    if args.trust_unsigned {
+    if a.trust_unsigned {
         options = options.trust_unsigned();
     }
     let restored = selfdump::blocking::restore(options)?;
-    println!("{}", restored.pid);
+    out(restored.pid)?;
     log::info!(
         "the service restored {}{} as pid {} (verified in {:?}, {:?} in all)",
-        args.dir.display(),
+        a.dir.display(),
         shown(restored.generation.as_deref()),
         restored.pid,
         restored.verify,

@@ -138,6 +138,7 @@ fn signed_manifest(
         }
         (Ok(_), None) => None, // unsigned by choice: --trust-unsigned without a key
         (Err(ManifestError::Missing), _) if trust_unsigned => None,
+        (Err(ManifestError::Missing), _) => return Err(RestoreError::Refused(unsigned(images))),
         (Err(e), _) => return Err(RestoreError::refused(e)),
     };
     if manifest.is_none() && !trust_unsigned {
@@ -156,6 +157,22 @@ fn check_names(m: &Manifest) -> Result<(), RestoreError> {
             "{MANIFEST_FILE} names a file {:?}, which is not a plain file name",
             f.name
         ))),
+    }
+}
+
+/// Why images without a manifest are refused: not a checkpoint at all
+/// (no CRIU images either), or images made by plain CRIU.
+fn unsigned(images: &impl AsFd) -> String {
+    let criu_made = rustix::fs::statat(images, "inventory.img", AtFlags::SYMLINK_NOFOLLOW).is_ok();
+    if criu_made {
+        format!(
+            "no {MANIFEST_FILE}: these CRIU images are not signed (not made by a selfdump \
+             service); `selfdump restore --trust-unsigned` restores them unchecked (root only)"
+        )
+    } else {
+        "not a checkpoint: no generation named `latest`, no CRIU images (inventory.img) and \
+         no selfdump manifest here (`selfdump inspect DIR` shows what a directory holds)"
+            .into()
     }
 }
 

@@ -54,7 +54,9 @@ pub(super) async fn conclude(
             match published {
                 Ok(published) => {
                     let published = saved.unwrap_or_default().and(published);
-                    Outcome::Dumped(report(job, generation, &published, &dumped, received))
+                    Outcome::Dumped(Box::new(report(
+                        job, generation, &published, &dumped, received,
+                    )))
                 }
                 Err(e) => Outcome::failed(
                     Some(job),
@@ -109,9 +111,11 @@ fn report(
         frozen_us: stats.frozen_time.into(),
         freezing_us: stats.freezing_time.into(),
         memdump_us: stats.memdump_time.into(),
+        memwrite_us: stats.memwrite_time.into(),
         total_us: received.elapsed().as_micros() as u64,
         sync_us: published.sync_us,
         service_frozen_us: dumped.service_frozen.as_micros() as u64,
+        pages_scanned: stats.pages_scanned,
         pages_written: stats.pages_written,
         bytes_written: published.bytes,
         processes: published.processes,
