@@ -185,6 +185,9 @@ impl Bench {
             .open(&log)
             .unwrap();
         let go = self.work.join(format!("{name}.go")).display().to_string();
+        // from fork to exec under the service's fork guard: a fork at a
+        // freeze would copy that caller's connection (this process serves)
+        let _forking = selfdump::server::spawn_guard();
         let run = Command::new(env!("CARGO_BIN_EXE_selfdump"))
             .args(["run", "--"])
             .arg(&self.app)
@@ -197,6 +200,7 @@ impl Bench {
             .stderr(out)
             .spawn()
             .unwrap();
+        drop(_forking);
         App {
             run,
             images,

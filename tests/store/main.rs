@@ -88,7 +88,7 @@ fn key_public_prints_what_a_trust_directory_takes() {
     let out = std::process::Command::new(selfdump_bin())
         .args(["key", "public", "--key-file"])
         .arg(host.key_file())
-        .output()
+        .output_guarded()
         .unwrap();
     assert!(out.status.success(), "{}", text(&out));
     let printed = String::from_utf8(out.stdout).unwrap();
@@ -105,7 +105,7 @@ fn the_store_commands_have_their_help() {
     for command in ["push", "pull", "export", "import", "key"] {
         let out = std::process::Command::new(selfdump_bin())
             .args(["help", command])
-            .output()
+            .output_guarded()
             .unwrap();
         let help = String::from_utf8(out.stdout).unwrap();
         assert!(help.starts_with("selfdump "), "{command}: {help}");
@@ -114,7 +114,7 @@ fn the_store_commands_have_their_help() {
         // without its arguments: a usage error, pointing at the help
         let bare = std::process::Command::new(selfdump_bin())
             .arg(command)
-            .output()
+            .output_guarded()
             .unwrap();
         let said = String::from_utf8_lossy(&bare.stderr);
         assert_eq!(bare.status.code(), Some(2), "{command}: {said}");

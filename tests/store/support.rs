@@ -143,7 +143,7 @@ impl Host {
         }
         cmd.args(rest).env("RUST_LOG", "info").stdin(Stdio::null());
         env(&mut cmd);
-        cmd.output().unwrap()
+        cmd.output_guarded().unwrap()
     }
 
     /// The cache's chunks: each must hash to its name, and nothing else
@@ -193,7 +193,7 @@ pub fn push(dir: &Path, root: &str) -> String {
         .arg(dir)
         .arg(root)
         .env("RUST_LOG", "info")
-        .output()
+        .output_guarded()
         .unwrap();
     assert!(out.status.success(), "push failed: {}", text(&out));
     String::from_utf8_lossy(&out.stdout).trim().to_owned()
@@ -233,7 +233,7 @@ impl Worker {
             .stdout(out.try_clone().unwrap())
             .stderr(out)
             .env("RUST_LOG", "warn")
-            .spawn()
+            .spawn_guarded()
             .unwrap();
         let worker = Self {
             images,
