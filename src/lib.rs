@@ -81,7 +81,10 @@
 //!   is far heavier), and the runtime its cloud clients need, started by
 //!   the store for itself. Version 0.13, with `ring`: 0.14 builds
 //!   `aws-lc-rs` instead, some 50 s more of CPU on every fresh build.
-//!   `remote` adds about 2 minutes of CPU to a fresh build.
+//!   `remote` costs a fresh release build of the binary about 3 more
+//!   minutes of CPU and 10 MB (measured on two cores: 337 s of user time
+//!   and 192 s of wall time against 142 s and 131 s; 14.6 MiB against
+//!   5.0 MiB), which is why it is a feature of its own.
 //! - `zstd`, `tar` (archive): chunks and archives compressed; archives in a
 //!   format every system unpacks.
 //! - `event-listener` (server): wakes a running server when a
@@ -98,6 +101,9 @@
 //!
 //! - Dev-dependencies `async-std`, `smol`, `tokio`: only the `runtimes`
 //!   example and its test, which show the client working under each.
+//!   `blake3`, `zstd`, `serde_json`: the store tests check that cached
+//!   chunks hash to their names, rewrite a chunk as a store could, and
+//!   read `selfdump inspect --json`.
 //!   async-std is discontinued (RUSTSEC-2025-0052) and appears only there;
 //!   async-io is the reactor it ran on.
 //!

@@ -81,12 +81,14 @@
 //!   file (`selfdump export`, `import`), and the committed generation both
 //!   it and the store read and write (`generation.rs`).
 //! - **`store/`** (feature `remote`): checkpoints in an object store
-//!   (`selfdump push`, `pull`, `restore URL`, `inspect URL`): the page data
-//!   cut into content-addressed zstd chunks (`chunker.rs`, `format.rs`),
+//!   (`selfdump push`, `pull`, `restore URL`, `inspect URL`): the image
+//!   files cut into content-addressed zstd chunks (`chunker.rs`, `format.rs`),
 //!   pushed (`push.rs`) and fetched in parallel (`fetch.rs`) on a tokio
 //!   runtime of its own (`runtime.rs`), each chunk checked by its hash
 //!   into a root-only cache (`cache.rs`), the images assembled from it
-//!   (`assemble.rs`) and restored through `restore/` (`restore.rs`).
+//!   (`assemble.rs`) and restored through `restore/` (`restore.rs`). The
+//!   service never touches a store: an owner pushes with its own
+//!   credentials, root restores with read access (`selfdump restore URL`).
 //!
 //! Who may sign what a host restores: a service signs its manifests with
 //! an Ed25519 key derived from its secret (`images/key.rs`,
