@@ -28,6 +28,7 @@ use std::time::{Duration, Instant};
 
 mod non_root;
 mod plot;
+mod speed;
 mod workers;
 
 fn main() {
@@ -327,6 +328,23 @@ fn main() {
         let cache = kdat::ensure_cache(&criu);
         least_privilege(&criu, &app, reps, quick, &mut results);
         kdat::remove_cache(&cache);
+    }
+    // 6. Issue 19's rows, each in turns with plain CRIU (`speed.rs`).
+    if ["restore", "tiny", "concurrent"].iter().any(|p| run(p)) {
+        let cache = kdat::ensure_cache(&criu);
+        println!("\n6. the verified paths against plain CRIU, in turns (median, min-max)");
+        if run("restore") {
+            speed::restore(&criu, &socket, reps);
+        }
+        if run("tiny") {
+            speed::tiny(&criu, &app, &socket, work.path(), reps);
+        }
+        if run("concurrent") {
+            speed::concurrent(&criu, &app, &socket, work.path(), reps);
+        }
+        if !had_cache {
+            kdat::remove_cache(&cache);
+        }
     }
     if had_cache {
         let _ = kdat::ensure_cache(&criu);

@@ -1,0 +1,281 @@
+//! The rows of issue 19, each against plain CRIU in turns, in one run:
+//!
+//! - `restore`: a 2 MiB and a 256 MiB process (isolated, under `selfdump
+//!   run`), images on a tmpfs: `selfdump restore DIR` (the command: its
+//!   start, the key, verification, CRIU) and the library's
+//!   `restore::restore_path` against `criu restore -D DIR
+//!   --restore-detached`, wall time until each returns;
+//! - `tiny`: a tiny checkpoint as the app sees it against `criu dump
+//!   --leave-running` and against the same followed by `sync -f DIR`;
+//! - `concurrent`: 8 apps checkpointing at once against 8 plain dumps at
+//!   once, and 8 plain dumps each followed by `sync -f`, wall time until
+//!   the last is done.
+//!
+//! Medians and the spread (min–max) of the rounds; ratios are of medians.
+
+use super::{Sample, images, m, ms, parse, plain_dump, start_app};
+use selfdump::server::Criu;
+use selfdump::server::manifest::{DEFAULT_KEY_FILE, Key};
+use selfdump::server::restore::{RestoreSettings, restore_path};
+use std::io::{BufRead, Write};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::Instant;
+
+/// Median, min and max.
+pub(super) fn stats(v: &[f64]) -> (f64, f64, f64) {
+    let mut s = v.to_vec();
+    s.sort_by(|a, b| a.partial_cmp(b).unwrap());
+    (s[s.len() / 2], s[0], s[s.len() - 1])
+}
+
+fn show(name: &str, v: &[f64], base: Option<f64>) {
+    let (med, lo, hi) = stats(v);
+    let ratio = base.map_or(String::new(), |b| format!("  ratio {:.2}", med / b));
+    println!("   {name:<44} {med:>8.1} ms  ({lo:.1}–{hi:.1}){ratio}");
+}
+
+/// `restore`: see the module docs.
+pub(super) fn restore(criu: &Criu, socket: &Path, reps: usize) {
+    let app = build_example("clone_stamp");
+    let shm = tempfile::Builder::new()
+        .prefix("selfdump-bench-restore")
+        .tempdir_in("/dev/shm")
+        .unwrap();
+    let key = Key::load(Path::new(DEFAULT_KEY_FILE)).expect("the service's signing key");
+    let settings = RestoreSettings::new(criu.clone(), Some(key));
+    for mib in [2usize, 256] {
+        let dir = isolated_image(&app, socket, shm.path(), mib);
+        let (mut plain, mut cli, mut lib, mut verify) = (vec![], vec![], vec![], vec![]);
+        for round in 0..reps {
+            for turn in 0..3 {
+                match (turn + round) % 3 {
+                    0 => plain.push(plain_restore(criu, &dir, shm.path())),
+                    1 => cli.push(cli_restore(&dir)),
+                    _ => {
+                        let started = Instant::now();
+                        let restored = restore_path(&dir, &settings).expect("restore_path");
+                        lib.push(ms(started.elapsed()));
+                        verify.push(ms(restored.verify));
+                        kill_copy(restored.pid);
+                    }
+                }
+            }
+        }
+        println!("\n   restore, {mib} MiB process, images on tmpfs, {reps} rounds in turns:");
+        let base = stats(&plain).0;
+        show("plain `criu restore -D`", &plain, None);
+        show("`selfdump restore DIR` (the command)", &cli, Some(base));
+        show("restore_path (the library)", &lib, Some(base));
+        show("  of which verification", &verify, None);
+    }
+}
+
+/// A `clone_stamp` of `mib` MiB checkpointed under `selfdump run` into
+/// `work`: the generation's directory.
+fn isolated_image(app: &Path, socket: &Path, work: &Path, mib: usize) -> PathBuf {
+    let dir = work.join(format!("img-{mib}"));
+    std::fs::create_dir_all(&dir).unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_selfdump"))
+        .args(["run", "--"])
+        .arg(app)
+        .arg("--images")
+        .arg(&dir)
+        .arg("--socket")
+        .arg(socket)
+        .args(["--mb", &mib.to_string()])
+        .stdin(Stdio::null())
+        .stderr(Stdio::inherit())
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success() && text.contains("checkpointed"), "{text}");
+    dir.join("latest")
+}
+
+fn plain_restore(criu: &Criu, dir: &Path, work: &Path) -> f64 {
+    let w = tempfile::tempdir_in(work).unwrap();
+    let started = Instant::now();
+    let status = Command::new(&criu.path)
+        .args(["restore", "-D"])
+        .arg(dir)
+        .arg("-W")
+        .arg(w.path())
+        .args(["--restore-detached", "--pidfile", "restore.pid"])
+        .args(["-o", "restore.log"])
+        .arg(format!("-v{}", criu.log_level))
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .unwrap();
+    let took = ms(started.elapsed());
+    assert!(status.success(), "plain criu restore failed");
+    let pid = std::fs::read_to_string(w.path().join("restore.pid")).unwrap();
+    kill_copy(pid.trim().parse().unwrap());
+    took
+}
+
+fn cli_restore(dir: &Path) -> f64 {
+    let started = Instant::now();
+    let out = Command::new(env!("CARGO_BIN_EXE_selfdump"))
+        .arg("restore")
+        .arg(dir)
+        .env("RUST_LOG", "warn")
+        .stdin(Stdio::null())
+        .stderr(Stdio::inherit())
+        .output()
+        .unwrap();
+    let took = ms(started.elapsed());
+    assert!(out.status.success(), "selfdump restore failed");
+    kill_copy(String::from_utf8_lossy(&out.stdout).trim().parse().unwrap());
+    took
+}
+
+/// Kills a restored copy (its namespace's init: the whole namespace goes)
+/// and waits until it is gone.
+fn kill_copy(pid: i32) {
+    use rustix::process::{Pid, PidfdFlags, Signal, pidfd_open, pidfd_send_signal};
+    let pidfd = pidfd_open(Pid::from_raw(pid).unwrap(), PidfdFlags::empty()).unwrap();
+    pidfd_send_signal(&pidfd, Signal::KILL).unwrap();
+    let mut poll = [rustix::event::PollFd::new(
+        &pidfd,
+        rustix::event::PollFlags::IN,
+    )];
+    rustix::event::poll(&mut poll, None).unwrap();
+    // its pid must be free again for the next copy's namespace init...
+    // (a fresh namespace each time: only reaping by init is left)
+}
+
+fn build_example(name: &str) -> PathBuf {
+    let status = Command::new(env!("CARGO"))
+        .args(["build", "--quiet", "--release", "--example", name])
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .status()
+        .unwrap();
+    assert!(status.success());
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join(format!("target/release/examples/{name}"))
+}
+
+/// `tiny`: see the module docs.
+pub(super) fn tiny(criu: &Criu, app: &Path, socket: &Path, work: &Path, reps: usize) {
+    let (mut idle, _idle_out) = start_app(app, &["--idle", "--mib", "1"]);
+    let pid = idle.id().to_string();
+    let sd_dir = images(work, "tiny-selfdump");
+    let (mut sd, sd_out) = start_app(
+        app,
+        &[
+            "--step",
+            "--mib",
+            "1",
+            "--checkpoints",
+            &reps.to_string(),
+            "--images",
+            sd_dir.to_str().unwrap(),
+            "--socket",
+            socket.to_str().unwrap(),
+        ],
+    );
+    let mut lines = sd_out.lines();
+    let (mut plain, mut synced, mut ours) = (vec![], vec![], Vec::<Sample>::new());
+    for round in 0..reps {
+        for turn in 0..3 {
+            match (turn + round) % 3 {
+                0 => plain.push(plain_dump(criu, &pid, &images(work, "tiny-plain")).wall_ms),
+                1 => synced.push(plain_then_sync(criu, &pid, &images(work, "tiny-plain"))),
+                _ => {
+                    sd.stdin.as_mut().unwrap().write_all(b"go\n").unwrap();
+                    ours.push(parse(&lines.next().unwrap().unwrap()));
+                }
+            }
+        }
+    }
+    assert!(sd.wait().unwrap().success());
+    let _ = idle.kill();
+    let _ = idle.wait();
+    println!("\n   tiny checkpoint (1 MiB), app-observed, {reps} rounds in turns:");
+    let base = stats(&synced).0;
+    show("plain `criu dump`", &plain, None);
+    show("plain `criu dump` + `sync -f DIR`", &synced, None);
+    let wall: Vec<f64> = ours.iter().map(|s| s.wall_ms).collect();
+    show("selfdump checkpoint() (vs plain + sync)", &wall, Some(base));
+    println!("     of which syncfs {:.1} ms", m(&ours, |s| s.sync_ms));
+    let _ = std::fs::remove_dir_all(&sd_dir);
+}
+
+/// `criu dump` then `sync -f DIR` (plain_dump syncs everything before its
+/// clock starts, so the two times are added).
+fn plain_then_sync(criu: &Criu, pid: &str, dir: &Path) -> f64 {
+    let dumped = plain_dump(criu, pid, dir);
+    let started = Instant::now();
+    let synced = Command::new("sync").arg("-f").arg(dir).status().unwrap();
+    assert!(synced.success());
+    dumped.wall_ms + ms(started.elapsed())
+}
+
+/// `concurrent`: see the module docs.
+pub(super) fn concurrent(criu: &Criu, app: &Path, socket: &Path, work: &Path, reps: usize) {
+    const N: usize = 8;
+    let idle: Vec<_> = (0..N)
+        .map(|_| start_app(app, &["--idle", "--mib", "4"]))
+        .collect();
+    let pids: Vec<String> = idle.iter().map(|(c, _)| c.id().to_string()).collect();
+    let (mut plain, mut synced, mut ours) = (vec![], vec![], vec![]);
+    for round in 0..reps {
+        for turn in 0..3 {
+            rustix::fs::sync();
+            match (turn + round) % 3 {
+                0 => plain.push(plain_at_once(criu, &pids, work, false)),
+                1 => synced.push(plain_at_once(criu, &pids, work, true)),
+                _ => ours.push(super::concurrent(app, socket, work, N).0),
+            }
+        }
+    }
+    for (mut child, _) in idle {
+        let _ = child.kill();
+        let _ = child.wait();
+    }
+    println!("\n   {N} checkpoints at once (4 MiB each), wall until the last, {reps} rounds in turns:");
+    let base = stats(&synced).0;
+    show("plain `criu dump` x8", &plain, None);
+    show("plain `criu dump` + `sync -f` x8", &synced, None);
+    show("selfdump checkpoint() x8 (vs plain + sync)", &ours, Some(base));
+}
+
+/// One plain `criu dump` of each pid at once (each followed by `sync -f`
+/// of its directory when `sync`); wall time until the last is done.
+fn plain_at_once(criu: &Criu, pids: &[String], work: &Path, sync: bool) -> f64 {
+    let dirs: Vec<PathBuf> = (0..pids.len())
+        .map(|i| images(work, &format!("at-once-{i}")))
+        .collect();
+    let started = Instant::now();
+    let children: Vec<_> = pids
+        .iter()
+        .zip(&dirs)
+        .map(|(pid, dir)| {
+            let dump = format!(
+                "{} dump --leave-running --shell-job -t {pid} -o dump.log -v4 -D {}",
+                criu.path.display(),
+                dir.display()
+            );
+            match sync {
+                true => Command::new("sh")
+                    .arg("-c")
+                    .arg(format!("{dump} && sync -f {}", dir.display()))
+                    .spawn(),
+                false => Command::new(&criu.path)
+                    .args(dump.split(' ').skip(1))
+                    .spawn(),
+            }
+            .unwrap()
+        })
+        .collect();
+    for mut child in children {
+        assert!(child.wait().unwrap().success(), "plain criu dump failed");
+    }
+    let took = ms(started.elapsed());
+    for dir in dirs {
+        let _ = std::fs::remove_dir_all(dir);
+    }
+    took
+}
