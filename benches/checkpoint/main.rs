@@ -40,6 +40,10 @@ fn main() {
         println!("checkpoint bench: SKIPPED, needs root (CRIU dumps need it)");
         return;
     }
+    if let Ok(level) = std::env::var("SELFDUMP_BENCH_LOG") {
+        // the service's own step timings (debug), on stderr
+        env_logger::Builder::new().parse_filters(&level).init();
+    }
     let quick = std::env::var_os("SELFDUMP_BENCH_QUICK").is_some();
     let reps = if quick { 3 } else { 15 };
     let criu = Criu {

@@ -76,7 +76,14 @@ pub(super) fn restore(criu: &Criu, socket: &Path, reps: usize) {
 fn isolated_image(app: &Path, socket: &Path, work: &Path, mib: usize) -> PathBuf {
     let dir = work.join(format!("img-{mib}"));
     std::fs::create_dir_all(&dir).unwrap();
-    let out = Command::new(env!("CARGO_BIN_EXE_selfdump"))
+    // the copies write their stamp there (appended: CRIU accepts its growth)
+    let log = work.join(format!("img-{mib}.log"));
+    let out = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(&log)
+        .unwrap();
+    let status = Command::new(env!("CARGO_BIN_EXE_selfdump"))
         .args(["run", "--"])
         .arg(app)
         .arg("--images")
@@ -85,11 +92,12 @@ fn isolated_image(app: &Path, socket: &Path, work: &Path, mib: usize) -> PathBuf
         .arg(socket)
         .args(["--mb", &mib.to_string()])
         .stdin(Stdio::null())
-        .stderr(Stdio::inherit())
-        .output()
+        .stdout(out.try_clone().unwrap())
+        .stderr(out)
+        .status()
         .unwrap();
-    let text = String::from_utf8_lossy(&out.stdout);
-    assert!(out.status.success() && text.contains("checkpointed"), "{text}");
+    let text = std::fs::read_to_string(&log).unwrap_or_default();
+    assert!(status.success() && text.contains("checkpointed"), "{text}");
     dir.join("latest")
 }
 
@@ -110,7 +118,11 @@ fn plain_restore(criu: &Criu, dir: &Path, work: &Path) -> f64 {
         .status()
         .unwrap();
     let took = ms(started.elapsed());
-    assert!(status.success(), "plain criu restore failed");
+    if !status.success() {
+        let log = std::fs::read_to_string(w.path().join("restore.log")).unwrap_or_default();
+        let tail: Vec<&str> = log.lines().rev().take(15).collect();
+        panic!("plain criu restore failed:\n{}", tail.join("\n"));
+    }
     let pid = std::fs::read_to_string(w.path().join("restore.pid")).unwrap();
     kill_copy(pid.trim().parse().unwrap());
     took
@@ -121,7 +133,10 @@ fn cli_restore(dir: &Path) -> f64 {
     let out = Command::new(env!("CARGO_BIN_EXE_selfdump"))
         .arg("restore")
         .arg(dir)
-        .env("RUST_LOG", "warn")
+        .env(
+            "RUST_LOG",
+            std::env::var("SELFDUMP_BENCH_LOG").unwrap_or("warn".into()),
+        )
         .stdin(Stdio::null())
         .stderr(Stdio::inherit())
         .output()

@@ -18,6 +18,7 @@
 //! Then the credentials of every task and thread (`core-*.img`) must be the
 //! recorded owner's, and a non-root owner's tasks must hold no capability.
 
+use super::gate::{DEFER_AT_LEAST, Unhashed, is_pages};
 use super::settings::RestoreError;
 use crate::server::caller::credentials::Credentials;
 use crate::server::fs::generations::{LATEST, Resolved, is_generation_name};
@@ -52,6 +53,9 @@ pub struct Verified {
     /// Each file placed in the private directory and its size, as
     /// verified (what [`Verified::recheck`] compares with).
     pub(crate) placed: Vec<(String, u64)>,
+    /// Pages files placed but left for the restore to hash while CRIU runs
+    /// (`gate.rs`); empty unless [`verify`] was asked to defer them.
+    pub(crate) unhashed: Vec<Unhashed>,
 }
 
 impl Drop for Verified {
@@ -67,18 +71,24 @@ impl Drop for Verified {
 /// `creds` makes and removes the private directory (the directory owner's
 /// or the requester's: see [`RootSubdir`]); `may_restore` sees the
 /// signed facts first (the owner, to compare with the requester).
+/// With `defer_pages`, a root checkpoint's large pages files are placed
+/// but not hashed: they are left in [`Verified::unhashed`] for the
+/// restore to hash while CRIU runs, behind its gate (`gate.rs`).
 pub(crate) fn verify(
     images: Resolved,
     key: Option<&Key>,
     trust_unsigned: bool,
     creds: Credentials,
+    defer_pages: bool,
     may_restore: impl FnOnce(&ImageMeta) -> Result<(), RestoreError>,
 ) -> Result<Verified, RestoreError> {
+    let started = std::time::Instant::now();
     let Resolved {
         dir: images,
         generation,
     } = images;
     let manifest = signed_manifest(&images, key, trust_unsigned)?;
+    let checked = started.elapsed();
     if let Some(m) = &manifest {
         may_restore(&m.meta)?;
     }
@@ -93,12 +103,19 @@ pub(crate) fn verify(
         generation,
         bytes: 0,
         placed: Vec::with_capacity(wanted.len()),
+        unhashed: Vec::new(),
     };
+    // only where root's CRIU restores a root checkpoint (see gate.rs)
+    let defer = defer_pages && manifest.as_ref().is_some_and(|m| m.meta.uid == 0);
+    let made = started.elapsed();
     for file in &wanted {
-        let size = verified.take(file, manifest.is_some())?;
+        let defer = defer && is_pages(&file.name) && file.size >= DEFER_AT_LEAST;
+        let (size, unhashed) = verified.take(file, manifest.is_some(), defer)?;
         verified.bytes += size;
         verified.placed.push((file.name.clone(), size));
+        verified.unhashed.extend(unhashed);
     }
+    let placed = started.elapsed();
     let pstree = read_image(&verified.subdir.dir, "pstree.img")
         .ok_or_else(|| RestoreError::Refused("no pstree.img".into()))?;
     verified.tree = entries(&pstree)
@@ -116,6 +133,18 @@ pub(crate) fn verify(
             verified.meta.pid = root.map_or(0, |r| r.pid as i32);
         }
     }
+    log::debug!(
+        "restore: verified in {:?}: manifest {checked:?}, private directory {:?}, {} files \
+         ({} bytes, {} left to hash during the restore) placed and hashed {:?}, tree and \
+         credentials {:?}",
+        started.elapsed(),
+        made - checked,
+        verified.placed.len(),
+        verified.bytes,
+        verified.unhashed.len(),
+        placed - made,
+        started.elapsed() - placed
+    );
     Ok(verified)
 }
 
@@ -172,8 +201,14 @@ fn wanted(images: &OwnedFd, manifest: Option<&Manifest>) -> Result<Vec<FileDiges
 
 impl Verified {
     /// Places one image file in the private directory (see the module
-    /// docs); returns its size.
-    fn take(&self, want: &FileDigest, signed: bool) -> Result<u64, RestoreError> {
+    /// docs); returns its size, and the file itself if its hash is left
+    /// to check (`defer`).
+    fn take(
+        &self,
+        want: &FileDigest,
+        signed: bool,
+        defer: bool,
+    ) -> Result<(u64, Option<Unhashed>), RestoreError> {
         let name = want.name.as_str();
         let changed = |why: &str| RestoreError::Refused(format!("{name} {why}"));
         let io = |e: io::Error| RestoreError::Refused(format!("{name}: {e}"));
@@ -208,10 +243,19 @@ impl Verified {
         } else {
             copy(&src, &self.subdir.dir, name, size).map_err(io)?
         };
+        if signed && defer {
+            let unhashed = Unhashed {
+                name: name.to_owned(),
+                file: placed,
+                size,
+                hash: want.hash,
+            };
+            return Ok((size, Some(unhashed)));
+        }
         if signed && hash_file(&placed, size).map_err(io)? != want.hash {
             return Err(changed("changed since the dump (its hash differs)"));
         }
-        Ok(size)
+        Ok((size, None))
     }
 
     /// Checks, without hashing, that the private directory still holds

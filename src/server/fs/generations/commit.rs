@@ -219,10 +219,12 @@ impl Sealed {
 /// directory adopted meanwhile. On an error `G` is removed.
 fn name_it(g: &RootSubdir, name: &str) -> io::Result<Option<adopt::Adopted>> {
     let (parent, creds) = (&g.parent, &g.creds);
+    let syncing = std::time::Instant::now();
     if let Err(e) = rustix::fs::syncfs(&g.dir) {
         gone_as_caller(creds, parent, &g.name, &g.dir);
         return Err(e.into());
     }
+    log::debug!("{}: syncfs in {:?}", g.name, syncing.elapsed());
     hold("synced");
     let adopted = adopt::prepare(parent, creds);
     let renamed = creds.run(|| {
@@ -240,10 +242,12 @@ fn name_it(g: &RootSubdir, name: &str) -> io::Result<Option<adopt::Adopted>> {
         return Err(io::Error::new(e.kind(), why));
     }
     hold("renamed");
+    let naming = std::time::Instant::now();
     if let Err(e) = rustix::fs::fsync(parent) {
         gone_as_caller(creds, parent, name, &g.dir);
         return Err(e.into());
     }
+    log::debug!("{name}: named, its directory synced in {:?}", naming.elapsed());
     hold("named");
     Ok(adopted)
 }
