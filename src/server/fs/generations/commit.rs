@@ -19,8 +19,10 @@
 //!    linked into `G` from its fd (copied when someone else than root could
 //!    write it, and the copy used), hashed, handed to the caller (owner,
 //!    0600); the signed manifest is written last.
-//! 3. `synced`: `G` is given to the caller, then `syncfs`: every file's
-//!    data, owner and name in `G`, and `G` itself, are on disk.
+//! 3. `synced`: `G` is given to the caller, then `syncfs` (one started
+//!    after this point; commits that end together share it:
+//!    `shared_sync.rs`): every file's data, owner and name in `G`, and `G`
+//!    itself, are on disk.
 //! 4. `renamed`: `G` is renamed to its generation's name, as the caller,
 //!    without replacing anything.
 //! 5. `named`: `fsync(DIR)`: the name is on disk.
@@ -71,6 +73,7 @@ use crate::server::fs::generations::LATEST;
 use crate::server::fs::generations::adopt;
 use crate::server::fs::generations::files::{Source, hand_over, open_written, place};
 use crate::server::fs::root_subdir::{RootSubdir, remove_dir_as};
+use crate::server::fs::shared_sync::{self, Member};
 use crate::server::fs::test_hold::hold;
 use crate::server::images::criu_entries;
 use crate::server::images::format::{
@@ -90,6 +93,8 @@ use std::os::fd::{AsFd, AsRawFd, OwnedFd};
 #[derive(Debug)]
 pub(crate) struct Sealed {
     subdir: Option<RootSubdir>,
+    /// Its place among the commits syncing its filesystem (step 3).
+    sync: Member,
     /// What was published so far (bytes, CRIU's statistics, tasks).
     pub(crate) published: Published,
     /// What the manifest says.
@@ -120,6 +125,8 @@ pub(crate) fn seal(
 ) -> io::Result<Sealed> {
     let dir_written = source.dir;
     hold("dumped");
+    // before `G` is made: see shared_sync.rs on errors
+    let sync = shared_sync::join(parent)?;
     let subdir = RootSubdir::create(
         parent.try_clone()?,
         &format!(".selfdump-{job}-"),
@@ -136,6 +143,7 @@ pub(crate) fn seal(
         },
         meta: complete(meta, &dir_written),
         subdir: Some(subdir),
+        sync,
     };
     let dir = sealed.subdir.as_ref().expect("made").dir.try_clone()?;
     let mut names = entry_names(&dir_written)?;
@@ -182,7 +190,7 @@ impl Sealed {
             return Err(e.into());
         }
         let syncing = std::time::Instant::now();
-        let adopted = name_it(&subdir, name)?;
+        let adopted = name_it(&subdir, &self.sync, name)?;
         let RootSubdir {
             parent, dir, creds, ..
         } = subdir;
@@ -214,15 +222,16 @@ impl Sealed {
     }
 }
 
-/// Steps 3 to 5 of the module docs for `G` (the caller's by now): synced,
-/// named `name`, the name synced; an old checkpoint directly in the
-/// directory adopted meanwhile. On an error `G` is removed.
-fn name_it(g: &RootSubdir, name: &str) -> io::Result<Option<adopt::Adopted>> {
+/// Steps 3 to 5 of the module docs for `G` (the caller's by now): synced
+/// (a `syncfs` started after this call, maybe shared with other commits:
+/// `shared_sync.rs`), named `name`, the name synced; an old checkpoint
+/// directly in the directory adopted meanwhile. On an error `G` is removed.
+fn name_it(g: &RootSubdir, sync: &Member, name: &str) -> io::Result<Option<adopt::Adopted>> {
     let (parent, creds) = (&g.parent, &g.creds);
     let syncing = std::time::Instant::now();
-    if let Err(e) = rustix::fs::syncfs(&g.dir) {
+    if let Err(e) = sync.sync() {
         gone_as_caller(creds, parent, &g.name, &g.dir);
-        return Err(e.into());
+        return Err(e);
     }
     log::debug!("{}: syncfs in {:?}", g.name, syncing.elapsed());
     hold("synced");
