@@ -123,8 +123,15 @@ fn run_verified(
     }
     let ran = run_criu(verified, settings, gate.as_deref());
     // a failed verification is the reason, whatever CRIU said of it
-    if let Some(gate) = gate.as_mut() {
-        gate.verdict()?;
+    if let Some(gate) = gate.as_mut()
+        && let Err(refused) = gate.verdict()
+    {
+        // CRIU killed the tree it had rebuilt; its ids are free once it is
+        // reaped (a namespace's init takes its namespace with it)
+        if !verified.meta.pid_namespace {
+            let _ = wait_ids_free(&verified.tree, verified.meta.shell_job, REAPED_WAIT);
+        }
+        return Err(refused);
     }
     match ran {
         // a pid or thread id of the images was taken between the check and
@@ -149,6 +156,10 @@ fn run_verified(
         other => other,
     }
 }
+
+/// How long a restore refused at its gate waits for the tree CRIU killed
+/// to be reaped, so that its ids are free when the refusal is told.
+const REAPED_WAIT: Duration = Duration::from_secs(2);
 
 /// How long a restore whose id was taken meanwhile waits for it again.
 const RETRY_WAIT: Duration = Duration::from_secs(5);
