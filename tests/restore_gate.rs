@@ -41,8 +41,8 @@ fn flip_byte(file: &Path, at: u64) {
 #[test]
 fn pages_hashed_during_the_restore_hold_the_tree_until_they_verify() {
     let service = Service::start();
-    // 16 MiB: a pages file above the size hashed while CRIU runs
-    let (images, program) = checkpoint_and_kill(&service, 16);
+    // 48 MiB: pages above the size hashed while CRIU runs
+    let (images, program) = checkpoint_and_kill(&service, 48);
     let latest = images.path().join("latest");
     let pages = image_files(&latest)
         .into_iter()
@@ -92,6 +92,8 @@ fn pages_hashed_during_the_restore_hold_the_tree_until_they_verify() {
     );
     let pid: i32 = stdout.trim().parse().unwrap();
     assert_eq!(pid, program.pid);
-    program.wait_for("the restored program", |l| l.starts_with("checkpoint restored"));
+    program.wait_for("the restored program", |l| {
+        l.starts_with("checkpoint restored")
+    });
     kill_and_reap(pid);
 }

@@ -250,11 +250,17 @@ pub(super) fn concurrent(criu: &Criu, app: &Path, socket: &Path, work: &Path, re
         let _ = child.kill();
         let _ = child.wait();
     }
-    println!("\n   {N} checkpoints at once (4 MiB each), wall until the last, {reps} rounds in turns:");
+    println!(
+        "\n   {N} checkpoints at once (4 MiB each), wall until the last, {reps} rounds in turns:"
+    );
     let base = stats(&synced).0;
     show("plain `criu dump` x8", &plain, None);
     show("plain `criu dump` + `sync -f` x8", &synced, None);
-    show("selfdump checkpoint() x8 (vs plain + sync)", &ours, Some(base));
+    show(
+        "selfdump checkpoint() x8 (vs plain + sync)",
+        &ours,
+        Some(base),
+    );
 }
 
 /// One plain `criu dump` of each pid at once (each followed by `sync -f`

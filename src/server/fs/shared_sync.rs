@@ -110,7 +110,10 @@ impl Member {
         let needed = state.started + 1;
         while state.ended < needed {
             if state.running {
-                state = shared.done.wait(state).unwrap_or_else(PoisonError::into_inner);
+                state = shared
+                    .done
+                    .wait(state)
+                    .unwrap_or_else(PoisonError::into_inner);
                 continue;
             }
             state.running = true;
@@ -161,6 +164,9 @@ mod tests {
         let dev = b.shared.dev;
         drop(b);
         let table = TABLE.lock().unwrap();
-        assert!(!table.iter().any(|s| s.dev == dev), "the entry outlived its commits");
+        assert!(
+            !table.iter().any(|s| s.dev == dev),
+            "the entry outlived its commits"
+        );
     }
 }

@@ -38,7 +38,7 @@
 
 use super::settings::RestoreError;
 use crate::server::fs::service_dir::{LOG_DIR, ServiceDir};
-use crate::server::images::manifest::hash_file;
+use crate::server::images::manifest::hash_file_on_one_core;
 use rustix::fs::{FileType, Mode, OFlags};
 use std::io;
 use std::os::fd::OwnedFd;
@@ -46,9 +46,12 @@ use std::path::Path;
 use std::process::Command;
 use std::thread::JoinHandle;
 
-/// Pages files at least this large are hashed while CRIU runs; smaller
-/// ones cost less to hash before it than the gate's script costs CRIU.
-pub(super) const DEFER_AT_LEAST: u64 = 4 << 20;
+/// Pages files are hashed while CRIU runs when they hold at least this
+/// many bytes in all. Below, hashing them first costs less than the gate:
+/// CRIU runs the script at each of its seven restore actions, a fork and
+/// an exec of `sh` each, 1.3–1.5 ms apiece here (its log's timestamps),
+/// while 32 MiB hash in about 10 ms on one core.
+pub(super) const DEFER_AT_LEAST: u64 = 32 << 20;
 
 /// Whether image file `name` is raw memory (see the module docs).
 pub(super) fn is_pages(name: &str) -> bool {
@@ -152,15 +155,18 @@ fn make_fifo(logs: &ServiceDir, name: &str) -> io::Result<OwnedFd> {
     )?;
     let stat = rustix::fs::fstat(&fifo)?;
     if FileType::from_raw_mode(stat.st_mode) != FileType::Fifo || stat.st_uid != 0 {
-        return Err(io::Error::other(format!("{name} is not the FIFO just made")));
+        return Err(io::Error::other(format!(
+            "{name} is not the FIFO just made"
+        )));
     }
     Ok(fifo)
 }
 
-/// Hashes each file and compares it with its signed hash.
+/// Hashes each file and compares it with its signed hash. On one core:
+/// CRIU's restore runs on another meanwhile, mostly on one core itself.
 fn check(unhashed: &[Unhashed]) -> Result<(), RestoreError> {
     for u in unhashed {
-        let hash = hash_file(&u.file, u.size)
+        let hash = hash_file_on_one_core(&u.file, u.size)
             .map_err(|e| RestoreError::Refused(format!("{}: {e}", u.name)))?;
         if hash != u.hash {
             return Err(RestoreError::Refused(format!(

@@ -21,6 +21,7 @@ mod as_owner;
 mod criu;
 mod gate;
 mod ids;
+mod place;
 mod settings;
 mod verify;
 

@@ -15,6 +15,11 @@
 //!   private directory first and the *copy* is hashed: CRIU reads the copy,
 //!   which only root can change.
 //!
+//! Files are placed and hashed on several threads at once (`place.rs`).
+//! A root checkpoint's memory pages, when large, are placed here but
+//! hashed while CRIU restores, and the restored tree is held until they
+//! match (`gate.rs` says why that proves as much).
+//!
 //! Then the credentials of every task and thread (`core-*.img`) must be the
 //! recorded owner's, and a non-root owner's tasks must hold no capability.
 
@@ -26,14 +31,11 @@ use crate::server::fs::root_subdir::RootSubdir;
 use crate::server::images::criu_entries::{CoreEntry, PstreeEntry};
 use crate::server::images::format::ImageMeta;
 use crate::server::images::format::{
-    copy, entries, entry_names, first_entry, only_root_writes, read_image,
+    entries, entry_names, first_entry, only_root_writes, read_image,
 };
-use crate::server::images::manifest::{
-    FileDigest, Key, MANIFEST_FILE, Manifest, hash_file, unsigned_extra,
-};
+use crate::server::images::manifest::{FileDigest, Key, MANIFEST_FILE, Manifest, unsigned_extra};
 use prost::Message;
-use rustix::fs::{AtFlags, FileType, Mode, OFlags};
-use std::io;
+use rustix::fs::{AtFlags, FileType};
 use std::os::fd::{AsFd, OwnedFd};
 
 /// Images checked and placed where only root can change them.
@@ -105,12 +107,22 @@ pub(crate) fn verify(
         placed: Vec::with_capacity(wanted.len()),
         unhashed: Vec::new(),
     };
-    // only where root's CRIU restores a root checkpoint (see gate.rs)
-    let defer = defer_pages && manifest.as_ref().is_some_and(|m| m.meta.uid == 0);
+    // only where root's CRIU restores a root checkpoint whose pages are
+    // worth the gate's cost (see gate.rs)
+    let pages: u64 = wanted
+        .iter()
+        .filter(|f| is_pages(&f.name))
+        .map(|f| f.size)
+        .sum();
+    let defer = defer_pages
+        && manifest.as_ref().is_some_and(|m| m.meta.uid == 0)
+        && pages >= DEFER_AT_LEAST;
     let made = started.elapsed();
-    for file in &wanted {
-        let defer = defer && is_pages(&file.name) && file.size >= DEFER_AT_LEAST;
-        let (size, unhashed) = verified.take(file, manifest.is_some(), defer)?;
+    for (file, taken) in wanted
+        .iter()
+        .zip(verified.take_all(&wanted, manifest.is_some(), defer))
+    {
+        let (size, unhashed) = taken?;
         verified.bytes += size;
         verified.placed.push((file.name.clone(), size));
         verified.unhashed.extend(unhashed);
@@ -200,64 +212,6 @@ fn wanted(images: &OwnedFd, manifest: Option<&Manifest>) -> Result<Vec<FileDiges
 }
 
 impl Verified {
-    /// Places one image file in the private directory (see the module
-    /// docs); returns its size, and the file itself if its hash is left
-    /// to check (`defer`).
-    fn take(
-        &self,
-        want: &FileDigest,
-        signed: bool,
-        defer: bool,
-    ) -> Result<(u64, Option<Unhashed>), RestoreError> {
-        let name = want.name.as_str();
-        let changed = |why: &str| RestoreError::Refused(format!("{name} {why}"));
-        let io = |e: io::Error| RestoreError::Refused(format!("{name}: {e}"));
-        let src = match rustix::fs::openat(
-            &self.subdir.parent,
-            name,
-            OFlags::RDONLY | OFlags::NOFOLLOW | OFlags::NONBLOCK | OFlags::CLOEXEC,
-            Mode::empty(),
-        ) {
-            Ok(f) => f,
-            Err(rustix::io::Errno::NOENT) => {
-                return Err(changed("is missing (removed after the dump)"));
-            }
-            Err(rustix::io::Errno::LOOP) => return Err(changed("is a symlink, not an image file")),
-            Err(e) => return Err(io(e.into())),
-        };
-        let stat = rustix::fs::fstat(&src).map_err(|e| io(e.into()))?;
-        if FileType::from_raw_mode(stat.st_mode) != FileType::RegularFile {
-            return Err(changed("is not a regular file"));
-        }
-        let size = stat.st_size as u64;
-        if signed && size != want.size {
-            return Err(changed(&format!(
-                "changed since the dump ({size} bytes, signed {})",
-                want.size
-            )));
-        }
-        let placed = if only_root_writes(&stat) {
-            rustix::fs::linkat(&src, "", &self.subdir.dir, name, AtFlags::EMPTY_PATH)
-                .map_err(|e| io(e.into()))?;
-            src
-        } else {
-            copy(&src, &self.subdir.dir, name, size).map_err(io)?
-        };
-        if signed && defer {
-            let unhashed = Unhashed {
-                name: name.to_owned(),
-                file: placed,
-                size,
-                hash: want.hash,
-            };
-            return Ok((size, Some(unhashed)));
-        }
-        if signed && hash_file(&placed, size).map_err(io)? != want.hash {
-            return Err(changed("changed since the dump (its hash differs)"));
-        }
-        Ok((size, None))
-    }
-
     /// Checks, without hashing, that the private directory still holds
     /// exactly what was verified, for a verified set restored again (a
     /// harness's rounds, `copies::VerifiedImages`): the same names, each

@@ -256,7 +256,10 @@ fn name_it(g: &RootSubdir, sync: &Member, name: &str) -> io::Result<Option<adopt
         gone_as_caller(creds, parent, name, &g.dir);
         return Err(e.into());
     }
-    log::debug!("{name}: named, its directory synced in {:?}", naming.elapsed());
+    log::debug!(
+        "{name}: named, its directory synced in {:?}",
+        naming.elapsed()
+    );
     hold("named");
     Ok(adopted)
 }
