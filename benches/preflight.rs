@@ -9,10 +9,13 @@
 //!
 //! Run: `cargo bench --bench preflight`.
 
+#[path = "support/report.rs"]
+mod report;
+
+use report::Report;
 use std::time::{Duration, Instant};
 
 /// Timed calls of each, after a few warm-up calls.
-const SAMPLES: usize = 200;
 const WARMUP: usize = 5;
 /// The target for the preflight's median.
 const TARGET: Duration = Duration::from_millis(2);
@@ -22,61 +25,91 @@ fn main() {
         println!("preflight: bench");
         return;
     }
+    let samples = if report::quick() { 20 } else { 200 };
     // A typical small process: stdio, a socketpair, a regular file.
     let _pair = std::os::unix::net::UnixStream::pair().unwrap();
     let _file = tempfile::tempfile().unwrap();
     let fds = std::fs::read_dir("/proc/self/fd").unwrap().count();
-    let findings = selfdump::preflight().expect("preflight");
-
-    let baseline = median_of(|| {
+    let findings = selfdump::preflight().expect("preflight").len();
+    let read_status = || {
         let status = std::fs::read_to_string("/proc/self/status").unwrap();
         std::hint::black_box(status);
-    });
-    let preflight = median_of(|| {
+    };
+    let preflight = || {
         std::hint::black_box(selfdump::preflight().unwrap());
-    });
-
-    println!(
-        "preflight: median of {SAMPLES} calls each, this process ({fds} open fds, no children)"
-    );
-    println!("  findings: {}", findings.len());
-    println!(
-        "  {:<34} {:>12}",
-        "baseline (read /proc/self/status)",
-        fmt(baseline)
-    );
-    println!("  {:<34} {:>12}", "selfdump::preflight()", fmt(preflight));
-    println!(
-        "  ratio preflight / baseline: {:.1}",
-        preflight.as_secs_f64() / baseline.as_secs_f64()
-    );
-    println!(
-        "  target: preflight median under {TARGET:?}: {}",
-        if preflight < TARGET { "yes" } else { "NO" }
-    );
+    };
+    let baseline = median_of(samples, read_status);
+    let plain = median_of(samples, preflight);
 
     // The same process serving TCP: a listener and both ends of a connection.
     let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let _client = std::net::TcpStream::connect(listener.local_addr().unwrap()).unwrap();
     let _server = listener.accept().unwrap();
-    let findings = selfdump::preflight().expect("preflight").len();
-    let with_tcp = median_of(|| {
-        std::hint::black_box(selfdump::preflight().unwrap());
-    });
-    println!("  with a TCP listener and a connection ({findings} findings):");
-    println!("  {:<34} {:>12}", "selfdump::preflight()", fmt(with_tcp));
-    println!(
-        "  ratio preflight / baseline: {:.1}; under {TARGET:?}: {}",
-        with_tcp.as_secs_f64() / baseline.as_secs_f64(),
-        if with_tcp < TARGET { "yes" } else { "NO" }
+    let tcp_findings = selfdump::preflight().expect("preflight").len();
+    let with_tcp = median_of(samples, preflight);
+
+    let mut report = Report::new();
+    report.section(
+        "Preflight",
+        &format!(
+            "`benches/preflight.rs`. `selfdump::preflight()` runs before every checkpoint. \
+             Median of {samples} calls each, on this bench's own process ({fds} open fds, no \
+             children), against one read of `/proc/self/status` (the least the preflight \
+             must do), then with a TCP listener and a connection open."
+        ),
+    );
+    table(
+        &mut report,
+        baseline,
+        &[
+            ("`preflight()`", findings, plain),
+            (
+                "`preflight()`, TCP listener and connection",
+                tcp_findings,
+                with_tcp,
+            ),
+        ],
+    );
+    report.target(
+        &format!("a median under {TARGET:?}"),
+        plain.max(with_tcp) < TARGET,
+        &format!("at most {} µs", micros(plain.max(with_tcp))),
+    );
+    report.finish();
+}
+
+fn micros(d: Duration) -> String {
+    format!("{:.1}", d.as_secs_f64() * 1e6)
+}
+
+/// The table: the baseline, then each call with its findings and median.
+fn table(report: &mut Report, baseline: Duration, calls: &[(&str, usize, Duration)]) {
+    let ratio = |d: Duration| report::ratio(d.as_secs_f64() / baseline.as_secs_f64());
+    let mut rows = vec![vec![
+        "read `/proc/self/status` (baseline)".into(),
+        "".into(),
+        micros(baseline),
+        "1.00".into(),
+    ]];
+    for (call, findings, median) in calls {
+        rows.push(vec![
+            call.to_string(),
+            findings.to_string(),
+            micros(*median),
+            ratio(*median),
+        ]);
+    }
+    report.table(
+        &["call", "findings", "median µs", "ratio to the baseline"],
+        &rows,
     );
 }
 
-fn median_of(mut f: impl FnMut()) -> Duration {
+fn median_of(samples: usize, mut f: impl FnMut()) -> Duration {
     for _ in 0..WARMUP {
         f();
     }
-    let mut times: Vec<Duration> = (0..SAMPLES)
+    let mut times: Vec<Duration> = (0..samples)
         .map(|_| {
             let started = Instant::now();
             f();
@@ -85,8 +118,4 @@ fn median_of(mut f: impl FnMut()) -> Duration {
         .collect();
     times.sort();
     times[times.len() / 2]
-}
-
-fn fmt(d: Duration) -> String {
-    format!("{:.1} µs", d.as_secs_f64() * 1e6)
 }

@@ -8,8 +8,12 @@
 //! at the directory check, so no dump runs. That refusal is the only
 //! shortcut, and it is named as such in the output.
 //!
-//! Run: `cargo bench --bench protocol` (as root, like the service).
+//! Run: `cargo bench --features server --bench protocol` (as root, like the service).
 
+#[path = "support/report.rs"]
+mod report;
+
+use report::{Report, quick, ratio};
 use selfdump::proto::{self, DumpOptions, HEADER_LEN, Request};
 use selfdump::server::Server;
 use std::io::{Read, Write};
@@ -18,14 +22,20 @@ use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-const ROUND: Duration = Duration::from_millis(1500);
-const ROUNDS: usize = 3;
+/// The targets: the service's time per request at most 3 echo times, and
+/// at least 20,000 requests per second.
+const TARGET_RATIO: f64 = 3.0;
+const TARGET_RATE: f64 = 20_000.0;
 
 fn main() {
     if std::env::args().any(|a| a == "--list") {
         println!("protocol: bench");
         return;
     }
+    let (round, rounds) = match quick() {
+        true => (Duration::from_millis(200), 1),
+        false => (Duration::from_millis(1500), 3),
+    };
     let dir = tempfile::tempdir().unwrap();
     let service_socket = dir.path().join("selfdump.sock");
     let echo_socket = dir.path().join("echo.sock");
@@ -46,40 +56,49 @@ fn main() {
         "{response:?}"
     );
 
-    println!("protocol: {ROUNDS} rounds of {ROUND:?} per setting (median)");
-    println!(
-        "  each request: connect, send a frame with one fd (SCM_RIGHTS), read the answer, close"
+    let mut report = Report::new();
+    report.section(
+        "Protocol: a request through the real server path",
+        &format!(
+            "`benches/protocol.rs`. One request = connect, send a frame with one fd \
+             (`SCM_RIGHTS`), read the answer, close. The service request is a checkpoint \
+             whose fd is not a directory: it goes through accept, \
+             `SO_PEERPIDFD`/`SO_PEERCRED`, frame decode, the caller's `/proc` checks, the \
+             policy and the directory check, and is refused there, so no dump runs (the \
+             only shortcut). The baseline is a bare unix-socket echo of the same frame with \
+             the same fd. Echo and service in turns, {rounds} round(s) of {round:?} each per \
+             setting, median; ratio = service time per request / echo time."
+        ),
     );
-    println!(
-        "  service request: a checkpoint whose fd is not a directory: every check runs, then the"
-    );
-    println!("  refusal at the directory check; no dump (the only shortcut)");
-    println!(
-        "  {:>7} {:>14} {:>14} {:>7}",
-        "clients", "echo req/s", "service req/s", "ratio"
-    );
-    let not_a_dir = &not_a_dir;
+    let mut rows = Vec::new();
+    let (mut worst_ratio, mut best_rate) = (0f64, 0f64);
     for clients in [1usize, 2, 4] {
-        let mut echo_rates = Vec::new();
-        let mut service_rates = Vec::new();
-        for _ in 0..ROUNDS {
-            echo_rates.push(rate(clients, || {
-                drop(round_trip(&echo_socket, &request, not_a_dir.as_fd()))
-            }));
-            service_rates.push(rate(clients, || {
-                drop(round_trip(&service_socket, &request, not_a_dir.as_fd()))
-            }));
-        }
-        let echo = median(&mut echo_rates);
-        let service = median(&mut service_rates);
-        println!(
-            "  {clients:>7} {echo:>14.0} {service:>14.0} {:>7.2}",
-            echo / service
-        );
+        let (request, not_a_dir) = (&request, &not_a_dir);
+        let to = |socket: &Path| drop(round_trip(socket, request, not_a_dir.as_fd()));
+        let (echo, service) = in_turns(clients, round, rounds, &|| to(&echo_socket), &|| {
+            to(&service_socket)
+        });
+        worst_ratio = worst_ratio.max(echo / service);
+        best_rate = best_rate.max(service);
+        rows.push(vec![
+            clients.to_string(),
+            format!("{echo:.0}"),
+            format!("{service:.0}"),
+            ratio(echo / service),
+        ]);
     }
-    println!(
-        "  ratio = echo rate / service rate (time per request, service over echo); targets: ratio <= 3, >= 20000 req/s"
+    report.table(&["clients", "echo req/s", "service req/s", "ratio"], &rows);
+    report.target(
+        &format!("ratio at most {TARGET_RATIO}"),
+        worst_ratio <= TARGET_RATIO,
+        &format!("worst {}", ratio(worst_ratio)),
     );
+    report.target(
+        &format!("at least {TARGET_RATE:.0} req/s"),
+        best_rate >= TARGET_RATE,
+        &format!("best {best_rate:.0} req/s"),
+    );
+    report.finish();
 }
 
 fn round_trip(socket: &Path, frame: &[u8], fd: BorrowedFd<'_>) -> Vec<u8> {
@@ -111,15 +130,36 @@ fn echo_server(listener: UnixListener) {
     }
 }
 
-/// Requests per second with `clients` threads each running `request` in a loop.
-fn rate(clients: usize, request: impl Fn() + Sync) -> f64 {
+/// Median requests per second of `echo` and of `service`, `rounds` rounds
+/// of each in turns.
+fn in_turns(
+    clients: usize,
+    round: Duration,
+    rounds: usize,
+    echo: &(impl Fn() + Sync),
+    service: &(impl Fn() + Sync),
+) -> (f64, f64) {
+    let (mut echo_rates, mut service_rates) = (Vec::new(), Vec::new());
+    for _ in 0..rounds {
+        echo_rates.push(rate(clients, round, echo));
+        service_rates.push(rate(clients, round, service));
+    }
+    (
+        report::median(&mut echo_rates),
+        report::median(&mut service_rates),
+    )
+}
+
+/// Requests per second with `clients` threads each running `request` in a
+/// loop for `round`.
+fn rate(clients: usize, round: Duration, request: impl Fn() + Sync) -> f64 {
     let started = Instant::now();
     let total: u64 = std::thread::scope(|scope| {
         let workers: Vec<_> = (0..clients)
             .map(|_| {
                 scope.spawn(|| {
                     let mut n = 0u64;
-                    while started.elapsed() < ROUND {
+                    while started.elapsed() < round {
                         request();
                         n += 1;
                     }
@@ -130,9 +170,4 @@ fn rate(clients: usize, request: impl Fn() + Sync) -> f64 {
         workers.into_iter().map(|w| w.join().unwrap()).sum()
     });
     total as f64 / started.elapsed().as_secs_f64()
-}
-
-fn median(v: &mut [f64]) -> f64 {
-    v.sort_by(|a, b| a.partial_cmp(b).unwrap());
-    v[v.len() / 2]
 }

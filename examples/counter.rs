@@ -164,9 +164,14 @@ fn main() {
         if count == at {
             match async_io::block_on(checkpoint(options.clone())) {
                 Ok(Outcome::Continued(r)) => say(&format!(
-                    "checkpoint continued: frozen {} us, total {} us, {} bytes, {} processes",
+                    "checkpoint continued: frozen {} us, total {} us, memdump {} us, memwrite {} \
+                     us, pages {} of {}, {} bytes, {} processes",
                     r.frozen.as_micros(),
                     r.total.as_micros(),
+                    r.memdump.as_micros(),
+                    r.memwrite.as_micros(),
+                    r.pages_written,
+                    r.pages_scanned,
                     r.bytes_written,
                     r.processes
                 )),

@@ -2,7 +2,7 @@
 //! it started itself may checkpoint through it. Run it as root:
 //!
 //! ```text
-//! sudo cargo run --example supervisor
+//! sudo cargo run --features cli --example supervisor
 //! ```
 //!
 //! It serves on a private socket, on its own single-threaded executor

@@ -9,7 +9,7 @@ source scripts/own-session.sh
 own_session scripts/demo.sh "$@"
 bash scripts/install-criu.sh
 export PATH="/usr/local/sbin:$PATH"
-cargo build --quiet --bin selfdump --example counter
+cargo build --quiet --features cli --bin selfdump --example counter
 bin=target/debug/selfdump counter=target/debug/examples/counter
 
 work=$(mktemp -d /tmp/selfdump-demo.XXXXXX)

@@ -1,4 +1,13 @@
-#![doc = include_str!("../README.md")]
+// The README is the crate's front page; its examples are doctests, and
+// some need both sides (`cargo test --all-features`, as scripts/test.sh
+// runs them; docs.rs builds with `cli`).
+#![cfg_attr(all(feature = "client", feature = "server"), doc = include_str!("../README.md"))]
+#![cfg_attr(
+    not(all(feature = "client", feature = "server")),
+    doc = "Let a Linux process checkpoint itself with CRIU through a root service \
+           (`selfdump::checkpoint(opts).await`). The README, with its examples, is this \
+           page when the `client` and `server` features are both on."
+)]
 //!
 //! ## Features
 //!
@@ -9,7 +18,7 @@
   [`Hooks`] and [`Resource`] around a checkpoint; [`preflight()`] and\n\
   [`preflight::Preflight`]; [`isolate::Isolated`] to start a program in a\n\
   pid namespace of its own (`selfdump run`), whose images restore as\n\
-  many copies at once."
+  many copies at once. All an application needs: `cargo add selfdump`."
 )]
 #![cfg_attr(
     not(feature = "client"),
@@ -18,22 +27,28 @@
   `Hooks` and `Resource` around a checkpoint; `preflight()` and\n\
   `preflight::Preflight`; `isolate::Isolated` to start a program in a\n\
   pid namespace of its own (`selfdump run`), whose images restore as\n\
-  many copies at once."
+  many copies at once. All an application needs: `cargo add selfdump`."
 )]
 #![cfg_attr(
     feature = "server",
-    doc = "- `server` (default): [`server::Server`], the CRIU engine, restore helpers\n\
+    doc = "- `server`: [`server::Server`], the CRIU engine, restore helpers\n\
   ([`server::restore`], [`server::copies`] for many copies at once) and\n\
-  systemd integration ([`server::systemd`])."
+  systemd integration ([`server::systemd`]), for an init system or\n\
+  supervisor that embeds the service."
 )]
 #![cfg_attr(
     not(feature = "server"),
-    doc = "- `server` (default): `server::Server`, the CRIU engine, restore helpers\n\
+    doc = "- `server`: `server::Server`, the CRIU engine, restore helpers\n\
   (`server::restore`, `server::copies` for many copies at once) and\n\
-  systemd integration (`server::systemd`)."
+  systemd integration (`server::systemd`), for an init system or\n\
+  supervisor that embeds the service."
 )]
-//! - `cli` (default, needs both): the `selfdump` binary (`serve`, `restore`,
-//!   `run`, `check`).
+//! - `cli` (needs both): the `selfdump` binary (`serve`, `restore`, `run`,
+//!   `inspect`, `check`): `cargo install selfdump --features cli`.
+//!
+//! Only `client` is on by default, so that an application that adds
+//! `selfdump` builds neither the root service nor the binary (30 crates
+//! rather than 77, `cargo tree -e normal`).
 //!
 //! ## Why each dependency is here
 //!

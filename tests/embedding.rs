@@ -3,6 +3,7 @@
 //! real CRIU, as root.
 
 mod common;
+use common::Guarded;
 
 use async_io::Async;
 use common::*;
@@ -141,6 +142,21 @@ fn run_server(criu: selfdump::server::Criu) -> Running {
     }
 }
 
+/// The service answers bytes that are no frame (with a refusal): it runs.
+fn answers_garbage(socket: &Path) {
+    use std::io::{Read, Write};
+    let mut stream = UnixStream::connect(socket).unwrap();
+    // (a header's length: the service reads all of it before it answers)
+    stream.write_all(&[b'x'; proto::HEADER_LEN]).unwrap();
+    let mut answer = [0u8; proto::HEADER_LEN];
+    stream.read_exact(&mut answer).unwrap();
+    assert_eq!(
+        &answer[..4],
+        &proto::MAGIC[..],
+        "the service does not answer"
+    );
+}
+
 /// Connects and reads what the service says without sending anything.
 fn greeting(socket: &Path) -> Response {
     async_io::block_on(async {
@@ -227,7 +243,8 @@ fn shutdown_mid_dump_finishes_the_dump_and_refuses_newcomers() {
 #[test]
 fn shutdown_of_an_idle_server_returns_at_once() {
     let server = run_server(criu());
-    std::thread::sleep(Duration::from_millis(100));
+    // running (it answers), and idle
+    answers_garbage(&server.socket);
     let asked = Instant::now();
     let stop = server.stop.clone();
     std::thread::spawn(move || stop.shutdown()); // from another thread
@@ -244,7 +261,7 @@ fn shutdown_of_an_idle_server_returns_at_once() {
 fn supervisor_example_runs_and_exits_zero() {
     let out = Command::new(example("supervisor"))
         .stdin(Stdio::null())
-        .output()
+        .output_guarded()
         .unwrap();
     let stdout = String::from_utf8_lossy(&out.stdout);
     let stderr = String::from_utf8_lossy(&out.stderr);
@@ -278,7 +295,7 @@ fn supervisor_example_stops_on_sigterm() {
         .stdin(Stdio::null())
         .stdout(file.try_clone().unwrap())
         .stderr(file)
-        .spawn()
+        .spawn_guarded()
         .unwrap();
     wait_for_line(&log, "the supervisor to hold", |l| {
         l == "supervisor: holding until SIGTERM"

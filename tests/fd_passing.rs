@@ -376,25 +376,42 @@ fn fd_sent_with_a_rejected_frame_is_closed() {
 
 #[test]
 fn more_fds_than_max_fds_never_get_through_write_and_read_frame() {
-    // Whatever write_frame does with too many fds (refuse them, or send
-    // them), read_frame must not hand them out, and none may stay open.
+    // For 2 to 8 fds (MAX_FDS is 1): write_frame refuses them and sends
+    // nothing (its reader sees the end of the stream, no frame, no fd);
+    // the same frame sent by hand with them reaches read_frame, which
+    // refuses it; none of the fds stays open on either side.
+    assert_eq!(
+        selfdump::proto::MAX_FDS,
+        1,
+        "this test counts from MAX_FDS + 1"
+    );
     for count in 2..=8 {
         let file = tempfile::tempfile().unwrap();
         let id = identity(file.as_fd());
-        let (a, b) = async_pair();
         let before = fds_referring_to(id);
-        let fds = vec![file.as_fd(); count];
         let frame = encode_frame(&checkpoint_request());
-        if async_io::block_on(write_frame(&a, &frame, &fds)).is_ok() {
-            let got = read_one(&b);
-            assert!(
-                matches!(
-                    got,
-                    Err(FrameError::UnexpectedFds(_)) | Err(FrameError::ControlTruncated)
-                ),
-                "{count} fds: {got:?}"
-            );
-        }
+        let fds = vec![file.as_fd(); count];
+
+        let (a, b) = async_pair();
+        let written = async_io::block_on(write_frame(&a, &frame, &fds));
+        assert!(written.is_err(), "write_frame sent {count} fds");
+        drop(a);
+        let got = read_one(&b);
+        assert!(
+            matches!(got, Ok(None)),
+            "{count} fds: a refused write_frame still sent something: {got:?}"
+        );
+
+        let (raw, b) = socket_pair();
+        send_with_fds(&raw, &frame, file.as_fd(), count);
+        let got = read_one(&b);
+        assert!(
+            matches!(
+                got,
+                Err(FrameError::UnexpectedFds(_)) | Err(FrameError::ControlTruncated)
+            ),
+            "{count} fds reached read_frame: {got:?}"
+        );
         assert_eq!(
             fds_referring_to(id),
             before,

@@ -7,6 +7,7 @@
 //! service's, refused saying why.
 
 mod common;
+use common::Guarded;
 
 use common::looping::*;
 use common::*;
@@ -44,7 +45,7 @@ fn a_tree_that_shrinks_and_grows_restores_from_latest_each_time() {
     let out = std::process::Command::new(selfdump_bin())
         .arg("inspect")
         .arg(images.path())
-        .output()
+        .output_guarded()
         .unwrap();
     let said = String::from_utf8_lossy(&out.stdout);
     assert!(said.contains("generations: 3"), "{said}");
@@ -61,8 +62,8 @@ fn a_tree_that_shrinks_and_grows_restores_from_latest_each_time() {
     );
     assert!(line_of(&kept[1]).ends_with("verifies"), "{said}");
     assert!(
-        said.contains("5 task(s), root exe (1)"),
-        "the init, pid 1: {said}"
+        said.contains("5 tasks, root selfdump-init (1)"),
+        "the init, pid 1, by its own name: {said}"
     );
 }
 
@@ -131,7 +132,7 @@ fn a_note_and_criu_logs_beside_the_images_are_ignored_with_a_warning() {
         .arg(images.path().join("latest"))
         .arg("--pidfile")
         .arg(pids.path().join("pid"))
-        .status()
+        .status_guarded()
         .unwrap();
     assert!(status.success(), "criu restore -D DIR/latest");
     let pid: i32 = read(&pids.path().join("pid")).trim().parse().unwrap();
@@ -146,7 +147,7 @@ fn a_note_and_criu_logs_beside_the_images_are_ignored_with_a_warning() {
         .arg(criu().path)
         .arg(images.path())
         .env("RUST_LOG", "warn")
-        .output()
+        .output_guarded()
         .unwrap();
     let said = String::from_utf8_lossy(&out.stderr);
     assert!(out.status.success(), "{said}");
@@ -185,7 +186,7 @@ fn images_from_before_generations_restore_and_the_next_checkpoint_adopts_them() 
         .arg("-a")
         .arg(format!("{}/latest/.", made.path().display()))
         .arg(images.path())
-        .status()
+        .status_guarded()
         .unwrap();
     assert!(copied.success());
     std::fs::set_permissions(
@@ -252,7 +253,7 @@ fn cgroup_mount(scratch: &std::path::Path) -> std::path::PathBuf {
     let status = std::process::Command::new("mount")
         .args(["-t", "cgroup2", "none"])
         .arg(scratch)
-        .status()
+        .status_guarded()
         .unwrap();
     assert!(
         status.success(),
@@ -266,7 +267,9 @@ struct Unmount(std::path::PathBuf);
 
 impl Drop for Unmount {
     fn drop(&mut self) {
-        let _ = std::process::Command::new("umount").arg(&self.0).status();
+        let _ = std::process::Command::new("umount")
+            .arg(&self.0)
+            .status_guarded();
     }
 }
 

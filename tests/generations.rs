@@ -4,6 +4,7 @@
 //! generations restorable.
 
 mod common;
+use common::Guarded;
 
 use common::*;
 use std::path::Path;
@@ -17,7 +18,7 @@ fn restore_waiting(images: &Path, secs: &str) -> Result<i32, String> {
         .arg(criu().path)
         .arg(images)
         .env("RUST_LOG", "warn")
-        .output()
+        .output_guarded()
         .unwrap();
     if out.status.success() {
         Ok(String::from_utf8_lossy(&out.stdout)

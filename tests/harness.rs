@@ -3,6 +3,7 @@
 //! restored from its images each run the measured workload and report.
 
 mod common;
+use common::Guarded;
 
 use common::*;
 use std::process::{Command, Stdio};
@@ -25,7 +26,7 @@ fn the_harness_example_warms_once_and_eight_copies_each_measure_and_report() {
         .stdout(out.try_clone().unwrap())
         .stderr(out)
         .env("RUST_LOG", "warn")
-        .status()
+        .status_guarded()
         .unwrap();
     let text = read(&log);
     assert!(status.success(), "{status:?}:\n{text}");
@@ -38,7 +39,7 @@ fn the_harness_example_warms_once_and_eight_copies_each_measure_and_report() {
         .arg(criu().path)
         .arg(images.path())
         .env("RUST_LOG", "info")
-        .output()
+        .output_guarded()
         .unwrap();
     let stderr = String::from_utf8_lossy(&restored.stderr);
     assert!(restored.status.success(), "{stderr}");
@@ -50,7 +51,7 @@ fn the_harness_example_warms_once_and_eight_copies_each_measure_and_report() {
         .arg("--summary")
         .arg(&log)
         .args(["--wait", "8"])
-        .output()
+        .output_guarded()
         .unwrap();
     let shown = String::from_utf8_lossy(&summary.stdout);
     eprintln!("{shown}");

@@ -2,6 +2,7 @@
 //! a real checkpoint and reopened in the original and in a restored copy.
 
 mod common;
+use common::Guarded;
 
 use common::*;
 use selfdump::hooks::Phase;
@@ -157,7 +158,7 @@ fn tcp_listener_is_closed_for_the_checkpoint_and_reopened_in_both_processes() {
         .stdin(std::process::Stdio::null())
         .stdout(out.try_clone().unwrap())
         .stderr(out)
-        .spawn()
+        .spawn_guarded()
         .unwrap();
     let pid = original.id() as i32;
     let line = wait_for_line(&log, "the continued original", |l| {

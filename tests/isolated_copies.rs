@@ -3,6 +3,7 @@
 //! copies at once, each told its number and a fresh restore id.
 
 mod common;
+use common::Guarded;
 
 use common::*;
 
@@ -99,7 +100,11 @@ fn start_isolated_with(
                 .collect(),
         ),
     };
+    // each program in a directory of its own: CRIU's parasite makes
+    // `proc.crtools` in the dumped task's working directory, and two dumps
+    // at once in one directory fail ("Can't create a directory (-17)")
     Command::new(program)
+        .current_dir(images)
         .args(pre)
         .arg(example("clone_worker"))
         .arg("--images")
@@ -111,7 +116,7 @@ fn start_isolated_with(
         .stdout(out.try_clone().unwrap())
         .stderr(out)
         .env("RUST_LOG", "warn")
-        .spawn()
+        .spawn_guarded()
         .expect("start selfdump run")
 }
 
@@ -122,7 +127,7 @@ fn restore_copies(images: &Path, n: u32) -> Vec<i32> {
         .arg(criu().path)
         .arg(images)
         .env("RUST_LOG", "info")
-        .output()
+        .output_guarded()
         .unwrap();
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(out.status.success(), "restore --copies failed: {stderr}");
@@ -189,6 +194,17 @@ fn nspid(pid: i32) -> String {
         .to_owned()
 }
 
+/// Whether any process is in the pid namespace `ns` (a `/proc/PID/ns/pid`
+/// link's target).
+fn in_namespace_exists(ns: &Path) -> bool {
+    std::fs::read_dir("/proc").unwrap().flatten().any(|e| {
+        e.file_name()
+            .to_str()
+            .is_some_and(|n| n.parse::<u32>().is_ok())
+            && std::fs::read_link(e.path().join("ns/pid")).is_ok_and(|t| t == ns)
+    })
+}
+
 fn alive_ticks(log: &Path, who: &str) -> usize {
     lines_with(log, &format!("{who} alive")).len()
 }
@@ -227,7 +243,7 @@ fn a_program_started_with_selfdump_run_checkpoints_its_whole_namespace() {
     let out = Command::new(selfdump_bin())
         .arg("inspect")
         .arg(images.path())
-        .output()
+        .output_guarded()
         .unwrap();
     let shown = String::from_utf8_lossy(&out.stdout);
     assert!(
@@ -286,25 +302,35 @@ fn eight_copies_of_one_image_run_at_once_each_told_its_number() {
 
     // killing copy 3 (its init: the namespace goes) leaves the others running
     let id3 = copies.iter().find(|c| c.0 == 3).unwrap().1.clone();
+    let namespace3 = std::fs::read_link(format!("/proc/{}/ns/pid", pids[3])).unwrap();
     kill_and_reap(pids[3]);
+    // gone once no process is left in its namespace (the kernel kills them
+    // with their init)
+    assert!(
+        poll_for(Duration::from_secs(10), || !in_namespace_exists(
+            &namespace3
+        )),
+        "copy 3's namespace outlived its init"
+    );
     let dead = format!("copy=3 id={id3}");
-    let before: Vec<usize> = (0..8)
-        .map(|k| {
-            let id = &copies.iter().find(|c| c.0 == k).unwrap().1;
-            alive_ticks(&log, &format!("copy={k} id={id}"))
-        })
-        .collect();
-    std::thread::sleep(Duration::from_millis(600));
     let dead_ticks = alive_ticks(&log, &dead);
-    std::thread::sleep(Duration::from_millis(400));
+    let ticks_of = |k: u32| {
+        let id = &copies.iter().find(|c| c.0 == k).unwrap().1;
+        alive_ticks(&log, &format!("copy={k} id={id}"))
+    };
+    let before: Vec<usize> = (0..8).map(ticks_of).collect();
+    // the others tick on: each twice more, waited for
+    assert!(
+        poll_for(Duration::from_secs(30), || {
+            (0..8)
+                .filter(|&k| k != 3)
+                .all(|k| ticks_of(k) >= before[k as usize] + 2)
+        }),
+        "a copy stopped when copy 3 was killed: ticks {before:?} then {:?}",
+        (0..8).map(ticks_of).collect::<Vec<_>>()
+    );
     assert_eq!(alive_ticks(&log, &dead), dead_ticks, "copy 3 still runs");
     for k in (0..8).filter(|&k| k != 3) {
-        let id = &copies.iter().find(|c| c.0 == k).unwrap().1;
-        let after = alive_ticks(&log, &format!("copy={k} id={id}"));
-        assert!(
-            after > before[k as usize],
-            "copy {k} stopped when copy 3 was killed"
-        );
         assert!(Path::new(&format!("/proc/{}", pids[k as usize])).exists());
     }
     for (k, &pid) in pids.iter().enumerate() {
@@ -423,7 +449,7 @@ fn a_namespace_whose_init_is_not_the_callers_own_is_refused() {
         .args(["--mb", "1", "--secs", "5"])
         .stdout(out.try_clone().unwrap())
         .stderr(out)
-        .spawn()
+        .spawn_guarded()
         .unwrap());
     let line = wait_lines(&log, "original error", 1).pop().unwrap();
     assert!(line.contains("the init of your pid namespace"), "{line}");
@@ -435,7 +461,7 @@ fn a_namespace_whose_init_is_not_the_callers_own_is_refused() {
 fn lazy_pages_supported() -> bool {
     let ok = Command::new(criu().path)
         .args(["check", "--feature", "uffd-noncoop"])
-        .output()
+        .output_guarded()
         .is_ok_and(|o| o.status.success());
     if !ok {
         skip(
@@ -479,7 +505,7 @@ fn lazy_copies_run_before_their_memory_is_in_and_get_all_of_it() {
         .env("RUST_LOG", "info")
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
-        .spawn()
+        .spawn_guarded()
         .unwrap();
     let mut stdout = std::io::BufReader::new(restore.stdout.take().unwrap());
     let mut pids = Vec::new();
@@ -514,49 +540,81 @@ fn lazy_copies_run_before_their_memory_is_in_and_get_all_of_it() {
     }
 }
 
+/// A CRIU whose page daemon (`criu lazy-pages`) the test controls: the
+/// daemon writes its pid to `pid_file`, and is stopped (SIGSTOP: stopped
+/// for certain, or ended) as soon as `criu restore` is done, before the
+/// restore command hears of the copy: from then on it serves no page
+/// until the test lets it go or kills it. Every command is CRIU's own
+/// otherwise.
+fn criu_with_held_page_daemon(pid_file: &Path) -> (tempfile::TempDir, std::path::PathBuf) {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().unwrap();
+    let wrapper = dir.path().join("criu");
+    let script = format!(
+        "#!/bin/sh\n\
+         case \"$1\" in\n\
+         lazy-pages) echo $$ >{pids}.tmp && mv {pids}.tmp {pids}; exec {real} \"$@\" ;;\n\
+         restore) {real} \"$@\"; s=$?; d=$(cat {pids}); kill -STOP $d\n\
+           while grep -qs '^State:.[RSD]' /proc/$d/status; do :; done; exit $s ;;\n\
+         *) exec {real} \"$@\" ;;\n\
+         esac\n",
+        real = criu().path.display(),
+        pids = pid_file.display(),
+    );
+    std::fs::write(&wrapper, script).unwrap();
+    std::fs::set_permissions(&wrapper, PermissionsExt::from_mode(0o755)).unwrap();
+    (dir, wrapper)
+}
+
+/// `selfdump restore --copies 1 --lazy` of `images` through `criu`; the
+/// copy's pid and the running command, or its output if it printed none.
+fn lazy_restore(images: &Path, criu: &Path) -> Result<(i32, std::process::Child), String> {
+    let mut restore = Command::new(selfdump_bin())
+        .args(["restore", "--copies", "1", "--lazy", "--criu"])
+        .arg(criu)
+        .arg(images)
+        .env("RUST_LOG", "info")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn_guarded()
+        .unwrap();
+    let mut stdout = std::io::BufReader::new(restore.stdout.take().unwrap());
+    let mut line = String::new();
+    std::io::BufRead::read_line(&mut stdout, &mut line).unwrap();
+    match line.trim().parse::<i32>() {
+        Ok(pid) => Ok((pid, restore)),
+        Err(_) => {
+            let out = restore.wait_with_output().unwrap();
+            Err(String::from_utf8_lossy(&out.stderr).into_owned())
+        }
+    }
+}
+
 #[test]
 fn a_lazy_copy_whose_page_daemon_dies_is_killed_with_the_reason() {
     if !lazy_pages_supported() {
         return;
     }
     let (images, _log) = isolated_images("512");
-    let mut restore = Command::new(selfdump_bin())
-        .args(["restore", "--copies", "1", "--lazy", "--criu"])
-        .arg(criu().path)
-        .arg(images.path())
-        .env("RUST_LOG", "info")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut stdout = std::io::BufReader::new(restore.stdout.take().unwrap());
-    let mut line = String::new();
-    std::io::BufRead::read_line(&mut stdout, &mut line).unwrap();
-    let pid: i32 = line.trim().parse().expect("a pid");
-    // the page daemon: `criu lazy-pages`, a child of the restore command
-    let daemon = std::fs::read_dir("/proc")
-        .unwrap()
-        .flatten()
-        .filter_map(|e| e.file_name().to_str()?.parse::<i32>().ok())
-        .find(|p| {
-            let stat = std::fs::read_to_string(format!("/proc/{p}/stat")).unwrap_or_default();
-            let ppid = stat.rsplit_once(')').and_then(|(_, r)| {
-                r.split_whitespace()
-                    .nth(1)
-                    .and_then(|x| x.parse::<u32>().ok())
-            });
-            let cmdline = std::fs::read(format!("/proc/{p}/cmdline")).unwrap_or_default();
-            ppid == Some(restore.id()) && String::from_utf8_lossy(&cmdline).contains("lazy-pages")
-        });
-    let Some(daemon) = daemon else {
-        // it finished loading 512 MiB before we looked: nothing to kill
-        let out = restore.wait_with_output().unwrap();
-        eprintln!(
-            "SKIP: the page daemon finished before the test could kill it: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
+    let held = tempfile::tempdir().unwrap();
+    let pid_file = held.path().join("daemon.pid");
+    let (_wrapper_dir, wrapper) = criu_with_held_page_daemon(&pid_file);
+    // the daemon is held once the copy is restored, unless it had loaded
+    // every page by then (a fast machine): then once more
+    let mut attempts = 0;
+    let (pid, restore, daemon) = loop {
+        let _ = std::fs::remove_file(&pid_file);
+        let (pid, mut restore) =
+            lazy_restore(images.path(), &wrapper).unwrap_or_else(|e| panic!("no copy: {e}"));
+        let daemon: i32 = read(&pid_file).trim().parse().expect("the daemon's pid");
+        if process_state(daemon) == Some('T') {
+            break (pid, restore, daemon);
+        }
+        // it had ended: the restore ends too
+        attempts += 1;
+        assert!(attempts < 5, "the daemon always loaded every page first");
+        let _ = restore.wait();
         kill_and_reap(pid);
-        return;
     };
     rustix::process::kill_process(
         rustix::process::Pid::from_raw(daemon).unwrap(),
@@ -566,12 +624,8 @@ fn a_lazy_copy_whose_page_daemon_dies_is_killed_with_the_reason() {
     let out = restore.wait_with_output().unwrap();
     let stderr = String::from_utf8_lossy(&out.stderr);
     eprintln!("{}", stderr.trim());
-    if stderr.contains("all pages loaded") {
-        eprintln!("SKIP: the page daemon finished before the kill reached it");
-        kill_and_reap(pid);
-        return;
-    }
     assert!(!out.status.success(), "{stderr}");
+    assert!(!stderr.contains("all pages loaded"), "{stderr}");
     assert!(stderr.contains("lazy-pages daemon ended"), "{stderr}");
     assert!(stderr.contains("the copy was killed"), "{stderr}");
     assert!(
@@ -616,7 +670,7 @@ fn the_library_twin_starts_a_program_isolated_that_checkpoints_unchanged() {
         .stdin(Stdio::null())
         .stdout(out.try_clone().unwrap())
         .stderr(out)
-        .spawn()
+        .spawn_guarded()
         .unwrap());
     let line = wait_lines(&log, "original c", 1).pop().unwrap();
     assert!(line.starts_with("original continued"), "{line}");
@@ -668,7 +722,7 @@ fn copies_of_images_of_a_single_process_are_refused_saying_why() {
         .args(["restore", "--copies", "2", "--criu"])
         .arg(criu().path)
         .arg(images.path())
-        .output()
+        .output_guarded()
         .unwrap();
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success());
@@ -712,7 +766,7 @@ fn a_process_that_entered_the_namespace_from_outside_is_refused() {
         .args(["--mb", "1", "--secs", "1"])
         .stdout(out.try_clone().unwrap())
         .stderr(out)
-        .spawn()
+        .spawn_guarded()
         .unwrap();
     let line = wait_lines(&entered_log, "original ", 2).pop().unwrap();
     assert!(line.starts_with("original error"), "{line}");
@@ -767,8 +821,10 @@ fn images_verified_once_restore_round_after_round_without_hashing_again() {
     use selfdump::server::restore::{RestoreError, RestoreSettings};
     use std::os::unix::fs::{MetadataExt, PermissionsExt};
     let (images, log) = isolated_images("8");
+    // (every CRIU it starts is recorded: that none ran is then a fact)
+    let recording = RecordingCriu::new();
     let settings = RestoreSettings::new(
-        criu(),
+        recording.criu.clone(),
         Some(Key::load(Path::new(DEFAULT_KEY_FILE)).unwrap()),
     );
     let verified = VerifiedImages::open(&settings, images.path()).unwrap();
@@ -825,6 +881,7 @@ fn images_verified_once_restore_round_after_round_without_hashing_again() {
     // a mistake of root's that would let others rewrite verified bytes
     std::fs::set_permissions(&original, PermissionsExt::from_mode(mode | 0o002)).unwrap();
     let before = lines_with(&log, "restored: memory=").len();
+    let ran = recording.commands().len();
     match verified.restore_copies(&settings, 2, false) {
         Err(RestoreError::Refused(why)) => {
             assert!(why.contains(&name), "names the file: {why}");
@@ -835,9 +892,13 @@ fn images_verified_once_restore_round_after_round_without_hashing_again() {
         }
         other => panic!("a changed set must be refused: {other:?}"),
     }
-    // (other tests of this process start CRIUs of their own meanwhile: no
-    // child count here) no copy of these images ran
-    std::thread::sleep(Duration::from_millis(300));
+    // no CRIU was started for it (other tests of this process start CRIUs
+    // of their own meanwhile: no child count here), so no copy ran
+    assert_eq!(
+        recording.started_since(ran),
+        Vec::<String>::new(),
+        "a refused round started CRIU"
+    );
     assert_eq!(
         lines_with(&log, "restored: memory=").len(),
         before,

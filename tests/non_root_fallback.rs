@@ -5,6 +5,7 @@
 //! callers get, having tried it.
 
 mod common;
+use common::Guarded;
 
 use common::*;
 use std::fs::File;
@@ -35,7 +36,7 @@ fn serve_without_checkpoint_restore(socket: &Path, log: &Path, extra: &[&str]) -
         .env("RUST_LOG", "info")
         .stdin(Stdio::null())
         .stderr(File::create(log).unwrap())
-        .spawn()
+        .spawn_guarded()
         .unwrap();
     let deadline = Instant::now() + Duration::from_secs(30);
     while !socket.exists() {
@@ -149,7 +150,7 @@ fn selfdump_check_says_which_engine_non_root_callers_get_having_tried_it() {
             .arg(selfdump_bin())
             .args(["check", "--criu"])
             .arg(criu().path)
-            .output()
+            .output_guarded()
             .unwrap();
         let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
         let line = stdout

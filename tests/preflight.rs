@@ -3,6 +3,7 @@
 //! frozen; `selfdump check --pid` prints the same list.
 
 mod common;
+use common::Guarded;
 
 use common::*;
 use selfdump::preflight::{Finding, Kind, Preflight, Severity};
@@ -48,7 +49,7 @@ fn child_holding(fd: BorrowedFd<'_>) -> Child {
             Ok(())
         });
     }
-    cmd.spawn().expect("start sleep")
+    cmd.spawn_guarded().expect("start sleep")
 }
 
 fn findings_of(child: &Child, preflight: Preflight) -> Vec<Finding> {
@@ -340,7 +341,7 @@ fn selfdump_check_pid_prints_the_findings() {
     let out = Command::new(selfdump_bin())
         .args(["check", "--pid", &pid.to_string()])
         .env("RUST_LOG", "warn")
-        .output()
+        .output_guarded()
         .unwrap();
     let _ = child.kill();
     let _ = child.wait();
@@ -359,7 +360,7 @@ fn selfdump_check_pid_prints_the_findings() {
 
     let out = Command::new(selfdump_bin())
         .args(["check", "--pid", &std::process::id().to_string()])
-        .output()
+        .output_guarded()
         .unwrap();
     assert!(String::from_utf8_lossy(&out.stdout).contains("verdict: "));
 }
@@ -379,12 +380,12 @@ fn wait_until(what: &str, pred: impl Fn() -> bool) -> bool {
 
 #[test]
 fn a_traced_process_is_refused() {
-    let mut sleeper = Command::new("sleep").arg("600").spawn().unwrap();
+    let mut sleeper = Command::new("sleep").arg("600").spawn_guarded().unwrap();
     let pid = sleeper.id();
     let Ok(mut strace) = Command::new("strace")
         .args(["-o", "/dev/null", "-p", &pid.to_string()])
         .stderr(Stdio::null())
-        .spawn()
+        .spawn_guarded()
     else {
         let _ = sleeper.kill();
         let _ = sleeper.wait();
@@ -420,7 +421,7 @@ fn an_io_uring_is_refused() {
     let Ok(mut python) = Command::new("python3")
         .args(["-c", script])
         .stdout(Stdio::piped())
-        .spawn()
+        .spawn_guarded()
     else {
         panic!("python3 is not installed: scripts/test.sh installs it");
     };

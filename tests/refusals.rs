@@ -2,6 +2,7 @@
 //! connection, and the service goes on serving the next client.
 
 mod common;
+use common::Guarded;
 
 use async_io::Async;
 use common::*;
@@ -214,7 +215,7 @@ fn pre_dump_is_refused_with_the_reason_this_machine_cannot_do_it() {
     assert_eq!(kind, RefusalKind::Unsupported);
     let tracks_memory = std::process::Command::new(criu().path)
         .args(["check", "--feature", "mem_dirty_track"])
-        .output()
+        .output_guarded()
         .unwrap()
         .status
         .success();

@@ -6,6 +6,7 @@
 //! (whose CRIU runs as nobody).
 
 mod common;
+use common::Guarded;
 
 use common::*;
 use selfdump::server::Policy;
@@ -49,7 +50,7 @@ fn a_non_root_checkpoint_restores_as_its_owner_and_its_paths_cannot_reach_roots_
             .env("RUST_LOG", "warn")
             .uid(NOBODY)
             .gid(NOBODY)
-            .output()
+            .output_guarded()
             .unwrap();
         match out.status.success() {
             true => Ok(String::from_utf8_lossy(&out.stdout)

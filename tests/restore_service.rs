@@ -5,6 +5,7 @@
 //! this way.
 
 mod common;
+use common::Guarded;
 
 use common::*;
 use selfdump::server::Policy;
@@ -36,7 +37,7 @@ fn restore_as(uid: u32, service: &Service, images: &Path, extra: &[&str]) -> Res
         .env("RUST_LOG", "warn")
         .uid(uid)
         .gid(uid)
-        .output()
+        .output_guarded()
         .unwrap();
     if out.status.success() {
         Ok(String::from_utf8_lossy(&out.stdout).trim().parse().unwrap())
@@ -96,7 +97,7 @@ fn the_service_refuses_what_it_should_not_restore() {
         .arg("-a")
         .arg(format!("{}/latest/.", images.path().display()))
         .arg(tampered.path())
-        .status()
+        .status_guarded()
         .unwrap();
     std::fs::write(tampered.path().join("pstree.img"), b"no tree").unwrap();
     let options = RestoreOptions::new(tampered.path()).socket(&service.socket);
@@ -124,7 +125,7 @@ fn the_service_refuses_what_it_should_not_restore() {
         .arg("-a")
         .arg(format!("{}/latest/.", images.path().display()))
         .arg(forged.path())
-        .status()
+        .status_guarded()
         .unwrap();
     let key = Key::load(Path::new(DEFAULT_KEY_FILE)).unwrap();
     let bytes = std::fs::read(forged.path().join(MANIFEST_FILE)).unwrap();

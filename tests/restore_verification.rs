@@ -5,6 +5,7 @@
 //! named, and nothing of it runs.
 
 mod common;
+use common::Guarded;
 
 use common::*;
 use selfdump::server::manifest::{DEFAULT_KEY_FILE, Key, MANIFEST_FILE, Manifest};
@@ -19,7 +20,7 @@ fn copy_of(images: &Path) -> tempfile::TempDir {
         .arg("-a")
         .arg(format!("{}/latest/.", images.display()))
         .arg(copy.path())
-        .status()
+        .status_guarded()
         .unwrap();
     assert!(status.success());
     // (a generation is 0700, and `cp -a` copied that too)
@@ -73,7 +74,7 @@ fn restore_warning(images: &Path) -> (i32, String) {
         .arg(criu().path)
         .arg(images)
         .env("RUST_LOG", "warn")
-        .output()
+        .output_guarded()
         .unwrap();
     let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
     assert!(out.status.success(), "{stderr}");
@@ -211,7 +212,7 @@ fn tampered_images_are_refused_with_the_file_named() {
         .arg(&service.socket)
         .arg(copy.path())
         .uid(65534)
-        .output()
+        .output_guarded()
         .unwrap();
     assert!(!as_nobody.status.success());
     let said = String::from_utf8_lossy(&as_nobody.stderr);
@@ -235,18 +236,23 @@ fn tampered_images_are_refused_with_the_file_named() {
 
 use std::os::unix::process::CommandExt;
 
+/// `selfdump inspect --json`, whose exit code says what its verdict says
+/// (0 restorable here, 1 not, 3 cannot tell).
 fn inspect_json(images: &Path) -> serde_json::Value {
     let out = Command::new(selfdump_bin())
         .args(["inspect", "--json"])
         .arg(images)
-        .output()
+        .output_guarded()
         .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    serde_json::from_slice(&out.stdout).unwrap()
+    let found: serde_json::Value = serde_json::from_slice(&out.stdout)
+        .unwrap_or_else(|e| panic!("{e}: {}", String::from_utf8_lossy(&out.stderr)));
+    let code = match found["verdict"]["restorable"].as_bool() {
+        Some(true) => 0,
+        Some(false) => 1,
+        None => 3,
+    };
+    assert_eq!(out.status.code(), Some(code), "{found:#}");
+    found
 }
 
 #[test]
@@ -288,6 +294,7 @@ fn inspect_shows_a_checkpoint_at_a_glance() {
         .as_str()
         .expect("the original still runs");
     assert!(in_use.contains(&program.pid.to_string()), "{in_use}");
+    assert_eq!(live["verdict"]["restorable"], false, "{live:#}");
 
     let children = program.children();
     program.kill();
@@ -296,12 +303,14 @@ fn inspect_shows_a_checkpoint_at_a_glance() {
     }
     let gone = inspect_json(images.path());
     assert!(gone["ids_in_use"].is_null(), "{gone:#}");
+    assert_eq!(gone["verdict"]["restorable"], true, "{gone:#}");
 
     let generation = images.path().join("latest");
     flip_byte(&generation.join(MANIFEST_FILE), 10); // in the signature
     std::fs::write(generation.join("extra.img"), b"x").unwrap();
     let tampered = inspect_json(images.path());
     assert_eq!(tampered["signature"]["verifies"], false);
+    assert_eq!(tampered["verdict"]["restorable"], false, "{tampered:#}");
     let extra = tampered["files"]
         .as_array()
         .unwrap()
@@ -313,7 +322,7 @@ fn inspect_shows_a_checkpoint_at_a_glance() {
     let human = Command::new(selfdump_bin())
         .arg("inspect")
         .arg(images.path())
-        .output()
+        .output_guarded()
         .unwrap();
     let human = String::from_utf8_lossy(&human.stdout);
     assert!(
@@ -343,16 +352,46 @@ fn a_restore_has_a_deadline() {
 
     std::fs::remove_file(images.path().join("latest").join(MANIFEST_FILE)).unwrap();
     let started = std::time::Instant::now();
-    let result = restore_with(images.path(), &["--trust-unsigned", "--timeout", "3"]);
+    let mut restore = Command::new(selfdump_bin())
+        .args(["restore", "--trust-unsigned", "--timeout", "3", "--criu"])
+        .arg(criu().path)
+        .arg(images.path())
+        .env("RUST_LOG", "warn")
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn_guarded()
+        .unwrap();
+    let ended = poll_for(std::time::Duration::from_secs(20), || {
+        restore.try_wait().unwrap().is_some()
+    });
     let took = started.elapsed();
+    if !ended {
+        // (with its CRIU, in a process group of its own)
+        let children = format!("/proc/{}/task/{}/children", restore.id(), restore.id());
+        for criu in read(Path::new(&children)).split_whitespace() {
+            let group = rustix::process::Pid::from_raw(criu.parse().unwrap()).unwrap();
+            let _ = rustix::process::kill_process_group(group, rustix::process::Signal::KILL);
+        }
+        let _ = restore.kill();
+    }
+    let out = restore.wait_with_output().unwrap();
     assert!(
-        took < std::time::Duration::from_secs(20),
-        "the deadline held: {took:?}"
+        ended,
+        "the restore still ran after {took:?}: its deadline never fired"
     );
+    let result = match out.status.success() {
+        true => Ok(String::from_utf8_lossy(&out.stdout).into_owned()),
+        false => Err(String::from_utf8_lossy(&out.stderr).into_owned()),
+    };
     match result {
         Ok(restored) => panic!("half a page file restored as pid {restored}"),
-        Err(e) => assert!(e.contains("criu restore"), "{e}"),
+        // the deadline ended it, not some quicker failure of CRIU's
+        Err(e) => assert!(e.contains("criu restore did not finish within 3s"), "{e}"),
     }
+    assert!(
+        took >= std::time::Duration::from_secs(3),
+        "ended after {took:?}, before its deadline"
+    );
     assert!(
         poll_for(std::time::Duration::from_secs(10), || {
             process_state(pid).is_none_or(|s| s == 'Z')

@@ -2,6 +2,7 @@
 //! example checkpoints itself through a real service and CRIU.
 
 mod common;
+use common::Guarded;
 
 use common::*;
 use std::fs::OpenOptions;
@@ -27,7 +28,7 @@ fn run(service: &Service, runtime: &str) -> (bool, String) {
         .stdin(Stdio::null())
         .stdout(out.try_clone().unwrap())
         .stderr(out)
-        .spawn()
+        .spawn_guarded()
         .unwrap();
     let deadline = Instant::now() + Duration::from_secs(60);
     let status = loop {

@@ -5,6 +5,7 @@
 //! after dump" works, and a change after signing is refused.
 
 mod common;
+use common::Guarded;
 
 use common::*;
 use selfdump::server::Policy;
@@ -40,7 +41,7 @@ fn restore_as_nobody(service: &Service, images: &Path) -> Result<i32, String> {
         .env("RUST_LOG", "warn")
         .uid(NOBODY)
         .gid(NOBODY)
-        .output()
+        .output_guarded()
         .unwrap();
     match out.status.success() {
         true => Ok(String::from_utf8_lossy(&out.stdout).trim().parse().unwrap()),

@@ -92,12 +92,23 @@ fn stopping_the_server_stops_and_reaps_its_workers() {
 #[test]
 fn with_no_warm_workers_none_waits_and_dumps_still_work() {
     let _one = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
-    let service = Service::start_with(|b| b.warm_workers(0));
-    std::thread::sleep(Duration::from_millis(300));
-    assert_eq!(criu_children(), vec![]);
+    let recording = RecordingCriu::new();
+    let swrk = || recording.commands().iter().filter(|c| *c == "swrk").count();
+    let service = Service::start_with(|b| b.criu(recording.criu.clone()).warm_workers(0));
+    // (binding asked CRIU its version, through a `criu swrk` of its own)
+    let at_start = swrk();
     checkpoint_succeeds(&service);
-    std::thread::sleep(Duration::from_millis(300));
-    assert_eq!(criu_children(), vec![], "no worker started after the dump");
+    // stopped: it has waited for every worker it was starting, so the
+    // record of what it started is complete
+    drop(service);
+    assert_eq!(
+        swrk(),
+        at_start + 1,
+        "one criu swrk since the start, the dump's own: none waited before it, none was \
+         started after; commands run: {:?}",
+        recording.commands()
+    );
+    assert_eq!(criu_children(), vec![], "no criu left");
 }
 
 /// SIGKILLs a child of this process without reaping it: the server, which

@@ -1,24 +1,39 @@
 //! What a checkpoint costs through selfdump against plain CRIU, measured in
-//! the same run on the same machine:
+//! the same run on the same machine, in turns:
 //!
 //! 1. end to end, a small process: `checkpoint().await` (call time seen by
 //!    the app) against `criu dump --leave-running` run by hand (wall time of
 //!    the command), with and without CRIU's kernel-feature cache;
-//! 2. freeze time for 64 MiB, 256 MiB and 1 GiB of touched memory: how long
+//! 2. `criu swrk` workers started ahead of time against on demand
+//!    (`workers.rs`);
+//! 3. freeze time for 64 MiB, 256 MiB and 1 GiB of touched memory: how long
 //!    the app is blocked and CRIU's own frozen time, against plain CRIU's
 //!    frozen time, plus dump throughput and what `syncfs` costs;
-//! 3. concurrency: 1, 2, 4 and 8 processes checkpointing at once;
-//! 0. (first) whether `criu swrk` workers started ahead of time would help
-//!    (`workers.rs`);
-//! 5. least privilege: a non-root checkpoint (CRIU runs as the caller)
+//! 4. concurrency: 1, 2, 4 and 8 processes checkpointing at once;
+//! 5. signing: the images of each checkpoint hashed again, in turns with
+//!    the checkpoints;
+//! 6. least privilege: a non-root checkpoint (CRIU runs as the caller)
 //!    against a root one of the same program, tiny and 256 MiB
-//!    (`non_root.rs`).
+//!    (`non_root.rs`);
+//! 7. the verified paths of issue 19 against plain CRIU (`speed.rs`): a
+//!    restore of 2 MiB and 256 MiB, a tiny checkpoint against plain CRIU
+//!    and a `sync -f`, 8 checkpoints at once against as many plain dumps.
 //!
-//! Needs root and CRIU >= 4 (scripts/install-criu.sh). Writes a summary to
-//! `target/selfdump-bench/` (JSON lines and an SVG plot of freeze time
-//! against memory size). Run: `cargo bench --bench checkpoint`.
-//! `SELFDUMP_BENCH_QUICK=1` runs fewer repetitions and skips 1 GiB.
+//! Needs root and CRIU >= 4 (scripts/install-criu.sh). Prints markdown
+//! sections (`support/report.rs`; `scripts/bench.sh` makes BENCHMARKS.md of
+//! them) and writes `target/selfdump-bench/freeze-time.svg`. Run: `cargo
+//! bench --features cli --bench checkpoint`; `SELFDUMP_BENCH_ONLY=e2e,freeze` runs only
+//! those parts (e2e, workers, freeze, concurrency, signing, nonroot, restore,
+//! tiny, concurrent); `SELFDUMP_BENCH_LOG=selfdump=debug` prints the
+//! service's step timings on stderr;
+//! `SELFDUMP_BENCH_QUICK=1` runs fewer rounds and small sizes only.
 
+#[path = "../support/report.rs"]
+mod report;
+#[path = "../../tests/support/skip.rs"]
+mod skip;
+
+use report::Report;
 use selfdump::server::internals::kdat;
 use selfdump::server::{Criu, Server, check::find_criu};
 use std::io::{BufRead, BufReader, Write};
@@ -27,9 +42,39 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 mod non_root;
+mod parts;
 mod plot;
 mod speed;
 mod workers;
+
+use parts::{concurrency, end_to_end, freeze, least_privilege, signing, warm_workers};
+
+/// One part of the bench: it measures and adds its section.
+type Part = fn(&Bench, &mut Report);
+
+/// What every part measures with.
+struct Bench {
+    criu: Criu,
+    app: PathBuf,
+    socket: PathBuf,
+    work: PathBuf,
+    reps: usize,
+    quick: bool,
+    /// Whether CRIU's cache was there before the bench (then it stays).
+    had_cache: bool,
+}
+
+impl Bench {
+    /// Makes sure CRIU finds its cache for `f`, and puts things back after.
+    fn with_cache<T>(&self, f: impl FnOnce() -> T) -> T {
+        let cache = kdat::ensure_cache(&self.criu);
+        let out = f();
+        if !self.had_cache {
+            kdat::remove_cache(&cache);
+        }
+        out
+    }
+}
 
 fn main() {
     if std::env::args().any(|a| a == "--list") {
@@ -37,20 +82,20 @@ fn main() {
         return;
     }
     if !rustix::process::geteuid().is_root() {
-        println!("checkpoint bench: SKIPPED, needs root (CRIU dumps need it)");
-        return;
+        return skip::skip(
+            skip::Limit::NotRoot,
+            "the checkpoint bench measures nothing: CRIU dumps need root",
+        );
     }
     if let Ok(level) = std::env::var("SELFDUMP_BENCH_LOG") {
         // the service's own step timings (debug), on stderr
         env_logger::Builder::new().parse_filters(&level).init();
     }
-    let quick = std::env::var_os("SELFDUMP_BENCH_QUICK").is_some();
-    let reps = if quick { 3 } else { 15 };
+    let quick = report::quick();
     let criu = Criu {
         path: find_criu(),
         log_level: 4,
     };
-    let app = build_bench_app();
     let work = tempfile::Builder::new()
         .prefix("selfdump-bench")
         .tempdir_in("/var/tmp")
@@ -63,364 +108,38 @@ fn main() {
         .bind(&socket)
         .unwrap();
     std::thread::spawn(move || async_io::block_on(server.run()));
-    let had_cache = Path::new(kdat::KDAT_FILE).exists();
-    let out_dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("target/selfdump-bench");
-    std::fs::create_dir_all(&out_dir).unwrap();
-    let mut results = Results::new(&out_dir.join("results.jsonl"));
-    println!("machine: {}", machine());
-
+    let bench = Bench {
+        app: report::example("bench_app"),
+        socket,
+        work: work.path().to_path_buf(),
+        reps: if quick { 3 } else { 15 },
+        quick,
+        had_cache: Path::new(kdat::KDAT_FILE).exists(),
+        criu,
+    };
     let only = std::env::var("SELFDUMP_BENCH_ONLY").unwrap_or_default();
     let run = |part: &str| only.is_empty() || only.split(',').any(|p| p == part);
-
-    // 0. Warm workers: does a `criu swrk` started ahead of time help?
-    if run("workers") {
-        println!(
-            "\n0. warm criu swrk workers: the same 4 MiB dump, worker started on demand / 50 ms / 1 s / 10 s ahead, in turns ({reps} each, 10 s every third round)"
-        );
-        let cache = kdat::ensure_cache(&criu);
-        let numbers = workers::measure(&criu, &app, work.path(), reps);
-        if !had_cache {
-            kdat::remove_cache(&cache);
-        }
-        let rows = [
-            (
-                "started on demand (what the service does)",
-                numbers.on_demand,
-            ),
-            ("started 50 ms ahead", numbers.ahead_50ms),
-            ("started 1 s ahead (idle in a pool)", numbers.ahead_1s),
-            ("started 10 s ahead (idle in a pool)", numbers.ahead_10s),
-        ];
-        for (name, (total, frozen)) in rows {
-            println!("   {name:<42} to result {total:>6.1} ms, frozen {frozen:>6.1} ms");
-        }
-        let saved = numbers.on_demand.0 - numbers.ahead_1s.0;
-        println!(
-            "   a worker idle in a pool saves {saved:.1} ms per dump (ratio {:.2}); keep workers only if this is clearly > 0",
-            numbers.ahead_1s.0 / numbers.on_demand.0
-        );
-        results.add(
-            "warm_workers",
-            &[
-                ("on_demand_ms", numbers.on_demand.0),
-                ("on_demand_frozen_ms", numbers.on_demand.1),
-                ("ahead_50ms_ms", numbers.ahead_50ms.0),
-                ("ahead_50ms_frozen_ms", numbers.ahead_50ms.1),
-                ("ahead_1s_ms", numbers.ahead_1s.0),
-                ("ahead_1s_frozen_ms", numbers.ahead_1s.1),
-                ("ahead_10s_ms", numbers.ahead_10s.0),
-                ("ahead_10s_frozen_ms", numbers.ahead_10s.1),
-            ],
-        );
-    }
-
-    // 1. End to end, small process.
-    if run("e2e") {
-        println!(
-            "\n1. end to end, 4 MiB process, {reps} checkpoints each, plain and selfdump in turns (median)"
-        );
-        let _ = std::fs::remove_file(kdat::KDAT_FILE);
-        let (plain_cold, selfdump_cold) = interleaved(&criu, &app, &socket, work.path(), 4, reps);
-        let cache = kdat::ensure_cache(&criu);
-        let (plain_warm, selfdump_warm) = interleaved(&criu, &app, &socket, work.path(), 4, reps);
-        if !had_cache {
-            kdat::remove_cache(&cache);
-        }
-        let wall = |s: &Sample| s.wall_ms;
-        println!("   kernel-feature cache: {cache:?}");
-        println!(
-            "   plain criu dump, no cache (the usual way here)  {:>8.1} ms",
-            m(&plain_cold, wall)
-        );
-        println!(
-            "   plain criu dump, with cache                     {:>8.1} ms",
-            m(&plain_warm, wall)
-        );
-        println!(
-            "   selfdump checkpoint(), no cache                 {:>8.1} ms",
-            m(&selfdump_cold, wall)
-        );
-        println!(
-            "   selfdump checkpoint(), with cache               {:>8.1} ms",
-            m(&selfdump_warm, wall)
-        );
-        println!(
-            "     of which syncfs                               {:>8.1} ms",
-            m(&selfdump_warm, |s| s.sync_ms)
-        );
-        let same_cache = m(&selfdump_warm, wall) / m(&plain_warm, wall);
-        let vs_usual = m(&selfdump_warm, wall) / m(&plain_cold, wall);
-        println!(
-            "   ratio selfdump / plain, both with cache         {same_cache:>8.2}   target <= 1.0: {}",
-            met(same_cache <= 1.0)
-        );
-        println!(
-            "   ratio selfdump / plain run the usual way        {vs_usual:>8.2}   target <= 0.5: {}",
-            met(vs_usual <= 0.5)
-        );
-        results.add(
-            "end_to_end",
-            &[
-                ("plain_no_cache_ms", m(&plain_cold, wall)),
-                ("plain_cache_ms", m(&plain_warm, wall)),
-                ("selfdump_no_cache_ms", m(&selfdump_cold, wall)),
-                ("selfdump_cache_ms", m(&selfdump_warm, wall)),
-                ("selfdump_sync_ms", m(&selfdump_warm, |s| s.sync_ms)),
-                ("ratio_same_cache", same_cache),
-                ("ratio_vs_usual", vs_usual),
-            ],
-        );
-    }
-
-    // 2. Freeze time against memory size (both with the cache).
-    if run("freeze") {
-        let cache = kdat::ensure_cache(&criu);
-        let sizes: &[usize] = if quick { &[64, 256] } else { &[64, 256, 1024] };
-        let freeze_reps = if quick { 2 } else { 5 };
-        // Images on a tmpfs for the comparison, so that the disk's writeback
-        // (which throttles writers once GBs are dirty) does not drown the
-        // service's share; then selfdump once more onto the disk for the
-        // throughput and what syncfs costs there.
-        let shm = tempfile::Builder::new()
-            .prefix("selfdump-bench")
-            .tempdir_in("/dev/shm")
-            .unwrap();
-        println!(
-            "\n2. freeze time, {freeze_reps} dumps per size (median); app memory touched twice first"
-        );
-        println!(
-            "   images on tmpfs (/dev/shm) for the comparison; last two columns: selfdump onto disk"
-        );
-        println!(
-            "   {:>5} {:>12} {:>12} {:>12} {:>9} {:>13} {:>6} {:>11} {:>8}",
-            "MiB",
-            "plain frozen",
-            "sd frozen",
-            "sd blocked",
-            "sd-plain",
-            "service share",
-            "GB/s",
-            "disk frozen",
-            "syncfs"
-        );
-        println!(
-            "   (service share: the part of selfdump's frozen time CRIU spent waiting for the service, max of the runs)"
-        );
-        let mut points = Vec::new();
-        let mut shares = Vec::new();
-        for &mib in sizes {
-            let (plain, sd) = interleaved(&criu, &app, &socket, shm.path(), mib, freeze_reps);
-            let disk = selfdump_dumps(&app, &socket, work.path(), mib, freeze_reps);
-            let _ = std::fs::remove_dir_all(work.path().join("selfdump"));
-            let (pf, sf, sb) = (
-                m(&plain, |s| s.frozen_ms),
-                m(&sd, |s| s.frozen_ms),
-                m(&sd, |s| s.blocked_ms),
-            );
-            let share = sd.iter().map(|s| s.service_frozen_ms).fold(0.0, f64::max);
-            let gbps = m(&sd, |s| s.bytes / (s.frozen_ms / 1000.0) / 1e9);
-            let (disk_frozen, sync) = (m(&disk, |s| s.frozen_ms), m(&disk, |s| s.sync_ms));
-            println!(
-                "   {mib:>5} {pf:>9.1} ms {sf:>9.1} ms {sb:>9.1} ms {:>6.1} ms {share:>10.2} ms {gbps:>6.2} {disk_frozen:>8.1} ms {sync:>5.1} ms",
-                sf - pf
-            );
-            results.add(
-                &format!("freeze_{mib}mib"),
-                &[
-                    ("plain_frozen_ms", pf),
-                    ("selfdump_frozen_ms", sf),
-                    ("selfdump_blocked_ms", sb),
-                    ("added_ms", sf - pf),
-                    ("service_frozen_max_ms", share),
-                    ("gb_per_s", gbps),
-                    ("disk_frozen_ms", disk_frozen),
-                    ("disk_syncfs_ms", sync),
-                ],
-            );
-            points.push((mib, pf, sf, sb));
-            shares.push(share);
-        }
-        kdat::remove_cache(&cache);
-        let svg = out_dir.join("freeze-time.svg");
-        std::fs::write(&svg, plot::freeze_svg(&points)).unwrap();
-        println!(
-            "   target: the service adds <= 5 ms to the freeze at every size: {} (service share); \
-             the sd-plain column is the same comparison by A/B, within the run-to-run noise",
-            met(shares.iter().all(|&share| share <= 5.0))
-        );
-        println!("   plot: {}", svg.display());
-    }
-
-    // 3. Concurrency.
-    if run("concurrency") {
-        let cache = kdat::ensure_cache(&criu);
-        println!("\n3. concurrency: N processes (4 MiB) checkpoint at once");
-        println!(
-            "   {:>3} {:>12} {:>22} {:>22}",
-            "N", "total", "frozen min/med/max", "blocked min/med/max"
-        );
-        for n in [1usize, 2, 4, 8] {
-            let (total, samples) = concurrent(&app, &socket, work.path(), n);
-            let frozen: Vec<f64> = samples.iter().map(|s| s.frozen_ms).collect();
-            let blocked: Vec<f64> = samples.iter().map(|s| s.blocked_ms).collect();
-            println!(
-                "   {n:>3} {:>9.1} ms {:>22} {:>22}",
-                total,
-                spread(&frozen),
-                spread(&blocked)
-            );
-            results.add(
-                &format!("concurrency_{n}"),
-                &[
-                    ("total_ms", total),
-                    ("frozen_max_ms", max(&frozen)),
-                    ("blocked_max_ms", max(&blocked)),
-                ],
-            );
-        }
-        kdat::remove_cache(&cache);
-    }
-    // 4. Signing: what hashing the images adds to a checkpoint.
-    if run("signing") {
-        let cache = kdat::ensure_cache(&criu);
-        let mib = if quick { 256 } else { 1024 };
-        let sign_reps = if quick { 2 } else { 3 };
-        println!(
-            "\n4. signing: {mib} MiB checkpoints onto disk, then their images hashed again here"
-        );
-        let disk = selfdump_dumps(&app, &socket, work.path(), mib, sign_reps);
-        let total = m(&disk, |s| s.wall_ms);
-        // the app writes checkpoint i into selfdump/<i>: hash the last one's
-        let dir = work.path().join("selfdump");
-        let last = dir.join((sign_reps - 1).to_string()).join("latest");
-        let mut hashes = Vec::new();
-        let mut bytes = 0u64;
-        for _ in 0..3 {
-            bytes = 0;
-            let started = Instant::now();
-            for entry in std::fs::read_dir(&last).unwrap().flatten() {
-                let file: std::os::fd::OwnedFd = std::fs::File::open(entry.path()).unwrap().into();
-                let size = entry.metadata().unwrap().len();
-                selfdump::server::manifest::hash_file(&file, size).unwrap();
-                bytes += size;
-            }
-            hashes.push(ms(started.elapsed()));
-        }
-        let hash = median(hashes);
-        let gbps = bytes as f64 / (hash / 1000.0) / 1e9;
-        let share = hash / (total - hash);
-        println!(
-            "   checkpoint (signed) {total:.1} ms median; hashing its {bytes} bytes {hash:.1} ms \
-             ({gbps:.2} GB/s): signing adds {:.1}% (target <= 25%: {})",
-            share * 100.0,
-            met(share <= 0.25)
-        );
-        results.add(
-            &format!("signing_{mib}mib"),
-            &[
-                ("checkpoint_ms", total),
-                ("hash_ms", hash),
-                ("gb_per_s", gbps),
-                ("added_fraction", share),
-            ],
-        );
-        let _ = std::fs::remove_dir_all(&dir);
-        kdat::remove_cache(&cache);
-    }
-    // 5. Least privilege: non-root against root, same program.
-    if run("nonroot") {
-        let cache = kdat::ensure_cache(&criu);
-        least_privilege(&criu, &app, reps, quick, &mut results);
-        kdat::remove_cache(&cache);
-    }
-    // 6. Issue 19's rows, each in turns with plain CRIU (`speed.rs`).
-    if ["restore", "tiny", "concurrent"].iter().any(|p| run(p)) {
-        let cache = kdat::ensure_cache(&criu);
-        println!("\n6. the verified paths against plain CRIU, in turns (median, min-max)");
-        if run("restore") {
-            speed::restore(&criu, &socket, reps);
-        }
-        if run("tiny") {
-            speed::tiny(&criu, &app, &socket, work.path(), reps);
-        }
-        if run("concurrent") {
-            speed::concurrent(&criu, &app, &socket, work.path(), reps);
-        }
-        if !had_cache {
-            kdat::remove_cache(&cache);
+    let mut report = Report::new();
+    let parts: [(&str, Part); 9] = [
+        ("e2e", end_to_end),
+        ("workers", warm_workers),
+        ("freeze", freeze),
+        ("concurrency", concurrency),
+        ("signing", signing),
+        ("nonroot", least_privilege),
+        ("restore", speed::restore),
+        ("tiny", speed::tiny),
+        ("concurrent", speed::concurrent),
+    ];
+    for (name, part) in parts {
+        if run(name) {
+            part(&bench, &mut report);
         }
     }
-    if had_cache {
-        let _ = kdat::ensure_cache(&criu);
+    if bench.had_cache {
+        let _ = kdat::ensure_cache(&bench.criu);
     }
-    println!("\nresults: {}", out_dir.join("results.jsonl").display());
-}
-
-/// Part 5 (see `non_root.rs`).
-fn least_privilege(criu: &Criu, app: &Path, reps: usize, quick: bool, results: &mut Results) {
-    let work = non_root::work_dir();
-    let (warm, cold) = (work.path().join("warm.sock"), work.path().join("cold.sock"));
-    non_root::serve(criu, &warm, 1);
-    non_root::serve(criu, &cold, 0);
-    println!(
-        "\n5. least privilege: the same program checkpointed by root and by uid 65534 (whose \
-         CRIU runs as itself, started for the dump), in turns; median ms in checkpoint()"
-    );
-    println!(
-        "   {:>5} {:>11} {:>11} {:>9} {:>14} {:>14} {:>18}",
-        "MiB",
-        "root warm",
-        "root cold",
-        "non-root",
-        "non-root/warm",
-        "non-root/cold",
-        "frozen root/nr"
-    );
-    for (mib, n) in [(1, reps), (256, if quick { 2 } else { 5 })] {
-        let c = non_root::through_the_service(app, (&warm, &cold), work.path(), mib, n);
-        let (vs_warm, vs_cold) = (c.non_root / c.root_warm, c.non_root / c.root_cold);
-        println!(
-            "   {mib:>5} {:>11.1} {:>11.1} {:>9.1} {vs_warm:>14.2} {vs_cold:>14.2} {:>8.1}/{:<8.1}",
-            c.root_warm, c.root_cold, c.non_root, c.frozen_root_warm, c.frozen_non_root
-        );
-        results.add(
-            &format!("least_privilege_{mib}mib"),
-            &[
-                ("root_warm_ms", c.root_warm),
-                ("root_cold_ms", c.root_cold),
-                ("non_root_ms", c.non_root),
-                ("ratio_non_root_to_root", vs_warm),
-                ("ratio_non_root_to_root_cold", vs_cold),
-            ],
-        );
-    }
-    let [root_spawn, user_spawn, by_fork, by_vfork] = non_root::spawn_costs(criu, reps);
-    println!(
-        "   starting criu swrk (the call: fork, ids, exec): root {root_spawn:.2} ms, as the \
-         caller {user_spawn:.2} ms; /bin/true by fork {by_fork:.2} ms, by posix_spawn \
-         {by_vfork:.2} ms"
-    );
-    println!(
-        "   (a launcher forked ahead, taking the ids at the last moment, would save the fork \
-         and the switch of ids, at most the call minus an exec; not the exec, CRIU's loading \
-         and start-up, which need the ids first)"
-    );
-    let (with, without) = non_root::unprivileged_cache(criu, app, work.path(), reps);
-    println!(
-        "   a 4 MiB dump by a CRIU started as uid 65534: {with:.1} ms with the unprivileged \
-         kernel-feature cache, {without:.1} ms without"
-    );
-    results.add(
-        "least_privilege_parts",
-        &[
-            ("spawn_root_ms", root_spawn),
-            ("spawn_as_caller_ms", user_spawn),
-            ("spawn_true_fork_ms", by_fork),
-            ("spawn_true_posix_spawn_ms", by_vfork),
-            ("unprivileged_with_cache_ms", with),
-            ("unprivileged_without_cache_ms", without),
-        ],
-    );
+    report.finish();
 }
 
 #[derive(Debug, Clone, Default)]
@@ -431,16 +150,6 @@ struct Sample {
     service_frozen_ms: f64,
     sync_ms: f64,
     bytes: f64,
-}
-
-fn build_bench_app() -> PathBuf {
-    let status = Command::new(env!("CARGO"))
-        .args(["build", "--quiet", "--release", "--example", "bench_app"])
-        .current_dir(env!("CARGO_MANIFEST_DIR"))
-        .status()
-        .unwrap();
-    assert!(status.success());
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("target/release/examples/bench_app")
 }
 
 /// Starts the app and waits for its "ready" line.
@@ -639,50 +348,6 @@ fn concurrent(app: &Path, socket: &Path, work: &Path, n: usize) -> (f64, Vec<Sam
     (ms(started.elapsed()), samples)
 }
 
-struct Results(std::fs::File);
-
-impl Results {
-    fn new(path: &Path) -> Self {
-        Self(std::fs::File::create(path).unwrap())
-    }
-    fn add(&mut self, name: &str, values: &[(&str, f64)]) {
-        let fields: Vec<String> = values
-            .iter()
-            .map(|(k, v)| format!("\"{k}\": {v:.3}"))
-            .collect();
-        writeln!(self.0, "{{\"bench\": \"{name}\", {}}}", fields.join(", ")).unwrap();
-    }
-}
-
-fn machine() -> String {
-    let cpu = std::fs::read_to_string("/proc/cpuinfo")
-        .unwrap_or_default()
-        .lines()
-        .find_map(|l| {
-            l.strip_prefix("model name")
-                .map(|m| m.trim_start_matches([' ', '\t', ':']).to_owned())
-        })
-        .unwrap_or_default();
-    let kernel = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
-    let criu = Command::new(find_criu())
-        .arg("--version")
-        .output()
-        .map(|o| {
-            String::from_utf8_lossy(&o.stdout)
-                .lines()
-                .next()
-                .unwrap_or("")
-                .to_owned()
-        })
-        .unwrap_or_default();
-    format!(
-        "{} cpus ({cpu}), kernel {}, criu {}",
-        std::thread::available_parallelism().map_or(0, |n| n.get()),
-        kernel.trim(),
-        criu.trim()
-    )
-}
-
 fn ms(d: Duration) -> f64 {
     d.as_secs_f64() * 1000.0
 }
@@ -697,16 +362,8 @@ fn median(mut v: Vec<f64>) -> f64 {
     v[v.len() / 2]
 }
 
-fn max(v: &[f64]) -> f64 {
-    v.iter().copied().fold(0.0, f64::max)
-}
-
 fn spread(v: &[f64]) -> String {
     let mut s = v.to_vec();
     s.sort_by(|a, b| a.partial_cmp(b).unwrap());
     format!("{:.1}/{:.1}/{:.1} ms", s[0], s[s.len() / 2], s[s.len() - 1])
-}
-
-fn met(ok: bool) -> &'static str {
-    if ok { "met" } else { "NOT met" }
 }

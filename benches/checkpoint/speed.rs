@@ -12,8 +12,11 @@
 //!   the last is done.
 //!
 //! Medians and the spread (min–max) of the rounds; ratios are of medians.
+//! `SELFDUMP_BENCH_LOG=selfdump=debug` also prints the service's own step
+//! timings (verification, CRIU, the commit's steps) on stderr.
 
-use super::{Sample, images, m, ms, parse, plain_dump, start_app};
+use super::report::{self, Report};
+use super::{Bench, Sample, images, ms, parse, plain_dump, start_app};
 use selfdump::server::Criu;
 use selfdump::server::manifest::{DEFAULT_KEY_FILE, Key};
 use selfdump::server::restore::{RestoreSettings, restore_path};
@@ -29,46 +32,80 @@ pub(super) fn stats(v: &[f64]) -> (f64, f64, f64) {
     (s[s.len() / 2], s[0], s[s.len() - 1])
 }
 
-fn show(name: &str, v: &[f64], base: Option<f64>) {
+/// A table row: what, median (min–max), ratio to `base`.
+fn row(name: &str, v: &[f64], base: Option<f64>) -> Vec<String> {
     let (med, lo, hi) = stats(v);
-    let ratio = base.map_or(String::new(), |b| format!("  ratio {:.2}", med / b));
-    println!("   {name:<44} {med:>8.1} ms  ({lo:.1}–{hi:.1}){ratio}");
+    vec![
+        name.to_owned(),
+        format!("{med:.1} ({lo:.1}–{hi:.1})"),
+        base.map_or(String::new(), |b| format!("{:.2}", med / b)),
+    ]
 }
 
+const HEADER: [&str; 3] = ["", "ms, median (min–max)", "ratio"];
+
 /// `restore`: see the module docs.
-pub(super) fn restore(criu: &Criu, socket: &Path, reps: usize) {
-    let app = build_example("clone_stamp");
+pub(super) fn restore(b: &Bench, report: &mut Report) {
+    let app = report::example("clone_stamp");
     let shm = tempfile::Builder::new()
         .prefix("selfdump-bench-restore")
         .tempdir_in("/dev/shm")
         .unwrap();
     let key = Key::load(Path::new(DEFAULT_KEY_FILE)).expect("the service's signing key");
-    let settings = RestoreSettings::new(criu.clone(), Some(key));
+    let settings = RestoreSettings::new(b.criu.clone(), Some(key));
+    report.section(
+        "Restore against plain CRIU",
+        &format!(
+            "A process of 2 MiB and one of 256 MiB (`examples/clone_stamp.rs` under `selfdump \
+             run`), images on a tmpfs; {} rounds, the three in turns: plain `criu restore -D \
+             DIR --restore-detached`, `selfdump restore DIR` (the command: its start, the key, \
+             verification, CRIU) and the library's `restore_path`; wall time until each \
+             returns (the restored process runs).",
+            b.reps
+        ),
+    );
     for mib in [2usize, 256] {
-        let dir = isolated_image(&app, socket, shm.path(), mib);
-        let (mut plain, mut cli, mut lib, mut verify) = (vec![], vec![], vec![], vec![]);
-        for round in 0..reps {
-            for turn in 0..3 {
-                match (turn + round) % 3 {
-                    0 => plain.push(plain_restore(criu, &dir, shm.path())),
-                    1 => cli.push(cli_restore(&dir)),
-                    _ => {
-                        let started = Instant::now();
-                        let restored = restore_path(&dir, &settings).expect("restore_path");
-                        lib.push(ms(started.elapsed()));
-                        verify.push(ms(restored.verify));
-                        kill_copy(restored.pid);
-                    }
+        let dir = isolated_image(&app, &b.socket, shm.path(), mib);
+        let [plain, cli, lib, verify] =
+            b.with_cache(|| restore_rounds(b, &settings, &dir, shm.path()));
+        let base = stats(&plain).0;
+        let rows = vec![
+            row("plain `criu restore -D`", &plain, None),
+            row("`selfdump restore DIR`", &cli, Some(base)),
+            row("`restore_path` (the library)", &lib, Some(base)),
+            row("of which verified before CRIU starts", &verify, None),
+        ];
+        report.subsection(&format!("{mib} MiB"), "");
+        report.table(&HEADER, &rows);
+        let ratio = stats(&cli).0 / base;
+        report.target(
+            &format!("`selfdump restore` of {mib} MiB within 1.1 × plain CRIU"),
+            ratio <= 1.1,
+            &format!("{ratio:.2}"),
+        );
+    }
+}
+
+/// The rounds of `restore`: plain, the command, the library, and the
+/// library's verification before CRIU (ms).
+fn restore_rounds(b: &Bench, settings: &RestoreSettings, dir: &Path, work: &Path) -> [Vec<f64>; 4] {
+    let (mut plain, mut cli, mut lib, mut verify) = (vec![], vec![], vec![], vec![]);
+    for round in 0..b.reps {
+        for turn in 0..3 {
+            match (turn + round) % 3 {
+                0 => plain.push(plain_restore(&b.criu, dir, work)),
+                1 => cli.push(cli_restore(dir)),
+                _ => {
+                    let started = Instant::now();
+                    let restored = restore_path(dir, settings).expect("restore_path");
+                    lib.push(ms(started.elapsed()));
+                    verify.push(ms(restored.verify));
+                    kill_copy(restored.pid);
                 }
             }
         }
-        println!("\n   restore, {mib} MiB process, images on tmpfs, {reps} rounds in turns:");
-        let base = stats(&plain).0;
-        show("plain `criu restore -D`", &plain, None);
-        show("`selfdump restore DIR` (the command)", &cli, Some(base));
-        show("restore_path (the library)", &lib, Some(base));
-        show("  of which verification", &verify, None);
     }
+    [plain, cli, lib, verify]
 }
 
 /// A `clone_stamp` of `mib` MiB checkpointed under `selfdump run` into
@@ -158,25 +195,48 @@ fn kill_copy(pid: i32) {
         rustix::event::PollFlags::IN,
     )];
     rustix::event::poll(&mut poll, None).unwrap();
-    // its pid must be free again for the next copy's namespace init...
-    // (a fresh namespace each time: only reaping by init is left)
-}
-
-fn build_example(name: &str) -> PathBuf {
-    let status = Command::new(env!("CARGO"))
-        .args(["build", "--quiet", "--release", "--example", name])
-        .current_dir(env!("CARGO_MANIFEST_DIR"))
-        .status()
-        .unwrap();
-    assert!(status.success());
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join(format!("target/release/examples/{name}"))
 }
 
 /// `tiny`: see the module docs.
-pub(super) fn tiny(criu: &Criu, app: &Path, socket: &Path, work: &Path, reps: usize) {
+pub(super) fn tiny(b: &Bench, report: &mut Report) {
+    let [plain, synced, ours, sync] = b.with_cache(|| tiny_rounds(b));
+    report.section(
+        "Tiny checkpoint against plain CRIU and a sync",
+        &format!(
+            "A 1 MiB process (`bench_app`), images on ext4; {} rounds in turns: plain `criu \
+             dump --leave-running`, the same followed by `sync -f DIR` (selfdump reports \
+             success only once the images are on disk), and `checkpoint()` as the app sees \
+             it. CRIU's kernel-feature cache on both sides.",
+            b.reps
+        ),
+    );
+    let base = stats(&synced).0;
+    let rows = vec![
+        row("plain `criu dump`", &plain, None),
+        row("plain `criu dump` + `sync -f`", &synced, None),
+        row(
+            "selfdump `checkpoint()` (ratio to plain + sync)",
+            &ours,
+            Some(base),
+        ),
+        row("of which the commit's `syncfs`", &sync, None),
+    ];
+    report.table(&HEADER, &rows);
+    let ratio = stats(&ours).0 / base;
+    report.target(
+        "a tiny checkpoint within 1.0 × plain CRIU + sync",
+        ratio <= 1.0,
+        &format!("{ratio:.2}"),
+    );
+}
+
+/// The rounds of `tiny`: plain, plain + sync, selfdump, its syncfs (ms).
+fn tiny_rounds(b: &Bench) -> [Vec<f64>; 4] {
+    let (app, work) = (&b.app, &b.work);
     let (mut idle, _idle_out) = start_app(app, &["--idle", "--mib", "1"]);
     let pid = idle.id().to_string();
     let sd_dir = images(work, "tiny-selfdump");
+    let reps = b.reps.to_string();
     let (mut sd, sd_out) = start_app(
         app,
         &[
@@ -184,20 +244,20 @@ pub(super) fn tiny(criu: &Criu, app: &Path, socket: &Path, work: &Path, reps: us
             "--mib",
             "1",
             "--checkpoints",
-            &reps.to_string(),
+            &reps,
             "--images",
             sd_dir.to_str().unwrap(),
             "--socket",
-            socket.to_str().unwrap(),
+            b.socket.to_str().unwrap(),
         ],
     );
     let mut lines = sd_out.lines();
     let (mut plain, mut synced, mut ours) = (vec![], vec![], Vec::<Sample>::new());
-    for round in 0..reps {
+    for round in 0..b.reps {
         for turn in 0..3 {
             match (turn + round) % 3 {
-                0 => plain.push(plain_dump(criu, &pid, &images(work, "tiny-plain")).wall_ms),
-                1 => synced.push(plain_then_sync(criu, &pid, &images(work, "tiny-plain"))),
+                0 => plain.push(plain_dump(&b.criu, &pid, &images(work, "tiny-plain")).wall_ms),
+                1 => synced.push(plain_then_sync(&b.criu, &pid, &images(work, "tiny-plain"))),
                 _ => {
                     sd.stdin.as_mut().unwrap().write_all(b"go\n").unwrap();
                     ours.push(parse(&lines.next().unwrap().unwrap()));
@@ -208,14 +268,10 @@ pub(super) fn tiny(criu: &Criu, app: &Path, socket: &Path, work: &Path, reps: us
     assert!(sd.wait().unwrap().success());
     let _ = idle.kill();
     let _ = idle.wait();
-    println!("\n   tiny checkpoint (1 MiB), app-observed, {reps} rounds in turns:");
-    let base = stats(&synced).0;
-    show("plain `criu dump`", &plain, None);
-    show("plain `criu dump` + `sync -f DIR`", &synced, None);
-    let wall: Vec<f64> = ours.iter().map(|s| s.wall_ms).collect();
-    show("selfdump checkpoint() (vs plain + sync)", &wall, Some(base));
-    println!("     of which syncfs {:.1} ms", m(&ours, |s| s.sync_ms));
     let _ = std::fs::remove_dir_all(&sd_dir);
+    let wall = ours.iter().map(|s| s.wall_ms).collect();
+    let sync = ours.iter().map(|s| s.sync_ms).collect();
+    [plain, synced, wall, sync]
 }
 
 /// `criu dump` then `sync -f DIR` (plain_dump syncs everything before its
@@ -229,20 +285,54 @@ fn plain_then_sync(criu: &Criu, pid: &str, dir: &Path) -> f64 {
 }
 
 /// `concurrent`: see the module docs.
-pub(super) fn concurrent(criu: &Criu, app: &Path, socket: &Path, work: &Path, reps: usize) {
+pub(super) fn concurrent(b: &Bench, report: &mut Report) {
     const N: usize = 8;
-    let idle: Vec<_> = (0..N)
-        .map(|_| start_app(app, &["--idle", "--mib", "4"]))
+    let [plain, synced, ours] = b.with_cache(|| concurrent_rounds(b, N));
+    report.section(
+        "Concurrent checkpoints against plain CRIU and a sync",
+        &format!(
+            "{N} processes of 4 MiB checkpoint at once, images on ext4; wall time until the \
+             last is done; {} rounds in turns: {N} plain `criu dump`s at once, {N} plain \
+             dumps each followed by `sync -f` of its directory, and {N} `checkpoint()` calls.",
+            b.reps
+        ),
+    );
+    let base = stats(&synced).0;
+    let rows = vec![
+        row(&format!("plain `criu dump` × {N}"), &plain, None),
+        row(
+            &format!("plain `criu dump` + `sync -f` × {N}"),
+            &synced,
+            None,
+        ),
+        row(
+            &format!("selfdump `checkpoint()` × {N} (ratio to plain + sync)"),
+            &ours,
+            Some(base),
+        ),
+    ];
+    report.table(&HEADER, &rows);
+    let ratio = stats(&ours).0 / base;
+    report.target(
+        &format!("{N} checkpoints at once within 1.1 × plain CRIU + sync"),
+        ratio <= 1.1,
+        &format!("{ratio:.2}"),
+    );
+}
+
+fn concurrent_rounds(b: &Bench, n: usize) -> [Vec<f64>; 3] {
+    let idle: Vec<_> = (0..n)
+        .map(|_| start_app(&b.app, &["--idle", "--mib", "4"]))
         .collect();
     let pids: Vec<String> = idle.iter().map(|(c, _)| c.id().to_string()).collect();
     let (mut plain, mut synced, mut ours) = (vec![], vec![], vec![]);
-    for round in 0..reps {
+    for round in 0..b.reps {
         for turn in 0..3 {
             rustix::fs::sync();
             match (turn + round) % 3 {
-                0 => plain.push(plain_at_once(criu, &pids, work, false)),
-                1 => synced.push(plain_at_once(criu, &pids, work, true)),
-                _ => ours.push(super::concurrent(app, socket, work, N).0),
+                0 => plain.push(plain_at_once(&b.criu, &pids, &b.work, false)),
+                1 => synced.push(plain_at_once(&b.criu, &pids, &b.work, true)),
+                _ => ours.push(super::concurrent(&b.app, &b.socket, &b.work, n).0),
             }
         }
     }
@@ -250,17 +340,7 @@ pub(super) fn concurrent(criu: &Criu, app: &Path, socket: &Path, work: &Path, re
         let _ = child.kill();
         let _ = child.wait();
     }
-    println!(
-        "\n   {N} checkpoints at once (4 MiB each), wall until the last, {reps} rounds in turns:"
-    );
-    let base = stats(&synced).0;
-    show("plain `criu dump` x8", &plain, None);
-    show("plain `criu dump` + `sync -f` x8", &synced, None);
-    show(
-        "selfdump checkpoint() x8 (vs plain + sync)",
-        &ours,
-        Some(base),
-    );
+    [plain, synced, ours]
 }
 
 /// One plain `criu dump` of each pid at once (each followed by `sync -f`

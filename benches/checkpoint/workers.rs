@@ -7,7 +7,7 @@
 //! Each is timed from the moment the dump is wanted to CRIU's answer, and
 //! CRIU's own frozen time is read from its stats.
 
-use super::{Criu, criu_frozen_ms, images, median, ms, spread, start_app};
+use super::{Criu, criu_frozen_ms, images, median, ms, start_app};
 use selfdump::proto::DumpOptions;
 use selfdump::server::internals::{DumpHooks, DumpSpec, FrozenVerdict, Worker};
 use std::os::fd::AsFd;
@@ -62,15 +62,22 @@ fn one_dump(criu: &Criu, pid: i32, dir: &Path, start: Start) -> (f64, f64) {
     (ms(wanted.elapsed()), criu_frozen_ms(dir))
 }
 
-/// `reps` rounds of the three ways in turns, on one idle app.
-pub fn measure(criu: &Criu, app: &Path, work: &Path, reps: usize) -> WorkerNumbers {
+/// `reps` rounds of the ways in turns, on one idle app; `longest` (10 s)
+/// every third round only, and not at all without it (its medians are NaN).
+pub fn measure(
+    criu: &Criu,
+    app: &Path,
+    work: &Path,
+    reps: usize,
+    longest: Option<Duration>,
+) -> WorkerNumbers {
     let (mut child, _out) = start_app(app, &["--mib", "4", "--idle"]);
     let pid = child.id() as i32;
     let ways = [
         Start::OnDemand,
         Start::Ahead(Duration::from_millis(50)),
         Start::Ahead(Duration::from_secs(1)),
-        Start::Ahead(Duration::from_secs(10)),
+        Start::Ahead(longest.unwrap_or_default()),
     ];
     let mut samples: [Vec<(f64, f64)>; 4] = Default::default();
     // one unmeasured round: the first dump of a process costs more
@@ -78,7 +85,7 @@ pub fn measure(criu: &Criu, app: &Path, work: &Path, reps: usize) -> WorkerNumbe
         one_dump(criu, pid, &images(work, "workers"), *way);
     }
     for round in 0..reps {
-        let ways = if round % 3 == 0 {
+        let ways = if round % 3 == 0 && longest.is_some() {
             &ways[..]
         } else {
             &ways[..3]
@@ -89,10 +96,12 @@ pub fn measure(criu: &Criu, app: &Path, work: &Path, reps: usize) -> WorkerNumbe
     }
     let _ = child.kill();
     let _ = child.wait();
-    let medians = |v: &[(f64, f64)]| {
-        let total: Vec<f64> = v.iter().map(|s| s.0).collect();
-        println!("     time to result {}", spread(&total));
-        (median(total), median(v.iter().map(|s| s.1).collect()))
+    let medians = |v: &[(f64, f64)]| match v.is_empty() {
+        true => (f64::NAN, f64::NAN),
+        false => (
+            median(v.iter().map(|s| s.0).collect()),
+            median(v.iter().map(|s| s.1).collect()),
+        ),
     };
     WorkerNumbers {
         on_demand: medians(&samples[0]),

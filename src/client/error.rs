@@ -23,7 +23,22 @@ pub enum Error {
         /// Why.
         source: io::Error,
     },
-    /// The service refused the request before anything ran.
+    /// A service listens (or a socket file is there) but this uid may not
+    /// connect to it: the socket's mode or owner, or a directory on the
+    /// way, keep it out (`EACCES`).
+    SocketDenied {
+        /// The socket path.
+        socket: PathBuf,
+        /// This process's effective uid.
+        uid: u32,
+        /// Whether the kernel lists a socket listening at that path.
+        service_listens: bool,
+        /// Why.
+        source: io::Error,
+    },
+    /// The service refused the request before anything ran; or, `Busy`,
+    /// it stayed too busy to answer the query for the result of a dump
+    /// that ran (the message says so). See [`Error::is_retryable`].
     Refused {
         /// The class of refusal.
         kind: RefusalKind,
@@ -83,6 +98,12 @@ impl fmt::Display for Error {
                 "no selfdump service at {}: {source} (start `selfdump serve`, or set SELFDUMP_SOCKET)",
                 socket.display()
             ),
+            Self::SocketDenied {
+                socket,
+                uid,
+                service_listens,
+                source,
+            } => socket_denied(f, socket, *uid, *service_listens, source),
             Self::Refused { kind, message } => {
                 write!(f, "checkpoint refused ({kind:?}): {message}")
             }
@@ -118,20 +139,69 @@ impl fmt::Display for Error {
                     findings.len(),
                     if findings.len() == 1 { "" } else { "s" }
                 )?;
-                for finding in findings {
-                    write!(f, "\n  {finding}")?;
-                }
-                Ok(())
+                let list = super::preflight::describe(findings, "  ");
+                write!(f, "\n{}", list.trim_end())
             }
             Self::Hook(failure) => write!(f, "{failure}"),
         }
     }
 }
 
+/// [`Error::SocketDenied`]: who is kept out, and what the operator can do.
+fn socket_denied(
+    f: &mut fmt::Formatter<'_>,
+    socket: &std::path::Path,
+    uid: u32,
+    service_listens: bool,
+    source: &io::Error,
+) -> fmt::Result {
+    let socket = socket.display();
+    if service_listens {
+        write!(
+            f,
+            "the selfdump service at {socket} runs, but uid {uid} may not connect"
+        )?;
+    } else {
+        write!(f, "uid {uid} may not connect to {socket}")?;
+    }
+    write!(
+        f,
+        " ({source}); the operator can open the socket to it (`selfdump serve --socket-mode \
+         666`, or `--socket-owner 0:GID --socket-mode 660` for a group of its) and admit it \
+         (`--allow-uid {uid}` or `--allow-gid GID`)"
+    )
+}
+
+impl Error {
+    /// Whether the same call may work later unchanged: the service was
+    /// busy (too many dumps or connections) or shutting down (its
+    /// successor may take the call).
+    ///
+    /// ```
+    /// use selfdump::{Error, proto::RefusalKind};
+    /// let busy = Error::Refused { kind: RefusalKind::Busy, message: "retry later".into() };
+    /// assert!(busy.is_retryable());
+    /// ```
+    pub fn is_retryable(&self) -> bool {
+        matches!(
+            self,
+            Self::Refused {
+                kind: RefusalKind::Busy | RefusalKind::ShuttingDown,
+                ..
+            } | Self::Restore {
+                kind: Some(RefusalKind::Busy | RefusalKind::ShuttingDown),
+                ..
+            }
+        )
+    }
+}
+
 impl std::error::Error for Error {
     fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
         match self {
-            Self::ImagesDir { source, .. } | Self::NoService { source, .. } => Some(source),
+            Self::ImagesDir { source, .. }
+            | Self::NoService { source, .. }
+            | Self::SocketDenied { source, .. } => Some(source),
             Self::Protocol(e) => Some(e),
             Self::Hook(failure) => failure.failures.first().map(|(_, e)| &**e as _),
             _ => None,

@@ -4,6 +4,7 @@
 //! ([`Outcome::Restored`]).
 
 pub mod blocking;
+mod connect;
 mod copy_slot;
 mod error;
 pub mod hooks;
@@ -12,6 +13,7 @@ mod options;
 mod outcome;
 pub mod preflight;
 mod restore;
+mod result;
 mod wire;
 
 pub use error::Error;
@@ -25,7 +27,7 @@ use crate::proto::{FrameError, JobId, Request, Response, encode_frame, read_fram
 use identity::Identity;
 use rustix::fs::{Mode, OFlags};
 use std::os::fd::{AsFd, AsRawFd, OwnedFd};
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use wire::{ask, connect, unexpected};
 
 /// Socket used when neither the options nor [`SOCKET_ENV`] name one.
@@ -102,7 +104,7 @@ pub async fn checkpoint(options: Options) -> Result<Outcome, Error> {
         return Ok(restored(job, images_dir, generation, slot));
     }
     drop(slot);
-    ask_result(&socket, job, images_dir).await
+    result::result(&socket, job, images_dir).await
 }
 
 /// The outcome of a restored copy: its number and restore id from its
@@ -121,32 +123,4 @@ fn restored(job: JobId, images_dir: PathBuf, generation: String, slot: Option<Ow
         copy,
         restore_id,
     })
-}
-
-/// The original, once CRIU let it run: asks the service on a new
-/// connection how the dump of `job` ended.
-async fn ask_result(socket: &Path, job: JobId, images_dir: PathBuf) -> Result<Outcome, Error> {
-    let stream = connect(socket).await.map_err(|e| Error::OutcomeUnknown {
-        job,
-        reason: format!("cannot ask the service for the result: {e}"),
-    })?;
-    match ask(&stream, &encode_frame(&Request::Result(job)), &[]).await {
-        Ok(Response::Dumped(report)) => Ok(Outcome::Continued(Report::of(report, images_dir))),
-        Ok(Response::UnknownJob(job)) => Err(Error::OutcomeUnknown {
-            job,
-            reason: "the service does not know this job (it restarted, or the result expired)"
-                .into(),
-        }),
-        // "result expired": the service dropped the result unclaimed
-        Ok(Response::Refused(r)) => Err(Error::OutcomeUnknown {
-            job,
-            reason: r.message,
-        }),
-        Ok(other) => Err(unexpected(other, &images_dir)),
-        Err(Error::Protocol(e)) => Err(Error::OutcomeUnknown {
-            job,
-            reason: format!("the service did not answer the result query: {e}"),
-        }),
-        Err(e) => Err(e),
-    }
 }

@@ -28,6 +28,11 @@ pub struct Report {
     pub frozen: Duration,
     /// How long CRIU took to freeze the tree.
     pub freezing: Duration,
+    /// How long CRIU took to collect the memory pages, the tree frozen
+    /// (CRIU's own measure; part of `frozen`).
+    pub memdump: Duration,
+    /// How long CRIU took to write the pages out (CRIU's own measure).
+    pub memwrite: Duration,
     /// From the service receiving the request to the images being on disk.
     pub total: Duration,
     /// What putting the generation on disk took of that (`syncfs` of its
@@ -39,6 +44,8 @@ pub struct Report {
     pub service_frozen: Duration,
     /// Bytes of image files.
     pub bytes_written: u64,
+    /// Memory pages CRIU looked at.
+    pub pages_scanned: u64,
     /// Memory pages written.
     pub pages_written: u64,
     /// Processes in the dumped tree.
@@ -97,10 +104,13 @@ impl Report {
             generation: r.generation,
             frozen: Duration::from_micros(r.frozen_us),
             freezing: Duration::from_micros(r.freezing_us),
+            memdump: Duration::from_micros(r.memdump_us),
+            memwrite: Duration::from_micros(r.memwrite_us),
             total: Duration::from_micros(r.total_us),
             sync: Duration::from_micros(r.sync_us),
             service_frozen: Duration::from_micros(r.service_frozen_us),
             bytes_written: r.bytes_written,
+            pages_scanned: r.pages_scanned,
             pages_written: r.pages_written,
             processes: r.processes,
         }

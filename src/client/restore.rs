@@ -86,7 +86,13 @@ pub async fn restore(options: RestoreOptions) -> Result<Restored, Error> {
         source: e.into(),
     })?;
     let socket = options.socket.clone().unwrap_or_else(default_socket);
-    let stream = connect(&socket).await?;
+    let stream = connect(&socket).await.map_err(|e| match e {
+        Error::Refused { kind, message } => Error::Restore {
+            kind: Some(kind),
+            message,
+        },
+        e => e,
+    })?;
     let request = Request::Restore(RestoreRequest {
         trust_unsigned: options.trust_unsigned,
     });

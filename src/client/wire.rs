@@ -11,10 +11,7 @@ use std::path::Path;
 pub(super) async fn connect(socket: &Path) -> Result<Async<UnixStream>, Error> {
     Async::<UnixStream>::connect(socket)
         .await
-        .map_err(|source| Error::NoService {
-            socket: socket.to_path_buf(),
-            source,
-        })
+        .map_err(|source| super::connect::failed(socket, source))
 }
 
 /// Sends a request and reads the answer. A service that refuses a client

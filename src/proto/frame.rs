@@ -6,7 +6,7 @@ use std::fmt;
 /// The four bytes every frame starts with.
 pub const MAGIC: [u8; 4] = *b"SDMP";
 /// The protocol version this build speaks; peers must speak exactly this one.
-pub const PROTOCOL_VERSION: u16 = 3;
+pub const PROTOCOL_VERSION: u16 = 4;
 /// Length of the fixed header: magic, version (u16), body length (u32), big-endian.
 pub const HEADER_LEN: usize = 10;
 /// Largest body a peer may announce; checked before anything is allocated.

@@ -86,6 +86,30 @@ fn default_keep() -> u32 {
     DEFAULT_KEEP
 }
 
+/// For logs: what the dump does, in CRIU's words (`keep 3, leave
+/// running, tcp-established`).
+impl fmt::Display for DumpOptions {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let end = if self.leave_running {
+            "leave running"
+        } else {
+            "exit after the dump"
+        };
+        write!(f, "keep {}, {end}", self.keep)?;
+        for (on, name) in [
+            (self.tcp_established, "tcp-established"),
+            (self.file_locks, "file-locks"),
+            (self.ext_unix_sk, "ext-unix-sk"),
+            (self.pre_dump, "pre-dump"),
+        ] {
+            if on {
+                write!(f, ", {name}")?;
+            }
+        }
+        Ok(())
+    }
+}
+
 impl Default for DumpOptions {
     fn default() -> Self {
         Self {
@@ -103,8 +127,18 @@ impl Default for DumpOptions {
 /// Names one dump: the service instance that ran it and its sequence number.
 /// A restarted service has a new `service` value, so it can tell that it
 /// never ran an old job.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
+///
+/// On the wire (MessagePack) it is the two numbers. In a human-readable
+/// format (JSON: `selfdump inspect --json`) it is the string it displays
+/// as, `SERVICE-SEQ` with the service in hex: a `u64` above 2^53 is not a
+/// number every JSON reader keeps exact.
+///
+/// ```
+/// let job: selfdump::proto::JobId = "3cd8044016212a2b-1".parse().unwrap();
+/// assert_eq!(job.service, 0x3cd8044016212a2b);
+/// assert_eq!(job.to_string(), "3cd8044016212a2b-1");
+/// ```
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash)]
 pub struct JobId {
     /// Random per service start.
     pub service: u64,
@@ -115,6 +149,51 @@ pub struct JobId {
 impl fmt::Display for JobId {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "{:016x}-{}", self.service, self.seq)
+    }
+}
+
+impl std::str::FromStr for JobId {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let bad = || format!("{s:?} is not a job id (SERVICE-SEQ, the service in hex)");
+        let (service, seq) = s.split_once('-').ok_or_else(bad)?;
+        Ok(Self {
+            service: u64::from_str_radix(service, 16).map_err(|_| bad())?,
+            seq: seq.parse().map_err(|_| bad())?,
+        })
+    }
+}
+
+/// [`JobId`] as it travels: its two numbers.
+#[derive(Serialize, Deserialize)]
+#[serde(rename = "JobId", deny_unknown_fields)]
+struct JobIdFields {
+    service: u64,
+    seq: u64,
+}
+
+impl Serialize for JobId {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        if s.is_human_readable() {
+            return s.collect_str(self);
+        }
+        JobIdFields {
+            service: self.service,
+            seq: self.seq,
+        }
+        .serialize(s)
+    }
+}
+
+impl<'de> Deserialize<'de> for JobId {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        if d.is_human_readable() {
+            let text = String::deserialize(d)?;
+            return text.parse().map_err(serde::de::Error::custom);
+        }
+        let JobIdFields { service, seq } = JobIdFields::deserialize(d)?;
+        Ok(Self { service, seq })
     }
 }
 
@@ -185,6 +264,21 @@ pub enum RefusalKind {
     Unsupported,
 }
 
+/// For logs and messages: `not permitted`, `busy`, ...
+impl fmt::Display for RefusalKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Self::BadRequest => "bad request",
+            Self::NotPermitted => "not permitted",
+            Self::BadDirectory => "bad directory",
+            Self::Busy => "busy",
+            Self::ShuttingDown => "shutting down",
+            Self::Invalid => "invalid",
+            Self::Unsupported => "unsupported",
+        })
+    }
+}
+
 /// What a finished dump took.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -198,8 +292,11 @@ pub struct DumpReport {
     pub frozen_us: u64,
     /// Microseconds CRIU took to freeze the tree.
     pub freezing_us: u64,
-    /// Microseconds CRIU spent dumping memory.
+    /// Microseconds CRIU spent dumping memory (collecting the pages, the
+    /// tree frozen).
     pub memdump_us: u64,
+    /// Microseconds CRIU spent writing the pages out.
+    pub memwrite_us: u64,
     /// Microseconds from the service receiving the request to the images being on disk.
     pub total_us: u64,
     /// Microseconds putting the generation on disk took (`syncfs`, and
@@ -208,6 +305,8 @@ pub struct DumpReport {
     /// Microseconds of the frozen time spent waiting for the service (its
     /// checks and answers at CRIU's notifications); the rest is CRIU's.
     pub service_frozen_us: u64,
+    /// Memory pages CRIU looked at.
+    pub pages_scanned: u64,
     /// Memory pages CRIU wrote.
     pub pages_written: u64,
     /// Bytes of image files written.

@@ -74,7 +74,7 @@ impl Server {
             Err(busy) => {
                 executor
                     .spawn(async move {
-                        conn.refuse(busy).await;
+                        conn.refuse_at_accept(busy).await;
                         drop(task);
                     })
                     .detach();
@@ -89,7 +89,7 @@ impl Server {
             let busy = Refused::busy("too many connections to the selfdump service; retry later");
             executor
                 .spawn(async move {
-                    conn.refuse(busy).await;
+                    conn.refuse_at_accept(busy).await;
                     drop(task);
                 })
                 .detach();

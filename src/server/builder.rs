@@ -324,7 +324,7 @@ fn prepare_criu(criu: &Criu) -> Result<KdatCache, Error> {
     }
     log::info!("using {} (CRIU {major}.{minor}.{sub})", criu.path.display());
     let kdat = kdat::ensure_cache(criu);
-    log::info!("CRIU kernel-feature cache: {kdat:?}");
+    log::info!("CRIU kernel-feature cache: {kdat}");
     Ok(kdat)
 }
 

@@ -51,11 +51,20 @@ impl fmt::Display for Error {
             }
             Self::Accept(e) => write!(f, "the listening socket is unusable: {e}"),
             Self::Criu(e) => write!(f, "{e} (run `selfdump check`, or scripts/install-criu.sh)"),
+            Self::Key { path, source } if source.kind() == io::ErrorKind::PermissionDenied => {
+                write!(
+                    f,
+                    "cannot read or make the signing key {}: {source} (the service must run \
+                     as root)",
+                    path.display()
+                )
+            }
             Self::Key { path, source } => write!(
                 f,
-                "cannot read or make the signing key {}: {source} (it must be root's, mode \
-                 0600, 32 bytes; remove a broken one to make a new key, which makes older \
-                 images unrestorable without --trust-unsigned)",
+                "cannot read or make the signing key {}: {source} (a key is 32 bytes, root's, \
+                 mode 0600; keep it: every checkpoint signed so far verifies with it alone, \
+                 so fix its owner or mode, or put back a copy of it; --key-file names \
+                 another)",
                 path.display()
             ),
         }

@@ -3,6 +3,7 @@
 //! the names CRIU writes, and a full disk.
 
 use crate::Ctx;
+use crate::common::Guarded;
 use crate::common::*;
 use crate::support::*;
 use selfdump::proto::RefusalKind;
@@ -38,6 +39,7 @@ fn refused_as_bad_directory(ctx: &mut Ctx, images: impl FnOnce() -> tempfile::Te
     );
     assert!(program.wait().success());
     assert!(image_files(images.path()).is_empty());
+    ctx.reached("refused at the directory check, as the caller, before CRIU");
     format!("refused: {}", short(&line))
 }
 
@@ -52,6 +54,7 @@ pub fn non_directory_images_fd(ctx: &mut Ctx) -> String {
         assert_eq!(kind, RefusalKind::BadDirectory, "{message}");
         assert!(message.contains("not a directory"), "{message}");
     }
+    ctx.reached("each fd refused at the directory check");
     "refused file, pipe and socket fds as not a directory".into()
 }
 
@@ -91,6 +94,7 @@ pub fn symlinks_planted_in_images_dir(ctx: &mut Ctx) -> String {
         "the victim was written through a symlink"
     );
     assert!(line.starts_with("checkpoint continued"), "{line}");
+    ctx.reached("the dump committed a generation beside the planted links");
     let generation = images.path().join("latest");
     for (name, _, mode) in image_files(&generation) {
         let meta = std::fs::symlink_metadata(generation.join(&name)).unwrap();
@@ -101,14 +105,25 @@ pub fn symlinks_planted_in_images_dir(ctx: &mut Ctx) -> String {
         let planted = std::fs::read_link(images.path().join(name)).unwrap();
         assert_eq!(planted, victim, "the planted {name} was left alone");
     }
-    assert!(restore_check(&generation));
-    "dumped into a generation; planted links left alone, never followed; victim untouched".into()
+    let restored = restored_copy(images.path(), &program);
+    ctx.reached("the images restored");
+    format!(
+        "dumped into a generation; planted links left alone, never followed; victim \
+         untouched; the images restore: {}",
+        short(&restored)
+    )
 }
 
-/// The images restore (they are good): checks that pstree.img parses.
-fn restore_check(dir: &Path) -> bool {
-    let image = std::fs::read(dir.join("pstree.img")).unwrap();
-    selfdump::server::images::entries(&image).count() == 1
+/// The images restore (they are good): a copy of `program` (which has
+/// ended) runs from them, says so, and is ended.
+fn restored_copy(dir: &Path, program: &Program) -> String {
+    let pid = restore(dir).unwrap_or_else(|e| panic!("the images do not restore: {e}"));
+    assert_eq!(pid, program.pid, "restored as another pid");
+    let said = program.wait_for("the restored copy", |l| {
+        l.starts_with("checkpoint restored")
+    });
+    kill_and_reap(pid);
+    said
 }
 
 /// The images directory is a 64 KiB tmpfs: the dump fails, the caller is
@@ -119,16 +134,18 @@ pub fn disk_full(ctx: &mut Ctx) -> String {
     let status = std::process::Command::new("mount")
         .args(["-t", "tmpfs", "-o", "size=64k,mode=0755", "tmpfs"])
         .arg(images.path())
-        .status();
+        .status_guarded();
     if !status.as_ref().is_ok_and(|s| s.success()) {
         let why = format!("cannot mount a tiny tmpfs ({status:?}), so no full disk");
-        crate::common::skip(crate::common::Limit::NoTmpfsMount, &why);
-        return format!("SKIPPED: {why}");
+        return ctx.skip(Limit::NoTmpfsMount, &why);
     }
+    ctx.reached("the images directory is a 64 KiB tmpfs");
     struct Unmount(PathBuf);
     impl Drop for Unmount {
         fn drop(&mut self) {
-            let _ = std::process::Command::new("umount").arg(&self.0).status();
+            let _ = std::process::Command::new("umount")
+                .arg(&self.0)
+                .status_guarded();
         }
     }
     let _unmount = Unmount(images.path().to_path_buf());
@@ -140,6 +157,17 @@ pub fn disk_full(ctx: &mut Ctx) -> String {
     );
     let line = outcome(&program);
     assert!(line.starts_with("checkpoint error"), "{line}");
+    // CRIU says so, unless the full disk cut its log first; never the
+    // harmless line it logs on every run here, as if that were the cause
+    // (the full disk may cut CRIU's line itself: "No space left on")
+    assert!(
+        line.contains("No space left") || line.contains("no error logged"),
+        "not told of the full disk: {line}"
+    );
+    ctx.reached(match line.contains("No space left") {
+        true => "CRIU ran out of space, and said so",
+        false => "CRIU ran out of space, before it could log why",
+    });
     assert!(program.wait().success(), "the caller runs on");
     assert_no_images(images.path(), 0);
     assert_no_staging(images.path());

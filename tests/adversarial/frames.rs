@@ -30,6 +30,7 @@ pub fn oversize_length_claim(ctx: &mut Ctx) -> String {
     header.extend_from_slice(&PROTOCOL_VERSION.to_be_bytes());
     header.extend_from_slice(&u32::MAX.to_be_bytes());
     let message = bad_request(&socket, &header, "exceeds the limit");
+    ctx.reached("refused at the header, before reading the body");
     format!("refused before allocating: {message}")
 }
 
@@ -43,6 +44,7 @@ pub fn truncated_frame(ctx: &mut Ctx) -> String {
     let (kind, message) = read_refusal(&mut stream);
     assert_eq!(kind, RefusalKind::BadRequest);
     assert!(message.contains("middle of a frame"), "{message}");
+    ctx.reached("the frame cut by the client's shutdown, refused");
     format!("refused: {message}")
 }
 
@@ -55,6 +57,7 @@ pub fn trailing_bytes(ctx: &mut Ctx) -> String {
         &frame_with_body(&body),
         "3 unexpected trailing bytes",
     );
+    ctx.reached("the body decoded, the trailing bytes refused");
     format!("refused: {message}")
 }
 
@@ -73,6 +76,7 @@ pub fn garbage_bytes(ctx: &mut Ctx) -> String {
     // garbage after a valid header: a body that is not MessagePack of a request
     let (kind, message) = refusal(exchange(&socket, &frame_with_body(&garbage[..64]), &[]));
     assert_eq!(kind, RefusalKind::BadRequest, "{message}");
+    ctx.reached("refused at the header (garbage), and at the body's decoding");
     format!("refused both: {}", short(&message))
 }
 
@@ -81,6 +85,7 @@ pub fn wrong_magic(ctx: &mut Ctx) -> String {
     let mut frame = checkpoint_frame();
     frame[..4].copy_from_slice(b"CRIU");
     let message = bad_request(&socket, &frame, "not a selfdump peer");
+    ctx.reached("refused at the header's magic");
     format!("refused: {message}")
 }
 
@@ -99,6 +104,7 @@ pub fn wrong_version(ctx: &mut Ctx) -> String {
     assert_eq!(answer.header.version, PROTOCOL_VERSION);
     let text = String::from_utf8(answer.body).unwrap();
     assert!(text.contains("version mismatch"), "{text}");
+    ctx.reached("refused at the header's version, answered in a frame every version reads");
     format!("answered in its own version: {text}")
 }
 
@@ -151,6 +157,7 @@ pub fn fds_253_in_one_message(ctx: &mut Ctx) -> String {
             held => Err(format!("{held} of the sent fds still open")),
         },
     );
+    ctx.reached("253 fds received with the first byte, refused, each closed");
     format!("refused ({message}); 0 of the 253 fds left open")
 }
 
@@ -164,5 +171,6 @@ pub fn close_mid_frame(ctx: &mut Ctx) -> String {
         stream.write_all(&frame[..cut]).unwrap();
         drop(stream);
     }
+    ctx.reached("two connections closed mid-frame (mid-header, mid-body)");
     "survived: nothing to answer, connections closed".into()
 }

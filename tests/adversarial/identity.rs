@@ -3,6 +3,7 @@
 //! another user) running next to the caller.
 
 use crate::Ctx;
+use crate::common::Guarded;
 use crate::common::*;
 use crate::support::*;
 use async_io::Async;
@@ -45,6 +46,7 @@ pub fn spoofed_pid_in_request(ctx: &mut Ctx) -> String {
         );
         said.push(message);
     }
+    ctx.reached("each body refused at its decoding, before the fd was looked at");
     format!("refused as malformed/trailing ({})", said.join(" | "))
 }
 
@@ -79,11 +81,11 @@ pub fn recycled_pid(ctx: &mut Ctx) -> String {
             Ok(())
         });
     }
-    let mut caller = cmd.spawn().unwrap();
+    let mut caller = cmd.spawn_guarded().unwrap();
     let pid = caller.id() as i32;
     let pidfd = pidfd_open(Pid::from_raw(pid).unwrap(), PidfdFlags::empty()).unwrap();
     let conn = UnixStream::from(pidfd_getfd(&pidfd, 0, PidfdGetfdFlags::empty()).unwrap());
-    std::thread::sleep(Duration::from_millis(200)); // the service has accepted it
+    wait_accepted(&conn);
     let _ = caller.kill();
     let _ = caller.wait();
     drop(pidfd);
@@ -93,7 +95,7 @@ pub fn recycled_pid(ctx: &mut Ctx) -> String {
         std::fs::write("/proc/sys/kernel/ns_last_pid", (pid - 1).to_string()).unwrap();
         let mut v = std::process::Command::new("sleep")
             .arg("600")
-            .spawn()
+            .spawn_guarded()
             .unwrap();
         if v.id() as i32 == pid {
             victim = Some(v);
@@ -115,6 +117,9 @@ pub fn recycled_pid(ctx: &mut Ctx) -> String {
             .unwrap()
             .expect("an answer")
     });
+    ctx.reached(format!(
+        "the caller's connection accepted, the caller gone, its pid {pid} given to a victim"
+    ));
     let (kind, message) = refusal(answer);
     assert_ne!(process_state(pid), Some('t'), "the victim was frozen");
     assert_eq!(kind, RefusalKind::NotPermitted, "{message}");
@@ -123,6 +128,7 @@ pub fn recycled_pid(ctx: &mut Ctx) -> String {
         image_files(images.path()).is_empty(),
         "something was dumped"
     );
+    ctx.reached("refused at the caller check (its pidfd: exited)");
     format!("pid {pid} recycled to a victim; refused: {message}")
 }
 
@@ -155,6 +161,7 @@ pub fn dump_is_always_of_the_connecting_pid(ctx: &mut Ctx) -> String {
     );
     let log = std::fs::read_to_string(images.path().join("latest/dump.log")).unwrap();
     assert_log_dumps_only(&log, program.pid, victim.pid());
+    ctx.reached("the dump published; its manifest and CRIU's log name the caller alone");
     format!("dumped the caller (pid {}) only", program.pid)
 }
 
@@ -176,9 +183,51 @@ pub fn another_users_process(ctx: &mut Ctx) -> String {
     assert_ne!(process_state(victim_pid), Some('t'));
     let log = std::fs::read_to_string(dump_log(images.path())).unwrap();
     assert_log_dumps_only(&log, program.pid, victim_pid);
+    ctx.reached("CRIU dumped the caller's pid, never the other user's process");
     assert_runs_on(&program);
     assert!(line.starts_with("checkpoint continued"), "{line}");
+    // the images are the caller's, and of the caller alone
+    let generation = images.path().join("latest");
+    let manifest = std::fs::read(generation.join("selfdump-manifest")).unwrap();
+    let (manifest, ..) = selfdump::server::manifest::Manifest::parse_unverified(&manifest).unwrap();
+    assert_eq!(manifest.meta.pids, vec![program.pid], "{line}");
+    assert_eq!(manifest.meta.uid, NOBODY, "{line}");
+    for (name, uid, _) in image_files(&generation) {
+        assert_eq!(uid, NOBODY, "{name} is not the caller's");
+    }
+    ctx.reached("a generation committed, of the caller alone, the caller's");
     format!("dumped only the caller's own pid; {}", short(&line))
+}
+
+/// Waits until the in-process service has accepted `conn`'s connection:
+/// this process holds the peer of `conn`'s socket (the kernel's
+/// sock_diag, through `ss`, names the peer).
+fn wait_accepted(conn: &UnixStream) {
+    use std::os::fd::AsRawFd;
+    let ours = std::fs::read_link(format!("/proc/self/fd/{}", conn.as_raw_fd())).unwrap();
+    let inode = ours
+        .to_string_lossy()
+        .trim_start_matches("socket:[")
+        .trim_end_matches(']')
+        .to_owned();
+    poll_until(Duration::from_secs(30), Duration::from_millis(2), || {
+        let out = std::process::Command::new("ss")
+            .args(["-xanH"])
+            .output_guarded()
+            .unwrap();
+        let peer = String::from_utf8_lossy(&out.stdout).lines().find_map(|l| {
+            let w: Vec<&str> = l.split_whitespace().collect();
+            (w.len() >= 4 && w[w.len() - 3] == inode).then(|| w[w.len() - 1].to_owned())
+        });
+        let accepted = peer.is_some_and(|peer| {
+            let want = std::path::PathBuf::from(format!("socket:[{peer}]"));
+            open_fds().iter().any(|(_, target)| *target == want)
+        });
+        match accepted {
+            true => Ok(()),
+            false => Err("the service never accepted the caller's connection".into()),
+        }
+    });
 }
 
 /// A bystander process (`sleep`), killed and reaped on drop, even when an
@@ -190,7 +239,7 @@ impl Victim {
         Self(
             std::process::Command::new("sleep")
                 .arg("600")
-                .spawn()
+                .spawn_guarded()
                 .unwrap(),
         )
     }

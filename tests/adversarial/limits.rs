@@ -50,6 +50,15 @@ pub fn idle_connections_1000(ctx: &mut Ctx) -> String {
     assert!(other.wait().success());
     let (busy, cut) = answers(&mut conns);
     assert_eq!((busy, cut), (1000 - 64, 64));
+    ctx.reached(format!(
+        "per uid: 1000 connections held, another uid served meanwhile ({}), the extras \
+         refused busy, the admitted cut at the request timeout",
+        if line.starts_with("checkpoint continued") {
+            "dumped"
+        } else {
+            "admitted; CRIU failed"
+        }
+    ));
     crate::assert_still_serves(&socket);
     drop(conns);
 
@@ -59,6 +68,7 @@ pub fn idle_connections_1000(ctx: &mut Ctx) -> String {
     let mut conns = flood_as(&socket, 1000, NOBODY);
     let (global_busy, global_cut) = answers(&mut conns);
     assert_eq!((global_busy, global_cut), (1000 - 256, 256));
+    ctx.reached("global: 1000 connections of another uid held, the extras refused busy");
     crate::assert_still_serves(&socket);
     drop(conns);
     format!(
@@ -153,6 +163,9 @@ pub fn one_byte_a_second(ctx: &mut Ctx) -> String {
         "{message}"
     );
     assert!(took < Duration::from_secs(5), "took {took:?}");
+    ctx.reached(format!(
+        "{sent} bytes sent, then cut by the request timeout"
+    ));
     format!("cut off after {sent} bytes, {took:.1?}: {message}")
 }
 
@@ -169,8 +182,10 @@ pub fn dumps_per_uid_limit(ctx: &mut Ctx) -> String {
         second_line.contains("refused (Busy)") && second_line.contains("per-uid"),
         "{second_line}"
     );
+    ctx.reached("a second root dump while the first was under way: refused busy");
     let other_line = outcome(&other);
     assert!(!other_line.contains("Busy"), "{other_line}");
+    ctx.reached("another uid's dump meanwhile: admitted");
     let first_line = outcome(&first);
     assert!(
         first_line.starts_with("checkpoint continued"),
@@ -194,6 +209,7 @@ pub fn global_dump_limit(ctx: &mut Ctx) -> String {
         other_line.contains("refused (Busy)") && other_line.contains("dumps are already running"),
         "{other_line}"
     );
+    ctx.reached("another uid's dump while one was under way: refused busy");
     let first_line = outcome(&first);
     assert!(
         first_line.starts_with("checkpoint continued"),

@@ -5,12 +5,14 @@
 //! zombie child, and probing for other processes' job ids.
 
 use crate::Ctx;
+use crate::common::Guarded;
 use crate::common::*;
+use crate::serve::ServeProcess;
 use crate::support::*;
 use selfdump::proto::{self, JobId, Request, Response};
 use std::fs::OpenOptions;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 /// The counter example in one of its own modes (`--flood`, `--unclaimed`),
@@ -31,7 +33,7 @@ fn counter_mode(dir: &Path, name: &str, args: &[&str], uid: Option<u32>) -> Prog
         use std::os::unix::process::CommandExt;
         cmd.uid(uid).gid(uid);
     }
-    let child = cmd.spawn().expect("start counter");
+    let child = cmd.spawn_guarded().expect("start counter");
     Program {
         pid: child.id() as i32,
         child: Some(child),
@@ -39,94 +41,25 @@ fn counter_mode(dir: &Path, name: &str, args: &[&str], uid: Option<u32>) -> Prog
     }
 }
 
-/// `selfdump serve` in a process of its own whose fd limit is 1024, soft
-/// and hard (so raising the soft limit to the hard one gains nothing).
-/// Dropping it stops it as systemd would (SIGTERM, then it drains).
-struct LimitedServe {
-    child: Option<Child>,
-    log: PathBuf,
+/// The fd limit of the `selfdump serve` under attack, soft and hard (so
+/// raising the soft limit to the hard one gains nothing).
+const FD_LIMIT: u64 = 1024;
+
+/// `selfdump serve` on `NAME.sock` in `dir`, its fd limit [`FD_LIMIT`].
+fn limited_serve(dir: &Path, name: &str, extra: &[&str]) -> (PathBuf, ServeProcess) {
+    let socket = dir.join(format!("{name}.sock"));
+    let serve = ServeProcess::start(
+        &socket,
+        &dir.join(format!("{name}.log")),
+        extra,
+        Some(FD_LIMIT),
+    );
+    (socket, serve)
 }
 
-impl LimitedServe {
-    const LIMIT: u64 = 1024;
-
-    fn start(dir: &Path, name: &str, extra: &[&str]) -> (PathBuf, Self) {
-        use std::os::unix::process::CommandExt;
-        let socket = dir.join(format!("{name}.sock"));
-        let log = dir.join(format!("{name}.log"));
-        let mut cmd = Command::new(selfdump_bin());
-        cmd.args(["serve", "--socket-mode", "666", "--socket"])
-            .arg(&socket)
-            .arg("--criu")
-            .arg(criu().path)
-            .args(extra)
-            .env("RUST_LOG", "info")
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(std::fs::File::create(&log).unwrap());
-        // SAFETY: setrlimit is async-signal-safe.
-        unsafe {
-            cmd.pre_exec(|| {
-                let limit = rustix::process::Rlimit {
-                    current: Some(Self::LIMIT),
-                    maximum: Some(Self::LIMIT),
-                };
-                rustix::process::setrlimit(rustix::process::Resource::Nofile, limit)
-                    .map_err(Into::into)
-            });
-        }
-        let child = cmd.spawn().unwrap();
-        let serve = Self {
-            child: Some(child),
-            log,
-        };
-        poll_until(Duration::from_secs(20), Duration::from_millis(10), || {
-            if socket.exists() {
-                return Ok(());
-            }
-            Err(format!(
-                "selfdump serve did not listen: {}",
-                read(&serve.log)
-            ))
-        });
-        (socket, serve)
-    }
-
-    fn pid(&self) -> i32 {
-        self.child.as_ref().unwrap().id() as i32
-    }
-
-    fn fds(&self) -> usize {
-        std::fs::read_dir(format!("/proc/{}/fd", self.pid()))
-            .map(|d| d.count())
-            .unwrap_or(0)
-    }
-
-    fn assert_running(&mut self) {
-        let status = self.child.as_mut().unwrap().try_wait().unwrap();
-        assert!(
-            status.is_none(),
-            "selfdump serve exited ({status:?}):\n{}",
-            read(&self.log)
-        );
-    }
-}
-
-impl Drop for LimitedServe {
-    fn drop(&mut self) {
-        let Some(mut child) = self.child.take() else {
-            return;
-        };
-        let pid = rustix::process::Pid::from_raw(child.id() as i32).unwrap();
-        let _ = rustix::process::kill_process(pid, rustix::process::Signal::TERM);
-        let deadline = Instant::now() + Duration::from_secs(20);
-        while child.try_wait().ok().flatten().is_none() && Instant::now() < deadline {
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        let _ = child.kill();
-        let _ = child.wait();
-        reap_orphaned_criu_helpers();
-    }
+/// How many fds process `pid` holds.
+fn fd_count(pid: i32) -> usize {
+    crate::fds::raw_fds(pid).len()
 }
 
 /// Several processes of another uid hold 2000 idle connections to a
@@ -199,19 +132,16 @@ pub fn fd_exhaustion(ctx: &mut Ctx) -> String {
             ][..],
         ),
     ] {
-        let (socket, mut serve) = LimitedServe::start(dir.path(), phase, extra);
-        let before = serve.fds();
+        let (socket, mut serve) = limited_serve(dir.path(), phase, extra);
+        let before = fd_count(serve.pid());
         let (mut flooders, held) = flood(&socket, phase);
-        let during = serve.fds();
+        let during = fd_count(serve.pid());
         let (line, took) = root_checkpoint(&socket);
         assert!(line.starts_with("checkpoint continued"), "{line}");
         serve.assert_running();
         let log = read(&serve.log);
         assert!(!log.contains("Too many open files"), "{log}");
-        assert!(
-            during < LimitedServe::LIMIT as usize - 64,
-            "{during} fds held"
-        );
+        assert!(during < FD_LIMIT as usize - 64, "{during} fds held");
         let lowered = log
             .lines()
             .find(|l| l.contains("max_connections lowered"))
@@ -234,27 +164,25 @@ pub fn fd_exhaustion(ctx: &mut Ctx) -> String {
     // 3. the fds do run out: the soft fd limit of the running service is
     // lowered far below what the flood takes; idle connections are not
     // cut meanwhile (a long request timeout)
-    // (no warm criu worker: its socket would come and go with the pool's
-    // refills, and the fd count before and after must mean the same)
-    let (socket, mut serve) = LimitedServe::start(
-        dir.path(),
-        "exhausted",
-        &["--request-timeout", "60", "--warm-workers", "0"],
-    );
-    // the limits are fitted to the fd limit as the server starts, after
-    // the socket exists: lower it only once the service serves
-    poll_until(
-        Duration::from_secs(30),
-        Duration::from_millis(10),
-        || match read(&serve.log).contains("serving on") {
-            true => Ok(()),
-            false => Err(format!("the service never served:\n{}", read(&serve.log))),
-        },
-    );
-    // (counted once it has answered something: "serving on" is logged
-    // before its signal handling opens its fds)
+    // (with its warm criu worker: its link is told apart from other fds
+    // by what it leads to, see `fds.rs`)
+    let (socket, mut serve) = limited_serve(dir.path(), "exhausted", &["--request-timeout", "60"]);
+    // (identified once it has answered something: "serving on" is logged
+    // before its signal handling opens its fds; and once its worker waits)
     let _ = refusal(exchange(&socket, &frame_with_body(b"x"), &[]));
-    let before = serve.fds();
+    poll_until(Duration::from_secs(30), Duration::from_millis(10), || {
+        match crate::fds::waiting_workers_of(serve.pid()).len() {
+            1 => Ok(()),
+            n => Err(format!("{n} warm workers wait, not 1")),
+        }
+    });
+    let before = crate::fds::fds_of(serve.pid());
+    ctx.reached(format!(
+        "phases 1-2: the flood held against limits default and raised, root served meanwhile; \
+         phase 3: selfdump serve (pid {}, one warm worker) with {} fds identified",
+        serve.pid(),
+        before.len()
+    ));
     let serve_pid = serve.pid();
     let set_limit = |n: u64| {
         rustix::process::prlimit(
@@ -262,7 +190,7 @@ pub fn fd_exhaustion(ctx: &mut Ctx) -> String {
             rustix::process::Resource::Nofile,
             rustix::process::Rlimit {
                 current: Some(n),
-                maximum: Some(LimitedServe::LIMIT),
+                maximum: Some(FD_LIMIT),
             },
         )
         .unwrap();
@@ -302,16 +230,19 @@ pub fn fd_exhaustion(ctx: &mut Ctx) -> String {
     for f in &mut flooders {
         f.kill();
     }
-    set_limit(LimitedServe::LIMIT);
+    set_limit(FD_LIMIT);
     let (line, took) = root_checkpoint(&socket);
     assert!(line.starts_with("checkpoint continued"), "{line}");
+    // by identity: no fd the service did not hold before the flood (its
+    // warm worker's link may be a new one: there is one again)
     poll_until(Duration::from_secs(10), Duration::from_millis(50), || {
-        let now = serve.fds();
-        if now <= before {
+        let now = crate::fds::fds_of(serve.pid());
+        let new = crate::fds::new_fds(&before, &now);
+        if new.is_empty() && crate::fds::waiting_workers_of(serve.pid()).len() == 1 {
             return Ok(());
         }
         Err(format!(
-            "the service holds {now} fds, {before} before the flood"
+            "the service holds fds it did not before the flood: {new:?} (before: {before:?})"
         ))
     });
     serve.assert_running();
@@ -329,12 +260,15 @@ pub fn fd_exhaustion(ctx: &mut Ctx) -> String {
         "fd limit of the running service lowered to {LOW}, flood ({held}): out of fds at {}; \
          root answered in {answered_in:.1?}: `{}`; 500 more connections answered ({more_held}); \
          {} warning line(s) logged; service kept running; once the flood went and the limit \
-         was back, root served in {took:.1?}, fds back to {before}",
+         was back, root served in {took:.1?}, its fds the same {} as before (by identity)",
         paths.join(", "),
         short(&meanwhile),
         log.lines().filter(|l| l.contains("WARN")).count(),
+        before.len(),
     ));
-    ctx.adopt(socket, Box::new((serve, dir)), 0);
+    ctx.reached(format!("phase 3: out of fds at {}", paths.join(", ")));
+    let pid = serve.pid();
+    ctx.adopt_process(socket, Box::new((serve, dir)), pid, 1);
     format!("survived: {}", said.join(" | "))
 }
 
@@ -420,6 +354,9 @@ pub fn unclaimed_results(ctx: &mut Ctx) -> String {
         "{first}"
     );
     assert!(last.contains("Dumped(DumpReport"), "{last}");
+    ctx.reached(format!(
+        "{JOBS} results kept uncollected, the oldest expired by the cap, the newest handed out"
+    ));
     assert!(owner.wait().success());
     // (the service closes its end of the owner's last connection in its
     // own time)
@@ -475,6 +412,7 @@ pub fn permitted_capabilities(ctx: &mut Ctx) -> String {
         "{line}"
     );
     assert!(!frozen, "the caller was frozen");
+    ctx.reached("refused at the caller check, before any freeze");
     assert!(program.wait().success());
     assert!(image_files(images.path()).is_empty(), "nothing written");
     format!(
@@ -515,6 +453,7 @@ pub fn zombie_child(ctx: &mut Ctx) -> String {
             "uid {uid}: {line}"
         );
         assert!(images.path().join("latest/pstree.img").exists());
+        ctx.reached(format!("uid {uid}: dumped with its zombie child"));
         let what = format!("uid {uid}: dumped with its zombie: {}", short(&line));
         assert_runs_on(&program);
         assert!(program.wait().success());
@@ -576,6 +515,7 @@ pub fn job_id_probing(ctx: &mut Ctx) -> String {
         theirs_same && none_same,
         "the frames differ from UnknownJob's"
     );
+    ctx.reached("another live process's job asked for: answered as unknown");
     // the job did exist: its owner gets it
     std::fs::write(&trigger, b"").unwrap();
     let claimed = owner.wait_for("the claim", |l| l.starts_with("claim first"));

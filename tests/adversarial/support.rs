@@ -3,6 +3,7 @@
 //! (images, staging directories, CRIU children) is left behind.
 
 use crate::common::*;
+use crate::fds;
 use async_io::Async;
 use selfdump::proto::{
     self, DumpOptions, HEADER_LEN, Header, PROTOCOL_VERSION, RefusalKind, Request, Response,
@@ -102,6 +103,15 @@ pub fn short(line: &str) -> String {
     line.chars().take(160).collect()
 }
 
+/// How long a race runs: `short` by default, `long` with
+/// `SELFDUMP_LONG_RACES=1` (the long form, for CI or before a release).
+pub fn race_for(short: Duration, long: Duration) -> Duration {
+    match std::env::var("SELFDUMP_LONG_RACES").as_deref() {
+        Ok("1") => long,
+        _ => short,
+    }
+}
+
 /// Calls `check` every `every` until it passes; once `limit` is past, fails
 /// with what it said last.
 pub fn poll_until(limit: Duration, every: Duration, mut check: impl FnMut() -> Result<(), String>) {
@@ -187,50 +197,6 @@ pub fn assert_no_staging(dir: &Path) {
     });
 }
 
-/// The `criu swrk` children of this process (the in-process service's)
-/// working on a dump: not the warm workers waiting for one.
-pub fn criu_children() -> Vec<i32> {
-    all_criu_children()
-        .into_iter()
-        .filter(|&pid| !is_waiting_worker(pid))
-        .collect()
-}
-
-/// The warm `criu swrk` workers of this process's service, waiting.
-pub fn waiting_workers() -> Vec<i32> {
-    all_criu_children()
-        .into_iter()
-        .filter(|&pid| is_waiting_worker(pid))
-        .collect()
-}
-
-fn all_criu_children() -> Vec<i32> {
-    own_children()
-        .into_iter()
-        .filter(|(_, _, comm)| comm == "criu")
-        .map(|(pid, ..)| pid)
-        .collect()
-}
-
-/// A live criu that holds only what it was started with (/dev/null, its
-/// socket, fds it inherited from this process). CRIU opens its log in the
-/// images directory as soon as it takes a request, so a dumping one fails this.
-fn is_waiting_worker(pid: i32) -> bool {
-    if process_state(pid).is_none_or(|s| s == 'Z') {
-        return false;
-    }
-    let ours: Vec<PathBuf> = open_fds().into_iter().map(|(_, path)| path).collect();
-    let Ok(fds) = std::fs::read_dir(format!("/proc/{pid}/fd")) else {
-        return false;
-    };
-    fds.flatten().all(|fd| {
-        std::fs::read_link(fd.path()).is_ok_and(|target| {
-            let text = target.to_string_lossy();
-            text == "/dev/null" || text.starts_with("socket:[") || ours.contains(&target)
-        })
-    })
-}
-
 /// Reaps, as an init would, the zombies of helpers a killed CRIU had
 /// forked: this test process is a subreaper (for restored trees), so they
 /// are reparented to it, not to init. They are told apart from the
@@ -267,13 +233,20 @@ fn fd_targets(pid: i32) -> Vec<PathBuf> {
         .unwrap_or_default()
 }
 
+/// Waits until no CRIU of this process's service is at work.
 pub fn wait_no_criu() {
+    wait_no_criu_of(std::process::id() as i32);
+}
+
+/// Waits until no CRIU of `service` (a process) is at work.
+pub fn wait_no_criu_of(service: i32) {
     poll_until(Duration::from_secs(30), Duration::from_millis(20), || {
         reap_orphaned_criu_helpers();
-        if criu_children().is_empty() {
+        let busy = fds::busy_criu_of(service);
+        if busy.is_empty() {
             return Ok(());
         }
-        let busy: Vec<_> = criu_children()
+        let busy: Vec<_> = busy
             .into_iter()
             .map(|pid| (pid, process_state(pid), fd_targets(pid)))
             .collect();
@@ -303,9 +276,26 @@ pub fn victim_dir() -> &'static Path {
     })
 }
 
+/// This process's directory on a tmpfs every user has (`/dev/shm`), root's
+/// and world-writable (sticky) like `/dev/shm` itself: attacks make their
+/// tmpfs directories here, so that the check after an attack looks at its
+/// own (attacks run side by side in processes of their own).
+pub fn shm_dir() -> &'static Path {
+    static DIR: std::sync::OnceLock<std::path::PathBuf> = std::sync::OnceLock::new();
+    DIR.get_or_init(|| {
+        let dir = Path::new("/dev/shm").join(format!("selfdump-adv-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir(&dir).unwrap();
+        std::fs::set_permissions(&dir, std::os::unix::fs::PermissionsExt::from_mode(0o1777))
+            .unwrap();
+        dir
+    })
+}
+
 /// Root-owned entries changed since `since` inside directories that a
-/// caller owns, under the temporary directories every user can write
-/// (`/tmp`, `/dev/shm`): what the service must never leave there.
+/// caller owns, under this process's temporary directories (`$TMPDIR`,
+/// which the runner gives each attack, and [`shm_dir`]): what the service
+/// must never leave there.
 pub fn roots_entries_in_callers_dirs(since: std::time::SystemTime) -> Vec<String> {
     use std::os::unix::fs::MetadataExt;
     let since = since
@@ -313,7 +303,7 @@ pub fn roots_entries_in_callers_dirs(since: std::time::SystemTime) -> Vec<String
         .unwrap()
         .as_secs() as i64;
     let mut found = Vec::new();
-    let mut stack: Vec<(std::path::PathBuf, u32)> = [std::env::temp_dir(), "/dev/shm".into()]
+    let mut stack: Vec<(std::path::PathBuf, u32)> = [std::env::temp_dir(), shm_dir().into()]
         .into_iter()
         .map(|d| (d, 0))
         .collect();
@@ -347,4 +337,69 @@ pub fn roots_entries_in_callers_dirs(since: std::time::SystemTime) -> Vec<String
         }
     }
     found
+}
+
+/// The log of this process's service (`log` records of the crate at info
+/// and above), kept from [`capture_service_log`] on: what the service said
+/// about a dump whose caller cannot hear the answer any more.
+struct CapturedLog(std::sync::Mutex<Vec<String>>);
+
+static CAPTURED: CapturedLog = CapturedLog(std::sync::Mutex::new(Vec::new()));
+
+impl log::Log for CapturedLog {
+    fn enabled(&self, meta: &log::Metadata<'_>) -> bool {
+        meta.level() <= log::Level::Info && meta.target().starts_with("selfdump")
+    }
+
+    fn log(&self, record: &log::Record<'_>) {
+        if self.enabled(record.metadata()) {
+            let line = format!("{} {}", record.level(), record.args());
+            self.0.lock().unwrap_or_else(|e| e.into_inner()).push(line);
+        }
+    }
+
+    fn flush(&self) {}
+}
+
+/// Keeps the service's log from now on (see [`service_log`]).
+pub fn capture_service_log() {
+    if log::set_logger(&CAPTURED).is_ok() {
+        log::set_max_level(log::LevelFilter::Info);
+    }
+}
+
+/// What the service of this process logged so far.
+pub fn service_log() -> Vec<String> {
+    CAPTURED.0.lock().unwrap_or_else(|e| e.into_inner()).clone()
+}
+
+/// The service's conclusion about the dump of `pid` (`dumped ...` or
+/// `failed: ...`, from its line `job J: ...`), waited for; `log` reads
+/// the service's log (this process's, or a `selfdump serve`'s).
+pub fn job_conclusion(pid: i32, log: impl Fn() -> Vec<String>) -> String {
+    let mut said = String::new();
+    poll_until(Duration::from_secs(30), Duration::from_millis(10), || {
+        let lines = log();
+        let job = lines.iter().find_map(|l| {
+            let (job, rest) = l.split_once(": dumping pid ")?;
+            let job = job.rsplit(' ').next()?;
+            rest.starts_with(&format!("{pid} ")).then(|| job.to_owned())
+        });
+        let Some(job) = job else {
+            return Err(format!("the service never dumped pid {pid}: {lines:#?}"));
+        };
+        let prefix = format!("job {job}: ");
+        let concluded = lines.iter().find_map(|l| {
+            let rest = l.split_once(&prefix)?.1;
+            (rest.starts_with("dumped ") || rest.starts_with("failed: ")).then_some(rest)
+        });
+        match concluded {
+            Some(rest) => {
+                said = rest.to_owned();
+                Ok(())
+            }
+            None => Err(format!("the service never concluded job {job}: {lines:#?}")),
+        }
+    });
+    said
 }

@@ -31,7 +31,8 @@ pub fn setuid_child_in_tree(ctx: &mut Ctx) -> String {
     let child = program.children()[0];
     let line = outcome(&program);
     assert_refused_by_criu_as_caller(&line, &format!("task pid {child} (suid-sleep)"), "setuid");
-    let said = after_veto(&mut program, Some(child), images.path(), NOBODY, &line);
+    ctx.reached("refused by the caller's own CRIU, which could not seize the task (before the freeze); the task named");
+    let said = after_veto(ctx, &mut program, Some(child), images.path(), NOBODY, &line);
     said.replace(
         "vetoed at the freeze",
         "refused by its CRIU before the freeze",
@@ -68,7 +69,7 @@ pub fn privilege_dropped_child_of_root(ctx: &mut Ctx) -> String {
         line.contains(&format!("task pid {child} (counter)")) && line.contains("not dumpable"),
         "{line}"
     );
-    after_veto(&mut program, Some(child), images.path(), 0, &line)
+    after_veto(ctx, &mut program, Some(child), images.path(), 0, &line)
 }
 
 /// A root caller with one thread that switched its own ids to nobody: the
@@ -92,7 +93,7 @@ pub fn thread_of_another_uid(ctx: &mut Ctx) -> String {
         )) && line.contains("not dumpable"),
         "{line}"
     );
-    after_veto(&mut program, None, images.path(), 0, &line)
+    after_veto(ctx, &mut program, None, images.path(), 0, &line)
 }
 
 /// An unprivileged caller with a child that made itself non-dumpable: as
@@ -113,7 +114,11 @@ pub fn nondumpable_child_in_tree(ctx: &mut Ctx) -> String {
         &format!("task pid {child} (counter)"),
         "not dumpable",
     );
-    after_veto(&mut program, Some(child), images.path(), NOBODY, &line)
+    ctx.reached(
+        "refused by the caller's own CRIU, which could not seize the task (before the freeze); \
+         the task named",
+    );
+    after_veto(ctx, &mut program, Some(child), images.path(), NOBODY, &line)
 }
 
 /// A caller that made itself non-dumpable is refused before CRIU runs.
@@ -133,18 +138,23 @@ pub fn nondumpable_caller(ctx: &mut Ctx) -> String {
     );
     assert!(program.wait().success());
     assert!(image_files(images.path()).is_empty(), "nothing written");
+    ctx.reached("refused at the caller check, before CRIU");
     format!("refused before CRIU: {}", short(&line))
 }
 
 /// After a veto at the freeze: the caller (of `uid`) counts on and ends
 /// well, its `child` is reaped, and no image is left.
 fn after_veto(
+    ctx: &mut Ctx,
     program: &mut Program,
     child: Option<i32>,
     images: &Path,
     uid: u32,
     line: &str,
 ) -> String {
+    if line.contains("dump refused after the freeze") {
+        ctx.reached("the freeze: the frozen tree walked, the dump vetoed");
+    }
     assert_runs_on(program);
     assert!(program.wait().success());
     if let Some(child) = child {

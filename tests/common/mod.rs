@@ -3,9 +3,12 @@
 //! kill, reap and restore it. Everything runs against the real CRIU.
 #![allow(dead_code)]
 
+pub mod guarded;
 pub mod looping;
 #[path = "../support/skip.rs"]
 pub mod skip;
+#[allow(unused_imports)]
+pub use guarded::Guarded;
 #[allow(unused_imports)]
 pub use skip::{Limit, skip};
 
@@ -23,7 +26,7 @@ pub fn criu() -> Criu {
     let path = find_criu();
     let out = Command::new(&path)
         .arg("--version")
-        .output()
+        .output_guarded()
         .unwrap_or_else(|e| {
             panic!(
                 "criu not found ({e}): run scripts/install-criu.sh (the README's test command does)"
@@ -100,14 +103,18 @@ impl Drop for Service {
 }
 
 /// Path of an example, built first: `cargo test --test X` does not build
-/// examples, and a stale one would test old code.
+/// examples, and a stale one would test old code. (Not again in a process
+/// whose parent built them and says so: `SELFDUMP_EXAMPLES_BUILT`.)
 pub fn example(name: &str) -> PathBuf {
     static BUILD: Once = Once::new();
     BUILD.call_once(|| {
+        if std::env::var_os("SELFDUMP_EXAMPLES_BUILT").is_some() {
+            return;
+        }
         let status = Command::new(env!("CARGO"))
-            .args(["build", "--quiet", "--examples"])
+            .args(["build", "--quiet", "--examples", "--features", "cli"])
             .current_dir(env!("CARGO_MANIFEST_DIR"))
-            .status()
+            .status_guarded()
             .expect("run cargo");
         assert!(status.success(), "cargo build --examples failed");
     });
@@ -183,7 +190,7 @@ impl Program {
                     .find(|l| l.starts_with("TracerPid"))
                     .map(str::to_owned)
             });
-            let criu = Command::new("pgrep").args(["-a", "criu"]).output();
+            let criu = Command::new("pgrep").args(["-a", "criu"]).output_guarded();
             panic!(
                 "no outcome within 60 s; the program's state: {:?}, waiting in {:?}, {tracer:?}; \
                  criu processes: {:?}; output:\n{}",
@@ -280,7 +287,7 @@ pub fn restore_with(images: &Path, extra: &[&str]) -> Result<i32, String> {
         .arg(criu().path)
         .arg(images)
         .env("RUST_LOG", "warn")
-        .output()
+        .output_guarded()
         .unwrap();
     let stdout = String::from_utf8_lossy(&out.stdout);
     if out.status.success() {
@@ -353,7 +360,7 @@ impl Program {
             use std::os::unix::process::CommandExt;
             cmd.uid(uid).gid(uid);
         }
-        let child = cmd.spawn().expect("start counter");
+        let child = cmd.spawn_guarded().expect("start counter");
         let pid = child.id() as i32;
         Self {
             child: Some(child),
@@ -506,7 +513,7 @@ pub fn serve_process(socket: &Path, log: &Path) -> Child {
         .env("RUST_LOG", "info")
         .stdin(Stdio::null())
         .stderr(File::create(log).unwrap())
-        .spawn()
+        .spawn_guarded()
         .unwrap();
     let deadline = Instant::now() + Duration::from_secs(20);
     while !socket.exists() {
@@ -668,5 +675,64 @@ pub fn wait_admitted(images: &Path) {
     while staging_dirs(images).is_empty() {
         assert!(Instant::now() < deadline, "the dump was never admitted");
         std::thread::sleep(Duration::from_millis(2));
+    }
+}
+
+// ---- a CRIU that records what it is asked ----
+
+/// A CRIU that appends the command it is given (its first argument: `swrk`,
+/// `restore`, `lazy-pages`...) to a file, a line each, before it runs it:
+/// every CRIU ever started through it is in the file, or still starting.
+pub struct RecordingCriu {
+    pub criu: Criu,
+    commands: PathBuf,
+    _dir: tempfile::TempDir,
+}
+
+impl RecordingCriu {
+    pub fn new() -> Self {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let (path, commands) = (dir.path().join("criu"), dir.path().join("commands"));
+        std::fs::write(
+            &path,
+            format!(
+                "#!/bin/sh\necho \"$1\" >>{}\nexec {} \"$@\"\n",
+                commands.display(),
+                criu().path.display()
+            ),
+        )
+        .unwrap();
+        std::fs::set_permissions(&path, PermissionsExt::from_mode(0o755)).unwrap();
+        Self {
+            criu: Criu { path, log_level: 4 },
+            commands,
+            _dir: dir,
+        }
+    }
+
+    /// The commands recorded so far.
+    pub fn commands(&self) -> Vec<String> {
+        read(&self.commands).lines().map(str::to_owned).collect()
+    }
+
+    /// The commands started through it after the first `before`: those
+    /// recorded, and one still starting (its shell, not yet past the
+    /// record) as `"starting"`. Exact once whoever started them returned:
+    /// a started process has at least begun its shell by then.
+    pub fn started_since(&self, before: usize) -> Vec<String> {
+        let script = self.criu.path.to_string_lossy().into_owned();
+        let starting = std::fs::read_dir("/proc")
+            .unwrap()
+            .flatten()
+            .filter(|e| {
+                std::fs::read(e.path().join("cmdline"))
+                    .is_ok_and(|c| String::from_utf8_lossy(&c).contains(&script))
+            })
+            .map(|_| "starting".to_owned());
+        let starting: Vec<String> = starting.collect();
+        let mut started: Vec<String> = self.commands().into_iter().skip(before).collect();
+        started.extend(starting);
+        started
     }
 }

@@ -76,7 +76,7 @@ pub fn response() -> impl Strategy<Value = Response> {
             .prop_map(|(job, generation)| Response::Frozen(FrozenNotice { job, generation })),
         (refusal_kind(), text())
             .prop_map(|(kind, message)| Response::Refused(Refusal { kind, message })),
-        (job_id(), any::<[u64; 8]>(), any::<u32>(), text()).prop_map(
+        (job_id(), any::<[u64; 10]>(), any::<u32>(), text()).prop_map(
             |(job, n, processes, generation)| Response::Dumped(DumpReport {
                 job,
                 generation,
@@ -88,6 +88,8 @@ pub fn response() -> impl Strategy<Value = Response> {
                 bytes_written: n[5],
                 sync_us: n[6],
                 service_frozen_us: n[7],
+                memwrite_us: n[8],
+                pages_scanned: n[9],
                 processes,
             })
         ),

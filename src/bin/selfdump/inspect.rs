@@ -1,12 +1,15 @@
-//! `selfdump inspect`: what a checkpoint holds.
+//! `selfdump inspect`: what a checkpoint holds, and whether it restores here.
 
-use crate::{Res, help_requested};
+use crate::cli::{Exit, Res, out, usage};
+use crate::help_requested;
+use selfdump::server::inspect::{GenerationInfo, Inspection};
 use selfdump::server::manifest;
-use std::path::PathBuf;
+use std::fmt::Write;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 pub(crate) const USAGE: &str = "\
-selfdump inspect: what a checkpoint holds
+selfdump inspect: what a checkpoint holds, and whether it restores here
 
 USAGE: selfdump inspect [--json] [--key-file PATH] DIR
        selfdump inspect [--json] [--key-file PATH] DIR/GENERATION
@@ -14,15 +17,23 @@ USAGE: selfdump inspect [--json] [--key-file PATH] DIR
 Lists the generations of DIR (each checkpoint is one, DIR/gen-...): when
 each was made, its size, its tree, whether it verifies, and which one
 DIR/latest names. Then, for that one (or for the generation named, or for
-images directly in DIR, made before generations), shows the tree (pids, commands, threads), the owner, the options, sizes and
-pages, when and by which service the images were made, whether their
-signature verifies and with which key (the key is read when this command can
-read it, as root), and whether their pids are free here. Files are checked
-for presence and size, not hashed (a restore hashes them).
+images directly in DIR, made before generations), shows when, where and by
+which job it was made, the owner, the options, the tree (pids, commands,
+threads), CRIU's statistics of the dump (freeze, memory dump and write
+times, pages), sizes, whether the signature verifies and with which key
+(the key is read when this command can read it, as root), and whether its
+pids are free here. Files are checked for presence and size, not hashed (a
+restore hashes them). Last, a verdict: would `selfdump restore` restore it
+here, now, and if not, why.
 
 OPTIONS:
-    --json           one JSON object, for scripts
-    --key-file PATH  the signing key [default: /var/lib/selfdump/signing.key]";
+    --json           one JSON object, for scripts (ids as strings; the
+                     verdict as {\"restorable\": true|false|null, \"summary\"})
+    --key-file PATH  the signing key [default: /var/lib/selfdump/signing.key]
+
+EXIT CODES: 0 restorable here; 1 not restorable here (the verdict says
+why), or DIR cannot be read; 2 a usage error; 3 cannot tell: the signing
+key or the images are not readable by this user (inspect as root).";
 
 pub(crate) fn inspect_cmd(mut parser: lexopt::Parser) -> Res<ExitCode> {
     use lexopt::Arg::*;
@@ -39,22 +50,51 @@ pub(crate) fn inspect_cmd(mut parser: lexopt::Parser) -> Res<ExitCode> {
             other => return Err(other.unexpected().into()),
         }
     }
-    let dir = dir.ok_or("inspect needs the images directory: selfdump inspect DIR")?;
+    let dir = dir.ok_or_else(|| usage("which images? selfdump inspect DIR"))?;
     let key = manifest::Key::load(&key_file).ok();
-    let report = selfdump::server::inspect::inspect(&dir, key.as_ref())
-        .map_err(|e| format!("{}: {e}", dir.display()))?;
+    let report = selfdump::server::inspect::inspect(&dir, key.as_ref()).map_err(|e| {
+        let message = format!("{}: {e}", dir.display());
+        if e.kind() != std::io::ErrorKind::PermissionDenied {
+            return Exit { code: 1, message };
+        }
+        // someone else's images: their owner or root can tell
+        let uid = rustix::process::geteuid().as_raw();
+        let message = format!(
+            "{message}: cannot tell whether it restores, as uid {uid}; inspect as root or as \
+             the images' owner"
+        );
+        Exit { code: 3, message }
+    })?;
     if json {
-        println!("{}", serde_json::to_string_pretty(&report)?);
+        out(serde_json::to_string_pretty(&report)?)?;
     } else {
-        print!("{}", describe(&dir, &report));
+        out(describe(&dir, &report).trim_end())?;
     }
-    Ok(ExitCode::SUCCESS)
+    Ok(match report.verdict.restorable {
+        Some(true) => ExitCode::SUCCESS,
+        Some(false) => ExitCode::FAILURE,
+        None => ExitCode::from(3),
+    })
 }
 
-fn describe(dir: &std::path::Path, r: &selfdump::server::inspect::Inspection) -> String {
-    use std::fmt::Write;
+/// The report for a person: one fact a line, nothing empty.
+fn describe(dir: &Path, r: &Inspection) -> String {
     let mut out = format!("images:    {}\n", dir.display());
     describe_generations(&mut out, r);
+    let criu_images = r.files.iter().any(|f| f.name == "inventory.img");
+    if r.unreadable.is_none() && (criu_images || r.signature.is_some()) {
+        describe_checkpoint(&mut out, r);
+    } else if !r.files.is_empty() {
+        let names: Vec<&str> = r.files.iter().map(|f| f.name.as_str()).collect();
+        let _ = writeln!(out, "files:     {}", names.join(" "));
+    }
+    let _ = writeln!(out, "verdict:   {}", r.verdict.summary);
+    out
+}
+
+/// What the checkpoint holds: when and by whom it was made, its tree,
+/// CRIU's statistics, its sizes and files.
+fn describe_checkpoint(out: &mut String, r: &Inspection) {
     let signature = match &r.signature {
         None => "none (unsigned images: restore only with --trust-unsigned)".to_string(),
         Some(s) => match (s.verifies, &s.problem) {
@@ -66,60 +106,75 @@ fn describe(dir: &std::path::Path, r: &selfdump::server::inspect::Inspection) ->
             ),
         },
     };
-    let _ = writeln!(out, "signature: {signature}");
     if let Some(m) = &r.meta {
-        describe_meta(&mut out, m);
+        describe_meta(out, m);
     }
-    let _ = writeln!(out, "tree:      {} task(s)", r.tree.len());
+    let _ = writeln!(out, "signature: {signature}");
+    let _ = writeln!(out, "tree:      {}", plural(r.tree.len(), "task"));
     for t in &r.tree {
+        let threads: Vec<String> = t.threads.iter().map(u32::to_string).collect();
         let _ = writeln!(
             out,
-            "  pid {} ({}) ppid {} pgid {} sid {} threads {:?}",
-            t.pid, t.command, t.ppid, t.pgid, t.sid, t.threads
+            "  pid {} ({}) ppid {} pgid {} sid {}, threads {}",
+            t.pid,
+            t.command,
+            t.ppid,
+            t.pgid,
+            t.sid,
+            threads.join(" ")
         );
     }
-    let _ = writeln!(out, "size:      {} bytes, {} pages", r.bytes, r.pages);
-    let mut states = std::collections::BTreeMap::<&str, Vec<&str>>::new();
-    for f in &r.files {
-        states.entry(f.state.as_str()).or_default().push(&f.name);
-    }
-    for (state, names) in states {
+    if let Some(s) = &r.stats {
         let _ = writeln!(
             out,
-            "files:     {} {state}: {}",
-            names.len(),
-            names.join(" ")
+            "dump:      frozen {} (freezing {}, memory dump {}), memory written in {}; \
+             {} written of {} scanned",
+            micros(s.frozen_us),
+            micros(s.freezing_us),
+            micros(s.memdump_us),
+            micros(s.memwrite_us),
+            plural(s.pages_written as usize, "page"),
+            s.pages_scanned
         );
     }
+    let _ = writeln!(
+        out,
+        "size:      {} in {}, memory {} ({})",
+        size(r.bytes),
+        plural(r.files.len(), "file"),
+        size(r.pages * 4096),
+        plural(r.pages as usize, "page")
+    );
+    describe_files(out, r);
     let _ = writeln!(
         out,
         "pids:      {}",
         r.ids_in_use.as_deref().unwrap_or("free here")
     );
-    out
+}
+
+/// How many files are in each state; the names of all but the signed.
+fn describe_files(out: &mut String, r: &Inspection) {
+    let mut states = std::collections::BTreeMap::<&str, Vec<&str>>::new();
+    for f in &r.files {
+        states.entry(f.state.as_str()).or_default().push(&f.name);
+    }
+    let parts: Vec<String> = states
+        .iter()
+        .map(|(state, names)| match *state {
+            "signed" | "manifest" => format!("{} {state}", names.len()),
+            _ => format!("{} {state} ({})", names.len(), names.join(" ")),
+        })
+        .collect();
+    let _ = writeln!(out, "files:     {}", parts.join(", "));
 }
 
 /// The generations, and which one is described below.
-fn describe_generations(out: &mut String, r: &selfdump::server::inspect::Inspection) {
-    use std::fmt::Write;
+fn describe_generations(out: &mut String, r: &Inspection) {
     if !r.generations.is_empty() {
         let _ = writeln!(out, "generations: {}", r.generations.len());
         for g in &r.generations {
-            let verifies = match (g.verifies, &g.problem) {
-                (Some(true), _) => "verifies".to_string(),
-                (Some(false), Some(p)) => format!("DOES NOT VERIFY: {p}"),
-                _ => "not checked (the key is not readable here)".to_string(),
-            };
-            let _ = writeln!(
-                out,
-                "  {} {}  {}  {} bytes  {} task(s), root {}  {verifies}",
-                if g.latest { "latest ->" } else { "         " },
-                g.name,
-                g.made.as_deref().unwrap_or("(time unknown)"),
-                g.bytes,
-                g.tasks,
-                g.root
-            );
+            let _ = writeln!(out, "  {}", generation_line(g));
         }
     }
     match &r.generation {
@@ -137,22 +192,47 @@ fn describe_generations(out: &mut String, r: &selfdump::server::inspect::Inspect
     }
 }
 
-/// The owner, when and how the images were made.
+/// One generation at a glance; it ends with whether it verifies.
+fn generation_line(g: &GenerationInfo) -> String {
+    let verifies = match (g.verifies, &g.problem) {
+        (Some(true), _) => "verifies".to_string(),
+        (Some(false), Some(p)) => format!("DOES NOT VERIFY: {p}"),
+        _ => "not checked (the key is not readable here)".to_string(),
+    };
+    format!(
+        "{} {}  {}  {}  {}, root {}  {verifies}",
+        if g.latest { "latest ->" } else { "         " },
+        g.name,
+        g.made.as_deref().unwrap_or("(time unknown)"),
+        size(g.bytes),
+        plural(g.tasks, "task"),
+        g.root
+    )
+}
+
+/// When, where and by which job the images were made; the owner and the
+/// options of the dump.
 fn describe_meta(out: &mut String, m: &selfdump::server::images::ImageMeta) {
-    use std::fmt::Write;
     let _ = writeln!(
         out,
-        "owner:     uid {} gid {} groups {:?}",
-        m.uid, m.gid, m.groups
-    );
-    let _ = writeln!(
-        out,
-        "made:      job {} on {} (boot {}), {} ({} s after the epoch)",
-        m.job,
-        m.host,
-        m.boot_id,
+        "made:      {} ({}) on {}, by job {} (boot {})",
         selfdump::server::generation::utc(m.created_unix),
-        m.created_unix
+        ago(m.created_unix),
+        m.host,
+        m.job,
+        m.boot_id
+    );
+    let groups: Vec<String> = m.groups.iter().map(u32::to_string).collect();
+    let _ = writeln!(
+        out,
+        "owner:     uid {} gid {}{}",
+        m.uid,
+        m.gid,
+        if groups.is_empty() {
+            String::new()
+        } else {
+            format!(", groups {}", groups.join(" "))
+        }
     );
     let options: Vec<&str> = [
         (m.shell_job, "shell-job"),
@@ -163,7 +243,9 @@ fn describe_meta(out: &mut String, m: &selfdump::server::images::ImageMeta) {
     .into_iter()
     .filter_map(|(on, name)| on.then_some(name))
     .collect();
-    let _ = writeln!(out, "options:   {}", options.join(" "));
+    if !options.is_empty() {
+        let _ = writeln!(out, "options:   {}", options.join(" "));
+    }
     if m.pid_namespace {
         let _ = writeln!(
             out,
@@ -175,5 +257,71 @@ fn describe_meta(out: &mut String, m: &selfdump::server::images::ImageMeta) {
                 ""
             }
         );
+    }
+}
+
+/// `1 task`, `3 tasks`.
+fn plural(n: usize, what: &str) -> String {
+    format!("{n} {what}{}", if n == 1 { "" } else { "s" })
+}
+
+/// Bytes in binary units: `512 B`, `3.5 KiB`, `369 KiB`, `1.2 GiB`.
+fn size(bytes: u64) -> String {
+    const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
+    let mut value = bytes as f64;
+    let mut unit = 0;
+    while value >= 1024.0 && unit < UNITS.len() - 1 {
+        value /= 1024.0;
+        unit += 1;
+    }
+    match unit {
+        0 => format!("{bytes} B"),
+        _ if value < 10.0 => format!("{value:.1} {}", UNITS[unit]),
+        _ => format!("{value:.0} {}", UNITS[unit]),
+    }
+}
+
+/// Microseconds as a person reads them: `850 µs`, `42.8 ms`, `1.25 s`.
+fn micros(us: u64) -> String {
+    match us {
+        0..1_000 => format!("{us} µs"),
+        1_000..1_000_000 => format!("{:.1} ms", us as f64 / 1e3),
+        _ => format!("{:.2} s", us as f64 / 1e6),
+    }
+}
+
+/// How long ago a time (seconds since the epoch) was: `40 s ago`,
+/// `5 min ago`, `3 h ago`, `12 days ago`.
+fn ago(unix: u64) -> String {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+    let Some(secs) = now.checked_sub(unix) else {
+        return "in the future: this host's clock is behind".into();
+    };
+    match secs {
+        0..120 => format!("{secs} s ago"),
+        120..7_200 => format!("{} min ago", secs / 60),
+        7_200..172_800 => format!("{} h ago", secs / 3600),
+        _ => format!("{} days ago", secs / 86_400),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sizes_and_times_read_as_a_person_says_them() {
+        assert_eq!(size(0), "0 B");
+        assert_eq!(size(1023), "1023 B");
+        assert_eq!(size(3584), "3.5 KiB");
+        assert_eq!(size(377_671), "369 KiB");
+        assert_eq!(size(5 << 30), "5.0 GiB");
+        assert_eq!(micros(850), "850 µs");
+        assert_eq!(micros(42_756), "42.8 ms");
+        assert_eq!(micros(1_250_000), "1.25 s");
+        assert_eq!(plural(1, "task"), "1 task");
+        assert_eq!(plural(2, "task"), "2 tasks");
     }
 }

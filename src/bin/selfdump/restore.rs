@@ -1,7 +1,7 @@
 //! `selfdump restore`: verify and restore a checkpoint (one, or many copies).
 
-use crate::{Res, help_requested};
-use lexopt::prelude::*;
+use crate::cli::{Res, at_least_one, out, seconds, usage};
+use crate::help_requested;
 use selfdump::server::{Criu, check, manifest, restore};
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -53,104 +53,140 @@ OPTIONS:
 
 Run by a user who is not root, it asks the service (`selfdump serve`) to
 restore the images: the service verifies them the same way and restores
-only the caller's own images (--copies needs root).";
+only the caller's own images (--copies needs root).
 
-pub(crate) fn restore_cmd(mut parser: lexopt::Parser) -> Res<ExitCode> {
+EXIT CODES: 0 restored (the pids are printed); 1 refused (not a checkpoint,
+unsigned, changed since the dump, its ids in use) or CRIU failed, and with
+--lazy a copy that lost its page daemon; 2 a usage error.";
+
+/// What the command line asks for.
+struct Args {
+    criu: Criu,
+    dir: PathBuf,
+    wait: Duration,
+    copies: Option<u32>,
+    lazy: bool,
+    key_file: PathBuf,
+    trust_unsigned: bool,
+    deadline: Duration,
+    socket: Option<PathBuf>,
+}
+
+/// Reads the options; `None` when the help was asked for.
+fn args(mut parser: lexopt::Parser) -> Res<Option<Args>> {
     use lexopt::Arg::*;
-    let mut criu = Criu {
-        path: check::find_criu(),
-        ..Criu::default()
+    let mut a = Args {
+        criu: Criu {
+            path: check::find_criu(),
+            ..Criu::default()
+        },
+        dir: PathBuf::new(),
+        wait: Duration::ZERO,
+        copies: None,
+        lazy: false,
+        key_file: PathBuf::from(manifest::DEFAULT_KEY_FILE),
+        trust_unsigned: false,
+        deadline: Duration::from_secs(60),
+        socket: None,
     };
     let mut dir = None;
-    let mut wait = Duration::ZERO;
-    let (mut copies, mut lazy) = (None, false);
-    let mut key_file = PathBuf::from(manifest::DEFAULT_KEY_FILE);
-    let mut trust_unsigned = false;
-    let mut deadline = Duration::from_secs(60);
-    let mut socket = None;
     while let Some(arg) = parser.next()? {
         if help_requested(&arg, USAGE) {
-            return Ok(ExitCode::SUCCESS);
+            return Ok(None);
         }
         match arg {
-            Long("criu") => criu.path = parser.value()?.into(),
-            Long("wait") => wait = Duration::from_secs_f64(parser.value()?.parse()?),
-            Long("copies") => copies = Some(parser.value()?.parse::<u32>()?),
-            Long("lazy") => lazy = true,
-            Long("key-file") => key_file = parser.value()?.into(),
-            Long("trust-unsigned") => trust_unsigned = true,
-            Long("timeout") => deadline = Duration::from_secs_f64(parser.value()?.parse()?),
-            Long("socket") => socket = Some(PathBuf::from(parser.value()?)),
+            Long("criu") => a.criu.path = parser.value()?.into(),
+            Long("wait") => a.wait = seconds(&mut parser, "wait", true)?,
+            Long("copies") => a.copies = Some(at_least_one(&mut parser, "copies")?),
+            Long("lazy") => a.lazy = true,
+            Long("key-file") => a.key_file = parser.value()?.into(),
+            Long("trust-unsigned") => a.trust_unsigned = true,
+            Long("timeout") => a.deadline = seconds(&mut parser, "timeout", false)?,
+            Long("socket") => a.socket = Some(PathBuf::from(parser.value()?)),
             Value(v) if dir.is_none() => dir = Some(PathBuf::from(v)),
             other => return Err(other.unexpected().into()),
         }
     }
-    let dir = dir.ok_or("restore needs the images directory: selfdump restore DIR")?;
-    if !rustix::process::geteuid().is_root() {
-        if copies.is_some() {
-            return Err(
-                "--copies restores as root (run it with sudo); the service restores \
-                        one copy for its owner"
-                    .into(),
-            );
-        }
-        // the owner of a checkpoint: through the service, which verifies
-        // the images and that they are the caller's
-        let mut options = selfdump::RestoreOptions::new(&dir);
-        if let Some(socket) = socket {
-            options = options.socket(socket);
-        }
-        if trust_unsigned {
-            options = options.trust_unsigned();
-        }
-        let restored = selfdump::blocking::restore(options)?;
-        println!("{}", restored.pid);
-        log::info!(
-            "the service restored {}{} as pid {} (verified in {:?}, {:?} in all)",
-            dir.display(),
-            shown(restored.generation.as_deref()),
-            restored.pid,
-            restored.verify,
-            restored.total
-        );
-        return Ok(ExitCode::SUCCESS);
+    a.dir = dir.ok_or_else(|| usage("which images? selfdump restore DIR"))?;
+    if a.lazy && a.copies.is_none() {
+        return Err(usage(
+            "--lazy goes with --copies N (use --copies 1 for one copy)",
+        ));
     }
-    let key = match manifest::Key::load(&key_file) {
+    Ok(Some(a))
+}
+
+pub(crate) fn restore_cmd(parser: lexopt::Parser) -> Res<ExitCode> {
+    let Some(a) = args(parser)? else {
+        return Ok(ExitCode::SUCCESS);
+    };
+    if !rustix::process::geteuid().is_root() {
+        return through_the_service(a);
+    }
+    let key = match manifest::Key::load(&a.key_file) {
         Ok(key) => Some(key),
-        Err(e) if trust_unsigned => {
+        Err(e) if a.trust_unsigned => {
             log::warn!("no signing key ({e}): only unsigned images can be restored");
             None
         }
         Err(e) => return Err(format!("cannot read the signing key: {e}").into()),
     };
-    if trust_unsigned {
+    if a.trust_unsigned {
         log::warn!(
             "--trust-unsigned: images without a manifest are restored unchecked, as root; \
              CRIU trusts them completely (credentials, files, namespaces)"
         );
     }
     let settings = restore::RestoreSettings {
-        wait,
-        trust_unsigned,
-        deadline,
-        ..restore::RestoreSettings::new(criu, key)
+        wait: a.wait,
+        trust_unsigned: a.trust_unsigned,
+        deadline: a.deadline,
+        ..restore::RestoreSettings::new(a.criu, key)
     };
-    if lazy && copies.is_none() {
-        return Err("--lazy goes with --copies N (use --copies 1 for one copy)".into());
+    if let Some(n) = a.copies {
+        return copies_cmd(&settings, &a.dir, n, a.lazy);
     }
-    if let Some(n) = copies {
-        return copies_cmd(&settings, &dir, n, lazy);
-    }
-    let restored = restore::restore_path(&dir, &settings).map_err(|e| match e {
+    let wait = a.wait;
+    let restored = restore::restore_path(&a.dir, &settings).map_err(|e| match e {
         e @ restore::RestoreError::IdInUse { .. } if !wait.is_zero() => {
             format!("after waiting {wait:?}: {e}")
         }
         e => e.to_string(),
     })?;
-    println!("{}", restored.pid);
+    out(restored.pid)?;
     log::info!(
         "restored {}{} as pid {} (verified in {:?}, {:?} in all)",
-        dir.display(),
+        a.dir.display(),
+        shown(restored.generation.as_deref()),
+        restored.pid,
+        restored.verify,
+        restored.total
+    );
+    Ok(ExitCode::SUCCESS)
+}
+
+/// The owner of a checkpoint restores it through the service, which
+/// verifies the images and that they are the caller's.
+fn through_the_service(a: Args) -> Res<ExitCode> {
+    if a.copies.is_some() {
+        return Err(
+            "--copies restores as root (run it with sudo); the service restores \
+                    one copy for its owner"
+                .into(),
+        );
+    }
+    let mut options = selfdump::RestoreOptions::new(&a.dir);
+    if let Some(socket) = a.socket {
+        options = options.socket(socket);
+    }
+    if a.trust_unsigned {
+        options = options.trust_unsigned();
+    }
+    let restored = selfdump::blocking::restore(options)?;
+    out(restored.pid)?;
+    log::info!(
+        "the service restored {}{} as pid {} (verified in {:?}, {:?} in all)",
+        a.dir.display(),
         shown(restored.generation.as_deref()),
         restored.pid,
         restored.verify,

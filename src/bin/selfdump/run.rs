@@ -23,7 +23,8 @@
 //! own binary: CRIU refuses to restore when a mapped file changed size, so
 //! images made under one build of `selfdump` need that build on disk.
 
-use crate::{Res, help_requested};
+use crate::cli::{Exit, Res, usage};
+use crate::help_requested;
 use async_signal::{Signal, Signals};
 use futures_lite::StreamExt;
 use rustix::process::{Pid, WaitOptions, WaitStatus};
@@ -63,17 +64,13 @@ fn signals() -> std::io::Result<Signals> {
     Signals::new(FORWARDED)
 }
 
-/// Starts `cmd`, then passes signals on to it and waits for it. With
-/// `reap_all`, reaps every child (an init's orphans) too.
+/// Passes signals on to `child` and waits for it. With `reap_all`, reaps
+/// every child (an init's orphans) too.
 fn supervise(
     mut signals: Signals,
-    mut cmd: Command,
+    child: std::process::Child,
     reap_all: bool,
-    what: &str,
 ) -> std::io::Result<ExitCode> {
-    let child = cmd
-        .spawn()
-        .map_err(|e| std::io::Error::new(e.kind(), format!("cannot start {what}: {e}")))?;
     let pid = Pid::from_raw(child.id() as i32).expect("a child pid");
     async_io::block_on(async {
         loop {
@@ -109,9 +106,9 @@ fn supervise(
     })
 }
 
-/// `selfdump run -- CMD ARGS`.
-pub fn run(program: OsString, args: Vec<OsString>) -> Result<ExitCode, String> {
-    let signals = signals().map_err(|e| e.to_string())?;
+/// `selfdump run -- CMD ARGS`: its own failures exit 125 (see `main`).
+pub fn run(program: OsString, args: Vec<OsString>) -> Res<ExitCode> {
+    let signals = signals()?;
     // Only this thread's children go in the new namespace.
     // SAFETY: only this thread starts processes from here on.
     unsafe { rustix::thread::unshare_unsafe(rustix::thread::UnshareFlags::NEWPID) }.map_err(
@@ -126,21 +123,30 @@ pub fn run(program: OsString, args: Vec<OsString>) -> Result<ExitCode, String> {
             Ok(())
         });
     }
-    supervise(signals, init, false, "the namespace's init").map_err(|e| e.to_string())
+    let init = init
+        .spawn()
+        .map_err(|e| format!("cannot start the namespace's init: {e}"))?;
+    Ok(supervise(signals, init, false)?)
 }
 
-/// `selfdump __init -- CMD ARGS`: pid 1 of the namespace.
-pub fn init(program: OsString, args: Vec<OsString>) -> Result<ExitCode, String> {
-    let signals = signals().map_err(|e| e.to_string())?;
-    let mut cmd = Command::new(&program);
-    cmd.args(&args);
-    supervise(
-        signals,
-        cmd,
-        true,
-        &format!("{}", program.to_string_lossy()),
-    )
-    .map_err(|e| e.to_string())
+/// `selfdump __init -- CMD ARGS`: pid 1 of the namespace. CMD not found
+/// exits 127, found but not executable 126, as a shell says it; `run`
+/// passes the code on.
+pub fn init(program: OsString, args: Vec<OsString>) -> Res<ExitCode> {
+    // what `ps` and `selfdump inspect` show for pid 1, rather than the
+    // `exe` of `/proc/self/exe`
+    let _ = rustix::thread::set_name(c"selfdump-init");
+    let signals = signals()?;
+    let child = Command::new(&program).args(&args).spawn().map_err(|e| {
+        let code = if e.kind() == std::io::ErrorKind::NotFound {
+            127
+        } else {
+            126
+        };
+        let message = format!("cannot start {}: {e}", program.to_string_lossy());
+        Exit { code, message }
+    })?;
+    Ok(supervise(signals, child, true)?)
 }
 
 pub(crate) const USAGE: &str = "\
@@ -161,7 +167,11 @@ is set: a restored copy's init would get it when CRIU exits); SIGKILL the
 init (this command's child) for that. Needs root (CAP_SYS_ADMIN). The
 namespace shares the host's /proc: inside
 it, getpid() is the namespace's number (CMD is pid 3) while /proc/<pid> is
-the host's; read /proc/self, not /proc/<getpid()>.";
+the host's; read /proc/self, not /proc/<getpid()>.
+
+EXIT CODES: CMD's own status, or 128+N if a signal N ended it; 127 if CMD
+was not found, 126 if it could not be executed; 125 if `selfdump run`
+itself failed (not root, a usage error), as env and podman do.";
 
 /// `selfdump run -- CMD ARGS` and the init it starts (`__init`).
 pub(crate) fn run_cmd(command: &str, mut parser: lexopt::Parser) -> Res<ExitCode> {
@@ -181,13 +191,12 @@ pub(crate) fn run_cmd(command: &str, mut parser: lexopt::Parser) -> Res<ExitCode
         }
     }
     if words.is_empty() {
-        return Err("run needs a program: selfdump run -- CMD [ARGS]".into());
+        return Err(usage("which program? selfdump run -- CMD [ARGS]"));
     }
     let program = words.remove(0);
-    let code = if command == "run" {
-        run(program, words)?
+    if command == "run" {
+        run(program, words)
     } else {
-        init(program, words)?
-    };
-    Ok(code)
+        init(program, words)
+    }
 }

@@ -1,11 +1,10 @@
 //! `selfdump serve`: the checkpoint service.
 
-use crate::{Res, help_requested};
-use lexopt::prelude::*;
-use selfdump::server::{Criu, NonRootFallback, Policy, Server, check};
+use crate::cli::{Res, at_least_one, seconds, usage, value};
+use crate::{help_requested, need_root};
+use selfdump::server::{Builder, Criu, NonRootFallback, Policy, Server, check};
 use std::path::PathBuf;
 use std::process::ExitCode;
-use std::time::Duration;
 
 pub(crate) const USAGE: &str = "\
 selfdump serve: run the checkpoint service
@@ -48,13 +47,23 @@ Under systemd (or any manager that speaks its protocols): with LISTEN_PID set
 to this process and LISTEN_FDS >= 1, serves on the listening socket passed as
 fd 3 instead of binding --socket (socket activation; see
 systemd/selfdump.socket), and sends READY=1 to $NOTIFY_SOCKET once it serves
-(Type=notify; see systemd/selfdump.service).";
+(Type=notify; see systemd/selfdump.service).
 
-pub(crate) fn serve(mut parser: lexopt::Parser) -> Res<ExitCode> {
+EXIT CODES: 0 stopped by SIGTERM or SIGINT once the dumps in flight were
+done; 1 could not start (not root, the socket, CRIU, the key), or a second
+signal abandoned the dumps in flight; 2 a usage error.";
+
+/// What the command line asks for.
+struct Settings {
+    socket: PathBuf,
+    builder: Builder,
+    policy: Policy,
+    criu: Criu,
+}
+
+/// Reads the options; `None` when the help was asked for.
+fn settings(mut parser: lexopt::Parser) -> Res<Option<Settings>> {
     use lexopt::Arg::*;
-    // First, before any thread exists: it edits the environment.
-    // SAFETY: no other thread exists yet, and nothing took fds 3.. before.
-    let activated = unsafe { selfdump::server::systemd::listener() }?;
     let mut socket = std::env::var_os("SELFDUMP_SOCKET")
         .map(PathBuf::from)
         .unwrap_or_else(|| PathBuf::from(selfdump::server::DEFAULT_SOCKET));
@@ -66,59 +75,101 @@ pub(crate) fn serve(mut parser: lexopt::Parser) -> Res<ExitCode> {
     };
     while let Some(arg) = parser.next()? {
         if help_requested(&arg, USAGE) {
-            return Ok(ExitCode::SUCCESS);
+            return Ok(None);
         }
         match arg {
             Long("socket") => socket = parser.value()?.into(),
-            Long("socket-mode") => {
-                builder = builder.socket_mode(u32::from_str_radix(&parser.value()?.string()?, 8)?)
-            }
-            Long("socket-owner") => {
-                let v = parser.value()?.string()?;
-                let (u, g) = v.split_once(':').ok_or("--socket-owner wants UID:GID")?;
-                builder = builder.socket_owner(u.parse()?, g.parse()?);
-            }
             Long("allow-uid") => {
-                policy.allow_uids.insert(parser.value()?.parse()?);
+                policy.allow_uids.insert(value(&mut parser, "allow-uid")?);
             }
             Long("allow-gid") => {
-                policy.allow_gids.insert(parser.value()?.parse()?);
+                policy.allow_gids.insert(value(&mut parser, "allow-gid")?);
             }
             Long("allow-any") => policy.allow_any = true,
-            Long("warm-workers") => builder = builder.warm_workers(parser.value()?.parse()?),
-            Long("non-root-fallback") => {
-                let fallback = match parser.value()?.string()?.as_str() {
-                    "refuse" => NonRootFallback::Refuse,
-                    "root" => NonRootFallback::RootEngine,
-                    other => {
-                        return Err(format!(
-                            "--non-root-fallback wants `refuse` or `root`, not `{other}`"
-                        )
-                        .into());
-                    }
-                };
-                builder = builder.non_root_fallback(fallback);
-            }
-            Long("max-dumps") => builder = builder.max_dumps(parser.value()?.parse()?),
-            Long("max-dumps-per-uid") => {
-                builder = builder.max_dumps_per_uid(parser.value()?.parse()?)
-            }
-            Long("max-connections") => builder = builder.max_connections(parser.value()?.parse()?),
-            Long("max-connections-per-uid") => {
-                builder = builder.max_connections_per_uid(parser.value()?.parse()?)
-            }
-            Long("request-timeout") => {
-                builder = builder.request_timeout(Duration::from_secs(parser.value()?.parse()?))
-            }
-            Long("dump-timeout") => {
-                builder = builder.dump_timeout(Duration::from_secs(parser.value()?.parse()?))
-            }
-            Long("max-keep") => builder = builder.max_keep(parser.value()?.parse()?),
             Long("criu") => criu.path = parser.value()?.into(),
-            Long("key-file") => builder = builder.key_file(PathBuf::from(parser.value()?)),
+            Long(name) => {
+                let name = name.to_owned();
+                builder = builder_option(builder, &name, &mut parser)?;
+            }
             other => return Err(other.unexpected().into()),
         }
     }
+    Ok(Some(Settings {
+        socket,
+        builder,
+        policy,
+        criu,
+    }))
+}
+
+/// The options that set the server's builder (limits, times, the socket's
+/// mode and owner, the key).
+fn builder_option(builder: Builder, name: &str, parser: &mut lexopt::Parser) -> Res<Builder> {
+    Ok(match name {
+        "socket-mode" => builder.socket_mode(socket_mode(parser)?),
+        "socket-owner" => {
+            let v: String = value(parser, "socket-owner")?;
+            let owner = v
+                .split_once(':')
+                .and_then(|(u, g)| Some((u.parse().ok()?, g.parse().ok()?)));
+            let (u, g) = owner.ok_or_else(|| {
+                usage(format!("--socket-owner wants UID:GID (numbers), not {v:?}"))
+            })?;
+            builder.socket_owner(u, g)
+        }
+        "warm-workers" => builder.warm_workers(value(parser, name)?),
+        "non-root-fallback" => builder.non_root_fallback(fallback(parser)?),
+        "max-dumps" => builder.max_dumps(at_least_one(parser, name)?),
+        "max-dumps-per-uid" => builder.max_dumps_per_uid(at_least_one(parser, name)?),
+        "max-connections" => builder.max_connections(at_least_one(parser, name)?),
+        "max-connections-per-uid" => builder.max_connections_per_uid(at_least_one(parser, name)?),
+        "request-timeout" => builder.request_timeout(seconds(parser, name, false)?),
+        "dump-timeout" => builder.dump_timeout(seconds(parser, name, false)?),
+        "max-keep" => builder.max_keep(at_least_one(parser, name)?),
+        "key-file" => builder.key_file(PathBuf::from(parser.value()?)),
+        _ => return Err(usage(format!("invalid option '--{name}'"))),
+    })
+}
+
+/// `--socket-mode OCTAL`: permission bits only.
+fn socket_mode(parser: &mut lexopt::Parser) -> Res<u32> {
+    let v: String = value(parser, "socket-mode")?;
+    match u32::from_str_radix(&v, 8) {
+        Ok(mode) if mode <= 0o777 => Ok(mode),
+        _ => Err(usage(format!(
+            "--socket-mode wants permission bits in octal (600, 660, 666), not {v:?}"
+        ))),
+    }
+}
+
+/// `--non-root-fallback refuse|root`.
+fn fallback(parser: &mut lexopt::Parser) -> Res<NonRootFallback> {
+    match value::<String>(parser, "non-root-fallback")?.as_str() {
+        "refuse" => Ok(NonRootFallback::Refuse),
+        "root" => Ok(NonRootFallback::RootEngine),
+        other => Err(usage(format!(
+            "--non-root-fallback wants `refuse` or `root`, not `{other}`"
+        ))),
+    }
+}
+
+pub(crate) fn serve(parser: lexopt::Parser) -> Res<ExitCode> {
+    // First, before any thread exists: it edits the environment.
+    // SAFETY: no other thread exists yet, and nothing took fds 3.. before.
+    let activated = unsafe { selfdump::server::systemd::listener() }?;
+    let Some(Settings {
+        socket,
+        builder,
+        policy,
+        criu,
+    }) = settings(parser)?
+    else {
+        return Ok(ExitCode::SUCCESS);
+    };
+    need_root(
+        "the service reads each caller's identity from the kernel, starts CRIU for its \
+         dump and signs the images with a key only root can read",
+    )?;
     // Room for connections and dumps: systemd's default soft limit is 1024.
     match selfdump::server::raise_fd_limit() {
         Ok(n) => log::info!("fd limit: {n}"),
@@ -137,50 +188,66 @@ pub(crate) fn serve(mut parser: lexopt::Parser) -> Res<ExitCode> {
                 server
             }
         };
-        let signals =
-            async_signal::Signals::new([async_signal::Signal::Term, async_signal::Signal::Int])?;
-        // Ready once the signals are ours: a stop request from now on is
-        // handled (finish the dumps in flight), not fatal.
-        match selfdump::server::systemd::notify("READY=1") {
-            Ok(true) => log::debug!("told the service manager READY=1"),
-            Ok(false) => {}
-            Err(e) => log::warn!("cannot notify the service manager: {e}"),
-        }
-        // The handle, not `run_until`'s future: this is what an embedder
-        // wires to its own stop request.
-        let stop = server.shutdown_handle();
-        let on_signal = async move {
-            use futures_lite::StreamExt;
-            let mut signals = signals;
-            if let Some(Ok(signal)) = signals.next().await {
-                log::info!(
-                    "received {signal:?}: refusing new checkpoints, finishing dumps in flight, \
-                     then exiting"
-                );
-            }
-            let _ = selfdump::server::systemd::notify("STOPPING=1");
-            stop.shutdown();
-            // `run` returns once drained. A second signal stops waiting:
-            // dropping `run` closes the channels of the CRIUs in flight,
-            // which then let their trees run on, and removes their staging
-            // directories; their callers learn they have no checkpoint.
-            if let Some(Ok(signal)) = signals.next().await {
-                log::warn!(
-                    "received {signal:?} again: exiting now; dumps in flight are abandoned \
-                     (their processes run on, their callers are told the outcome is unknown)"
-                );
-                return Ok(false);
-            }
-            std::future::pending().await
-        };
-        use futures_lite::FutureExt;
-        let drained = async { server.run().await.map(|()| true) }
-            .or(on_signal)
-            .await;
-        if !drained? {
-            return Err("stopped by a second signal before the dumps in flight finished".into());
-        }
-        Ok::<_, Box<dyn std::error::Error>>(())
+        until_signalled(server).await
     })?;
     Ok(ExitCode::SUCCESS)
+}
+
+/// Serves until SIGTERM or SIGINT, then until the dumps in flight are
+/// done (or a second signal).
+async fn until_signalled(server: Server) -> Res<()> {
+    let signals =
+        async_signal::Signals::new([async_signal::Signal::Term, async_signal::Signal::Int])?;
+    // Ready once the signals are ours: a stop request from now on is
+    // handled (finish the dumps in flight), not fatal.
+    match selfdump::server::systemd::notify("READY=1") {
+        Ok(true) => log::debug!("told the service manager READY=1"),
+        Ok(false) => {}
+        Err(e) => log::warn!("cannot notify the service manager: {e}"),
+    }
+    // The handle, not `run_until`'s future: this is what an embedder
+    // wires to its own stop request.
+    let stop = server.shutdown_handle();
+    let on_signal = async move {
+        use futures_lite::StreamExt;
+        let mut signals = signals;
+        if let Some(Ok(signal)) = signals.next().await {
+            log::info!(
+                "received {}: refusing new checkpoints, finishing dumps in flight, then exiting",
+                name(signal)
+            );
+        }
+        let _ = selfdump::server::systemd::notify("STOPPING=1");
+        stop.shutdown();
+        // `run` returns once drained. A second signal stops waiting:
+        // dropping `run` closes the channels of the CRIUs in flight,
+        // which then let their trees run on, and removes their staging
+        // directories; their callers learn they have no checkpoint.
+        if let Some(Ok(signal)) = signals.next().await {
+            log::warn!(
+                "received {} again: exiting now; dumps in flight are abandoned \
+                 (their processes run on, their callers are told the outcome is unknown)",
+                name(signal)
+            );
+            return Ok(false);
+        }
+        std::future::pending().await
+    };
+    use futures_lite::FutureExt;
+    let drained = async { server.run().await.map(|()| true) }
+        .or(on_signal)
+        .await;
+    if !drained? {
+        return Err("stopped by a second signal before the dumps in flight finished".into());
+    }
+    Ok(())
+}
+
+/// `SIGTERM`, `SIGINT`: a signal as the service log names it.
+fn name(signal: async_signal::Signal) -> &'static str {
+    match signal {
+        async_signal::Signal::Term => "SIGTERM",
+        async_signal::Signal::Int => "SIGINT",
+        _ => "a signal",
+    }
 }

@@ -97,11 +97,7 @@ pub struct Finding {
 
 impl fmt::Display for Finding {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let severity = match self.severity {
-            Severity::Refused => "refused",
-            Severity::Risky => "risky",
-        };
-        write!(f, "[{severity}] pid {}", self.pid)?;
+        write!(f, "{} pid {}", self.severity_label(), self.pid)?;
         if let Some(fd) = self.fd {
             write!(f, " fd {fd}")?;
         }
@@ -208,4 +204,53 @@ impl Preflight {
 /// processes.
 pub fn preflight() -> io::Result<Vec<Finding>> {
     Preflight::new().run()
+}
+
+/// The findings for a person, one line each (`prefix` before it), each
+/// distinct fix once after the findings it is for: the same paragraph
+/// under every fd of a process would bury the list.
+///
+/// ```
+/// use selfdump::preflight::{describe, Finding, Kind, Severity};
+/// let fd = |fd| Finding {
+///     pid: 7,
+///     fd: Some(fd),
+///     kind: Kind::WrittenWithoutAppend,
+///     severity: Severity::Risky,
+///     what: format!("file {fd} written without O_APPEND"),
+///     fix: "open it with O_APPEND".into(),
+/// };
+/// let text = describe(&[fd(3), fd(4)], "");
+/// assert_eq!(text.matches("open it with O_APPEND").count(), 1);
+/// ```
+pub fn describe(findings: &[Finding], prefix: &str) -> String {
+    use std::fmt::Write;
+    let mut fixes: Vec<&str> = Vec::new();
+    for f in findings {
+        if !fixes.contains(&f.fix.as_str()) {
+            fixes.push(&f.fix);
+        }
+    }
+    let mut out = String::new();
+    for fix in fixes {
+        for f in findings.iter().filter(|f| f.fix == fix) {
+            let _ = write!(out, "{prefix}{}", f.severity_label());
+            let _ = write!(out, " pid {}", f.pid);
+            if let Some(fd) = f.fd {
+                let _ = write!(out, " fd {fd}");
+            }
+            let _ = writeln!(out, ": {}", f.what);
+        }
+        let _ = writeln!(out, "{prefix}  fix: {fix}");
+    }
+    out
+}
+
+impl Finding {
+    fn severity_label(&self) -> &'static str {
+        match self.severity {
+            Severity::Refused => "[refused]",
+            Severity::Risky => "[risky]",
+        }
+    }
 }

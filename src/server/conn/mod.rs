@@ -83,6 +83,14 @@ impl Connection {
         self.send(refused.into()).await;
     }
 
+    /// Sends a refusal decided at the accept (the service at its limits,
+    /// or draining), then closes; logged at most once every 10 s, as a
+    /// flood of connections would repeat it endlessly.
+    pub(crate) async fn refuse_at_accept(self, refused: Refused) {
+        rate_limited(&AT_ACCEPT, format_args!("a connection {refused}"));
+        self.refuse(refused).await;
+    }
+
     /// Refuses a connection that arrives while the server drains. Its
     /// request is read first (for [`ANSWER_TIMEOUT`] at most), so that the
     /// client, which writes it right after connecting, finds the refusal
@@ -91,7 +99,7 @@ impl Connection {
         if let Some(stream) = &self.stream {
             let _ = within(ANSWER_TIMEOUT, read_frame(stream)).await;
         }
-        self.refuse(refused).await;
+        self.refuse_at_accept(refused).await;
     }
 
     /// Sends one response, best effort: a client that went away loses only
@@ -169,11 +177,24 @@ async fn within<T>(limit: Duration, work: impl Future<Output = T>) -> Option<T> 
         .await
 }
 
-/// Logs a warning that a flood of clients could repeat endlessly at most
-/// once every 10 s, saying how many were left out in between.
+/// When a rate-limited warning was last logged, and how many were left
+/// out since.
+type Limiter = Mutex<(Option<Instant>, u64)>;
+/// Clients the service could not identify.
+static CLIENTS: Limiter = Mutex::new((None, 0));
+/// Connections refused at the accept.
+static AT_ACCEPT: Limiter = Mutex::new((None, 0));
+
+/// Logs a warning about a client that a flood of clients could repeat
+/// endlessly, at most once every 10 s.
 fn rate_limited_warning(message: std::fmt::Arguments<'_>) {
-    static LAST: Mutex<(Option<Instant>, u64)> = Mutex::new((None, 0));
-    let mut last = LAST
+    rate_limited(&CLIENTS, message);
+}
+
+/// Logs a warning at most once every 10 s per `limiter`, saying how many
+/// were left out in between.
+fn rate_limited(limiter: &Limiter, message: std::fmt::Arguments<'_>) {
+    let mut last = limiter
         .lock()
         .unwrap_or_else(std::sync::PoisonError::into_inner);
     match last.0 {

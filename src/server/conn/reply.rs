@@ -65,6 +65,37 @@ impl<T: Into<Response>> From<T> for Reply {
     }
 }
 
+impl std::fmt::Display for Refused {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "refused ({}): {}", self.kind, self.message)
+    }
+}
+
+/// An answer in one line for the service log (never a Rust `Debug` value),
+/// and whether it is worth a warning (something failed).
+pub(crate) fn logged(answer: &Response) -> (log::Level, String) {
+    use log::Level::{Info, Warn};
+    match answer {
+        Response::Refused(r) => (Info, format!("refused ({}): {}", r.kind, r.message)),
+        Response::Frozen(_) => (Info, "frozen".into()),
+        Response::Dumped(r) => (Info, format!("dumped, {} bytes", r.bytes_written)),
+        Response::DumpFailed(f) => (Warn, format!("dump failed: {}", f.message)),
+        Response::UnknownJob(job) => (Info, format!("unknown job {job}")),
+        Response::Restored(r) => (
+            Info,
+            format!(
+                "restored as pid {} (owner uid {}{})",
+                r.pid,
+                r.owner,
+                r.generation
+                    .as_deref()
+                    .map_or(String::new(), |g| format!(", generation {g}"))
+            ),
+        ),
+        Response::RestoreFailed(m) => (Warn, format!("restore failed: {m}")),
+    }
+}
+
 impl From<Refused> for Response {
     fn from(r: Refused) -> Self {
         Response::Refused(Refusal {
@@ -78,7 +109,8 @@ impl From<Refused> for Response {
 #[derive(Debug, Clone)]
 pub(crate) enum Outcome {
     /// The images are saved.
-    Dumped(DumpReport),
+    /// (boxed: by far the largest of what a dump can end with)
+    Dumped(Box<DumpReport>),
     /// No usable images.
     Failed {
         /// The job, if one had started.
@@ -114,7 +146,7 @@ impl Outcome {
 impl From<Outcome> for Response {
     fn from(o: Outcome) -> Self {
         match o {
-            Outcome::Dumped(report) => Response::Dumped(report),
+            Outcome::Dumped(report) => Response::Dumped(*report),
             Outcome::Failed {
                 job,
                 message,

@@ -78,7 +78,7 @@ impl NonRootEngine {
         match self {
             Self::AsCaller(cache) => format!(
                 "CRIU runs as the caller (unprivileged mode, CAP_CHECKPOINT_RESTORE only); \
-                 its kernel-feature cache: {cache:?}"
+                 its kernel-feature cache: {cache}"
             ),
             Self::Root(why) => format!(
                 "root's CRIU (the configured fallback): CRIU cannot run as the caller here: {why}"

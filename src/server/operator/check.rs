@@ -89,7 +89,11 @@ fn kernel_supported(criu: &Criu) -> Result<Finding, Finding> {
         Ok(o) => {
             let err = String::from_utf8_lossy(&o.stderr);
             let last = err.lines().rev().find(|l| !l.trim().is_empty());
-            Err(finding("criu check", false, last.unwrap_or("")))
+            // CRIU says some things (a missing capability) on stdout
+            let said = String::from_utf8_lossy(&o.stdout);
+            let first_said = said.lines().find(|l| !l.trim().is_empty());
+            let detail = last.or(first_said).unwrap_or("(criu said nothing)");
+            Err(finding("criu check", false, detail.trim()))
         }
         Err(e) => Err(finding("criu check", false, e.to_string())),
     }

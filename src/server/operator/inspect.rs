@@ -3,8 +3,10 @@
 //! one `latest` names, when each was made, its size and tree, whether it
 //! verifies), and for the one `latest` names (or the directory itself, if
 //! it holds images directly): the tree, the owner and options, sizes,
-//! when and by which service it was made, whether its signature verifies
-//! and with which key, and whether its pids are free here.
+//! when and by which service it was made, CRIU's statistics of the dump,
+//! whether its signature verifies and with which key, whether its pids
+//! are free here; and the verdict: would `selfdump restore` restore it
+//! here now, and if not, why.
 //!
 //! Inspecting reads the images as they are; it checks the manifest's
 //! signature and each file's presence and size, but does not hash the
@@ -13,114 +15,24 @@
 //! ```no_run
 //! use selfdump::server::inspect::inspect;
 //! let report = inspect(std::path::Path::new("/var/lib/myapp/images"), None)?;
-//! println!("{} tasks, signed: {:?}", report.tree.len(), report.signature);
+//! println!("{} tasks: {}", report.tree.len(), report.verdict.summary);
 //! # Ok::<(), std::io::Error>(())
 //! ```
 
+mod report;
+mod verdict;
+
 use crate::server::fs::generations::{self, LATEST, read_latest};
 use crate::server::images::criu_entries::{CoreEntry, PstreeEntry};
-use crate::server::images::format::{ImageMeta, entries, first_entry, read_image};
+use crate::server::images::format::{dump_stats, entries, first_entry, read_image};
 use crate::server::images::manifest::{Key, MANIFEST_FILE, Manifest, unsigned_extra};
 use crate::server::restore::check_ids_free;
 use prost::Message;
-use serde::Serialize;
+pub use report::{CriuStats, FileInfo, GenerationInfo, Inspection, Signature, Task, Verdict};
 use std::io;
 use std::os::fd::AsFd;
 use std::path::Path;
-
-/// One task of the checkpointed tree.
-#[derive(Debug, Clone, Serialize)]
-pub struct Task {
-    /// Its pid (the one a restore recreates).
-    pub pid: u32,
-    /// Its parent's pid.
-    pub ppid: u32,
-    /// Its process group and session.
-    pub pgid: u32,
-    /// Its session.
-    pub sid: u32,
-    /// Its threads' ids.
-    pub threads: Vec<u32>,
-    /// Its command name, from its core image.
-    pub command: String,
-}
-
-/// One file of the images directory.
-#[derive(Debug, Clone, Serialize)]
-pub struct FileInfo {
-    /// Its name.
-    pub name: String,
-    /// Its size in bytes.
-    pub size: u64,
-    /// Its state against the manifest: `signed`, `size differs`, `not
-    /// signed` (not part of the images: a restore ignores it), `missing`,
-    /// or `extra` (logs and statistics, which are not signed).
-    pub state: String,
-}
-
-/// The signature of the images.
-#[derive(Debug, Clone, Serialize)]
-pub struct Signature {
-    /// The key the manifest names.
-    pub key_id: String,
-    /// Whether it verifies with the key given to [`inspect`] (`None`: no
-    /// key was given).
-    pub verifies: Option<bool>,
-    /// Why not, if it does not.
-    pub problem: Option<String>,
-}
-
-/// One generation of an images directory.
-#[derive(Debug, Clone, Serialize)]
-pub struct GenerationInfo {
-    /// Its name (a directory of the images directory).
-    pub name: String,
-    /// Whether `latest` names it.
-    pub latest: bool,
-    /// When it was made (seconds since the epoch), from its manifest.
-    pub created_unix: Option<u64>,
-    /// The same, readable.
-    pub made: Option<String>,
-    /// Bytes of its files.
-    pub bytes: u64,
-    /// Tasks of its tree.
-    pub tasks: usize,
-    /// Its root task's command and pid, as `command (pid)`.
-    pub root: String,
-    /// Whether it verifies: signed by the key given to [`inspect`] and
-    /// every signed file there with its size (`None`: no key was given).
-    pub verifies: Option<bool>,
-    /// Why not, if it does not.
-    pub problem: Option<String>,
-}
-
-/// What [`inspect`] found.
-#[derive(Debug, Clone, Serialize)]
-pub struct Inspection {
-    /// The generations of the directory, oldest first (empty for a
-    /// directory of images made before generations, or a generation's own
-    /// directory).
-    pub generations: Vec<GenerationInfo>,
-    /// The generation inspected below: the one `latest` names (`None`:
-    /// the directory itself holds the images).
-    pub generation: Option<String>,
-    /// The manifest's facts (owner, job, options, time, host), if there is
-    /// a readable manifest.
-    pub meta: Option<ImageMeta>,
-    /// The signature, if there is a manifest.
-    pub signature: Option<Signature>,
-    /// The tasks.
-    pub tree: Vec<Task>,
-    /// The files.
-    pub files: Vec<FileInfo>,
-    /// Bytes of all files.
-    pub bytes: u64,
-    /// Memory pages stored (`pages-*.img` bytes / 4096).
-    pub pages: u64,
-    /// Which process holds a pid, session or group of the tree here, if
-    /// one does (`None`: a restore here finds them free).
-    pub ids_in_use: Option<String>,
-}
+use verdict::verdict;
 
 /// Inspects the images directory `dir`: its generations, and the
 /// checkpoint `latest` names (or the images directly in `dir`); `key`
@@ -136,11 +48,13 @@ pub fn inspect(dir: &Path, key: Option<&Key>) -> io::Result<Inspection> {
         Some(name) => dir.join(name),
         None => dir.to_path_buf(),
     };
-    Ok(Inspection {
+    let mut found = Inspection {
         generations,
         generation: latest,
         ..inspect_images(&images, key)?
-    })
+    };
+    found.verdict = verdict(&found);
+    Ok(found)
 }
 
 /// One generation at a glance.
@@ -200,6 +114,7 @@ fn inspect_images(dir: &Path, key: Option<&Key>) -> io::Result<Inspection> {
         })
         .unwrap_or_default();
     let tree = pstree.iter().map(|t| task(&fd, t)).collect();
+    let unreadable = unreadable(&fd, &files);
     let meta = manifest.map(|m| m.meta);
     let shell_job = meta.as_ref().is_some_and(|m| m.shell_job);
     // a whole pid namespace restores into a fresh one: no host pid needed
@@ -213,11 +128,38 @@ fn inspect_images(dir: &Path, key: Option<&Key>) -> io::Result<Inspection> {
         files,
         bytes,
         pages,
-        ids_in_use: (!namespace)
+        ids_in_use: (!namespace && !pstree.is_empty())
             .then(|| check_ids_free(&pstree, shell_job).err())
             .flatten()
             .map(|e| e.to_string()),
+        stats: dump_stats(&fd).map(|s| CriuStats {
+            freezing_us: s.freezing_time.into(),
+            frozen_us: s.frozen_time.into(),
+            memdump_us: s.memdump_time.into(),
+            memwrite_us: s.memwrite_time.into(),
+            pages_scanned: s.pages_scanned,
+            pages_written: s.pages_written,
+        }),
+        unreadable,
+        verdict: Verdict {
+            restorable: None,
+            summary: String::new(),
+        },
     })
+}
+
+/// The first file CRIU needs that this process cannot open, and why.
+fn unreadable(dir: &impl AsFd, files: &[FileInfo]) -> Option<String> {
+    use rustix::fs::{Mode, OFlags};
+    let needed = [MANIFEST_FILE, "inventory.img", "pstree.img"];
+    files
+        .iter()
+        .filter(|f| needed.contains(&f.name.as_str()) && f.state != "missing")
+        .find_map(|f| {
+            let flags = OFlags::RDONLY | OFlags::NOFOLLOW | OFlags::CLOEXEC | OFlags::NONBLOCK;
+            let e = rustix::fs::openat(dir, f.name.as_str(), flags, Mode::empty()).err()?;
+            Some(format!("{}: {}", f.name, std::io::Error::from(e)))
+        })
 }
 
 /// The manifest, parsed, and whether it verifies with `key`.
@@ -264,6 +206,7 @@ fn files(dir: &Path, manifest: Option<&Manifest>) -> io::Result<(Vec<FileInfo>, 
         if name.starts_with("pages-") {
             pages += size / 4096;
         }
+        let signed = manifest.and_then(|m| m.file(&name));
         let state = match manifest.map(|m| m.file(&name)) {
             _ if name == MANIFEST_FILE => "manifest",
             _ if unsigned_extra(&name) => "extra",
@@ -276,6 +219,7 @@ fn files(dir: &Path, manifest: Option<&Manifest>) -> io::Result<(Vec<FileInfo>, 
             name,
             size,
             state: state.into(),
+            signed_size: signed.map(|f| f.size),
         });
     }
     for missing in manifest.iter().flat_map(|m| &m.files) {
@@ -284,6 +228,7 @@ fn files(dir: &Path, manifest: Option<&Manifest>) -> io::Result<(Vec<FileInfo>, 
                 name: missing.name.clone(),
                 size: 0,
                 state: "missing".into(),
+                signed_size: Some(missing.size),
             });
         }
     }

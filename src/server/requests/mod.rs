@@ -8,7 +8,8 @@ pub(crate) mod checkpoint;
 pub(crate) mod restore;
 pub(crate) mod result;
 
-use crate::server::conn::{Connection, Received, Refused};
+use crate::proto::Response;
+use crate::server::conn::{Connection, Peer, Received, Refused, Reply, reply::logged};
 use crate::server::shared::Shared;
 use std::sync::Arc;
 
@@ -26,22 +27,36 @@ pub(crate) async fn serve(shared: Arc<Shared>, mut conn: Connection) {
     match received {
         Received::Checkpoint { options, dir } => {
             if shared.stop.is_requested() {
-                log::info!("pid {}: refused, shutting down", peer.pid());
-                return conn.refuse(Refused::shutting_down()).await;
+                let refused = Refused::shutting_down().into();
+                return answer(conn, &peer, "checkpoint", refused).await;
             }
             let (reply, tidy) = checkpoint::serve(&shared, &peer, &mut conn, options, dir).await;
-            conn.deliver(reply).await;
+            match reply {
+                Reply::Answer(response) => answer(conn, &peer, "checkpoint", response).await,
+                through_job => conn.deliver(through_job).await,
+            }
             if let Some(tidy) = tidy {
                 tidy.run(&shared);
             }
         }
-        Received::Result(job) => conn.send(result::serve(&shared, &peer, job).await).await,
+        Received::Result(job) => {
+            let result = result::serve(&shared, &peer, job).await;
+            answer(conn, &peer, &format!("result of job {job}:"), result).await
+        }
         Received::Restore { request, dir } => {
-            if shared.stop.is_requested() {
-                return conn.refuse(Refused::shutting_down()).await;
-            }
-            conn.send(restore::serve(&shared, &peer, request, dir).await)
-                .await
+            let restored = match shared.stop.is_requested() {
+                true => Refused::shutting_down().into(),
+                false => restore::serve(&shared, &peer, request, dir).await,
+            };
+            answer(conn, &peer, "restore", restored).await
         }
     }
+}
+
+/// Sends `response` to `peer` and logs it, in words: every answer the
+/// service gives a caller is in its log (`what`: the request).
+async fn answer(conn: Connection, peer: &Peer, what: &str, response: Response) {
+    let (level, said) = logged(&response);
+    log::log!(level, "pid {} uid {}: {what} {said}", peer.pid(), peer.uid);
+    conn.send(response).await;
 }

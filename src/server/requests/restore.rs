@@ -23,12 +23,10 @@ pub(crate) async fn serve(
     request: RestoreRequest,
     dir: OwnedFd,
 ) -> Response {
-    let answer = match admit(shared, peer, request) {
+    match admit(shared, peer, request) {
         Err(refused) => refused.into(),
         Ok(caller) => run(shared, caller, request, dir).await,
-    };
-    log::info!("pid {} uid {}: restore: {answer:?}", peer.pid(), peer.uid);
-    answer
+    }
 }
 
 fn admit(shared: &Shared, peer: &Peer, request: RestoreRequest) -> Result<TaskStatus, Refused> {

@@ -48,11 +48,23 @@ impl fmt::Display for RestoreError {
                  process (and reap it if it is a zombie) before restoring"
             ),
             Self::Criu { message, log } => {
-                write!(f, "criu restore failed: {message}; see {}", log.display())
+                write!(f, "criu restore failed: {message}; see {}", log.display())?;
+                if message.contains("has bad size") {
+                    f.write_str(BAD_SIZE)?;
+                }
+                Ok(())
             }
         }
     }
 }
+
+/// What CRIU's "File ... has bad size N (expect M)" means: a regular file
+/// the tree had open changed size since the dump.
+const BAD_SIZE: &str = ". A file the program had open changed size since the dump: CRIU \
+     restores a file written without O_APPEND only at the size it was dumped with. Open \
+     logs for append (`>>` in a shell, O_APPEND), which CRIU restores whatever their size \
+     (the preflight lists files written otherwise); a program or library file must be \
+     the one that was dumped (the same build)";
 
 impl std::error::Error for RestoreError {}
 

@@ -171,12 +171,14 @@ fn signed_manifest(
     key: Option<&Key>,
     trust_unsigned: bool,
 ) -> Result<Option<Manifest>, RestoreError> {
+    use crate::server::images::manifest::ManifestError::Missing;
     let manifest = match (Manifest::read(images), key) {
         (Ok(bytes), Some(key)) => {
             Some(Manifest::verify(&bytes, key).map_err(RestoreError::refused)?)
         }
         (Ok(_), None) => None, // unsigned by choice: --trust-unsigned without a key
-        (Err(crate::server::images::manifest::ManifestError::Missing), _) if trust_unsigned => None,
+        (Err(Missing), _) if trust_unsigned => None,
+        (Err(Missing), _) => return Err(RestoreError::Refused(unsigned(images))),
         (Err(e), _) => return Err(RestoreError::refused(e)),
     };
     if manifest.is_none() && !trust_unsigned {
@@ -185,6 +187,22 @@ fn signed_manifest(
         ));
     }
     Ok(manifest)
+}
+
+/// Why images without a manifest are refused: not a checkpoint at all
+/// (no CRIU images either), or images made by plain CRIU.
+fn unsigned(images: &impl AsFd) -> String {
+    let criu_made = rustix::fs::statat(images, "inventory.img", AtFlags::SYMLINK_NOFOLLOW).is_ok();
+    if criu_made {
+        format!(
+            "no {MANIFEST_FILE}: these CRIU images are not signed (not made by a selfdump \
+             service); `selfdump restore --trust-unsigned` restores them unchecked (root only)"
+        )
+    } else {
+        "not a checkpoint: no generation named `latest`, no CRIU images (inventory.img) and \
+         no selfdump manifest here (`selfdump inspect DIR` shows what a directory holds)"
+            .into()
+    }
 }
 
 fn wanted(images: &OwnedFd, manifest: Option<&Manifest>) -> Result<Vec<FileDigest>, RestoreError> {

@@ -52,6 +52,18 @@ pub enum KdatCache {
     Unavailable(String),
 }
 
+/// For the service log: where the cache is, or why there is none.
+impl std::fmt::Display for KdatCache {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::CriuKeepsIt => f.write_str("kept by CRIU itself (/run is a tmpfs)"),
+            Self::Valid(file) => write!(f, "{}, made earlier in this boot", file.path),
+            Self::Installed(file) => write!(f, "{}, made now", file.path),
+            Self::Unavailable(why) => write!(f, "none ({why}): every dump probes the kernel"),
+        }
+    }
+}
+
 /// The cache file as this service opened it, with a shared `flock` held
 /// on it while the service uses it.
 #[derive(Debug)]

@@ -27,6 +27,7 @@ pub(super) async fn conclude(
     as_caller: bool,
     received: Instant,
 ) -> Outcome {
+    let caller_alive = hooks.peer.process.is_alive();
     let Hooks {
         staging,
         meta,
@@ -42,7 +43,7 @@ pub(super) async fn conclude(
     match dumped {
         Err(e) => {
             let tree = as_caller.then(|| root.unwrap_or(&peer.process));
-            discard(staging, &e, caller, tree, job, generation).await
+            discard(staging, &e, caller, tree, job, generation, caller_alive).await
         }
         Ok(dumped) => {
             let published = blocking::unblock(move || staging.publish(&meta)).await;
@@ -53,7 +54,9 @@ pub(super) async fn conclude(
             match published {
                 Ok(published) => {
                     let published = saved.unwrap_or_default().and(published);
-                    Outcome::Dumped(report(job, generation, &published, &dumped, received))
+                    Outcome::Dumped(Box::new(report(
+                        job, generation, &published, &dumped, received,
+                    )))
                 }
                 Err(e) => Outcome::failed(
                     Some(job),
@@ -76,10 +79,11 @@ async fn discard(
     tree: Option<&Process>,
     job: JobId,
     generation: String,
+    caller_alive: bool,
 ) -> Outcome {
     let committed = staging.is_committed();
     let (log_file, logged) = blocking::unblock(move || staging.discard()).await;
-    let mut message = failure_message(e, logged, caller, tree);
+    let mut message = failure_message(e, logged, caller, tree, caller_alive);
     if committed {
         message.push_str(&format!(
             " (after the images were committed as generation {generation}, which latest names)"
@@ -107,9 +111,11 @@ fn report(
         frozen_us: stats.frozen_time.into(),
         freezing_us: stats.freezing_time.into(),
         memdump_us: stats.memdump_time.into(),
+        memwrite_us: stats.memwrite_time.into(),
         total_us: received.elapsed().as_micros() as u64,
         sync_us: published.sync_us,
         service_frozen_us: dumped.service_frozen.as_micros() as u64,
+        pages_scanned: stats.pages_scanned,
         pages_written: stats.pages_written,
         bytes_written: published.bytes,
         processes: published.processes,

@@ -15,21 +15,34 @@ use crate::server::engine::EngineError;
 /// tree (the kernel refuses it what the caller may not ptrace, before the
 /// freeze and so before the service's own check of the frozen tree), the
 /// tree is checked now, so the caller learns which task and why.
+///
+/// `caller_alive`: whether the caller still ran once CRIU was done; the
+/// words for a CRIU that died or was abandoned say the process runs on,
+/// and are not used for a caller that is gone.
 pub(crate) fn failure_message(
     e: &EngineError,
     logged: Option<String>,
     caller: &TaskStatus,
     as_caller: Option<&Process>,
+    caller_alive: bool,
 ) -> String {
     let uid = caller.uid();
     let logged = logged
         .as_deref()
         .or(match e {
-            EngineError::Failed(errmsg) => errmsg.as_deref(),
+            // (CRIU's own message is the harmless RLIMIT_NOFILE line
+            // whenever it logged that first: see `engine::first_error`)
+            EngineError::Failed(errmsg) => {
+                errmsg.as_deref().filter(|m| !m.contains("RLIMIT_NOFILE"))
+            }
             _ => None,
         })
         .unwrap_or("no error logged")
         .to_owned();
+    let e_said = match caller_alive {
+        true => e.to_string(),
+        false => gone(e).unwrap_or_else(|| e.to_string()),
+    };
     match (e, as_caller) {
         (EngineError::Failed(_), Some(root)) if logged.contains("Unseizable") => {
             match check_frozen_tree(PROC, root, caller) {
@@ -47,10 +60,28 @@ pub(crate) fn failure_message(
         ),
         (EngineError::Died | EngineError::Killed(_) | EngineError::TimedOut(_), Some(_)) => {
             format!(
-                "{e}; the CRIU that dumped you ran as your uid {uid}, so any process of that \
-                 uid may signal, stop or limit it (that fails this dump and nothing else)"
+                "{e_said}; the CRIU that dumped you ran as your uid {uid}, so any process of \
+                 that uid may signal, stop or limit it (that fails this dump and nothing else)"
             )
         }
-        _ => e.to_string(),
+        _ => e_said,
     }
+}
+
+/// What to say of a CRIU that died, was killed or was abandoned, when the
+/// caller is gone too.
+fn gone(e: &EngineError) -> Option<String> {
+    Some(match e {
+        EngineError::Died => {
+            "criu died in the middle of the dump, and the process is gone too".into()
+        }
+        EngineError::Killed(signal) => format!(
+            "criu was killed by signal {signal} in the middle of the dump, and the process is \
+             gone too"
+        ),
+        EngineError::TimedOut(limit) => format!(
+            "dump exceeded its time limit of {limit:?}; it was abandoned, and the process is gone"
+        ),
+        _ => return None,
+    })
 }

@@ -41,10 +41,7 @@ pub(crate) async fn serve(
     let received = Instant::now();
     let admitted = match checks::admit_request(shared, peer, &dir, options).await {
         Ok(admitted) => admitted,
-        Err(refused) => {
-            log::info!("pid {} uid {}: refused: {refused:?}", peer.pid(), peer.uid);
-            return (refused.into(), None);
-        }
+        Err(refused) => return (refused.into(), None),
     };
     let caller = &admitted.caller;
     let mut reservation = match Reservation::take(shared, peer, caller) {
@@ -70,11 +67,16 @@ pub(crate) async fn serve(
         job,
         criu_as: criu_as.as_ref(),
         received,
+        images: images_dir.as_ref().map_or_else(|| "?".into(), shown_path),
     };
     let outcome = dump.run(conn, staging, criu_dir).await;
     let keep = matches!(outcome, Outcome::Dumped(_))
         .then(|| (options.keep as usize).clamp(1, shared.config.max_keep));
-    log::info!("job {job}: {}", outcome.summary());
+    let level = match outcome {
+        Outcome::Dumped(_) => log::Level::Info,
+        Outcome::Failed { .. } => log::Level::Warn,
+    };
+    log::log!(level, "job {job}: {}", outcome.summary());
     let reply = reservation.deliver(conn.is_open(), outcome);
     let creds = caller.credentials();
     let tidy = Tidy {
@@ -216,6 +218,18 @@ struct Dump<'a> {
     /// Who the CRIU runs as, when not root: the caller.
     criu_as: Option<&'a Credentials>,
     received: Instant,
+    /// The images directory's path, for the log (never acted on).
+    images: String,
+}
+
+/// The path an fd of a directory was opened at, for the service log only
+/// (never acted on: the caller can rename it at any moment).
+fn shown_path(dir: &OwnedFd) -> String {
+    use std::os::fd::AsRawFd;
+    std::fs::read_link(format!("/proc/self/fd/{}", dir.as_raw_fd())).map_or_else(
+        |_| "an unnamed directory".into(),
+        |p| p.display().to_string(),
+    )
 }
 
 impl Dump<'_> {
@@ -308,15 +322,20 @@ impl Dump<'_> {
     fn log_start(&self, root: Option<&Process>) {
         let (job, peer) = (self.job, self.peer);
         log::info!(
-            "job {job}: dumping pid {} (uid {}, by {}) {:?} shell_job={}{}",
+            "job {job}: dumping pid {} (uid {}) into {}, by {}; {}{}{}",
             peer.pid(),
             self.admitted.caller.uid(),
+            self.images,
             match self.criu_as {
                 Some(_) => "a CRIU running as the caller",
                 None => "root's CRIU",
             },
             self.options,
-            self.admitted.shell_job,
+            if self.admitted.shell_job {
+                ", shell job"
+            } else {
+                ""
+            },
             match root {
                 Some(init) => format!(", its whole pid namespace from init pid {}", init.pid),
                 None => String::new(),

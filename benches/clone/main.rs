@@ -17,9 +17,17 @@
 //!    timestamps) against its wall time (exec, start-up, kerndat).
 //!
 //! Needs root and CRIU >= 4 with userfaultfd for the lazy rows. Run:
-//! `cargo bench --bench clone`. `SELFDUMP_BENCH_QUICK=1`: 3 rounds instead
+//! `cargo bench --features cli --bench clone`. `SELFDUMP_BENCH_QUICK=1`: 3 rounds instead
 //! of 9, 64 MiB instead of 1 GiB, N up to 8.
 
+#[path = "../support/report.rs"]
+mod report;
+#[path = "../../tests/support/skip.rs"]
+mod skip;
+
+mod tables;
+
+use report::Report;
 use selfdump::server::check::find_criu;
 use selfdump::server::copies::{Copies, VerifiedImages, restore_copies};
 use selfdump::server::manifest::{DEFAULT_KEY_FILE, Key};
@@ -29,6 +37,7 @@ use std::io::Read;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
+use tables::{bounds, copies_at_once, first_instruction, intro};
 
 /// CRIU's kernel-feature cache, which the CLI reads when present.
 const KDAT_FILE: &str = "/run/criu.kdat";
@@ -44,16 +53,16 @@ fn main() {
         return;
     }
     if !rustix::process::geteuid().is_root() {
-        println!("clone bench: SKIPPED, needs root (restores need it)");
-        return;
+        return skip::skip(
+            skip::Limit::NotRoot,
+            "the clone bench measures nothing: restores need root",
+        );
     }
-    let quick = std::env::var_os("SELFDUMP_BENCH_QUICK").is_some();
-    let reps = if quick { 3 } else { 9 };
+    let quick = report::quick();
     let criu = Criu {
         path: find_criu(),
         log_level: 4, // selfdump's default; plain CRIU gets the same
     };
-    let app = build_app();
     let work = tempfile::Builder::new()
         .prefix("selfdump-clone-bench")
         .tempdir_in("/var/tmp")
@@ -64,178 +73,36 @@ fn main() {
     let key = Key::load(Path::new(DEFAULT_KEY_FILE)).expect("the service's signing key");
     let settings = RestoreSettings::new(criu.clone(), Some(key));
     let lazy_ok = lazy_supported(&criu);
-    println!(
-        "clone bench: {} rounds, plain criu restore and selfdump in turns, medians (p90); \
-         lazy rows {}",
-        reps,
-        if lazy_ok {
-            "on"
-        } else {
-            "SKIPPED (no userfaultfd)"
-        }
-    );
-    let only = std::env::var("SELFDUMP_BENCH_ONLY").unwrap_or_default();
-    let run = |part: &str| only.is_empty() || only.split(',').any(|p| p == part);
-
-    let sizes: &[(&str, usize)] = if quick {
-        &[("tiny", 0), ("64 MiB", 64), ("256 MiB", 256)]
-    } else {
-        &[("tiny", 0), ("256 MiB", 256), ("1 GiB", 1024)]
-    };
+    if !lazy_ok {
+        skip::skip(
+            skip::Limit::NoUffd,
+            "`criu check --feature uffd-noncoop` fails: the clone bench's lazy rows are not measured",
+        );
+    }
     let bench = Bench {
         criu: &criu,
         settings: &settings,
-        app: &app,
+        app: &report::example("clone_stamp"),
         socket: &socket,
         work: work.path(),
+        reps: if quick { 3 } else { 9 },
+        quick,
+        modes: if lazy_ok { &[false, true] } else { &[false] },
     };
+    let only = std::env::var("SELFDUMP_BENCH_ONLY").unwrap_or_default();
+    let run = |part: &str| only.is_empty() || only.split(',').any(|p| p == part);
+    let mut report = Report::new();
+    intro(&bench, &mut report);
     if run("first") {
-        println!("\n1. time to first instruction (restore begins -> copy's monotonic stamp), ms");
-        println!(
-            "{:<9} {:<5} {:>16} {:>16} {:>6} {:>16} {:>6} {:>10} {:>10} {:>12}",
-            "size",
-            "mode",
-            "plain criu",
-            "selfdump",
-            "ratio",
-            "verified once",
-            "ratio",
-            "sd verify",
-            "re-check",
-            "criu in-log"
-        );
-        for &(name, mb) in sizes {
-            let image = bench.image(name, mb);
-            let once = VerifiedImages::open(&settings, &image.dir).expect("verify the images");
-            bench.verified(&once, &image, 1, false); // its first round hashes
-            for lazy in [false, true] {
-                if lazy && !lazy_ok {
-                    continue;
-                }
-                let mut plain = Vec::new();
-                let mut ours = Vec::new();
-                let mut reused = Vec::new();
-                let mut verify = Vec::new();
-                let mut recheck = Vec::new();
-                let mut inlog = Vec::new();
-                for rep in 0..reps {
-                    // rotate who goes first
-                    for turn in 0..3 {
-                        match (turn + rep) % 3 {
-                            0 => {
-                                let r = bench.plain(&image, 1, lazy);
-                                plain.push(r.last);
-                                inlog.push(r.criu_log);
-                            }
-                            1 => {
-                                let r = bench.selfdump(&image, 1, lazy);
-                                ours.push(r.last);
-                                verify.push(r.verify);
-                            }
-                            _ => {
-                                let r = bench.verified(&once, &image, 1, lazy);
-                                reused.push(r.last);
-                                recheck.push(r.verify);
-                            }
-                        }
-                    }
-                }
-                let (p, o, v) = (median(&mut plain), median(&mut ours), median(&mut reused));
-                println!(
-                    "{:<9} {:<5} {:>16} {:>16} {:>6.2} {:>16} {:>6.2} {:>10.1} {:>10.2} {:>12.1}",
-                    name,
-                    if lazy { "lazy" } else { "full" },
-                    format!("{:.1} ({:.1})", p, p90(&mut plain)),
-                    format!("{:.1} ({:.1})", o, p90(&mut ours)),
-                    o / p,
-                    format!("{:.1} ({:.1})", v, p90(&mut reused)),
-                    v / p,
-                    median(&mut verify),
-                    median(&mut recheck),
-                    median(&mut inlog),
-                );
-            }
-        }
-    }
-    if run("bounds") {
-        // What a tiny restore's time is made of, outside CRIU's own log.
-        let mut exec = Vec::new();
-        for _ in 0..reps.max(5) {
-            let t = Instant::now();
-            let _ = Command::new(&criu.path)
-                .arg("--version")
-                .stdout(Stdio::null())
-                .status();
-            exec.push(t.elapsed().as_secs_f64() * 1000.0);
-        }
-        println!(
-            "\n3. bounds: exec of `criu --version` {:.1} ms (median); CRIU's kernel-feature \
-             cache {} {}",
-            median(&mut exec),
-            KDAT_FILE,
-            if Path::new(KDAT_FILE).exists() {
-                "present (the CLI reads it)"
-            } else {
-                "absent (every CLI run probes the kernel)"
-            }
-        );
+        first_instruction(&bench, &mut report);
     }
     if run("copies") {
-        let (name, mb) = ("256 MiB", 256);
-        let image = bench.image(name, mb);
-        let ns: &[u32] = if quick {
-            &[1, 2, 4, 8]
-        } else {
-            &[1, 2, 4, 8, 16]
-        };
-        println!(
-            "\n2. N copies of one {name} image started at once: until the last runs, ms \
-             (copies/s)"
-        );
-        println!(
-            "{:<5} {:>4} {:>22} {:>22} {:>6} {:>22} {:>6} {:>10}",
-            "mode", "N", "plain criu", "selfdump", "ratio", "verified once", "ratio", "sd verify"
-        );
-        let once = VerifiedImages::open(&settings, &image.dir).expect("verify the images");
-        bench.verified(&once, &image, 1, false); // its first round hashes
-        for lazy in [false, true] {
-            if lazy && !lazy_ok {
-                continue;
-            }
-            for &n in ns {
-                let mut plain = Vec::new();
-                let mut ours = Vec::new();
-                let mut reused = Vec::new();
-                let mut verify = Vec::new();
-                let reps = if n >= 8 { reps.min(5) } else { reps };
-                for rep in 0..reps {
-                    for turn in 0..3 {
-                        match (turn + rep) % 3 {
-                            0 => plain.push(bench.plain(&image, n, lazy).last),
-                            1 => {
-                                let r = bench.selfdump(&image, n, lazy);
-                                ours.push(r.last);
-                                verify.push(r.verify);
-                            }
-                            _ => reused.push(bench.verified(&once, &image, n, lazy).last),
-                        }
-                    }
-                }
-                let (p, o, v) = (median(&mut plain), median(&mut ours), median(&mut reused));
-                println!(
-                    "{:<5} {:>4} {:>22} {:>22} {:>6.2} {:>22} {:>6.2} {:>10.1}",
-                    if lazy { "lazy" } else { "full" },
-                    n,
-                    format!("{p:.0} ({:.0}/s)", n as f64 * 1000.0 / p),
-                    format!("{o:.0} ({:.0}/s)", n as f64 * 1000.0 / o),
-                    o / p,
-                    format!("{v:.0} ({:.0}/s)", n as f64 * 1000.0 / v),
-                    v / p,
-                    median(&mut verify),
-                );
-            }
-        }
+        copies_at_once(&bench, &mut report);
     }
+    if run("bounds") {
+        bounds(&bench, &mut report);
+    }
+    report.finish();
 }
 
 struct Bench<'a> {
@@ -244,6 +111,10 @@ struct Bench<'a> {
     app: &'a Path,
     socket: &'a Path,
     work: &'a Path,
+    reps: usize,
+    quick: bool,
+    /// Full restores, and lazy ones where CRIU can.
+    modes: &'a [bool],
 }
 
 /// An isolated image and the log its copies stamp into.
@@ -455,11 +326,6 @@ fn last_timestamp(log: &str) -> Option<f64> {
     })
 }
 
-fn median(v: &mut [f64]) -> f64 {
-    v.sort_by(|a, b| a.partial_cmp(b).unwrap());
-    v.get(v.len() / 2).copied().unwrap_or(f64::NAN)
-}
-
 fn p90(v: &mut [f64]) -> f64 {
     v.sort_by(|a, b| a.partial_cmp(b).unwrap());
     v.get((v.len() * 9).div_ceil(10).saturating_sub(1))
@@ -474,18 +340,4 @@ fn lazy_supported(criu: &Criu) -> bool {
         .stderr(Stdio::null())
         .status()
         .is_ok_and(|s| s.success())
-}
-
-fn build_app() -> PathBuf {
-    let status = Command::new(env!("CARGO"))
-        .args(["build", "--quiet", "--release", "--example", "clone_stamp"])
-        .current_dir(env!("CARGO_MANIFEST_DIR"))
-        .status()
-        .unwrap();
-    assert!(status.success());
-    let target = std::env::var_os("CARGO_TARGET_DIR").map_or_else(
-        || PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("target"),
-        PathBuf::from,
-    );
-    target.join("release/examples/clone_stamp")
 }

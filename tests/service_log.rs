@@ -1,0 +1,156 @@
+//! The service log of `selfdump serve`, for an operator: each dump names
+//! its images directory and options in words, a failed dump is a warning,
+//! every refusal is logged (those at the accept at most once per 10 s), and
+//! no Rust `Debug` value shows.
+
+mod common;
+
+use common::*;
+use std::fs::File;
+use std::os::unix::net::UnixStream;
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+const NOBODY: u32 = 65534;
+
+/// `selfdump serve` (RUST_LOG=info into `log`), killed when dropped.
+struct Serving(Child);
+
+impl Drop for Serving {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn serve(socket: &Path, log: &Path) -> Serving {
+    let child = Command::new(selfdump_bin())
+        .args([
+            "serve",
+            "--socket-mode",
+            "666",
+            "--max-connections-per-uid",
+            "1",
+        ])
+        .args(["--request-timeout", "120", "--socket"])
+        .arg(socket)
+        .arg("--criu")
+        .arg(criu().path)
+        .env("RUST_LOG", "info")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(File::create(log).unwrap())
+        .spawn()
+        .unwrap();
+    let serving = Serving(child);
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !socket.exists() {
+        assert!(Instant::now() < deadline, "no service: {}", read(log));
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    serving
+}
+
+/// Waits (60 s at most) until the log has a line for which `pred` holds.
+fn logged(log: &Path, what: &str, pred: impl Fn(&str) -> bool) -> String {
+    wait_for_line(log, what, pred)
+}
+
+#[test]
+fn the_service_log_says_what_happened_in_words() {
+    become_subreaper();
+    let dir = images_dir();
+    let socket = dir.path().join("s.sock");
+    let log = dir.path().join("serve.log");
+    let _serving = serve(&socket, &log);
+
+    // a dump: its images directory, its options in words
+    let images = dir.path().join("images");
+    std::fs::create_dir(&images).unwrap();
+    let mut good = Program::start_on(
+        &socket,
+        &images,
+        &["--at", "1", "--until", "1", "--interval-ms", "10"],
+        None,
+    );
+    let line = good.outcome_or_state();
+    assert!(line.starts_with("checkpoint continued"), "{line}");
+    good.wait();
+    let dumping = logged(&log, "the dump", |l| l.contains(": dumping pid "));
+    assert!(
+        dumping.contains(&format!(" into {}, by ", images.display())),
+        "{dumping}"
+    );
+    assert!(dumping.contains("keep 3, leave running"), "{dumping}");
+
+    // a dump CRIU fails: a warning
+    let outside = tempfile::tempdir().unwrap();
+    let path = outside.path().join("outside.sock");
+    let listener = std::os::unix::net::UnixListener::bind(&path).unwrap();
+    let failing = dir.path().join("failing");
+    std::fs::create_dir(&failing).unwrap();
+    let mut bad = Program::start_on(
+        &socket,
+        &failing,
+        &[
+            "--connect",
+            path.to_str().unwrap(),
+            "--skip-preflight",
+            "--at",
+            "1",
+            "--until",
+            "1",
+            "--interval-ms",
+            "10",
+        ],
+        None,
+    );
+    let (_peer, _) = listener.accept().unwrap();
+    let line = bad.outcome_or_state();
+    assert!(line.starts_with("checkpoint error"), "{line}");
+    bad.wait();
+    let failed = logged(&log, "the failed dump", |l| l.contains(": failed: "));
+    assert!(failed.contains(" WARN "), "{failed}");
+
+    // a refusal of the policy (root only), and one at the accept (root's
+    // one connection is taken by an idle one)
+    let theirs = dir.path().join("nobody");
+    std::fs::create_dir(&theirs).unwrap();
+    std::os::unix::fs::chown(&theirs, Some(NOBODY), Some(NOBODY)).unwrap();
+    let mut denied = Program::start_on(
+        &socket,
+        &theirs,
+        &["--at", "1", "--until", "1", "--interval-ms", "10"],
+        Some(NOBODY),
+    );
+    let line = denied.outcome_or_state();
+    assert!(line.contains("refused (NotPermitted)"), "{line}");
+    denied.wait();
+    logged(&log, "the policy's refusal", |l| {
+        l.contains(&format!(
+            "uid {NOBODY}: checkpoint refused (not permitted): "
+        ))
+    });
+    let _idle = UnixStream::connect(&socket).unwrap();
+    let refused = UnixStream::connect(&socket).unwrap();
+    let mut buf = [0u8; 512];
+    let _ = std::io::Read::read(&mut &refused, &mut buf);
+    logged(&log, "the refusal at the accept", |l| {
+        l.contains("a connection refused (busy): uid 0 already has 1 connections")
+    });
+
+    let text = read(&log);
+    for debug in [
+        "OwnedFd",
+        "CacheFile",
+        "DumpOptions {",
+        "Refused {",
+        "Some(",
+    ] {
+        assert!(
+            !text.contains(debug),
+            "a Debug value ({debug}) in the log:\n{text}"
+        );
+    }
+}
