@@ -150,8 +150,12 @@ impl Drop for Member {
 mod tests {
     use super::*;
 
+    /// These tests share /dev/shm's entry: one at a time.
+    static ONE_AT_A_TIME: Mutex<()> = Mutex::new(());
+
     #[test]
     fn commits_of_one_filesystem_share_an_entry_until_the_last_goes() {
+        let _alone = ONE_AT_A_TIME.lock().unwrap_or_else(PoisonError::into_inner);
         // a filesystem no other test here syncs through this table
         let dir = tempfile::tempdir_in("/dev/shm").unwrap();
         let fd = std::fs::File::open(dir.path()).unwrap();
@@ -168,5 +172,31 @@ mod tests {
             !table.iter().any(|s| s.dev == dev),
             "the entry outlived its commits"
         );
+    }
+
+    #[test]
+    fn a_sync_running_when_a_commit_asks_does_not_serve_it() {
+        let _alone = ONE_AT_A_TIME.lock().unwrap_or_else(PoisonError::into_inner);
+        let dir = tempfile::tempdir_in("/dev/shm").unwrap();
+        let fd = std::fs::File::open(dir.path()).unwrap();
+        let member = join(&fd).unwrap();
+        {
+            // as if sync 5 were running: started before the commit asks
+            let mut state = member.shared.lock();
+            (state.started, state.ended, state.running) = (5, 4, true);
+        }
+        std::thread::scope(|scope| {
+            // whether it asks before or after sync 5 ends, only a sync
+            // started after it asked may serve it
+            let asking = scope.spawn(|| member.sync());
+            {
+                let mut state = member.shared.lock();
+                (state.ended, state.running) = (5, false);
+                member.shared.done.notify_all();
+            }
+            asking.join().unwrap().unwrap();
+        });
+        // served by a sync it started itself once 5 ended: number 6
+        assert_eq!(member.shared.lock().ended, 6);
     }
 }

@@ -34,7 +34,8 @@
 //! CRIU runs as root for a root checkpoint (`selfdump restore` as root);
 //! the owner's own CRIU (a non-root checkpoint) could be stopped or traced
 //! by the owner, and lazy copies read their pages after the tree runs:
-//! those verify every file first.
+//! those verify every file first, as does a restore where the service's
+//! directory is on a `noexec` filesystem (CRIU could not run the script).
 
 use super::settings::RestoreError;
 use crate::server::fs::service_dir::{LOG_DIR, ServiceDir};
@@ -162,9 +163,17 @@ fn make_fifo(logs: &ServiceDir, name: &str) -> io::Result<OwnedFd> {
     Ok(fifo)
 }
 
+/// Whether CRIU can run a script from the service's directory ([`LOG_DIR`]
+/// may be on a filesystem mounted `noexec`, where the gate cannot work).
+pub(super) fn scripts_run() -> bool {
+    ServiceDir::open_or_create(Path::new(LOG_DIR))
+        .and_then(|logs| Ok(rustix::fs::fstatvfs(&logs)?))
+        .is_ok_and(|fs| !fs.f_flag.contains(rustix::fs::StatVfsMountFlags::NOEXEC))
+}
+
 /// Hashes each file and compares it with its signed hash. On one core:
 /// CRIU's restore runs on another meanwhile, mostly on one core itself.
-fn check(unhashed: &[Unhashed]) -> Result<(), RestoreError> {
+pub(super) fn check(unhashed: &[Unhashed]) -> Result<(), RestoreError> {
     for u in unhashed {
         let hash = hash_file_on_one_core(&u.file, u.size)
             .map_err(|e| RestoreError::Refused(format!("{}: {e}", u.name)))?;

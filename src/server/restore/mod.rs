@@ -91,6 +91,11 @@ pub(crate) fn restore(
     // the large pages files are hashed while CRIU runs (see gate.rs)
     let mut gate = match std::mem::take(&mut verified.unhashed) {
         unhashed if unhashed.is_empty() => None,
+        // where CRIU could not run the gate's script: hashed first, as before
+        unhashed if !gate::scripts_run() => {
+            gate::check(&unhashed)?;
+            None
+        }
         unhashed => Some(Gate::open(unhashed).map_err(|e| {
             RestoreError::Refused(format!("cannot prepare the restore's gate: {e}"))
         })?),
