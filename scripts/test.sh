@@ -47,6 +47,17 @@ trap report EXIT
 step fmt cargo fmt --check
 step clippy cargo clippy --all-targets --all-features --quiet -- -D warnings
 step build cargo test --all-features --no-run --quiet
+# The fuzz targets build (their own target directory, instrumented) while
+# the tests run: the tests mostly wait on CRIU, and must pass under load.
+fuzz_build_log=$(mktemp /tmp/selfdump-fuzz-build.XXXXXX)
+bash scripts/fuzz.sh --quick --build-only >"$fuzz_build_log" 2>&1 &
+fuzz_build=$!
 step tests cargo test --all-features --no-fail-fast
+if ! wait "$fuzz_build"; then
+    cat "$fuzz_build_log" >&2
+    echo "test.sh: building the fuzz targets failed" >&2
+    exit 1
+fi
+rm -f "$fuzz_build_log"
 step benches bash scripts/bench.sh --quick
 step fuzz bash scripts/fuzz.sh --quick

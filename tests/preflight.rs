@@ -49,7 +49,7 @@ fn child_holding(fd: BorrowedFd<'_>) -> Child {
             Ok(())
         });
     }
-    cmd.spawn().expect("start sleep")
+    cmd.spawn_guarded().expect("start sleep")
 }
 
 fn findings_of(child: &Child, preflight: Preflight) -> Vec<Finding> {

@@ -81,7 +81,7 @@ pub fn recycled_pid(ctx: &mut Ctx) -> String {
             Ok(())
         });
     }
-    let mut caller = cmd.spawn().unwrap();
+    let mut caller = cmd.spawn_guarded().unwrap();
     let pid = caller.id() as i32;
     let pidfd = pidfd_open(Pid::from_raw(pid).unwrap(), PidfdFlags::empty()).unwrap();
     let conn = UnixStream::from(pidfd_getfd(&pidfd, 0, PidfdGetfdFlags::empty()).unwrap());

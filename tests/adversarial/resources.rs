@@ -5,6 +5,7 @@
 //! zombie child, and probing for other processes' job ids.
 
 use crate::Ctx;
+use crate::common::Guarded;
 use crate::common::*;
 use crate::serve::ServeProcess;
 use crate::support::*;
@@ -32,7 +33,7 @@ fn counter_mode(dir: &Path, name: &str, args: &[&str], uid: Option<u32>) -> Prog
         use std::os::unix::process::CommandExt;
         cmd.uid(uid).gid(uid);
     }
-    let child = cmd.spawn().expect("start counter");
+    let child = cmd.spawn_guarded().expect("start counter");
     Program {
         pid: child.id() as i32,
         child: Some(child),

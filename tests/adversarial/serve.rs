@@ -3,6 +3,7 @@
 //! (`RUST_LOG=info`) the attack reads. Dropping it stops it as systemd
 //! would (SIGTERM, then it drains).
 
+use crate::common::Guarded;
 use crate::common::*;
 use crate::support::{poll_until, reap_orphaned_criu_helpers};
 use std::os::unix::process::ExitStatusExt;
@@ -45,7 +46,7 @@ impl ServeProcess {
             }
         }
         let serve = Self {
-            child: Some(cmd.spawn().unwrap()),
+            child: Some(cmd.spawn_guarded().unwrap()),
             socket: socket.to_path_buf(),
             log: log.to_path_buf(),
         };

@@ -58,7 +58,7 @@ impl Looping {
         if driven {
             cmd.arg("--ctl").arg(ctl.path());
         }
-        let run = cmd.spawn().expect("start selfdump run");
+        let run = cmd.spawn_guarded().expect("start selfdump run");
         Self {
             run: Some(run),
             log,
@@ -320,7 +320,7 @@ pub fn serve_with(socket: &Path, log: &Path, env: &[(&str, &Path)]) -> Child {
         cmd.env(name, value);
     }
     let _ = std::fs::remove_file(socket);
-    let serve = cmd.spawn().unwrap();
+    let serve = cmd.spawn_guarded().unwrap();
     let deadline = Instant::now() + Duration::from_secs(20);
     while std::os::unix::net::UnixStream::connect(socket).is_err() {
         assert!(

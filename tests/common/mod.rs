@@ -360,7 +360,7 @@ impl Program {
             use std::os::unix::process::CommandExt;
             cmd.uid(uid).gid(uid);
         }
-        let child = cmd.spawn().expect("start counter");
+        let child = cmd.spawn_guarded().expect("start counter");
         let pid = child.id() as i32;
         Self {
             child: Some(child),
