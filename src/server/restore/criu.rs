@@ -22,7 +22,6 @@ pub(super) fn run_criu(
     settings: &RestoreSettings,
     gate: Option<&Gate>,
 ) -> Result<i32, RestoreError> {
-    let preparing = Instant::now();
     // CRIU's own files go to a directory of root's: the images directory
     // is the caller's, and root must not create files there by name.
     let no_place = |e: std::io::Error| RestoreError::Criu {
@@ -54,17 +53,8 @@ pub(super) fn run_criu(
         message,
         log: work.shown().join(&files.log),
     };
-    let mut cmd = criu_command(verified, settings, owner.as_ref(), work, &files);
-    if let Some(gate) = gate {
-        gate.hold(&mut cmd);
-    }
-    let running = Instant::now();
+    let cmd = criu_command(verified, settings, (owner.as_ref(), gate), work, &files);
     let status = wait_within(cmd, verified, settings).map_err(failed)?;
-    log::debug!(
-        "restore: criu restore ran {:?} (after {:?} of preparation)",
-        running.elapsed(),
-        running - preparing
-    );
     let pid = work
         .read(&files.pid)
         .and_then(|p| String::from_utf8_lossy(&p).trim().parse().ok());
@@ -111,11 +101,12 @@ impl CriuFiles {
 }
 
 /// `criu restore` of the verified images, detached, in a process group of
-/// its own; run as `owner` (with `--unprivileged`) when there is one.
+/// its own; run as `owner` (with `--unprivileged`) when there is one, held
+/// at `gate` when given.
 fn criu_command(
     verified: &Verified,
     settings: &RestoreSettings,
-    owner: Option<&Credentials>,
+    (owner, gate): (Option<&Credentials>, Option<&Gate>),
     work: &ServiceDir,
     files: &CriuFiles,
 ) -> Command {
@@ -145,6 +136,9 @@ fn criu_command(
         as_owner::run_as(&mut cmd, o, &[verified.subdir.dir.as_fd(), work.as_fd()]);
     }
     cmd.args(crate::server::engine::CriuFlags::of(&verified.meta).restore_args());
+    if let Some(gate) = gate {
+        gate.hold(&mut cmd);
+    }
     use std::os::unix::process::CommandExt;
     // a group of its own, so that a deadline kills its helpers too
     cmd.process_group(0);
@@ -167,7 +161,10 @@ fn wait_within(
     });
     loop {
         match child.try_wait() {
-            Ok(Some(status)) => return Ok(status),
+            Ok(Some(status)) => {
+                log::debug!("restore: criu restore ran {:?}", started.elapsed());
+                return Ok(status);
+            }
             Ok(None) if started.elapsed() < settings.deadline => {
                 let left = settings.deadline.saturating_sub(started.elapsed());
                 wait_readable(pidfd.as_ref(), left.min(Duration::from_millis(100)));

@@ -2,12 +2,12 @@
 //! docs of `verify.rs` say how each is placed), hashed as they are placed,
 //! on several threads at once.
 
-use super::gate::{Unhashed, is_pages};
+use super::gate::{DEFER_AT_LEAST, Unhashed, is_pages};
 use super::settings::RestoreError;
 use super::verify::Verified;
 use crate::server::images::format::{copy, only_root_writes};
 use crate::server::images::manifest::{
-    FileDigest, count_hashed_on_this_thread, hash_file, hashed_on_this_thread,
+    FileDigest, Manifest, count_hashed_on_this_thread, hash_file, hashed_on_this_thread,
 };
 use rustix::fs::{AtFlags, FileType, Mode, OFlags};
 use std::io;
@@ -16,9 +16,37 @@ use std::io;
 const WORKERS: usize = 4;
 
 impl Verified {
+    /// Places (and hashes) every file of `wanted`; with `defer_pages`, the
+    /// pages files of a root checkpoint whose pages are worth the gate's
+    /// cost are left unhashed, for the restore (`gate.rs`).
+    pub(super) fn place_all(
+        &mut self,
+        wanted: &[FileDigest],
+        manifest: Option<&Manifest>,
+        defer_pages: bool,
+    ) -> Result<(), RestoreError> {
+        let pages: u64 = wanted
+            .iter()
+            .filter(|f| is_pages(&f.name))
+            .map(|f| f.size)
+            .sum();
+        let defer =
+            defer_pages && manifest.is_some_and(|m| m.meta.uid == 0) && pages >= DEFER_AT_LEAST;
+        for (file, taken) in wanted
+            .iter()
+            .zip(self.take_all(wanted, manifest.is_some(), defer))
+        {
+            let (size, unhashed) = taken?;
+            self.bytes += size;
+            self.placed.push((file.name.clone(), size));
+            self.unhashed.extend(unhashed);
+        }
+        Ok(())
+    }
+
     /// [`Self::take`] of every file in `wanted`, on up to [`WORKERS`]
     /// threads (the largest files first); the results in `wanted`'s order.
-    pub(super) fn take_all(
+    fn take_all(
         &self,
         wanted: &[FileDigest],
         signed: bool,

@@ -23,7 +23,7 @@
 //! Then the credentials of every task and thread (`core-*.img`) must be the
 //! recorded owner's, and a non-root owner's tasks must hold no capability.
 
-use super::gate::{DEFER_AT_LEAST, Unhashed, is_pages};
+use super::gate::Unhashed;
 use super::settings::RestoreError;
 use crate::server::caller::credentials::Credentials;
 use crate::server::fs::generations::{LATEST, Resolved, is_generation_name};
@@ -107,44 +107,10 @@ pub(crate) fn verify(
         placed: Vec::with_capacity(wanted.len()),
         unhashed: Vec::new(),
     };
-    // only where root's CRIU restores a root checkpoint whose pages are
-    // worth the gate's cost (see gate.rs)
-    let pages: u64 = wanted
-        .iter()
-        .filter(|f| is_pages(&f.name))
-        .map(|f| f.size)
-        .sum();
-    let defer = defer_pages
-        && manifest.as_ref().is_some_and(|m| m.meta.uid == 0)
-        && pages >= DEFER_AT_LEAST;
     let made = started.elapsed();
-    for (file, taken) in wanted
-        .iter()
-        .zip(verified.take_all(&wanted, manifest.is_some(), defer))
-    {
-        let (size, unhashed) = taken?;
-        verified.bytes += size;
-        verified.placed.push((file.name.clone(), size));
-        verified.unhashed.extend(unhashed);
-    }
+    verified.place_all(&wanted, manifest.as_ref(), defer_pages)?;
     let placed = started.elapsed();
-    let pstree = read_image(&verified.subdir.dir, "pstree.img")
-        .ok_or_else(|| RestoreError::Refused("no pstree.img".into()))?;
-    verified.tree = entries(&pstree)
-        .map(PstreeEntry::decode)
-        .collect::<Result<_, _>>()
-        .map_err(|e| RestoreError::Refused(format!("pstree.img: {e}")))?;
-    match manifest {
-        Some(m) => {
-            verified.check_credentials(&m.meta)?;
-            verified.meta = m.meta;
-        }
-        None => {
-            let root = verified.tree.first();
-            verified.meta.shell_job = root.is_some_and(|r| r.sid != r.pid);
-            verified.meta.pid = root.map_or(0, |r| r.pid as i32);
-        }
-    }
+    verified.read_tree(manifest)?;
     log::debug!(
         "restore: verified in {:?}: manifest {checked:?}, private directory {:?}, {} files \
          ({} bytes, {} left to hash during the restore) placed and hashed {:?}, tree and \
@@ -230,6 +196,30 @@ fn wanted(images: &OwnedFd, manifest: Option<&Manifest>) -> Result<Vec<FileDiges
 }
 
 impl Verified {
+    /// The tasks of the placed images, and their facts: the manifest's,
+    /// every task's credentials checked against them (unsigned images: the
+    /// little the tree tells).
+    fn read_tree(&mut self, manifest: Option<Manifest>) -> Result<(), RestoreError> {
+        let pstree = read_image(&self.subdir.dir, "pstree.img")
+            .ok_or_else(|| RestoreError::Refused("no pstree.img".into()))?;
+        self.tree = entries(&pstree)
+            .map(PstreeEntry::decode)
+            .collect::<Result<_, _>>()
+            .map_err(|e| RestoreError::Refused(format!("pstree.img: {e}")))?;
+        match manifest {
+            Some(m) => {
+                self.check_credentials(&m.meta)?;
+                self.meta = m.meta;
+            }
+            None => {
+                let root = self.tree.first();
+                self.meta.shell_job = root.is_some_and(|r| r.sid != r.pid);
+                self.meta.pid = root.map_or(0, |r| r.pid as i32);
+            }
+        }
+        Ok(())
+    }
+
     /// Checks, without hashing, that the private directory still holds
     /// exactly what was verified, for a verified set restored again (a
     /// harness's rounds, `copies::VerifiedImages`): the same names, each

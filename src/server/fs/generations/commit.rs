@@ -123,10 +123,9 @@ pub(crate) fn seal(
     meta: &ImageMeta,
     with_extras: bool,
 ) -> io::Result<Sealed> {
-    let dir_written = source.dir;
     hold("dumped");
-    // before `G` is made: see shared_sync.rs on errors
-    let sync = shared_sync::join(parent)?;
+    let sync = shared_sync::join(parent)?; // before `G` is made: see shared_sync.rs
+    let dir_written = source.dir;
     let subdir = RootSubdir::create(
         parent.try_clone()?,
         &format!(".selfdump-{job}-"),
@@ -146,25 +145,7 @@ pub(crate) fn seal(
         sync,
     };
     let dir = sealed.subdir.as_ref().expect("made").dir.try_clone()?;
-    let mut names = entry_names(&dir_written)?;
-    names.sort();
-    let mut files = Vec::new();
-    for name in names {
-        let extra = unsigned_extra(&name);
-        if name == MANIFEST_FILE || extra && !with_extras {
-            continue;
-        }
-        let (file, size, mappable) = place(source, &name, &dir, creds)?;
-        sealed.published.bytes += size;
-        if !extra {
-            let hash = match mappable {
-                true => hash_file(&file, size)?,
-                false => hash_file_by_reading(&file, size)?,
-            };
-            files.push(FileDigest { name, size, hash });
-        }
-        hand_over(&file, creds)?;
-    }
+    let files = fill(&mut sealed.published, source, &dir, creds, with_extras)?;
     let manifest = Manifest {
         key_id: key.id(),
         meta: sealed.meta.clone(),
@@ -176,6 +157,38 @@ pub(crate) fn seal(
     sealed.published.bytes += signed.len() as u64;
     hold("filled");
     Ok(sealed)
+}
+
+/// Step 2's files: each file of `source` (but CRIU's log and statistics,
+/// unless `with_extras`) placed in `dir`, hashed, handed to the caller;
+/// the digests for the manifest.
+fn fill(
+    published: &mut Published,
+    source: Source<'_>,
+    dir: &OwnedFd,
+    creds: &Credentials,
+    with_extras: bool,
+) -> io::Result<Vec<FileDigest>> {
+    let mut names = entry_names(&source.dir)?;
+    names.sort();
+    let mut files = Vec::new();
+    for name in names {
+        let extra = unsigned_extra(&name);
+        if name == MANIFEST_FILE || extra && !with_extras {
+            continue;
+        }
+        let (file, size, mappable) = place(source, &name, dir, creds)?;
+        published.bytes += size;
+        if !extra {
+            let hash = match mappable {
+                true => hash_file(&file, size)?,
+                false => hash_file_by_reading(&file, size)?,
+            };
+            files.push(FileDigest { name, size, hash });
+        }
+        hand_over(&file, creds)?;
+    }
+    Ok(files)
 }
 
 impl Sealed {
