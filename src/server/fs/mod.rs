@@ -8,8 +8,9 @@
 //! images), the service's own elsewhere (`service_dir.rs`: logs, caches,
 //! the signing key's, `key_file.rs`). A dump's way into a caller's
 //! directory: staged (`staging.rs`), committed as a generation and aged
-//! out (`generations/`); what a service that died left there goes
-//! (`leftovers.rs`). `test_hold.rs` holds a commit between its steps for
+//! out (`generations/`), with one `syncfs` shared by the commits that end
+//! together on a filesystem (`shared_sync.rs`); what a service that died
+//! left there goes (`leftovers.rs`). `test_hold.rs` holds a commit between its steps for
 //! the crash tests.
 
 pub(crate) mod as_caller;
@@ -18,6 +19,7 @@ mod key_file;
 pub(crate) mod leftovers;
 pub(crate) mod root_subdir;
 pub(crate) mod service_dir;
+pub(crate) mod shared_sync;
 // the restore work edits it now: its `pub` items narrow once that merges
 #[allow(unreachable_pub)]
 pub(crate) mod staging;
