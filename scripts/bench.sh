@@ -71,6 +71,11 @@ criu="CRIU $(criu --version 2>/dev/null | sed -n 's/^Version: //p')"
         echo "that the benches work; its figures measure nothing."
     fi
     cat "$SELFDUMP_BENCH_REPORT"
+    echo
+    echo "## Before and after"
+    echo
+    echo "Comparisons of two versions of the code (two builds run in turns, which one"
+    echo "run of this script cannot make) are recorded in [docs/before-after.md](docs/before-after.md)."
 } >"$dest"
 [ "$mode" = full ] && cp "$out/freeze-time.svg" docs/freeze-time.svg
 for title in "Protocol" "End to end" "Warm" "Freeze" "Concurrency" "Signing" "Clones" "Beyond one machine" "Preflight"; do

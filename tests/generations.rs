@@ -30,6 +30,62 @@ fn restore_waiting(images: &Path, secs: &str) -> Result<i32, String> {
     }
 }
 
+/// `selfdump restore --wait SECS DIR`, started while a zombie holds the
+/// images' pid: `reap` frees it only once the restore says (in its debug
+/// log) that it waits for that zombie, so a restore that did not wait
+/// fails on the zombie, whatever the machine's speed. The root pid.
+fn restore_waiting_for_the_zombie(images: &Path, secs: &str, reap: impl FnOnce()) -> i32 {
+    use std::io::BufRead;
+    let mut restore = Command::new(selfdump_bin())
+        .args(["restore", "--wait", secs, "--criu"])
+        .arg(criu().path)
+        .arg(images)
+        .env("RUST_LOG", "selfdump=debug")
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn_guarded()
+        .unwrap();
+    let (lines, said) = std::sync::mpsc::channel();
+    let stderr = restore.stderr.take().unwrap();
+    let reader = std::thread::spawn(move || {
+        for line in std::io::BufReader::new(stderr)
+            .lines()
+            .map_while(Result::ok)
+        {
+            let _ = lines.send(line);
+        }
+    });
+    let mut heard = Vec::new();
+    loop {
+        match said.recv_timeout(Duration::from_secs(60)) {
+            Ok(line) => {
+                let waits = line.contains("waiting: ") && line.contains("a zombie");
+                heard.push(line);
+                if waits {
+                    break;
+                }
+            }
+            Err(_) => {
+                let _ = restore.kill();
+                let _ = restore.wait();
+                panic!(
+                    "restore --wait ended (or went silent) without waiting for the zombie:\n{}",
+                    heard.join("\n")
+                );
+            }
+        }
+    }
+    reap();
+    let out = restore.wait_with_output().unwrap();
+    reader.join().unwrap();
+    heard.extend(said.try_iter());
+    assert!(out.status.success(), "restore --wait: {}", heard.join("\n"));
+    String::from_utf8_lossy(&out.stdout)
+        .trim()
+        .parse()
+        .expect("restore prints the pid")
+}
+
 fn occurrences(path: &Path, line: &str) -> usize {
     read(path).lines().filter(|l| l.starts_with(line)).count()
 }
@@ -46,15 +102,6 @@ fn wait_for_occurrences(path: &Path, line: &str, n: usize) {
     }
 }
 
-/// Kills `pid` but leaves it a zombie; a thread reaps it after `delay`.
-/// Reaps the killed `pid` after `delay`, in the background.
-fn reap_later(pid: i32, delay: Duration) -> std::thread::JoinHandle<()> {
-    std::thread::spawn(move || {
-        std::thread::sleep(delay);
-        kill_and_reap(pid);
-    })
-}
-
 #[test]
 fn the_same_images_restore_again_and_again() {
     let service = Service::start();
@@ -69,31 +116,27 @@ fn the_same_images_restore_again_and_again() {
 
     let mut previous = None;
     for round in 1..=3 {
-        let reaper = previous.map(|pid: i32| {
-            // A killed copy is a zombie until its parent reaps it: its pid is
-            // not free yet, and a plain restore says so.
-            // (each step in turn, whatever the machine's speed: killed, a
-            // zombie, refused, and only then reaped, 300 ms on)
-            use rustix::process::{Pid, Signal, kill_process};
-            kill_process(Pid::from_raw(pid).unwrap(), Signal::KILL).unwrap();
-            assert!(
-                poll_for(Duration::from_secs(10), || process_state(pid) == Some('Z')),
-                "the killed copy {pid} never became a zombie"
-            );
-            let err = restore(images.path()).expect_err("the zombie still holds the pid");
-            assert!(err.contains("a zombie"), "{err}");
-            reap_later(pid, Duration::from_millis(300))
-        });
-        let started = Instant::now();
-        let pid = restore_waiting(images.path(), "10").expect("restore --wait");
+        let pid = match previous {
+            None => restore_waiting(images.path(), "10").expect("restore --wait"),
+            Some(previous) => {
+                // A killed copy is a zombie until its parent reaps it: its
+                // pid is not free yet, and a plain restore says so. (each
+                // step in turn, whatever the machine's speed: killed, a
+                // zombie, refused, a restore --wait waiting for it, and
+                // only then reaped)
+                use rustix::process::{Pid, Signal, kill_process};
+                kill_process(Pid::from_raw(previous).unwrap(), Signal::KILL).unwrap();
+                assert!(
+                    poll_for(Duration::from_secs(10), || process_state(previous)
+                        == Some('Z')),
+                    "the killed copy {previous} never became a zombie"
+                );
+                let err = restore(images.path()).expect_err("the zombie still holds the pid");
+                assert!(err.contains("a zombie"), "{err}");
+                restore_waiting_for_the_zombie(images.path(), "10", || kill_and_reap(previous))
+            }
+        };
         assert_eq!(pid, program.pid, "round {round}");
-        if let Some(reaper) = reaper {
-            reaper.join().unwrap();
-            assert!(
-                started.elapsed() >= Duration::from_millis(250),
-                "it waited for the reaping"
-            );
-        }
         wait_for_occurrences(&program.log, "checkpoint restored: ", round);
         previous = Some(pid);
     }

@@ -153,4 +153,62 @@ fn the_service_log_says_what_happened_in_words() {
             "a Debug value ({debug}) in the log:\n{text}"
         );
     }
+    // and any other: the list above names only the values seen before
+    for line in text.lines() {
+        if let Some(value) = debug_value(line) {
+            panic!("a Debug value ({value}) in the log:\n{text}");
+        }
+    }
+}
+
+/// Where `line` shows a Rust `Debug` value: a CamelCase name right before
+/// `(` (a tuple struct or variant: `Some(`, `Refused(Refusal`) or before
+/// `{ field: ` (a struct: `DumpOptions { leave_running: true`). Words in
+/// capitals (`INFO`, `CRIU`, `SIGKILL`) are no type names, and prose puts
+/// a space before its parentheses.
+fn debug_value(line: &str) -> Option<String> {
+    let is_ident = |c: char| c.is_ascii_alphanumeric() || c == '_';
+    for (at, _) in line.match_indices(|c: char| c.is_ascii_uppercase()) {
+        if line[..at].chars().next_back().is_some_and(is_ident) {
+            continue; // inside a word or a path
+        }
+        let name_len = line[at..]
+            .find(|c: char| !is_ident(c))
+            .unwrap_or(line.len() - at);
+        let name = &line[at..at + name_len];
+        if !name.contains(|c: char| c.is_ascii_lowercase()) {
+            continue;
+        }
+        let rest = &line[at + name_len..];
+        let field = rest.strip_prefix(" { ").is_some_and(|r| {
+            let n = r.find(|c: char| !is_ident(c)).unwrap_or(0);
+            n > 0 && r[n..].starts_with(": ")
+        });
+        if rest.starts_with('(') || field {
+            return Some(line[at..].chars().take(60).collect());
+        }
+    }
+    None
+}
+
+#[test]
+fn debug_values_are_told_from_words() {
+    for debug in [
+        "installed: Installed(CacheFile(OwnedFd { fd: 4 }))",
+        "dumping with DumpOptions { leave_running: true, keep: 3 }",
+        "uid 65534: checkpoint Refused(Refusal { kind: NotPermitted, message: \"x\" })",
+        "got Some(3)",
+    ] {
+        assert!(debug_value(debug).is_some(), "{debug}");
+    }
+    for words in [
+        "[2026-12-07T05:10:22Z INFO  selfdump::server::builder] using /usr/local/sbin/criu \
+         (CRIU 4.1.1)",
+        "job aaf5827eec276c1f-1: dumping pid 8824 (uid 0) into /tmp/selfdump-imagesrMl7KB/x, \
+         by root's CRIU; keep 3, leave running, shell job",
+        "uid 65534: checkpoint refused (not permitted): Permission denied (os error 13)",
+        "stopping on SIGTERM: draining 2 dump(s)",
+    ] {
+        assert_eq!(debug_value(words), None, "{words}");
+    }
 }

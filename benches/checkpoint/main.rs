@@ -14,13 +14,18 @@
 //!    the checkpoints;
 //! 6. least privilege: a non-root checkpoint (CRIU runs as the caller)
 //!    against a root one of the same program, tiny and 256 MiB
-//!    (`non_root.rs`).
+//!    (`non_root.rs`);
+//! 7. the verified paths of issue 19 against plain CRIU (`speed.rs`): a
+//!    restore of 2 MiB and 256 MiB, a tiny checkpoint against plain CRIU
+//!    and a `sync -f`, 8 checkpoints at once against as many plain dumps.
 //!
 //! Needs root and CRIU >= 4 (scripts/install-criu.sh). Prints markdown
 //! sections (`support/report.rs`; `scripts/bench.sh` makes BENCHMARKS.md of
 //! them) and writes `target/selfdump-bench/freeze-time.svg`. Run: `cargo
 //! bench --features cli --bench checkpoint`; `SELFDUMP_BENCH_ONLY=e2e,freeze` runs only
-//! those parts (e2e, workers, freeze, concurrency, signing, nonroot);
+//! those parts (e2e, workers, freeze, concurrency, signing, nonroot, restore,
+//! tiny, concurrent); `SELFDUMP_BENCH_LOG=selfdump=debug` prints the
+//! service's step timings on stderr;
 //! `SELFDUMP_BENCH_QUICK=1` runs fewer rounds and small sizes only.
 
 #[path = "../support/report.rs"]
@@ -39,6 +44,7 @@ use std::time::{Duration, Instant};
 mod non_root;
 mod parts;
 mod plot;
+mod speed;
 mod workers;
 
 use parts::{concurrency, end_to_end, freeze, least_privilege, signing, warm_workers};
@@ -81,6 +87,10 @@ fn main() {
             "the checkpoint bench measures nothing: CRIU dumps need root",
         );
     }
+    if let Ok(level) = std::env::var("SELFDUMP_BENCH_LOG") {
+        // the service's own step timings (debug), on stderr
+        env_logger::Builder::new().parse_filters(&level).init();
+    }
     let quick = report::quick();
     let criu = Criu {
         path: find_criu(),
@@ -110,13 +120,16 @@ fn main() {
     let only = std::env::var("SELFDUMP_BENCH_ONLY").unwrap_or_default();
     let run = |part: &str| only.is_empty() || only.split(',').any(|p| p == part);
     let mut report = Report::new();
-    let parts: [(&str, Part); 6] = [
+    let parts: [(&str, Part); 9] = [
         ("e2e", end_to_end),
         ("workers", warm_workers),
         ("freeze", freeze),
         ("concurrency", concurrency),
         ("signing", signing),
         ("nonroot", least_privilege),
+        ("restore", speed::restore),
+        ("tiny", speed::tiny),
+        ("concurrent", speed::concurrent),
     ];
     for (name, part) in parts {
         if run(name) {

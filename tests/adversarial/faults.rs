@@ -138,6 +138,10 @@ fn kill_held_criu(ctx: &mut Ctx, socket: &Path, during_memdump: bool) -> Option<
             format!("{when}: thawed and told: {}", short(&line))
         }
         None => {
+            assert!(
+                !concluded.contains("left running") && !concluded.contains("runs on"),
+                "the caller died with CRIU, but the service says it runs on: {concluded}"
+            );
             program.kill();
             wait_no_criu();
             assert_no_staging(images.path());

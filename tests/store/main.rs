@@ -256,3 +256,33 @@ fn an_old_keyed_hash_checkpoint_restores_only_where_its_key_is() {
     assert!(text(&out).contains("signed the old way"), "{}", text(&out));
     assert!(elsewhere.restores_run().is_empty());
 }
+
+#[test]
+fn a_restore_that_fails_before_its_files_are_hashed_keeps_none_of_them() {
+    // a process's checkpoint (not a pid namespace's): its pid is in use
+    // while the original runs, so the restore fails before CRIU restores
+    // anything, and before the pages are hashed (they are hashed while
+    // CRIU runs)
+    let service = Service::start();
+    let first = first_key();
+    let root = roots("idinuse").remove(0);
+    let images = images_dir();
+    let mut program = Program::start(
+        &service,
+        images.path(),
+        &["--at", "1", "--until", "100000", "--interval-ms", "20"],
+    );
+    program.wait_for("the checkpoint", |l| l.starts_with("checkpoint continued"));
+    let url = push(images.path(), &root.url);
+    let host = Host::trusting(&[first.public()]);
+    let out = host.selfdump(&["restore", &url]);
+    assert!(!out.status.success(), "{}", text(&out));
+    assert!(text(&out).contains("is in use by"), "{}", text(&out));
+    assert!(!host.cached_chunks().is_empty(), "its chunks were verified");
+    assert_eq!(
+        host.cached_files(),
+        Vec::<String>::new(),
+        "files kept that no restore verified"
+    );
+    program.kill();
+}

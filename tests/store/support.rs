@@ -172,6 +172,20 @@ impl Host {
     }
 }
 
+impl Host {
+    /// The whole files the cache keeps (by their signed hash).
+    pub fn cached_files(&self) -> Vec<String> {
+        let Ok(entries) = std::fs::read_dir(self.cache().join("files")) else {
+            return Vec::new();
+        };
+        let mut names: Vec<String> = entries
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        names.sort();
+        names
+    }
+}
+
 pub fn set_mode(path: &Path, mode: u32) {
     std::fs::set_permissions(path, std::os::unix::fs::PermissionsExt::from_mode(mode)).unwrap();
 }

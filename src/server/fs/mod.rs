@@ -9,8 +9,9 @@
 //! the signing key's, `key_file.rs`), and the trust directory of public
 //! keys, checked like the key file (`trust_dir.rs`). A dump's way into a caller's
 //! directory: staged (`staging.rs`), committed as a generation and aged
-//! out (`generations/`); what a service that died left there goes
-//! (`leftovers.rs`). `test_hold.rs` holds a commit between its steps for
+//! out (`generations/`), with one `syncfs` shared by the commits that end
+//! together on a filesystem (`shared_sync.rs`); what a service that died
+//! left there goes (`leftovers.rs`). `test_hold.rs` holds a commit between its steps for
 //! the crash tests.
 
 pub(crate) mod as_caller;
@@ -19,6 +20,7 @@ pub(crate) mod key_file;
 pub(crate) mod leftovers;
 pub(crate) mod root_subdir;
 pub(crate) mod service_dir;
+pub(crate) mod shared_sync;
 // the restore work edits it now: its `pub` items narrow once that merges
 #[allow(unreachable_pub)]
 pub(crate) mod staging;

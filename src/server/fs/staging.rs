@@ -184,6 +184,7 @@ impl Staging {
             generation: Some(self.generation.clone()),
             ..meta.clone()
         };
+        let sealing = std::time::Instant::now();
         let sealed = seal(
             &self.subdir.parent,
             self.source(),
@@ -193,6 +194,11 @@ impl Staging {
             &meta,
             with_extras,
         )?;
+        log::debug!(
+            "job {}: sealed (files placed, hashed, handed over) in {:?}",
+            self.job,
+            sealing.elapsed()
+        );
         let committed = sealed.commit(&self.generation)?;
         let published = committed.published.clone();
         self.committed = Some(committed);

@@ -213,6 +213,18 @@ pub fn hash_file(file: &OwnedFd, size: u64) -> io::Result<[u8; 32]> {
     Ok(*hasher.finalize().as_bytes())
 }
 
+/// [`hash_file`] on the calling thread alone, for a file only root can
+/// change (it is read through a mapping).
+pub(crate) fn hash_file_on_one_core(file: &OwnedFd, size: u64) -> io::Result<[u8; 32]> {
+    let mut hasher = blake3::Hasher::new();
+    let file = std::fs::File::from(file.try_clone()?);
+    if file.metadata()?.len() != size {
+        return Err(io::Error::other("file not of the size verified"));
+    }
+    hasher.update_mmap(file_path_of(&file)?)?;
+    Ok(*hasher.finalize().as_bytes())
+}
+
 /// The BLAKE3 hash of an open regular file of `size` bytes, read with
 /// `pread` (no mapping: a file someone else may truncate meanwhile would
 /// kill a mapping's reader with `SIGBUS`), hashed on all cores a chunk at
@@ -257,6 +269,11 @@ thread_local! {
 /// (the service's dumps) hash meanwhile.
 pub(crate) fn hashed_on_this_thread() -> u64 {
     HASHED.with(std::cell::Cell::get)
+}
+
+/// Adds `bytes` hashed by helper threads on behalf of the calling one.
+pub(crate) fn count_hashed_on_this_thread(bytes: u64) {
+    HASHED.with(|h| h.set(h.get() + bytes));
 }
 
 /// `/proc/self/fd/N`: blake3's mmap helper takes a path; this one names

@@ -4,6 +4,7 @@
 //! deadline.
 
 use super::as_owner;
+use super::gate::Gate;
 use super::settings::{RestoreError, RestoreSettings};
 use super::verify::Verified;
 use crate::procfs::{self, PROC};
@@ -24,9 +25,12 @@ pub(crate) fn check_criu(meta: &ImageMeta, criu: &Criu) -> Result<(), RestoreErr
     host::check(meta.needs.as_ref(), Some(&criu.path)).map_err(RestoreError::Refused)
 }
 
+/// Runs `criu restore` of `verified`, held at `gate` (if given) until its
+/// pages are verified; the root pid.
 pub(super) fn run_criu(
     verified: &Verified,
     settings: &RestoreSettings,
+    gate: Option<&Gate>,
 ) -> Result<i32, RestoreError> {
     // CRIU's own files go to a directory of root's: the images directory
     // is the caller's, and root must not create files there by name.
@@ -59,7 +63,7 @@ pub(super) fn run_criu(
         message,
         log: work.shown().join(&files.log),
     };
-    let cmd = criu_command(verified, settings, owner.as_ref(), work, &files);
+    let cmd = criu_command(verified, settings, (owner.as_ref(), gate), work, &files);
     let status = wait_within(cmd, verified, settings).map_err(failed)?;
     let pid = work
         .read(&files.pid)
@@ -107,11 +111,12 @@ impl CriuFiles {
 }
 
 /// `criu restore` of the verified images, detached, in a process group of
-/// its own; run as `owner` (with `--unprivileged`) when there is one.
+/// its own; run as `owner` (with `--unprivileged`) when there is one, held
+/// at `gate` when given.
 fn criu_command(
     verified: &Verified,
     settings: &RestoreSettings,
-    owner: Option<&Credentials>,
+    (owner, gate): (Option<&Credentials>, Option<&Gate>),
     work: &ServiceDir,
     files: &CriuFiles,
 ) -> Command {
@@ -141,6 +146,9 @@ fn criu_command(
         as_owner::run_as(&mut cmd, o, &[verified.subdir.dir.as_fd(), work.as_fd()]);
     }
     cmd.args(crate::server::engine::CriuFlags::of(&verified.meta).restore_args());
+    if let Some(gate) = gate {
+        gate.hold(&mut cmd);
+    }
     use std::os::unix::process::CommandExt;
     // a group of its own, so that a deadline kills its helpers too
     cmd.process_group(0);
@@ -157,11 +165,19 @@ fn wait_within(
     let started = Instant::now();
     let mut child = crate::server::engine::spawn(&mut cmd)
         .map_err(|e| format!("cannot run {}: {e}", settings.criu.path.display()))?;
+    // woken by its exit (a pidfd turns readable), not by polling
+    let pidfd = rustix::process::Pid::from_raw(child.id() as i32).and_then(|pid| {
+        rustix::process::pidfd_open(pid, rustix::process::PidfdFlags::empty()).ok()
+    });
     loop {
         match child.try_wait() {
-            Ok(Some(status)) => return Ok(status),
+            Ok(Some(status)) => {
+                log::debug!("restore: criu restore ran {:?}", started.elapsed());
+                return Ok(status);
+            }
             Ok(None) if started.elapsed() < settings.deadline => {
-                std::thread::sleep(Duration::from_millis(2))
+                let left = settings.deadline.saturating_sub(started.elapsed());
+                wait_readable(pidfd.as_ref(), left.min(Duration::from_millis(100)));
             }
             _ => {
                 abandon(&child, verified, started);
@@ -174,6 +190,20 @@ fn wait_within(
             }
         }
     }
+}
+
+/// Waits until `pidfd` is readable (its process exited) or `at_most`
+/// passes; without a pidfd, sleeps 2 ms.
+fn wait_readable(pidfd: Option<&std::os::fd::OwnedFd>, at_most: Duration) {
+    use rustix::event::{PollFd, PollFlags, Timespec};
+    let Some(pidfd) = pidfd else {
+        return std::thread::sleep(Duration::from_millis(2));
+    };
+    let timeout = Timespec {
+        tv_sec: at_most.as_secs() as i64,
+        tv_nsec: at_most.subsec_nanos() as i64,
+    };
+    let _ = rustix::event::poll(&mut [PollFd::new(pidfd, PollFlags::IN)], Some(&timeout));
 }
 
 /// The owner's CRIU's work directory (fresh, inside root's [`LOG_DIR`],

@@ -19,13 +19,16 @@ pub mod copies;
 
 mod as_owner;
 mod criu;
+mod gate;
 mod ids;
+mod place;
 mod settings;
 mod verify;
 
 pub use crate::server::fs::service_dir::{KEEP_LEFTOVER_BYTES, KEEP_LEFTOVERS, LOG_DIR};
 pub(crate) use criu::check_criu;
 use criu::run_criu;
+use gate::Gate;
 pub use ids::{check_ids_free, wait_ids_free};
 pub use settings::{RestoreError, RestoreSettings, Restored};
 pub use verify::Verified;
@@ -55,7 +58,7 @@ pub fn restore_path(dir: &Path, settings: &RestoreSettings) -> Result<Restored, 
 /// them).
 pub fn verify_path(dir: &Path, settings: &RestoreSettings) -> Result<Verified, RestoreError> {
     let (resolved, creds) = open_dir(dir)?;
-    verify(resolved, settings, creds, |_| Ok(()))
+    verify(resolved, settings, creds, false, |_| Ok(()))
 }
 
 /// Restores the images in `dir` (resolved: [`resolve`]), detached, after
@@ -70,15 +73,61 @@ pub(crate) fn restore(
     may_restore: impl FnOnce(&ImageMeta) -> Result<(), RestoreError>,
 ) -> Result<Restored, RestoreError> {
     let started = Instant::now();
-    let verified = verify(dir, settings, creds, may_restore)?;
+    let mut verified = verify(dir, settings, creds, true, may_restore)?;
     let verify_time = started.elapsed();
+    // the large pages files are hashed while CRIU runs (see gate.rs)
+    let mut gate = match std::mem::take(&mut verified.unhashed) {
+        unhashed if unhashed.is_empty() => None,
+        // where CRIU could not run the gate's script: hashed first, as before
+        unhashed if !gate::scripts_run() => {
+            gate::check(&unhashed)?;
+            None
+        }
+        unhashed => Some(Gate::open(unhashed).map_err(|e| {
+            RestoreError::Refused(format!("cannot prepare the restore's gate: {e}"))
+        })?),
+    };
+    let pid = run_verified(&verified, settings, gate.as_mut())?;
+    log::debug!(
+        "restore: pid {pid} running at {:?} (verified before CRIU at {verify_time:?})",
+        started.elapsed()
+    );
+    Ok(Restored {
+        pid,
+        uid: verified.meta.uid,
+        generation: verified.generation.clone(),
+        verify: verify_time,
+        total: started.elapsed(),
+    })
+}
+
+/// `criu restore` of verified images, once their ids are free (tried once
+/// more if one was taken meanwhile), held at `gate` until its pages are
+/// verified, if any are left to hash; the root pid.
+fn run_verified(
+    verified: &Verified,
+    settings: &RestoreSettings,
+    mut gate: Option<&mut Gate>,
+) -> Result<i32, RestoreError> {
     // images of a whole pid namespace restore into a fresh one: their pids
     // are the namespace's own, never the host's
     if !verified.meta.pid_namespace {
         wait_ids_free(&verified.tree, verified.meta.shell_job, settings.wait)?;
     }
     check_criu(&verified.meta, &settings.criu)?;
-    let pid = match run_criu(&verified, settings) {
+    let ran = run_criu(verified, settings, gate.as_deref());
+    // a failed verification is the reason, whatever CRIU said of it
+    if let Some(gate) = gate.as_mut()
+        && let Err(refused) = gate.verdict()
+    {
+        // CRIU killed the tree it had rebuilt; its ids are free once it is
+        // reaped (a namespace's init takes its namespace with it)
+        if !verified.meta.pid_namespace {
+            let _ = wait_ids_free(&verified.tree, verified.meta.shell_job, REAPED_WAIT);
+        }
+        return Err(refused);
+    }
+    match ran {
         // a pid or thread id of the images was taken between the check and
         // CRIU's clone (any process may start meanwhile): checked and tried
         // once more, as the id is usually that of a short-lived process
@@ -95,18 +144,16 @@ pub(crate) fn restore(
                 verified.meta.shell_job,
                 settings.wait.max(RETRY_WAIT),
             )?;
-            run_criu(&verified, settings)?
+            // every page is verified by now: no gate
+            run_criu(verified, settings, None)
         }
-        other => other?,
-    };
-    Ok(Restored {
-        pid,
-        uid: verified.meta.uid,
-        generation: verified.generation.clone(),
-        verify: verify_time,
-        total: started.elapsed(),
-    })
+        other => other,
+    }
 }
+
+/// How long a restore refused at its gate waits for the tree CRIU killed
+/// to be reaped, so that its ids are free when the refusal is told.
+const REAPED_WAIT: Duration = Duration::from_secs(2);
 
 /// How long a restore whose id was taken meanwhile waits for it again.
 const RETRY_WAIT: Duration = Duration::from_secs(5);

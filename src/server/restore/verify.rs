@@ -15,9 +15,15 @@
 //!   private directory first and the *copy* is hashed: CRIU reads the copy,
 //!   which only root can change.
 //!
+//! Files are placed and hashed on several threads at once (`place.rs`).
+//! A root checkpoint's memory pages, when large, are placed here but
+//! hashed while CRIU restores, and the restored tree is held until they
+//! match (`gate.rs` says why that proves as much).
+//!
 //! Then the credentials of every task and thread (`core-*.img`) must be the
 //! recorded owner's, and a non-root owner's tasks must hold no capability.
 
+use super::gate::Unhashed;
 use super::settings::{RestoreError, RestoreSettings};
 use crate::server::caller::credentials::Credentials;
 use crate::server::engine::host;
@@ -27,15 +33,14 @@ use crate::server::images::criu_entries::{CoreEntry, PstreeEntry};
 use crate::server::images::format::ImageMeta;
 use crate::server::images::format::plain_name;
 use crate::server::images::format::{
-    copy, entries, entry_names, first_entry, only_root_writes, read_image,
+    entries, entry_names, first_entry, only_root_writes, read_image,
 };
 use crate::server::images::manifest::{
-    FileDigest, MANIFEST_FILE, Manifest, ManifestError, hash_file, unsigned_extra,
+    FileDigest, MANIFEST_FILE, Manifest, ManifestError, unsigned_extra,
 };
 use crate::server::images::trust::Trust;
 use prost::Message;
-use rustix::fs::{AtFlags, FileType, Mode, OFlags};
-use std::io;
+use rustix::fs::{AtFlags, FileType};
 use std::os::fd::{AsFd, OwnedFd};
 
 /// Images checked and placed where only root can change them.
@@ -55,6 +60,9 @@ pub struct Verified {
     /// Each file placed in the private directory and its size, as
     /// verified (what [`Verified::recheck`] compares with).
     pub(crate) placed: Vec<(String, u64)>,
+    /// Pages files placed but left for the restore to hash while CRIU runs
+    /// (`gate.rs`); empty unless [`verify`] was asked to defer them.
+    pub(crate) unhashed: Vec<Unhashed>,
 }
 
 impl Drop for Verified {
@@ -70,17 +78,23 @@ impl Drop for Verified {
 /// `creds` makes and removes the private directory (the directory owner's
 /// or the requester's: see [`RootSubdir`]); `may_restore` sees the
 /// signed facts first (the owner, to compare with the requester).
+/// With `defer_pages`, a root checkpoint's large pages files are placed
+/// but not hashed: they are left in [`Verified::unhashed`] for the
+/// restore to hash while CRIU runs, behind its gate (`gate.rs`).
 pub(crate) fn verify(
     images: Resolved,
     settings: &RestoreSettings,
     creds: Credentials,
+    defer_pages: bool,
     may_restore: impl FnOnce(&ImageMeta) -> Result<(), RestoreError>,
 ) -> Result<Verified, RestoreError> {
+    let started = std::time::Instant::now();
     let Resolved {
         dir: images,
         generation,
     } = images;
     let manifest = signed_manifest(&images, settings.trust().as_ref(), settings.trust_unsigned)?;
+    let checked = started.elapsed();
     if let Some(m) = &manifest {
         check_names(m)?;
         // CRIU's version is compared just before it runs (after the ids
@@ -99,29 +113,24 @@ pub(crate) fn verify(
         generation,
         bytes: 0,
         placed: Vec::with_capacity(wanted.len()),
+        unhashed: Vec::new(),
     };
-    for file in &wanted {
-        let size = verified.take(file, manifest.is_some())?;
-        verified.bytes += size;
-        verified.placed.push((file.name.clone(), size));
-    }
-    let pstree = read_image(&verified.subdir.dir, "pstree.img")
-        .ok_or_else(|| RestoreError::Refused("no pstree.img".into()))?;
-    verified.tree = entries(&pstree)
-        .map(PstreeEntry::decode)
-        .collect::<Result<_, _>>()
-        .map_err(|e| RestoreError::Refused(format!("pstree.img: {e}")))?;
-    match manifest {
-        Some(m) => {
-            verified.check_credentials(&m.meta)?;
-            verified.meta = m.meta;
-        }
-        None => {
-            let root = verified.tree.first();
-            verified.meta.shell_job = root.is_some_and(|r| r.sid != r.pid);
-            verified.meta.pid = root.map_or(0, |r| r.pid as i32);
-        }
-    }
+    let made = started.elapsed();
+    verified.place_all(&wanted, manifest.as_ref(), defer_pages)?;
+    let placed = started.elapsed();
+    verified.read_tree(manifest)?;
+    log::debug!(
+        "restore: verified in {:?}: manifest {checked:?}, private directory {:?}, {} files \
+         ({} bytes, {} left to hash during the restore) placed and hashed {:?}, tree and \
+         credentials {:?}",
+        started.elapsed(),
+        made - checked,
+        verified.placed.len(),
+        verified.bytes,
+        verified.unhashed.len(),
+        placed - made,
+        started.elapsed() - placed
+    );
     Ok(verified)
 }
 
@@ -205,47 +214,28 @@ fn wanted(images: &OwnedFd, manifest: Option<&Manifest>) -> Result<Vec<FileDiges
 }
 
 impl Verified {
-    /// Places one image file in the private directory (see the module
-    /// docs); returns its size.
-    fn take(&self, want: &FileDigest, signed: bool) -> Result<u64, RestoreError> {
-        let name = want.name.as_str();
-        let changed = |why: &str| RestoreError::Refused(format!("{name} {why}"));
-        let io = |e: io::Error| RestoreError::Refused(format!("{name}: {e}"));
-        let src = match rustix::fs::openat(
-            &self.subdir.parent,
-            name,
-            OFlags::RDONLY | OFlags::NOFOLLOW | OFlags::NONBLOCK | OFlags::CLOEXEC,
-            Mode::empty(),
-        ) {
-            Ok(f) => f,
-            Err(rustix::io::Errno::NOENT) => {
-                return Err(changed("is missing (removed after the dump)"));
+    /// The tasks of the placed images, and their facts: the manifest's,
+    /// every task's credentials checked against them (unsigned images: the
+    /// little the tree tells).
+    fn read_tree(&mut self, manifest: Option<Manifest>) -> Result<(), RestoreError> {
+        let pstree = read_image(&self.subdir.dir, "pstree.img")
+            .ok_or_else(|| RestoreError::Refused("no pstree.img".into()))?;
+        self.tree = entries(&pstree)
+            .map(PstreeEntry::decode)
+            .collect::<Result<_, _>>()
+            .map_err(|e| RestoreError::Refused(format!("pstree.img: {e}")))?;
+        match manifest {
+            Some(m) => {
+                self.check_credentials(&m.meta)?;
+                self.meta = m.meta;
             }
-            Err(rustix::io::Errno::LOOP) => return Err(changed("is a symlink, not an image file")),
-            Err(e) => return Err(io(e.into())),
-        };
-        let stat = rustix::fs::fstat(&src).map_err(|e| io(e.into()))?;
-        if FileType::from_raw_mode(stat.st_mode) != FileType::RegularFile {
-            return Err(changed("is not a regular file"));
+            None => {
+                let root = self.tree.first();
+                self.meta.shell_job = root.is_some_and(|r| r.sid != r.pid);
+                self.meta.pid = root.map_or(0, |r| r.pid as i32);
+            }
         }
-        let size = stat.st_size as u64;
-        if signed && size != want.size {
-            return Err(changed(&format!(
-                "changed since the dump ({size} bytes, signed {})",
-                want.size
-            )));
-        }
-        let placed = if only_root_writes(&stat) {
-            rustix::fs::linkat(&src, "", &self.subdir.dir, name, AtFlags::EMPTY_PATH)
-                .map_err(|e| io(e.into()))?;
-            src
-        } else {
-            copy(&src, &self.subdir.dir, name, size).map_err(io)?
-        };
-        if signed && hash_file(&placed, size).map_err(io)? != want.hash {
-            return Err(changed("changed since the dump (its hash differs)"));
-        }
-        Ok(size)
+        Ok(())
     }
 
     /// Checks, without hashing, that the private directory still holds

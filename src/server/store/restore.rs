@@ -63,8 +63,11 @@ fn signed_only(settings: &RestoreSettings) -> RestoreSettings {
     }
 }
 
-/// Keeps the assembled files in the cache once a restore verified them
-/// (anything but a refusal: the verification passed).
+/// Keeps the assembled files in the cache once a restore verified them:
+/// only after it succeeded (a restore may fail before it has hashed every
+/// file: the pages of a root checkpoint are hashed while CRIU runs, and a
+/// pid in use is found before that), so that the cache never holds a file
+/// that was not checked against its signed hash.
 fn keep_verified(cache: &Cache, assembled: &Assembled) {
     for (name, hash, file) in &assembled.made {
         if let Err(e) = cache.keep_file(hash, file) {
@@ -92,7 +95,7 @@ pub fn restore_url(
 ) -> Result<(Restored, Assembled), Error> {
     let (_, assembled, work) = prepare(url, settings, cache, |_| Ok(()))?;
     let restored = restore_path(&work.path, &signed_only(settings));
-    if !matches!(restored, Err(RestoreError::Refused(_))) {
+    if restored.is_ok() {
         keep_verified(cache, &assembled);
     }
     Ok((restored?, assembled))
@@ -114,7 +117,7 @@ pub fn restore_url_copies(
         copies::copyable(&c.manifest.meta, &shown)
     })?;
     let restored = copies::restore_copies(&signed_only(settings), &work.path, n, lazy);
-    if !matches!(restored, Err(RestoreError::Refused(_))) {
+    if restored.is_ok() {
         keep_verified(cache, &assembled);
     }
     // the verified images stay (held by the copies) while `work` goes

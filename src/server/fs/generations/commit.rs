@@ -19,8 +19,10 @@
 //!    linked into `G` from its fd (copied when someone else than root could
 //!    write it, and the copy used), hashed, handed to the caller (owner,
 //!    0600); the signed manifest is written last.
-//! 3. `synced`: `G` is given to the caller, then `syncfs`: every file's
-//!    data, owner and name in `G`, and `G` itself, are on disk.
+//! 3. `synced`: `G` is given to the caller, then `syncfs` (one started
+//!    after this point; commits that end together share it:
+//!    `shared_sync.rs`): every file's data, owner and name in `G`, and `G`
+//!    itself, are on disk.
 //! 4. `renamed`: `G` is renamed to its generation's name, as the caller,
 //!    without replacing anything.
 //! 5. `named`: `fsync(DIR)`: the name is on disk.
@@ -71,6 +73,7 @@ use crate::server::fs::generations::LATEST;
 use crate::server::fs::generations::adopt;
 use crate::server::fs::generations::files::{Source, hand_over, open_written, place};
 use crate::server::fs::root_subdir::{RootSubdir, remove_dir_as};
+use crate::server::fs::shared_sync::{self, Member};
 use crate::server::fs::test_hold::hold;
 use crate::server::images::criu_entries;
 use crate::server::images::format::{
@@ -90,6 +93,8 @@ use std::os::fd::{AsFd, AsRawFd, OwnedFd};
 #[derive(Debug)]
 pub(crate) struct Sealed {
     subdir: Option<RootSubdir>,
+    /// Its place among the commits syncing its filesystem (step 3).
+    sync: Member,
     /// What was published so far (bytes, CRIU's statistics, tasks).
     pub(crate) published: Published,
     /// What the manifest says.
@@ -118,8 +123,9 @@ pub(crate) fn seal(
     meta: &ImageMeta,
     with_extras: bool,
 ) -> io::Result<Sealed> {
-    let dir_written = source.dir;
     hold("dumped");
+    let sync = shared_sync::join(parent)?; // before `G` is made: see shared_sync.rs
+    let dir_written = source.dir;
     let subdir = RootSubdir::create(
         parent.try_clone()?,
         &format!(".selfdump-{job}-"),
@@ -136,27 +142,10 @@ pub(crate) fn seal(
         },
         meta: complete(meta, &dir_written),
         subdir: Some(subdir),
+        sync,
     };
     let dir = sealed.subdir.as_ref().expect("made").dir.try_clone()?;
-    let mut names = entry_names(&dir_written)?;
-    names.sort();
-    let mut files = Vec::new();
-    for name in names {
-        let extra = unsigned_extra(&name);
-        if name == MANIFEST_FILE || extra && !with_extras {
-            continue;
-        }
-        let (file, size, mappable) = place(source, &name, &dir, creds)?;
-        sealed.published.bytes += size;
-        if !extra {
-            let hash = match mappable {
-                true => hash_file(&file, size)?,
-                false => hash_file_by_reading(&file, size)?,
-            };
-            files.push(FileDigest { name, size, hash });
-        }
-        hand_over(&file, creds)?;
-    }
+    let files = fill(&mut sealed.published, source, &dir, creds, with_extras)?;
     let manifest = Manifest {
         key_id: key.id(),
         meta: sealed.meta.clone(),
@@ -168,6 +157,38 @@ pub(crate) fn seal(
     sealed.published.bytes += signed.len() as u64;
     hold("filled");
     Ok(sealed)
+}
+
+/// Step 2's files: each file of `source` (but CRIU's log and statistics,
+/// unless `with_extras`) placed in `dir`, hashed, handed to the caller;
+/// the digests for the manifest.
+fn fill(
+    published: &mut Published,
+    source: Source<'_>,
+    dir: &OwnedFd,
+    creds: &Credentials,
+    with_extras: bool,
+) -> io::Result<Vec<FileDigest>> {
+    let mut names = entry_names(&source.dir)?;
+    names.sort();
+    let mut files = Vec::new();
+    for name in names {
+        let extra = unsigned_extra(&name);
+        if name == MANIFEST_FILE || extra && !with_extras {
+            continue;
+        }
+        let (file, size, mappable) = place(source, &name, dir, creds)?;
+        published.bytes += size;
+        if !extra {
+            let hash = match mappable {
+                true => hash_file(&file, size)?,
+                false => hash_file_by_reading(&file, size)?,
+            };
+            files.push(FileDigest { name, size, hash });
+        }
+        hand_over(&file, creds)?;
+    }
+    Ok(files)
 }
 
 impl Sealed {
@@ -182,7 +203,7 @@ impl Sealed {
             return Err(e.into());
         }
         let syncing = std::time::Instant::now();
-        let adopted = name_it(&subdir, name)?;
+        let adopted = name_it(&subdir, &self.sync, name)?;
         let RootSubdir {
             parent, dir, creds, ..
         } = subdir;
@@ -214,15 +235,18 @@ impl Sealed {
     }
 }
 
-/// Steps 3 to 5 of the module docs for `G` (the caller's by now): synced,
-/// named `name`, the name synced; an old checkpoint directly in the
-/// directory adopted meanwhile. On an error `G` is removed.
-fn name_it(g: &RootSubdir, name: &str) -> io::Result<Option<adopt::Adopted>> {
+/// Steps 3 to 5 of the module docs for `G` (the caller's by now): synced
+/// (a `syncfs` started after this call, maybe shared with other commits:
+/// `shared_sync.rs`), named `name`, the name synced; an old checkpoint
+/// directly in the directory adopted meanwhile. On an error `G` is removed.
+fn name_it(g: &RootSubdir, sync: &Member, name: &str) -> io::Result<Option<adopt::Adopted>> {
     let (parent, creds) = (&g.parent, &g.creds);
-    if let Err(e) = rustix::fs::syncfs(&g.dir) {
+    let syncing = std::time::Instant::now();
+    if let Err(e) = sync.sync() {
         gone_as_caller(creds, parent, &g.name, &g.dir);
-        return Err(e.into());
+        return Err(e);
     }
+    log::debug!("{}: syncfs in {:?}", g.name, syncing.elapsed());
     hold("synced");
     let adopted = adopt::prepare(parent, creds);
     let renamed = creds.run(|| {
@@ -240,10 +264,15 @@ fn name_it(g: &RootSubdir, name: &str) -> io::Result<Option<adopt::Adopted>> {
         return Err(io::Error::new(e.kind(), why));
     }
     hold("renamed");
+    let naming = std::time::Instant::now();
     if let Err(e) = rustix::fs::fsync(parent) {
         gone_as_caller(creds, parent, name, &g.dir);
         return Err(e.into());
     }
+    log::debug!(
+        "{name}: named, its directory synced in {:?}",
+        naming.elapsed()
+    );
     hold("named");
     Ok(adopted)
 }
