@@ -537,10 +537,14 @@ pub fn staging_dirs(images: &Path) -> Vec<String> {
 
 /// The names in `dir`, sorted; unlike [`image_files`] it stats nothing, so
 /// an entry removed between the listing and a look at it (a staging
-/// directory the service is removing while this polls) is no error.
+/// directory the service is removing while this polls) is no error, and a
+/// directory removed meanwhile (a generation retention took) has none.
 pub fn entry_names(dir: &Path) -> Vec<String> {
-    let mut names: Vec<String> = std::fs::read_dir(dir)
-        .unwrap()
+    let entries = match std::fs::read_dir(dir) {
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Vec::new(),
+        entries => entries.unwrap(),
+    };
+    let mut names: Vec<String> = entries
         .flatten()
         .map(|e| e.file_name().to_string_lossy().into_owned())
         .collect();
