@@ -21,6 +21,14 @@ case "${1:-}" in
 esac
 [ "$(id -u)" = 0 ] || { echo "bench.sh: run as root (sudo $0): CRIU dumps and restores need it" >&2; exit 1; }
 export PATH="/usr/local/sbin:$PATH"
+# the store bench pushes to a local SeaweedFS: started here (loopback only,
+# stopped by pid on exit) unless scripts/test.sh already runs one
+if [ -z "${SELFDUMP_TEST_S3:-}" ]; then
+    source scripts/seaweedfs.sh
+    trap seaweedfs_stop EXIT
+    trap 'exit 130' INT TERM
+    seaweedfs_start
+fi
 out=target/selfdump-bench
 mkdir -p "$out"
 export SELFDUMP_BENCH_REPORT="$PWD/$out/report.md"
@@ -36,7 +44,7 @@ else
 fi
 started=$(date +%s)
 load_before=$(cut -d' ' -f1 /proc/loadavg)
-for bench in protocol checkpoint clone preflight; do
+for bench in protocol checkpoint clone store preflight; do
     cargo bench "${args[@]}" --bench "$bench" >"$out/$bench.out"
 done
 took=$(( ($(date +%s) - started + 59) / 60 ))
@@ -70,7 +78,7 @@ criu="CRIU $(criu --version 2>/dev/null | sed -n 's/^Version: //p')"
     echo "run of this script cannot make) are recorded in [docs/before-after.md](docs/before-after.md)."
 } >"$dest"
 [ "$mode" = full ] && cp "$out/freeze-time.svg" docs/freeze-time.svg
-for title in "Protocol" "End to end" "Warm" "Freeze" "Concurrency" "Signing" "Clones" "Preflight"; do
+for title in "Protocol" "End to end" "Warm" "Freeze" "Concurrency" "Signing" "Clones" "Beyond one machine" "Preflight"; do
     grep -q "^## $title" "$dest" || { echo "bench.sh: no section \"$title\" in $dest" >&2; exit 1; }
 done
 echo "bench.sh: wrote $dest ($mode run, about $took min)"

@@ -3,9 +3,12 @@
 # fresh Debian bookworm machine, then runs every test against the real CRIU,
 # the benches in their quick mode and the fuzz targets for a few seconds
 # each (so that neither rots). Must run as root: the service under test
-# drives CRIU, which needs root. Ends with the time each step took and the
-# list of skips (tests/support/skip.rs names the conditions a test may skip
-# for); a skip of any other kind fails the run.
+# drives CRIU, which needs root. Starts a local SeaweedFS
+# (scripts/seaweedfs.sh: loopback only, stopped by pid at the end, whatever
+# happens) for the store tests, which also run against file:// roots. Ends
+# with the time each step took and the list of skips
+# (tests/support/skip.rs names the conditions a test may skip for); a skip
+# of any other kind fails the run.
 #
 # The adversarial suite's races run a few seconds each;
 # SELFDUMP_LONG_RACES=1 runs their long form (tens of seconds each).
@@ -13,6 +16,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 [ "$(id -u)" = 0 ] || { echo "test.sh: run as root (sudo $0): the tests drive CRIU" >&2; exit 1; }
 source scripts/own-session.sh
+source scripts/seaweedfs.sh
 own_session scripts/test.sh "$@"
 bash scripts/install-criu.sh
 bash scripts/install-test-tools.sh
@@ -37,12 +41,16 @@ step() {
 }
 report() {
     local status=$?
+    seaweedfs_stop
     [ ${#times[@]} -eq 0 ] || printf '\n== times: %s ==\n' "$(IFS=,; echo "${times[*]}" | sed 's/,/, /g')"
     bash scripts/skips.sh "$SELFDUMP_SKIP_LOG" || status=1
     rm -f "$SELFDUMP_SKIP_LOG"
     exit "$status"
 }
 trap report EXIT
+trap 'exit 130' INT TERM
+
+seaweedfs_start
 
 step fmt cargo fmt --check
 step clippy cargo clippy --all-targets --all-features --quiet -- -D warnings

@@ -254,6 +254,15 @@ impl Builder {
         self
     }
 
+    /// Where the public keys of other services are (default
+    /// [`DEFAULT_TRUST_DIR`](crate::server::images::trust::DEFAULT_TRUST_DIR)): an owner's
+    /// restore through the service accepts images they signed (a checkpoint
+    /// pulled from a store, `selfdump pull`). Read at each restore.
+    pub fn trust_dir(mut self, dir: impl Into<PathBuf>) -> Self {
+        self.config.trust_dir = dir.into();
+        self
+    }
+
     /// Creates the socket at `path` (replacing a stale one) and the server,
     /// after checking CRIU as [`Builder::listener`] does.
     pub fn bind(self, path: impl AsRef<Path>) -> Result<Server, Error> {
@@ -296,6 +305,8 @@ impl Builder {
             })?,
         };
         let kdat = prepare_criu(&self.config.criu)?;
+        // learned once here, not at the first dump (it runs `criu --version`)
+        let _ = crate::server::engine::host::this_host(&self.config.criu.path);
         let non_root = NonRootEngine::decide(&self.config.criu, self.config.non_root_fallback);
         log::info!("non-root callers: {}", non_root.describe());
         let listener = Async::new(listener).map_err(Error::Accept)?;

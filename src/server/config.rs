@@ -41,6 +41,8 @@ pub(crate) struct Config {
     /// ([`Builder::dump_timeout`](super::Builder::dump_timeout) sets it).
     pub(crate) criu_run_timeout: Duration,
     pub(crate) result_ttl: Duration,
+    /// Other services' public keys, for owners' restores.
+    pub(crate) trust_dir: std::path::PathBuf,
 }
 
 impl Default for Config {
@@ -61,6 +63,7 @@ impl Default for Config {
             request_timeout: Duration::from_secs(5),
             criu_run_timeout: Duration::from_secs(300),
             result_ttl: Duration::from_secs(600),
+            trust_dir: crate::server::images::trust::DEFAULT_TRUST_DIR.into(),
         }
     }
 }

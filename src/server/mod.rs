@@ -48,16 +48,22 @@
 //!   (`worker.rs`, started ahead by `pool.rs`), spoken to over CRIU's RPC
 //!   (`rpc.rs`), the dump and its freeze hooks (`dump.rs`), as root or as
 //!   the caller (`run_as.rs`, `non_root.rs`), CRIU's kernel-feature cache
-//!   (`kdat/`).
+//!   (`kdat/`), this host's facts a checkpoint records (`host.rs`). Every
+//!   child the service starts goes through `engine::spawn` or `output`
+//!   (`forks.rs`), which hold the fork guard from fork to exec.
 //! - **`fs/`**: the filesystem rule (below) and all the service does in
 //!   directories: acting as the caller (`as_caller.rs`), root's directory
 //!   inside a caller's (`root_subdir.rs`) and the service's own
 //!   (`service_dir.rs`), the staging directory CRIU dumps into
 //!   (`staging.rs`), generations and their commit, retention and adoption
-//!   (`generations/`), what a dead service left (`leftovers.rs`).
+//!   (`generations/`), what a dead service left (`leftovers.rs`), the
+//!   signing key's file (`key_file.rs`) and the trust directory
+//!   (`trust_dir.rs`).
 //! - **`images/`**: what the service adds to CRIU's images and reads back:
-//!   their format and metadata (`format.rs`), CRIU's entries and log, the
-//!   signed manifest and its key.
+//!   their format and metadata (`format.rs`), CRIU's entries and log, what
+//!   the checkpoint needs of a host (`host_needs.rs`), the signed manifest,
+//!   its signature, the keys and whose signatures a host accepts
+//!   (`trust.rs`).
 //! - **`caller/`**: who asks and whether they may be dumped: credentials,
 //!   the process pinned by its pidfd (`process.rs`) and its `/proc` status
 //!   (`status.rs`), the operator's policy (`policy.rs`), the frozen tree
@@ -68,6 +74,28 @@
 //!
 //! **`operator/`** is tooling off the request path: `selfdump check`,
 //! `selfdump inspect`, systemd's socket activation and readiness.
+//!
+//! **Beyond one machine**, off the request path too, and above `restore/`:
+//!
+//! - **`archive/`** (feature `archive`): a checkpoint as one compressed
+//!   file (`selfdump export`, `import`), and the committed generation both
+//!   it and the store read and write (`generation.rs`).
+//! - **`store/`** (feature `remote`): checkpoints in an object store
+//!   (`selfdump push`, `pull`, `restore URL`, `inspect URL`): the image
+//!   files cut into content-addressed zstd chunks (`chunker.rs`, `format.rs`),
+//!   pushed (`push.rs`) and fetched in parallel (`fetch.rs`) on a tokio
+//!   runtime of its own (`runtime.rs`), each chunk checked by its hash
+//!   into a root-only cache (`cache.rs`), the images assembled from it
+//!   (`assemble.rs`) and restored through `restore/` (`restore.rs`). The
+//!   service never touches a store: an owner pushes with its own
+//!   credentials, root restores with read access (`selfdump restore URL`).
+//!
+//! Who may sign what a host restores: a service signs its manifests with
+//! an Ed25519 key derived from its secret (`images/key.rs`,
+//! `images/signature.rs`); a host verifies with its own key and the public
+//! keys of its trust directory (`images/trust.rs`, read by
+//! `fs/trust_dir.rs`), and compares what the checkpoint needs of a host
+//! (`images/host_needs.rs`) with itself (`engine/host.rs`) before CRIU runs.
 //!
 //! # The two rules everything rests on
 //!
@@ -96,6 +124,8 @@
 //! original process asks for on a new connection (`requests/result.rs`).
 
 mod accept;
+#[cfg(feature = "archive")]
+pub mod archive;
 mod builder;
 mod caller;
 mod config;
@@ -113,15 +143,18 @@ pub mod restore;
 mod shared;
 mod shutdown;
 mod slots;
+#[cfg(feature = "remote")]
+pub mod store;
 
 pub use builder::Builder;
 pub use caller::caps;
 pub use caller::policy::{CallerInfo, Policy};
 pub use config::MAX_KEEP;
-pub use engine::{Criu, NonRootFallback, SpawnGuard, spawn_guard};
+pub use engine::{Criu, NonRootFallback, SpawnGuard, host, spawn_guard};
 pub use error::Error;
 pub use fs::generations as generation;
-pub use images::manifest;
+pub use fs::key_file::public_key_file;
+pub use images::{host_needs, manifest, trust};
 pub use jobs::{MAX_RESULTS, MAX_RESULTS_PER_UID};
 pub use operator::{check, inspect, systemd};
 pub use restore::copies;

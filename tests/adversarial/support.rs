@@ -189,7 +189,7 @@ pub fn assert_no_images(dir: &Path, caller: u32) {
 /// is reaped: give it a moment).
 pub fn assert_no_staging(dir: &Path) {
     poll_until(Duration::from_secs(5), Duration::from_millis(20), || {
-        let names: Vec<String> = image_files(dir).into_iter().map(|f| f.0).collect();
+        let names = entry_names(dir);
         if !names.iter().any(|n| n.starts_with(".selfdump-")) {
             return Ok(());
         }

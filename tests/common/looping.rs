@@ -177,13 +177,11 @@ pub fn restore_and_hear(images: &Path, looping: &Looping) -> String {
 
 /// The generations in `images`, oldest first.
 pub fn generations(images: &Path) -> Vec<String> {
-    let mut names: Vec<String> = image_files(images)
+    // names only: the service removes entries while the tests poll
+    entry_names(images)
         .into_iter()
-        .map(|f| f.0)
         .filter(|n| n.starts_with("gen-"))
-        .collect();
-    names.sort();
-    names
+        .collect()
 }
 
 /// Waits (10 s at most) until the generations in `images` are those

@@ -529,11 +529,27 @@ pub fn serve_process(socket: &Path, log: &Path) -> Child {
 
 /// The `.selfdump-*` staging directories in `images`.
 pub fn staging_dirs(images: &Path) -> Vec<String> {
-    image_files(images)
+    entry_names(images)
         .into_iter()
-        .map(|f| f.0)
         .filter(|n| n.starts_with(".selfdump-"))
         .collect()
+}
+
+/// The names in `dir`, sorted; unlike [`image_files`] it stats nothing, so
+/// an entry removed between the listing and a look at it (a staging
+/// directory the service is removing while this polls) is no error, and a
+/// directory removed meanwhile (a generation retention took) has none.
+pub fn entry_names(dir: &Path) -> Vec<String> {
+    let entries = match std::fs::read_dir(dir) {
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Vec::new(),
+        entries => entries.unwrap(),
+    };
+    let mut names: Vec<String> = entries
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .collect();
+    names.sort();
+    names
 }
 
 /// Checkpoints a new program into `images` through a new service, then

@@ -3,7 +3,7 @@
 use crate::cli::{Exit, Res, out, usage};
 use crate::help_requested;
 use selfdump::server::inspect::{GenerationInfo, Inspection};
-use selfdump::server::manifest;
+use selfdump::server::{manifest, trust};
 use std::fmt::Write;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -13,6 +13,7 @@ selfdump inspect: what a checkpoint holds, and whether it restores here
 
 USAGE: selfdump inspect [--json] [--key-file PATH] DIR
        selfdump inspect [--json] [--key-file PATH] DIR/GENERATION
+       selfdump inspect [--json] [--key-file PATH] URL
 
 Lists the generations of DIR (each checkpoint is one, DIR/gen-...): when
 each was made, its size, its tree, whether it verifies, and which one
@@ -26,10 +27,16 @@ pids are free here. Files are checked for presence and size, not hashed (a
 restore hashes them). Last, a verdict: would `selfdump restore` restore it
 here, now, and if not, why.
 
+A URL is a checkpoint in an object store, as `selfdump push` printed it
+(feature `remote`): its object is fetched and checked against its id, and
+its manifest's signature, what it needs of a host and its files and chunks
+shown; nothing else is fetched.
+
 OPTIONS:
     --json           one JSON object, for scripts (ids as strings; the
                      verdict as {\"restorable\": true|false|null, \"summary\"})
-    --key-file PATH  the signing key [default: /var/lib/selfdump/signing.key]
+    --key-file PATH  this service's key [default: /var/lib/selfdump/signing.key]
+    --trust-dir DIR  other services' public keys [default: /etc/selfdump/trusted.d]
 
 EXIT CODES: 0 restorable here; 1 not restorable here (the verdict says
 why), or DIR cannot be read; 2 a usage error; 3 cannot tell: the signing
@@ -39,6 +46,7 @@ pub(crate) fn inspect_cmd(mut parser: lexopt::Parser) -> Res<ExitCode> {
     use lexopt::Arg::*;
     let (mut json, mut dir) = (false, None);
     let mut key_file = PathBuf::from(manifest::DEFAULT_KEY_FILE);
+    let mut trust_dir = PathBuf::from(trust::DEFAULT_TRUST_DIR);
     while let Some(arg) = parser.next()? {
         if help_requested(&arg, USAGE) {
             return Ok(ExitCode::SUCCESS);
@@ -46,13 +54,17 @@ pub(crate) fn inspect_cmd(mut parser: lexopt::Parser) -> Res<ExitCode> {
         match arg {
             Long("json") => json = true,
             Long("key-file") => key_file = parser.value()?.into(),
+            Long("trust-dir") => trust_dir = parser.value()?.into(),
             Value(v) if dir.is_none() => dir = Some(PathBuf::from(v)),
             other => return Err(other.unexpected().into()),
         }
     }
     let dir = dir.ok_or_else(|| usage("which images? selfdump inspect DIR"))?;
-    let key = manifest::Key::load(&key_file).ok();
-    let report = selfdump::server::inspect::inspect(&dir, key.as_ref()).map_err(|e| {
+    let trust = host_trust(&key_file, &trust_dir);
+    if let Some(url) = dir.to_str().filter(|d| d.contains("://")) {
+        return inspect_url(url, trust.as_ref(), json);
+    }
+    let report = selfdump::server::inspect::inspect_trusted(&dir, trust.as_ref()).map_err(|e| {
         let message = format!("{}: {e}", dir.display());
         if e.kind() != std::io::ErrorKind::PermissionDenied {
             return Exit { code: 1, message };
@@ -75,6 +87,34 @@ pub(crate) fn inspect_cmd(mut parser: lexopt::Parser) -> Res<ExitCode> {
         Some(false) => ExitCode::FAILURE,
         None => ExitCode::from(3),
     })
+}
+
+/// The keys signatures are checked with: this host's (or, for a user who
+/// cannot read it, its public key beside it) and those of the trust
+/// directory; `None` when none is readable (signatures are then shown,
+/// not checked).
+fn host_trust(key_file: &Path, trust_dir: &Path) -> Option<trust::Trust> {
+    let trust = match trust::Trust::load_host(key_file, trust_dir) {
+        Ok(trust) => trust,
+        Err(e) => {
+            log::warn!("trusted keys not read ({e}): checking with this service's key only");
+            trust::Trust {
+                own: manifest::Key::load(key_file).ok(),
+                ..trust::Trust::default()
+            }
+        }
+    };
+    (!trust.is_empty()).then_some(trust)
+}
+
+#[cfg(feature = "remote")]
+fn inspect_url(url: &str, trust: Option<&trust::Trust>, json: bool) -> Res<ExitCode> {
+    crate::store::inspect_url_cmd(url, trust, json)
+}
+
+#[cfg(not(feature = "remote"))]
+fn inspect_url(url: &str, _: Option<&trust::Trust>, _: bool) -> Res<ExitCode> {
+    Err(format!("{url}: this selfdump is built without stores (cargo feature `remote`)").into())
 }
 
 /// The report for a person: one fact a line, nothing empty.

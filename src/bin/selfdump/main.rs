@@ -1,11 +1,17 @@
 //! `selfdump`: serve checkpoints, restore images, check CRIU.
 
+#[cfg(feature = "archive")]
+mod archive;
 mod check;
 mod cli;
+mod copies;
 mod inspect;
+mod key;
 mod restore;
 mod run;
 mod serve;
+#[cfg(feature = "remote")]
+mod store;
 
 use cli::{Exit, Res, is_usage, out, usage};
 use std::process::ExitCode;
@@ -22,6 +28,13 @@ USAGE:
                                   here (--json for scripts)
     selfdump check [OPTIONS]      is CRIU usable here? (real dump and restore)
     selfdump check --pid PID      what in process PID would CRIU refuse? (preflight)
+    selfdump push DIR URL         upload a checkpoint to an object store; prints its URL
+    selfdump pull URL DIR         a checkpoint from a store made a local one
+    selfdump restore URL          restore a checkpoint from a store (--copies N, --lazy)
+    selfdump export DIR FILE      a checkpoint as one compressed file, signature inside
+    selfdump import FILE DIR      such a file, checked, made a local checkpoint
+    selfdump key public           this service's public key, for other hosts' trust
+                                  directories (/etc/selfdump/trusted.d/)
     selfdump help [COMMAND]       this text, or a command's options and exit codes
     selfdump --version            the version, and the protocol it speaks
 
@@ -58,6 +71,25 @@ fn main() -> ExitCode {
         "run" | "__init" => run::run_cmd(&command, parser),
         "inspect" => inspect::inspect_cmd(parser),
         "check" => check::check_cmd(parser),
+        "key" => key::key_cmd(parser),
+        #[cfg(feature = "remote")]
+        "push" => store::push_cmd(parser),
+        #[cfg(feature = "remote")]
+        "pull" => store::pull_cmd(parser),
+        #[cfg(feature = "archive")]
+        "export" => archive::export_cmd(parser),
+        #[cfg(feature = "archive")]
+        "import" => archive::import_cmd(parser),
+        #[cfg(not(feature = "remote"))]
+        "push" | "pull" => Err(format!(
+            "this selfdump is built without `{command}` (cargo feature `remote`)"
+        )
+        .into()),
+        #[cfg(not(feature = "archive"))]
+        "export" | "import" => Err(format!(
+            "this selfdump is built without `{command}` (cargo feature `archive`)"
+        )
+        .into()),
         "help" => return help_cmd(parser),
         other => Err(usage(format!("unknown command {other:?}"))),
     };
@@ -102,7 +134,9 @@ fn failed(command: &str, e: Box<dyn std::error::Error>) -> ExitCode {
     }
 }
 
-const KNOWN: [&str; 5] = ["serve", "restore", "run", "inspect", "check"];
+const KNOWN: [&str; 10] = [
+    "serve", "restore", "run", "inspect", "check", "key", "push", "pull", "export", "import",
+];
 
 /// `selfdump help [COMMAND]`.
 fn help_cmd(mut parser: lexopt::Parser) -> ExitCode {
@@ -128,6 +162,13 @@ fn help(topic: Option<&str>) -> ExitCode {
         Some("run") => run::USAGE,
         Some("inspect") => inspect::USAGE,
         Some("check") => check::USAGE,
+        Some("key") => key::USAGE,
+        #[cfg(feature = "remote")]
+        Some("push") => store::PUSH_USAGE,
+        #[cfg(feature = "remote")]
+        Some("pull") => store::PULL_USAGE,
+        #[cfg(feature = "archive")]
+        Some("export" | "import") => archive::USAGE,
         Some(other) => {
             return failed(
                 "help",

@@ -36,7 +36,11 @@ OPTIONS:
                          non-root checkpoints, or dump them with root's CRIU
                          [default: refuse]
     --key-file PATH      the key that signs the images; made on first start
-                         (root's, 0600) [default: /var/lib/selfdump/signing.key]
+                         (root's, 0600) [default: /var/lib/selfdump/signing.key];
+                         its public key is written beside it (signing.pub)
+    --trust-dir DIR      public keys of other services: an owner may restore
+                         their checkpoints through this service too (pulled
+                         from a store) [default: /etc/selfdump/trusted.d]
 
 Stops on SIGTERM or SIGINT after the dumps in flight finish; a second
 signal stops at once (dumps in flight are abandoned: CRIU lets their
@@ -127,6 +131,7 @@ fn builder_option(builder: Builder, name: &str, parser: &mut lexopt::Parser) -> 
         "dump-timeout" => builder.dump_timeout(seconds(parser, name, false)?),
         "max-keep" => builder.max_keep(at_least_one(parser, name)?),
         "key-file" => builder.key_file(PathBuf::from(parser.value()?)),
+        "trust-dir" => builder.trust_dir(PathBuf::from(parser.value()?)),
         _ => return Err(usage(format!("invalid option '--{name}'"))),
     })
 }

@@ -89,6 +89,7 @@ mod dump;
 mod error;
 mod flags;
 mod forks;
+pub mod host;
 pub mod kdat;
 mod non_root;
 mod pool;

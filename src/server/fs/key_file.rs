@@ -1,5 +1,7 @@
 //! Where the signing key is kept: a file of root's, mode 0600, in a
-//! directory of the service's own, never followed through a symlink.
+//! directory of the service's own, never followed through a symlink; its
+//! public key beside it ([`public_key_file`]), for users who cannot read
+//! the key itself.
 
 use crate::server::fs::service_dir::ServiceDir;
 use crate::server::images::format::write_all;
@@ -7,6 +9,13 @@ use crate::server::images::manifest::Key;
 use rustix::fs::{Mode, OFlags};
 use std::io;
 use std::path::{Path, PathBuf};
+
+/// Where [`Key::load_or_create`] writes the public key of the key at
+/// `key_file`: beside it, `.pub` instead of `.key`
+/// (`/var/lib/selfdump/signing.pub`).
+pub fn public_key_file(key_file: &Path) -> PathBuf {
+    key_file.with_extension("pub")
+}
 
 impl Key {
     /// Reads the key at `path`, which must be a regular file of root's that
@@ -40,8 +49,38 @@ impl Key {
     }
 
     /// Loads the key at `path`, or makes one there (and its directory,
-    /// root's, 0700) if there is none yet.
+    /// root's, 0700) if there is none yet; either way its public key is
+    /// written beside it ([`public_key_file`]).
     pub fn load_or_create(path: &Path) -> io::Result<Self> {
+        let key = Self::load_or_make(path)?;
+        if let Err(e) = key.write_public(&public_key_file(path)) {
+            log::warn!("cannot write {}: {e}", public_key_file(path).display());
+        }
+        Ok(key)
+    }
+
+    /// Writes the public key to `path` (root's, 0644), unless it is there.
+    fn write_public(&self, path: &Path) -> io::Result<()> {
+        let text = self.public().to_file();
+        if std::fs::read(path).is_ok_and(|t| t == text.as_bytes()) {
+            return Ok(());
+        }
+        let tmp = PathBuf::from(format!("{}.new-{}", path.display(), Self::generate()?.id()));
+        let file = rustix::fs::open(
+            &tmp,
+            OFlags::WRONLY | OFlags::CREATE | OFlags::EXCL | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+            Mode::from_raw_mode(0o644),
+        )?;
+        rustix::fs::fchmod(&file, Mode::from_raw_mode(0o644))?;
+        write_all(&file, text.as_bytes())?;
+        rustix::fs::fsync(&file)?;
+        rustix::fs::rename(&tmp, path).inspect_err(|_| {
+            let _ = rustix::fs::unlink(&tmp);
+        })?;
+        Ok(())
+    }
+
+    fn load_or_make(path: &Path) -> io::Result<Self> {
         match Self::load(path) {
             Err(e) if e.kind() == io::ErrorKind::NotFound => {}
             other => return other,

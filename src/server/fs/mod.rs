@@ -6,7 +6,8 @@
 //! change between two calls. Root's directories: one inside a caller's
 //! directory (`root_subdir.rs`: the staging directory, a restore's verified
 //! images), the service's own elsewhere (`service_dir.rs`: logs, caches,
-//! the signing key's, `key_file.rs`). A dump's way into a caller's
+//! the signing key's, `key_file.rs`), and the trust directory of public
+//! keys, checked like the key file (`trust_dir.rs`). A dump's way into a caller's
 //! directory: staged (`staging.rs`), committed as a generation and aged
 //! out (`generations/`), with one `syncfs` shared by the commits that end
 //! together on a filesystem (`shared_sync.rs`); what a service that died
@@ -15,7 +16,7 @@
 
 pub(crate) mod as_caller;
 pub mod generations;
-mod key_file;
+pub(crate) mod key_file;
 pub(crate) mod leftovers;
 pub(crate) mod root_subdir;
 pub(crate) mod service_dir;
@@ -24,3 +25,4 @@ pub(crate) mod shared_sync;
 #[allow(unreachable_pub)]
 pub(crate) mod staging;
 pub(crate) mod test_hold;
+mod trust_dir;

@@ -63,6 +63,10 @@ pub struct ImageMeta {
     /// name in the images directory). Older images lack it.
     #[serde(default)]
     pub generation: Option<String>,
+    /// What the checkpoint needs of the host that restores it (checked
+    /// before CRIU runs). Older images lack it.
+    #[serde(default)]
+    pub needs: Option<super::host_needs::HostNeeds>,
 }
 
 impl ImageMeta {
@@ -213,4 +217,27 @@ pub(crate) fn write_all(file: &impl AsFd, mut bytes: &[u8]) -> io::Result<()> {
         bytes = &bytes[n..];
     }
     Ok(())
+}
+/// A plain file name: not empty, not `.` or `..`, without `/` or NUL, at
+/// most 255 bytes.
+pub(crate) fn plain_name(name: &str) -> bool {
+    !name.is_empty()
+        && name != "."
+        && name != ".."
+        && name.len() <= 255
+        && !name.contains(['/', '\0'])
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn plain_names() {
+        for bad in ["", ".", "..", "a/b", "/", "a\0"] {
+            assert!(!plain_name(bad), "{bad:?}");
+        }
+        assert!(!plain_name(&"x".repeat(256)));
+        assert!(plain_name("pages-1.img"));
+    }
 }

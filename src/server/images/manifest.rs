@@ -1,23 +1,33 @@
 //! Signed images. At the end of a dump the service writes a manifest into
 //! the images: every image file's name, size and BLAKE3 hash, and the
-//! dump's facts ([`ImageMeta`]), authenticated with BLAKE3 in keyed mode
-//! under a key only the service can read. A restore checks it before CRIU
-//! reads anything.
+//! dump's facts ([`ImageMeta`]), signed with the service's Ed25519 key. A
+//! restore checks it before CRIU reads anything, with the keys the host
+//! trusts ([`Trust`](super::trust::Trust): its own, and those of its trust
+//! directory).
 //!
-//! Why BLAKE3: one crate gives both the per-file hashes and the keyed MAC
-//! (its keyed mode is a PRF, no HMAC construction needed), it hashes at
-//! several GB/s per core, and it parallelises one large file over all
-//! cores (`rayon`), which the pages of a GiB-sized dump need.
+//! Why BLAKE3 for the files: it hashes at several GB/s per core, and it
+//! parallelises one large file over all cores (`rayon`), which the pages of
+//! a GiB-sized dump need. Why Ed25519 for the manifest: a host that can
+//! check a signature cannot make one, so a fleet can restore a service's
+//! checkpoints without holding its secret.
+//!
+//! The signing key is derived from the service's 32-byte secret ([`Key`],
+//! unchanged since manifests were signed with BLAKE3 in keyed mode).
+//! Manifests signed that old way ([`MAGIC_V1`]) still verify on the host
+//! that holds the secret, and only there: a keyed hash can be checked only
+//! by whoever could also have made it. Signing and verifying are
+//! `signature.rs`'s.
 
 pub use super::key::Key;
 use super::key::TAG_LEN;
+use super::trust::DEFAULT_TRUST_DIR;
 use crate::server::images::format::{ImageMeta, write_all};
 use rustix::fs::{Mode, OFlags};
 use serde::{Deserialize, Serialize};
 use std::fmt;
 use std::io;
 use std::os::fd::{AsFd, OwnedFd};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 /// The manifest's name inside the images directory.
 pub const MANIFEST_FILE: &str = "selfdump-manifest";
@@ -33,7 +43,13 @@ pub fn unsigned_extra(name: &str) -> bool {
     name.ends_with(".log") || name == "stats-dump" || name == "stats-restore"
 }
 
-const MAGIC: &[u8; 8] = b"SDMANIF1";
+/// Manifests signed with the service's secret as a BLAKE3 key (before
+/// Ed25519): magic, 32-byte tag, body.
+pub const MAGIC_V1: &[u8; 8] = b"SDMANIF1";
+/// Manifests signed with Ed25519: magic, 64-byte signature, body.
+pub const MAGIC_V2: &[u8; 8] = b"SDMANIF2";
+/// Length of an Ed25519 signature.
+pub(super) const SIGNATURE_LEN: usize = 64;
 /// Manifests are small (a few hundred bytes per image file).
 const MAX_MANIFEST: usize = 4 << 20;
 
@@ -66,6 +82,23 @@ pub enum ManifestError {
     Missing,
     /// It cannot be read or parsed.
     Malformed(String),
+    /// It is signed by a key this host does not trust.
+    Untrusted {
+        /// The key it names.
+        theirs: String,
+        /// This host's own key, if it has one.
+        ours: Option<String>,
+        /// The trust directory that was read, if any.
+        dir: Option<PathBuf>,
+    },
+    /// It is signed the old way (a keyed hash), which only the host whose
+    /// secret made it can check, and this host does not hold that secret.
+    Legacy {
+        /// The key it names.
+        theirs: String,
+        /// This host's key (in the old scheme's naming), if it has one.
+        ours: Option<String>,
+    },
     /// Its signature does not verify with this key.
     BadSignature {
         /// The key it was checked with.
@@ -84,6 +117,31 @@ impl fmt::Display for ManifestError {
                 f,
                 "{MANIFEST_FILE} is signed by key {theirs}, not by this service's key {ours}"
             ),
+            Self::Untrusted { theirs, ours, dir } => {
+                match ours {
+                    Some(ours) => write!(
+                        f,
+                        "{MANIFEST_FILE} is signed by key {theirs}, not by this service's key \
+                         {ours}"
+                    )?,
+                    None => write!(f, "{MANIFEST_FILE} is signed by key {theirs}")?,
+                }
+                let dir = dir.as_deref().unwrap_or(Path::new(DEFAULT_TRUST_DIR));
+                write!(
+                    f,
+                    " nor by a key trusted here: key {theirs} is not trusted on this host; to \
+                     trust it, put its public key (`selfdump key public` on its host) in {}",
+                    dir.display()
+                )
+            }
+            Self::Legacy { theirs, ours } => write!(
+                f,
+                "{MANIFEST_FILE} is signed the old way (a keyed hash, key {theirs}), which only \
+                 the host holding that key can check{}: restore it there, or take a new \
+                 checkpoint",
+                ours.as_ref()
+                    .map_or(String::new(), |o| format!(" (this host's key is {o})"))
+            ),
             Self::BadSignature { ours, .. } => write!(
                 f,
                 "{MANIFEST_FILE} does not verify with key {ours}: it was changed after the dump"
@@ -93,27 +151,23 @@ impl fmt::Display for ManifestError {
 }
 
 impl Manifest {
-    /// The signed bytes of the manifest, for the file [`MANIFEST_FILE`].
-    pub fn sign(&self, key: &Key) -> Vec<u8> {
-        let body = rmp_serde::to_vec_named(self).expect("a manifest serialises");
-        let mut out = Vec::with_capacity(MAGIC.len() + TAG_LEN + body.len());
-        out.extend_from_slice(MAGIC);
-        out.extend_from_slice(&key.tag(&body));
-        out.extend_from_slice(&body);
-        out
-    }
-
     /// Parses a manifest file without checking its signature (for
     /// `selfdump inspect`, which says whether it verifies separately).
-    pub fn parse_unverified(bytes: &[u8]) -> Result<(Self, [u8; TAG_LEN], &[u8]), ManifestError> {
+    /// Returns the manifest, its signature (or keyed hash) and its body.
+    pub fn parse_unverified(bytes: &[u8]) -> Result<(Self, &[u8], &[u8]), ManifestError> {
         let malformed = |why: &str| ManifestError::Malformed(why.into());
-        let rest = bytes
-            .strip_prefix(MAGIC)
-            .ok_or_else(|| malformed("bad magic"))?;
-        if rest.len() < TAG_LEN {
+        let (rest, seal_len) = match bytes.get(..MAGIC_V1.len()) {
+            Some(m) if m == MAGIC_V1 => (&bytes[MAGIC_V1.len()..], TAG_LEN),
+            Some(m) if m == MAGIC_V2 => (&bytes[MAGIC_V2.len()..], SIGNATURE_LEN),
+            _ => return Err(malformed("bad magic")),
+        };
+        if bytes.len() > MAX_MANIFEST {
+            return Err(malformed("too large"));
+        }
+        if rest.len() < seal_len {
             return Err(malformed("truncated"));
         }
-        let (tag, body) = rest.split_at(TAG_LEN);
+        let (seal, body) = rest.split_at(seal_len);
         let mut de = rmp_serde::Deserializer::new(std::io::Cursor::new(body));
         de.set_max_depth(16);
         let manifest: Self = serde::Deserialize::deserialize(&mut de)
@@ -121,20 +175,7 @@ impl Manifest {
         if de.position() as usize != body.len() {
             return Err(malformed("trailing bytes"));
         }
-        Ok((manifest, tag.try_into().expect("32 bytes"), body))
-    }
-
-    /// Parses and verifies a manifest file.
-    pub fn verify(bytes: &[u8], key: &Key) -> Result<Self, ManifestError> {
-        let (manifest, tag, body) = Self::parse_unverified(bytes)?;
-        // constant time: blake3's Hash compares in constant time
-        if blake3::Hash::from(tag) != blake3::Hash::from(key.tag(body)) {
-            return Err(ManifestError::BadSignature {
-                ours: key.id(),
-                theirs: manifest.key_id,
-            });
-        }
-        Ok(manifest)
+        Ok((manifest, seal, body))
     }
 
     /// Reads the manifest of the images directory `dir`.
@@ -242,7 +283,7 @@ fn file_path_of(file: &std::fs::File) -> io::Result<PathBuf> {
     Ok(crate::procfs::self_fd(file.as_raw_fd()))
 }
 
-fn read_capped(file: &impl AsFd, cap: usize) -> io::Result<Vec<u8>> {
+pub(crate) fn read_capped(file: &impl AsFd, cap: usize) -> io::Result<Vec<u8>> {
     let mut out = Vec::new();
     let mut buf = vec![0u8; 64 << 10];
     loop {
@@ -266,50 +307,4 @@ pub(crate) fn create_file(dir: &impl AsFd, name: &str, bytes: &[u8]) -> io::Resu
     )?;
     write_all(&file, bytes)?;
     Ok(file)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::proto::JobId;
-
-    fn manifest() -> Manifest {
-        Manifest {
-            key_id: "k".into(),
-            meta: ImageMeta {
-                protocol: 1,
-                job: JobId { service: 1, seq: 2 },
-                pid: 42,
-                uid: 1000,
-                ..ImageMeta::default()
-            },
-            files: vec![FileDigest {
-                name: "pstree.img".into(),
-                size: 3,
-                hash: [7; 32],
-            }],
-        }
-    }
-
-    #[test]
-    fn a_manifest_verifies_with_its_key_only() {
-        let (key, other) = (Key::generate().unwrap(), Key::generate().unwrap());
-        let signed = manifest().sign(&key);
-        assert_eq!(Manifest::verify(&signed, &key).unwrap(), manifest());
-        assert!(matches!(
-            Manifest::verify(&signed, &other),
-            Err(ManifestError::BadSignature { .. })
-        ));
-        for at in [0, 9, 40, signed.len() - 1] {
-            let mut flipped = signed.clone();
-            flipped[at] ^= 1;
-            assert!(
-                Manifest::verify(&flipped, &key).is_err(),
-                "byte {at} flipped"
-            );
-        }
-        let mut longer = signed.clone();
-        longer.push(0);
-        assert!(Manifest::verify(&longer, &key).is_err());
-    }
 }

@@ -26,6 +26,7 @@ use crate::server::fs::generations::{self, LATEST, read_latest};
 use crate::server::images::criu_entries::{CoreEntry, PstreeEntry};
 use crate::server::images::format::{dump_stats, entries, first_entry, read_image};
 use crate::server::images::manifest::{Key, MANIFEST_FILE, Manifest, unsigned_extra};
+use crate::server::images::trust::Trust;
 use crate::server::restore::check_ids_free;
 use prost::Message;
 pub use report::{CriuStats, FileInfo, GenerationInfo, Inspection, Signature, Task, Verdict};
@@ -38,6 +39,13 @@ use verdict::verdict;
 /// checkpoint `latest` names (or the images directly in `dir`); `key`
 /// checks the signatures.
 pub fn inspect(dir: &Path, key: Option<&Key>) -> io::Result<Inspection> {
+    inspect_trusted(dir, key.cloned().map(Trust::own).as_ref())
+}
+
+/// [`inspect`], checking signatures with the keys of `trust` (this
+/// host's and those of its trust directory).
+pub fn inspect_trusted(dir: &Path, trust: Option<&Trust>) -> io::Result<Inspection> {
+    let key = trust;
     let top = std::fs::File::open(dir)?;
     let latest = read_latest(&top)?;
     let generations = generations::list(&top)?
@@ -58,7 +66,7 @@ pub fn inspect(dir: &Path, key: Option<&Key>) -> io::Result<Inspection> {
 }
 
 /// One generation at a glance.
-fn summary(dir: &Path, name: &str, latest: bool, key: Option<&Key>) -> GenerationInfo {
+fn summary(dir: &Path, name: &str, latest: bool, key: Option<&Trust>) -> GenerationInfo {
     let path = dir.join(name);
     let mut info = GenerationInfo {
         name: name.to_owned(),
@@ -102,7 +110,7 @@ fn summary(dir: &Path, name: &str, latest: bool, key: Option<&Key>) -> Generatio
 }
 
 /// Inspects the images in `dir` itself.
-fn inspect_images(dir: &Path, key: Option<&Key>) -> io::Result<Inspection> {
+fn inspect_images(dir: &Path, key: Option<&Trust>) -> io::Result<Inspection> {
     let fd = std::fs::File::open(dir)?;
     let (signature, manifest) = signature(&fd, key);
     let (files, bytes, pages) = files(dir, manifest.as_ref())?;
@@ -163,7 +171,7 @@ fn unreadable(dir: &impl AsFd, files: &[FileInfo]) -> Option<String> {
 }
 
 /// The manifest, parsed, and whether it verifies with `key`.
-fn signature(dir: &impl AsFd, key: Option<&Key>) -> (Option<Signature>, Option<Manifest>) {
+fn signature(dir: &impl AsFd, key: Option<&Trust>) -> (Option<Signature>, Option<Manifest>) {
     let Some(bytes) = read_image(dir, MANIFEST_FILE) else {
         return (None, None);
     };
@@ -177,7 +185,7 @@ fn signature(dir: &impl AsFd, key: Option<&Key>) -> (Option<Signature>, Option<M
             (Some(sig), None)
         }
         Ok((manifest, ..)) => {
-            let checked = key.map(|k| Manifest::verify(&bytes, k));
+            let checked = key.map(|k| Manifest::verify_trusted(&bytes, k));
             let sig = Signature {
                 key_id: manifest.key_id.clone(),
                 verifies: checked.as_ref().map(Result::is_ok),

@@ -5,12 +5,15 @@
 //! generation `latest` names (or the directory itself, see
 //! [`generation`](crate::server::fs::generations)) is opened with the caller's
 //! credentials, its images are verified ([`restore`](crate::server::restore)),
-//! and their owner must be the caller unless the caller is root.
+//! with this host's key and the public keys of the service's trust
+//! directory, and their owner must be the caller unless the caller is
+//! root.
 
 use crate::proto::{Response, RestoreReport, RestoreRequest};
 use crate::server::caller::status::TaskStatus;
 use crate::server::conn::{Peer, Refused};
 use crate::server::fs::generations::resolve;
+use crate::server::images::trust::Trust;
 use crate::server::requests::admission::{self, RunSlot};
 use crate::server::restore::{RestoreError, RestoreSettings, restore};
 use crate::server::shared::Shared;
@@ -58,7 +61,11 @@ async fn run(
     };
     let requester = caller.uid();
     let creds = caller.credentials();
+    let trust_dir = shared.config.trust_dir.clone();
     let restored = blocking::unblock(move || {
+        let trust = Trust::load(settings.key.clone(), &trust_dir)
+            .map_err(|e| RestoreError::Refused(format!("the service's trusted keys: {e}")))?;
+        let settings = settings.trusting(trust);
         let dir = resolve(dir, &creds).map_err(RestoreError::Refused)?;
         restore(dir, &settings, creds, |meta| {
             let owner = meta.uid;

@@ -9,12 +9,22 @@ use super::settings::{RestoreError, RestoreSettings};
 use super::verify::Verified;
 use crate::procfs::{self, PROC};
 use crate::server::caller::credentials::Credentials;
+use crate::server::engine::{Criu, host};
 use crate::server::fs::service_dir::{KEEP_LEFTOVER_BYTES, KEEP_LEFTOVERS, LOG_DIR, ServiceDir};
 use crate::server::images::criu_log::first_error;
+use crate::server::images::format::ImageMeta;
 use std::os::fd::{AsFd, AsRawFd};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
+
+/// The CRIU that is to restore `meta`'s images is at least as new as the
+/// one that dumped them (the rest of the host was checked with the
+/// manifest).
+pub(crate) fn check_criu(meta: &ImageMeta, criu: &Criu) -> Result<(), RestoreError> {
+    host::check(meta.needs.as_ref(), Some(&criu.path)).map_err(RestoreError::Refused)
+}
+
 /// Runs `criu restore` of `verified`, held at `gate` (if given) until its
 /// pages are verified; the root pid.
 pub(super) fn run_criu(

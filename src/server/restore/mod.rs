@@ -26,6 +26,7 @@ mod settings;
 mod verify;
 
 pub use crate::server::fs::service_dir::{KEEP_LEFTOVER_BYTES, KEEP_LEFTOVERS, LOG_DIR};
+pub(crate) use criu::check_criu;
 use criu::run_criu;
 use gate::Gate;
 pub use ids::{check_ids_free, wait_ids_free};
@@ -57,14 +58,7 @@ pub fn restore_path(dir: &Path, settings: &RestoreSettings) -> Result<Restored, 
 /// them).
 pub fn verify_path(dir: &Path, settings: &RestoreSettings) -> Result<Verified, RestoreError> {
     let (resolved, creds) = open_dir(dir)?;
-    verify(
-        resolved,
-        settings.key.as_ref(),
-        settings.trust_unsigned,
-        creds,
-        false,
-        |_| Ok(()),
-    )
+    verify(resolved, settings, creds, false, |_| Ok(()))
 }
 
 /// Restores the images in `dir` (resolved: [`resolve`]), detached, after
@@ -79,14 +73,7 @@ pub(crate) fn restore(
     may_restore: impl FnOnce(&ImageMeta) -> Result<(), RestoreError>,
 ) -> Result<Restored, RestoreError> {
     let started = Instant::now();
-    let mut verified = verify(
-        dir,
-        settings.key.as_ref(),
-        settings.trust_unsigned,
-        creds,
-        true,
-        may_restore,
-    )?;
+    let mut verified = verify(dir, settings, creds, true, may_restore)?;
     let verify_time = started.elapsed();
     // the large pages files are hashed while CRIU runs (see gate.rs)
     let mut gate = match std::mem::take(&mut verified.unhashed) {
@@ -127,6 +114,7 @@ fn run_verified(
     if !verified.meta.pid_namespace {
         wait_ids_free(&verified.tree, verified.meta.shell_job, settings.wait)?;
     }
+    check_criu(&verified.meta, &settings.criu)?;
     let ran = run_criu(verified, settings, gate.as_deref());
     // a failed verification is the reason, whatever CRIU said of it
     if let Some(gate) = gate.as_mut()

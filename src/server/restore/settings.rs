@@ -1,7 +1,7 @@
 //! How to restore, what comes of a restore, and why one did not happen.
 
 use crate::server::engine::Criu;
-use crate::server::images::manifest::Key;
+use crate::server::images::trust::{Key, PublicKey, Trust};
 use std::fmt;
 use std::path::PathBuf;
 use std::time::Duration;
@@ -73,9 +73,14 @@ impl std::error::Error for RestoreError {}
 pub struct RestoreSettings {
     /// The CRIU to run.
     pub criu: Criu,
-    /// The key the images must be signed with (`None`: only with
-    /// `trust_unsigned`).
+    /// This host's key: images signed with it verify (`None` and no
+    /// [`Self::trusted`] keys: only with `trust_unsigned`).
     pub key: Option<Key>,
+    /// Other services' public keys whose images verify too (a host's trust
+    /// directory: [`Trust::load`]).
+    pub trusted: Vec<PublicKey>,
+    /// Where [`Self::trusted`] came from, for messages.
+    pub trust_dir: Option<PathBuf>,
     /// Restore images without a manifest (made by plain CRIU), unchecked.
     pub trust_unsigned: bool,
     /// How long to wait for the images' pids, sessions and groups to be
@@ -92,10 +97,32 @@ impl RestoreSettings {
         Self {
             criu,
             key,
+            trusted: Vec::new(),
+            trust_dir: None,
             trust_unsigned: false,
             wait: Duration::ZERO,
             deadline: Duration::from_secs(60),
         }
+    }
+}
+
+impl RestoreSettings {
+    /// Also trusts the keys of `trust` (its own key, if any, replaces
+    /// [`Self::key`]).
+    pub fn trusting(mut self, trust: Trust) -> Self {
+        self.key = trust.own.or(self.key);
+        self.trusted = trust.keys;
+        self.trust_dir = trust.dir;
+        self
+    }
+
+    /// The keys images may be signed with (`None`: none at all).
+    pub(crate) fn trust(&self) -> Option<Trust> {
+        (self.key.is_some() || !self.trusted.is_empty()).then(|| Trust {
+            own: self.key.clone(),
+            keys: self.trusted.clone(),
+            dir: self.trust_dir.clone(),
+        })
     }
 }
 

@@ -24,16 +24,21 @@
 //! recorded owner's, and a non-root owner's tasks must hold no capability.
 
 use super::gate::Unhashed;
-use super::settings::RestoreError;
+use super::settings::{RestoreError, RestoreSettings};
 use crate::server::caller::credentials::Credentials;
+use crate::server::engine::host;
 use crate::server::fs::generations::{LATEST, Resolved, is_generation_name};
 use crate::server::fs::root_subdir::RootSubdir;
 use crate::server::images::criu_entries::{CoreEntry, PstreeEntry};
 use crate::server::images::format::ImageMeta;
+use crate::server::images::format::plain_name;
 use crate::server::images::format::{
     entries, entry_names, first_entry, only_root_writes, read_image,
 };
-use crate::server::images::manifest::{FileDigest, Key, MANIFEST_FILE, Manifest, unsigned_extra};
+use crate::server::images::manifest::{
+    FileDigest, MANIFEST_FILE, Manifest, ManifestError, unsigned_extra,
+};
+use crate::server::images::trust::Trust;
 use prost::Message;
 use rustix::fs::{AtFlags, FileType};
 use std::os::fd::{AsFd, OwnedFd};
@@ -68,8 +73,8 @@ impl Drop for Verified {
 }
 
 /// Verifies the images in `images` (an open directory, resolved from what
-/// the restorer named, and held) with `key`, or, with `trust_unsigned`,
-/// takes images without a manifest as they are.
+/// the restorer named, and held) with the keys `settings` trust, or, with
+/// `settings.trust_unsigned`, takes images without a manifest as they are.
 /// `creds` makes and removes the private directory (the directory owner's
 /// or the requester's: see [`RootSubdir`]); `may_restore` sees the
 /// signed facts first (the owner, to compare with the requester).
@@ -78,8 +83,7 @@ impl Drop for Verified {
 /// restore to hash while CRIU runs, behind its gate (`gate.rs`).
 pub(crate) fn verify(
     images: Resolved,
-    key: Option<&Key>,
-    trust_unsigned: bool,
+    settings: &RestoreSettings,
     creds: Credentials,
     defer_pages: bool,
     may_restore: impl FnOnce(&ImageMeta) -> Result<(), RestoreError>,
@@ -89,9 +93,13 @@ pub(crate) fn verify(
         dir: images,
         generation,
     } = images;
-    let manifest = signed_manifest(&images, key, trust_unsigned)?;
+    let manifest = signed_manifest(&images, settings.trust().as_ref(), settings.trust_unsigned)?;
     let checked = started.elapsed();
     if let Some(m) = &manifest {
+        check_names(m)?;
+        // CRIU's version is compared just before it runs (after the ids
+        // are checked), since learning it runs CRIU
+        host::check(m.meta.needs.as_ref(), None).map_err(RestoreError::Refused)?;
         may_restore(&m.meta)?;
     }
     let wanted = wanted(&images, manifest.as_ref())?;
@@ -126,25 +134,20 @@ pub(crate) fn verify(
     Ok(verified)
 }
 
-/// The files to place: the manifest's (a file it does not list is
-/// ignored, with a warning naming it: nobody can tell when or by whom it
-/// was put there, and CRIU never sees it); without a manifest, every file
-/// but logs and statistics.
-/// The images' manifest, its signature checked with `key`; `None` only
-/// for unsigned images restored on purpose (`trust_unsigned`).
+/// The images' manifest, its signature checked with the keys of `trust`;
+/// `None` only for unsigned images restored on purpose (`trust_unsigned`).
 fn signed_manifest(
     images: &OwnedFd,
-    key: Option<&Key>,
+    trust: Option<&Trust>,
     trust_unsigned: bool,
 ) -> Result<Option<Manifest>, RestoreError> {
-    use crate::server::images::manifest::ManifestError::Missing;
-    let manifest = match (Manifest::read(images), key) {
-        (Ok(bytes), Some(key)) => {
-            Some(Manifest::verify(&bytes, key).map_err(RestoreError::refused)?)
+    let manifest = match (Manifest::read(images), trust) {
+        (Ok(bytes), Some(trust)) => {
+            Some(Manifest::verify_trusted(&bytes, trust).map_err(RestoreError::refused)?)
         }
         (Ok(_), None) => None, // unsigned by choice: --trust-unsigned without a key
-        (Err(Missing), _) if trust_unsigned => None,
-        (Err(Missing), _) => return Err(RestoreError::Refused(unsigned(images))),
+        (Err(ManifestError::Missing), _) if trust_unsigned => None,
+        (Err(ManifestError::Missing), _) => return Err(RestoreError::Refused(unsigned(images))),
         (Err(e), _) => return Err(RestoreError::refused(e)),
     };
     if manifest.is_none() && !trust_unsigned {
@@ -153,6 +156,17 @@ fn signed_manifest(
         ));
     }
     Ok(manifest)
+}
+
+/// Every file the manifest names is a plain name of the images directory.
+fn check_names(m: &Manifest) -> Result<(), RestoreError> {
+    match m.files.iter().find(|f| !plain_name(&f.name)) {
+        None => Ok(()),
+        Some(f) => Err(RestoreError::Refused(format!(
+            "{MANIFEST_FILE} names a file {:?}, which is not a plain file name",
+            f.name
+        ))),
+    }
 }
 
 /// Why images without a manifest are refused: not a checkpoint at all
@@ -171,6 +185,10 @@ fn unsigned(images: &impl AsFd) -> String {
     }
 }
 
+/// The files to place: the manifest's (a file it does not list is
+/// ignored, with a warning naming it: nobody can tell when or by whom it
+/// was put there, and CRIU never sees it); without a manifest, every file
+/// but logs and statistics.
 fn wanted(images: &OwnedFd, manifest: Option<&Manifest>) -> Result<Vec<FileDigest>, RestoreError> {
     let present = list(images)?;
     let Some(m) = manifest else {

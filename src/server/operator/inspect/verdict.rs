@@ -3,6 +3,7 @@
 //! cannot tell).
 
 use super::report::{Inspection, Verdict};
+use crate::server::engine::host;
 
 /// The verdict on what [`inspect`](super::inspect) found.
 pub(super) fn verdict(found: &Inspection) -> Verdict {
@@ -10,8 +11,8 @@ pub(super) fn verdict(found: &Inspection) -> Verdict {
         Some((restorable, why)) => (restorable, why),
         None => (
             Some(true),
-            "restorable here: signed by this service's key, every signed file there with \
-             its size, its ids free"
+            "restorable here: signed by a key trusted here, taken on a host this one can \
+             stand in for, every signed file there with its size, its ids free"
                 .into(),
         ),
     };
@@ -34,6 +35,12 @@ fn why_not(found: &Inspection) -> Option<(Option<bool>, String)> {
     }
     let no = |why: String| Some((Some(false), why));
     if let Some(why) = not_signed(found) {
+        return no(why);
+    }
+    // what `selfdump restore` checks before CRIU runs (CRIU's own version
+    // too, which this does not run CRIU to learn)
+    let needs = found.meta.as_ref().and_then(|m| m.needs.as_ref());
+    if let Err(why) = host::check(needs, None) {
         return no(why);
     }
     if let Some(f) = found.files.iter().find(|f| f.state == "missing") {
@@ -66,7 +73,7 @@ fn why_not(found: &Inspection) -> Option<(Option<bool>, String)> {
     None
 }
 
-/// Why what was found is not a checkpoint signed by this service's key.
+/// Why what was found is not a checkpoint signed by a key trusted here.
 fn not_signed(found: &Inspection) -> Option<String> {
     let criu_images = found.files.iter().any(|f| f.name == "inventory.img");
     match &found.signature {
@@ -88,5 +95,62 @@ fn not_signed(found: &Inspection) -> Option<String> {
             Some(format!("its signature does not verify: {problem}"))
         }
         Some(_) => None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::server::images::format::ImageMeta;
+    use crate::server::images::host_needs::HostNeeds;
+    use crate::server::operator::inspect::report::{FileInfo, Signature};
+
+    /// A signed checkpoint, whole, its ids free, that needs `needs`.
+    fn found(needs: Option<HostNeeds>) -> Inspection {
+        Inspection {
+            generations: Vec::new(),
+            generation: None,
+            meta: Some(ImageMeta {
+                needs,
+                ..ImageMeta::default()
+            }),
+            signature: Some(Signature {
+                key_id: "k".into(),
+                verifies: Some(true),
+                problem: None,
+            }),
+            tree: Vec::new(),
+            files: vec![FileInfo {
+                name: "inventory.img".into(),
+                size: 1,
+                state: "signed".into(),
+                signed_size: Some(1),
+            }],
+            bytes: 1,
+            pages: 0,
+            ids_in_use: None,
+            stats: None,
+            unreadable: None,
+            verdict: Verdict {
+                restorable: None,
+                summary: String::new(),
+            },
+        }
+    }
+
+    #[test]
+    fn a_checkpoint_of_a_host_this_one_cannot_stand_in_for_is_not_restorable() {
+        assert_eq!(verdict(&found(None)).restorable, Some(true), "old images");
+        let here = crate::server::engine::host::this_host(std::path::Path::new("/nonexistent"));
+        assert_eq!(verdict(&found(Some(here.clone()))).restorable, Some(true));
+        let mut elsewhere = here;
+        elsewhere.cpu_flags.push("selfdump_test_feature".into());
+        let v = verdict(&found(Some(elsewhere)));
+        assert_eq!(v.restorable, Some(false));
+        assert!(
+            v.summary.contains("lacks selfdump_test_feature"),
+            "{}",
+            v.summary
+        );
     }
 }

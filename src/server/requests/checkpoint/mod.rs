@@ -16,7 +16,7 @@ use crate::server::caller::credentials::Credentials;
 use crate::server::caller::process::Process;
 use crate::server::caller::status::TaskStatus;
 use crate::server::conn::{Connection, Outcome, Peer, Refused, Reply};
-use crate::server::engine::{CriuFlags, DumpSpec, Dumped, EngineError, Worker};
+use crate::server::engine::{CriuFlags, DumpSpec, Dumped, EngineError, Worker, host};
 use crate::server::fs::generations;
 use crate::server::fs::staging::Staging;
 use crate::server::images::format::ImageMeta;
@@ -315,6 +315,7 @@ impl Dump<'_> {
             uid: caller.uid(),
             gid: caller.gid(),
             groups: caller.groups.clone(),
+            needs: Some(host::this_host(&self.shared.config.criu.path)),
             ..ImageMeta::default()
         }
     }

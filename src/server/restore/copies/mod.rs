@@ -55,6 +55,8 @@ mod watchdog;
 
 pub use round::{Copies, Copy, Pages};
 pub use rules::MAX_COPIES;
+#[cfg(feature = "remote")]
+pub(crate) use rules::{check_count, copyable};
 pub use verified::VerifiedImages;
 
 use crate::server::restore::{RestoreError, RestoreSettings};

@@ -6,7 +6,7 @@ use super::launch::{Pending, start_all};
 use super::watchdog::Watchdog;
 use crate::server::fs::service_dir::{KEEP_LEFTOVER_BYTES, KEEP_LEFTOVERS, LOG_DIR, ServiceDir};
 use crate::server::images::criu_log::first_error;
-use crate::server::restore::{RestoreError, RestoreSettings, Verified};
+use crate::server::restore::{RestoreError, RestoreSettings, Verified, check_criu};
 use rustix::process::{Pid, PidfdFlags, Signal, pidfd_open, pidfd_send_signal};
 use std::os::fd::OwnedFd;
 use std::path::{Path, PathBuf};
@@ -163,6 +163,7 @@ pub(crate) fn start_round(
     lazy: bool,
 ) -> Result<Copies, RestoreError> {
     let meta = &verified.meta;
+    check_criu(meta, &settings.criu)?;
     let images = crate::procfs::fd_of(
         std::process::id(),
         std::os::fd::AsRawFd::as_raw_fd(&verified.subdir.dir),
