@@ -176,7 +176,7 @@ pub fn after_attack(ctx: &mut Ctx) {
     poll_until(Duration::from_secs(10), Duration::from_millis(20), || {
         let now = fds::fds_of(pid);
         let new = fds::new_fds(&ctx.baseline, &now);
-        let zombies: Vec<_> = fds::children_of(pid)
+        let zombies: Vec<_> = crate::common::children_of(pid)
             .into_iter()
             .filter(|(_, state, _)| *state == 'Z')
             .collect();

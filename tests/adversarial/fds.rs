@@ -116,24 +116,6 @@ pub fn socket_peers() -> BTreeMap<u64, u64> {
         .collect()
 }
 
-/// Children of `parent`: (pid, state, comm).
-pub fn children_of(parent: i32) -> Vec<(i32, char, String)> {
-    std::fs::read_dir("/proc")
-        .unwrap()
-        .flatten()
-        .filter_map(|e| {
-            let pid: i32 = e.file_name().to_str()?.parse().ok()?;
-            let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-            let (head, rest) = stat.rsplit_once(')')?;
-            let comm = head.split_once('(')?.1.to_owned();
-            let mut fields = rest.split_whitespace();
-            let state = fields.next()?.chars().next()?;
-            let ppid: i32 = fields.next()?.parse().ok()?;
-            (ppid == parent).then_some((pid, state, comm))
-        })
-        .collect()
-}
-
 /// The `criu` children of `service`.
 fn criu_children_of(service: i32) -> Vec<i32> {
     children_of(service)

@@ -78,7 +78,7 @@ impl ServeProcess {
     /// subreaper): see [`reap_when_done`].
     pub fn kill9(&mut self) -> (ExitStatus, Vec<i32>) {
         let mut child = self.child.take().unwrap();
-        let criu: Vec<i32> = crate::fds::children_of(child.id() as i32)
+        let criu: Vec<i32> = crate::common::children_of(child.id() as i32)
             .into_iter()
             .filter(|(_, _, comm)| comm == "criu")
             .map(|(pid, ..)| pid)

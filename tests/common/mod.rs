@@ -449,7 +449,11 @@ pub fn open_fds() -> Vec<(i32, PathBuf)> {
 
 /// Children of this process: (pid, state, comm).
 pub fn own_children() -> Vec<(i32, char, String)> {
-    let me = std::process::id() as i32;
+    children_of(std::process::id() as i32)
+}
+
+/// Children of `parent`: (pid, state, comm).
+pub fn children_of(parent: i32) -> Vec<(i32, char, String)> {
     std::fs::read_dir("/proc")
         .unwrap()
         .flatten()
@@ -461,7 +465,7 @@ pub fn own_children() -> Vec<(i32, char, String)> {
             let mut fields = rest.split_whitespace();
             let state = fields.next()?.chars().next()?;
             let ppid: i32 = fields.next()?.parse().ok()?;
-            (ppid == me).then_some((pid, state, comm))
+            (ppid == parent).then_some((pid, state, comm))
         })
         .collect()
 }
