@@ -85,13 +85,22 @@ fn a_pid_taken_after_the_check_is_waited_for_and_the_restore_tried_again() {
         }),
         "the restore never started CRIU"
     );
-    // (a race lost to another process taking the pid first is tried again)
-    let mut squatter = (0..1000).find_map(|_| squat(pid));
+    // (a race lost to another process or thread taking the pid first is
+    // tried again, for as long as CRIU waits: a thread that took it, such as
+    // an idle worker of a thread pool, lets it go when it exits)
+    let deadline = std::time::Instant::now() + Duration::from_secs(2);
+    let mut squatter = None;
+    while squatter.is_none() && std::time::Instant::now() < deadline {
+        squatter = squat(pid);
+    }
     let Some(squatter) = squatter.as_mut() else {
+        let holder = std::fs::read_to_string(format!("/proc/{pid}/status"))
+            .map(|s| s.lines().take(4).collect::<Vec<_>>().join(", "))
+            .unwrap_or_else(|_| "nobody now".into());
         kill_and_reap(wrapper.unwrap());
         let _ = restore.kill();
         let _ = restore.wait();
-        panic!("another process took pid {pid} first, 1000 times in a row");
+        panic!("another process or thread took pid {pid} first, for 2 s ({holder})");
     };
     // the first CRIU fails on the taken pid; the restore says it tries again
     let (lines, said) = std::sync::mpsc::channel();
