@@ -85,6 +85,14 @@ fn a_pid_taken_after_the_check_is_waited_for_and_the_restore_tried_again() {
         }),
         "the restore never started CRIU"
     );
+    // (and once the wrapper has forked its `sleep`: a fork of its own in the
+    // instant the next pid is steered would take the pid itself)
+    let wrapper_pid = wrapper.unwrap();
+    assert!(
+        poll_for(Duration::from_secs(30), || !own_children_of(wrapper_pid)
+            .is_empty()),
+        "the CRIU wrapper never started its sleep"
+    );
     // (a race lost to another process or thread taking the pid first is
     // tried again, for as long as CRIU waits: a thread that took it, such as
     // an idle worker of a thread pool, lets it go when it exits)
