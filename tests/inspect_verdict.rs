@@ -41,25 +41,6 @@ fn verdict(text: &str) -> &str {
         .unwrap_or_else(|| panic!("no verdict: {text}"))
 }
 
-/// A copy of the generation `latest` names, its files directly in a
-/// directory (owners and modes kept), to damage.
-fn copy_of(images: &Path) -> tempfile::TempDir {
-    let copy = images_dir();
-    let status = Command::new("cp")
-        .arg("-a")
-        .arg(format!("{}/latest/.", images.display()))
-        .arg(copy.path())
-        .status_guarded()
-        .unwrap();
-    assert!(status.success());
-    std::fs::set_permissions(
-        copy.path(),
-        std::os::unix::fs::PermissionsExt::from_mode(0o755),
-    )
-    .unwrap();
-    copy
-}
-
 #[test]
 fn what_is_no_checkpoint_is_called_so_and_exits_1() {
     let empty = images_dir();

@@ -12,22 +12,6 @@ use common::*;
 use std::process::Command;
 use std::time::Duration;
 
-/// The children of `parent`.
-fn own_children_of(parent: i32) -> Vec<i32> {
-    std::fs::read_dir("/proc")
-        .unwrap()
-        .flatten()
-        .filter_map(|p| p.file_name().to_str()?.parse::<i32>().ok())
-        .filter(|&pid| {
-            std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|stat| {
-                stat.rsplit_once(')')
-                    .and_then(|(_, rest)| rest.split_whitespace().nth(1)?.parse::<i32>().ok())
-                    == Some(parent)
-            })
-        })
-        .collect()
-}
-
 /// A process started with `pid` (by `ns_last_pid`), or `None` if another
 /// process took that pid first (tried again by the caller).
 fn squat(pid: i32) -> Option<std::process::Child> {
@@ -78,8 +62,9 @@ fn a_pid_taken_after_the_check_is_waited_for_and_the_restore_tried_again() {
     let mut wrapper = None;
     assert!(
         poll_for(Duration::from_secs(30), || {
-            wrapper = own_children_of(restorer)
+            wrapper = children_of(restorer)
                 .into_iter()
+                .map(|(child, ..)| child)
                 .find(|&child| comm(child).as_deref() == Some("slow-criu"));
             wrapper.is_some()
         }),
@@ -89,7 +74,7 @@ fn a_pid_taken_after_the_check_is_waited_for_and_the_restore_tried_again() {
     // instant the next pid is steered would take the pid itself)
     let wrapper_pid = wrapper.unwrap();
     assert!(
-        poll_for(Duration::from_secs(30), || !own_children_of(wrapper_pid)
+        poll_for(Duration::from_secs(30), || !children_of(wrapper_pid)
             .is_empty()),
         "the CRIU wrapper never started its sleep"
     );

@@ -26,18 +26,6 @@ fn restore_logged(images: &Path) -> (bool, String, String) {
     )
 }
 
-fn flip_byte(file: &Path, at: u64) {
-    use std::os::unix::fs::FileExt;
-    let f = std::fs::OpenOptions::new()
-        .read(true)
-        .write(true)
-        .open(file)
-        .unwrap();
-    let mut b = [0u8; 1];
-    f.read_exact_at(&mut b, at).unwrap();
-    f.write_all_at(&[b[0] ^ 0x40], at).unwrap();
-}
-
 #[test]
 fn pages_hashed_during_the_restore_hold_the_tree_until_they_verify() {
     let service = Service::start();

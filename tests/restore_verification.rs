@@ -12,38 +12,6 @@ use selfdump::server::manifest::{DEFAULT_KEY_FILE, Key, MANIFEST_FILE, Manifest}
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-/// A copy of the generation `latest` names in `images` (owners and modes
-/// kept), its files directly in a directory, to tamper with.
-fn copy_of(images: &Path) -> tempfile::TempDir {
-    let copy = images_dir();
-    let status = Command::new("cp")
-        .arg("-a")
-        .arg(format!("{}/latest/.", images.display()))
-        .arg(copy.path())
-        .status_guarded()
-        .unwrap();
-    assert!(status.success());
-    // (a generation is 0700, and `cp -a` copied that too)
-    std::fs::set_permissions(
-        copy.path(),
-        std::os::unix::fs::PermissionsExt::from_mode(0o755),
-    )
-    .unwrap();
-    copy
-}
-
-fn flip_byte(file: &Path, at: u64) {
-    use std::os::unix::fs::FileExt;
-    let f = std::fs::OpenOptions::new()
-        .read(true)
-        .write(true)
-        .open(file)
-        .unwrap();
-    let mut b = [0u8; 1];
-    f.read_exact_at(&mut b, at).unwrap();
-    f.write_all_at(&[b[0] ^ 0x40], at).unwrap();
-}
-
 fn named(images: &Path, prefix: &str) -> PathBuf {
     image_files(images)
         .into_iter()

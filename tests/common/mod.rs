@@ -756,3 +756,36 @@ impl RecordingCriu {
         started
     }
 }
+
+/// A copy of the generation `latest` names in `images` (owners and modes
+/// kept), its files directly in a directory, to damage or tamper with.
+pub fn copy_of(images: &Path) -> tempfile::TempDir {
+    let copy = images_dir();
+    let status = Command::new("cp")
+        .arg("-a")
+        .arg(format!("{}/latest/.", images.display()))
+        .arg(copy.path())
+        .status_guarded()
+        .unwrap();
+    assert!(status.success());
+    // (a generation is 0700, and `cp -a` copied that too)
+    std::fs::set_permissions(
+        copy.path(),
+        std::os::unix::fs::PermissionsExt::from_mode(0o755),
+    )
+    .unwrap();
+    copy
+}
+
+/// Flips one bit of the byte at `at` in `file`.
+pub fn flip_byte(file: &Path, at: u64) {
+    use std::os::unix::fs::FileExt;
+    let f = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(file)
+        .unwrap();
+    let mut b = [0u8; 1];
+    f.read_exact_at(&mut b, at).unwrap();
+    f.write_all_at(&[b[0] ^ 0x40], at).unwrap();
+}
