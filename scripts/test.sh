@@ -86,6 +86,7 @@ if $full; then
     # fuzz targets (instrumented, in theirs), both beside the tests, which
     # mostly wait on CRIU and must pass under load
     clippy_log=$(mktemp /tmp/selfdump-clippy.XXXXXX)
+    clippy_started=$(date +%s)
     (unset RUSTC_WORKSPACE_WRAPPER CLIPPY_ARGS
      CARGO_TARGET_DIR=target/clippy cargo clippy --all-targets --all-features --quiet -- -D warnings) \
         >"$clippy_log" 2>&1 &
@@ -98,7 +99,10 @@ fi
 tests_status=0
 step tests python3 scripts/run-tests.py || tests_status=$?
 if $full; then
-    if ! wait "$clippy"; then
+    clippy_status=0
+    wait "$clippy" || clippy_status=$?
+    times+=("cargo clippy (beside the tests) $(($(date +%s) - clippy_started)) s")
+    if [ "$clippy_status" != 0 ]; then
         cat "$clippy_log" >&2
         echo "test.sh: cargo clippy found warnings" >&2
         exit 1
