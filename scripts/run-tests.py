@@ -1,27 +1,28 @@
 #!/usr/bin/env python3
-"""Runs what `cargo test --all-features` runs, the test binaries side by side.
+"""Builds and runs what `cargo test --all-features` does, binaries side by side.
 
-Cargo builds every target (`cargo test --all-features --no-run`) and then
-runs the test binaries one after another; here each
-binary starts as soon as cargo has built it, SELFDUMP_TEST_JOBS at a time
-(default 4), while cargo builds the rest. Most of a binary's time is spent
-waiting (on CRIU, on the programs it checkpoints, on the deadlines it
-tests), so two cores carry several binaries and the compiler at once: the
-41 binaries took 197 s one after another here, the longest alone 30 s.
+Cargo builds every target and then runs the test binaries one after
+another; here cargo builds (`cargo test --all-features --no-run`: the
+library, the binary, the examples, the tests) and each test binary starts
+as soon as it is built and the programs the tests run (the `selfdump`
+binary, the examples) are, SELFDUMP_TEST_JOBS at a time (default 4), while
+cargo builds the rest. Most of a binary's time is spent waiting (on CRIU,
+on the programs it checkpoints, on the deadlines it tests), so two cores
+carry several binaries and the compiler at once: the 41 binaries took
+197 s one after another here, the longest alone 30 s. Then cargo builds
+the benches (so that they are linted and keep building; `cargo test` does
+not run them) and the doc tests run.
 
-Expects the programs the tests run already built (`cargo build
---all-features --bins --examples`: scripts/test.sh does it first). Each
-binary's output goes to a log, printed whole if it fails; a line per binary
-as it ends; a summary at the end (libtest's counts and the adversarial
-suite's). Exits 1 if the build or any binary failed. Arguments are passed
-to every binary (a libtest filter, `--nocapture`, ...).
+Each binary's output goes to a log, printed whole if it fails; a line per
+binary as it ends; a summary at the end (libtest's counts and the
+adversarial suite's). Exits 1 if the build or any binary failed. Arguments
+are passed to every binary (a libtest filter, `--nocapture`, ...).
 
 Run alone, after the others: whatever steers the kernel's next pid
 (`ns_last_pid`), since any process forking beside it would take that pid:
 the binary `pid_taken_meanwhile`, and the adversarial suite's attacks that
 must (`ADVERSARIAL_ALONE=only`; its other attacks run beside the rest, with
-`ADVERSARIAL_ALONE=skip`). The doc tests run once cargo is done (they need
-its lock on the build directory).
+`ADVERSARIAL_ALONE=skip`).
 
 Not cargo-nextest: it runs binaries of the libtest harness only, and six of
 ours have their own (`harness = false`).
@@ -42,30 +43,45 @@ JOBS = max(1, int(os.environ.get("SELFDUMP_TEST_JOBS", "4")))
 LONGEST_FIRST = ["adversarial", "hundred_generations", "isolated_copies", "copies_deadline",
                  "commit_crashes", "store", "embedding", "diagnoses", "generations"]
 ALONE = ["pid_taken_meanwhile"]
-# every target but the examples in test mode (they have no tests; built by
-# `cargo build --examples`): what `cargo clippy --all-targets` lints
-CARGO_BUILD = ["cargo", "test", "--all-features", "--lib", "--bins", "--tests", "--benches",
-               "--no-run", "--quiet", "--message-format=json-render-diagnostics"]
+BUILDS = [
+    # the library, the binary, the examples, the tests
+    ["cargo", "test", "--all-features", "--no-run", "--quiet",
+     "--message-format=json-render-diagnostics"],
+    # the benches: built and linted, not run
+    ["cargo", "test", "--all-features", "--benches", "--no-run", "--quiet",
+     "--message-format=json-render-diagnostics"],
+]
 
 
-def built_binaries(cargo, found):
-    """Puts (name, executable) on `found` as cargo reports each test binary
-    built, then None."""
-    for line in cargo.stdout:
-        try:
-            message = json.loads(line)
-        except ValueError:
-            continue
-        if message.get("reason") != "compiler-artifact" or not message.get("executable"):
-            continue
-        target = message["target"]
-        kind = target["kind"][0]
-        # benches are built (and linted) here, not run: `cargo test` does not run them
-        if not message["profile"]["test"] or kind == "bench":
-            continue
-        name = target["name"] + ("" if kind == "test" else "-" + kind)
-        found.put((name, message["executable"]))
-    found.put(None)
+def programs():
+    """The binaries and examples of the package: what the tests run."""
+    metadata = json.loads(subprocess.run(
+        ["cargo", "metadata", "--no-deps", "--format-version", "1"],
+        check=True, capture_output=True, text=True).stdout)
+    return {(t["kind"][0], t["name"]) for p in metadata["packages"] for t in p["targets"]
+            if t["kind"][0] in ("bin", "example")}
+
+
+def build(events):
+    """Runs the builds one after another (cargo holds the build directory
+    for each), putting on `events` ("built", kind, name, executable, test)
+    for each artifact with an executable, then ("done", status)."""
+    for argv in BUILDS:
+        cargo = subprocess.Popen(argv, stdout=subprocess.PIPE, text=True)
+        for line in cargo.stdout:
+            try:
+                message = json.loads(line)
+            except ValueError:
+                continue
+            if message.get("reason") == "compiler-artifact" and message.get("executable"):
+                target = message["target"]
+                events.put(("built", target["kind"][0], target["name"], message["executable"],
+                            message["profile"]["test"]))
+        status = cargo.wait()
+        if status != 0:
+            events.put(("done", status))
+            return
+    events.put(("done", 0))
 
 
 class Job:
@@ -117,58 +133,61 @@ def main():
     extra = sys.argv[1:]
     began = time.monotonic()
     logs = tempfile.mkdtemp(prefix="selfdump-tests.")
-    cargo = subprocess.Popen(CARGO_BUILD, stdout=subprocess.PIPE, text=True)
-    found = queue.Queue()
-    threading.Thread(target=built_binaries, args=(cargo, found), daemon=True).start()
+    missing = programs()
+    events = queue.Queue()
+    threading.Thread(target=build, args=(events,), daemon=True).start()
 
     exe_of, waiting, running, failed = {}, [], [], []
-    cargo_done, doctests_queued, ended = False, False, 0
+    built = False
 
     def rank(name):
         return LONGEST_FIRST.index(name) if name in LONGEST_FIRST else len(LONGEST_FIRST)
 
-    while True:
-        while True:
-            try:
-                item = found.get(timeout=0.05 if not cargo_done else 0)
-            except queue.Empty:
-                break
-            if item is None:
-                cargo_done = True
-                if cargo.wait() != 0:
-                    print("run-tests: cargo could not build every test binary (above)",
-                          flush=True)
-                    failed.append("build")
-                break
-            name, exe = item
-            exe_of[name] = exe
-            if name not in ALONE:
-                waiting.append(name)
-        if cargo_done and not doctests_queued:
-            doctests_queued = True
-            waiting.append("doctests")
+    while not built or waiting or running:
+        try:
+            event = events.get(timeout=0.05)
+        except queue.Empty:
+            event = None
+        if event and event[0] == "built":
+            _, kind, name, exe, test = event
+            missing.discard((kind, name))
+            if test and kind != "bench":
+                name = name + ("" if kind == "test" else "-" + kind)
+                exe_of[name] = exe
+                if name not in ALONE:
+                    waiting.append(name)
+        elif event and event[0] == "done":
+            built = True
+            print(f"run-tests: built in {time.monotonic() - began:.0f} s", flush=True)
+            if event[1] != 0:
+                print("run-tests: cargo could not build every target (above)", flush=True)
+                failed.append("build")
+                waiting.clear()
+            else:
+                waiting.append("doctests")
         for job in list(running):
             status = job.process.poll()
             if status is None:
                 continue
             running.remove(job)
-            ended += 1
-            took = time.monotonic() - job.started
             verdict = "ok" if status == 0 else f"FAILED (exit {status})"
-            print(f"  {verdict:<8} {job.name:<28} {took:4.0f} s", flush=True)
+            print(f"  {verdict:<8} {job.name:<28} {time.monotonic() - job.started:4.0f} s",
+                  flush=True)
             if status != 0:
                 failed.append(job.name)
+        # the tests run the binary and the examples: none starts before they are built
         waiting.sort(key=rank)
-        while waiting and len(running) < JOBS:
+        while waiting and len(running) < JOBS and not missing:
             name = waiting.pop(0)
             argv, env = command(name, exe_of, extra)
             running.append(Job(name, argv, env, logs))
-        if cargo_done and not waiting and not running:
+        if built and missing and not running:
             break
-        time.sleep(0.05)
 
     alone = [n for n in ALONE if n in exe_of] + (["adversarial-alone"] if "adversarial" in exe_of
                                                  else [])
+    if "build" in failed:
+        alone = []
     for name in alone:
         argv, env = command(name, exe_of, extra)
         job = Job(name, argv, env, logs)

@@ -77,9 +77,6 @@ RUSTC_WORKSPACE_WRAPPER=$(rustc --print sysroot)/bin/clippy-driver
 CLIPPY_ARGS=-D__CLIPPY_HACKERY__warnings__CLIPPY_HACKERY__
 export RUSTC_WORKSPACE_WRAPPER CLIPPY_ARGS
 step fmt cargo fmt --check
-# the programs the tests run; scripts/run-tests.py builds the test binaries
-# and benches (linted the same way) and runs each as soon as it is built
-step build cargo build --all-features --bins --examples --quiet
 if $full; then
     # CI also runs `cargo clippy` itself (its own target directory: cargo
     # holds a build directory's lock for a whole command) and builds the
@@ -97,7 +94,9 @@ if $full; then
     fuzz_build=$!
 fi
 tests_status=0
-step tests python3 scripts/run-tests.py || tests_status=$?
+# builds every target and runs each test binary as soon as it and the
+# programs the tests run are built ("built in N s" says when cargo was done)
+step build+tests python3 scripts/run-tests.py || tests_status=$?
 if $full; then
     clippy_status=0
     wait "$clippy" || clippy_status=$?
