@@ -9,6 +9,10 @@
 //! (`--check`: a copy also checks its memory and says `memory=ok`;
 //! `--exit`: it exits at once, to provoke that.)
 
+#[path = "support/pattern.rs"]
+mod pattern;
+
+use pattern::Pattern;
 use selfdump::{Options, Outcome};
 use std::io::Write;
 
@@ -34,10 +38,6 @@ fn monotonic_offset_ns() -> i128 {
         .unwrap_or(0)
 }
 
-fn pattern(i: usize) -> u8 {
-    (i.wrapping_mul(31) ^ (i >> 12)) as u8
-}
-
 fn main() {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let value = |name: &str| {
@@ -53,7 +53,8 @@ fn main() {
     if let Some(socket) = value("--socket") {
         options = options.socket(socket);
     }
-    let memory: Vec<u8> = (0..mb << 20).map(pattern).collect();
+    let pattern = Pattern::new();
+    let memory = pattern.filled(mb << 20);
     let outcome = selfdump::blocking::checkpoint(options);
     let stamp = now_ns();
     let mut out = std::io::stdout().lock();
@@ -74,7 +75,7 @@ fn main() {
             let stamp = stamp as i128 - monotonic_offset_ns();
             let _ = writeln!(out, "stamp {stamp} copy={copy}");
             if check {
-                let ok = memory.iter().enumerate().all(|(i, &b)| b == pattern(i));
+                let ok = pattern.holds(&memory);
                 let _ = writeln!(out, "copy={copy} memory={}", if ok { "ok" } else { "BAD" });
             }
         }

@@ -15,6 +15,10 @@
 //!
 //! Every line names the process: `original`, or `copy=K id=HEX`.
 
+#[path = "support/pattern.rs"]
+mod pattern;
+
+use pattern::Pattern;
 use selfdump::{Options, Outcome, checkpoint};
 use std::io::Write;
 use std::time::{Duration, Instant};
@@ -23,16 +27,6 @@ fn say(line: &str) {
     let mut out = std::io::stdout().lock();
     let _ = writeln!(out, "{line}");
     let _ = out.flush();
-}
-
-/// The pattern byte at `i` (not all equal, so a page of zeros or a page
-/// from elsewhere would show).
-fn pattern(i: usize) -> u8 {
-    (i.wrapping_mul(31) ^ (i >> 12)) as u8
-}
-
-fn memory_ok(memory: &[u8]) -> bool {
-    memory.iter().enumerate().all(|(i, &b)| b == pattern(i))
 }
 
 fn main() {
@@ -56,7 +50,8 @@ fn main() {
         }
     };
 
-    let memory: Vec<u8> = (0..mb << 20).map(pattern).collect();
+    let pattern = Pattern::new();
+    let memory = pattern.filled(mb << 20);
     say(&format!(
         "original ready: pid {} (in its namespace), {mb} MiB",
         std::process::id()
@@ -76,7 +71,7 @@ fn main() {
                 info.copy.map_or("none".into(), |c| c.to_string()),
                 info.restore_id
             );
-            let ok = if memory_ok(&memory) { "ok" } else { "BAD" };
+            let ok = if pattern.holds(&memory) { "ok" } else { "BAD" };
             say(&format!("{me} restored: memory={ok}"));
             if let (Some(dir), Some(k)) = (&again, again_copy)
                 && info.copy == Some(k)
@@ -91,7 +86,7 @@ fn main() {
                             info.copy.map_or("none".into(), |c| c.to_string()),
                             info.restore_id
                         );
-                        let ok = if memory_ok(&memory) { "ok" } else { "BAD" };
+                        let ok = if pattern.holds(&memory) { "ok" } else { "BAD" };
                         say(&format!("{me} gen2 restored: memory={ok}"));
                     }
                     Err(e) => say(&format!("{me} gen2 error: {e}")),

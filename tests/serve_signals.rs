@@ -2,10 +2,13 @@
 //! in flight goes on), a second one exits at once, abandoning the dump: the
 //! frozen caller runs on and is told the outcome is unknown, the exit code
 //! says the stop was forced, and no staging directory outlives the next
-//! checkpoint into the directory.
+//! checkpoint into the directory. Its socket: it appears only once it
+//! listens (bound under a name of its own, then renamed), and a second
+//! service on it is refused while the first serves on.
 
 mod common;
 
+use common::Guarded;
 use common::*;
 use std::time::{Duration, Instant};
 
@@ -115,4 +118,54 @@ fn a_second_sigterm_exits_at_once_and_the_frozen_caller_runs_on() {
         );
         next_checkpoint_clears_staging(images.path());
     }
+}
+
+#[test]
+fn a_second_service_on_a_live_socket_is_refused_and_the_first_serves_on() {
+    let dir = tempfile::tempdir().unwrap();
+    let socket = dir.path().join("s.sock");
+    let mut first = serve_process(&socket, &dir.path().join("first.log"));
+    let said_file = dir.path().join("second.log");
+    let mut second = std::process::Command::new(selfdump_bin())
+        .args(["serve", "--socket"])
+        .arg(&socket)
+        .arg("--criu")
+        .arg(criu().path)
+        .stderr(std::fs::File::create(&said_file).unwrap())
+        .spawn_guarded()
+        .unwrap();
+    // (a second service that took the socket would serve on: not awaited)
+    let ended = poll_for(Duration::from_secs(60), || {
+        second.try_wait().unwrap().is_some()
+    });
+    let said = read(&said_file);
+    if !ended {
+        for service in [&mut second, &mut first] {
+            sigterm(service.id());
+            let _ = service.wait();
+        }
+        panic!("a second service started on a live socket: {said}");
+    }
+    let second = second.wait().unwrap();
+    assert_eq!(second.code(), Some(1), "{said}");
+    assert!(
+        said.contains("Address already in use") && said.contains("another selfdump service"),
+        "{said}"
+    );
+    // only the socket: nothing bound on the way is left beside it
+    let names: Vec<String> = std::fs::read_dir(dir.path())
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .filter(|n| !n.ends_with(".log"))
+        .collect();
+    assert_eq!(names, ["s.sock"]);
+    let images = images_dir();
+    let mut program =
+        Program::start_on(&socket, images.path(), &["--at", "1", "--until", "1"], None);
+    let line = program.outcome_or_state();
+    assert!(line.starts_with("checkpoint continued"), "{line}");
+    program.wait();
+    sigterm(first.id());
+    assert!(first.wait().unwrap().success());
+    assert!(!socket.exists(), "the socket is removed at the stop");
 }

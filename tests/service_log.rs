@@ -75,7 +75,11 @@ fn the_service_log_says_what_happened_in_words() {
         None,
     );
     let line = good.outcome_or_state();
-    assert!(line.starts_with("checkpoint continued"), "{line}");
+    assert!(
+        line.starts_with("checkpoint continued"),
+        "{line}; the service's log:\n{}",
+        read(&log)
+    );
     good.wait();
     let dumping = logged(&log, "the dump", |l| l.contains(": dumping pid "));
     assert!(

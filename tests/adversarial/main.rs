@@ -11,8 +11,11 @@
 //! (`ADVERSARIAL_JOBS`, default 4). The run ends with the line
 //! `adversarial: N attacks, N refused or survived, 0 served, ...`, which
 //! lists the skips. `ADVERSARIAL_ONLY=<part of a name>` (or a test-name
-//! filter) runs only the attacks so named. Races are time-boxed (a few
-//! seconds); `SELFDUMP_LONG_RACES=1` runs their long form.
+//! filter) runs only the attacks so named; `ADVERSARIAL_ALONE=skip` all
+//! but those that must run alone (`ALONE`), `ADVERSARIAL_ALONE=only` those
+//! (`scripts/run-tests.py` runs the rest beside other test binaries).
+//! Races are time-boxed (a few seconds); `SELFDUMP_LONG_RACES=1` runs
+//! their long form.
 //!
 //! This file holds the table of attacks; the attacks live in one module
 //! per class (`frames`, `identity`, `tree`, `directory`, `limits`,

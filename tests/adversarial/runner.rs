@@ -139,14 +139,16 @@ fn run_attack(attack: Attack) -> Verdict {
     verdict
 }
 
-/// The attacks the command line and `ADVERSARIAL_ONLY` select, in the order
-/// they start: those that must run alone last, the longest first.
+/// The attacks the command line, `ADVERSARIAL_ONLY` and `ADVERSARIAL_ALONE`
+/// (`skip`: not those that must run alone; `only`: those alone) select, in
+/// the order they start: those that must run alone last, the longest first.
 fn selected<'a>(
     attacks: &[(&'a str, Attack)],
     alone: &[&str],
     longest_first: &[&str],
 ) -> Vec<&'a str> {
     let only = std::env::var("ADVERSARIAL_ONLY").ok();
+    let alone_ones = std::env::var("ADVERSARIAL_ALONE").ok();
     let (filters, exact) = test_filters();
     let whole = |f: &str| match exact {
         true => f == "adversarial_suite",
@@ -161,6 +163,11 @@ fn selected<'a>(
         .map(|(name, _)| *name)
         .filter(|name| only.as_deref().is_none_or(|o| name.contains(o)))
         .filter(|name| filters.is_empty() || filters.iter().any(|f| whole(f) || named(name, f)))
+        .filter(|name| match alone_ones.as_deref() {
+            Some("skip") => !alone.contains(name),
+            Some("only") => alone.contains(name),
+            _ => true,
+        })
         .collect();
     let rank = |name: &str| {
         let first = longest_first.iter().position(|n| *n == name);
