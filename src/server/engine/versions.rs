@@ -35,7 +35,7 @@ const MAX_BYTES: u64 = 64 << 10;
 pub(super) fn key(path: &Path, stat: &Stat) -> Option<String> {
     let path = path.to_str().filter(|p| !p.contains(['\n', '\t']))?;
     Some(format!(
-        "{} {} {} {}.{} {}.{} {path}",
+        "{} {} {} {}.{:09} {}.{:09} {path}",
         stat.st_dev,
         stat.st_ino,
         stat.st_size,
@@ -156,5 +156,29 @@ mod tests {
         assert!(!is_version(""));
         assert!(!is_version("4.1.1\n5"));
         assert!(!is_version("4.1 (gitid)"));
+    }
+
+    /// What a process remembers, the next one recalls, for that binary
+    /// only (root: the file is root's, in the service's directory).
+    #[test]
+    fn a_version_remembered_is_recalled_for_the_same_binary_only() {
+        if !rustix::process::geteuid().is_root() {
+            return eprintln!("skipped: the file is root's");
+        }
+        let stat = rustix::fs::stat("/proc/self/exe").unwrap();
+        let path = format!("/nonexistent/criu-{}", std::process::id());
+        let k = key(Path::new(&path), &stat).unwrap();
+        assert_eq!(recall(&k), None);
+        remember(&k, "4.0.7");
+        assert_eq!(recall(&k).as_deref(), Some("4.0.7"));
+        let mut rewritten = stat;
+        rewritten.st_ctime += 1;
+        assert_eq!(recall(&key(Path::new(&path), &rewritten).unwrap()), None);
+        remember(&k, "4.0.8 (not a version)");
+        assert_eq!(
+            recall(&k).as_deref(),
+            Some("4.0.7"),
+            "kept: nothing else was"
+        );
     }
 }
