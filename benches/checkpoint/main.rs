@@ -45,6 +45,7 @@ mod non_root;
 mod parts;
 mod plot;
 mod speed;
+mod steps;
 mod workers;
 
 use parts::{concurrency, end_to_end, freeze, least_privilege, signing, warm_workers};
@@ -87,10 +88,9 @@ fn main() {
             "the checkpoint bench measures nothing: CRIU dumps need root",
         );
     }
-    if let Ok(level) = std::env::var("SELFDUMP_BENCH_LOG") {
-        // the service's own step timings (debug), on stderr
-        env_logger::Builder::new().parse_filters(&level).init();
-    }
+    // the service's own step timings: recorded for the breakdowns, and
+    // with SELFDUMP_BENCH_LOG printed on stderr
+    steps::install();
     let quick = report::quick();
     let criu = Criu {
         path: find_criu(),

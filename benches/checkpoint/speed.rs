@@ -12,8 +12,9 @@
 //!   the last is done.
 //!
 //! Medians and the spread (min–max) of the rounds; ratios are of medians.
-//! `SELFDUMP_BENCH_LOG=selfdump=debug` also prints the service's own step
-//! timings (verification, CRIU, the commit's steps) on stderr.
+//! Each part then prints where selfdump's time goes, step by step, from
+//! the service's debug log (`steps.rs`);
+//! `SELFDUMP_BENCH_LOG=selfdump=debug` also prints those lines on stderr.
 
 use super::report::{self, Report};
 use super::{Bench, Sample, images, ms, parse, plain_dump, start_app};
@@ -66,7 +67,7 @@ pub(super) fn restore(b: &Bench, report: &mut Report) {
     );
     for mib in [2usize, 256] {
         let dir = isolated_image(&app, &b.socket, shm.path(), mib);
-        let [plain, cli, lib, verify] =
+        let ([plain, cli, lib, verify], breakdown) =
             b.with_cache(|| restore_rounds(b, &settings, &dir, shm.path()));
         let base = stats(&plain).0;
         let rows = vec![
@@ -83,29 +84,113 @@ pub(super) fn restore(b: &Bench, report: &mut Report) {
             ratio <= 1.1,
             &format!("{ratio:.2}"),
         );
+        breakdown.print(report, stats(&plain).0);
     }
 }
 
 /// The rounds of `restore`: plain, the command, the library, and the
-/// library's verification before CRIU (ms).
-fn restore_rounds(b: &Bench, settings: &RestoreSettings, dir: &Path, work: &Path) -> [Vec<f64>; 4] {
+/// library's verification before CRIU (ms); and the steps of each.
+fn restore_rounds(
+    b: &Bench,
+    settings: &RestoreSettings,
+    dir: &Path,
+    work: &Path,
+) -> ([Vec<f64>; 4], RestoreBreakdown) {
     let (mut plain, mut cli, mut lib, mut verify) = (vec![], vec![], vec![], vec![]);
+    let mut steps = RestoreBreakdown::default();
     for round in 0..b.reps {
         for turn in 0..3 {
             match (turn + round) % 3 {
                 0 => plain.push(plain_restore(&b.criu, dir, work)),
-                1 => cli.push(cli_restore(dir)),
+                1 => {
+                    let (took, lines) = cli_restore(dir);
+                    cli.push(took);
+                    steps.add(false, took, &lines);
+                }
                 _ => {
                     let started = Instant::now();
-                    let restored = restore_path(dir, settings).expect("restore_path");
+                    let restored =
+                        super::steps::record(|| restore_path(dir, settings)).expect("restore_path");
                     lib.push(ms(started.elapsed()));
                     verify.push(ms(restored.verify));
+                    steps.add(true, ms(started.elapsed()), &super::steps::take());
                     kill_copy(restored.pid);
                 }
             }
         }
     }
-    [plain, cli, lib, verify]
+    ([plain, cli, lib, verify], steps)
+}
+
+/// The steps of the command's and the library's restores (ms, one entry a
+/// round): `super::steps::restore_steps`, and the wall time after the
+/// restored tree runs (the command: also its start, before the restore).
+#[derive(Default)]
+struct RestoreBreakdown {
+    cli: Vec<[f64; 8]>,
+    lib: Vec<[f64; 8]>,
+}
+
+impl RestoreBreakdown {
+    fn add(&mut self, library: bool, wall: f64, lines: &[String]) {
+        let Some(s) = super::steps::restore_steps(lines) else {
+            return eprintln!("no step timings in a restore's log: {lines:?}");
+        };
+        let row = [
+            s[0],
+            s[1],
+            s[2],
+            s[3],
+            s[4],
+            s[6] - s[4] - s[5],
+            s[5],
+            wall - s[6],
+        ];
+        match library {
+            true => self.lib.push(row),
+            false => self.cli.push(row),
+        }
+    }
+
+    /// The breakdown's table: medians of each step, and plain CRIU's
+    /// whole restore (`plain`, ms) beside CRIU's run under selfdump.
+    fn print(&self, report: &mut Report, plain: f64) {
+        if self.cli.is_empty() || self.lib.is_empty() {
+            return;
+        }
+        const STEPS: [&str; 8] = [
+            "manifest read, signature and host checked",
+            "private directory made",
+            "files placed (links) and hashed, 4 threads",
+            "tree and credentials checked",
+            "verified before CRIU starts (the four above)",
+            "CRIU's preparation (ids, work files, the gate)",
+            "`criu restore` until it returns",
+            "outside `restore()`: the command's start, key and exit; the private directory's removal",
+        ];
+        let median = |v: &[[f64; 8]], i: usize| {
+            let column: Vec<f64> = v.iter().map(|r| r[i]).collect();
+            format!("{:.2}", stats(&column).0)
+        };
+        let mut rows: Vec<Vec<String>> = STEPS
+            .iter()
+            .enumerate()
+            .map(|(i, step)| vec![step.to_string(), median(&self.cli, i), median(&self.lib, i)])
+            .collect();
+        rows.insert(
+            7,
+            vec![
+                "(plain `criu restore -D`, whole)".into(),
+                format!("{plain:.2}"),
+                String::new(),
+            ],
+        );
+        report.para(
+            "Where the time goes: each step's median over the rounds, from the debug log \
+             (the library's recorded in this process, the command's read from its stderr).",
+        );
+        report.table(&["step", "command, ms", "library, ms"], &rows);
+    }
 }
 
 /// A `clone_stamp` of `mib` MiB checkpointed under `selfdump run` into
@@ -165,23 +250,25 @@ fn plain_restore(criu: &Criu, dir: &Path, work: &Path) -> f64 {
     took
 }
 
-fn cli_restore(dir: &Path) -> f64 {
+/// `selfdump restore DIR`: its wall time (ms) and its log lines (its
+/// steps at debug level; printed too with `SELFDUMP_BENCH_LOG`).
+fn cli_restore(dir: &Path) -> (f64, Vec<String>) {
     let started = Instant::now();
     let out = Command::new(env!("CARGO_BIN_EXE_selfdump"))
         .arg("restore")
         .arg(dir)
-        .env(
-            "RUST_LOG",
-            std::env::var("SELFDUMP_BENCH_LOG").unwrap_or("warn".into()),
-        )
+        .env("RUST_LOG", "warn,selfdump::server::restore=debug")
         .stdin(Stdio::null())
-        .stderr(Stdio::inherit())
         .output()
         .unwrap();
     let took = ms(started.elapsed());
+    let log = String::from_utf8_lossy(&out.stderr);
+    if std::env::var_os("SELFDUMP_BENCH_LOG").is_some() || !out.status.success() {
+        eprint!("{log}");
+    }
     assert!(out.status.success(), "selfdump restore failed");
     kill_copy(String::from_utf8_lossy(&out.stdout).trim().parse().unwrap());
-    took
+    (took, log.lines().map(str::to_owned).collect())
 }
 
 /// Kills a restored copy (its namespace's init: the whole namespace goes)
@@ -199,7 +286,7 @@ fn kill_copy(pid: i32) {
 
 /// `tiny`: see the module docs.
 pub(super) fn tiny(b: &Bench, report: &mut Report) {
-    let [plain, synced, ours, sync] = b.with_cache(|| tiny_rounds(b));
+    let ([plain, synced, ours, sync], lines) = b.with_cache(|| tiny_rounds(b));
     report.section(
         "Tiny checkpoint against plain CRIU and a sync",
         &format!(
@@ -228,10 +315,12 @@ pub(super) fn tiny(b: &Bench, report: &mut Report) {
         ratio <= 1.0,
         &format!("{ratio:.2}"),
     );
+    super::steps::checkpoint_table(report, &lines, &ours);
 }
 
-/// The rounds of `tiny`: plain, plain + sync, selfdump, its syncfs (ms).
-fn tiny_rounds(b: &Bench) -> [Vec<f64>; 4] {
+/// The rounds of `tiny`: plain, plain + sync, selfdump, its syncfs (ms);
+/// and the service's debug lines of selfdump's rounds.
+fn tiny_rounds(b: &Bench) -> ([Vec<f64>; 4], Vec<String>) {
     let (app, work) = (&b.app, &b.work);
     let (mut idle, _idle_out) = start_app(app, &["--idle", "--mib", "1"]);
     let pid = idle.id().to_string();
@@ -258,10 +347,10 @@ fn tiny_rounds(b: &Bench) -> [Vec<f64>; 4] {
             match (turn + round) % 3 {
                 0 => plain.push(plain_dump(&b.criu, &pid, &images(work, "tiny-plain")).wall_ms),
                 1 => synced.push(plain_then_sync(&b.criu, &pid, &images(work, "tiny-plain"))),
-                _ => {
+                _ => ours.push(super::steps::record(|| {
                     sd.stdin.as_mut().unwrap().write_all(b"go\n").unwrap();
-                    ours.push(parse(&lines.next().unwrap().unwrap()));
-                }
+                    parse(&lines.next().unwrap().unwrap())
+                })),
             }
         }
     }
@@ -271,7 +360,7 @@ fn tiny_rounds(b: &Bench) -> [Vec<f64>; 4] {
     let _ = std::fs::remove_dir_all(&sd_dir);
     let wall = ours.iter().map(|s| s.wall_ms).collect();
     let sync = ours.iter().map(|s| s.sync_ms).collect();
-    [plain, synced, wall, sync]
+    ([plain, synced, wall, sync], super::steps::take())
 }
 
 /// `criu dump` then `sync -f DIR` (plain_dump syncs everything before its
@@ -287,7 +376,7 @@ fn plain_then_sync(criu: &Criu, pid: &str, dir: &Path) -> f64 {
 /// `concurrent`: see the module docs.
 pub(super) fn concurrent(b: &Bench, report: &mut Report) {
     const N: usize = 8;
-    let [plain, synced, ours] = b.with_cache(|| concurrent_rounds(b, N));
+    let ([plain, synced, ours], lines, apps) = b.with_cache(|| concurrent_rounds(b, N));
     report.section(
         "Concurrent checkpoints against plain CRIU and a sync",
         &format!(
@@ -318,21 +407,30 @@ pub(super) fn concurrent(b: &Bench, report: &mut Report) {
         ratio <= 1.1,
         &format!("{ratio:.2}"),
     );
+    super::steps::checkpoint_table(report, &lines, &apps);
 }
 
-fn concurrent_rounds(b: &Bench, n: usize) -> [Vec<f64>; 3] {
+/// The rounds of `concurrent`: plain, plain + sync, selfdump (wall, ms);
+/// the service's debug lines of selfdump's rounds, and each app's
+/// `checkpoint()` time (ms).
+fn concurrent_rounds(b: &Bench, n: usize) -> ([Vec<f64>; 3], Vec<String>, Vec<f64>) {
     let idle: Vec<_> = (0..n)
         .map(|_| start_app(&b.app, &["--idle", "--mib", "4"]))
         .collect();
     let pids: Vec<String> = idle.iter().map(|(c, _)| c.id().to_string()).collect();
-    let (mut plain, mut synced, mut ours) = (vec![], vec![], vec![]);
+    let (mut plain, mut synced, mut ours, mut apps) = (vec![], vec![], vec![], vec![]);
     for round in 0..b.reps {
         for turn in 0..3 {
             rustix::fs::sync();
             match (turn + round) % 3 {
                 0 => plain.push(plain_at_once(&b.criu, &pids, &b.work, false)),
                 1 => synced.push(plain_at_once(&b.criu, &pids, &b.work, true)),
-                _ => ours.push(super::concurrent(&b.app, &b.socket, &b.work, n).0),
+                _ => {
+                    let (wall, samples) =
+                        super::steps::record(|| super::concurrent(&b.app, &b.socket, &b.work, n));
+                    ours.push(wall);
+                    apps.extend(samples.iter().map(|s| s.wall_ms));
+                }
             }
         }
     }
@@ -340,7 +438,7 @@ fn concurrent_rounds(b: &Bench, n: usize) -> [Vec<f64>; 3] {
         let _ = child.kill();
         let _ = child.wait();
     }
-    [plain, synced, ours]
+    ([plain, synced, ours], super::steps::take(), apps)
 }
 
 /// One plain `criu dump` of each pid at once (each followed by `sync -f`

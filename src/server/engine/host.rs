@@ -4,6 +4,7 @@
 //! run through `engine::output` like every child of the service),
 //! and the check of a checkpoint's needs against them.
 
+use super::versions;
 use crate::procfs::PROC;
 use crate::server::images::host_needs::{CHECKED_X86, HostNeeds, compare};
 use std::path::Path;
@@ -79,31 +80,51 @@ fn xsave() -> (u64, u32, u32) {
 }
 
 /// `criu --version`'s number (`4.1.1`), remembered per binary (path,
-/// inode, change time), so a dump does not run CRIU once more to learn it.
+/// device, inode, size, modification and change times): in this process,
+/// so a dump does not run CRIU once more to learn it, and for root in a
+/// file of the service's directory (`versions.rs`), so a `selfdump
+/// restore` does not either.
 pub(crate) fn criu_version(criu: &Path) -> Option<String> {
-    type Known = (std::path::PathBuf, u64, i64, String);
+    type Known = (String, String);
     static KNOWN: Mutex<Vec<Known>> = Mutex::new(Vec::new());
     let criu = &on_path(criu);
     let stat = rustix::fs::stat(criu).ok()?;
-    let (ino, ctime) = (stat.st_ino, stat.st_ctime);
+    let key = versions::key(criu, &stat);
     let mut known = KNOWN.lock().unwrap_or_else(|e| e.into_inner());
-    if let Some((.., v)) = known
-        .iter()
-        .find(|(p, i, c, _)| p == criu && *i == ino && *c == ctime)
+    if let Some(key) = &key
+        && let Some((_, v)) = known.iter().find(|(k, _)| k == key)
     {
         return Some(v.clone());
     }
+    let version = match key.as_deref().and_then(versions::recall) {
+        Some(version) => version,
+        None => {
+            let version = ask_version(criu)?;
+            if let Some(key) = &key {
+                versions::remember(key, &version);
+            }
+            version
+        }
+    };
+    if let Some(key) = key {
+        if known.len() >= 8 {
+            known.remove(0);
+        }
+        known.push((key, version.clone()));
+    }
+    Some(version)
+}
+
+/// What `criu --version` says its version is.
+fn ask_version(criu: &Path) -> Option<String> {
     let out = super::output(std::process::Command::new(criu).arg("--version")).ok()?;
     let text = String::from_utf8_lossy(&out.stdout);
-    let version = text
-        .lines()
-        .find_map(|l| l.trim().strip_prefix("Version:"))?
-        .trim()
-        .to_owned();
-    known.retain(|(p, ..)| p != criu);
-    known.truncate(7);
-    known.push((criu.to_path_buf(), ino, ctime, version.clone()));
-    Some(version)
+    Some(
+        text.lines()
+            .find_map(|l| l.trim().strip_prefix("Version:"))?
+            .trim()
+            .to_owned(),
+    )
 }
 
 /// `criu` as `Command` runs it: a bare name (the default `criu`) is looked

@@ -95,6 +95,7 @@ mod non_root;
 mod pool;
 pub(crate) mod rpc;
 pub(crate) mod run_as;
+mod versions;
 mod worker;
 
 pub use criu::Criu;

@@ -4,7 +4,6 @@
 //! waited 50 ms to 10 s (BENCHMARKS.md).
 
 use super::{Criu, Worker};
-use std::io;
 use std::sync::{Arc, Mutex};
 
 /// Up to `size` started workers, each used for one dump.
@@ -44,16 +43,15 @@ impl WorkerPool {
             .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
-    /// A ready worker if a live one waits, else a freshly started one.
-    pub(crate) fn take(&self) -> io::Result<Worker> {
+    /// A ready worker if a live one waits (the caller starts one
+    /// otherwise, off the executor: a fork and an exec).
+    pub(crate) fn take_ready(&self) -> Option<Worker> {
         loop {
-            let Some(mut worker) = self.state().ready.pop() else {
-                return Worker::start(&self.criu);
-            };
+            let mut worker = self.state().ready.pop()?;
             if worker.is_alive() {
-                return Ok(worker);
+                return Some(worker);
             }
-            log::warn!("a waiting criu swrk worker had exited; starting another");
+            log::warn!("a waiting criu swrk worker had exited; skipping it");
         }
     }
 

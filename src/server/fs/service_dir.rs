@@ -9,7 +9,8 @@ use std::io;
 use std::os::fd::{AsFd, AsRawFd, OwnedFd};
 use std::path::{Path, PathBuf};
 
-/// Where `selfdump restore` keeps CRIU's restore logs: root's, mode 0700.
+/// Where `selfdump restore` keeps CRIU's restore logs (and root's
+/// processes CRIU's version, `engine/versions.rs`): root's, mode 0700.
 pub const LOG_DIR: &str = "/run/selfdump";
 
 /// Leftovers of failed restores (logs, pid files, copies' work directories)
