@@ -91,11 +91,7 @@ fn serve_two_connections(socket: &Path, log: &Path, holds: &Holds) -> Serving {
         .spawn_guarded()
         .unwrap();
     let serve = Serving(serve);
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while !socket.exists() {
-        assert!(Instant::now() < deadline, "no service: {}", read(log));
-        std::thread::sleep(Duration::from_millis(10));
-    }
+    wait_serving(log);
     serve
 }
 

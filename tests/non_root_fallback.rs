@@ -11,7 +11,6 @@ use common::*;
 use std::fs::File;
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
 
 const NOBODY: u32 = 65534;
 
@@ -38,11 +37,7 @@ fn serve_without_checkpoint_restore(socket: &Path, log: &Path, extra: &[&str]) -
         .stderr(File::create(log).unwrap())
         .spawn_guarded()
         .unwrap();
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while !socket.exists() {
-        assert!(Instant::now() < deadline, "no socket: {}", read(log));
-        std::thread::sleep(Duration::from_millis(10));
-    }
+    wait_serving(log);
     serve
 }
 

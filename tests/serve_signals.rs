@@ -2,9 +2,8 @@
 //! in flight goes on), a second one exits at once, abandoning the dump: the
 //! frozen caller runs on and is told the outcome is unknown, the exit code
 //! says the stop was forced, and no staging directory outlives the next
-//! checkpoint into the directory. Its socket: it appears only once it
-//! listens (bound under a name of its own, then renamed), and a second
-//! service on it is refused while the first serves on.
+//! checkpoint into the directory. A second service on a live socket is
+//! refused while the first serves on.
 
 mod common;
 
@@ -152,7 +151,7 @@ fn a_second_service_on_a_live_socket_is_refused_and_the_first_serves_on() {
         said.contains("Address already in use") && said.contains("another selfdump service"),
         "{said}"
     );
-    // only the socket: nothing bound on the way is left beside it
+    // only the socket: the second left nothing beside it
     let names: Vec<String> = std::fs::read_dir(dir.path())
         .unwrap()
         .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())

@@ -10,7 +10,6 @@ use std::fs::File;
 use std::os::unix::net::UnixStream;
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
 
 const NOBODY: u32 = 65534;
 
@@ -44,11 +43,7 @@ fn serve(socket: &Path, log: &Path) -> Serving {
         .spawn()
         .unwrap();
     let serving = Serving(child);
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while !socket.exists() {
-        assert!(Instant::now() < deadline, "no service: {}", read(log));
-        std::thread::sleep(Duration::from_millis(10));
-    }
+    wait_serving(log);
     serving
 }
 

@@ -265,48 +265,22 @@ impl Builder {
 
     /// Creates the socket at `path` (replacing a stale one) and the server,
     /// after checking CRIU as [`Builder::listener`] does.
-    ///
-    /// The socket appears at `path` only once it listens, with its owner and
-    /// mode set: it is bound under a name of its own beside `path`, then
-    /// renamed (never over another file), so a client that finds the path
-    /// can connect.
     pub fn bind(self, path: impl AsRef<Path>) -> Result<Server, Error> {
         let path = path.as_ref().to_path_buf();
         remove_stale_socket(&path);
-        let bind_error = |source| Error::Bind {
+        let listener = UnixListener::bind(&path).map_err(|source| Error::Bind {
             path: path.clone(),
             source,
-        };
-        let staged = path.with_file_name(format!(".sd-{}", std::process::id()));
-        remove_stale_socket(&staged);
-        let listener = UnixListener::bind(&staged).map_err(bind_error)?;
+        })?;
         let perms = |source| Error::SocketPermissions {
             path: path.clone(),
             source,
         };
-        let placed = self
-            .socket_owner
-            .map_or(Ok(()), |(uid, gid)| {
-                std::os::unix::fs::chown(&staged, Some(uid), Some(gid))
-            })
-            .and_then(|()| {
-                std::fs::set_permissions(&staged, std::fs::Permissions::from_mode(self.socket_mode))
-            })
-            .map_err(perms)
-            .and_then(|()| {
-                use rustix::fs::{CWD, RenameFlags};
-                rustix::fs::renameat_with(CWD, &staged, CWD, &path, RenameFlags::NOREPLACE)
-                    .map_err(|e| match e {
-                        // a live service's socket, or another file, as bind would say
-                        rustix::io::Errno::EXIST => rustix::io::Errno::ADDRINUSE,
-                        e => e,
-                    })
-                    .map_err(|e| bind_error(e.into()))
-            });
-        if let Err(e) = placed {
-            let _ = std::fs::remove_file(&staged);
-            return Err(e);
+        if let Some((uid, gid)) = self.socket_owner {
+            std::os::unix::fs::chown(&path, Some(uid), Some(gid)).map_err(perms)?;
         }
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(self.socket_mode))
+            .map_err(perms)?;
         let mut server = self.listener(listener).inspect_err(|_| {
             let _ = std::fs::remove_file(&path);
         })?;

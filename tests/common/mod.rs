@@ -519,16 +519,18 @@ pub fn serve_process(socket: &Path, log: &Path) -> Child {
         .stderr(File::create(log).unwrap())
         .spawn_guarded()
         .unwrap();
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while !socket.exists() {
-        assert!(
-            Instant::now() < deadline,
-            "selfdump serve did not listen: {}",
-            read(log)
-        );
-        std::thread::sleep(Duration::from_millis(10));
-    }
+    wait_serving(log);
     serve
+}
+
+/// Waits until a `selfdump serve` started with `RUST_LOG=info` (its log in
+/// `log`) listens: it says so once it does. (Its socket's file appears at
+/// the bind, a moment before the listen: a client connecting then is
+/// refused.)
+pub fn wait_serving(log: &Path) {
+    wait_for_line(log, "selfdump serve to listen", |l| {
+        l.contains("selfdump::serve] serving on ")
+    });
 }
 
 /// The `.selfdump-*` staging directories in `images`.
