@@ -75,7 +75,11 @@ seaweedfs_start
 # not the dependencies: the compiler is part of cargo's fingerprint.)
 RUSTC_WORKSPACE_WRAPPER=$(rustc --print sysroot)/bin/clippy-driver
 CLIPPY_ARGS=-D__CLIPPY_HACKERY__warnings__CLIPPY_HACKERY__
-export RUSTC_WORKSPACE_WRAPPER CLIPPY_ARGS
+# Without incremental compilation: the crate's targets built from scratch
+# took 48 s instead of 66 s here, and after an edit to the library all of
+# them are rebuilt anyway.
+CARGO_INCREMENTAL=0
+export RUSTC_WORKSPACE_WRAPPER CLIPPY_ARGS CARGO_INCREMENTAL
 step fmt cargo fmt --check
 if $full; then
     # CI also runs `cargo clippy` itself (its own target directory: cargo
