@@ -9,7 +9,7 @@
 #                                   docs/freeze-time.svg
 #   sudo scripts/bench.sh --quick   few rounds, small sizes, a debug build,
 #                                   written to target/selfdump-bench/ only:
-#                                   what scripts/test.sh runs, so that the
+#                                   what scripts/test.sh --full (CI) runs, so that the
 #                                   benches keep working (it measures nothing)
 set -euo pipefail
 cd "$(dirname "$0")/.."

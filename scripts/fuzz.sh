@@ -8,7 +8,7 @@
 # fuzz/README.md), then runs each target for a while from its seeds.
 #
 #   scripts/fuzz.sh                  every target, 60 s each
-#   scripts/fuzz.sh --quick          what CI runs (scripts/test.sh): a build
+#   scripts/fuzz.sh --quick          what CI runs (scripts/test.sh --full): a build
 #                                    made for compile time, 5 s each
 #   scripts/fuzz.sh --build-only     build them, run nothing
 #   scripts/fuzz.sh --seconds 600 manifest   one target, longer
