@@ -49,7 +49,11 @@ pub(super) fn key(path: &Path, stat: &Stat) -> Option<String> {
 /// The version remembered for `key`, if this process is root and the file
 /// is as it must be.
 pub(super) fn recall(key: &str) -> Option<String> {
-    let text = read_all()?;
+    recall_in(Path::new(LOG_DIR), key)
+}
+
+fn recall_in(dir: &Path, key: &str) -> Option<String> {
+    let text = read_all(dir)?;
     text.lines()
         .filter_map(|l| l.split_once('\t'))
         .find(|(k, _)| *k == key)
@@ -60,10 +64,14 @@ pub(super) fn recall(key: &str) -> Option<String> {
 /// Remembers `version` for `key` (with the newest others); a failure only
 /// means CRIU is asked again next time.
 pub(super) fn remember(key: &str, version: &str) {
+    remember_in(Path::new(LOG_DIR), key, version)
+}
+
+fn remember_in(dir: &Path, key: &str, version: &str) {
     if !is_version(version) {
         return;
     }
-    let others = read_all().unwrap_or_default();
+    let others = read_all(dir).unwrap_or_default();
     let mut lines: Vec<&str> = others
         .lines()
         .filter(|l| l.split_once('\t').is_some_and(|(k, _)| k != key))
@@ -73,8 +81,11 @@ pub(super) fn remember(key: &str, version: &str) {
     lines.insert(0, &entry);
     let mut text = lines.join("\n");
     text.push('\n');
-    if let Err(e) = write_all(&text) {
-        log::debug!("cannot remember CRIU's version in {LOG_DIR}/{FILE}: {e}");
+    if let Err(e) = write_all(dir, &text) {
+        log::debug!(
+            "cannot remember CRIU's version in {}/{FILE}: {e}",
+            dir.display()
+        );
     }
 }
 
@@ -83,17 +94,18 @@ fn is_version(v: &str) -> bool {
     !v.is_empty() && v.len() <= 32 && v.bytes().all(|b| b.is_ascii_digit() || b == b'.')
 }
 
-/// The service's directory, for root only (others ask CRIU each time).
-fn dir() -> Option<ServiceDir> {
+/// The service's directory (`path`: [`LOG_DIR`] but in tests), for root
+/// only (others ask CRIU each time).
+fn dir(path: &Path) -> Option<ServiceDir> {
     if !rustix::process::geteuid().is_root() {
         return None;
     }
-    ServiceDir::open_or_create(Path::new(LOG_DIR)).ok()
+    ServiceDir::open_or_create(path).ok()
 }
 
 /// The file's text, if it is a regular file of root's only root can write.
-fn read_all() -> Option<String> {
-    let dir = dir()?;
+fn read_all(dir_path: &Path) -> Option<String> {
+    let dir = dir(dir_path)?;
     let file = rustix::fs::openat(
         &dir,
         FILE,
@@ -118,9 +130,9 @@ fn read_all() -> Option<String> {
 
 /// Replaces the file with `text`: written under a fresh name, then
 /// renamed over it (a reader sees the old file or the new, whole).
-fn write_all(text: &str) -> std::io::Result<()> {
+fn write_all(dir_path: &Path, text: &str) -> std::io::Result<()> {
     use std::io::Write;
-    let dir = dir().ok_or_else(|| std::io::Error::other("no directory of root's"))?;
+    let dir = dir(dir_path).ok_or_else(|| std::io::Error::other("no directory of root's"))?;
     let mut random = [0u8; 8];
     rustix::rand::getrandom(&mut random, rustix::rand::GetRandomFlags::empty())?;
     let temp = format!(".{FILE}-{:016x}", u64::from_le_bytes(random));
@@ -159,24 +171,31 @@ mod tests {
     }
 
     /// What a process remembers, the next one recalls, for that binary
-    /// only (root: the file is root's, in the service's directory).
+    /// only; as root only (the file is root's): others remember nothing.
+    /// In a directory of the test's own, not the service's.
     #[test]
     fn a_version_remembered_is_recalled_for_the_same_binary_only() {
-        if !rustix::process::geteuid().is_root() {
-            return eprintln!("skipped: the file is root's");
-        }
+        let base = tempfile::tempdir().unwrap();
+        let dir = base.path().join("service");
         let stat = rustix::fs::stat("/proc/self/exe").unwrap();
-        let path = format!("/nonexistent/criu-{}", std::process::id());
-        let k = key(Path::new(&path), &stat).unwrap();
-        assert_eq!(recall(&k), None);
-        remember(&k, "4.0.7");
-        assert_eq!(recall(&k).as_deref(), Some("4.0.7"));
+        let path = "/nonexistent/criu";
+        let k = key(Path::new(path), &stat).unwrap();
+        assert_eq!(recall_in(&dir, &k), None);
+        remember_in(&dir, &k, "4.0.7");
+        if !rustix::process::geteuid().is_root() {
+            assert_eq!(recall_in(&dir, &k), None, "not root: nothing remembered");
+            return;
+        }
+        assert_eq!(recall_in(&dir, &k).as_deref(), Some("4.0.7"));
         let mut rewritten = stat;
         rewritten.st_ctime += 1;
-        assert_eq!(recall(&key(Path::new(&path), &rewritten).unwrap()), None);
-        remember(&k, "4.0.8 (not a version)");
         assert_eq!(
-            recall(&k).as_deref(),
+            recall_in(&dir, &key(Path::new(path), &rewritten).unwrap()),
+            None
+        );
+        remember_in(&dir, &k, "4.0.8 (not a version)");
+        assert_eq!(
+            recall_in(&dir, &k).as_deref(),
             Some("4.0.7"),
             "kept: nothing else was"
         );
