@@ -319,14 +319,6 @@ pub fn serve_with(socket: &Path, log: &Path, env: &[(&str, &Path)]) -> Child {
     }
     let _ = std::fs::remove_file(socket);
     let serve = cmd.spawn_guarded().unwrap();
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while std::os::unix::net::UnixStream::connect(socket).is_err() {
-        assert!(
-            Instant::now() < deadline,
-            "selfdump serve did not listen: {}",
-            read(log)
-        );
-        std::thread::sleep(Duration::from_millis(10));
-    }
+    wait_serving(log);
     serve
 }
