@@ -150,7 +150,8 @@ def main():
             event = None
         if event and event[0] == "built":
             _, kind, name, exe, test = event
-            missing.discard((kind, name))
+            if not test:  # (the binary is built twice: itself, and its unit tests)
+                missing.discard((kind, name))
             if test and kind != "bench":
                 name = name + ("" if kind == "test" else "-" + kind)
                 exe_of[name] = exe
