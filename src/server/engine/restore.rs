@@ -48,9 +48,23 @@ pub(crate) struct RestoreSpec<'a> {
 }
 
 /// A root `criu swrk` started ahead of the one restore it serves.
+///
+/// Dropped unused, its socket closes and CRIU, which waited for a request,
+/// exits; it is reaped then and there, so that a process that exits next
+/// (`selfdump restore` refusing images) leaves no CRIU for its parent to
+/// reap.
 #[derive(Debug)]
 pub(crate) struct RestoreWorker {
-    worker: Worker,
+    /// `None` once it served its restore.
+    worker: Option<Worker>,
+}
+
+impl Drop for RestoreWorker {
+    fn drop(&mut self) {
+        if let Some(worker) = self.worker.take() {
+            async_io::block_on(end(worker, false));
+        }
+    }
 }
 
 /// A [`RestoreWorker`] being started on a thread of its own, so that its
@@ -59,8 +73,16 @@ pub(crate) struct RestoreWorker {
 #[derive(Debug)]
 pub(crate) struct Starting {
     criu: PathBuf,
-    /// The thread, or what came of starting it where no thread could be.
-    thread: Result<JoinHandle<io::Result<RestoreWorker>>, io::Result<RestoreWorker>>,
+    /// The thread, or what came of starting it where no thread could be;
+    /// `None` once taken.
+    thread: Option<Result<JoinHandle<io::Result<RestoreWorker>>, io::Result<RestoreWorker>>>,
+}
+
+impl Drop for Starting {
+    /// Unused: the worker is waited for, then dropped (and so reaped).
+    fn drop(&mut self) {
+        drop(self.take());
+    }
 }
 
 impl Starting {
@@ -70,22 +92,26 @@ impl Starting {
     }
 
     /// The worker, once started.
-    pub(crate) fn ready(self) -> io::Result<RestoreWorker> {
-        match self.thread {
-            Ok(thread) => thread
+    pub(crate) fn ready(mut self) -> io::Result<RestoreWorker> {
+        self.take()
+    }
+
+    fn take(&mut self) -> io::Result<RestoreWorker> {
+        match self.thread.take() {
+            Some(Ok(thread)) => thread
                 .join()
                 .unwrap_or_else(|_| Err(io::Error::other("the thread starting CRIU panicked"))),
-            Err(started) => started,
+            Some(Err(started)) => started,
+            None => Err(io::Error::other("the CRIU started ahead was taken")),
         }
     }
 }
 
 impl RestoreWorker {
-    /// Starts `criu swrk` as root; dropped unused, it exits by itself (its
-    /// socket closes).
+    /// Starts `criu swrk` as root.
     pub(crate) fn start(criu: &Criu) -> io::Result<Self> {
         Ok(Self {
-            worker: Worker::start(criu)?,
+            worker: Some(Worker::start(criu)?),
         })
     }
 
@@ -98,7 +124,7 @@ impl RestoreWorker {
             .map_err(|_| Self::start(criu));
         Starting {
             criu: criu.path.clone(),
-            thread,
+            thread: Some(thread),
         }
     }
 
@@ -107,76 +133,84 @@ impl RestoreWorker {
     /// tree once CRIU has exited. Past `deadline`, CRIU is killed with its
     /// process group (what it restored is the caller's to end).
     pub(crate) fn restore(
-        self,
+        mut self,
         spec: &RestoreSpec<'_>,
         deadline: Instant,
         go_on: impl FnMut(&str) -> bool,
     ) -> Result<i32, EngineError> {
+        let Some(worker) = self.worker.take() else {
+            return Err(EngineError::Died);
+        };
         let limit = deadline.saturating_duration_since(Instant::now());
         async_io::block_on(async {
-            let ran = self
-                .converse(spec, go_on)
+            let ran = converse(&worker, spec, go_on)
                 .or(async {
                     Timer::at(deadline).await;
                     Err(EngineError::TimedOut(limit))
                 })
                 .await;
-            let worker = self.worker;
-            if matches!(ran, Err(EngineError::TimedOut(_))) {
-                kill_group(worker.pid());
-            }
             // CRIU exits once it has answered: its tree is reparented then
-            let exit = worker.finish(false).or(async {
-                Timer::after(EXIT_WAIT).await;
-                None
-            });
-            if exit.await.is_none() && ran.is_ok() {
+            let timed_out = matches!(ran, Err(EngineError::TimedOut(_)));
+            if !end(worker, timed_out).await && ran.is_ok() {
                 log::warn!("criu swrk did not exit within {EXIT_WAIT:?} of its restore");
             }
             ran
         })
     }
+}
 
-    async fn converse(
-        &self,
-        spec: &RestoreSpec<'_>,
-        mut go_on: impl FnMut(&str) -> bool,
-    ) -> Result<i32, EngineError> {
-        let mut opts = CriuOpts {
-            images_dir_fd: spec.images_dir.as_raw_fd(),
-            work_dir_fd: Some(spec.work_dir.as_raw_fd()),
-            log_level: Some(self.worker.log_level),
-            log_file: Some(spec.log_file.to_owned()),
-            notify_scripts: Some(spec.notify),
+/// Closes CRIU's socket (killing its process group first, with `kill`)
+/// and reaps it: whether it exited within [`EXIT_WAIT`].
+async fn end(worker: Worker, kill: bool) -> bool {
+    if kill {
+        kill_group(worker.pid());
+    }
+    let exited = worker.finish(false).or(async {
+        Timer::after(EXIT_WAIT).await;
+        None
+    });
+    exited.await.is_some()
+}
+
+/// The restore's round trips: the request, CRIU's actions, its answer.
+async fn converse(
+    worker: &Worker,
+    spec: &RestoreSpec<'_>,
+    mut go_on: impl FnMut(&str) -> bool,
+) -> Result<i32, EngineError> {
+    let mut opts = CriuOpts {
+        images_dir_fd: spec.images_dir.as_raw_fd(),
+        work_dir_fd: Some(spec.work_dir.as_raw_fd()),
+        log_level: Some(worker.log_level),
+        log_file: Some(spec.log_file.to_owned()),
+        notify_scripts: Some(spec.notify),
+        ..Default::default()
+    };
+    spec.flags.apply(&mut opts);
+    worker
+        .send(&CriuReq {
+            r#type: req_type::RESTORE,
+            opts: Some(opts),
             ..Default::default()
-        };
-        spec.flags.apply(&mut opts);
-        let worker = &self.worker;
-        worker
-            .send(&CriuReq {
-                r#type: req_type::RESTORE,
-                opts: Some(opts),
-                ..Default::default()
-            })
-            .await?;
-        loop {
-            let resp = worker.recv().await?;
-            match resp.r#type {
-                req_type::NOTIFY => {
-                    let action = resp.notify.and_then(|n| n.script).unwrap_or_default();
-                    worker.ack(go_on(&action)).await?;
-                }
-                req_type::RESTORE if resp.success => {
-                    return resp.restore.map(|r| r.pid).ok_or_else(|| {
-                        EngineError::Protocol("a restore's answer without a pid".into())
-                    });
-                }
-                req_type::RESTORE => return Err(EngineError::Failed(resp.cr_errmsg)),
-                other => {
-                    return Err(EngineError::Protocol(format!(
-                        "answer of type {other} to a restore"
-                    )));
-                }
+        })
+        .await?;
+    loop {
+        let resp = worker.recv().await?;
+        match resp.r#type {
+            req_type::NOTIFY => {
+                let action = resp.notify.and_then(|n| n.script).unwrap_or_default();
+                worker.ack(go_on(&action)).await?;
+            }
+            req_type::RESTORE if resp.success => {
+                return resp.restore.map(|r| r.pid).ok_or_else(|| {
+                    EngineError::Protocol("a restore's answer without a pid".into())
+                });
+            }
+            req_type::RESTORE => return Err(EngineError::Failed(resp.cr_errmsg)),
+            other => {
+                return Err(EngineError::Protocol(format!(
+                    "answer of type {other} to a restore"
+                )));
             }
         }
     }

@@ -78,8 +78,10 @@ pub(crate) fn restore(
     // a root checkpoint is restored by a root `criu swrk`, started now so
     // that its exec and start-up overlap the verification; it exits unused
     // if the images turn out to be another owner's
-    let worker = (creds.uid == 0 && rustix::process::geteuid().is_root())
-        .then(|| starting_worker(&settings.criu));
+    let worker = starting_worker(
+        &settings.criu,
+        creds.uid == 0 && rustix::process::geteuid().is_root(),
+    );
     let mut verified = verify(dir, settings, creds, true, may_restore)?;
     let verify_time = started.elapsed();
     // the pages files are hashed while CRIU runs (see gate.rs)
@@ -129,15 +131,16 @@ pub fn prestart(criu: &Criu) {
     *PRESTARTED.lock().unwrap_or_else(PoisonError::into_inner) = Some(starting);
 }
 
-/// The CRIU [`prestart`] started, if it is `criu`, or one starting now.
-fn starting_worker(criu: &Criu) -> Starting {
+/// With `wanted`, the CRIU [`prestart`] started, if it is `criu`, or one
+/// starting now; a prestarted one not used is ended (and reaped) here.
+fn starting_worker(criu: &Criu, wanted: bool) -> Option<Starting> {
     let prestarted = PRESTARTED
         .lock()
         .unwrap_or_else(PoisonError::into_inner)
         .take();
     match prestarted {
-        Some(starting) if starting.runs(&criu.path) => starting,
-        _ => RestoreWorker::start_in_background(criu),
+        Some(starting) if wanted && starting.runs(&criu.path) => Some(starting),
+        _ => wanted.then(|| RestoreWorker::start_in_background(criu)),
     }
 }
 
