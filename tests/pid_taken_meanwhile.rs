@@ -45,19 +45,35 @@ fn a_pid_taken_after_the_check_is_waited_for_and_the_restore_tried_again() {
         poll_for(Duration::from_secs(10), || process_state(pid).is_none()),
         "the original is gone"
     );
-    // CRIU starts 3 s after the ids were found free: the pid is taken then
+    // CRIU (started while the images are verified) takes its request 3 s
+    // after the ids were found free: the pid is taken then
     let (_wrap, slow) = slow_criu(3);
     let mut restore = Command::new(selfdump_bin())
         .args(["restore", "--wait", "60", "--criu"])
         .arg(&slow.path)
         .arg(images.path())
-        .env("RUST_LOG", "warn")
+        .env("RUST_LOG", "warn,selfdump::server::restore=debug")
         .stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::piped())
         .spawn_guarded()
         .unwrap();
-    // (the wrapper runs once the ids were checked: a child of the restore
-    // named after its script)
+    let (lines, said) = std::sync::mpsc::channel();
+    let stderr = std::io::BufReader::new(restore.stderr.take().unwrap());
+    let reader = std::thread::spawn(move || {
+        let mut all = String::new();
+        for line in stderr.lines().map_while(Result::ok) {
+            all.push_str(&line);
+            all.push('\n');
+            let _ = lines.send(line);
+        }
+        all
+    });
+    let checked = said
+        .iter()
+        .find(|l| l.contains("the images' ids are free"))
+        .unwrap_or_default();
+    assert!(!checked.is_empty(), "the restore never checked the ids");
+    // (the wrapper: a child of the restore named after its script)
     let restorer = restore.id() as i32;
     let mut wrapper = None;
     assert!(
@@ -96,17 +112,6 @@ fn a_pid_taken_after_the_check_is_waited_for_and_the_restore_tried_again() {
         panic!("another process or thread took pid {pid} first, for 2 s ({holder})");
     };
     // the first CRIU fails on the taken pid; the restore says it tries again
-    let (lines, said) = std::sync::mpsc::channel();
-    let stderr = std::io::BufReader::new(restore.stderr.take().unwrap());
-    let reader = std::thread::spawn(move || {
-        let mut all = String::new();
-        for line in stderr.lines().map_while(Result::ok) {
-            all.push_str(&line);
-            all.push('\n');
-            let _ = lines.send(line);
-        }
-        all
-    });
     let warned = said
         .iter()
         .find(|l| l.contains("trying once more"))

@@ -1,5 +1,5 @@
 //! A root checkpoint's large pages files are hashed while CRIU restores,
-//! and the restored tree is held at CRIU's `post-restore` script until
+//! and the restored tree is held at CRIU's `post-restore` action until
 //! they verified (`server/restore/gate.rs`). A tampered pages file is
 //! refused all the same, with the file named, and the tree never runs.
 

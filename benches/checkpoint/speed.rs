@@ -3,8 +3,9 @@
 //! - `restore`: a 2 MiB and a 256 MiB process (isolated, under `selfdump
 //!   run`), images on a tmpfs: `selfdump restore DIR` (the command: its
 //!   start, the key, verification, CRIU) and the library's
-//!   `restore::restore_path` against `criu restore -D DIR
-//!   --restore-detached`, wall time until each returns;
+//!   `restore::restore_path` (also after `restore::prestart`) against
+//!   `criu restore -D DIR --restore-detached`, wall time until each
+//!   returns;
 //! - `tiny`: a tiny checkpoint as the app sees it against `criu dump
 //!   --leave-running` and against the same followed by `sync -f DIR`;
 //! - `concurrent`: 8 apps checkpointing at once against 8 plain dumps at
@@ -20,7 +21,7 @@ use super::report::{self, Report};
 use super::{Bench, Sample, images, ms, parse, plain_dump, start_app};
 use selfdump::server::Criu;
 use selfdump::server::manifest::{DEFAULT_KEY_FILE, Key};
-use selfdump::server::restore::{RestoreSettings, restore_path};
+use selfdump::server::restore::{RestoreSettings, prestart, restore_path};
 use std::io::{BufRead, Write};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
@@ -58,16 +59,17 @@ pub(super) fn restore(b: &Bench, report: &mut Report) {
         "Restore against plain CRIU",
         &format!(
             "A process of 2 MiB and one of 256 MiB (`examples/clone_stamp.rs` under `selfdump \
-             run`), images on a tmpfs; {} rounds, the three in turns: plain `criu restore -D \
+             run`), images on a tmpfs; {} rounds, the four in turns: plain `criu restore -D \
              DIR --restore-detached`, `selfdump restore DIR` (the command: its start, the key, \
-             verification, CRIU) and the library's `restore_path`; wall time until each \
-             returns (the restored process runs).",
+             verification, CRIU), the library's `restore_path`, and `restore_path` 10 ms after \
+             `restore::prestart` (a harness that starts the next restore's CRIU between two \
+             restores); wall time until each returns (the restored process runs).",
             b.reps
         ),
     );
     for mib in [2usize, 256] {
         let dir = isolated_image(&app, &b.socket, shm.path(), mib);
-        let ([plain, cli, lib, verify], breakdown) =
+        let ([plain, cli, lib, verify, ahead], breakdown) =
             b.with_cache(|| restore_rounds(b, &settings, &dir, shm.path()));
         let base = stats(&plain).0;
         let rows = vec![
@@ -75,6 +77,7 @@ pub(super) fn restore(b: &Bench, report: &mut Report) {
             row("`selfdump restore DIR`", &cli, Some(base)),
             row("`restore_path` (the library)", &lib, Some(base)),
             row("of which verified before CRIU starts", &verify, None),
+            row("`restore_path` after `prestart`", &ahead, Some(base)),
         ];
         report.subsection(&format!("{mib} MiB"), "");
         report.table(&HEADER, &rows);
@@ -88,24 +91,34 @@ pub(super) fn restore(b: &Bench, report: &mut Report) {
     }
 }
 
-/// The rounds of `restore`: plain, the command, the library, and the
-/// library's verification before CRIU (ms); and the steps of each.
+/// The rounds of `restore`: plain, the command, the library, the
+/// library's verification before CRIU, and the library after `prestart`
+/// (ms); and the steps of each.
 fn restore_rounds(
     b: &Bench,
     settings: &RestoreSettings,
     dir: &Path,
     work: &Path,
-) -> ([Vec<f64>; 4], RestoreBreakdown) {
+) -> ([Vec<f64>; 5], RestoreBreakdown) {
     let (mut plain, mut cli, mut lib, mut verify) = (vec![], vec![], vec![], vec![]);
+    let mut ahead = vec![];
     let mut steps = RestoreBreakdown::default();
     for round in 0..b.reps {
-        for turn in 0..3 {
-            match (turn + round) % 3 {
+        for turn in 0..4 {
+            match (turn + round) % 4 {
                 0 => plain.push(plain_restore(&b.criu, dir, work)),
                 1 => {
                     let (took, lines) = cli_restore(dir);
                     cli.push(took);
                     steps.add(false, took, &lines);
+                }
+                3 => {
+                    prestart(&settings.criu);
+                    std::thread::sleep(std::time::Duration::from_millis(10));
+                    let started = Instant::now();
+                    let restored = restore_path(dir, settings).expect("restore_path");
+                    ahead.push(ms(started.elapsed()));
+                    kill_copy(restored.pid);
                 }
                 _ => {
                     let started = Instant::now();
@@ -119,7 +132,7 @@ fn restore_rounds(
             }
         }
     }
-    ([plain, cli, lib, verify], steps)
+    ([plain, cli, lib, verify, ahead], steps)
 }
 
 /// The steps of the command's and the library's restores (ms, one entry a

@@ -42,11 +42,14 @@
 //! only those below it:
 //!
 //! - **`restore/`**: restoring signed images: verify first (`verify.rs`),
-//!   then `criu restore` (`criu.rs`), as the images' owner for a non-root
+//!   then CRIU: root's through a `criu swrk` started while verifying
+//!   (`criu.rs`), held at `post-restore` while large pages are hashed
+//!   (`gate.rs`); `criu restore` as the images' owner for a non-root
 //!   checkpoint (`as_owner.rs`); many copies at once (`copies/`).
 //! - **`engine/`**: driving CRIU: one `criu swrk` child per dump
-//!   (`worker.rs`, started ahead by `pool.rs`), spoken to over CRIU's RPC
-//!   (`rpc.rs`), the dump and its freeze hooks (`dump.rs`), as root or as
+//!   (`worker.rs`, started ahead by `pool.rs`) or per root restore
+//!   (`restore.rs`), spoken to over CRIU's RPC (`rpc.rs`), the dump and
+//!   its freeze hooks (`dump.rs`), as root or as
 //!   the caller (`run_as.rs`, `non_root.rs`), CRIU's kernel-feature cache
 //!   (`kdat/`), this host's facts a checkpoint records (`host.rs`). Every
 //!   child the service starts goes through `engine::spawn` or `output`

@@ -266,9 +266,22 @@ pub fn kill_and_reap(pid: i32) {
     let p = Pid::from_raw(pid).unwrap();
     let _ = kill_process(p, Signal::KILL);
     let deadline = Instant::now() + Duration::from_secs(10);
-    while Path::new(&format!("/proc/{pid}")).exists() {
-        let _ = waitpid(Some(p), WaitOptions::NOHANG);
-        assert!(Instant::now() < deadline, "pid {pid} would not go away");
+    // reaped here, or by someone else (gone): a restore waiting for the
+    // pid may already have put a new process there
+    while !matches!(waitpid(Some(p), WaitOptions::NOHANG), Ok(Some(_)))
+        && Path::new(&format!("/proc/{pid}")).exists()
+    {
+        assert!(
+            Instant::now() < deadline,
+            "pid {pid} would not go away: {}",
+            std::fs::read_to_string(format!("/proc/{pid}/status"))
+                .map(|s| s
+                    .lines()
+                    .filter(|l| l.starts_with("State") || l.starts_with("PPid"))
+                    .collect::<Vec<_>>()
+                    .join(", "))
+                .unwrap_or_default()
+        );
         std::thread::sleep(Duration::from_millis(10));
     }
 }

@@ -195,6 +195,10 @@ pub(crate) fn restore_cmd(parser: lexopt::Parser) -> Res<ExitCode> {
     if !rustix::process::geteuid().is_root() {
         return through_the_service(a, url.is_some());
     }
+    if url.is_none() && a.copies.is_none() {
+        // CRIU starts while the key is read and the images verified
+        restore::prestart(&a.criu);
+    }
     let settings = a.settings()?;
     if let Some(url) = url {
         return restore_url(&settings, &url, a.copies, a.lazy, &a.cache_dir);

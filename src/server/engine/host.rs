@@ -117,7 +117,7 @@ pub(crate) fn criu_version(criu: &Path) -> Option<String> {
 
 /// What `criu --version` says its version is.
 fn ask_version(criu: &Path) -> Option<String> {
-    let out = super::output(std::process::Command::new(criu).arg("--version")).ok()?;
+    let out = super::output(super::criu::command_at(criu).arg("--version")).ok()?;
     let text = String::from_utf8_lossy(&out.stdout);
     Some(
         text.lines()

@@ -8,6 +8,7 @@
 /// `criu_req_type` values used here.
 pub mod req_type {
     pub const DUMP: i32 = 1;
+    pub const RESTORE: i32 = 2;
     pub const NOTIFY: i32 = 6;
     pub const FEATURE_CHECK: i32 = 9;
     pub const VERSION: i32 = 10;
@@ -35,6 +36,8 @@ pub struct CriuOpts {
     pub log_file: Option<String>,
     #[prost(bool, optional, tag = "12")]
     pub notify_scripts: Option<bool>,
+    #[prost(int32, optional, tag = "17")]
+    pub work_dir_fd: Option<i32>,
     #[prost(bool, optional, tag = "67")]
     pub unprivileged: Option<bool>,
     /// Used by CRIU only when `images_dir_fd` is -1.
@@ -69,6 +72,12 @@ pub struct CriuNotify {
 }
 
 #[derive(Clone, PartialEq, prost::Message)]
+pub struct CriuRestoreResp {
+    #[prost(int32, required, tag = "1")]
+    pub pid: i32,
+}
+
+#[derive(Clone, PartialEq, prost::Message)]
 pub struct CriuVersion {
     #[prost(int32, required, tag = "1")]
     pub major_number: i32,
@@ -84,6 +93,8 @@ pub struct CriuResp {
     pub r#type: i32,
     #[prost(bool, required, tag = "2")]
     pub success: bool,
+    #[prost(message, optional, tag = "4")]
+    pub restore: Option<CriuRestoreResp>,
     #[prost(message, optional, tag = "5")]
     pub notify: Option<CriuNotify>,
     #[prost(int32, optional, tag = "7")]

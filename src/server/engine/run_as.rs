@@ -38,10 +38,12 @@ pub(crate) struct Keep<'a> {
 impl Credentials {
     /// Makes `cmd` run as this user, keeping `keep`. The environment is
     /// cleared (the service's may hold secrets, and `HOME` would make CRIU
-    /// read the user's own CRIU configuration file).
+    /// read the user's own CRIU configuration file) but for `PATH` and
+    /// [`QUIET_TLS`](super::criu::QUIET_TLS).
     pub(crate) fn apply(&self, cmd: &mut Command, keep: Keep<'_>) {
         use std::os::unix::process::CommandExt;
-        cmd.env_clear().env("PATH", PATH);
+        let quiet = super::criu::QUIET_TLS;
+        cmd.env_clear().env("PATH", PATH).env(quiet.0, quiet.1);
         if let Some(dir) = keep.runtime_dir {
             cmd.env("XDG_RUNTIME_DIR", dir);
         }

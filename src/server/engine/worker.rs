@@ -103,7 +103,7 @@ impl Worker {
             None,
         )?;
         let child_fd: RawFd = theirs.as_raw_fd();
-        let mut cmd = std::process::Command::new(&criu.path);
+        let mut cmd = criu.command();
         cmd.arg("swrk").arg(child_fd.to_string());
         configure(&mut cmd, theirs.as_fd());
         // SAFETY: the closure only makes raw fcntl and setpgid calls, which

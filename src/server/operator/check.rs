@@ -52,7 +52,7 @@ pub fn check(criu: &Criu, scratch: &Path) -> Vec<Finding> {
 
 /// Whether CRIU runs at all: the finding and what `criu --version` said.
 fn installed(criu: &Criu) -> Result<(Finding, String), Finding> {
-    match output(Command::new(&criu.path).arg("--version")) {
+    match output(criu.command().arg("--version")) {
         Ok(o) => Ok((
             finding("criu installed", true, criu.path.display().to_string()),
             String::from_utf8_lossy(&o.stdout).into_owned(),
@@ -84,7 +84,7 @@ fn at_least_4(version: &str) -> Result<Finding, Finding> {
 
 /// Whether `criu check` passes on this kernel.
 fn kernel_supported(criu: &Criu) -> Result<Finding, Finding> {
-    match output(Command::new(&criu.path).arg("check")) {
+    match output(criu.command().arg("check")) {
         Ok(o) if o.status.success() => Ok(finding("criu check", true, "kernel supported")),
         Ok(o) => {
             let err = String::from_utf8_lossy(&o.stderr);
@@ -116,8 +116,7 @@ fn start_sleeper() -> Result<std::process::Child, String> {
 
 /// Runs `criu ARGS -D DIR`; `Err` says where its log is.
 fn run_criu(criu: &Criu, scratch: &ServiceDir, dir: &Path, args: &[&str]) -> Result<(), String> {
-    let o = output(Command::new(&criu.path).args(args).arg("-D").arg(dir))
-        .map_err(|e| e.to_string())?;
+    let o = output(criu.command().args(args).arg("-D").arg(dir)).map_err(|e| e.to_string())?;
     if o.status.success() {
         Ok(())
     } else {

@@ -165,7 +165,7 @@ fn run(criu: &Criu, dir: &OwnedFd, args: &[&str]) -> Result<(), String> {
         true => DUMP_CAPS | CapabilitySet::SETPCAP,
         false => DUMP_CAPS,
     };
-    let mut cmd = Command::new(&criu.path);
+    let mut cmd = criu.command();
     cmd.args(args)
         .arg("--unprivileged")
         .arg("-D")

@@ -18,15 +18,15 @@
 //!   raw memory copied into the private and anonymous shared mappings of
 //!   the tree being restored; no decision of CRIU's depends on its
 //!   contents, and it reaches nothing outside that tree.
-//! - **the restored tree runs none of it until it is verified.** CRIU runs
-//!   its `post-restore` action script after every task is rebuilt and
-//!   before any task is given its credentials or resumed; a script that
-//!   fails aborts the restore and CRIU kills the whole tree (CRIU's
+//! - **the restored tree runs none of it until it is verified.** CRIU
+//!   announces its `post-restore` action after every task is rebuilt and
+//!   before any task is given its credentials or resumed; a refusal there
+//!   aborts the restore and CRIU kills the whole tree (CRIU's
 //!   `restore_root_task`: "Aborting restore due to post-restore script").
-//!   The script here waits for the service's verdict in a FIFO of root's
-//!   (in the service's own directory), and passes only on the line
-//!   `verified`, written once every pages file's hash matched the signed
-//!   manifest; on any failure the line is `refused`.
+//!   The restore runs through a `criu swrk` child (`engine/restore.rs`),
+//!   whose actions arrive as messages: the answer to `post-restore` waits
+//!   for the verdict, and lets CRIU go on only once every pages file's hash
+//!   matched the signed manifest, within the restore's deadline.
 //!
 //! So a tampered pages file can never run: at worst CRIU copies its bytes
 //! into a tree that is killed before its first instruction, and the
@@ -34,24 +34,23 @@
 //! CRIU runs as root for a root checkpoint (`selfdump restore` as root);
 //! the owner's own CRIU (a non-root checkpoint) could be stopped or traced
 //! by the owner, and lazy copies read their pages after the tree runs:
-//! those verify every file first, as does a restore where the service's
-//! directory is on a `noexec` filesystem (CRIU could not run the script).
+//! those verify every file first.
+//!
+//! Only a checkpoint with at least [`DEFER_AT_LEAST`] bytes of pages is
+//! hashed this way: a smaller one is refused before CRIU reads any of it,
+//! when tampered, which is the stronger promise, for a millisecond or two.
 
 use super::settings::RestoreError;
-use crate::server::fs::service_dir::{LOG_DIR, ServiceDir};
 use crate::server::images::manifest::hash_file_on_one_core;
-use rustix::fs::{FileType, Mode, OFlags};
-use std::io;
 use std::os::fd::OwnedFd;
-use std::path::Path;
-use std::process::Command;
-use std::thread::JoinHandle;
+use std::sync::mpsc;
+use std::time::Instant;
 
 /// Pages files are hashed while CRIU runs when they hold at least this
-/// many bytes in all. Below, hashing them first costs less than the gate:
-/// CRIU runs the script at each of its seven restore actions, a fork and
-/// an exec of `sh` each, 1.3–1.5 ms apiece here (its log's timestamps),
-/// while 32 MiB hash in about 10 ms on one core.
+/// many bytes in all: 32 MiB hash in about 10 ms on one core, which CRIU's
+/// restore then need not wait for; below, hashing first costs little, and
+/// a tampered file is refused before CRIU reads anything. (The gate itself
+/// costs a message per CRIU action, `engine/restore.rs`.)
 pub(super) const DEFER_AT_LEAST: u64 = 32 << 20;
 
 /// Whether image file `name` is raw memory (see the module docs).
@@ -68,107 +67,64 @@ pub(crate) struct Unhashed {
     pub(super) hash: [u8; 32],
 }
 
-/// The pages being hashed, and the gate CRIU's script waits at.
+/// The pages being hashed, on a thread of their own, and their verdict.
 #[derive(Debug)]
 pub(super) struct Gate {
-    logs: ServiceDir,
-    /// The script's and the verdict FIFO's names in `logs`, without suffix.
-    name: String,
-    /// The service's end of the FIFO, open for reading and writing until
-    /// the gate is dropped, so that the verdict stays in it and the
-    /// script's open never waits for a writer.
-    _fifo: OwnedFd,
-    hashing: Option<JoinHandle<Result<(), RestoreError>>>,
+    pending: Option<mpsc::Receiver<Result<(), RestoreError>>>,
+    verdict: Option<Result<(), RestoreError>>,
 }
 
 impl Gate {
-    /// Starts hashing `unhashed` on a thread of its own, and writes the
-    /// script that lets the restored tree run only on its verdict.
-    pub(super) fn open(unhashed: Vec<Unhashed>) -> io::Result<Self> {
-        let logs = ServiceDir::open_or_create(Path::new(LOG_DIR))?;
-        let mut random = [0u8; 8];
-        rustix::rand::getrandom(&mut random, rustix::rand::GetRandomFlags::empty())?;
-        let name = format!("restore-gate-{:016x}", u64::from_le_bytes(random));
-        let fifo = make_fifo(&logs, &format!("{name}.fifo"))?;
-        let mut gate = Self {
-            _fifo: fifo.try_clone()?,
-            name,
-            logs,
-            hashing: None,
-        };
-        write_script(&gate.logs, &gate.name)?;
-        let hashing = std::thread::Builder::new()
+    /// Starts hashing `unhashed` on a thread of its own.
+    pub(super) fn open(unhashed: Vec<Unhashed>) -> std::io::Result<Self> {
+        let (tell, pending) = mpsc::sync_channel(1);
+        std::thread::Builder::new()
             .name("restore-hash".into())
             .spawn(move || {
-                let started = std::time::Instant::now();
+                let started = Instant::now();
                 let checked = check(&unhashed);
                 log::debug!(
                     "restore: {} pages file(s) hashed during the restore in {:?}",
                     unhashed.len(),
                     started.elapsed()
                 );
-                let verdict: &[u8] = match checked {
-                    Ok(()) => b"verified\n",
-                    Err(_) => b"refused\n",
-                };
-                let _ = rustix::io::write(&fifo, verdict);
-                checked
+                let _ = tell.send(checked);
             })?;
-        gate.hashing = Some(hashing);
-        Ok(gate)
+        Ok(Self {
+            pending: Some(pending),
+            verdict: None,
+        })
     }
 
-    /// Makes `cmd` (a root `criu restore`) run the gate's script.
-    pub(super) fn hold(&self, cmd: &mut Command) {
-        cmd.arg("--action-script")
-            .arg(self.logs.proc_path().join(format!("{}.sh", self.name)));
-    }
-
-    /// Waits for the hashing to end: whether every pages file matched.
-    pub(super) fn verdict(&mut self) -> Result<(), RestoreError> {
-        match self.hashing.take().map(JoinHandle::join) {
-            None => Ok(()),
-            Some(Ok(checked)) => checked,
-            Some(Err(_)) => Err(RestoreError::Refused(
-                "the pages could not be hashed (the hashing thread panicked)".into(),
-            )),
+    /// Whether every pages file matched, waiting for the verdict until
+    /// `deadline` at most (past it, the restore is refused).
+    pub(super) fn passes_by(&mut self, deadline: Instant) -> bool {
+        if let Some(pending) = self.pending.take() {
+            let left = deadline.saturating_duration_since(Instant::now());
+            self.verdict = Some(pending.recv_timeout(left).unwrap_or_else(|e| match e {
+                mpsc::RecvTimeoutError::Timeout => Err(RestoreError::Refused(
+                    "the pages were not verified within the restore's deadline".into(),
+                )),
+                mpsc::RecvTimeoutError::Disconnected => Err(died()),
+            }));
         }
+        matches!(self.verdict, Some(Ok(())))
+    }
+
+    /// The refusal, if the pages did not verify (waiting for the hashing
+    /// if [`Self::passes_by`] was not asked: CRIU failed before it).
+    pub(super) fn verdict(&mut self) -> Result<(), RestoreError> {
+        if let Some(pending) = self.pending.take() {
+            self.verdict = Some(pending.recv().unwrap_or_else(|_| Err(died())));
+        }
+        self.verdict.take().unwrap_or(Ok(()))
     }
 }
 
-impl Drop for Gate {
-    fn drop(&mut self) {
-        let _ = self.verdict();
-        let _ = self.logs.remove(&format!("{}.sh", self.name));
-        let _ = self.logs.remove(&format!("{}.fifo", self.name));
-    }
-}
-
-/// Makes the FIFO `name` in `logs` (root's, 0600) and opens it for
-/// reading and writing (which never waits for the other side).
-fn make_fifo(logs: &ServiceDir, name: &str) -> io::Result<OwnedFd> {
-    rustix::fs::mknodat(logs, name, FileType::Fifo, Mode::RUSR | Mode::WUSR, 0)?;
-    let fifo = rustix::fs::openat(
-        logs,
-        name,
-        OFlags::RDWR | OFlags::NOFOLLOW | OFlags::CLOEXEC,
-        Mode::empty(),
-    )?;
-    let stat = rustix::fs::fstat(&fifo)?;
-    if FileType::from_raw_mode(stat.st_mode) != FileType::Fifo || stat.st_uid != 0 {
-        return Err(io::Error::other(format!(
-            "{name} is not the FIFO just made"
-        )));
-    }
-    Ok(fifo)
-}
-
-/// Whether CRIU can run a script from the service's directory ([`LOG_DIR`]
-/// may be on a filesystem mounted `noexec`, where the gate cannot work).
-pub(super) fn scripts_run() -> bool {
-    ServiceDir::open_or_create(Path::new(LOG_DIR))
-        .and_then(|logs| Ok(rustix::fs::fstatvfs(&logs)?))
-        .is_ok_and(|fs| !fs.f_flag.contains(rustix::fs::StatVfsMountFlags::NOEXEC))
+/// Why pages went unverified when their hashing thread ended without a
+/// verdict.
+fn died() -> RestoreError {
+    RestoreError::Refused("the pages could not be hashed (the hashing thread died)".into())
 }
 
 /// Hashes each file and compares it with its signed hash. On one core:
@@ -185,27 +141,4 @@ pub(super) fn check(unhashed: &[Unhashed]) -> Result<(), RestoreError> {
         }
     }
     Ok(())
-}
-
-/// The script CRIU runs at each of its restore actions (`NAME.sh`): it
-/// passes at once but at `post-restore`, where it waits for the verdict
-/// in the FIFO `NAME.fifo` beside it and passes only on `verified`.
-fn write_script(logs: &ServiceDir, name: &str) -> io::Result<()> {
-    let fifo = logs.proc_path().join(format!("{name}.fifo"));
-    let text = format!(
-        "#!/bin/sh\n\
-         # selfdump: the restored tree runs only once its pages are verified\n\
-         [ \"$CRTOOLS_SCRIPT_ACTION\" = post-restore ] || exit 0\n\
-         IFS= read -r verdict < '{}' || exit 1\n\
-         [ \"$verdict\" = verified ]\n",
-        fifo.display()
-    );
-    let file = rustix::fs::openat(
-        logs,
-        format!("{name}.sh"),
-        OFlags::WRONLY | OFlags::CREATE | OFlags::EXCL | OFlags::NOFOLLOW | OFlags::CLOEXEC,
-        Mode::RWXU,
-    )?;
-    crate::server::images::format::write_all(&file, text.as_bytes())
-    // closed here: a file open for writing cannot be executed
 }

@@ -27,7 +27,7 @@ mod verify;
 
 pub use crate::server::fs::service_dir::{KEEP_LEFTOVER_BYTES, KEEP_LEFTOVERS, LOG_DIR};
 pub(crate) use criu::check_criu;
-use criu::run_criu;
+use criu::{log_place, run_as_root};
 use gate::Gate;
 pub use ids::{check_ids_free, wait_ids_free};
 pub use settings::{RestoreError, RestoreSettings, Restored};
@@ -35,10 +35,12 @@ pub use verify::Verified;
 use verify::verify;
 
 use crate::server::caller::credentials::Credentials;
+use crate::server::engine::{Criu, RestoreWorker, Starting};
 use crate::server::fs::generations::{Resolved, resolve};
 use crate::server::images::format::ImageMeta;
 use std::os::fd::OwnedFd;
 use std::path::Path;
+use std::sync::{Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
 /// Restores the checkpoint in the directory at `dir` (an operator's
@@ -73,21 +75,24 @@ pub(crate) fn restore(
     may_restore: impl FnOnce(&ImageMeta) -> Result<(), RestoreError>,
 ) -> Result<Restored, RestoreError> {
     let started = Instant::now();
+    // a root checkpoint is restored by a root `criu swrk`, started now so
+    // that its exec and start-up overlap the verification; it exits unused
+    // if the images turn out to be another owner's
+    let worker = starting_worker(
+        &settings.criu,
+        creds.uid == 0 && rustix::process::geteuid().is_root(),
+    );
     let mut verified = verify(dir, settings, creds, true, may_restore)?;
     let verify_time = started.elapsed();
-    // the large pages files are hashed while CRIU runs (see gate.rs)
-    let mut gate = match std::mem::take(&mut verified.unhashed) {
-        unhashed if unhashed.is_empty() => None,
-        // where CRIU could not run the gate's script: hashed first, as before
-        unhashed if !gate::scripts_run() => {
-            gate::check(&unhashed)?;
-            None
-        }
-        unhashed => Some(Gate::open(unhashed).map_err(|e| {
-            RestoreError::Refused(format!("cannot prepare the restore's gate: {e}"))
-        })?),
-    };
-    let pid = run_verified(&verified, settings, gate.as_mut())?;
+    // the pages files are hashed while CRIU runs (see gate.rs)
+    let mut gate =
+        match std::mem::take(&mut verified.unhashed) {
+            unhashed if unhashed.is_empty() => None,
+            unhashed => Some(Gate::open(unhashed).map_err(|e| {
+                RestoreError::Refused(format!("cannot start hashing the pages: {e}"))
+            })?),
+        };
+    let pid = run_verified(&verified, settings, worker, gate.as_mut())?;
     log::debug!(
         "restore: pid {pid} running at {:?} (verified before CRIU at {verify_time:?})",
         started.elapsed()
@@ -101,21 +106,62 @@ pub(crate) fn restore(
     })
 }
 
-/// `criu restore` of verified images, once their ids are free (tried once
-/// more if one was taken meanwhile), held at `gate` until its pages are
-/// verified, if any are left to hash; the root pid.
+/// A root CRIU started ahead by [`prestart`], for the next restore.
+static PRESTARTED: Mutex<Option<Starting>> = Mutex::new(None);
+
+/// Starts the CRIU that the next restore of a root checkpoint in this
+/// process will use, so that its start (an exec and CRIU's own start-up,
+/// 4–5 ms here) overlaps what the caller does meanwhile: a command loading
+/// its key, a harness between two restores. A restore that finds none
+/// starts one itself, beside its verification. Unused, it waits idle until
+/// the next restore, or until this process exits (and it with it); a
+/// second call replaces it. Root's only: it is a root CRIU.
+///
+/// ```no_run
+/// use selfdump::server::{Criu, restore};
+/// restore::prestart(&Criu::default());
+/// // ... what the program does before it restores ...
+/// let settings = restore::RestoreSettings::new(Criu::default(), None);
+/// let restored = restore::restore_path("/var/lib/app/images".as_ref(), &settings)?;
+/// println!("pid {}", restored.pid);
+/// # Ok::<(), restore::RestoreError>(())
+/// ```
+pub fn prestart(criu: &Criu) {
+    let starting = RestoreWorker::start_in_background(criu);
+    *PRESTARTED.lock().unwrap_or_else(PoisonError::into_inner) = Some(starting);
+}
+
+/// With `wanted`, the CRIU [`prestart`] started, if it is `criu`, or one
+/// starting now; a prestarted one not used is ended (and reaped) here.
+fn starting_worker(criu: &Criu, wanted: bool) -> Option<Starting> {
+    let prestarted = PRESTARTED
+        .lock()
+        .unwrap_or_else(PoisonError::into_inner)
+        .take();
+    match prestarted {
+        Some(starting) if wanted && starting.runs(&criu.path) => Some(starting),
+        _ => wanted.then(|| RestoreWorker::start_in_background(criu)),
+    }
+}
+
+/// CRIU's restore of verified images (through `worker`, if one was
+/// started), once their ids are free (tried once more if one was taken
+/// meanwhile), held at `gate` until its pages are verified, if any are
+/// left to hash; the root pid.
 fn run_verified(
     verified: &Verified,
     settings: &RestoreSettings,
+    worker: Option<Starting>,
     mut gate: Option<&mut Gate>,
 ) -> Result<i32, RestoreError> {
     // images of a whole pid namespace restore into a fresh one: their pids
     // are the namespace's own, never the host's
     if !verified.meta.pid_namespace {
         wait_ids_free(&verified.tree, verified.meta.shell_job, settings.wait)?;
+        log::debug!("restore: the images' ids are free");
     }
     check_criu(&verified.meta, &settings.criu)?;
-    let ran = run_criu(verified, settings, gate.as_deref());
+    let ran = run_criu(verified, settings, worker, gate.as_deref_mut());
     // a failed verification is the reason, whatever CRIU said of it
     if let Some(gate) = gate.as_mut()
         && let Err(refused) = gate.verdict()
@@ -145,9 +191,24 @@ fn run_verified(
                 settings.wait.max(RETRY_WAIT),
             )?;
             // every page is verified by now: no gate
-            run_criu(verified, settings, None)
+            run_criu(verified, settings, None, None)
         }
         other => other,
+    }
+}
+
+/// CRIU's restore of `verified`: as root for a root checkpoint (through
+/// `worker`, held at `gate`), as its owner otherwise (`as_owner.rs`).
+fn run_criu(
+    verified: &Verified,
+    settings: &RestoreSettings,
+    worker: Option<Starting>,
+    gate: Option<&mut Gate>,
+) -> Result<i32, RestoreError> {
+    let (logs, files) = log_place()?;
+    match verified.meta.uid {
+        0 => run_as_root(verified, settings, (worker, gate), &logs, &files),
+        _ => as_owner::run_criu(verified, settings, &verified.meta.owner(), &files),
     }
 }
 

@@ -17,8 +17,8 @@ const WORKERS: usize = 4;
 
 impl Verified {
     /// Places (and hashes) every file of `wanted`; with `defer_pages`, the
-    /// pages files of a root checkpoint whose pages are worth the gate's
-    /// cost are left unhashed, for the restore (`gate.rs`).
+    /// pages files of a root checkpoint with [`DEFER_AT_LEAST`] bytes of
+    /// pages are left unhashed, for the restore (`gate.rs`).
     pub(super) fn place_all(
         &mut self,
         wanted: &[FileDigest],

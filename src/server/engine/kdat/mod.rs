@@ -32,7 +32,7 @@ use rustix::fs::StatFs;
 use std::io;
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::process::Stdio;
 
 /// Where CRIU looks for its cache (fixed in CRIU).
 pub const KDAT_FILE: &str = "/run/criu.kdat";
@@ -165,7 +165,7 @@ fn generate(criu: &Criu) -> io::Result<()> {
 
 fn run_check_with_run_at(criu: &Criu, run_dir: &Path) -> io::Result<()> {
     let source = std::ffi::CString::new(run_dir.as_os_str().as_encoded_bytes())?;
-    let mut cmd = Command::new(&criu.path);
+    let mut cmd = criu.command();
     cmd.arg("check")
         .stdin(Stdio::null())
         .stdout(Stdio::null())

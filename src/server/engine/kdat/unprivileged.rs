@@ -10,7 +10,7 @@ use rustix::fs::{Mode, OFlags};
 use std::io;
 use std::os::fd::{AsFd, AsRawFd, OwnedFd};
 use std::path::Path;
-use std::process::{Command, Stdio};
+use std::process::Stdio;
 
 /// The `XDG_RUNTIME_DIR` the service gives the CRIUs it runs as a user:
 /// root's, mode 0755, holding only [`UNPRIVILEGED_FILE`].
@@ -78,7 +78,7 @@ fn run_check_in(criu: &Criu, scratch: &ServiceDir) -> io::Result<Vec<u8>> {
         gid: PROBE_UID,
         groups: Vec::new(),
     };
-    let mut cmd = Command::new(&criu.path);
+    let mut cmd = criu.command();
     cmd.args(["check", "--unprivileged"])
         .stdin(Stdio::null())
         .stdout(Stdio::null())

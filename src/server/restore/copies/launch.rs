@@ -98,7 +98,7 @@ fn prepare_copy(
     let daemon = if lazy {
         let (ready, status) = rustix::pipe::pipe_with(rustix::pipe::PipeFlags::CLOEXEC)
             .map_err(|e| copy_error(number, &work, "pipe", &e, ""))?;
-        let mut cmd = Command::new(&criu.path);
+        let mut cmd = criu.command();
         cmd.arg("lazy-pages")
             .arg("--images-dir")
             .arg(dir)
@@ -168,7 +168,7 @@ fn launch_copy(
         })?),
         None => None,
     };
-    let mut cmd = Command::new(&criu.path);
+    let mut cmd = criu.command();
     cmd.arg("restore")
         .arg("--images-dir")
         .arg(dir)
