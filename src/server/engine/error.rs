@@ -62,7 +62,32 @@ fn signal_name(signal: i32) -> String {
 }
 
 impl From<io::Error> for EngineError {
+    /// An error on CRIU's channel that says its other end is gone is CRIU
+    /// gone ([`Self::Died`], then [`Self::Killed`] once its status says
+    /// so): an answer sent just as CRIU was killed fails with `EPIPE`.
     fn from(e: io::Error) -> Self {
-        Self::Io(e)
+        match e.kind() {
+            io::ErrorKind::BrokenPipe | io::ErrorKind::ConnectionReset => Self::Died,
+            _ => Self::Io(e),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_channel_whose_other_end_is_gone_is_criu_gone() {
+        for kind in [io::ErrorKind::BrokenPipe, io::ErrorKind::ConnectionReset] {
+            assert!(matches!(
+                EngineError::from(io::Error::from(kind)),
+                EngineError::Died
+            ));
+        }
+        assert!(matches!(
+            EngineError::from(io::Error::from(io::ErrorKind::NotFound)),
+            EngineError::Io(_)
+        ));
     }
 }

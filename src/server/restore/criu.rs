@@ -72,12 +72,23 @@ pub(super) fn run_as_root(
     };
     let started = Instant::now();
     let deadline = started + settings.deadline;
-    let mut gate = gate;
+    let (mut gate, mut held) = (gate, false);
     let ran = worker.restore(&spec, deadline, |action| {
+        held |= action == POST_RESTORE;
         action != POST_RESTORE || gate.as_deref_mut().is_none_or(|g| g.passes_by(deadline))
     });
     log::debug!("restore: criu restore ran {:?}", started.elapsed());
     match ran {
+        // a CRIU that never held the tree where the gate waits let pages run
+        // that nobody verified
+        Ok(_) if gate.is_some() && !held => {
+            abandon_tasks(verified, started);
+            Err(RestoreError::Refused(format!(
+                "{} resumed the restored tree without announcing `{POST_RESTORE}`, where it \
+                 waits until the pages are verified: the tree was killed",
+                settings.criu.path.display()
+            )))
+        }
         Ok(pid) => {
             let _ = logs.remove(&files.log);
             Ok(pid)
