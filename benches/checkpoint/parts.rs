@@ -363,12 +363,11 @@ pub fn least_privilege(b: &Bench, report: &mut Report) {
     );
     let ([root_spawn, user_spawn, by_fork, by_vfork], (with, without)) = parts;
     report.para(&format!(
-        "- Starting `criu swrk` (the call until the exec) took {root_spawn:.2} ms as root (by \
-         `posix_spawn`) and {user_spawn:.2} ms as the caller (by `fork`, to switch ids); in the \
-         same process `/bin/true` took {by_fork:.2} ms by `fork` and {by_vfork:.2} ms by \
-         `posix_spawn`. A launcher forked ahead, taking the ids at the last moment, could save \
-         the caller's fork and the switch of ids, not the exec, CRIU's loading and its \
-         start-up, which need the ids first.\n\
+        "- Starting `criu swrk` (the call: fork, ids, exec) took {root_spawn:.2} ms as root and \
+         {user_spawn:.2} ms as the caller; in the same process `/bin/true` took {by_fork:.2} ms \
+         by `fork` and {by_vfork:.2} ms by `posix_spawn`. A launcher forked ahead, taking the \
+         ids at the last moment, could save the fork and the switch of ids, not the exec, \
+         CRIU's loading and its start-up, which need the ids first.\n\
          - The unprivileged kernel-feature cache: a 4 MiB dump by a CRIU started as uid \
          65534 took {with:.1} ms with it and {without:.1} ms without (CRIU then probes the \
          kernel every time)."

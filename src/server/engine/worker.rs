@@ -89,9 +89,8 @@ impl Worker {
         })
     }
 
-    /// Starts `criu swrk` on one end of a new socketpair; a CRIU that runs
-    /// as a user after `configure` had its say on the command (given the
-    /// end CRIU inherits).
+    /// Starts `criu swrk` on one end of a new socketpair, after `configure`
+    /// had its say on the command (given the end CRIU inherits).
     fn spawn(
         criu: &Criu,
         as_user: Option<AsUser>,
@@ -103,43 +102,27 @@ impl Worker {
             SocketFlags::CLOEXEC,
             None,
         )?;
+        let child_fd: RawFd = theirs.as_raw_fd();
         let mut cmd = criu.command();
-        let channel = match as_user {
-            // Its channel as its stdin, and no code of ours between fork and
-            // exec: std then spawns it with `posix_spawn` (a vfork), not a
-            // fork of this whole process (0.2–0.3 ms against 2.4–4.5 ms in a
-            // large process, BENCHMARKS.md "Warm workers"), and the fork
-            // guard is held that much less. A group of its own: a Ctrl-C
-            // meant for the service does not kill CRIU mid-dump, and a kill
-            // reaches CRIU's helpers.
-            None => {
-                use std::os::unix::process::CommandExt;
-                cmd.arg("swrk").arg("0").process_group(0);
-                async_process::Stdio::from(theirs.try_clone()?)
-            }
-            Some(_) => {
-                let child_fd: RawFd = theirs.as_raw_fd();
-                cmd.arg("swrk").arg(child_fd.to_string());
-                configure(&mut cmd, theirs.as_fd());
-                // SAFETY: the closure only makes raw fcntl and setpgid calls,
-                // which are async-signal-safe, on an fd that exists in the
-                // child.
-                unsafe {
-                    use std::os::unix::process::CommandExt;
-                    cmd.pre_exec(move || {
-                        let fd = BorrowedFd::borrow_raw(child_fd);
-                        rustix::io::fcntl_setfd(fd, rustix::io::FdFlags::empty())?;
-                        rustix::process::setpgid(None, None)?;
-                        Ok(())
-                    });
-                }
-                async_process::Stdio::null()
-            }
-        };
+        cmd.arg("swrk").arg(child_fd.to_string());
+        configure(&mut cmd, theirs.as_fd());
+        // SAFETY: the closure only makes raw fcntl and setpgid calls, which
+        // are async-signal-safe, on an fd that exists in the child.
+        unsafe {
+            use std::os::unix::process::CommandExt;
+            cmd.pre_exec(move || {
+                let fd = BorrowedFd::borrow_raw(child_fd);
+                rustix::io::fcntl_setfd(fd, rustix::io::FdFlags::empty())?;
+                // A group of its own: a Ctrl-C meant for the service does
+                // not kill CRIU mid-dump, and a kill reaches CRIU's helpers.
+                rustix::process::setpgid(None, None)?;
+                Ok(())
+            });
+        }
         let mut cmd = async_process::Command::from(cmd);
         // again: async-process's `From` drops the std command's stdio choice
         // (the child would inherit the service's stdout and stderr)
-        cmd.stdin(channel)
+        cmd.stdin(async_process::Stdio::null())
             .stdout(async_process::Stdio::null())
             .stderr(async_process::Stdio::null())
             // not killed when dropped (a server future dropped mid-dump):
