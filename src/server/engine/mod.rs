@@ -110,3 +110,4 @@ pub use non_root::NonRootFallback;
 pub(crate) use pool::WorkerPool;
 pub(crate) use restore::{POST_RESTORE, RestoreSpec, RestoreWorker, Starting};
 pub use worker::Worker;
+pub(crate) use worker::kill_group;

@@ -16,7 +16,7 @@ use super::CriuFlags;
 use super::criu::Criu;
 use super::error::EngineError;
 use super::rpc::{CriuOpts, CriuReq, req_type};
-use super::worker::Worker;
+use super::worker::{Worker, kill_group};
 use async_io::Timer;
 use futures_lite::FutureExt;
 use std::io;
@@ -68,7 +68,7 @@ impl Drop for RestoreWorker {
 }
 
 /// A [`RestoreWorker`] being started on a thread of its own, so that its
-/// fork and exec (about a millisecond of the starting thread's time) do
+/// spawn (half a millisecond; more where `posix_spawn` cannot be used) does
 /// not delay what the restore does meanwhile.
 #[derive(Debug)]
 pub(crate) struct Starting {
@@ -218,10 +218,3 @@ async fn converse(
 
 /// How long a CRIU that answered is waited for to exit.
 const EXIT_WAIT: Duration = Duration::from_secs(5);
-
-/// Kills a process group (CRIU's: it was made the leader of its own).
-fn kill_group(pid: u32) {
-    if let Some(group) = rustix::process::Pid::from_raw(pid as i32) {
-        let _ = rustix::process::kill_process_group(group, rustix::process::Signal::KILL);
-    }
-}

@@ -230,13 +230,18 @@ impl Worker {
                 "criu {} did not stop within {ABANDON_GRACE:?} of its dump being abandoned; killing it",
                 self.child.id()
             );
-            let group = rustix::process::Pid::from_raw(self.child.id() as i32);
-            if group.is_none_or(|g| {
-                rustix::process::kill_process_group(g, rustix::process::Signal::KILL).is_err()
-            }) {
+            if !kill_group(self.child.id()) {
                 let _ = self.child.kill();
             }
         }
         self.child.status().await.ok()
     }
+}
+
+/// Kills the process group `pid` leads (every CRIU the service starts leads
+/// its own, with the helpers it forks): whether the signal was sent.
+pub(crate) fn kill_group(pid: u32) -> bool {
+    rustix::process::Pid::from_raw(pid as i32).is_some_and(|group| {
+        rustix::process::kill_process_group(group, rustix::process::Signal::KILL).is_ok()
+    })
 }

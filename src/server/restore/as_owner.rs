@@ -22,9 +22,9 @@ use super::settings::{RestoreError, RestoreSettings};
 use super::verify::Verified;
 use crate::procfs;
 use crate::server::caller::credentials::Credentials;
-use crate::server::engine::CriuFlags;
 use crate::server::engine::kdat::{UNPRIVILEGED_DIR, UNPRIVILEGED_FILE};
 use crate::server::engine::run_as::Keep;
+use crate::server::engine::{CriuFlags, kill_group};
 use crate::server::fs::service_dir::{LOG_DIR, ServiceDir};
 use crate::server::images::criu_log::first_error;
 use rustix::thread::CapabilitySet;
@@ -161,10 +161,7 @@ fn wait_within(
                 wait_readable(pidfd.as_ref(), left.min(Duration::from_millis(100)));
             }
             _ => {
-                if let Some(group) = rustix::process::Pid::from_raw(child.id() as i32) {
-                    let signal = rustix::process::Signal::KILL;
-                    let _ = rustix::process::kill_process_group(group, signal);
-                }
+                kill_group(child.id());
                 abandon_tasks(verified, started);
                 let _ = child.wait();
                 return Err(timed_out(settings));
