@@ -68,8 +68,8 @@ impl Drop for RestoreWorker {
 }
 
 /// A [`RestoreWorker`] being started on a thread of its own, so that its
-/// spawn (half a millisecond; more where `posix_spawn` cannot be used) does
-/// not delay what the restore does meanwhile.
+/// spawn (a fork and an exec: milliseconds in a large process) does not
+/// delay what the restore does meanwhile.
 #[derive(Debug)]
 pub(crate) struct Starting {
     criu: PathBuf,
