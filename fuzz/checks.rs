@@ -130,7 +130,8 @@ pub fn inspect_dir(data: &[u8]) {
 }
 
 /// This thread's directory for [`inspect_dir`], on a tmpfs when there is
-/// one; [`remove_scratch_dir`] removes it.
+/// one; [`remove_scratch_dir`] removes it (`scripts/fuzz.sh` does, by
+/// the fuzzing process's pid, once it exited).
 fn scratch_dir() -> std::path::PathBuf {
     thread_local! {
         static DIR: std::path::PathBuf = {

@@ -44,9 +44,16 @@ for target in "${targets[@]}"; do
     corpus=$(mktemp -d /tmp/selfdump-fuzz-corpus.XXXXXX)
     mkdir -p "artifacts/$target"
     log=$(mktemp /tmp/selfdump-fuzz-log.XXXXXX)
-    if "target/$host/$profile/$target" -max_total_time="$seconds" -timeout=10 \
+    "target/$host/$profile/$target" -max_total_time="$seconds" -timeout=10 \
         -rss_limit_mb=2048 -artifact_prefix="artifacts/$target/" \
-        "$corpus" "seeds/$target" >"$log" 2>&1; then
+        "$corpus" "seeds/$target" >"$log" 2>&1 &
+    pid=$!
+    ran=0
+    wait "$pid" || ran=$?
+    # the target's scratch directories (checks.rs: scratch_dir), which its
+    # exit leaves behind
+    rm -rf /dev/shm/selfdump-fuzz-"$pid"-* "${TMPDIR:-/tmp}"/selfdump-fuzz-"$pid"-*
+    if [ "$ran" = 0 ]; then
         echo "fuzz: $target: $(grep -E '^Done [0-9]+ runs' "$log" || tail -1 "$log")"
     else
         echo "fuzz: $target FAILED (the input is in fuzz/artifacts/$target/):" >&2
