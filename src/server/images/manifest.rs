@@ -204,12 +204,12 @@ impl Manifest {
 /// 16 MiB (`ALL_CORES_FROM`).
 pub fn hash_file(file: &OwnedFd, size: u64) -> io::Result<[u8; 32]> {
     HASHED.with(|h| h.set(h.get() + size));
+    if (1 << 20..ALL_CORES_FROM).contains(&size) {
+        return hash_file_on_one_core(file, size);
+    }
     let mut hasher = blake3::Hasher::new();
     if size < 1 << 20 {
         hasher.update(&read_capped(file, size as usize + 1)?);
-    } else if size < ALL_CORES_FROM {
-        let file = std::fs::File::from(file.try_clone()?);
-        hasher.update_mmap(file_path_of(&file)?)?;
     } else {
         let file = std::fs::File::from(file.try_clone()?);
         hasher.update_mmap_rayon(&file_path_of(&file)?)?;
