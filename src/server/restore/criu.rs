@@ -104,6 +104,11 @@ pub(super) fn run_as_root(
             Err(failed(logged.unwrap_or_else(|| match e {
                 EngineError::Failed(Some(m)) => m,
                 EngineError::Failed(None) => "criu restore failed".into(),
+                // the engine's words for these are a dump's
+                EngineError::Died | EngineError::Killed(_) => {
+                    "criu died in the middle of the restore".into()
+                }
+                EngineError::Io(e) => format!("cannot talk to criu: {e}"),
                 other => other.to_string(),
             })))
         }

@@ -129,7 +129,7 @@ fn died() -> RestoreError {
 
 /// Hashes each file and compares it with its signed hash. On one core:
 /// CRIU's restore runs on another meanwhile, mostly on one core itself.
-pub(super) fn check(unhashed: &[Unhashed]) -> Result<(), RestoreError> {
+fn check(unhashed: &[Unhashed]) -> Result<(), RestoreError> {
     for u in unhashed {
         let hash = hash_file_on_one_core(&u.file, u.size)
             .map_err(|e| RestoreError::Refused(format!("{}: {e}", u.name)))?;
